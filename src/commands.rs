@@ -1,0 +1,40 @@
+//! The binary's jobs. This is the application edge: errors are `anyhow` with context.
+
+mod bench;
+mod demo;
+mod splits;
+mod synth;
+
+use anyhow::Context;
+
+use crate::cli::{Cli, Command, DataArgs};
+use crate::config::Config;
+use crate::data::deepfashion::{Dataset, LoadOptions};
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    crate::logging::init(cli.log.as_deref(), true).context("cannot open the log file")?;
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        None => demo::run(&config, &crate::cli::DemoArgs { dir: None }),
+        Some(Command::Demo(args)) => demo::run(&config, &args),
+        Some(Command::Synth(args)) => synth::run(&config, &args),
+        Some(Command::Splits(args)) => splits::run(&config, &args),
+        Some(Command::Bench(cmd)) => bench::run(&config, &cmd),
+    }
+}
+
+/// Opens the dataset named by `--data` (or `data.root`), echoing its warnings.
+fn open_dataset(config: &Config, args: &DataArgs) -> anyhow::Result<Dataset> {
+    let root = args.data.clone().unwrap_or_else(|| config.data.root.clone());
+    let ds = Dataset::open(
+        &root,
+        LoadOptions {
+            strict: args.strict || config.data.strict,
+            skip_file_check: false,
+        },
+    )?;
+    for w in &ds.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(ds)
+}

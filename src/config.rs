@@ -1,0 +1,174 @@
+//! Settings: `config.toml` at the repository top documents every key with its
+//! default; the same values are compiled in as `Config::default()` (a test keeps the
+//! two equal). A user file passed with `--config` overrides any subset of keys.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::deepfashion::GalleryProtocol;
+
+/// The shipped, documented defaults.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config file {path}{}: invalid value for `{key}`: {reason}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    Invalid {
+        path: String,
+        line: Option<usize>,
+        key: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub data: DataConfig,
+    pub synth: SynthConfig,
+}
+
+#[allow(clippy::derivable_impls)]
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data: DataConfig::default(),
+            synth: SynthConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    pub root: PathBuf,
+    pub gallery: GalleryProtocol,
+    pub strict: bool,
+    pub crop: bool,
+    pub workers: usize,
+    pub prefetch: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from("data/synth"),
+            gallery: GalleryProtocol::Test,
+            strict: false,
+            crop: true,
+            workers: 0,
+            prefetch: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SynthConfig {
+    pub items: usize,
+    pub size: u32,
+    pub seed: u64,
+}
+
+impl Default for SynthConfig {
+    fn default() -> Self {
+        Self {
+            items: 400,
+            size: 128,
+            seed: 7,
+        }
+    }
+}
+
+impl Config {
+    /// The built-in defaults, or those overridden by the file at `path`.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates `text`; `origin` names it in errors.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config
+            .validate()
+            .map_err(|(key, reason)| ConfigError::Invalid {
+                path: origin.to_string(),
+                line: key_line(text, &key),
+                key,
+                reason,
+            })?;
+        Ok(config)
+    }
+
+    /// Checks ranges that types alone cannot; returns the dotted key at fault.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let fail = |key: &str, reason: &str| Err((key.to_string(), reason.to_string()));
+        if self.data.prefetch == 0 {
+            return fail("data.prefetch", "must be at least 1");
+        }
+        if self.synth.items < 12 {
+            return fail("synth.items", "must be at least 12");
+        }
+        if !(32..=1024).contains(&self.synth.size) {
+            return fail("synth.size", "must be between 32 and 1024 pixels");
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line of `section.key` in a TOML text (plain `[section]` tables only).
+pub fn key_line(text: &str, dotted: &str) -> Option<usize> {
+    let (section, key) = dotted.rsplit_once('.').unwrap_or(("", dotted));
+    let mut current = String::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = name.trim().to_string();
+            continue;
+        }
+        if current == section
+            && let Some((k, _)) = line.split_once('=')
+            && k.trim().trim_matches('"') == key
+        {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_file_equals_builtin_defaults() {
+        let parsed = Config::from_toml_str(DEFAULT_CONFIG_TOML, "config.toml").expect("parse");
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn key_line_finds_keys_in_sections() {
+        let text = "[data]\nroot = \"x\"\n\n[synth]\n# c\nitems = 3\n";
+        assert_eq!(key_line(text, "synth.items"), Some(6));
+        assert_eq!(key_line(text, "data.root"), Some(2));
+        assert_eq!(key_line(text, "data.items"), None);
+    }
+}

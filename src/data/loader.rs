@@ -1,0 +1,215 @@
+//! Image pipeline: parallel decode → optional box crop → resize → ImageNet
+//! normalisation → NCHW `f32` batches, prefetched on a background thread through a
+//! bounded queue so the trainer never waits on JPEG decoding.
+//!
+//! Work is organised in *groups* (a triplet is a group of three, an embedding request
+//! a group of one). A batch is laid out member-major — all first members, then all
+//! second members… — so a triplet batch is `[anchors; positives; negatives]`. A group
+//! with an unreadable image is dropped and counted, never fatal.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, bounded};
+use image::imageops::FilterType;
+use rayon::prelude::*;
+
+use super::deepfashion::BBox;
+
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read image {}: {message}", path.display())]
+    Unreadable { path: PathBuf, message: String },
+    #[error("cannot start the image decoding pool: {0}")]
+    Pool(String),
+}
+
+/// One image to load: its file and optional crop box.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSpec {
+    pub path: PathBuf,
+    pub bbox: Option<BBox>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoaderConfig {
+    /// Output side in pixels (square).
+    pub size: u32,
+    /// Crop to the spec's box when it has one.
+    pub crop: bool,
+    /// Decode threads; 0 = one per core.
+    pub workers: usize,
+    /// Batches decoded ahead (queue depth).
+    pub prefetch: usize,
+}
+
+/// A decoded batch: `data` is `(n, 3, size, size)` row-major.
+#[derive(Debug)]
+pub struct Batch {
+    pub data: Vec<f32>,
+    /// Images in the batch (`kept.len() * members`).
+    pub n: usize,
+    pub size: u32,
+    /// Index, within the request, of each group that was kept.
+    pub kept: Vec<usize>,
+    /// Images that could not be read (their groups were dropped).
+    pub failed: Vec<LoadError>,
+}
+
+impl Batch {
+    pub fn dims(&self) -> (usize, usize, usize, usize) {
+        (self.n, 3, self.size as usize, self.size as usize)
+    }
+}
+
+/// Decodes, crops, resizes and normalises one image to CHW `f32`.
+pub fn load_image(spec: &ImageSpec, cfg: &LoaderConfig) -> Result<Vec<f32>, LoadError> {
+    let unreadable = |message: String| LoadError::Unreadable {
+        path: spec.path.clone(),
+        message,
+    };
+    let img = image::ImageReader::open(&spec.path)
+        .map_err(|e| unreadable(e.to_string()))?
+        .with_guessed_format()
+        .map_err(|e| unreadable(e.to_string()))?
+        .decode()
+        .map_err(|e| unreadable(e.to_string()))?
+        .into_rgb8();
+    let img = match spec.bbox.filter(|_| cfg.crop) {
+        Some(b) => {
+            let x1 = b.x1.min(img.width().saturating_sub(1));
+            let y1 = b.y1.min(img.height().saturating_sub(1));
+            let w = b.x2.min(img.width()).saturating_sub(x1).max(1);
+            let h = b.y2.min(img.height()).saturating_sub(y1).max(1);
+            image::imageops::crop_imm(&img, x1, y1, w, h).to_image()
+        }
+        None => img,
+    };
+    let img = if img.width() == cfg.size && img.height() == cfg.size {
+        img
+    } else {
+        image::imageops::resize(&img, cfg.size, cfg.size, FilterType::Triangle)
+    };
+    Ok(normalize(&img))
+}
+
+/// HWC `u8` RGB → CHW `f32` with ImageNet mean/std.
+pub fn normalize(img: &image::RgbImage) -> Vec<f32> {
+    let plane = (img.width() * img.height()) as usize;
+    let mut out = vec![0f32; 3 * plane];
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            out[c * plane + i] = (f32::from(px[c]) / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+        }
+    }
+    out
+}
+
+/// Loads one batch of equally sized groups in parallel on the current rayon pool.
+pub fn load_batch(groups: &[Vec<ImageSpec>], cfg: &LoaderConfig) -> Batch {
+    let members = groups.first().map_or(0, Vec::len);
+    let decoded: Vec<Result<Vec<Vec<f32>>, LoadError>> = groups
+        .par_iter()
+        .map(|g| g.iter().map(|s| load_image(s, cfg)).collect())
+        .collect();
+    let mut kept = Vec::new();
+    let mut failed = Vec::new();
+    let mut ok = Vec::new();
+    for (i, r) in decoded.into_iter().enumerate() {
+        match r {
+            Ok(imgs) if imgs.len() == members => {
+                kept.push(i);
+                ok.push(imgs);
+            }
+            Ok(_) => {}
+            Err(e) => failed.push(e),
+        }
+    }
+    let plane = 3 * (cfg.size as usize).pow(2);
+    let mut data = Vec::with_capacity(ok.len() * members * plane);
+    for m in 0..members {
+        for imgs in &ok {
+            data.extend_from_slice(&imgs[m]);
+        }
+    }
+    Batch {
+        data,
+        n: ok.len() * members,
+        size: cfg.size,
+        kept,
+        failed,
+    }
+}
+
+/// Decodes a list of batches on a background thread, `prefetch` batches ahead.
+/// Dropping it stops the thread after its current batch.
+pub struct Prefetcher {
+    rx: Option<Receiver<Batch>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Prefetcher {
+    pub fn spawn(batches: Vec<Vec<Vec<ImageSpec>>>, cfg: LoaderConfig) -> Result<Self, LoadError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cfg.workers)
+            .thread_name(|i| format!("vitrine-decode-{i}"))
+            .build()
+            .map_err(|e| LoadError::Pool(e.to_string()))?;
+        let (tx, rx) = bounded(cfg.prefetch.max(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_thread = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
+            .name("vitrine-prefetch".into())
+            .spawn(move || {
+                for groups in batches {
+                    if stop_thread.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let batch = pool.install(|| load_batch(&groups, &cfg));
+                    if tx.send(batch).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| LoadError::Pool(e.to_string()))?;
+        Ok(Self {
+            rx: Some(rx),
+            stop,
+            handle: Some(handle),
+        })
+    }
+}
+
+impl Iterator for Prefetcher {
+    type Item = Batch;
+    fn next(&mut self) -> Option<Batch> {
+        self.rx.as_ref()?.recv().ok()
+    }
+}
+
+impl Drop for Prefetcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Closing the receiver unblocks a sender waiting on a full queue.
+        self.rx.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl super::deepfashion::Dataset {
+    /// What the loader needs to read dataset image `image`.
+    pub fn spec(&self, image: usize) -> ImageSpec {
+        ImageSpec {
+            path: self.image_path(image),
+            bbox: self.images[image].bbox,
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Progress for long headless work: a redrawn bar on a terminal, plain lines
+//! (about every 10% or 10 s) when stderr is a pipe or a file.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+pub struct Progress {
+    label: String,
+    total: usize,
+    start: Instant,
+    last_draw: Instant,
+    last_line_pct: usize,
+    tty: bool,
+    enabled: bool,
+}
+
+impl Progress {
+    /// `enabled = false` makes it silent (e.g. under `--json`).
+    pub fn new(label: &str, total: usize, enabled: bool) -> Self {
+        let now = Instant::now();
+        Self {
+            label: label.to_string(),
+            total: total.max(1),
+            start: now,
+            last_draw: now.checked_sub(Duration::from_secs(60)).unwrap_or(now),
+            last_line_pct: 0,
+            tty: std::io::stderr().is_terminal(),
+            enabled,
+        }
+    }
+
+    pub fn set(&mut self, done: usize, extra: &str) {
+        if !self.enabled {
+            return;
+        }
+        let now = Instant::now();
+        let pct = done * 100 / self.total;
+        let finished = done >= self.total;
+        let elapsed = self.start.elapsed().as_secs_f64();
+        let rate = done as f64 / elapsed.max(1e-9);
+        let eta = if done > 0 {
+            (self.total - done.min(self.total)) as f64 / rate
+        } else {
+            f64::NAN
+        };
+        let mut err = std::io::stderr().lock();
+        if self.tty {
+            if !finished && now.duration_since(self.last_draw) < Duration::from_millis(100) {
+                return;
+            }
+            self.last_draw = now;
+            let width = 30;
+            let filled = (done.min(self.total) * width) / self.total;
+            let _ = write!(
+                err,
+                "\r\x1b[2K{} [{}{}] {:>3}% {}/{} {:.1}/s ETA {} {}",
+                self.label,
+                "#".repeat(filled),
+                " ".repeat(width - filled),
+                pct,
+                done,
+                self.total,
+                rate,
+                fmt_secs(eta),
+                extra
+            );
+            if finished {
+                let _ = writeln!(err);
+            }
+        } else if finished
+            || pct >= self.last_line_pct + 10
+            || now.duration_since(self.last_draw) >= Duration::from_secs(10)
+        {
+            self.last_draw = now;
+            self.last_line_pct = pct - pct % 10;
+            let _ = writeln!(
+                err,
+                "{}: {done}/{} ({pct}%) {rate:.1}/s ETA {} {extra}",
+                self.label,
+                self.total,
+                fmt_secs(eta)
+            );
+        }
+    }
+}
+
+/// `1h02m`, `3m04s`, `12s`, or `?` for unknown.
+pub fn fmt_secs(s: f64) -> String {
+    if !s.is_finite() {
+        return "?".into();
+    }
+    let s = s.round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}

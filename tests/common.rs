@@ -1,0 +1,46 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+pub const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny");
+
+/// Copies a text-only fixture dataset into a temp dir and writes a small solid
+/// JPEG for every image it lists (colour derived from the path).
+pub fn materialize_fixture() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("ds");
+    copy_dir(Path::new(FIXTURE), &root);
+    let text = std::fs::read_to_string(root.join("Eval/list_eval_partition.txt")).expect("read");
+    for line in text.lines().skip(2) {
+        for p in line.split_whitespace().take(2) {
+            let h = vitrine::fsutil::fnv1a64(p.as_bytes());
+            let colour = image::Rgb([
+                (h & 0xff) as u8,
+                (h >> 8 & 0xff) as u8,
+                (h >> 16 & 0xff) as u8,
+            ]);
+            write_jpeg(&root.join(p), 32, 32, colour);
+        }
+    }
+    (dir, root)
+}
+
+pub fn write_jpeg(path: &Path, w: u32, h: u32, colour: image::Rgb<u8>) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    let img = image::RgbImage::from_pixel(w, h, colour);
+    img.save(path).expect("save");
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("ls") {
+        let e = e.expect("entry");
+        let dest = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).expect("copy");
+        }
+    }
+}

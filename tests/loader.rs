@@ -1,0 +1,113 @@
+mod common;
+
+use vitrine::data::deepfashion::BBox;
+use vitrine::data::loader::{
+    IMAGENET_MEAN, IMAGENET_STD, ImageSpec, LoaderConfig, Prefetcher, load_batch, load_image,
+};
+
+fn cfg(size: u32) -> LoaderConfig {
+    LoaderConfig {
+        size,
+        crop: true,
+        workers: 2,
+        prefetch: 2,
+    }
+}
+
+fn two_tone(path: &std::path::Path) {
+    // Left half red, right half blue (PNG: lossless).
+    let img = image::RgbImage::from_fn(40, 20, |x, _| {
+        if x < 20 {
+            image::Rgb([255, 0, 0])
+        } else {
+            image::Rgb([0, 0, 255])
+        }
+    });
+    img.save(path).expect("save");
+}
+
+#[test]
+fn output_is_chw_and_imagenet_normalised() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let p = tmp.path().join("a.png");
+    two_tone(&p);
+    let spec = ImageSpec {
+        path: p.clone(),
+        bbox: Some(BBox {
+            x1: 20,
+            y1: 0,
+            x2: 40,
+            y2: 20,
+        }),
+    };
+    let v = load_image(&spec, &cfg(8)).expect("load");
+    assert_eq!(v.len(), 3 * 8 * 8);
+    let blue = [0.0f32, 0.0, 1.0];
+    for c in 0..3 {
+        let want = (blue[c] - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+        for x in &v[c * 64..(c + 1) * 64] {
+            assert!((x - want).abs() < 1e-3, "channel {c}: {x} vs {want}");
+        }
+    }
+    // Without cropping the left half is red.
+    let mut no_crop = cfg(8);
+    no_crop.crop = false;
+    let v = load_image(&spec, &no_crop).expect("load");
+    let red0 = (1.0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0];
+    assert!((v[0] - red0).abs() < 1e-3);
+    assert!((v[7] - (0.0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]).abs() < 1e-3);
+}
+
+#[test]
+fn batches_are_member_major_and_drop_unreadable_groups() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut specs = Vec::new();
+    for i in 0..9u8 {
+        let p = tmp.path().join(format!("{i}.jpg"));
+        common::write_jpeg(&p, 16, 16, image::Rgb([i * 25, 100, 200 - i * 20]));
+        specs.push(ImageSpec {
+            path: p,
+            bbox: None,
+        });
+    }
+    let bad = tmp.path().join("corrupt.jpg");
+    std::fs::write(&bad, b"definitely not a jpeg").expect("write");
+    let groups = vec![
+        specs[0..3].to_vec(),
+        vec![
+            specs[3].clone(),
+            ImageSpec {
+                path: bad,
+                bbox: None,
+            },
+            specs[4].clone(),
+        ],
+        specs[6..9].to_vec(),
+    ];
+    let batch = load_batch(&groups, &cfg(16));
+    assert_eq!(batch.kept, vec![0, 2]);
+    assert_eq!(batch.failed.len(), 1);
+    assert!(batch.failed[0].to_string().contains("corrupt.jpg"));
+    assert_eq!(batch.n, 6);
+    assert_eq!(batch.dims(), (6, 3, 16, 16));
+    let plane = 3 * 16 * 16;
+    let single = |s: &ImageSpec| load_image(s, &cfg(16)).expect("load");
+    // [anchors (groups 0, 2); positives; negatives]
+    assert_eq!(&batch.data[0..plane], single(&specs[0]).as_slice());
+    assert_eq!(&batch.data[plane..2 * plane], single(&specs[6]).as_slice());
+    assert_eq!(
+        &batch.data[2 * plane..3 * plane],
+        single(&specs[1]).as_slice()
+    );
+    assert_eq!(
+        &batch.data[5 * plane..6 * plane],
+        single(&specs[8]).as_slice()
+    );
+
+    let batches = vec![groups.clone(), groups[..1].to_vec(), groups[2..].to_vec()];
+    let sizes: Vec<usize> = Prefetcher::spawn(batches, cfg(16))
+        .expect("spawn")
+        .map(|b| b.n)
+        .collect();
+    assert_eq!(sizes, vec![6, 3, 3]);
+}
