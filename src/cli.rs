@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::data::deepfashion::GalleryProtocol;
+use crate::model::{Backbone, Mining};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,6 +34,8 @@ pub enum Command {
     Synth(SynthArgs),
     /// Per-split counts of a dataset (pairs, items, images, query/gallery sizes).
     Splits(SplitsArgs),
+    /// Train the embedder (headless; progress on stderr, events in RUN/metrics.jsonl).
+    Train(TrainArgs),
     /// Throughput benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -86,10 +89,109 @@ pub struct SplitsArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Run folder (checkpoints, metrics.jsonl, config.toml) [default: train.run].
+    #[arg(long, value_name = "DIR")]
+    pub run: Option<PathBuf>,
+    /// Continue the run from its last checkpoint (weights, optimizer, position).
+    #[arg(long)]
+    pub resume: bool,
+    #[command(flatten)]
+    pub overrides: TrainOverrides,
+    /// Print every event as a JSON line on stdout instead of progress.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Command-line overrides of `[model]` and `[train]` keys.
+#[derive(Debug, Args, Default, Clone)]
+pub struct TrainOverrides {
+    /// resnet18 | resnet34 | resnet50 [default: model.backbone].
+    #[arg(long, value_parser = parse_backbone)]
+    pub backbone: Option<Backbone>,
+    /// Input side in pixels [default: model.image_size].
+    #[arg(long)]
+    pub image_size: Option<u32>,
+    /// [default: train.epochs].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Triplets per step [default: train.batch].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Stop after this many optimizer steps in total [default: train.max_steps].
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Learning rate [default: train.lr].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// offline | batch_hard | semi_hard [default: train.mining].
+    #[arg(long, value_parser = parse_mining)]
+    pub mining: Option<Mining>,
+    /// auto | cpu | cuda:N [default: train.device].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Random seed [default: train.seed].
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+fn parse_backbone(s: &str) -> Result<Backbone, String> {
+    match s {
+        "resnet18" => Ok(Backbone::Resnet18),
+        "resnet34" => Ok(Backbone::Resnet34),
+        "resnet50" => Ok(Backbone::Resnet50),
+        _ => Err(format!(
+            "unknown backbone `{s}`: expected resnet18, resnet34 or resnet50"
+        )),
+    }
+}
+
+fn parse_mining(s: &str) -> Result<Mining, String> {
+    match s {
+        "offline" => Ok(Mining::Offline),
+        "batch_hard" => Ok(Mining::BatchHard),
+        "semi_hard" => Ok(Mining::SemiHard),
+        _ => Err(format!(
+            "unknown mining `{s}`: expected offline, batch_hard or semi_hard"
+        )),
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Loader throughput: decode + crop + resize + normalise, images/s.
     Load(BenchLoadArgs),
+    /// Training throughput on random inputs: forward + backward + AdamW, triplets/s.
+    Train(BenchModelArgs),
+    /// Forward-only embedding throughput on random inputs, images/s.
+    Embed(BenchModelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchModelArgs {
+    /// resnet18 | resnet34 | resnet50.
+    #[arg(long, value_parser = parse_backbone, default_value = "resnet18")]
+    pub backbone: Backbone,
+    #[arg(long, default_value_t = 64)]
+    pub image_size: u32,
+    /// Triplets per step (train) or images per batch (embed).
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Timed steps, after one warm-up step.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// First trainable stage (0 = everything) [default: model.train_from_stage].
+    #[arg(long)]
+    pub train_from_stage: Option<usize>,
+    /// auto | cpu | cuda:N [default: train.device].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

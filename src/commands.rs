@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod splits;
 mod synth;
+mod train;
 
 use anyhow::Context;
 
@@ -19,13 +20,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Demo(args)) => demo::run(&config, &args),
         Some(Command::Synth(args)) => synth::run(&config, &args),
         Some(Command::Splits(args)) => splits::run(&config, &args),
+        Some(Command::Train(args)) => train::run(&config, &args),
         Some(Command::Bench(cmd)) => bench::run(&config, &cmd),
     }
 }
 
 /// Opens the dataset named by `--data` (or `data.root`), echoing its warnings.
 fn open_dataset(config: &Config, args: &DataArgs) -> anyhow::Result<Dataset> {
-    let root = args.data.clone().unwrap_or_else(|| config.data.root.clone());
+    let root = args
+        .data
+        .clone()
+        .unwrap_or_else(|| config.data.root.clone());
     let ds = Dataset::open(
         &root,
         LoadOptions {
@@ -37,4 +42,14 @@ fn open_dataset(config: &Config, args: &DataArgs) -> anyhow::Result<Dataset> {
         tracing::warn!("{w}");
     }
     Ok(ds)
+}
+
+/// Caps the global rayon pool (decode, Candle's CPU kernels); 0 keeps one per core.
+fn set_threads(threads: usize) {
+    if threads > 0 {
+        // Fails only if the pool already exists; the existing one is kept.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global();
+    }
 }

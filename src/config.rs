@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::data::deepfashion::GalleryProtocol;
+use crate::model::{Backbone, EmbedderConfig, Mining};
+use crate::train::optim::Schedule;
 
 /// The shipped, documented defaults.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config.toml");
@@ -34,6 +36,8 @@ pub enum ConfigError {
 pub struct Config {
     pub data: DataConfig,
     pub synth: SynthConfig,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
 }
 
 #[allow(clippy::derivable_impls)]
@@ -42,6 +46,88 @@ impl Default for Config {
         Self {
             data: DataConfig::default(),
             synth: SynthConfig::default(),
+            model: ModelConfig::default(),
+            train: TrainConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    pub backbone: Backbone,
+    pub image_size: u32,
+    pub embedding_dim: usize,
+    pub dropout: f32,
+    pub train_from_stage: usize,
+    /// Empty: random initialisation.
+    pub pretrained: PathBuf,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            backbone: Backbone::Resnet18,
+            image_size: 64,
+            embedding_dim: 512,
+            dropout: 0.1,
+            train_from_stage: 0,
+            pretrained: PathBuf::new(),
+        }
+    }
+}
+
+impl ModelConfig {
+    pub fn embedder(&self) -> EmbedderConfig {
+        EmbedderConfig {
+            backbone: self.backbone,
+            embedding_dim: self.embedding_dim,
+            dropout: self.dropout,
+            train_from_stage: self.train_from_stage,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub run: PathBuf,
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub margin: f32,
+    pub mining: Mining,
+    pub schedule: Schedule,
+    pub warmup_steps: usize,
+    pub grad_clip: f64,
+    pub device: String,
+    pub seed: u64,
+    pub max_steps: usize,
+    pub checkpoint_every: usize,
+    pub val_queries: usize,
+    pub threads: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            run: PathBuf::from("runs/demo"),
+            epochs: 10,
+            batch: 16,
+            lr: 1e-4,
+            weight_decay: 1e-4,
+            margin: 0.5,
+            mining: Mining::Offline,
+            schedule: Schedule::Constant,
+            warmup_steps: 0,
+            grad_clip: 0.0,
+            device: "auto".into(),
+            seed: 42,
+            max_steps: 0,
+            checkpoint_every: 100,
+            val_queries: 0,
+            threads: 0,
         }
     }
 }
@@ -130,6 +216,42 @@ impl Config {
         if !(32..=1024).contains(&self.synth.size) {
             return fail("synth.size", "must be between 32 and 1024 pixels");
         }
+        if !(32..=1024).contains(&self.model.image_size) {
+            return fail("model.image_size", "must be between 32 and 1024 pixels");
+        }
+        if self.model.embedding_dim == 0 {
+            return fail("model.embedding_dim", "must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.model.dropout) {
+            return fail("model.dropout", "must be in [0, 1)");
+        }
+        if self.model.train_from_stage > 6 {
+            return fail(
+                "model.train_from_stage",
+                "must be 0..=6 (6 trains only the head)",
+            );
+        }
+        if self.train.epochs == 0 {
+            return fail("train.epochs", "must be at least 1");
+        }
+        if self.train.batch < 2 {
+            return fail("train.batch", "must be at least 2 triplets");
+        }
+        if !(self.train.lr > 0.0 && self.train.lr.is_finite()) {
+            return fail("train.lr", "must be a positive number");
+        }
+        if !(self.train.weight_decay >= 0.0 && self.train.weight_decay.is_finite()) {
+            return fail("train.weight_decay", "must be zero or positive");
+        }
+        if !(self.train.margin > 0.0 && self.train.margin.is_finite()) {
+            return fail("train.margin", "must be a positive number");
+        }
+        if !(self.train.grad_clip >= 0.0 && self.train.grad_clip.is_finite()) {
+            return fail("train.grad_clip", "must be zero (off) or positive");
+        }
+        if let Err(e) = crate::train::device::parse_device(&self.train.device) {
+            return fail("train.device", &e);
+        }
         Ok(())
     }
 }
@@ -162,6 +284,24 @@ mod tests {
     fn shipped_file_equals_builtin_defaults() {
         let parsed = Config::from_toml_str(DEFAULT_CONFIG_TOML, "config.toml").expect("parse");
         assert_eq!(parsed, Config::default());
+        // And the file documents every key (serde defaults would hide a missing one).
+        fn keys(t: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+            for (k, v) in t {
+                let name = format!("{prefix}{k}");
+                match v {
+                    toml::Value::Table(inner) => keys(inner, &format!("{name}."), out),
+                    _ => out.push(name),
+                }
+            }
+        }
+        let file: toml::Table = toml::from_str(DEFAULT_CONFIG_TOML).expect("table");
+        let all = toml::Table::try_from(Config::default()).expect("serialize");
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        keys(&file, "", &mut a);
+        keys(&all, "", &mut b);
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -3,11 +3,14 @@
 //! The binary is a thin shell over these modules so that `tests/` reach everything.
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod data;
+pub mod eval;
 pub mod fsutil;
+pub mod index;
 pub mod logging;
 pub mod model;
-pub mod rng;
-// pub mod commands; (enabled once data::synth lands)
 pub mod progress;
+pub mod rng;
+pub mod train;

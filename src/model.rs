@@ -1,2 +1,11 @@
 //! The embedder: a trainable ResNet backbone (torchvision parameter names), the
 //! embedding head, triplet losses and checkpoint files.
+
+pub mod checkpoint;
+pub mod embedder;
+pub mod loss;
+pub mod resnet;
+
+pub use checkpoint::CheckpointError;
+pub use embedder::{Backbone, Embedder, EmbedderConfig, ParamGroups};
+pub use loss::{LossStats, Mining, TripletLoss};

@@ -2,13 +2,22 @@ use std::time::Instant;
 
 use anyhow::bail;
 
-use crate::cli::{BenchCommand, BenchLoadArgs};
+use candle_core::{DType, Tensor};
+use candle_nn::ModuleT;
+
+use crate::cli::{BenchCommand, BenchLoadArgs, BenchModelArgs};
 use crate::config::Config;
 use crate::data::loader::{LoaderConfig, Prefetcher};
+use crate::model::embedder::sorted_vars;
+use crate::model::{Embedder, Mining, TripletLoss};
+use crate::train::device::{self, parse_device};
+use crate::train::optim::AdamW;
 
 pub fn run(config: &Config, cmd: &BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Load(args) => load(config, args),
+        BenchCommand::Train(args) => train(config, args),
+        BenchCommand::Embed(args) => embed(config, args),
     }
 }
 
@@ -23,7 +32,9 @@ fn load(config: &Config, args: &BenchLoadArgs) -> anyhow::Result<()> {
         workers: config.data.workers,
         prefetch: config.data.prefetch,
     };
-    let images: Vec<usize> = (0..ds.images.len()).filter(|&i| ds.images[i].present).collect();
+    let images: Vec<usize> = (0..ds.images.len())
+        .filter(|&i| ds.images[i].present)
+        .collect();
     if images.is_empty() {
         bail!("the dataset has no readable images");
     }
@@ -57,5 +68,111 @@ fn load(config: &Config, args: &BenchLoadArgs) -> anyhow::Result<()> {
             cfg.size
         );
     }
+    Ok(())
+}
+
+fn model_for(
+    config: &Config,
+    args: &BenchModelArgs,
+) -> anyhow::Result<(Embedder, candle_nn::VarMap, candle_core::Device)> {
+    let choice = parse_device(args.device.as_deref().unwrap_or(&config.train.device))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let device = device::select(choice)?;
+    let mut cfg = config.model.embedder();
+    cfg.backbone = args.backbone;
+    if let Some(s) = args.train_from_stage {
+        cfg.train_from_stage = s;
+    }
+    let (model, varmap) = Embedder::seeded(cfg, &device, 0)?;
+    Ok((model, varmap, device))
+}
+
+fn random_batch(n: usize, size: u32, device: &candle_core::Device) -> anyhow::Result<Tensor> {
+    let s = size as usize;
+    Ok(Tensor::randn(0f32, 1.0, (n, 3, s, s), device)?.to_dtype(DType::F32)?)
+}
+
+/// One JSON line or a sentence, with the figure under `key`.
+fn report(args: &BenchModelArgs, what: &str, key: &str, value: f64, device: &candle_core::Device) {
+    if args.json {
+        let mut obj = serde_json::json!({
+            "backbone": args.backbone.to_string(),
+            "image_size": args.image_size,
+            "batch": args.batch,
+            "steps": args.steps,
+            "device": device::describe(device),
+        });
+        obj[key] = serde_json::json!(value);
+        println!("{obj}");
+    } else {
+        println!(
+            "{what}: {} at {} px, batch {}, {} on {}: {value:.2} {}",
+            args.backbone,
+            args.image_size,
+            args.batch,
+            args.steps,
+            device::describe(device),
+            key.replace("_per_s", "/s")
+        );
+    }
+}
+
+fn train(config: &Config, args: &BenchModelArgs) -> anyhow::Result<()> {
+    if args.batch < 2 || args.steps == 0 {
+        bail!("--batch must be at least 2 and --steps at least 1");
+    }
+    let (model, varmap, device) = model_for(config, args)?;
+    let named: Vec<_> = sorted_vars(&varmap)
+        .into_iter()
+        .filter(|(n, _)| model.is_trainable(n))
+        .map(|(n, v)| {
+            let decay = v.rank() > 1;
+            (n, v, decay)
+        })
+        .collect();
+    let mut opt = AdamW::new(named, config.train.weight_decay)?;
+    let loss = TripletLoss {
+        margin: config.train.margin,
+        mining: Mining::Offline,
+    };
+    let x = random_batch(3 * args.batch, args.image_size, &device)?;
+    let labels: Vec<u64> = (0..3 * args.batch as u64).collect();
+    let mut step = || -> anyhow::Result<()> {
+        let emb = model.forward_t(&x, true)?;
+        let stats = loss.compute(&emb, &labels)?;
+        let grads = stats.loss.backward()?;
+        opt.step(&grads, 1e-4)?;
+        device.synchronize()?;
+        Ok(())
+    };
+    step()?;
+    let start = Instant::now();
+    for _ in 0..args.steps {
+        step()?;
+    }
+    let per_s = (args.steps * args.batch) as f64 / start.elapsed().as_secs_f64();
+    report(args, "bench train", "triplets_per_s", per_s, &device);
+    Ok(())
+}
+
+fn embed(config: &Config, args: &BenchModelArgs) -> anyhow::Result<()> {
+    if args.batch == 0 || args.steps == 0 {
+        bail!("--batch and --steps must be at least 1");
+    }
+    let (model, _varmap, device) = model_for(config, args)?;
+    let x = random_batch(args.batch, args.image_size, &device)?;
+    let step = || -> anyhow::Result<()> {
+        let e = model.embed(&x)?;
+        device.synchronize()?;
+        drop(e);
+        Ok(())
+    };
+    step()?;
+    let start = Instant::now();
+    for _ in 0..args.steps {
+        step()?;
+    }
+    let per_s = (args.steps * args.batch) as f64 / start.elapsed().as_secs_f64();
+    report(args, "bench embed", "images_per_s", per_s, &device);
     Ok(())
 }

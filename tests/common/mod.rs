@@ -44,3 +44,38 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A synthetic dataset made once per test binary (kept until the process exits).
+pub fn synth_dataset(items: usize, size: u32) -> PathBuf {
+    use std::sync::{Mutex, OnceLock};
+    type Made = Vec<((usize, u32), PathBuf, tempfile::TempDir)>;
+    static MADE: OnceLock<Mutex<Made>> = OnceLock::new();
+    let made = MADE.get_or_init(|| Mutex::new(Vec::new()));
+    let mut made = made.lock().expect("lock");
+    if let Some((_, p, _)) = made.iter().find(|(k, _, _)| *k == (items, size)) {
+        return p.clone();
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("synth");
+    let opts = vitrine::data::synth::SynthOptions {
+        items,
+        size,
+        seed: 11,
+    };
+    vitrine::data::synth::generate(&opts, &root, &|_, _| {}).expect("synth");
+    made.push(((items, size), root.clone(), dir));
+    root
+}
+
+/// Config for fast CPU training tests: tiny images, no dropout (reproducible).
+pub fn tiny_train_config() -> vitrine::config::Config {
+    let mut c = vitrine::config::Config::default();
+    c.model.image_size = 32;
+    c.model.dropout = 0.0;
+    c.train.batch = 16;
+    c.train.epochs = 1;
+    c.train.lr = 1e-3;
+    c.train.checkpoint_every = 0;
+    c.train.device = "cpu".into();
+    c
+}

@@ -1,0 +1,194 @@
+use std::sync::atomic::Ordering;
+
+use anyhow::Context;
+
+use crate::cli::{TrainArgs, TrainOverrides};
+use crate::config::Config;
+use crate::progress::Progress;
+use crate::train::events::TrainEvent;
+use crate::train::trainer::{Control, TrainJob, train};
+
+/// Applies `--backbone`, `--epochs`… over the config, re-validating the result.
+pub fn apply_overrides(config: &Config, o: &TrainOverrides) -> anyhow::Result<Config> {
+    let mut c = config.clone();
+    if let Some(v) = o.backbone {
+        c.model.backbone = v;
+    }
+    if let Some(v) = o.image_size {
+        c.model.image_size = v;
+    }
+    if let Some(v) = o.epochs {
+        c.train.epochs = v;
+    }
+    if let Some(v) = o.batch {
+        c.train.batch = v;
+    }
+    if let Some(v) = o.max_steps {
+        c.train.max_steps = v;
+    }
+    if let Some(v) = o.lr {
+        c.train.lr = v;
+    }
+    if let Some(v) = o.mining {
+        c.train.mining = v;
+    }
+    if let Some(v) = &o.device {
+        c.train.device.clone_from(v);
+    }
+    if let Some(v) = o.seed {
+        c.train.seed = v;
+    }
+    c.validate()
+        .map_err(|(key, reason)| anyhow::anyhow!("command-line value for `{key}`: {reason}"))?;
+    Ok(c)
+}
+
+pub fn run(config: &Config, args: &TrainArgs) -> anyhow::Result<()> {
+    let config = apply_overrides(config, &args.overrides)?;
+    let job = TrainJob {
+        data: args
+            .data
+            .data
+            .clone()
+            .unwrap_or_else(|| config.data.root.clone()),
+        run: args.run.clone().unwrap_or_else(|| config.train.run.clone()),
+        resume: args.resume,
+        config,
+    };
+    run_job(&job, args.json)
+}
+
+/// Runs a training job in the foreground; Ctrl-C (or SIGTERM) finishes the current
+/// step, writes a checkpoint and exits successfully.
+pub fn run_job(job: &TrainJob, json: bool) -> anyhow::Result<()> {
+    super::set_threads(job.config.train.threads);
+    let control = Control::new();
+    let flag = control.stop_flag();
+    // A second handler in one process (tests) is refused; the first one still works.
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    let mut printer = EventPrinter::new(!json);
+    let outcome = train(job, &control, &mut |event| {
+        if json {
+            if let Ok(line) = serde_json::to_string(event) {
+                println!("{line}");
+            }
+        } else {
+            printer.print(event);
+        }
+    })
+    .with_context(|| format!("training run {}", job.run.display()))?;
+    if !json {
+        eprintln!(
+            "run {}: stopped ({:?}) at step {}; best val top-20 {}",
+            job.run.display(),
+            outcome.reason,
+            outcome.step,
+            outcome
+                .best_val_top20
+                .map_or_else(|| "n/a".into(), |v| format!("{:.1}%", v * 100.0))
+        );
+    }
+    Ok(())
+}
+
+/// Human-readable progress for a terminal or a log file.
+struct EventPrinter {
+    progress: Option<Progress>,
+    enabled: bool,
+    epochs: usize,
+}
+
+impl EventPrinter {
+    fn new(enabled: bool) -> Self {
+        Self {
+            progress: None,
+            enabled,
+            epochs: 0,
+        }
+    }
+
+    fn print(&mut self, event: &TrainEvent) {
+        if !self.enabled {
+            return;
+        }
+        match event {
+            TrainEvent::Started {
+                run,
+                device,
+                backbone,
+                image_size,
+                batch,
+                total_steps,
+                start_step,
+                train_triplets,
+                val_queries,
+                val_gallery,
+                trainable_params,
+                epochs,
+                mining,
+                ..
+            } => {
+                self.epochs = *epochs;
+                eprintln!(
+                    "training {run}: {backbone} at {image_size} px on {device}, {trainable_params} trainable parameters, \
+                     {train_triplets} triplets/epoch in batches of {batch} ({mining} mining), \
+                     val {val_queries} queries vs {val_gallery} gallery; steps {start_step}..{total_steps} (warming up)"
+                );
+                let mut p = Progress::new("train", *total_steps, true);
+                p.set(*start_step, "");
+                self.progress = Some(p);
+            }
+            TrainEvent::Step {
+                step,
+                epoch,
+                loss,
+                active,
+                triplets_per_s,
+                ..
+            } => {
+                if let Some(p) = &mut self.progress {
+                    p.set(
+                        *step,
+                        &format!(
+                            "epoch {} loss {loss:.4} active {:.0}% {triplets_per_s:.1} triplets/s",
+                            epoch + 1,
+                            active * 100.0
+                        ),
+                    );
+                }
+            }
+            TrainEvent::Epoch {
+                epoch,
+                train_loss,
+                val_loss,
+                val_top1,
+                val_top20,
+                val_map_at_r,
+                seconds,
+                ..
+            } => eprintln!(
+                "\nepoch {}/{}: train loss {train_loss:.4}, val loss {val_loss:.4}, val top-1 {:.1}%, top-20 {:.1}%, MAP@R {val_map_at_r:.3} ({seconds:.0} s)",
+                epoch + 1,
+                self.epochs,
+                val_top1 * 100.0,
+                val_top20 * 100.0
+            ),
+            TrainEvent::Baseline {
+                val_loss,
+                val_top1,
+                val_top20,
+                val_map_at_r,
+            } => eprintln!(
+                "untrained: val loss {val_loss:.4}, val top-1 {:.1}%, top-20 {:.1}%, MAP@R {val_map_at_r:.3}",
+                val_top1 * 100.0,
+                val_top20 * 100.0
+            ),
+            TrainEvent::Checkpoint { kind, path, .. } => {
+                tracing::info!("checkpoint {kind:?} written to {path}");
+            }
+            TrainEvent::Notice { message, .. } => eprintln!("\nnote: {message}"),
+            TrainEvent::Done { .. } => {}
+            TrainEvent::Failed { message, .. } => eprintln!("\ntraining failed: {message}"),
+        }
+    }
+}

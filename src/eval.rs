@@ -1,0 +1,226 @@
+//! DeepFashion's retrieval metrics, in one place for the trainer's validation and
+//! `vitrine eval`: top-k accuracy (a query is a hit when its item is among the k
+//! nearest gallery images) and MAP@R, over an exact ranking computed with one
+//! batched matrix product (GEMM) per block of queries.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+use candle_core::{D, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// The k of DeepFashion's top-k accuracy that vitrine reports.
+pub const REPORTED_K: [usize; 5] = [1, 5, 10, 20, 50];
+
+/// Queries scored per GEMM block (bounds the score matrix held at once).
+const QUERY_BLOCK: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Hit {
+    /// Row of the gallery matrix.
+    pub index: usize,
+    /// Cosine similarity (dot product of unit vectors).
+    pub score: f32,
+}
+
+/// Best first; ties broken by the lower gallery index so rankings are deterministic.
+fn rank_order(a: &Hit, b: &Hit) -> Ordering {
+    b.score
+        .partial_cmp(&a.score)
+        .unwrap_or(Ordering::Equal)
+        .then(a.index.cmp(&b.index))
+}
+
+/// The `k` best hits of one score row.
+pub fn top_k_of_row(scores: &[f32], k: usize) -> Vec<Hit> {
+    let mut hits: Vec<Hit> = scores
+        .iter()
+        .enumerate()
+        .map(|(index, &score)| Hit { index, score })
+        .collect();
+    let k = k.min(hits.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    if k < hits.len() {
+        hits.select_nth_unstable_by(k - 1, rank_order);
+        hits.truncate(k);
+    }
+    hits.sort_by(rank_order);
+    hits
+}
+
+/// Exact top-`k` gallery rows for every query row (both `(n, d)`, unit vectors, on
+/// any device); scores are cosine similarities.
+pub fn exact_top_k(
+    queries: &Tensor,
+    gallery: &Tensor,
+    k: usize,
+) -> candle_core::Result<Vec<Vec<Hit>>> {
+    let (nq, _) = queries.dims2()?;
+    let gallery_t = gallery.t()?.contiguous()?;
+    let mut out = Vec::with_capacity(nq);
+    let mut start = 0;
+    while start < nq {
+        let len = QUERY_BLOCK.min(nq - start);
+        let scores = queries
+            .narrow(0, start, len)?
+            .contiguous()?
+            .matmul(&gallery_t)?
+            .to_device(&Device::Cpu)?
+            .to_vec2::<f32>()?;
+        out.extend(scores.iter().map(|row| top_k_of_row(row, k)));
+        start += len;
+    }
+    Ok(out)
+}
+
+/// Retrieval quality of rankings against item labels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Retrieval {
+    pub queries: usize,
+    pub gallery: usize,
+    /// k → share of queries whose item is among the first k results. Queries with no
+    /// gallery image of their item count as misses (DeepFashion's convention).
+    pub top_k: BTreeMap<usize, f64>,
+    /// Mean over queries with at least one match of (1/R)·Σ_{i≤R} P(i)·rel(i), where
+    /// R is the number of gallery images of the query's item.
+    pub map_at_r: f64,
+    /// Queries whose item has no image in the gallery.
+    pub without_match: usize,
+}
+
+impl Retrieval {
+    pub fn at(&self, k: usize) -> f64 {
+        self.top_k.get(&k).copied().unwrap_or(0.0)
+    }
+}
+
+/// How deep rankings must go to score `ks` and MAP@R for these labels.
+pub fn depth_needed(gallery_labels: &[usize], ks: &[usize]) -> usize {
+    let mut counts: BTreeMap<usize, usize> = BTreeMap::new();
+    for &l in gallery_labels {
+        *counts.entry(l).or_default() += 1;
+    }
+    let max_r = counts.values().copied().max().unwrap_or(0);
+    ks.iter().copied().max().unwrap_or(0).max(max_r)
+}
+
+/// Scores rankings (gallery indices, best first) of each query.
+pub fn score_rankings(
+    rankings: &[Vec<usize>],
+    query_labels: &[usize],
+    gallery_labels: &[usize],
+    ks: &[usize],
+) -> Retrieval {
+    let mut relevant: BTreeMap<usize, usize> = BTreeMap::new();
+    for &l in gallery_labels {
+        *relevant.entry(l).or_default() += 1;
+    }
+    let mut hits_at: BTreeMap<usize, usize> = ks.iter().map(|&k| (k, 0)).collect();
+    let mut ap_sum = 0.0;
+    let mut with_match = 0usize;
+    for (ranking, &label) in rankings.iter().zip(query_labels) {
+        let r = relevant.get(&label).copied().unwrap_or(0);
+        if r == 0 {
+            continue;
+        }
+        with_match += 1;
+        let first_hit = ranking.iter().position(|&g| gallery_labels[g] == label);
+        if let Some(pos) = first_hit {
+            for (&k, n) in &mut hits_at {
+                if pos < k {
+                    *n += 1;
+                }
+            }
+        }
+        let mut found = 0usize;
+        let mut precision_sum = 0.0;
+        for (i, &g) in ranking.iter().take(r).enumerate() {
+            if gallery_labels[g] == label {
+                found += 1;
+                precision_sum += found as f64 / (i + 1) as f64;
+            }
+        }
+        ap_sum += precision_sum / r as f64;
+    }
+    let nq = rankings.len().max(1) as f64;
+    Retrieval {
+        queries: rankings.len(),
+        gallery: gallery_labels.len(),
+        top_k: hits_at
+            .into_iter()
+            .map(|(k, n)| (k, n as f64 / nq))
+            .collect(),
+        map_at_r: if with_match == 0 {
+            0.0
+        } else {
+            ap_sum / with_match as f64
+        },
+        without_match: rankings.len() - with_match,
+    }
+}
+
+/// Exact evaluation of query embeddings against gallery embeddings.
+pub fn evaluate(
+    queries: &Tensor,
+    gallery: &Tensor,
+    query_labels: &[usize],
+    gallery_labels: &[usize],
+    ks: &[usize],
+) -> candle_core::Result<Retrieval> {
+    let depth = depth_needed(gallery_labels, ks);
+    let ranked = exact_top_k(queries, gallery, depth)?;
+    let rankings: Vec<Vec<usize>> = ranked
+        .iter()
+        .map(|hits| hits.iter().map(|h| h.index).collect())
+        .collect();
+    Ok(score_rankings(&rankings, query_labels, gallery_labels, ks))
+}
+
+/// L2-normalises rows (used for raw vectors; embedders already output unit rows).
+pub fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
+    let norm = x
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?;
+    x.broadcast_div(&norm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_computed_toy_case_with_ties_and_an_unmatched_query() {
+        // Gallery labels: items 7, 8, 7, 9. Query rankings written by hand.
+        let gallery = [7, 8, 7, 9];
+        let rankings = vec![
+            vec![0, 1, 2, 3], // item 7: hit at rank 1; R=2, top-2 = [7, 8] → AP = (1/1)/2
+            vec![1, 3, 0, 2], // item 7: first hit at rank 3; R=2 → top-2 [1,3] has none → 0
+            vec![3, 1, 0, 2], // item 9: hit at rank 1; R=1 → 1
+            vec![0, 1, 2, 3], // item 5: no gallery image → miss, excluded from MAP@R
+        ];
+        let r = score_rankings(&rankings, &[7, 7, 9, 5], &gallery, &[1, 2, 3]);
+        assert_eq!(r.at(1), 2.0 / 4.0);
+        assert_eq!(r.at(2), 2.0 / 4.0);
+        assert_eq!(r.at(3), 3.0 / 4.0);
+        assert_eq!(r.without_match, 1);
+        assert!((r.map_at_r - (0.5 + 0.0 + 1.0) / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn ties_rank_lower_index_first_and_exact_matches_naive() {
+        let scores = [0.5, 0.9, 0.5, 0.9, 0.1];
+        let idx: Vec<usize> = top_k_of_row(&scores, 4).iter().map(|h| h.index).collect();
+        assert_eq!(idx, vec![1, 3, 0, 2]);
+        let q = Tensor::new(&[[1f32, 0.0], [0.0, 1.0]], &Device::Cpu).expect("q");
+        let g = Tensor::new(&[[0.6f32, 0.8], [1.0, 0.0], [0.0, 1.0]], &Device::Cpu).expect("g");
+        let top = exact_top_k(&q, &g, 2).expect("top");
+        assert_eq!(top[0][0].index, 1);
+        assert_eq!(top[0][1].index, 0);
+        assert_eq!(top[1][0].index, 2);
+        assert!((top[1][1].score - 0.8).abs() < 1e-6);
+    }
+}

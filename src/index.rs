@@ -1,0 +1,3 @@
+//! Embedding images with a trained embedder (and, later, the gallery index).
+
+pub mod embed;

@@ -1,0 +1,277 @@
+//! Weights on disk: safetensors files of a [`VarMap`] (parameters and BatchNorm
+//! running statistics, which are variables too), written atomically, loaded only after
+//! every name and shape was checked.
+//!
+//! Two ways in:
+//! - [`load_full`]: our own checkpoints; every variable, head included, must be in the
+//!   file with its shape, and the file must hold nothing else.
+//! - [`load_pretrained_backbone`]: an ImageNet `state_dict` from torchvision or timm
+//!   exported to safetensors; every backbone variable must be present, `head.*` is
+//!   not read (the head keeps its fresh values), `fc.*` is ignored.
+//!
+//! Both ignore `*.num_batches_tracked`, accept f32/f64/f16/bf16 tensors (converted to
+//! the variable's dtype), and leave the map untouched when they fail.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+
+use super::embedder::sorted_vars;
+use crate::fsutil::{fnv1a64, write_bytes_atomic};
+
+/// How many names per list [`CheckpointError::Mismatch`]'s message shows.
+const SHOWN_NAMES: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{}: not a readable safetensors file: {source}", path.display())]
+    Format {
+        path: PathBuf,
+        source: candle_core::Error,
+    },
+    #[error("{}: tensor {name} has dtype {dtype}; weights must be f32, f64, f16 or bf16", path.display())]
+    Dtype {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+    },
+    #[error("{}: {}", path.display(), mismatch_message(missing, unexpected, mis_shaped))]
+    Mismatch {
+        path: PathBuf,
+        /// Model variables the file lacks.
+        missing: Vec<String>,
+        /// File tensors the model has no variable for.
+        unexpected: Vec<String>,
+        /// `(name, shape in the file, shape in the model)`.
+        mis_shaped: Vec<(String, Vec<usize>, Vec<usize>)>,
+    },
+    #[error("{}: {source}", path.display())]
+    Tensor {
+        path: PathBuf,
+        source: candle_core::Error,
+    },
+}
+
+fn shown<T>(items: &[T], fmt: impl Fn(&T) -> String) -> String {
+    let mut s = items
+        .iter()
+        .take(SHOWN_NAMES)
+        .map(fmt)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > SHOWN_NAMES {
+        let _ = write!(s, ", … ({} more)", items.len() - SHOWN_NAMES);
+    }
+    s
+}
+
+fn mismatch_message(
+    missing: &[String],
+    unexpected: &[String],
+    mis_shaped: &[(String, Vec<usize>, Vec<usize>)],
+) -> String {
+    let mut parts = vec!["weights do not fit the model".to_owned()];
+    if !missing.is_empty() {
+        parts.push(format!(
+            "{} missing: {}",
+            missing.len(),
+            shown(missing, Clone::clone)
+        ));
+    }
+    if !unexpected.is_empty() {
+        parts.push(format!(
+            "{} unexpected: {}",
+            unexpected.len(),
+            shown(unexpected, Clone::clone)
+        ));
+    }
+    if !mis_shaped.is_empty() {
+        parts.push(format!(
+            "{} mis-shaped: {}",
+            mis_shaped.len(),
+            shown(mis_shaped, |(n, file, model)| format!(
+                "{n} (file {file:?}, model {model:?})"
+            ))
+        ));
+    }
+    parts.join("; ")
+}
+
+/// What a load did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Variables set from the file.
+    pub loaded: usize,
+    /// File tensors skipped on purpose (`num_batches_tracked`, `fc.*`, `head.*`), sorted.
+    pub ignored: Vec<String>,
+}
+
+/// Saves every variable of `varmap` to `path` (safetensors, names sorted), through a
+/// temporary sibling file renamed into place.
+pub fn save(varmap: &VarMap, path: &Path) -> Result<(), CheckpointError> {
+    let tensor_err = |source| CheckpointError::Tensor {
+        path: path.to_owned(),
+        source,
+    };
+    let tensors = sorted_vars(varmap)
+        .into_iter()
+        .map(|(name, var)| Ok((name, var.as_tensor().to_device(&Device::Cpu)?)))
+        .collect::<candle_core::Result<Vec<(String, Tensor)>>>()
+        .map_err(tensor_err)?;
+    let bytes = safetensors::tensor::serialize(tensors, None).map_err(|e| tensor_err(e.into()))?;
+    write_bytes_atomic(path, &bytes).map_err(|source| CheckpointError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Loads one of our own checkpoints: names and shapes must match `varmap` exactly.
+pub fn load_full(varmap: &VarMap, path: &Path) -> Result<LoadReport, CheckpointError> {
+    load(varmap, path, false)
+}
+
+/// Loads an ImageNet backbone (torchvision/timm names): every backbone variable must
+/// be in the file; `head.*` (and `fc.*`) in the file are not read.
+pub fn load_pretrained_backbone(
+    varmap: &VarMap,
+    path: &Path,
+) -> Result<LoadReport, CheckpointError> {
+    load(varmap, path, true)
+}
+
+fn is_head(name: &str) -> bool {
+    name.starts_with("head.")
+}
+
+fn load(varmap: &VarMap, path: &Path, backbone_only: bool) -> Result<LoadReport, CheckpointError> {
+    let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let file = candle_core::safetensors::SliceSafetensors::new(&bytes).map_err(|source| {
+        CheckpointError::Format {
+            path: path.to_owned(),
+            source,
+        }
+    })?;
+    let ignored_name = |name: &str| {
+        name.ends_with(".num_batches_tracked")
+            || (backbone_only && (name.starts_with("fc.") || is_head(name)))
+    };
+    let mut report = LoadReport::default();
+    let mut in_file: BTreeMap<String, (Vec<usize>, safetensors::Dtype)> = BTreeMap::new();
+    for (name, view) in file.tensors() {
+        if ignored_name(&name) {
+            report.ignored.push(name);
+        } else {
+            in_file.insert(name, (view.shape().to_vec(), view.dtype()));
+        }
+    }
+    report.ignored.sort();
+
+    let wanted: Vec<_> = sorted_vars(varmap)
+        .into_iter()
+        .filter(|(name, _)| !(backbone_only && is_head(name)))
+        .collect();
+    let wanted_names: BTreeSet<&str> = wanted.iter().map(|(n, _)| n.as_str()).collect();
+    let mut missing = Vec::new();
+    let mut mis_shaped = Vec::new();
+    for (name, var) in &wanted {
+        match in_file.get(name) {
+            None => missing.push(name.clone()),
+            Some((shape, _)) if shape.as_slice() != var.dims() => {
+                mis_shaped.push((name.clone(), shape.clone(), var.dims().to_vec()));
+            }
+            Some(_) => {}
+        }
+    }
+    let unexpected: Vec<String> = in_file
+        .keys()
+        .filter(|n| !wanted_names.contains(n.as_str()))
+        .cloned()
+        .collect();
+    if !(missing.is_empty() && unexpected.is_empty() && mis_shaped.is_empty()) {
+        return Err(CheckpointError::Mismatch {
+            path: path.to_owned(),
+            missing,
+            unexpected,
+            mis_shaped,
+        });
+    }
+    for (name, (_, dtype)) in &in_file {
+        use safetensors::Dtype as S;
+        if !matches!(dtype, S::F32 | S::F64 | S::F16 | S::BF16) {
+            return Err(CheckpointError::Dtype {
+                path: path.to_owned(),
+                name: name.clone(),
+                dtype: format!("{dtype:?}"),
+            });
+        }
+    }
+    // Convert everything first, so a failure leaves the map untouched.
+    let tensor_err = |source| CheckpointError::Tensor {
+        path: path.to_owned(),
+        source,
+    };
+    let values = wanted
+        .iter()
+        .map(|(name, var)| {
+            file.load(name, &Device::Cpu)?
+                .to_dtype(var.dtype())?
+                .to_device(var.device())
+        })
+        .collect::<candle_core::Result<Vec<Tensor>>>()
+        .map_err(tensor_err)?;
+    for ((_, var), value) in wanted.iter().zip(&values) {
+        var.set(value).map_err(tensor_err)?;
+    }
+    report.loaded = values.len();
+    Ok(report)
+}
+
+/// A content fingerprint of `varmap`: 16 hex digits of FNV-1a over the sorted
+/// `name dtype shape hash` lines, each `hash` FNV-1a over the tensor's bytes. Equal
+/// weights give equal fingerprints whichever file or device they came from.
+pub fn fingerprint(varmap: &VarMap) -> candle_core::Result<String> {
+    let mut manifest = String::new();
+    for (name, var) in sorted_vars(varmap) {
+        let t = var.as_tensor().to_device(&Device::Cpu)?.flatten_all()?;
+        let bytes: Vec<u8> = match t.dtype() {
+            DType::F32 => t
+                .to_vec1::<f32>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+            _ => t
+                .to_dtype(DType::F64)?
+                .to_vec1::<f64>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        };
+        let _ = writeln!(
+            manifest,
+            "{name} {:?} {:?} {:016x}",
+            t.dtype(),
+            var.dims(),
+            fnv1a64(&bytes)
+        );
+    }
+    Ok(format!("{:016x}", fnv1a64(manifest.as_bytes())))
+}
+
+/// 16 hex digits of FNV-1a over a file's bytes ([`save`] writes the same bytes for
+/// the same weights).
+pub fn fingerprint_file(path: &Path) -> Result<String, CheckpointError> {
+    let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(format!("{:016x}", fnv1a64(&bytes)))
+}

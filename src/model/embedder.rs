@@ -1,0 +1,266 @@
+//! The image embedder: ResNet backbone → global average pool → dropout (training
+//! only) → `Linear(feature_dim, embedding_dim)` named `head.*` → L2 normalisation.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Module, ModuleT, Result, Tensor, Var};
+use candle_nn::{Dropout, Linear, VarBuilder, VarMap};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+pub use super::resnet::Backbone;
+use super::resnet::{ResNet, ResNetConfig, is_trainable};
+use crate::fsutil::fnv1a64;
+use crate::rng::Rng;
+
+/// Smallest squared norm divided by in the L2 normalisation (norm floor 1e-12, as
+/// torch's `F.normalize`).
+const NORM_SQ_FLOOR: f64 = 1e-24;
+
+/// What the embedder is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbedderConfig {
+    pub backbone: Backbone,
+    /// Length of the output unit vectors.
+    pub embedding_dim: usize,
+    /// Dropout probability before the head, in `[0, 1)`; applied only when training.
+    pub dropout: f32,
+    /// First trainable stage: 0/1 everything, 2 stem frozen, …, 5 only `layer4` and the
+    /// head, 6 only the head (see `model::resnet`).
+    pub train_from_stage: usize,
+}
+
+impl Default for EmbedderConfig {
+    /// The original notebook's head (512-d, dropout 0.5, only the last stage trains)
+    /// on the CPU-sized backbone.
+    fn default() -> Self {
+        Self {
+            backbone: Backbone::Resnet18,
+            embedding_dim: 512,
+            dropout: 0.5,
+            train_from_stage: 5,
+        }
+    }
+}
+
+impl EmbedderConfig {
+    fn resnet(&self) -> ResNetConfig {
+        ResNetConfig {
+            backbone: self.backbone,
+            train_from_stage: self.train_from_stage,
+        }
+    }
+}
+
+/// The variables an optimizer should receive, split for weight decay.
+#[derive(Debug, Clone, Default)]
+pub struct ParamGroups {
+    /// Conv and linear weights.
+    pub decay: Vec<Var>,
+    /// BatchNorm weights and biases and all biases (every rank-≤1 parameter).
+    pub no_decay: Vec<Var>,
+}
+
+/// Images `(N, 3, H, W)` (f32, normalised) → unit embeddings `(N, embedding_dim)`.
+#[derive(Debug, Clone)]
+pub struct Embedder {
+    cfg: EmbedderConfig,
+    backbone: ResNet,
+    dropout: Dropout,
+    head: Linear,
+}
+
+impl Embedder {
+    /// Builds the network; backbone names are torchvision's, the head is `head.*`.
+    pub fn new(cfg: EmbedderConfig, vb: VarBuilder) -> Result<Self> {
+        if cfg.embedding_dim == 0 {
+            candle_core::bail!("embedding_dim must be at least 1")
+        }
+        if !(0.0..1.0).contains(&cfg.dropout) {
+            candle_core::bail!("dropout must be in [0, 1), got {}", cfg.dropout)
+        }
+        let backbone = ResNet::new(cfg.resnet(), vb.clone())?;
+        let head = candle_nn::linear(backbone.feature_dim(), cfg.embedding_dim, vb.pp("head"))?;
+        Ok(Self {
+            cfg,
+            backbone,
+            dropout: Dropout::new(cfg.dropout),
+            head,
+        })
+    }
+
+    /// Builds an embedder on a fresh f32 [`VarMap`] on `device`, initialised
+    /// deterministically from `seed` on every device (Candle's CPU generator cannot be
+    /// seeded, so the values come from [`crate::rng::Rng`], one stream per variable
+    /// name). Initialisation follows torchvision: convs Kaiming-normal (fan-out, ReLU),
+    /// BatchNorm weight 1 / bias 0 / running mean 0 / running var 1, the head
+    /// `U(±1/√fan_in)` for weight and bias.
+    pub fn seeded(cfg: EmbedderConfig, device: &Device, seed: u64) -> Result<(Self, VarMap)> {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        let model = Self::new(cfg, vb)?;
+        init_seeded(&varmap, seed)?;
+        Ok((model, varmap))
+    }
+
+    pub fn config(&self) -> EmbedderConfig {
+        self.cfg
+    }
+
+    pub fn backbone(&self) -> &ResNet {
+        &self.backbone
+    }
+
+    /// Whether the optimizer should receive the variable `name`: a parameter (no
+    /// running statistic) of a stage not frozen by `train_from_stage`.
+    pub fn is_trainable(&self, name: &str) -> bool {
+        is_trainable(name, self.cfg.train_from_stage)
+    }
+
+    /// The names of the trainable variables in `varmap`, sorted.
+    pub fn trainable_names(&self, varmap: &VarMap) -> Vec<String> {
+        sorted_vars(varmap)
+            .into_iter()
+            .filter(|(name, _)| self.is_trainable(name))
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// The trainable variables in `varmap`, sorted by name: frozen stages and
+    /// BatchNorm running statistics are left out.
+    pub fn trainable_vars(&self, varmap: &VarMap) -> Vec<Var> {
+        sorted_vars(varmap)
+            .into_iter()
+            .filter(|(name, _)| self.is_trainable(name))
+            .map(|(_, var)| var)
+            .collect()
+    }
+
+    /// [`Self::trainable_vars`] split into weight-decay and no-decay groups.
+    pub fn param_groups(&self, varmap: &VarMap) -> ParamGroups {
+        let mut groups = ParamGroups::default();
+        for (name, var) in sorted_vars(varmap) {
+            if !self.is_trainable(&name) {
+                continue;
+            }
+            if var.rank() <= 1 {
+                groups.no_decay.push(var);
+            } else {
+                groups.decay.push(var);
+            }
+        }
+        groups
+    }
+
+    /// Eval-mode embedding (running BatchNorm statistics, no dropout).
+    pub fn embed(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_t(xs, false)
+    }
+}
+
+impl ModuleT for Embedder {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let features = self.backbone.forward_t(xs, train)?;
+        let pooled = features.mean(3)?.mean(2)?;
+        let pooled = if train && self.cfg.dropout > 0.0 {
+            self.dropout.forward_t(&pooled, true)?
+        } else {
+            pooled
+        };
+        let ys = self.head.forward(&pooled)?;
+        l2_normalize(&ys)
+    }
+}
+
+/// Rows divided by their L2 norm, the norm floored at 1e-12 so zero rows stay finite.
+pub fn l2_normalize(xs: &Tensor) -> Result<Tensor> {
+    let norm = xs.sqr()?.sum_keepdim(1)?.maximum(NORM_SQ_FLOOR)?.sqrt()?;
+    xs.broadcast_div(&norm)
+}
+
+/// The variables of `varmap`, sorted by name.
+pub(crate) fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
+    let mut vars: Vec<(String, Var)> = match varmap.data().lock() {
+        Ok(data) => data.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        Err(poisoned) => poisoned
+            .into_inner()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    };
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+/// Overwrites every variable of `varmap` with torchvision-style initial values drawn
+/// from `seed` (see [`Embedder::seeded`]). Streams are per name, so the result does not
+/// depend on the map's order or on the device.
+pub fn init_seeded(varmap: &VarMap, seed: u64) -> Result<()> {
+    let vars = sorted_vars(varmap);
+    let shapes: HashMap<&str, Vec<usize>> = vars
+        .iter()
+        .map(|(name, var)| (name.as_str(), var.dims().to_vec()))
+        .collect();
+    let values: Vec<Vec<f32>> = vars
+        .par_iter()
+        .map(|(name, var)| {
+            let dims = var.dims();
+            let n = var.elem_count();
+            let mut rng = Rng::derive(seed, &[fnv1a64(name.as_bytes())]);
+            if dims.len() == 4 {
+                // Kaiming normal, fan-out, ReLU gain.
+                let std = (2.0 / (dims[0] * dims[2] * dims[3]) as f32).sqrt();
+                (0..n).map(|_| rng.normal() * std).collect()
+            } else if dims.len() == 2 || name.ends_with("head.bias") {
+                // torch's Linear: U(±1/√fan_in) for weight and bias.
+                let weight = format!("{}weight", name.trim_end_matches("bias"));
+                let fan_in = if dims.len() == 2 {
+                    dims[1]
+                } else {
+                    shapes.get(weight.as_str()).map_or(1, |s| s[1])
+                };
+                let bound = 1.0 / (fan_in as f32).sqrt();
+                (0..n).map(|_| rng.range_f32(-bound, bound)).collect()
+            } else if name.ends_with(".weight") || name.ends_with(".running_var") {
+                vec![1.0; n]
+            } else {
+                vec![0.0; n]
+            }
+        })
+        .collect();
+    for ((_, var), v) in vars.iter().zip(values) {
+        let t = Tensor::from_vec(v, var.dims(), var.device())?.to_dtype(var.dtype())?;
+        var.set(&t)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_serde_defaults_and_unknown_keys() {
+        let cfg: EmbedderConfig =
+            serde_json::from_str(r#"{"backbone":"resnet50","embedding_dim":128}"#).expect("cfg");
+        assert_eq!(cfg.backbone, Backbone::Resnet50);
+        assert_eq!(cfg.embedding_dim, 128);
+        assert_eq!(
+            cfg.train_from_stage,
+            EmbedderConfig::default().train_from_stage
+        );
+        assert!(serde_json::from_str::<EmbedderConfig>(r#"{"embed_dim":3}"#).is_err());
+    }
+
+    #[test]
+    fn l2_normalize_is_finite_on_zero_rows() {
+        let xs = Tensor::new(&[[3f32, 4.0], [0.0, 0.0]], &Device::Cpu).expect("t");
+        let ys = l2_normalize(&xs)
+            .expect("norm")
+            .to_vec2::<f32>()
+            .expect("v");
+        assert!((ys[0][0] - 0.6).abs() < 1e-6 && (ys[0][1] - 0.8).abs() < 1e-6);
+        assert_eq!(ys[1], vec![0.0, 0.0]);
+    }
+}

@@ -1,0 +1,41 @@
+//! `train.device`: "auto" | "cpu" | "cuda:N". Nothing else in vitrine assumes a device.
+
+use candle_core::Device;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+pub fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+    match s {
+        "auto" => Ok(DeviceChoice::Auto),
+        "cpu" => Ok(DeviceChoice::Cpu),
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(DeviceChoice::Cuda)
+            .ok_or_else(|| format!("unknown device `{s}`: expected auto, cpu or cuda:N")),
+    }
+}
+
+/// The device to run on; `auto` takes CUDA device 0 when vitrine was built with the
+/// `cuda` feature and a GPU answers, the CPU otherwise.
+pub fn select(choice: DeviceChoice) -> candle_core::Result<Device> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda(n) => Device::new_cuda(n),
+        DeviceChoice::Auto => Device::cuda_if_available(0),
+    }
+}
+
+/// "cpu" or "cuda:N" for logs and events.
+pub fn describe(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}

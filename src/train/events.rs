@@ -1,0 +1,108 @@
+//! What a training worker reports. Events carry scalars and ids, never tensors or
+//! images; each is one JSON line of `metrics.jsonl` (`{"event":"step",...}`).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum TrainEvent {
+    Started {
+        run: String,
+        device: String,
+        backbone: String,
+        image_size: u32,
+        /// Triplets per step.
+        batch: usize,
+        epochs: usize,
+        steps_per_epoch: usize,
+        total_steps: usize,
+        /// First step this process runs (non-zero when resumed).
+        start_step: usize,
+        resumed: bool,
+        mining: String,
+        params: usize,
+        trainable_params: usize,
+        train_triplets: usize,
+        val_queries: usize,
+        val_gallery: usize,
+        /// Seconds since the Unix epoch.
+        time: f64,
+    },
+    /// Validation of the untrained model, before the first step of a fresh run: the
+    /// baseline every epoch must beat.
+    Baseline {
+        val_loss: f32,
+        val_top1: f64,
+        val_top20: f64,
+        val_map_at_r: f64,
+    },
+    Step {
+        step: usize,
+        epoch: usize,
+        loss: f32,
+        /// Share of triplets with a positive loss.
+        active: f32,
+        d_ap: f32,
+        d_an: f32,
+        lr: f64,
+        grad_norm: f32,
+        triplets_per_s: f32,
+        elapsed_s: f64,
+    },
+    /// End of an epoch, with validation on the val split.
+    Epoch {
+        epoch: usize,
+        step: usize,
+        train_loss: f32,
+        val_loss: f32,
+        val_top1: f64,
+        val_top20: f64,
+        val_map_at_r: f64,
+        seconds: f64,
+    },
+    Checkpoint {
+        step: usize,
+        epoch: usize,
+        kind: CheckpointKind,
+        path: String,
+    },
+    /// Something the user should know that does not stop training.
+    Notice { step: usize, message: String },
+    Done {
+        step: usize,
+        epoch: usize,
+        reason: StopReason,
+        best_val_top20: f64,
+        seconds: f64,
+    },
+    Failed {
+        step: usize,
+        epoch: usize,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointKind {
+    Last,
+    Best,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// All epochs ran.
+    Finished,
+    /// `--max-steps` reached.
+    MaxSteps,
+    /// Stopped on request (Ctrl-C, the dashboard's stop key).
+    Interrupted,
+}
+
+impl TrainEvent {
+    /// Whether the run ended with this event.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, TrainEvent::Done { .. } | TrainEvent::Failed { .. })
+    }
+}

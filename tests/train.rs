@@ -1,0 +1,300 @@
+mod common;
+
+use std::path::Path;
+
+use vitrine::data::deepfashion::{Dataset, LoadOptions, Source, Split};
+use vitrine::data::loader::LoaderConfig;
+use vitrine::model::Embedder;
+use vitrine::model::checkpoint;
+use vitrine::train::events::{CheckpointKind, StopReason, TrainEvent};
+use vitrine::train::metrics_log::read_all;
+use vitrine::train::run_dir::RunDir;
+use vitrine::train::trainer::{Control, TrainError, TrainJob, read_meta, train, validate};
+
+fn job(data: &Path, run: &Path, config: vitrine::config::Config) -> TrainJob {
+    TrainJob {
+        config,
+        data: data.to_path_buf(),
+        run: run.to_path_buf(),
+        resume: false,
+    }
+}
+
+fn run_collect(
+    job: &TrainJob,
+    control: &Control,
+) -> (
+    Result<vitrine::train::trainer::TrainOutcome, TrainError>,
+    Vec<TrainEvent>,
+) {
+    let mut events = Vec::new();
+    let r = train(job, control, &mut |e| events.push(e.clone()));
+    (r, events)
+}
+
+#[test]
+fn training_beats_the_untrained_model_on_val() {
+    let data = common::synth_dataset(150, 64);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cfg = common::tiny_train_config();
+    cfg.train.epochs = 4;
+    let job = job(&data, &tmp.path().join("run"), cfg);
+    let (result, events) = run_collect(&job, &Control::new());
+    let outcome = result.expect("train");
+    assert_eq!(outcome.reason, StopReason::Finished);
+    let baseline = events
+        .iter()
+        .find_map(|e| match e {
+            TrainEvent::Baseline {
+                val_top20,
+                val_map_at_r,
+                ..
+            } => Some((*val_top20, *val_map_at_r)),
+            _ => None,
+        })
+        .expect("baseline event");
+    let last = events
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            TrainEvent::Epoch {
+                val_top20,
+                val_map_at_r,
+                train_loss,
+                ..
+            } => Some((*val_top20, *val_map_at_r, *train_loss)),
+            _ => None,
+        })
+        .expect("epoch event");
+    let losses: Vec<f32> = events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Step { loss, .. } => Some(*loss),
+            _ => None,
+        })
+        .collect();
+    assert!(losses.iter().all(|l| l.is_finite()));
+    let n = losses.len() / 4;
+    let first: f32 = losses[..n].iter().sum::<f32>() / n as f32;
+    let final_: f32 = losses[losses.len() - n..].iter().sum::<f32>() / n as f32;
+    assert!(
+        final_ < first * 0.8,
+        "loss should go down: {first} -> {final_}"
+    );
+    assert!(
+        last.0 > baseline.0,
+        "val top-20 must beat the untrained model: {} vs {}",
+        last.0,
+        baseline.0
+    );
+    // The metrics log holds the same events, in order, readable by another process.
+    let logged = read_all(&RunDir::new(&job.run).metrics()).expect("metrics");
+    assert!(
+        logged == events,
+        "metrics.jsonl differs from the events emitted"
+    );
+    // Checkpoints exist with sidecars; the lock is released.
+    let run = RunDir::new(&job.run);
+    for kind in [CheckpointKind::Last, CheckpointKind::Best] {
+        assert!(run.checkpoint(kind).is_file());
+        assert!(read_meta(&run.checkpoint(kind)).is_ok());
+    }
+    assert_eq!(run.locked_by(), None);
+    assert!(run.config().is_file());
+}
+
+#[test]
+fn checkpoints_reload_to_identical_embeddings() {
+    let data = common::synth_dataset(60, 64);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cfg = common::tiny_train_config();
+    cfg.train.max_steps = 2;
+    let job = job(&data, &tmp.path().join("run"), cfg.clone());
+    run_collect(&job, &Control::new()).0.expect("train");
+    let last = RunDir::new(&job.run).checkpoint(CheckpointKind::Last);
+    let ds = Dataset::open(&data, LoadOptions::default()).expect("open");
+    let loader = LoaderConfig {
+        size: 32,
+        crop: true,
+        workers: 1,
+        prefetch: 1,
+    };
+    let q = ds.queries(Split::Val);
+    let g = ds.unique_images(&[Split::Val], Source::Shop);
+    let mut results = Vec::new();
+    for seed in [1, 2] {
+        let (model, varmap) =
+            Embedder::seeded(cfg.model.embedder(), &candle_core::Device::Cpu, seed).expect("model");
+        checkpoint::load_full(&varmap, &last).expect("load");
+        let meta = read_meta(&last).expect("meta");
+        assert_eq!(
+            checkpoint::fingerprint(&varmap).expect("fp"),
+            meta.fingerprint
+        );
+        let r = validate(&model, &ds, &q, &g, loader, &candle_core::Device::Cpu, 0.5)
+            .expect("validate")
+            .expect("val");
+        results.push(r.0);
+    }
+    assert_eq!(
+        results[0], results[1],
+        "same weights, same retrieval whatever the init seed"
+    );
+}
+
+#[test]
+fn resume_continues_exactly_where_it_stopped() {
+    let data = common::synth_dataset(60, 64);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cfg = common::tiny_train_config();
+    cfg.train.batch = 8;
+    cfg.train.epochs = 2;
+    cfg.train.max_steps = 5;
+    // Straight through: 5 steps.
+    let straight = job(&data, &tmp.path().join("straight"), cfg.clone());
+    let (r, events_a) = run_collect(&straight, &Control::new());
+    assert_eq!(r.expect("train").step, 5);
+    // Interrupted after 3 steps, then resumed to 5.
+    let mut first = cfg.clone();
+    first.train.max_steps = 3;
+    let split = job(&data, &tmp.path().join("split"), first);
+    assert_eq!(
+        run_collect(&split, &Control::new()).0.expect("train").step,
+        3
+    );
+    // Without --resume an existing run is refused rather than overwritten.
+    let again = job(&data, &split.run, cfg.clone());
+    assert!(matches!(
+        run_collect(&again, &Control::new()).0,
+        Err(TrainError::Resume { .. })
+    ));
+    let mut resumed = again;
+    resumed.resume = true;
+    let (r, events_b) = run_collect(&resumed, &Control::new());
+    assert_eq!(r.expect("resume").step, 5);
+    match &events_b[0] {
+        TrainEvent::Started {
+            start_step,
+            resumed,
+            ..
+        } => {
+            assert_eq!(*start_step, 3);
+            assert!(*resumed);
+        }
+        other => panic!("first event {other:?}"),
+    }
+    let steps = |ev: &[TrainEvent]| -> Vec<(usize, f32)> {
+        ev.iter()
+            .filter_map(|e| match e {
+                TrainEvent::Step { step, loss, .. } => Some((*step, *loss)),
+                _ => None,
+            })
+            .collect()
+    };
+    let a = steps(&events_a);
+    let b = steps(&events_b);
+    assert_eq!(b.iter().map(|s| s.0).collect::<Vec<_>>(), vec![4, 5]);
+    for ((sa, la), (sb, lb)) in a[3..].iter().zip(&b) {
+        assert_eq!(sa, sb);
+        assert!(
+            (la - lb).abs() < 1e-4,
+            "step {sa}: {la} vs {lb} (optimizer state and sampler position restored)"
+        );
+    }
+    let fa = read_meta(&RunDir::new(&straight.run).checkpoint(CheckpointKind::Last)).expect("meta");
+    let fb = read_meta(&RunDir::new(&resumed.run).checkpoint(CheckpointKind::Last)).expect("meta");
+    assert_eq!(fa.step, fb.step);
+}
+
+#[test]
+fn a_stop_request_finishes_the_step_and_checkpoints() {
+    let data = common::synth_dataset(60, 64);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let job = job(&data, &tmp.path().join("run"), common::tiny_train_config());
+    let control = Control::new();
+    let c2 = control.clone();
+    let mut events = Vec::new();
+    let outcome = train(&job, &control, &mut |e| {
+        if let TrainEvent::Step { step: 2, .. } = e {
+            c2.request_stop();
+        }
+        events.push(e.clone());
+    })
+    .expect("interrupted run still succeeds");
+    assert_eq!(outcome.reason, StopReason::Interrupted);
+    assert_eq!(outcome.step, 2);
+    let last = RunDir::new(&job.run).checkpoint(CheckpointKind::Last);
+    assert_eq!(read_meta(&last).expect("meta").step, 2);
+    assert!(matches!(
+        events.last(),
+        Some(TrainEvent::Done {
+            reason: StopReason::Interrupted,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let data = common::synth_dataset(60, 64);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cfg = common::tiny_train_config();
+    cfg.train.lr = 1e36;
+    cfg.train.checkpoint_every = 1;
+    let job = job(&data, &tmp.path().join("run"), cfg.clone());
+    let (result, events) = run_collect(&job, &Control::new());
+    let err = result.expect_err("must stop");
+    assert!(matches!(err, TrainError::NonFinite { .. }), "{err}");
+    assert!(err.to_string().contains("last good checkpoint"));
+    assert!(matches!(events.last(), Some(TrainEvent::Failed { .. })));
+    let last = RunDir::new(&job.run).checkpoint(CheckpointKind::Last);
+    let meta = read_meta(&last).expect("meta");
+    let TrainError::NonFinite { step, .. } = err else {
+        unreachable!()
+    };
+    assert_eq!(meta.step, step, "the checkpoint is the last finite step");
+    let (_, varmap) =
+        Embedder::seeded(cfg.model.embedder(), &candle_core::Device::Cpu, 0).expect("model");
+    checkpoint::load_full(&varmap, &last).expect("the kept checkpoint loads");
+}
+
+#[test]
+fn bad_pretrained_weights_are_a_listed_error_and_runs_are_locked() {
+    let data = common::synth_dataset(60, 64);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bad = tmp.path().join("wrong.safetensors");
+    let t = candle_core::Tensor::zeros((3, 3), candle_core::DType::F32, &candle_core::Device::Cpu)
+        .expect("t");
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("conv1.weight".to_string(), t)]),
+        &bad,
+    )
+    .expect("save");
+    let mut cfg = common::tiny_train_config();
+    cfg.model.pretrained = bad;
+    let (result, _) = run_collect(&job(&data, &tmp.path().join("run"), cfg), &Control::new());
+    let msg = result.expect_err("mismatch").to_string();
+    assert!(
+        msg.contains("mis-shaped") && msg.contains("conv1.weight") && msg.contains("missing"),
+        "{msg}"
+    );
+
+    // A live process holding the lock keeps other trainers out.
+    let run = RunDir::new(&tmp.path().join("locked"));
+    run.create().expect("create");
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("sleep");
+    std::fs::write(run.root.join("lock"), child.id().to_string()).expect("lock");
+    let (result, _) = run_collect(
+        &job(&data, &run.root, common::tiny_train_config()),
+        &Control::new(),
+    );
+    let msg = result.expect_err("locked").to_string();
+    let _ = child.kill();
+    assert!(
+        msg.contains("another trainer") && msg.contains(&child.id().to_string()),
+        "{msg}"
+    );
+}
