@@ -38,6 +38,7 @@ pub struct Config {
     pub synth: SynthConfig,
     pub model: ModelConfig,
     pub train: TrainConfig,
+    pub index: IndexConfig,
 }
 
 #[allow(clippy::derivable_impls)]
@@ -48,6 +49,7 @@ impl Default for Config {
             synth: SynthConfig::default(),
             model: ModelConfig::default(),
             train: TrainConfig::default(),
+            index: IndexConfig::default(),
         }
     }
 }
@@ -174,6 +176,34 @@ impl Default for SynthConfig {
     }
 }
 
+/// `[index]`: the gallery index (`vitrine index`, `search`, `eval`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IndexConfig {
+    /// HNSW links per node (layer 0 keeps up to 2·m).
+    pub m: usize,
+    /// HNSW beam width while building.
+    pub ef_construction: usize,
+    /// Graph candidates re-ranked by exact cosine; 0 = 5·k.
+    pub shortlist: usize,
+    /// HNSW beam width while searching; 0 = the shortlist.
+    pub ef_search: usize,
+    /// Images embedded per batch.
+    pub batch: usize,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        Self {
+            m: 16,
+            ef_construction: 200,
+            shortlist: 0,
+            ef_search: 0,
+            batch: 64,
+        }
+    }
+}
+
 impl Config {
     /// The built-in defaults, or those overridden by the file at `path`.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
@@ -252,6 +282,15 @@ impl Config {
         if let Err(e) = crate::train::device::parse_device(&self.train.device) {
             return fail("train.device", &e);
         }
+        if !(2..=128).contains(&self.index.m) {
+            return fail("index.m", "must be between 2 and 128");
+        }
+        if self.index.ef_construction < self.index.m {
+            return fail("index.ef_construction", "must be at least index.m");
+        }
+        if self.index.batch == 0 {
+            return fail("index.batch", "must be at least 1");
+        }
         Ok(())
     }
 }
@@ -280,20 +319,22 @@ pub fn key_line(text: &str, dotted: &str) -> Option<usize> {
 mod tests {
     use super::*;
 
+    /// Dotted names of every leaf key.
+    fn keys(t: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+        for (k, v) in t {
+            let name = format!("{prefix}{k}");
+            match v {
+                toml::Value::Table(inner) => keys(inner, &format!("{name}."), out),
+                _ => out.push(name),
+            }
+        }
+    }
+
     #[test]
     fn shipped_file_equals_builtin_defaults() {
         let parsed = Config::from_toml_str(DEFAULT_CONFIG_TOML, "config.toml").expect("parse");
         assert_eq!(parsed, Config::default());
         // And the file documents every key (serde defaults would hide a missing one).
-        fn keys(t: &toml::Table, prefix: &str, out: &mut Vec<String>) {
-            for (k, v) in t {
-                let name = format!("{prefix}{k}");
-                match v {
-                    toml::Value::Table(inner) => keys(inner, &format!("{name}."), out),
-                    _ => out.push(name),
-                }
-            }
-        }
         let file: toml::Table = toml::from_str(DEFAULT_CONFIG_TOML).expect("table");
         let all = toml::Table::try_from(Config::default()).expect("serialize");
         let (mut a, mut b) = (Vec::new(), Vec::new());

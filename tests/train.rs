@@ -8,7 +8,7 @@ use vitrine::model::Embedder;
 use vitrine::model::checkpoint;
 use vitrine::train::events::{CheckpointKind, StopReason, TrainEvent};
 use vitrine::train::metrics_log::read_all;
-use vitrine::train::run_dir::RunDir;
+use vitrine::train::run_dir::{ControlRequest, RunDir};
 use vitrine::train::trainer::{Control, TrainError, TrainJob, read_meta, train, validate};
 
 fn job(data: &Path, run: &Path, config: vitrine::config::Config) -> TrainJob {
@@ -232,6 +232,24 @@ fn a_stop_request_finishes_the_step_and_checkpoints() {
             ..
         })
     ));
+
+    // Another process stops a run through its control file.
+    let job2 = TrainJob {
+        run: tmp.path().join("run2"),
+        ..job.clone()
+    };
+    let run2 = RunDir::new(&job2.run);
+    let outcome = train(&job2, &Control::new(), &mut |e| {
+        if let TrainEvent::Step { step: 1, .. } = e {
+            run2.send_control(ControlRequest::Stop).expect("control");
+        }
+    })
+    .expect("stopped run");
+    assert_eq!((outcome.reason, outcome.step), (StopReason::Interrupted, 1));
+    assert!(
+        !run2.control().exists(),
+        "the request is consumed when the trainer exits"
+    );
 }
 
 #[test]
@@ -293,6 +311,7 @@ fn bad_pretrained_weights_are_a_listed_error_and_runs_are_locked() {
     );
     let msg = result.expect_err("locked").to_string();
     let _ = child.kill();
+    let _ = child.wait();
     assert!(
         msg.contains("another trainer") && msg.contains(&child.id().to_string()),
         "{msg}"

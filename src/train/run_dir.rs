@@ -62,6 +62,30 @@ impl RunDir {
         self.root.join("checkpoints").join("last.optim.safetensors")
     }
 
+    /// Requests to a trainer running in another process: `pause`, `stop` or empty.
+    pub fn control(&self) -> PathBuf {
+        self.root.join("control")
+    }
+
+    /// Asks the trainer writing this run to pause, continue or stop (with a checkpoint).
+    pub fn send_control(&self, request: ControlRequest) -> io::Result<()> {
+        let text = match request {
+            ControlRequest::Run => "",
+            ControlRequest::Pause => "pause",
+            ControlRequest::Stop => "stop",
+        };
+        crate::fsutil::write_bytes_atomic(&self.control(), text.as_bytes())
+    }
+
+    /// The pending request in the control file (absent = run).
+    pub fn read_control(&self) -> ControlRequest {
+        match std::fs::read_to_string(self.control()).as_deref().map(str::trim) {
+            Ok("pause") => ControlRequest::Pause,
+            Ok("stop") => ControlRequest::Stop,
+            _ => ControlRequest::Run,
+        }
+    }
+
     fn lock_path(&self) -> PathBuf {
         self.root.join("lock")
     }
@@ -116,6 +140,13 @@ impl RunDir {
         }
         Err(io_err(io::Error::other("could not take the run lock")))
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlRequest {
+    Run,
+    Pause,
+    Stop,
 }
 
 /// Held while training; removes the lock file when dropped.

@@ -19,7 +19,7 @@ use super::device::{self, parse_device};
 use super::events::{CheckpointKind, StopReason, TrainEvent};
 use super::metrics_log::{MetricsError, MetricsWriter};
 use super::optim::{AdamW, clip_grad_norm, learning_rate};
-use super::run_dir::{RunDir, RunError, RunLock};
+use super::run_dir::{ControlRequest, RunDir, RunError, RunLock};
 use crate::config::Config;
 use crate::data::deepfashion::{Dataset, DatasetError, LoadOptions, Source, Split};
 use crate::data::loader::{ImageSpec, LoadError, LoaderConfig, Prefetcher};
@@ -216,6 +216,8 @@ pub fn train(
 ) -> Result<TrainOutcome, TrainError> {
     let run = RunDir::new(&job.run);
     let _lock: RunLock = run.lock()?;
+    // A request left from an earlier process must not pause or stop this one.
+    let _ = std::fs::remove_file(run.control());
     let mut metrics = MetricsWriter::append(&run.metrics())?;
     let mut emit = |event: TrainEvent| -> Result<(), TrainError> {
         metrics.write(&event)?;
@@ -234,6 +236,7 @@ pub fn train(
         }
     };
     let result = state.run(control, &mut emit);
+    let _ = std::fs::remove_file(run.control());
     if let Err(e) = &result {
         emit(TrainEvent::Failed {
             step: state.step,
@@ -475,11 +478,11 @@ impl<'a> Session<'a> {
             let mut loss_n = 0usize;
             let loader = Prefetcher::spawn(batches, self.data.loader)?;
             for (batch, batch_labels) in loader.zip(labels) {
-                while control.is_paused() && !control.stop_requested() {
+                while self.paused(control) && !self.stopping(control) {
                     std::thread::sleep(Duration::from_millis(50));
                     rate.pause();
                 }
-                if control.stop_requested() {
+                if self.stopping(control) {
                     return self.finish(StopReason::Interrupted, started, emit);
                 }
                 if !batch.failed.is_empty() {
@@ -592,6 +595,15 @@ impl<'a> Session<'a> {
             self.save(CheckpointKind::Last, emit)?;
         }
         self.finish(StopReason::Finished, started, emit)
+    }
+
+    /// Paused from this process or through the run's control file.
+    fn paused(&self, control: &Control) -> bool {
+        control.is_paused() || self.run.read_control() == ControlRequest::Pause
+    }
+
+    fn stopping(&self, control: &Control) -> bool {
+        control.stop_requested() || self.run.read_control() == ControlRequest::Stop
     }
 
     fn finish(
