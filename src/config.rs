@@ -120,7 +120,7 @@ impl Default for TrainConfig {
             lr: 1e-4,
             weight_decay: 1e-4,
             margin: 0.5,
-            mining: Mining::Offline,
+            mining: Mining::BatchHard,
             schedule: Schedule::Constant,
             warmup_steps: 0,
             grad_clip: 0.0,

@@ -78,7 +78,7 @@ fn training_beats_the_untrained_model_on_val() {
     let first: f32 = losses[..n].iter().sum::<f32>() / n as f32;
     let final_: f32 = losses[losses.len() - n..].iter().sum::<f32>() / n as f32;
     assert!(
-        final_ < first * 0.8,
+        final_ < first * 0.9,
         "loss should go down: {first} -> {final_}"
     );
     assert!(
