@@ -150,6 +150,8 @@ fn resume_continues_exactly_where_it_stopped() {
     cfg.train.batch = 8;
     cfg.train.epochs = 2;
     cfg.train.max_steps = 5;
+    // Dropout masks come from the seeded stream, so they replay on resume too.
+    cfg.model.dropout = 0.3;
     // Straight through: 5 steps.
     let straight = job(&data, &tmp.path().join("straight"), cfg.clone());
     let (r, events_a) = run_collect(&straight, &Control::new());

@@ -69,3 +69,29 @@ fn a_split_with_one_item_cannot_give_negatives() {
         Err(TripletError::SingleItem { .. })
     ));
 }
+
+#[test]
+fn on_the_synthetic_set_every_negative_is_a_same_small_category_shop_image() {
+    let root = common::synth_dataset(60, 64);
+    let ds = Dataset::open(&root, LoadOptions::default()).expect("open");
+    let sampler = TripletSampler::new(&ds, Split::Train, 9).expect("sampler");
+    for e in 0..3 {
+        let epoch = sampler.epoch(e);
+        assert_eq!(epoch.fallbacks.same_big + epoch.fallbacks.any, 0);
+        for t in &epoch.triplets {
+            let (a, p, n) = (
+                &ds.images[t.anchor],
+                &ds.images[t.positive],
+                &ds.images[t.negative],
+            );
+            assert_eq!(a.item, p.item);
+            assert_ne!(a.item, n.item);
+            assert_eq!(
+                ds.category_of_image(t.anchor),
+                ds.category_of_image(t.negative)
+            );
+            assert_eq!(n.source, vitrine::data::deepfashion::Source::Shop);
+            assert_eq!(a.source, vitrine::data::deepfashion::Source::Consumer);
+        }
+    }
+}

@@ -2,9 +2,11 @@
 //! only) → `Linear(feature_dim, embedding_dim)` named `head.*` → L2 normalisation.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Device, Module, ModuleT, Result, Tensor, Var};
-use candle_nn::{Dropout, Linear, VarBuilder, VarMap};
+use candle_nn::{Linear, VarBuilder, VarMap};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -67,8 +69,11 @@ pub struct ParamGroups {
 pub struct Embedder {
     cfg: EmbedderConfig,
     backbone: ResNet,
-    dropout: Dropout,
     head: Linear,
+    /// `(seed, position)` of the dropout mask stream: masks come from
+    /// [`crate::rng::Rng`] (Candle's CPU generator cannot be seeded), so a seeded run —
+    /// and a resumed one, which sets the position to its step — is reproducible.
+    dropout_stream: Arc<(AtomicU64, AtomicU64)>,
 }
 
 impl Embedder {
@@ -85,8 +90,8 @@ impl Embedder {
         Ok(Self {
             cfg,
             backbone,
-            dropout: Dropout::new(cfg.dropout),
             head,
+            dropout_stream: Arc::new((AtomicU64::new(0), AtomicU64::new(0))),
         })
     }
 
@@ -159,12 +164,35 @@ impl Embedder {
     }
 }
 
+impl Embedder {
+    /// Positions the dropout stream: the next training forward draws its mask from
+    /// `(seed, position)`, the one after from `position + 1`, and so on.
+    pub fn set_dropout_stream(&self, seed: u64, position: u64) {
+        self.dropout_stream.0.store(seed, Ordering::SeqCst);
+        self.dropout_stream.1.store(position, Ordering::SeqCst);
+    }
+
+    /// Inverted dropout with a mask from the seeded stream.
+    fn dropout(&self, xs: &Tensor) -> Result<Tensor> {
+        let p = self.cfg.dropout;
+        let seed = self.dropout_stream.0.load(Ordering::SeqCst);
+        let position = self.dropout_stream.1.fetch_add(1, Ordering::SeqCst);
+        let mut rng = Rng::derive(seed, &[position, 0xd7_0b]);
+        let keep = 1.0 / (1.0 - p);
+        let mask: Vec<f32> = (0..xs.elem_count())
+            .map(|_| if rng.f32() < p { 0.0 } else { keep })
+            .collect();
+        let mask = Tensor::from_vec(mask, xs.dims(), xs.device())?.to_dtype(xs.dtype())?;
+        xs * mask
+    }
+}
+
 impl ModuleT for Embedder {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let features = self.backbone.forward_t(xs, train)?;
         let pooled = features.mean(3)?.mean(2)?;
         let pooled = if train && self.cfg.dropout > 0.0 {
-            self.dropout.forward_t(&pooled, true)?
+            self.dropout(&pooled)?
         } else {
             pooled
         };

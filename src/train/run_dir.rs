@@ -79,7 +79,10 @@ impl RunDir {
 
     /// The pending request in the control file (absent = run).
     pub fn read_control(&self) -> ControlRequest {
-        match std::fs::read_to_string(self.control()).as_deref().map(str::trim) {
+        match std::fs::read_to_string(self.control())
+            .as_deref()
+            .map(str::trim)
+        {
             Ok("pause") => ControlRequest::Pause,
             Ok("stop") => ControlRequest::Stop,
             _ => ControlRequest::Run,

@@ -521,6 +521,8 @@ impl<'a> Session<'a> {
                     self.step,
                     total_steps,
                 );
+                self.model
+                    .set_dropout_stream(cfg.train.seed, self.step as u64);
                 let emb = self.model.forward_t(&x, true)?;
                 let stats = self.loss.compute(&emb, &keep_labels)?;
                 let loss = stats.loss.to_scalar::<f32>()?;
