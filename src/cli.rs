@@ -39,6 +39,12 @@ pub enum Command {
     /// Throughput benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Embed a gallery with a run's checkpoint and write RUN/index/ (HNSW + vectors).
+    Index(IndexArgs),
+    /// Nearest gallery images of a query image (HNSW shortlist + exact re-rank).
+    Search(SearchArgs),
+    /// DeepFashion top-k accuracy and MAP@R of a run (test consumer queries vs shop gallery).
+    Eval(EvalArgs),
 }
 
 #[derive(Debug, Args)]
@@ -168,6 +174,144 @@ pub enum BenchCommand {
     Train(BenchModelArgs),
     /// Forward-only embedding throughput on random inputs, images/s.
     Embed(BenchModelArgs),
+    /// Index build time, exact-scan QPS, and recall@k / QPS of HNSW + re-rank settings.
+    Search(BenchSearchArgs),
+    /// Write clustered unit test vectors (like product embeddings) as .npy.
+    Vectors(BenchVectorsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IndexArgs {
+    /// Run folder (its config.toml gives the model; the index goes to RUN/index/).
+    #[arg(long, value_name = "DIR")]
+    pub run: PathBuf,
+    /// Dataset root whose gallery to index [default: data.root].
+    #[arg(long, value_name = "DIR", conflicts_with = "images")]
+    pub data: Option<PathBuf>,
+    /// Index every image under this folder tree instead of a dataset's gallery.
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
+    /// Append the images under DIR to the existing index (no rebuild).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["data", "images", "gallery"])]
+    pub add: Option<PathBuf>,
+    /// best | last | PATH to a .safetensors file.
+    #[arg(long, default_value = "best")]
+    pub checkpoint: crate::index::CheckpointChoice,
+    /// Gallery protocol: test | val+test [default: data.gallery].
+    #[arg(long)]
+    pub gallery: Option<GalleryProtocol>,
+    /// Missing image files are an error instead of skipped [default: data.strict].
+    #[arg(long)]
+    pub strict: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// Run folder holding the index.
+    #[arg(long, value_name = "DIR")]
+    pub run: PathBuf,
+    /// Query image.
+    #[arg(value_name = "IMAGE")]
+    pub image: PathBuf,
+    /// Number of results.
+    #[arg(long, default_value_t = 20)]
+    pub k: usize,
+    /// best | last | PATH (must be the checkpoint the index was built with).
+    #[arg(long, default_value = "best")]
+    pub checkpoint: crate::index::CheckpointChoice,
+    /// Scan every gallery vector instead of the HNSW shortlist.
+    #[arg(long)]
+    pub exact: bool,
+    /// Print the query and result thumbnails inline in the terminal.
+    #[arg(long)]
+    pub show: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Run folder (config.toml, checkpoints).
+    #[arg(long, value_name = "DIR")]
+    pub run: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Gallery protocol: test | val+test [default: data.gallery].
+    #[arg(long)]
+    pub gallery: Option<GalleryProtocol>,
+    /// best | last | PATH to a .safetensors file.
+    #[arg(long, default_value = "best", conflicts_with = "untrained")]
+    pub checkpoint: crate::index::CheckpointChoice,
+    /// Evaluate the freshly initialised network (same seed): the baseline.
+    #[arg(long)]
+    pub untrained: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchSearchArgs {
+    /// Base vectors (.npy, float32, rows are vectors).
+    #[arg(long, value_name = "B.npy")]
+    pub base: PathBuf,
+    /// Query vectors (.npy, same width).
+    #[arg(long, value_name = "Q.npy")]
+    pub queries: PathBuf,
+    #[arg(long, default_value_t = 20)]
+    pub k: usize,
+    /// HNSW links per node [default: index.m].
+    #[arg(long)]
+    pub m: Option<usize>,
+    /// HNSW build beam [default: index.ef_construction].
+    #[arg(long)]
+    pub ef_construction: Option<usize>,
+    /// Beam widths to measure (comma-separated) [default: a sweep from k to 16·k].
+    #[arg(long, value_delimiter = ',')]
+    pub ef: Vec<usize>,
+    /// Queries timed for the exact scan (it is slow).
+    #[arg(long, default_value_t = 500)]
+    pub exact_queries: usize,
+    /// Also time hnsw_rs's own search on the same graph.
+    #[arg(long)]
+    pub hnsw_rs: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchVectorsArgs {
+    /// Number of vectors.
+    #[arg(long)]
+    pub n: usize,
+    #[arg(long, default_value_t = 512)]
+    pub dim: usize,
+    /// Number of clusters (products).
+    #[arg(long, default_value_t = 1000)]
+    pub clusters: usize,
+    /// Clusters per group (category); 0 = no groups.
+    #[arg(long, default_value_t = 50)]
+    pub group_size: usize,
+    /// Noise norm around a cluster centre (0.5 ≈ cosine 0.8 within a cluster).
+    #[arg(long, default_value_t = 0.5)]
+    pub spread: f32,
+    /// Seed of the cluster centres (use the same for base and queries).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Output .npy file.
+    #[arg(long, value_name = "F.npy")]
+    pub out: PathBuf,
+    /// Also write this many query vectors (fresh draws from the same clusters)…
+    #[arg(long, default_value_t = 1000)]
+    pub queries: usize,
+    /// …to this file.
+    #[arg(long, value_name = "Q.npy")]
+    pub queries_out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

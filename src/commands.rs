@@ -2,6 +2,9 @@
 
 mod bench;
 mod demo;
+mod eval;
+mod index;
+mod search;
 mod splits;
 mod synth;
 mod train;
@@ -22,6 +25,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Splits(args)) => splits::run(&config, &args),
         Some(Command::Train(args)) => train::run(&config, &args),
         Some(Command::Bench(cmd)) => bench::run(&config, &cmd),
+        Some(Command::Index(args)) => index::run(&config, &args),
+        Some(Command::Search(args)) => search::run(&config, &args),
+        Some(Command::Eval(args)) => eval::run(&config, &args),
     }
 }
 

@@ -1,3 +1,21 @@
-//! Embedding images with a trained embedder (and, later, the gallery index).
+//! The gallery index: embedding images with a trained embedder, the HNSW graph
+//! (hnsw_rs) and its exact re-rank, the `RUN/index/` folder, the [`search::Searcher`]
+//! the CLI and the dashboard query, and DeepFashion evaluation of a run.
 
+pub mod benchmark;
+pub mod build;
+pub mod clustered;
 pub mod embed;
+pub mod evaluate;
+pub mod hnsw;
+pub mod model;
+pub mod npy;
+pub mod rerank;
+pub mod search;
+pub mod store;
+
+pub use build::{BuildError, Gallery, IndexJob, IndexReport};
+pub use model::{CheckpointChoice, ModelError};
+pub use rerank::{SearchParams, VectorIndex};
+pub use search::{SearchError, SearchHit, Searcher, StaleIndex};
+pub use store::{Entry, Index, IndexError, IndexHeader};

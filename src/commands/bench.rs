@@ -1,6 +1,6 @@
 use std::time::Instant;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 
 use candle_core::{DType, Tensor};
 use candle_nn::ModuleT;
@@ -18,7 +18,109 @@ pub fn run(config: &Config, cmd: &BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Load(args) => load(config, args),
         BenchCommand::Train(args) => train(config, args),
         BenchCommand::Embed(args) => embed(config, args),
+        BenchCommand::Search(args) => search(config, args),
+        BenchCommand::Vectors(args) => vectors(args),
     }
+}
+
+/// `bench search`: index build, exact scan and HNSW + re-rank sweeps on .npy vectors.
+fn search(config: &Config, args: &crate::cli::BenchSearchArgs) -> anyhow::Result<()> {
+    use crate::index::benchmark::{self, SearchBench};
+    use crate::index::hnsw::GraphParams;
+    use crate::index::npy;
+    let base = npy::load(&args.base)?;
+    let queries = npy::load(&args.queries)?;
+    let opts = SearchBench {
+        k: args.k,
+        params: GraphParams {
+            m: args.m.unwrap_or(config.index.m),
+            ef_construction: args.ef_construction.unwrap_or(config.index.ef_construction),
+        },
+        efs: args.ef.clone(),
+        exact_queries: args.exact_queries,
+        hnsw_rs: args.hnsw_rs,
+    };
+    let json = args.json;
+    let report = benchmark::run(&base, &queries, &opts, &mut |line| {
+        if !json {
+            eprintln!("{line}");
+        }
+    })
+    .with_context(|| {
+        format!(
+            "benchmarking {} against {}",
+            args.queries.display(),
+            args.base.display()
+        )
+    })?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "n {} dim {} queries {} k {} (m {}, ef_construction {}, {} threads): build {:.2} s, exact scan {:.0} q/s",
+            report.n,
+            report.dim,
+            report.queries,
+            report.k,
+            report.m,
+            report.ef_construction,
+            report.threads,
+            report.build_s,
+            report.exact_qps
+        );
+        println!(
+            "{:<8} {:>6} {:>9} {:>10} {:>10}",
+            "engine",
+            "ef",
+            "shortlist",
+            format!("recall@{}", report.k),
+            "q/s (1 thread)"
+        );
+        for r in &report.runs {
+            println!(
+                "{:<8} {:>6} {:>9} {:>10.4} {:>10.0}",
+                r.engine, r.ef, r.shortlist, r.recall_at_k, r.qps
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `bench vectors`: clustered unit vectors as .npy.
+fn vectors(args: &crate::cli::BenchVectorsArgs) -> anyhow::Result<()> {
+    use crate::index::clustered::{ClusterSpec, vectors};
+    use crate::index::npy;
+    if args.n == 0 || args.dim == 0 || args.clusters == 0 {
+        bail!("--n, --dim and --clusters must be at least 1");
+    }
+    let spec = ClusterSpec {
+        dim: args.dim,
+        clusters: args.clusters,
+        group_size: args.group_size,
+        spread: args.spread,
+        seed: args.seed,
+        ..ClusterSpec::default()
+    };
+    let base = vectors(&spec, args.n, 0);
+    npy::save(&args.out, &base).with_context(|| format!("writing {}", args.out.display()))?;
+    println!(
+        "{}: {} × {} ({} clusters)",
+        args.out.display(),
+        args.n,
+        args.dim,
+        args.clusters
+    );
+    if let Some(q) = &args.queries_out {
+        let queries = vectors(&spec, args.queries, 1);
+        npy::save(q, &queries).with_context(|| format!("writing {}", q.display()))?;
+        println!(
+            "{}: {} × {} queries from the same clusters",
+            q.display(),
+            args.queries,
+            args.dim
+        );
+    }
+    Ok(())
 }
 
 fn load(config: &Config, args: &BenchLoadArgs) -> anyhow::Result<()> {

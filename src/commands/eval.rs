@@ -1,0 +1,84 @@
+//! `vitrine eval`: DeepFashion's top-k accuracy and MAP@R for a run.
+
+use anyhow::Context;
+
+use crate::cli::EvalArgs;
+use crate::config::Config;
+use crate::index::evaluate::{EvalJob, EvalReport, INDEX_RECALL_K, evaluate};
+use crate::progress::Progress;
+
+pub fn run(config: &Config, args: &EvalArgs) -> anyhow::Result<()> {
+    let mut loader = config.data.clone();
+    loader.strict |= args.data.strict;
+    let job = EvalJob {
+        run: args.run.clone(),
+        data: args
+            .data
+            .data
+            .clone()
+            .unwrap_or_else(|| config.data.root.clone()),
+        protocol: args.gallery.unwrap_or(config.data.gallery),
+        checkpoint: (!args.untrained).then(|| args.checkpoint.clone()),
+        settings: config.index.clone(),
+        loader,
+    };
+    if !args.json {
+        eprintln!(
+            "protocol {}: test consumer images as queries vs the de-duplicated shop images of {} ({})",
+            job.protocol,
+            match job.protocol {
+                crate::data::deepfashion::GalleryProtocol::Test => "the test split",
+                crate::data::deepfashion::GalleryProtocol::ValTest => "the val and test splits",
+            },
+            job.data.display()
+        );
+    }
+    let mut bars: Vec<(String, Progress)> = Vec::new();
+    let json = args.json;
+    let report = evaluate(&job, &mut |what, done, total| {
+        if bars.last().is_none_or(|(w, _)| w != what) {
+            bars.push((what.to_string(), Progress::new(what, total, !json)));
+        }
+        if let Some((_, bar)) = bars.last_mut() {
+            bar.set(done, "");
+        }
+    })
+    .with_context(|| format!("evaluating run {}", args.run.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(())
+}
+
+fn render(r: &EvalReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "model {} (weights {})", r.model, r.fingerprint);
+    let _ = writeln!(
+        out,
+        "protocol {}: {} queries vs {} gallery images{}",
+        r.protocol,
+        r.queries,
+        r.gallery,
+        if r.unreadable > 0 {
+            format!(" ({} unreadable images skipped)", r.unreadable)
+        } else {
+            String::new()
+        }
+    );
+    let ks: Vec<String> = r
+        .top_k
+        .iter()
+        .map(|(k, v)| format!("top-{k} {:.1}%", v * 100.0))
+        .collect();
+    let _ = writeln!(out, "{}", ks.join("  "));
+    let _ = writeln!(out, "MAP@R {:.4}", r.map_at_r);
+    let _ = writeln!(
+        out,
+        "index: HNSW + re-rank finds {:.2}% of the exact top-{INDEX_RECALL_K}",
+        r.index_recall_at_k * 100.0
+    );
+    out
+}

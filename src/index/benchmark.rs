@@ -1,0 +1,206 @@
+//! `vitrine bench search`: build time, exact-scan QPS, and recall@k / single-thread
+//! QPS of HNSW + re-rank at several beam widths, on vectors from `.npy` files.
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+
+use super::hnsw::{GraphParams, HnswIndex};
+use super::npy::Matrix;
+use super::rerank::{SearchParams, VectorIndex, recall_at_k};
+use super::store::{IndexError, build_graph};
+use crate::eval::exact_top_k;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("exact search failed: {0}")]
+    Exact(#[from] candle_core::Error),
+    #[error("the base vectors are {base}-d but the queries {queries}-d")]
+    Dimension { base: usize, queries: usize },
+    #[error("no base vectors")]
+    Empty,
+}
+
+#[derive(Debug, Clone)]
+pub struct SearchBench {
+    pub k: usize,
+    pub params: GraphParams,
+    /// Beam widths; each run re-ranks a shortlist of the same size.
+    pub efs: Vec<usize>,
+    /// Queries timed for the exact scan.
+    pub exact_queries: usize,
+    /// Also time hnsw_rs's own search on the same graph.
+    pub hnsw_rs: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SearchRun {
+    /// `vitrine` (flat graph + re-rank) or `hnsw_rs` (the crate's own search).
+    pub engine: String,
+    pub ef: usize,
+    pub shortlist: usize,
+    pub recall_at_k: f64,
+    /// Queries per second on one thread.
+    pub qps: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SearchBenchReport {
+    pub n: usize,
+    pub dim: usize,
+    pub queries: usize,
+    pub k: usize,
+    pub m: usize,
+    pub ef_construction: usize,
+    pub threads: usize,
+    /// hnsw_rs insertion (parallel) + flat copy + self-recall check.
+    pub build_s: f64,
+    pub self_recall: f64,
+    /// Single-thread exact scan.
+    pub exact_qps: f64,
+    pub runs: Vec<SearchRun>,
+}
+
+/// Rows scaled to unit length (zero rows stay zero).
+pub fn normalized(m: &Matrix) -> Matrix {
+    let mut out = m.clone();
+    for row in out.data.chunks_exact_mut(m.cols.max(1)) {
+        let n = super::hnsw::dot(row, row).sqrt();
+        if n > 0.0 {
+            for x in row {
+                *x /= n;
+            }
+        }
+    }
+    out
+}
+
+/// The default sweep of beam widths for `k`.
+pub fn default_efs(k: usize) -> Vec<usize> {
+    [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0]
+        .iter()
+        .map(|f| ((k as f64 * f).round() as usize).max(1))
+        .collect()
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let t = Instant::now();
+    let r = f();
+    (r, t.elapsed().as_secs_f64())
+}
+
+/// Runs the benchmark; `progress` receives one line per finished stage.
+pub fn run(
+    base: &Matrix,
+    queries: &Matrix,
+    opts: &SearchBench,
+    progress: &mut dyn FnMut(&str),
+) -> Result<SearchBenchReport, BenchError> {
+    if base.cols != queries.cols {
+        return Err(BenchError::Dimension {
+            base: base.cols,
+            queries: queries.cols,
+        });
+    }
+    if base.rows == 0 {
+        return Err(BenchError::Empty);
+    }
+    let base = normalized(base);
+    let queries = normalized(queries);
+    let k = opts.k.max(1);
+    let (built, build_s) = timed(|| build_graph(&base, opts.params, 64));
+    let (hnsw, graph, self_recall): (HnswIndex<'_>, _, _) = built?;
+    progress(&format!(
+        "built the graph on {} × {} in {build_s:.2} s (self-recall {self_recall:.4})",
+        base.rows, base.cols
+    ));
+    let index = VectorIndex::new(base.clone(), graph);
+    let dev = Device::Cpu;
+    let to_tensor = |m: &Matrix| Tensor::from_slice(&m.data, (m.rows, m.cols), &dev);
+    let truth: Vec<Vec<usize>> = exact_top_k(&to_tensor(&queries)?, &to_tensor(&base)?, k)?
+        .into_iter()
+        .map(|hits| hits.into_iter().map(|h| h.index).collect())
+        .collect();
+    let ne = opts
+        .exact_queries
+        .clamp(1, queries.rows.max(1))
+        .min(queries.rows);
+    let ((), exact_s) = timed(|| {
+        for q in queries.iter_rows().take(ne) {
+            std::hint::black_box(index.exact(q, k));
+        }
+    });
+    let exact_qps = ne as f64 / exact_s.max(1e-9);
+    progress(&format!("exact scan: {exact_qps:.0} queries/s"));
+    let efs = if opts.efs.is_empty() {
+        default_efs(k)
+    } else {
+        opts.efs.clone()
+    };
+    let mut runs = Vec::new();
+    for &ef in &efs {
+        let ef = ef.max(k);
+        let params = SearchParams {
+            shortlist: ef,
+            ef,
+            int8: true,
+        };
+        for q in queries.iter_rows().take(20) {
+            std::hint::black_box(index.search(q, k, params));
+        }
+        let (found, secs) = timed(|| {
+            queries
+                .iter_rows()
+                .map(|q| index.search(q, k, params).iter().map(|h| h.index).collect())
+                .collect::<Vec<Vec<usize>>>()
+        });
+        let run = SearchRun {
+            engine: "vitrine".into(),
+            ef,
+            shortlist: ef,
+            recall_at_k: recall_at_k(&found, &truth, k),
+            qps: queries.rows as f64 / secs.max(1e-9),
+        };
+        progress(&format!(
+            "vitrine ef {ef}: recall@{k} {:.4}, {:.0} queries/s",
+            run.recall_at_k, run.qps
+        ));
+        runs.push(run);
+        if opts.hnsw_rs {
+            let (found, secs) = timed(|| {
+                queries
+                    .iter_rows()
+                    .map(|q| hnsw.search(q, k, ef).iter().map(|n| n.d_id).collect())
+                    .collect::<Vec<Vec<usize>>>()
+            });
+            let run = SearchRun {
+                engine: "hnsw_rs".into(),
+                ef,
+                shortlist: k,
+                recall_at_k: recall_at_k(&found, &truth, k),
+                qps: queries.rows as f64 / secs.max(1e-9),
+            };
+            progress(&format!(
+                "hnsw_rs ef {ef}: recall@{k} {:.4}, {:.0} queries/s",
+                run.recall_at_k, run.qps
+            ));
+            runs.push(run);
+        }
+    }
+    Ok(SearchBenchReport {
+        n: base.rows,
+        dim: base.cols,
+        queries: queries.rows,
+        k,
+        m: opts.params.m,
+        ef_construction: opts.params.ef_construction,
+        threads: rayon::current_num_threads(),
+        build_s,
+        self_recall,
+        exact_qps,
+        runs,
+    })
+}

@@ -1,0 +1,165 @@
+//! `vitrine eval`: DeepFashion's protocol on a run's checkpoint (or its untrained
+//! network). Queries are the test split's consumer images, the gallery the
+//! de-duplicated shop images of the protocol's splits; top-k accuracy and MAP@R come
+//! from one exact ranking ([`crate::eval`]), and the HNSW + re-rank search is scored
+//! against that exact search on the same queries.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::build::{BuildError, embed_to_matrix};
+use super::model::{CheckpointChoice, load_model};
+use super::rerank::{VectorIndex, recall_at_k};
+use super::search::params_of;
+use super::store::build_graph;
+use crate::config::{DataConfig, IndexConfig};
+use crate::data::deepfashion::{Dataset, GalleryProtocol, LoadOptions, Split};
+use crate::data::loader::LoaderConfig;
+use crate::eval::{self, REPORTED_K};
+use crate::index::hnsw::GraphParams;
+
+/// The k at which the index is compared with exact search.
+pub const INDEX_RECALL_K: usize = 20;
+
+#[derive(Debug, Clone)]
+pub struct EvalJob {
+    pub run: PathBuf,
+    pub data: PathBuf,
+    pub protocol: GalleryProtocol,
+    /// `None`: the untrained network (seeded with the run's `train.seed`).
+    pub checkpoint: Option<CheckpointChoice>,
+    pub settings: IndexConfig,
+    pub loader: DataConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvalReport {
+    pub protocol: String,
+    pub queries: usize,
+    pub gallery: usize,
+    /// `"1"`, `"5"`, `"10"`, `"20"`, `"50"` → share of queries whose item is among the
+    /// first k.
+    pub top_k: BTreeMap<String, f64>,
+    pub map_at_r: f64,
+    /// Mean share of the exact top-20 that the HNSW + re-rank search returns.
+    pub index_recall_at_k: f64,
+    /// The checkpoint file, or `untrained`.
+    pub model: String,
+    pub fingerprint: String,
+    /// Images that could not be read (skipped).
+    pub unreadable: usize,
+    /// Queries whose item has no gallery image (counted as misses).
+    pub without_match: usize,
+}
+
+/// Embeds queries and gallery and scores them.
+pub fn evaluate(
+    job: &EvalJob,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<EvalReport, BuildError> {
+    let model = load_model(&job.run, job.checkpoint.as_ref())?;
+    let ds = Dataset::open(
+        &job.data,
+        LoadOptions {
+            strict: job.loader.strict,
+            skip_file_check: false,
+        },
+    )?;
+    for w in &ds.warnings {
+        tracing::warn!("{w}");
+    }
+    let queries = ds.queries(Split::Test);
+    let gallery = ds.gallery(job.protocol);
+    if gallery.is_empty() {
+        return Err(BuildError::Empty(format!(
+            "{} has no shop images in the {} split(s)",
+            job.data.display(),
+            job.protocol
+        )));
+    }
+    if queries.is_empty() {
+        return Err(BuildError::Empty(format!(
+            "{} has no consumer images in the test split (no queries)",
+            job.data.display()
+        )));
+    }
+    let loader = LoaderConfig {
+        size: model.config.model.image_size,
+        crop: job.loader.crop,
+        workers: job.loader.workers,
+        prefetch: job.loader.prefetch,
+    };
+    let specs = |imgs: &[usize]| imgs.iter().map(|&i| ds.spec(i)).collect::<Vec<_>>();
+    let (qv, q_kept, q_bad) = embed_to_matrix(
+        &model,
+        &specs(&queries),
+        loader,
+        job.settings.batch,
+        &mut |d, t| progress("queries", d, t),
+    )?;
+    let (gv, g_kept, g_bad) = embed_to_matrix(
+        &model,
+        &specs(&gallery),
+        loader,
+        job.settings.batch,
+        &mut |d, t| progress("gallery", d, t),
+    )?;
+    if gv.rows == 0 || qv.rows == 0 {
+        return Err(BuildError::Empty(
+            "no query or gallery image could be read".into(),
+        ));
+    }
+    let q_items: Vec<usize> = q_kept.iter().map(|&k| ds.images[queries[k]].item).collect();
+    let g_items: Vec<usize> = g_kept.iter().map(|&k| ds.images[gallery[k]].item).collect();
+    let dev = candle_core::Device::Cpu;
+    let qt = candle_core::Tensor::from_slice(&qv.data, (qv.rows, qv.cols), &dev)?;
+    let gt = candle_core::Tensor::from_slice(&gv.data, (gv.rows, gv.cols), &dev)?;
+    let retrieval = eval::evaluate(&qt, &gt, &q_items, &g_items, &REPORTED_K)?;
+    // The index: built on this gallery, searched with these queries.
+    let params = GraphParams {
+        m: job.settings.m,
+        ef_construction: job.settings.ef_construction,
+    };
+    let (_hnsw, graph, _) = build_graph(&gv, params, 64)?;
+    let index = VectorIndex::new(gv, graph);
+    let search = params_of(&job.settings);
+    let mut approx = Vec::with_capacity(qv.rows);
+    let mut exact = Vec::with_capacity(qv.rows);
+    for q in qv.iter_rows() {
+        approx.push(
+            index
+                .search(q, INDEX_RECALL_K, search)
+                .iter()
+                .map(|h| h.index)
+                .collect::<Vec<_>>(),
+        );
+        exact.push(
+            index
+                .exact(q, INDEX_RECALL_K)
+                .iter()
+                .map(|h| h.index)
+                .collect::<Vec<_>>(),
+        );
+    }
+    Ok(EvalReport {
+        protocol: job.protocol.name().into(),
+        queries: retrieval.queries,
+        gallery: retrieval.gallery,
+        top_k: retrieval
+            .top_k
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
+        map_at_r: retrieval.map_at_r,
+        index_recall_at_k: recall_at_k(&approx, &exact, INDEX_RECALL_K),
+        model: model
+            .checkpoint
+            .as_deref()
+            .map_or_else(|| "untrained".into(), |p| p.display().to_string()),
+        fingerprint: model.fingerprint,
+        unreadable: q_bad + g_bad,
+        without_match: retrieval.without_match,
+    })
+}

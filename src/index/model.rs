@@ -1,0 +1,160 @@
+//! The embedder an index is built with: the run's model settings (its
+//! `config.toml`), weights from a checkpoint (or a seeded, untrained network), and
+//! the weights' fingerprint that ties an index to them.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use candle_core::Device;
+use candle_nn::VarMap;
+
+use crate::config::{Config, ConfigError};
+use crate::model::Embedder;
+use crate::model::checkpoint::{self, CheckpointError};
+use crate::train::device;
+use crate::train::events::CheckpointKind;
+use crate::train::run_dir::RunDir;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{} is not a run folder: {} is missing (train one with `vitrine train --run {}`)", run.display(), run.join("config.toml").display(), run.display())]
+    NotARun { run: PathBuf },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("checkpoint {} does not exist{}", path.display(), hint)]
+    NoCheckpoint { path: PathBuf, hint: String },
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("{}: train.device: {message}", config.display())]
+    Device { config: PathBuf, message: String },
+    #[error("model error: {0}")]
+    Model(#[from] candle_core::Error),
+}
+
+/// Which weights to use: the run's `best` or `last` checkpoint, or a file.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CheckpointChoice {
+    #[default]
+    Best,
+    Last,
+    Path(PathBuf),
+}
+
+impl FromStr for CheckpointChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "best" => Self::Best,
+            "last" => Self::Last,
+            "" => return Err("empty checkpoint: expected best, last or a file path".into()),
+            p => Self::Path(PathBuf::from(p)),
+        })
+    }
+}
+
+impl fmt::Display for CheckpointChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Best => f.write_str("best"),
+            Self::Last => f.write_str("last"),
+            Self::Path(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl CheckpointChoice {
+    /// The safetensors file this choice names in `run`.
+    pub fn path(&self, run: &RunDir) -> PathBuf {
+        match self {
+            Self::Best => run.checkpoint(CheckpointKind::Best),
+            Self::Last => run.checkpoint(CheckpointKind::Last),
+            Self::Path(p) => p.clone(),
+        }
+    }
+}
+
+/// An embedder ready to use, with where its weights came from.
+pub struct LoadedModel {
+    pub embedder: Embedder,
+    pub varmap: VarMap,
+    /// The run's resolved settings (`RUN/config.toml`).
+    pub config: Config,
+    pub device: Device,
+    /// `None` for the untrained network.
+    pub checkpoint: Option<PathBuf>,
+    /// [`checkpoint::fingerprint`] of the weights.
+    pub fingerprint: String,
+}
+
+impl fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedModel")
+            .field("embedder", &self.embedder.config())
+            .field("device", &self.device)
+            .field("checkpoint", &self.checkpoint)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The run's `config.toml` (model settings, seed, device).
+pub fn run_config(run: &Path) -> Result<Config, ModelError> {
+    let path = RunDir::new(run).config();
+    if !path.is_file() {
+        return Err(ModelError::NotARun {
+            run: run.to_path_buf(),
+        });
+    }
+    Ok(Config::load(Some(&path))?)
+}
+
+/// Builds the run's embedder and loads `checkpoint` into it; `None` keeps the seeded
+/// initial weights (`train.seed`): the untrained baseline.
+pub fn load_model(
+    run: &Path,
+    checkpoint: Option<&CheckpointChoice>,
+) -> Result<LoadedModel, ModelError> {
+    let config = run_config(run)?;
+    let dir = RunDir::new(run);
+    let device = device::parse_device(&config.train.device)
+        .map_err(|message| ModelError::Device {
+            config: dir.config(),
+            message,
+        })
+        .and_then(|choice| {
+            device::select(choice).map_err(|e| ModelError::Device {
+                config: dir.config(),
+                message: e.to_string(),
+            })
+        })?;
+    let (embedder, varmap) = Embedder::seeded(config.model.embedder(), &device, config.train.seed)?;
+    let path = match checkpoint {
+        Some(choice) => {
+            let path = choice.path(&dir);
+            if !path.is_file() {
+                let hint = match choice {
+                    CheckpointChoice::Path(_) => String::new(),
+                    _ => format!(
+                        ": run {} has no {choice} checkpoint yet (train it with `vitrine train --run {}`, or pick --checkpoint last|PATH)",
+                        run.display(),
+                        run.display()
+                    ),
+                };
+                return Err(ModelError::NoCheckpoint { path, hint });
+            }
+            checkpoint::load_full(&varmap, &path)?;
+            Some(path)
+        }
+        None => None,
+    };
+    let fingerprint = checkpoint::fingerprint(&varmap)?;
+    Ok(LoadedModel {
+        embedder,
+        varmap,
+        config,
+        device,
+        checkpoint: path,
+        fingerprint,
+    })
+}

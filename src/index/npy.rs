@@ -1,0 +1,209 @@
+//! NumPy `.npy` files of a 2-D `float32` matrix, row-major: what `numpy.load` reads.
+//!
+//! Format 1.0: the magic `\x93NUMPY`, version `1 0`, a little-endian `u16` header
+//! length, then an ASCII Python dict (`{'descr': '<f4', 'fortran_order': False,
+//! 'shape': (N, D), }`) padded with spaces and ended by `\n` so that the data starts
+//! at a multiple of 64 bytes, then `N·D` little-endian `f32`. Reading also accepts
+//! format 2.0/3.0 (a `u32` header length).
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+pub const MAGIC: &[u8; 6] = b"\x93NUMPY";
+/// Data offset alignment used by NumPy since 1.x.
+const ALIGN: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NpyError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{}: not a .npy file of a 2-D float32 matrix: {reason}", path.display())]
+    Format { path: PathBuf, reason: String },
+}
+
+/// A row-major `rows × cols` matrix of `f32`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+impl Matrix {
+    /// `data.len()` must be `rows * cols`.
+    pub fn new(rows: usize, cols: usize, data: Vec<f32>) -> Option<Self> {
+        (rows.checked_mul(cols) == Some(data.len())).then_some(Self { rows, cols, data })
+    }
+
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+
+    pub fn iter_rows(&self) -> impl Iterator<Item = &[f32]> {
+        self.data.chunks_exact(self.cols.max(1)).take(self.rows)
+    }
+}
+
+/// The header bytes (magic through the newline) for a `rows × cols` `<f4` matrix.
+pub fn header(rows: usize, cols: usize) -> Vec<u8> {
+    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    // magic(6) + version(2) + length(2) + dict + padding + '\n'
+    let unpadded = 10 + dict.len() + 1;
+    let total = unpadded.div_ceil(ALIGN) * ALIGN;
+    let header_len = total - 10;
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&[1, 0]);
+    out.extend_from_slice(&(header_len as u16).to_le_bytes());
+    out.extend_from_slice(dict.as_bytes());
+    out.resize(total - 1, b' ');
+    out.push(b'\n');
+    out
+}
+
+/// Writes the matrix to `out` in `.npy` format 1.0.
+pub fn write_to(out: &mut dyn Write, m: &Matrix) -> io::Result<()> {
+    out.write_all(&header(m.rows, m.cols))?;
+    let mut buf = Vec::with_capacity(4 * m.cols.max(1) * 256);
+    for chunk in m.data.chunks(m.cols.max(1) * 256) {
+        buf.clear();
+        for v in chunk {
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+        out.write_all(&buf)?;
+    }
+    Ok(())
+}
+
+/// The whole file as bytes.
+pub fn to_bytes(m: &Matrix) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ALIGN + 4 * m.data.len());
+    // Writing to a Vec cannot fail.
+    let _ = write_to(&mut out, m);
+    out
+}
+
+/// Writes `m` to `path` atomically (temporary sibling + rename).
+pub fn save(path: &Path, m: &Matrix) -> io::Result<()> {
+    crate::fsutil::write_atomic(path, |w| write_to(w, m))
+}
+
+/// Reads a 2-D `float32` matrix; `path` names the file in errors.
+pub fn load(path: &Path) -> Result<Matrix, NpyError> {
+    let bytes = std::fs::read(path).map_err(|source| NpyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&bytes).map_err(|reason| NpyError::Format {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+/// Parses `.npy` bytes of a 2-D little-endian `float32` C-order matrix.
+pub fn parse(bytes: &[u8]) -> Result<Matrix, String> {
+    if bytes.len() < 10 || &bytes[..6] != MAGIC {
+        return Err("missing the \\x93NUMPY magic".into());
+    }
+    let (header_len, start) = match bytes[6] {
+        1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => return Err(format!("unsupported format version {v}")),
+    };
+    let data_start = start + header_len;
+    let dict = bytes
+        .get(start..data_start)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .ok_or("truncated or non-text header")?;
+    let descr = dict_value(dict, "descr").ok_or("header has no 'descr'")?;
+    if !matches!(descr.trim_matches(['\'', '"']), "<f4" | "=f4" | "f4") {
+        return Err(format!(
+            "dtype {descr} is not little-endian float32 ('<f4')"
+        ));
+    }
+    let fortran = dict_value(dict, "fortran_order").ok_or("header has no 'fortran_order'")?;
+    if fortran != "False" {
+        return Err("Fortran-order arrays are not supported".into());
+    }
+    let shape = dict_value(dict, "shape").ok_or("header has no 'shape'")?;
+    let dims: Vec<usize> = shape
+        .trim_matches(['(', ')'])
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<usize>().map_err(|_| format!("bad shape {shape}")))
+        .collect::<Result<_, _>>()?;
+    let [rows, cols] = dims[..] else {
+        return Err(format!("shape {shape} is not 2-D"));
+    };
+    let n = rows
+        .checked_mul(cols)
+        .ok_or_else(|| format!("shape {shape} is too large"))?;
+    let data = &bytes[data_start.min(bytes.len())..];
+    if data.len() != 4 * n {
+        return Err(format!(
+            "shape {shape} needs {} data bytes, the file has {}",
+            4 * n,
+            data.len()
+        ));
+    }
+    let data = data
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok(Matrix { rows, cols, data })
+}
+
+/// The raw text of `key`'s value in a Python dict literal (tuples kept whole).
+fn dict_value<'a>(dict: &'a str, key: &str) -> Option<&'a str> {
+    let pos = dict
+        .find(&format!("'{key}'"))
+        .or_else(|| dict.find(&format!("\"{key}\"")))?;
+    let rest = dict[pos + key.len() + 2..].trim_start().strip_prefix(':')?;
+    let rest = rest.trim_start();
+    let end = if rest.starts_with('(') {
+        rest.find(')')? + 1
+    } else {
+        rest.find([',', '}'])?
+    };
+    Some(rest[..end].trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_is_aligned_and_parses_back() {
+        let m = Matrix::new(3, 2, vec![1.0, -2.0, 0.5, 3.25, 0.0, 7.0]).expect("m");
+        let bytes = to_bytes(&m);
+        assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+        let hl = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+        assert_eq!((10 + hl) % 64, 0);
+        assert_eq!(bytes[10 + hl - 1], b'\n');
+        assert_eq!(bytes.len(), 10 + hl + 24);
+        assert_eq!(parse(&bytes).expect("parse"), m);
+        assert!(parse(&bytes[..bytes.len() - 1]).is_err());
+        assert!(parse(b"not numpy at all").is_err());
+    }
+
+    #[test]
+    fn reads_numpy_style_headers() {
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        let dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2), }          \n";
+        bytes.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(dict.as_bytes());
+        bytes.extend_from_slice(&1.5f32.to_le_bytes());
+        bytes.extend_from_slice(&(-1f32).to_le_bytes());
+        let m = parse(&bytes).expect("parse");
+        assert_eq!((m.rows, m.cols, m.data), (1, 2, vec![1.5, -1.0]));
+        let bad = dict.replace("<f4", "<f8");
+        let mut b2 = b"\x93NUMPY\x01\x00".to_vec();
+        b2.extend_from_slice(&(bad.len() as u16).to_le_bytes());
+        b2.extend_from_slice(bad.as_bytes());
+        assert!(parse(&b2).expect_err("f8").contains("float32"));
+    }
+}

@@ -1,0 +1,265 @@
+//! The index without a model: exact search, HNSW + re-rank recall, the index folder
+//! (save, reload, damage), NPY files.
+
+use std::path::Path;
+
+use vitrine::eval::Hit;
+use vitrine::index::clustered::{ClusterSpec, vectors};
+use vitrine::index::hnsw::GraphParams;
+use vitrine::index::npy::{self, Matrix};
+use vitrine::index::rerank::{SearchParams, VectorIndex, recall_at_k};
+use vitrine::index::store::{
+    self, Entry, GraphRecord, IndexError, IndexHeader, SourceRecord, build_graph,
+};
+
+const PARAMS: GraphParams = GraphParams {
+    m: 16,
+    ef_construction: 200,
+};
+
+fn spec(dim: usize, clusters: usize) -> ClusterSpec {
+    ClusterSpec {
+        dim,
+        clusters,
+        group_size: 20,
+        ..ClusterSpec::default()
+    }
+}
+
+fn build(base: &Matrix) -> VectorIndex {
+    let (_hnsw, graph, recall) = build_graph(base, PARAMS, 64).expect("build");
+    assert!(recall >= 0.99, "self-recall {recall}");
+    VectorIndex::new(base.clone(), graph)
+}
+
+fn ids(hits: &[Hit]) -> Vec<usize> {
+    hits.iter().map(|h| h.index).collect()
+}
+
+#[test]
+fn exact_search_equals_a_naive_reference() {
+    let base = vectors(&spec(24, 40), 400, 0);
+    let queries = vectors(&spec(24, 40), 30, 1);
+    let index = VectorIndex::new(base.clone(), vitrine::index::hnsw::Graph::default());
+    for q in queries.iter_rows() {
+        // Naive: cosine in f64 with explicit norms, sorted by score then index.
+        let qn = q.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+        let mut naive: Vec<(usize, f64)> = base
+            .iter_rows()
+            .enumerate()
+            .map(|(i, r)| {
+                let d: f64 = q
+                    .iter()
+                    .zip(r)
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum();
+                let rn = r.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+                (i, d / (qn * rn))
+            })
+            .collect();
+        naive.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let got = index.exact(q, 20);
+        assert_eq!(got.len(), 20);
+        for (r, h) in got.iter().enumerate() {
+            let (i, score) = naive[r];
+            assert!((f64::from(h.score) - score).abs() < 1e-5, "rank {r}");
+            // The same row, unless the naive scores around it are a float tie.
+            let tie = naive[r + 1].1 > score - 1e-5 || (r > 0 && naive[r - 1].1 < score + 1e-5);
+            assert!(h.index == i || tie, "rank {r}: {} vs {i}", h.index);
+        }
+    }
+    // The graph-less index falls back to the exact scan; wrong widths give nothing.
+    let q = queries.row(0);
+    assert_eq!(
+        index.search(q, 5, SearchParams::default()),
+        index.exact(q, 5)
+    );
+    assert!(index.exact(&q[..10], 5).is_empty());
+}
+
+#[test]
+fn hnsw_with_rerank_reaches_recall_at_20_on_clustered_vectors() {
+    let s = spec(64, 300);
+    let base = vectors(&s, 4000, 0);
+    let queries = vectors(&s, 200, 1);
+    let index = build(&base);
+    let approx: Vec<Vec<usize>> = queries
+        .iter_rows()
+        .map(|q| ids(&index.search(q, 20, SearchParams::default())))
+        .collect();
+    let exact: Vec<Vec<usize>> = queries
+        .iter_rows()
+        .map(|q| ids(&index.exact(q, 20)))
+        .collect();
+    let recall = recall_at_k(&approx, &exact, 20);
+    assert!(recall >= 0.99, "recall@20 {recall}");
+    // Re-ranked hits are sorted by exact cosine.
+    let hits = index.search(queries.row(0), 20, SearchParams::default());
+    assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+}
+
+fn header(dim: usize) -> IndexHeader {
+    IndexHeader {
+        format: store::FORMAT,
+        dim,
+        count: 0,
+        distance: String::new(),
+        fingerprint: "0123456789abcdef".into(),
+        checkpoint: String::new(),
+        backbone: "resnet18".into(),
+        image_size: 32,
+        sources: vec![SourceRecord::Folder { root: "/x".into() }],
+        graph: GraphRecord {
+            basename: String::new(),
+            m: PARAMS.m,
+            ef_construction: PARAMS.ef_construction,
+            self_recall: 1.0,
+        },
+        files: std::collections::BTreeMap::default(),
+        created: 0.0,
+    }
+}
+
+fn entries(n: usize) -> Vec<Entry> {
+    (0..n)
+        .map(|id| Entry {
+            id,
+            path: format!("/img/{id}.jpg"),
+            item_id: format!("id_{:08}", id / 4),
+            category: "TOPS/T_Shirt".into(),
+        })
+        .collect()
+}
+
+fn write_index(dir: &Path, base: &Matrix) {
+    let (hnsw, _, _) = build_graph(base, PARAMS, 64).expect("build");
+    store::write(dir, header(base.cols), &entries(base.rows), base, &hnsw).expect("write");
+}
+
+#[test]
+fn index_folder_saves_and_reloads_to_the_same_results() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("run").join("index");
+    let s = spec(32, 100);
+    let base = vectors(&s, 1500, 0);
+    let queries = vectors(&s, 50, 1);
+    let (hnsw, graph, _) = build_graph(&base, PARAMS, 64).expect("build");
+    let written = store::write(&dir, header(32), &entries(1500), &base, &hnsw).expect("write");
+    assert_eq!(written.count, 1500);
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .expect("ls")
+        .map(|e| e.expect("e").file_name().to_string_lossy().into_owned())
+        .collect();
+    for f in ["header.json", "embeddings.npy", "entries.json"] {
+        assert!(names.contains(&f.to_string()), "{f} in {names:?}");
+    }
+    assert!(names.iter().any(|n| n.ends_with(".hnsw.graph")));
+    assert!(names.iter().any(|n| n.ends_with(".hnsw.data")));
+    let fresh = VectorIndex::new(base.clone(), graph);
+    let loaded = store::load(&dir).expect("load");
+    assert_eq!(loaded.entries, entries(1500));
+    assert_eq!(loaded.vectors.vectors(), &base);
+    for q in queries.iter_rows() {
+        assert_eq!(
+            loaded.vectors.search(q, 20, SearchParams::default()),
+            fresh.search(q, 20, SearchParams::default())
+        );
+    }
+    // Writing again replaces the index atomically and leaves no temporary folders.
+    write_index(&dir, &base);
+    let siblings: Vec<_> = std::fs::read_dir(dir.parent().expect("run"))
+        .expect("ls")
+        .map(|e| e.expect("e").file_name())
+        .collect();
+    assert_eq!(siblings, vec![std::ffi::OsString::from("index")]);
+}
+
+#[test]
+fn a_crash_between_the_renames_leaves_the_old_index_readable() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("index");
+    let base = vectors(&spec(16, 20), 200, 0);
+    write_index(&dir, &base);
+    // As if killed after `index` → `index.old` and before the new folder moved in.
+    std::fs::rename(&dir, tmp.path().join("index.old")).expect("rename");
+    let loaded = store::load(&dir).expect("falls back to index.old");
+    assert_eq!(loaded.header.count, 200);
+    // The next write restores and replaces it.
+    write_index(&dir, &base);
+    assert!(dir.join("header.json").is_file());
+    assert!(!tmp.path().join("index.old").exists());
+}
+
+#[test]
+fn missing_damaged_and_foreign_indexes_are_clear_errors() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("run").join("index");
+    let err = store::load(&dir).expect_err("missing");
+    assert!(matches!(err, IndexError::Missing { .. }));
+    assert!(err.to_string().contains("vitrine index --run"), "{err}");
+
+    let base = vectors(&spec(16, 20), 300, 0);
+    write_index(&dir, &base);
+    let header_text = std::fs::read_to_string(dir.join("header.json")).expect("header");
+    let basename = serde_json::from_str::<IndexHeader>(&header_text)
+        .expect("parse")
+        .graph
+        .basename;
+    // Every file, damaged by one flipped byte or truncated, is caught before use.
+    for name in [
+        "embeddings.npy".to_string(),
+        "entries.json".to_string(),
+        format!("{basename}.hnsw.graph"),
+        format!("{basename}.hnsw.data"),
+    ] {
+        let path = dir.join(&name);
+        let good = std::fs::read(&path).expect("read");
+        let mut bad = good.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x5a;
+        std::fs::write(&path, &bad).expect("write");
+        let err = store::load(&dir).expect_err("damaged");
+        assert!(matches!(err, IndexError::Corrupt { .. }), "{name}: {err}");
+        assert!(err.to_string().contains(&name), "{err}");
+        std::fs::write(&path, &good[..good.len() - 3]).expect("truncate");
+        assert!(store::load(&dir).is_err());
+        std::fs::remove_file(&path).expect("rm");
+        let err = store::load(&dir).expect_err("missing file");
+        assert!(err.to_string().contains("missing"), "{err}");
+        std::fs::write(&path, &good).expect("restore");
+        store::load(&dir).expect("restored");
+    }
+    std::fs::write(dir.join("header.json"), "{ not json").expect("write");
+    assert!(matches!(store::load(&dir), Err(IndexError::Corrupt { .. })));
+    std::fs::write(
+        dir.join("header.json"),
+        header_text.replace("\"format\": 1", "\"format\": 99"),
+    )
+    .expect("write");
+    let err = store::load(&dir).expect_err("format");
+    assert!(matches!(err, IndexError::Format { found: 99, .. }), "{err}");
+}
+
+#[test]
+fn npy_files_have_numpy_headers_and_little_endian_values() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let path = tmp.path().join("m.npy");
+    let m = Matrix::new(3, 4, (0..12).map(|i| i as f32 * 0.5 - 1.0).collect()).expect("m");
+    npy::save(&path, &m).expect("save");
+    let bytes = std::fs::read(&path).expect("read");
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+    let header_len = usize::from(u16::from_le_bytes([bytes[8], bytes[9]]));
+    assert_eq!((10 + header_len) % 64, 0, "data aligned to 64 bytes");
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).expect("ascii");
+    assert!(header.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }"));
+    assert!(header.ends_with('\n'));
+    assert_eq!(bytes.len(), 10 + header_len + 12 * 4);
+    let data = &bytes[10 + header_len..];
+    assert_eq!(&data[..4], &(-1.0f32).to_le_bytes());
+    assert_eq!(&data[44..], &4.5f32.to_le_bytes());
+    assert_eq!(npy::load(&path).expect("load"), m);
+    // A file that is not .npy is an error naming it.
+    std::fs::write(&path, b"hello").expect("write");
+    let err = npy::load(&path).expect_err("bad");
+    assert!(err.to_string().contains("m.npy"), "{err}");
+}

@@ -1,0 +1,355 @@
+//! Index, search and evaluation on a small trained run (150 synthetic items, 32 px,
+//! a few epochs, trained once per test binary).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use vitrine::config::Config;
+use vitrine::data::deepfashion::{Dataset, GalleryProtocol, LoadOptions, Split};
+use vitrine::index::build::{self, Gallery, IndexJob};
+use vitrine::index::evaluate::{EvalJob, evaluate};
+use vitrine::index::store::IndexError;
+use vitrine::index::{CheckpointChoice, SearchError, Searcher};
+use vitrine::model::{Embedder, checkpoint};
+use vitrine::train::trainer::{Control, TrainJob, train};
+
+struct Trained {
+    data: PathBuf,
+    run: PathBuf,
+    config: Config,
+    _tmp: tempfile::TempDir,
+}
+
+fn trained() -> &'static Trained {
+    static RUN: OnceLock<Trained> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let data = common::synth_dataset(150, 64);
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut config = common::tiny_train_config();
+        config.train.epochs = 4;
+        config.data.workers = 2;
+        let job = TrainJob {
+            config: config.clone(),
+            data: data.clone(),
+            run: tmp.path().join("run"),
+            resume: false,
+        };
+        train(&job, &Control::new(), &mut |_| {}).expect("train");
+        Trained {
+            data,
+            run: job.run,
+            config,
+            _tmp: tmp,
+        }
+    })
+}
+
+fn eval_job(t: &Trained, checkpoint: Option<CheckpointChoice>) -> EvalJob {
+    EvalJob {
+        run: t.run.clone(),
+        data: t.data.clone(),
+        protocol: GalleryProtocol::Test,
+        checkpoint,
+        settings: t.config.index.clone(),
+        loader: t.config.data.clone(),
+    }
+}
+
+/// A copy of the run's settings and checkpoints (so tests can index it separately).
+fn copy_run(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("checkpoints")).expect("mkdir");
+    std::fs::copy(from.join("config.toml"), to.join("config.toml")).expect("config");
+    for e in std::fs::read_dir(from.join("checkpoints")).expect("ls") {
+        let e = e.expect("entry");
+        std::fs::copy(e.path(), to.join("checkpoints").join(e.file_name())).expect("copy");
+    }
+}
+
+fn dataset(t: &Trained) -> Dataset {
+    Dataset::open(&t.data, LoadOptions::default()).expect("dataset")
+}
+
+#[test]
+fn eval_of_the_trained_checkpoint_beats_the_untrained_network() {
+    let t = trained();
+    let trained = evaluate(
+        &eval_job(t, Some(CheckpointChoice::Best)),
+        &mut |_, _, _| {},
+    )
+    .expect("eval trained");
+    let untrained = evaluate(&eval_job(t, None), &mut |_, _, _| {}).expect("eval untrained");
+    // The test gallery holds ~56 images, so top-20 is near saturation; MAP@R, top-5 and
+    // the sum over every reported k are what training must improve.
+    let sum = |r: &vitrine::index::evaluate::EvalReport| r.top_k.values().sum::<f64>();
+    assert!(
+        trained.map_at_r > untrained.map_at_r
+            && trained.top_k["5"] > untrained.top_k["5"]
+            && sum(&trained) > sum(&untrained),
+        "the trained checkpoint must beat the untrained network:\n{trained:?}\n{untrained:?}"
+    );
+    assert!(
+        trained.index_recall_at_k >= 0.99,
+        "{}",
+        trained.index_recall_at_k
+    );
+    // The untrained baseline is reproducible (seeded).
+    let again = evaluate(&eval_job(t, None), &mut |_, _, _| {}).expect("eval again");
+    assert_eq!(again.top_k, untrained.top_k);
+}
+
+#[test]
+fn index_then_search_and_the_errors_users_meet() {
+    let t = trained();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let run = tmp.path().join("run");
+    copy_run(&t.run, &run);
+    // No index yet.
+    let err = Searcher::open(&run, &CheckpointChoice::Best).expect_err("no index");
+    assert!(
+        matches!(err, SearchError::Index(IndexError::Missing { .. })),
+        "{err}"
+    );
+    let job = IndexJob {
+        run: run.clone(),
+        checkpoint: CheckpointChoice::Best,
+        gallery: Gallery::Dataset {
+            root: t.data.clone(),
+            protocol: GalleryProtocol::Test,
+        },
+        settings: t.config.index.clone(),
+        data: t.config.data.clone(),
+    };
+    let report = build::build(&job, &mut |_, _| {}).expect("index");
+    let ds = dataset(t);
+    assert_eq!(report.count, ds.gallery(GalleryProtocol::Test).len());
+    assert!(report.self_recall >= 0.99);
+    let searcher = Searcher::open(&run, &CheckpointChoice::Best).expect("open");
+    assert_eq!(searcher.len(), report.count);
+    let query = ds.image_path(ds.queries(Split::Test)[0]);
+    let hits = searcher.search_image(&query, 20).expect("search");
+    assert_eq!(hits.len(), 20);
+    assert_eq!(hits[0].rank, 1);
+    assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+    assert!(
+        hits.iter()
+            .all(|h| h.category.contains('/') && h.item_id.starts_with("id_"))
+    );
+    let v = searcher.embed_image(&query).expect("embed");
+    assert_eq!(searcher.search_exact(&v, 20).expect("exact"), hits);
+    // A checkpoint with other weights: a clear error asking to re-index.
+    let other = tmp.path().join("other.safetensors");
+    let (_, varmap) =
+        Embedder::seeded(t.config.model.embedder(), &candle_core::Device::Cpu, 999).expect("m");
+    checkpoint::save(&varmap, &other).expect("save");
+    let err = Searcher::open(&run, &CheckpointChoice::Path(other)).expect_err("stale");
+    assert!(matches!(err, SearchError::Stale(_)), "{err}");
+    assert!(err.to_string().contains("re-index"), "{err}");
+    // Unreadable query, wrong vector width, missing checkpoint.
+    let text = tmp.path().join("not-an-image.jpg");
+    std::fs::write(&text, "hello").expect("write");
+    let err = searcher.search_image(&text, 5).expect_err("unreadable");
+    assert!(err.to_string().contains("not-an-image.jpg"), "{err}");
+    assert!(matches!(
+        searcher.search_vector(&[0.5; 3], 5),
+        Err(SearchError::QueryDim { got: 3, .. })
+    ));
+    let err = Searcher::open(
+        &run,
+        &CheckpointChoice::Path(tmp.path().join("nope.safetensors")),
+    )
+    .expect_err("no checkpoint");
+    assert!(err.to_string().contains("nope.safetensors"), "{err}");
+}
+
+/// Copies the shop images of the test gallery into `dir/<item>/<name>.jpg`.
+fn export_gallery(ds: &Dataset, images: &[usize], dir: &Path) {
+    for &i in images {
+        let item = &ds.items[ds.images[i].item].id;
+        let src = ds.image_path(i);
+        let name = src.file_name().expect("name");
+        let dest = dir.join(item).join(name);
+        std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(&src, &dest).expect("copy");
+    }
+}
+
+#[test]
+fn add_matches_a_full_rebuild() {
+    let t = trained();
+    let ds = dataset(t);
+    let gallery = ds.gallery(GalleryProtocol::Test);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let images = tmp.path().join("images");
+    let (first, second) = gallery.split_at(gallery.len() / 2);
+    export_gallery(&ds, first, &images.join("a"));
+    export_gallery(&ds, second, &images.join("b"));
+    let settings = t.config.index.clone();
+    let folder_job = |run: &Path, dir: &Path| IndexJob {
+        run: run.to_path_buf(),
+        checkpoint: CheckpointChoice::Last,
+        gallery: Gallery::Folder(dir.to_path_buf()),
+        settings: settings.clone(),
+        data: t.config.data.clone(),
+    };
+    // Incremental: a, then --add b (and b again: nothing new).
+    let inc = tmp.path().join("inc");
+    copy_run(&t.run, &inc);
+    build::build(&folder_job(&inc, &images.join("a")), &mut |_, _| {}).expect("index a");
+    let added = build::add(
+        &inc,
+        &CheckpointChoice::Last,
+        &images.join("b"),
+        &settings,
+        &t.config.data,
+        &mut |_, _| {},
+    )
+    .expect("add b");
+    assert_eq!(added.added, second.len());
+    assert_eq!(added.count, gallery.len());
+    let again = build::add(
+        &inc,
+        &CheckpointChoice::Last,
+        &images.join("b"),
+        &settings,
+        &t.config.data,
+        &mut |_, _| {},
+    )
+    .expect("add b again");
+    assert_eq!((again.added, again.already_indexed), (0, second.len()));
+    // Full rebuild over both folders.
+    let full = tmp.path().join("full");
+    copy_run(&t.run, &full);
+    build::build(&folder_job(&full, &images), &mut |_, _| {}).expect("index all");
+    let a = Searcher::open(&inc, &CheckpointChoice::Last).expect("open inc");
+    let b = Searcher::open(&full, &CheckpointChoice::Last).expect("open full");
+    let mut pa: Vec<&str> = a.entries().iter().map(|e| e.path.as_str()).collect();
+    let mut pb: Vec<&str> = b.entries().iter().map(|e| e.path.as_str()).collect();
+    pa.sort_unstable();
+    pb.sort_unstable();
+    assert_eq!(pa, pb);
+    // Another checkpoint cannot --add to this index.
+    let other = tmp.path().join("other.safetensors");
+    let (_, varmap) =
+        Embedder::seeded(t.config.model.embedder(), &candle_core::Device::Cpu, 5).expect("m");
+    checkpoint::save(&varmap, &other).expect("save");
+    let err = build::add(
+        &inc,
+        &CheckpointChoice::Path(other),
+        &images.join("b"),
+        &settings,
+        &t.config.data,
+        &mut |_, _| {},
+    )
+    .expect_err("stale add");
+    assert!(err.to_string().contains("rebuild"), "{err}");
+    // Same results: exact re-ranked lists agree (paths and scores), HNSW top-k sets too.
+    let mut overlap = 0usize;
+    let mut total = 0usize;
+    for &q in ds.queries(Split::Test).iter().take(40) {
+        let v = a.embed_image(&ds.image_path(q)).expect("embed");
+        let ea = a.search_exact(&v, 10).expect("exact a");
+        let eb = b.search_exact(&v, 10).expect("exact b");
+        for (x, y) in ea.iter().zip(&eb) {
+            assert!(
+                (x.score - y.score).abs() < 1e-4,
+                "{} vs {}",
+                x.score,
+                y.score
+            );
+            if x.path != y.path {
+                // Only a float tie may swap two results.
+                let other = eb.iter().find(|h| h.path == x.path).expect("same set");
+                assert!((other.score - x.score).abs() < 1e-4);
+            }
+        }
+        let ha = a.search_vector(&v, 10).expect("hnsw a");
+        let hb = b.search_vector(&v, 10).expect("hnsw b");
+        overlap += ha
+            .iter()
+            .filter(|h| hb.iter().any(|g| g.path == h.path))
+            .count();
+        total += ha.len();
+    }
+    assert!(overlap as f64 >= 0.98 * total as f64, "{overlap}/{total}");
+}
+
+fn vitrine(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(args)
+        .output()
+        .expect("run vitrine")
+}
+
+#[test]
+fn cli_index_search_and_eval_print_json_and_fail_cleanly() {
+    let t = trained();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let run = tmp.path().join("run");
+    copy_run(&t.run, &run);
+    let (runs, data) = (run.to_str().expect("utf8"), t.data.to_str().expect("utf8"));
+    // Search before indexing: an error that says what to do, no panic.
+    let ds = dataset(t);
+    let query = ds.image_path(ds.queries(Split::Test)[1]);
+    let q = query.to_str().expect("utf8");
+    let out = vitrine(&["search", "--run", runs, q]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("vitrine index --run"), "{err}");
+    let out = vitrine(&["index", "--run", runs, "--data", data, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["count"], ds.gallery(GalleryProtocol::Test).len());
+    let out = vitrine(&["search", "--run", runs, q, "--k", "5", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["query"], q);
+    assert_eq!(v["k"], 5);
+    assert!(v["ms"].as_f64().is_some());
+    let hits = v["hits"].as_array().expect("hits");
+    assert_eq!(hits.len(), 5);
+    for (i, h) in hits.iter().enumerate() {
+        assert_eq!(h["rank"], i + 1);
+        for key in ["path", "item_id", "category"] {
+            assert!(h[key].is_string(), "{key}");
+        }
+        assert!(h["score"].is_f64());
+    }
+    let out = vitrine(&["search", "--run", runs, "/no/such/image.jpg"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/image.jpg"));
+    let out = vitrine(&[
+        "eval",
+        "--run",
+        runs,
+        "--data",
+        data,
+        "--untrained",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["protocol"], "test");
+    for k in ["1", "5", "10", "20", "50"] {
+        assert!(v["top_k"][k].is_f64(), "top_k {k}");
+    }
+    assert!(v["map_at_r"].is_f64() && v["index_recall_at_k"].is_f64());
+    assert!(v["queries"].as_u64() > Some(0) && v["gallery"].as_u64() > Some(0));
+    let out = vitrine(&["eval", "--run", runs, "--data", data]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("protocol test"));
+}
