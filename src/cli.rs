@@ -28,8 +28,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Make the built-in synthetic dataset if absent, then run the main job on it.
+    /// Make the built-in synthetic dataset if absent, open the dashboard and train on it
+    /// (headless when stdout is not a terminal); the default command.
     Demo(DemoArgs),
+    /// Open the dashboard on a dataset and run (Train, Dataset, Triplets, Search tabs).
+    Dashboard(DashboardArgs),
+    /// Follow a run another process is training: replay its metrics, then live (read-only).
+    Watch(WatchArgs),
     /// Write a synthetic consumer-to-shop dataset in the DeepFashion layout.
     Synth(SynthArgs),
     /// Per-split counts of a dataset (pairs, items, images, query/gallery sizes).
@@ -52,6 +57,35 @@ pub struct DemoArgs {
     /// Where the synthetic dataset lives (made if absent) [default: data.root].
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// Dashboard theme: default | light | high-contrast | NAME | PATH.toml [default: ui.theme].
+    #[arg(long)]
+    pub theme: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Dataset root [default: data.root].
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Run folder to show, follow and train [default: train.run].
+    #[arg(long, value_name = "DIR")]
+    pub run: Option<PathBuf>,
+    /// Theme: default | light | high-contrast | NAME | PATH.toml [default: ui.theme].
+    #[arg(long)]
+    pub theme: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Run folder another process writes.
+    #[arg(value_name = "RUN")]
+    pub run: PathBuf,
+    /// Dataset root for the Dataset, Triplets and Search tabs [default: the run's data.root].
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Theme: default | light | high-contrast | NAME | PATH.toml [default: ui.theme].
+    #[arg(long)]
+    pub theme: Option<String>,
 }
 
 #[derive(Debug, Args)]

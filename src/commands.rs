@@ -1,6 +1,7 @@
 //! The binary's jobs. This is the application edge: errors are `anyhow` with context.
 
 mod bench;
+mod dashboard;
 mod demo;
 mod eval;
 mod index;
@@ -8,6 +9,7 @@ mod search;
 mod splits;
 mod synth;
 mod train;
+mod watch;
 
 use anyhow::Context;
 
@@ -16,11 +18,28 @@ use crate::config::Config;
 use crate::data::deepfashion::{Dataset, LoadOptions};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    crate::logging::init(cli.log.as_deref(), true).context("cannot open the log file")?;
+    // The dashboard commands set up logging themselves (into the run's log file,
+    // nothing on the terminal they draw on).
+    let log = cli.log.as_deref();
+    if !matches!(
+        cli.command,
+        None | Some(Command::Demo(_) | Command::Dashboard(_) | Command::Watch(_))
+    ) {
+        crate::logging::init(log, true).context("cannot open the log file")?;
+    }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
-        None => demo::run(&config, &crate::cli::DemoArgs { dir: None }),
-        Some(Command::Demo(args)) => demo::run(&config, &args),
+        None => demo::run(
+            &config,
+            &crate::cli::DemoArgs {
+                dir: None,
+                theme: None,
+            },
+            log,
+        ),
+        Some(Command::Demo(args)) => demo::run(&config, &args, log),
+        Some(Command::Dashboard(args)) => dashboard::run(&config, &args, log),
+        Some(Command::Watch(args)) => watch::run(&config, &args, log),
         Some(Command::Synth(args)) => synth::run(&config, &args),
         Some(Command::Splits(args)) => splits::run(&config, &args),
         Some(Command::Train(args)) => train::run(&config, &args),

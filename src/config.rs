@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::deepfashion::GalleryProtocol;
 use crate::model::{Backbone, EmbedderConfig, Mining};
 use crate::train::optim::Schedule;
+use crate::tui::settings::{ImageMode, PlotMarker};
 
 /// The shipped, documented defaults.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config.toml");
@@ -39,6 +40,7 @@ pub struct Config {
     pub model: ModelConfig,
     pub train: TrainConfig,
     pub index: IndexConfig,
+    pub ui: UiConfig,
 }
 
 #[allow(clippy::derivable_impls)]
@@ -50,6 +52,7 @@ impl Default for Config {
             model: ModelConfig::default(),
             train: TrainConfig::default(),
             index: IndexConfig::default(),
+            ui: UiConfig::default(),
         }
     }
 }
@@ -204,6 +207,32 @@ impl Default for IndexConfig {
     }
 }
 
+/// `[ui]`: the dashboard (`vitrine`, `vitrine dashboard`, `demo`, `watch`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UiConfig {
+    /// Built-in theme (`default`, `light`, `high-contrast`), a theme file in the
+    /// user's `~/.config/vitrine/themes/NAME.toml`, or a path to a `.toml` file.
+    pub theme: String,
+    /// Thumbnails: auto | kitty | sixel | iterm2 | halfblocks | off.
+    pub images: ImageMode,
+    /// Loss chart points: braille | ascii.
+    pub plot_marker: PlotMarker,
+    /// Most frames drawn per second.
+    pub fps: u32,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        Self {
+            theme: "default".into(),
+            images: ImageMode::Auto,
+            plot_marker: PlotMarker::Braille,
+            fps: 20,
+        }
+    }
+}
+
 impl Config {
     /// The built-in defaults, or those overridden by the file at `path`.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
@@ -290,6 +319,12 @@ impl Config {
         }
         if self.index.batch == 0 {
             return fail("index.batch", "must be at least 1");
+        }
+        if self.ui.theme.trim().is_empty() {
+            return fail("ui.theme", "must name a theme (e.g. default)");
+        }
+        if !(1..=60).contains(&self.ui.fps) {
+            return fail("ui.fps", "must be between 1 and 60 frames per second");
         }
         Ok(())
     }

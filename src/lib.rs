@@ -13,4 +13,6 @@ pub mod logging;
 pub mod model;
 pub mod progress;
 pub mod rng;
+pub mod theme;
 pub mod train;
+pub mod tui;

@@ -1,15 +1,48 @@
+use std::io::IsTerminal;
+use std::path::Path;
+
+use anyhow::Context;
+
+use super::dashboard::{Opening, open};
 use crate::cli::{DataArgs, DemoArgs};
 use crate::config::Config;
 use crate::data::deepfashion::PARTITION_FILE;
 use crate::data::synth::SynthOptions;
-use crate::train::events::CheckpointKind;
+use crate::train::events::{CheckpointKind, StopReason, TrainEvent};
+use crate::train::metrics_log::read_all;
 use crate::train::run_dir::RunDir;
 use crate::train::trainer::TrainJob;
+use crate::tui::app::IndexStatus;
 
-/// The built-in synthetic set → its split table → training with the configured
-/// (CPU demo) defaults, resuming the demo run if one exists.
-pub fn run(config: &Config, args: &DemoArgs) -> anyhow::Result<()> {
+/// The built-in synthetic set (made if absent), then on a terminal the dashboard
+/// training the demo run with the configured (CPU demo) defaults and building the
+/// index when training ends; without a terminal the split table and headless training.
+pub fn run(config: &Config, args: &DemoArgs, log: Option<&Path>) -> anyhow::Result<()> {
     let dir = args.dir.clone().unwrap_or_else(|| config.data.root.clone());
+    let tty = std::io::stdout().is_terminal();
+    if !tty {
+        crate::logging::init(log, true).context("cannot open the log file")?;
+    }
+    ensure_dataset(config, &dir)?;
+    if !tty {
+        return headless(config, &dir);
+    }
+    let run = RunDir::new(&config.train.run);
+    let live = run.locked_by().is_some();
+    let finished = run_finished(&run);
+    let opening = Opening {
+        read_only: false,
+        // A live trainer is attached to; a finished run is shown, not retrained.
+        start_training: !live && !finished,
+        build_index: !live
+            && finished
+            && crate::tui::workers::index_status(&run.root) == IndexStatus::Missing,
+        auto_index: true,
+    };
+    open(config, dir, run.root, args.theme.as_deref(), log, opening)
+}
+
+fn ensure_dataset(config: &Config, dir: &Path) -> anyhow::Result<()> {
     if dir.join(PARTITION_FILE).is_file() {
         eprintln!("using the dataset at {}", dir.display());
     } else {
@@ -19,12 +52,36 @@ pub fn run(config: &Config, args: &DemoArgs) -> anyhow::Result<()> {
             size: config.synth.size,
             seed: config.synth.seed,
         };
-        super::synth::write(&opts, &dir, true)?;
+        super::synth::write(&opts, dir, true)?;
     }
+    Ok(())
+}
+
+/// Whether the run's newest outcome is "all epochs ran".
+fn run_finished(run: &RunDir) -> bool {
+    read_all(&run.metrics()).is_ok_and(|events| {
+        events
+            .iter()
+            .rev()
+            .find(|e| e.is_terminal())
+            .is_some_and(|e| {
+                matches!(
+                    e,
+                    TrainEvent::Done {
+                        reason: StopReason::Finished,
+                        ..
+                    }
+                )
+            })
+    })
+}
+
+/// Split table, then training in the foreground (no terminal: CI, pipes).
+fn headless(config: &Config, dir: &Path) -> anyhow::Result<()> {
     let ds = super::open_dataset(
         config,
         &DataArgs {
-            data: Some(dir.clone()),
+            data: Some(dir.to_path_buf()),
             strict: false,
         },
     )?;
@@ -43,7 +100,7 @@ pub fn run(config: &Config, args: &DemoArgs) -> anyhow::Result<()> {
     }
     let job = TrainJob {
         config: config.clone(),
-        data: dir,
+        data: dir.to_path_buf(),
         run: run.root,
         resume,
     };

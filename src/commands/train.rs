@@ -44,13 +44,13 @@ pub fn apply_overrides(config: &Config, o: &TrainOverrides) -> anyhow::Result<Co
 }
 
 pub fn run(config: &Config, args: &TrainArgs) -> anyhow::Result<()> {
-    let config = apply_overrides(config, &args.overrides)?;
+    let mut config = apply_overrides(config, &args.overrides)?;
+    // The run's config.toml then names the dataset it trained on (`vitrine watch`).
+    if let Some(data) = &args.data.data {
+        config.data.root.clone_from(data);
+    }
     let job = TrainJob {
-        data: args
-            .data
-            .data
-            .clone()
-            .unwrap_or_else(|| config.data.root.clone()),
+        data: config.data.root.clone(),
         run: args.run.clone().unwrap_or_else(|| config.train.run.clone()),
         resume: args.resume,
         config,

@@ -31,33 +31,51 @@ pub enum TrainEvent {
     /// Validation of the untrained model, before the first step of a fresh run: the
     /// baseline every epoch must beat.
     Baseline {
+        #[serde(deserialize_with = "nan_if_null::f32")]
         val_loss: f32,
+        #[serde(deserialize_with = "nan_if_null::f64")]
         val_top1: f64,
+        #[serde(deserialize_with = "nan_if_null::f64")]
         val_top20: f64,
+        #[serde(deserialize_with = "nan_if_null::f64")]
         val_map_at_r: f64,
     },
     Step {
         step: usize,
         epoch: usize,
+        #[serde(deserialize_with = "nan_if_null::f32")]
         loss: f32,
         /// Share of triplets with a positive loss.
+        #[serde(deserialize_with = "nan_if_null::f32")]
         active: f32,
+        #[serde(deserialize_with = "nan_if_null::f32")]
         d_ap: f32,
+        #[serde(deserialize_with = "nan_if_null::f32")]
         d_an: f32,
+        #[serde(deserialize_with = "nan_if_null::f64")]
         lr: f64,
+        #[serde(deserialize_with = "nan_if_null::f32")]
         grad_norm: f32,
+        #[serde(deserialize_with = "nan_if_null::f32")]
         triplets_per_s: f32,
+        #[serde(deserialize_with = "nan_if_null::f64")]
         elapsed_s: f64,
     },
     /// End of an epoch, with validation on the val split.
     Epoch {
         epoch: usize,
         step: usize,
+        #[serde(deserialize_with = "nan_if_null::f32")]
         train_loss: f32,
+        #[serde(deserialize_with = "nan_if_null::f32")]
         val_loss: f32,
+        #[serde(deserialize_with = "nan_if_null::f64")]
         val_top1: f64,
+        #[serde(deserialize_with = "nan_if_null::f64")]
         val_top20: f64,
+        #[serde(deserialize_with = "nan_if_null::f64")]
         val_map_at_r: f64,
+        #[serde(deserialize_with = "nan_if_null::f64")]
         seconds: f64,
     },
     Checkpoint {
@@ -72,7 +90,9 @@ pub enum TrainEvent {
         step: usize,
         epoch: usize,
         reason: StopReason,
+        #[serde(deserialize_with = "nan_if_null::f64")]
         best_val_top20: f64,
+        #[serde(deserialize_with = "nan_if_null::f64")]
         seconds: f64,
     },
     Failed {
@@ -104,5 +124,20 @@ impl TrainEvent {
     /// Whether the run ended with this event.
     pub fn is_terminal(&self) -> bool {
         matches!(self, TrainEvent::Done { .. } | TrainEvent::Failed { .. })
+    }
+}
+
+/// JSON has no NaN: serde_json writes a non-finite float as `null`. Reading `null`
+/// back as NaN lets any reader replay a `metrics.jsonl` holding one (e.g. a val loss
+/// over no valid triplet).
+mod nan_if_null {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn f32<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+        Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NAN))
+    }
+
+    pub fn f64<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
     }
 }

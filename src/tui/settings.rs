@@ -1,0 +1,88 @@
+//! The dashboard's `[ui]` choices that are more than a number: how thumbnails are
+//! drawn and which marker the loss chart plots with.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// How thumbnails reach the terminal (`ui.images`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageMode {
+    /// Ask the terminal once at start-up (kitty, sixel, iTerm2), half-blocks in tmux
+    /// or when it does not answer.
+    #[default]
+    Auto,
+    Kitty,
+    Sixel,
+    Iterm2,
+    /// Unicode half blocks with colours: works in every colour terminal, tmux and SSH.
+    Halfblocks,
+    /// No pictures: file names only.
+    Off,
+}
+
+impl ImageMode {
+    pub const ALL: [ImageMode; 6] = [
+        ImageMode::Auto,
+        ImageMode::Kitty,
+        ImageMode::Sixel,
+        ImageMode::Iterm2,
+        ImageMode::Halfblocks,
+        ImageMode::Off,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageMode::Auto => "auto",
+            ImageMode::Kitty => "kitty",
+            ImageMode::Sixel => "sixel",
+            ImageMode::Iterm2 => "iterm2",
+            ImageMode::Halfblocks => "halfblocks",
+            ImageMode::Off => "off",
+        }
+    }
+}
+
+impl fmt::Display for ImageMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ImageMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                format!("unknown image mode `{s}`: expected auto, kitty, sixel, iterm2, halfblocks or off")
+            })
+    }
+}
+
+/// Points of the loss chart (`ui.plot_marker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlotMarker {
+    /// Unicode Braille dots: 2×4 points per cell (needs a font with Braille glyphs).
+    #[default]
+    Braille,
+    /// Plain ASCII characters, one point per cell.
+    Ascii,
+}
+
+impl FromStr for PlotMarker {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "braille" => Ok(Self::Braille),
+            "ascii" => Ok(Self::Ascii),
+            _ => Err(format!(
+                "unknown plot marker `{s}`: expected braille or ascii"
+            )),
+        }
+    }
+}

@@ -1,0 +1,478 @@
+//! What the Train tab shows, folded from [`TrainEvent`]s: the loss series in two
+//! buffers (Burn's design: a recent window and a decimated full history), validation
+//! per epoch and the untrained baseline, the latest step's figures, ETA, checkpoints
+//! and notices. Pure data: a recorded `metrics.jsonl` replays into the same state.
+
+use std::collections::VecDeque;
+
+use crate::train::events::{CheckpointKind, StopReason, TrainEvent};
+
+/// Points kept in the recent window.
+pub const RECENT_POINTS: usize = 1000;
+/// The full history is halved (every other point dropped) beyond this many points.
+pub const HISTORY_POINTS: usize = 250;
+/// Steps after a (re)start before an ETA is shown: the first steps include warm-up.
+pub const ETA_WARMUP_STEPS: usize = 5;
+/// Smoothing of the train loss (exponential moving average, bias-corrected).
+pub const SMOOTHING: f64 = 0.9;
+/// Checkpoint and notice lines kept.
+const LOG_LINES: usize = 50;
+
+/// A series of `(step, value)` points in two buffers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossSeries {
+    recent: VecDeque<(f64, f64)>,
+    history: Vec<(f64, f64)>,
+    /// Every `stride`-th point enters the history.
+    stride: usize,
+    skipped: usize,
+    recent_cap: usize,
+    history_cap: usize,
+    len: usize,
+}
+
+impl Default for LossSeries {
+    fn default() -> Self {
+        Self::new(RECENT_POINTS, HISTORY_POINTS)
+    }
+}
+
+impl LossSeries {
+    pub fn new(recent_cap: usize, history_cap: usize) -> Self {
+        Self {
+            recent: VecDeque::new(),
+            history: Vec::new(),
+            stride: 1,
+            skipped: 0,
+            recent_cap: recent_cap.max(1),
+            history_cap: history_cap.max(2),
+            len: 0,
+        }
+    }
+
+    pub fn push(&mut self, x: f64, y: f64) {
+        if !y.is_finite() {
+            return;
+        }
+        self.len += 1;
+        self.recent.push_back((x, y));
+        while self.recent.len() > self.recent_cap {
+            self.recent.pop_front();
+        }
+        self.skipped += 1;
+        if self.skipped >= self.stride {
+            self.skipped = 0;
+            self.history.push((x, y));
+            if self.history.len() > self.history_cap {
+                // Keep every other point, then take every other new one.
+                self.history = self.history.iter().copied().step_by(2).collect();
+                self.stride *= 2;
+            }
+        }
+    }
+
+    /// Points ever pushed.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The last `recent_cap` points, oldest first.
+    pub fn recent(&self) -> Vec<(f64, f64)> {
+        self.recent.iter().copied().collect()
+    }
+
+    /// The whole run, decimated; the newest point is always included.
+    pub fn history(&self) -> Vec<(f64, f64)> {
+        let mut h = self.history.clone();
+        if let Some(&last) = self.recent.back()
+            && h.last() != Some(&last)
+        {
+            h.push(last);
+        }
+        h
+    }
+
+    pub fn history_stride(&self) -> usize {
+        self.stride
+    }
+
+    pub fn last(&self) -> Option<(f64, f64)> {
+        self.recent.back().copied()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunInfo {
+    pub run: String,
+    pub device: String,
+    pub backbone: String,
+    pub image_size: u32,
+    pub batch: usize,
+    pub epochs: usize,
+    pub steps_per_epoch: usize,
+    pub total_steps: usize,
+    pub start_step: usize,
+    pub resumed: bool,
+    pub mining: String,
+    pub params: usize,
+    pub trainable_params: usize,
+    pub train_triplets: usize,
+    pub val_queries: usize,
+    pub val_gallery: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepInfo {
+    pub step: usize,
+    pub epoch: usize,
+    pub loss: f32,
+    pub active: f32,
+    pub d_ap: f32,
+    pub d_an: f32,
+    pub lr: f64,
+    pub grad_norm: f32,
+    pub triplets_per_s: f32,
+    pub elapsed_s: f64,
+}
+
+/// Validation of one epoch (or of the untrained model).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ValRow {
+    /// `None` for the baseline.
+    pub epoch: Option<usize>,
+    pub step: usize,
+    pub train_loss: Option<f32>,
+    pub val_loss: f32,
+    pub top1: f64,
+    pub top20: f64,
+    pub map_at_r: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Done {
+        reason: StopReason,
+        step: usize,
+        best_val_top20: f64,
+        seconds: f64,
+    },
+    Failed {
+        step: usize,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// No event yet.
+    Idle,
+    /// Started, no step yet (data loading, baseline validation).
+    WarmingUp,
+    Training,
+    Finished,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TrainState {
+    pub info: Option<RunInfo>,
+    pub baseline: Option<ValRow>,
+    pub epochs: Vec<ValRow>,
+    pub last: Option<StepInfo>,
+    /// First step seen since the latest `started` (for the ETA).
+    pub session_first: Option<StepInfo>,
+    pub loss: LossSeries,
+    pub smooth: LossSeries,
+    ema: f64,
+    ema_n: i32,
+    /// `(step, val loss)` per epoch.
+    pub val_loss: Vec<(f64, f64)>,
+    /// `(step, epoch, kind, path)`, newest last.
+    pub checkpoints: Vec<(usize, usize, CheckpointKind, String)>,
+    /// `(step, message)`, newest last.
+    pub notices: Vec<(usize, String)>,
+    pub outcome: Option<Outcome>,
+    pub events: usize,
+    pub starts: usize,
+}
+
+impl TrainState {
+    pub fn apply_all<'a>(&mut self, events: impl IntoIterator<Item = &'a TrainEvent>) {
+        for e in events {
+            self.apply(e);
+        }
+    }
+
+    pub fn apply(&mut self, event: &TrainEvent) {
+        self.events += 1;
+        match event {
+            TrainEvent::Started {
+                run,
+                device,
+                backbone,
+                image_size,
+                batch,
+                epochs,
+                steps_per_epoch,
+                total_steps,
+                start_step,
+                resumed,
+                mining,
+                params,
+                trainable_params,
+                train_triplets,
+                val_queries,
+                val_gallery,
+                ..
+            } => {
+                self.starts += 1;
+                self.info = Some(RunInfo {
+                    run: run.clone(),
+                    device: device.clone(),
+                    backbone: backbone.clone(),
+                    image_size: *image_size,
+                    batch: *batch,
+                    epochs: *epochs,
+                    steps_per_epoch: *steps_per_epoch,
+                    total_steps: *total_steps,
+                    start_step: *start_step,
+                    resumed: *resumed,
+                    mining: mining.clone(),
+                    params: *params,
+                    trainable_params: *trainable_params,
+                    train_triplets: *train_triplets,
+                    val_queries: *val_queries,
+                    val_gallery: *val_gallery,
+                });
+                self.session_first = None;
+                self.outcome = None;
+                if !*resumed {
+                    // A fresh run in the same file starts the curves over.
+                    self.loss = LossSeries::default();
+                    self.smooth = LossSeries::default();
+                    self.val_loss.clear();
+                    self.epochs.clear();
+                    self.baseline = None;
+                    self.ema = 0.0;
+                    self.ema_n = 0;
+                }
+            }
+            TrainEvent::Baseline {
+                val_loss,
+                val_top1,
+                val_top20,
+                val_map_at_r,
+            } => {
+                let step = self.info.as_ref().map_or(0, |i| i.start_step);
+                self.baseline = Some(ValRow {
+                    epoch: None,
+                    step,
+                    train_loss: None,
+                    val_loss: *val_loss,
+                    top1: *val_top1,
+                    top20: *val_top20,
+                    map_at_r: *val_map_at_r,
+                });
+                self.val_loss.push((step as f64, f64::from(*val_loss)));
+            }
+            TrainEvent::Step {
+                step,
+                epoch,
+                loss,
+                active,
+                d_ap,
+                d_an,
+                lr,
+                grad_norm,
+                triplets_per_s,
+                elapsed_s,
+            } => {
+                let info = StepInfo {
+                    step: *step,
+                    epoch: *epoch,
+                    loss: *loss,
+                    active: *active,
+                    d_ap: *d_ap,
+                    d_an: *d_an,
+                    lr: *lr,
+                    grad_norm: *grad_norm,
+                    triplets_per_s: *triplets_per_s,
+                    elapsed_s: *elapsed_s,
+                };
+                if self.session_first.is_none() {
+                    self.session_first = Some(info);
+                }
+                self.last = Some(info);
+                let x = *step as f64;
+                let y = f64::from(*loss);
+                self.loss.push(x, y);
+                if y.is_finite() {
+                    self.ema = SMOOTHING * self.ema + (1.0 - SMOOTHING) * y;
+                    self.ema_n = self.ema_n.saturating_add(1);
+                    let debiased = self.ema / (1.0 - SMOOTHING.powi(self.ema_n));
+                    self.smooth.push(x, debiased);
+                }
+            }
+            TrainEvent::Epoch {
+                epoch,
+                step,
+                train_loss,
+                val_loss,
+                val_top1,
+                val_top20,
+                val_map_at_r,
+                ..
+            } => {
+                self.epochs.retain(|r| r.epoch != Some(*epoch));
+                self.epochs.push(ValRow {
+                    epoch: Some(*epoch),
+                    step: *step,
+                    train_loss: Some(*train_loss),
+                    val_loss: *val_loss,
+                    top1: *val_top1,
+                    top20: *val_top20,
+                    map_at_r: *val_map_at_r,
+                });
+                self.val_loss.push((*step as f64, f64::from(*val_loss)));
+            }
+            TrainEvent::Checkpoint {
+                step,
+                epoch,
+                kind,
+                path,
+            } => {
+                self.checkpoints.push((*step, *epoch, *kind, path.clone()));
+                trim(&mut self.checkpoints);
+            }
+            TrainEvent::Notice { step, message } => {
+                self.notices.push((*step, message.clone()));
+                trim(&mut self.notices);
+            }
+            TrainEvent::Done {
+                step,
+                reason,
+                best_val_top20,
+                seconds,
+                ..
+            } => {
+                self.outcome = Some(Outcome::Done {
+                    reason: *reason,
+                    step: *step,
+                    best_val_top20: *best_val_top20,
+                    seconds: *seconds,
+                });
+            }
+            TrainEvent::Failed { step, message, .. } => {
+                self.outcome = Some(Outcome::Failed {
+                    step: *step,
+                    message: message.clone(),
+                });
+            }
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        match (&self.outcome, &self.info) {
+            (Some(Outcome::Failed { .. }), _) => Phase::Failed,
+            (Some(Outcome::Done { .. }), _) => Phase::Finished,
+            (None, None) => Phase::Idle,
+            (None, Some(_)) if self.session_first.is_none() => Phase::WarmingUp,
+            (None, Some(_)) => Phase::Training,
+        }
+    }
+
+    /// Steps done and the run's total.
+    pub fn progress(&self) -> (usize, usize) {
+        let total = self.info.as_ref().map_or(0, |i| i.total_steps);
+        let done = self.last.map_or_else(
+            || self.info.as_ref().map_or(0, |i| i.start_step),
+            |s| s.step,
+        );
+        (done.min(total.max(done)), total)
+    }
+
+    /// 1-based epoch in progress and the number of epochs.
+    pub fn epoch(&self) -> (usize, usize) {
+        let epochs = self.info.as_ref().map_or(0, |i| i.epochs);
+        let current = self.last.map_or(0, |s| s.epoch) + 1;
+        (current.min(epochs.max(1)), epochs)
+    }
+
+    /// Seconds left, once [`ETA_WARMUP_STEPS`] steps ran since the latest start.
+    pub fn eta_seconds(&self) -> Option<f64> {
+        if self.phase() != Phase::Training {
+            return None;
+        }
+        let (first, last) = (self.session_first?, self.last?);
+        let steps = last.step.checked_sub(first.step)?;
+        if steps < ETA_WARMUP_STEPS {
+            return None;
+        }
+        let per_step = (last.elapsed_s - first.elapsed_s) / steps as f64;
+        let (done, total) = self.progress();
+        Some(per_step.max(0.0) * total.saturating_sub(done) as f64)
+    }
+
+    /// Best validation top-20 so far and its epoch (0-based).
+    pub fn best(&self) -> Option<(usize, f64)> {
+        self.epochs
+            .iter()
+            .filter_map(|r| r.epoch.map(|e| (e, r.top20)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
+    /// Step of the newest checkpoint written.
+    pub fn latest_checkpoint(&self) -> Option<usize> {
+        self.checkpoints.last().map(|c| c.0)
+    }
+}
+
+fn trim<T>(v: &mut Vec<T>) {
+    if v.len() > LOG_LINES {
+        v.drain(..v.len() - LOG_LINES);
+    }
+}
+
+/// `1h02m`, `4m05s`, `12s`.
+pub fn format_duration(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_is_decimated_by_two_and_recent_is_a_window() {
+        let mut s = LossSeries::new(100, 10);
+        for i in 0..1000 {
+            s.push(f64::from(i), 1.0);
+        }
+        assert_eq!(s.recent().len(), 100);
+        assert_eq!(s.recent()[0].0, 900.0);
+        let h = s.history();
+        assert!(h.len() <= 12, "{}", h.len());
+        assert_eq!(h[0].0, 0.0);
+        assert_eq!(h.last().map(|p| p.0), Some(999.0));
+        assert!(s.history_stride() >= 64);
+        assert_eq!(s.len(), 1000);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(format_duration(5.2), "5s");
+        assert_eq!(format_duration(245.0), "4m05s");
+        assert_eq!(format_duration(3725.0), "1h02m");
+    }
+}

@@ -1,0 +1,768 @@
+//! The dashboard without a terminal: snapshots of every tab (ratatui `TestBackend` +
+//! insta, under tests/snapshots/) from fixed data, the key map, and a replay of a
+//! recorded `metrics.jsonl` through the Train view.
+
+use std::path::{Path, PathBuf};
+
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use vitrine::data::deepfashion::{CategorySummary, SplitCounts, SplitSummary};
+use vitrine::theme::Theme;
+use vitrine::train::events::TrainEvent;
+use vitrine::train::metrics_log::{MetricsFollower, read_all};
+use vitrine::train::run_dir::ControlRequest;
+use vitrine::tui::app::{
+    Action, App, AppOptions, Command, DatasetInfo, HitInfo, ImageInfo, IndexStatus, SearchResults,
+    Tab, Thumb, TripletRow, TripletScore, WorkerEvent,
+};
+use vitrine::tui::keymap::{KEYS, map_key};
+use vitrine::tui::settings::PlotMarker;
+use vitrine::tui::train_state::{Phase, TrainState};
+use vitrine::tui::views;
+
+const METRICS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/tui/metrics.jsonl"
+);
+
+const CATEGORIES: [(&str, &str); 10] = [
+    ("DRESSES", "Maxi_Dress"),
+    ("DRESSES", "Mini_Dress"),
+    ("DRESSES", "Shirt_Dress"),
+    ("TOPS", "Blouse"),
+    ("TOPS", "Hoodie"),
+    ("TOPS", "T_Shirt"),
+    ("TOPS", "Tank_Top"),
+    ("TROUSERS", "Jeans"),
+    ("TROUSERS", "Shorts"),
+    ("TROUSERS", "Skirt"),
+];
+
+fn counts(train: usize, val: usize, test: usize) -> SplitCounts {
+    SplitCounts { train, val, test }
+}
+
+/// The default synthetic set's figures, made by hand.
+fn summary() -> SplitSummary {
+    SplitSummary {
+        protocol: "test".into(),
+        pairs: counts(587, 297, 280),
+        items: counts(200, 100, 100),
+        consumer: counts(405, 206, 192),
+        shop: counts(291, 142, 146),
+        query: 192,
+        gallery: 146,
+        images: 1382,
+        missing: 2,
+        dropped_pairs: 3,
+        categories: CATEGORIES
+            .iter()
+            .enumerate()
+            .map(|(i, (big, small))| CategorySummary {
+                big: (*big).into(),
+                small: (*small).into(),
+                items: 30 + 3 * i,
+                per_split: counts(15, 8, 7 + i),
+            })
+            .collect(),
+    }
+}
+
+fn image(item: usize, file: &str) -> ImageInfo {
+    let (big, small) = CATEGORIES[item % CATEGORIES.len()];
+    ImageInfo {
+        path: PathBuf::from(format!(
+            "data/synth/img/{big}/{small}/id_{item:08}/{file}.jpg"
+        )),
+        item_id: format!("id_{item:08}"),
+        category: small.into(),
+        big: big.into(),
+        bbox: None,
+    }
+}
+
+fn dataset() -> DatasetInfo {
+    let triplets = (0..40)
+        .map(|i| TripletRow {
+            anchor: image(i, "comsumer_01"),
+            positive: image(i, "shop_01"),
+            negative: image(i + 10, "shop_02"),
+        })
+        .collect();
+    let queries = (100..130).map(|i| image(i, "comsumer_02")).collect();
+    DatasetInfo {
+        root: PathBuf::from("data/synth"),
+        summary: summary(),
+        triplets,
+        queries,
+    }
+}
+
+fn fixture_events() -> Vec<TrainEvent> {
+    read_all(Path::new(METRICS)).expect("fixture metrics.jsonl")
+}
+
+fn options(images: bool) -> AppOptions {
+    let mut o = AppOptions::new(PathBuf::from("runs/demo"), PathBuf::from("data/synth"));
+    o.images = images;
+    o
+}
+
+/// An app with the recorded run, the dataset, scored triplets and an index.
+fn app_with_data(images: bool) -> App {
+    let mut app = App::new(options(images));
+    app.update(Action::Worker(WorkerEvent::Train(fixture_events())));
+    app.update(Action::Worker(WorkerEvent::Dataset(Box::new(
+        Ok(dataset()),
+    ))));
+    app.update(Action::Worker(WorkerEvent::Index(IndexStatus::Ready {
+        count: 146,
+    })));
+    app
+}
+
+fn scores() -> WorkerEvent {
+    WorkerEvent::Scores {
+        weights: "checkpoint last (step 54)".into(),
+        scores: (0..40)
+            .map(|i| {
+                let d_ap = 0.4 + (i % 7) as f32 * 0.1;
+                let d_an = 0.5 + (i % 5) as f32 * 0.12;
+                (
+                    i,
+                    TripletScore {
+                        d_ap,
+                        d_an,
+                        loss: (d_ap - d_an + 0.5).max(0.0),
+                    },
+                )
+            })
+            .collect(),
+        done: 40,
+        total: 40,
+    }
+}
+
+fn results() -> SearchResults {
+    let query = image(104, "comsumer_02");
+    SearchResults {
+        query_item: Some(query.item_id.clone()),
+        query: query.path,
+        hits: (0..20)
+            .map(|k| {
+                let item = if k == 0 || k == 3 { 104 } else { 200 + k };
+                let img = image(item, if k == 3 { "shop_02" } else { "shop_01" });
+                HitInfo {
+                    rank: k + 1,
+                    score: 0.95 - k as f32 * 0.02,
+                    is_match: item == 104,
+                    path: img.path,
+                    item_id: img.item_id,
+                    category: format!("{}/{}", img.big, img.category),
+                }
+            })
+            .collect(),
+        millis: 3.0,
+    }
+}
+
+fn render(app: &App, w: u16, h: u16) -> Terminal<TestBackend> {
+    let mut t = Terminal::new(TestBackend::new(w, h)).expect("terminal");
+    t.draw(|f| {
+        views::draw(f, app, &Theme::default());
+    })
+    .expect("draw");
+    t
+}
+
+fn screen_text(t: &Terminal<TestBackend>) -> String {
+    let buf = t.backend().buffer();
+    let mut s = String::new();
+    for y in 0..buf.area.height {
+        for x in 0..buf.area.width {
+            s.push_str(buf[(x, y)].symbol());
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// Whether some cell is drawn in `c` (a picture's colour).
+fn has_colour(t: &Terminal<TestBackend>, c: ratatui::style::Color) -> bool {
+    t.backend()
+        .buffer()
+        .content
+        .iter()
+        .any(|cell| cell.fg == c || cell.bg == c)
+}
+
+const SIZES: [(u16, u16); 2] = [(80, 24), (160, 48)];
+
+#[test]
+fn snapshot_train_tab() {
+    let app = app_with_data(false);
+    for (w, h) in SIZES {
+        insta::assert_snapshot!(format!("train_{w}x{h}"), render(&app, w, h).backend());
+    }
+}
+
+#[test]
+fn snapshot_train_tab_full_history_ascii() {
+    let mut o = options(false);
+    o.plot_marker = PlotMarker::Ascii;
+    let mut app = App::new(o);
+    app.update(Action::Worker(WorkerEvent::Train(fixture_events())));
+    app.update(Action::ToggleHistory);
+    insta::assert_snapshot!("train_history_ascii_80x24", render(&app, 80, 24).backend());
+}
+
+#[test]
+fn snapshot_train_warming_up() {
+    let mut app = App::new(options(false));
+    let events: Vec<TrainEvent> = fixture_events().into_iter().take(2).collect();
+    assert!(matches!(events[0], TrainEvent::Started { .. }));
+    app.update(Action::Worker(WorkerEvent::Train(events)));
+    app.update(Action::Worker(WorkerEvent::Trainer {
+        pid: Some(4242),
+        control: ControlRequest::Run,
+    }));
+    assert_eq!(app.train.phase(), Phase::WarmingUp);
+    let t = render(&app, 80, 24);
+    assert!(screen_text(&t).contains("warming up"));
+    insta::assert_snapshot!("train_warming_up_80x24", t.backend());
+}
+
+#[test]
+fn snapshot_dataset_tab() {
+    let mut app = app_with_data(false);
+    app.update(Action::GoTab(Tab::Dataset));
+    for (w, h) in SIZES {
+        insta::assert_snapshot!(format!("dataset_{w}x{h}"), render(&app, w, h).backend());
+    }
+}
+
+#[test]
+fn snapshot_triplets_tab() {
+    let mut app = app_with_data(false);
+    let commands = app.update(Action::GoTab(Tab::Triplets));
+    assert_eq!(commands, vec![Command::ScoreTriplets]);
+    app.update(Action::Worker(scores()));
+    app.update(Action::Down);
+    for (w, h) in SIZES {
+        insta::assert_snapshot!(format!("triplets_{w}x{h}"), render(&app, w, h).backend());
+    }
+    // Hardest first, filtered to one small category.
+    app.update(Action::ToggleHardest);
+    app.update(Action::NextFilter);
+    let (_, row) = app.triplets.selected_row().expect("a row");
+    assert_eq!(row.anchor.category, "Blouse");
+    let losses: Vec<f32> = app
+        .triplets
+        .view
+        .iter()
+        .map(|&i| app.triplets.scores[i].expect("scored").loss)
+        .collect();
+    assert!(losses.windows(2).all(|w| w[0] >= w[1]), "{losses:?}");
+    insta::assert_snapshot!(
+        "triplets_hardest_blouse_80x24",
+        render(&app, 80, 24).backend()
+    );
+}
+
+#[test]
+fn snapshot_search_tab() {
+    let mut app = app_with_data(false);
+    app.update(Action::GoTab(Tab::Search));
+    for (w, h) in SIZES {
+        insta::assert_snapshot!(
+            format!("search_empty_{w}x{h}"),
+            render(&app, w, h).backend()
+        );
+    }
+    for _ in 0..4 {
+        app.update(Action::Down);
+    }
+    let commands = app.update(Action::Enter);
+    assert_eq!(
+        commands,
+        vec![Command::Search {
+            path: image(104, "comsumer_02").path,
+            item: Some("id_00000104".into()),
+        }]
+    );
+    app.update(Action::Worker(WorkerEvent::Search(Ok(results()))));
+    app.update(Action::Right);
+    app.update(Action::Down);
+    assert_eq!(app.search.hit, 6);
+    for (w, h) in SIZES {
+        insta::assert_snapshot!(format!("search_{w}x{h}"), render(&app, w, h).backend());
+    }
+    app.update(Action::Up);
+    app.update(Action::Left);
+    app.update(Action::Right);
+    app.update(Action::Right);
+    app.update(Action::Right);
+    assert_eq!(app.search.hit, 3);
+    app.update(Action::Enter);
+    assert!(app.search.detail);
+    let t = render(&app, 80, 24);
+    let text = screen_text(&t);
+    assert!(
+        text.contains("id_00000104") && text.contains("0.8900"),
+        "{text}"
+    );
+    insta::assert_snapshot!("search_detail_80x24", t.backend());
+}
+
+#[test]
+fn thumbnails_are_drawn_in_cells_and_survive_redraws() {
+    let mut app = app_with_data(true);
+    app.update(Action::GoTab(Tab::Search));
+    app.update(Action::Enter);
+    let mut r = results();
+    r.query = app.search.queries[0].path.clone();
+    r.query_item = Some(app.search.queries[0].item_id.clone());
+    app.update(Action::Worker(WorkerEvent::Search(Ok(r))));
+    // First frame: placeholders; it reports what it wanted.
+    let mut t = Terminal::new(TestBackend::new(80, 24)).expect("terminal");
+    let mut wanted = Vec::new();
+    t.draw(|f| wanted = views::draw(f, &app, &Theme::default()))
+        .expect("draw");
+    assert_eq!(wanted.len(), 21, "the query and 20 results");
+    let commands = app.update(Action::NeedThumbs(wanted.clone()));
+    assert_eq!(commands.len(), 21);
+    // A worker would decode the files; here solid pictures, as half blocks.
+    let picker = ratatui_image::picker::Picker::halfblocks();
+    for (n, key) in wanted.iter().enumerate() {
+        let c = (n * 40 % 256) as u8;
+        let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+            20,
+            40,
+            image::Rgb([c, 255 - c, 128]),
+        ));
+        let p = picker
+            .new_protocol(
+                img,
+                ratatui::layout::Size::new(key.cols, key.rows),
+                ratatui_image::Resize::Fit(None),
+            )
+            .expect("protocol");
+        app.update(Action::Worker(WorkerEvent::Thumb(
+            key.clone(),
+            Ok(Thumb(std::sync::Arc::new(p))),
+        )));
+    }
+    for _ in 0..2 {
+        let mut again = Vec::new();
+        t.draw(|f| again = views::draw(f, &app, &Theme::default()))
+            .expect("draw");
+        assert!(again.is_empty(), "every thumbnail is cached");
+        assert!(
+            has_colour(&t, ratatui::style::Color::Rgb(0, 255, 128)),
+            "pictures drawn"
+        );
+    }
+    insta::assert_snapshot!("search_thumbnails_80x24", t.backend());
+    // A tab switch and back keeps them.
+    app.update(Action::GoTab(Tab::Train));
+    app.update(Action::GoTab(Tab::Search));
+    let mut again = Vec::new();
+    t.draw(|f| again = views::draw(f, &app, &Theme::default()))
+        .expect("draw");
+    assert!(again.is_empty());
+}
+
+#[test]
+fn snapshot_overlays_and_small_terminal() {
+    let mut app = app_with_data(false);
+    app.update(Action::ToggleHelp);
+    let t = render(&app, 80, 24);
+    let text = screen_text(&t);
+    for (keys, _, _) in KEYS {
+        assert!(text.contains(keys), "help lists `{keys}`");
+    }
+    insta::assert_snapshot!("help_80x24", t.backend());
+    app.update(Action::ToggleHelp);
+    app.update(Action::Worker(WorkerEvent::Trainer {
+        pid: Some(4242),
+        control: ControlRequest::Run,
+    }));
+    app.update(Action::Quit);
+    assert!(app.quit_prompt && !app.should_quit);
+    insta::assert_snapshot!("quit_prompt_80x24", render(&app, 80, 24).backend());
+    let t = render(&app, 79, 23);
+    assert!(screen_text(&t).contains("enlarge the terminal"));
+    insta::assert_snapshot!("too_small_79x23", t.backend());
+    // Tiny sizes never panic.
+    for (w, h) in [(1, 1), (10, 3), (40, 10), (79, 40), (200, 23)] {
+        render(&app, w, h);
+    }
+}
+
+#[test]
+fn every_theme_renders_every_tab() {
+    let mut app = app_with_data(false);
+    app.update(Action::Worker(WorkerEvent::Search(Ok(results()))));
+    for name in Theme::builtin_names() {
+        let theme = Theme::load(name).expect("theme");
+        for tab in Tab::ALL {
+            app.update(Action::GoTab(tab));
+            let mut t = Terminal::new(TestBackend::new(80, 24)).expect("terminal");
+            t.draw(|f| {
+                views::draw(f, &app, &theme);
+            })
+            .expect("draw");
+            assert!(screen_text(&t).contains(tab.title()));
+        }
+    }
+}
+
+fn key(code: KeyCode) -> KeyEvent {
+    KeyEvent::new(code, KeyModifiers::NONE)
+}
+
+#[test]
+fn key_map() {
+    let mut app = App::new(options(false));
+    let map = |app: &App, code| map_key(app, key(code));
+    assert!(matches!(
+        map(&app, KeyCode::Char('3')),
+        Some(Action::GoTab(Tab::Triplets))
+    ));
+    assert!(matches!(map(&app, KeyCode::Tab), Some(Action::NextTab)));
+    assert!(matches!(map(&app, KeyCode::BackTab), Some(Action::PrevTab)));
+    assert!(matches!(
+        map(&app, KeyCode::Char('?')),
+        Some(Action::ToggleHelp)
+    ));
+    assert!(matches!(map(&app, KeyCode::Char('q')), Some(Action::Quit)));
+    assert!(matches!(
+        map(&app, KeyCode::Char('t')),
+        Some(Action::StartTraining)
+    ));
+    assert!(matches!(
+        map(&app, KeyCode::Char('p')),
+        Some(Action::TogglePause)
+    ));
+    assert!(matches!(
+        map(&app, KeyCode::Char('s')),
+        Some(Action::StopTraining)
+    ));
+    assert!(matches!(
+        map(&app, KeyCode::Char('i')),
+        Some(Action::BuildIndex)
+    ));
+    assert!(matches!(
+        map(&app, KeyCode::Char('h')),
+        Some(Action::ToggleHistory)
+    ));
+    assert!(map(&app, KeyCode::Char('j')).is_none(), "no list on Train");
+    let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
+    assert!(matches!(map_key(&app, ctrl_c), Some(Action::Quit)));
+    let mut release = key(KeyCode::Char('q'));
+    release.kind = KeyEventKind::Release;
+    assert!(map_key(&app, release).is_none());
+
+    app.update(Action::GoTab(Tab::Triplets));
+    assert!(matches!(map(&app, KeyCode::Char('j')), Some(Action::Down)));
+    assert!(matches!(map(&app, KeyCode::Char('k')), Some(Action::Up)));
+    assert!(matches!(
+        map(&app, KeyCode::Char('f')),
+        Some(Action::NextFilter)
+    ));
+    assert!(matches!(
+        map(&app, KeyCode::Char('F')),
+        Some(Action::PrevFilter)
+    ));
+    assert!(matches!(
+        map(&app, KeyCode::Char('o')),
+        Some(Action::ToggleHardest)
+    ));
+    assert!(matches!(
+        map(&app, KeyCode::PageDown),
+        Some(Action::PageDown)
+    ));
+
+    app.update(Action::GoTab(Tab::Search));
+    assert!(matches!(map(&app, KeyCode::Enter), Some(Action::Enter)));
+    assert!(matches!(map(&app, KeyCode::Left), Some(Action::Left)));
+    assert!(matches!(
+        map(&app, KeyCode::Char('/')),
+        Some(Action::StartInput)
+    ));
+    app.update(Action::StartInput);
+    // While typing, letters are text, not commands.
+    assert!(matches!(
+        map(&app, KeyCode::Char('q')),
+        Some(Action::Input('q'))
+    ));
+    assert!(matches!(
+        map(&app, KeyCode::Char('t')),
+        Some(Action::Input('t'))
+    ));
+    for c in "/x/a.jpg".chars() {
+        app.update(Action::Input(c));
+    }
+    app.update(Action::InputBackspace);
+    app.update(Action::Input('g'));
+    let commands = app.update(Action::Enter);
+    assert_eq!(
+        commands,
+        vec![Command::Search {
+            path: PathBuf::from("/x/a.jpg"),
+            item: None
+        }]
+    );
+    assert!(app.search.input.is_none());
+
+    // The help overlay and the quit question take the keyboard.
+    app.update(Action::ToggleHelp);
+    assert!(map(&app, KeyCode::Char('t')).is_none());
+    assert!(matches!(map(&app, KeyCode::Esc), Some(Action::ToggleHelp)));
+    app.update(Action::ToggleHelp);
+    app.update(Action::Worker(WorkerEvent::Trainer {
+        pid: Some(7),
+        control: ControlRequest::Run,
+    }));
+    app.update(Action::Quit);
+    assert!(matches!(
+        map(&app, KeyCode::Char('s')),
+        Some(Action::ConfirmQuit {
+            stop_training: true
+        })
+    ));
+    assert!(matches!(
+        map(&app, KeyCode::Char('l')),
+        Some(Action::ConfirmQuit {
+            stop_training: false
+        })
+    ));
+    assert!(matches!(map(&app, KeyCode::Esc), Some(Action::Back)));
+    app.update(Action::ConfirmQuit {
+        stop_training: false,
+    });
+    assert!(app.should_quit && !app.stop_on_quit);
+}
+
+#[test]
+fn keys_before_any_data_do_nothing_harmful() {
+    let mut app = App::new(options(true));
+    let codes = [
+        KeyCode::Char('1'),
+        KeyCode::Char('3'),
+        KeyCode::Char('j'),
+        KeyCode::Char('k'),
+        KeyCode::Char('f'),
+        KeyCode::Char('o'),
+        KeyCode::End,
+        KeyCode::Char('4'),
+        KeyCode::Enter,
+        KeyCode::Down,
+        KeyCode::Right,
+        KeyCode::Esc,
+        KeyCode::Char('p'),
+        KeyCode::Char('s'),
+        KeyCode::Tab,
+        KeyCode::BackTab,
+        KeyCode::Char('h'),
+    ];
+    for code in codes {
+        if let Some(a) = map_key(&app, key(code)) {
+            let commands = app.update(a);
+            assert!(
+                commands.is_empty(),
+                "{code:?} asked for {commands:?} with nothing loaded"
+            );
+        }
+        for (w, h) in [(80, 24), (120, 40)] {
+            render(&app, w, h);
+        }
+    }
+    assert!(!app.should_quit);
+}
+
+#[test]
+fn control_keys_ask_the_trainer() {
+    let mut app = App::new(options(false));
+    assert_eq!(
+        app.update(Action::StartTraining),
+        vec![Command::StartTraining]
+    );
+    assert_eq!(
+        app.update(Action::StartTraining),
+        vec![],
+        "already starting"
+    );
+    app.update(Action::Worker(WorkerEvent::Spawned(Ok(99))));
+    assert_eq!(
+        app.update(Action::TogglePause),
+        vec![Command::Control(ControlRequest::Pause)]
+    );
+    assert_eq!(
+        app.update(Action::TogglePause),
+        vec![Command::Control(ControlRequest::Run)]
+    );
+    assert_eq!(
+        app.update(Action::StopTraining),
+        vec![Command::Control(ControlRequest::Stop)]
+    );
+    assert_eq!(app.update(Action::BuildIndex), vec![Command::BuildIndex]);
+    assert_eq!(app.update(Action::BuildIndex), vec![], "already building");
+    // Read-only (watch): nothing reaches the trainer.
+    let mut o = options(false);
+    o.read_only = true;
+    let mut watch = App::new(o);
+    watch.update(Action::Worker(WorkerEvent::Trainer {
+        pid: Some(5),
+        control: ControlRequest::Run,
+    }));
+    for a in [
+        Action::StartTraining,
+        Action::TogglePause,
+        Action::StopTraining,
+        Action::BuildIndex,
+    ] {
+        assert!(watch.update(a).is_empty());
+    }
+    watch.update(Action::Quit);
+    assert!(watch.should_quit, "watch quits without asking");
+}
+
+#[test]
+fn demo_builds_the_index_when_its_training_ends() {
+    let mut o = options(false);
+    o.auto_index = true;
+    let mut app = App::new(o);
+    // A finished run replayed from the file does not trigger a build.
+    assert!(
+        app.update(Action::Worker(WorkerEvent::Train(fixture_events())))
+            .is_empty()
+    );
+    app.update(Action::StartTraining);
+    app.update(Action::Worker(WorkerEvent::Spawned(Ok(12))));
+    let done = fixture_events()
+        .into_iter()
+        .filter(TrainEvent::is_terminal)
+        .collect::<Vec<_>>();
+    assert_eq!(
+        app.update(Action::Worker(WorkerEvent::Train(done))),
+        vec![Command::BuildIndex]
+    );
+}
+
+/// Replays the recorded file line by line (as `vitrine watch` does) and checks the
+/// Train view's numbers against the events.
+#[test]
+fn replay_of_recorded_metrics_drives_the_train_view() {
+    let events = fixture_events();
+    let mut follower = MetricsFollower::new(Path::new(METRICS));
+    let replayed = follower.poll().expect("poll");
+    assert_eq!(replayed, events);
+    assert!(follower.poll().expect("poll").is_empty(), "nothing new");
+
+    let mut state = TrainState::default();
+    state.apply_all(&replayed);
+    let steps: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Step { step, loss, .. } => Some((*step, *loss)),
+            _ => None,
+        })
+        .collect();
+    let epochs: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Epoch {
+                epoch,
+                val_top1,
+                val_top20,
+                ..
+            } => Some((*epoch, *val_top1, *val_top20)),
+            _ => None,
+        })
+        .collect();
+    let TrainEvent::Started {
+        total_steps,
+        epochs: n_epochs,
+        ..
+    } = &events[0]
+    else {
+        panic!("the file starts with `started`");
+    };
+    assert_eq!(state.loss.len(), steps.len());
+    assert_eq!(state.last.map(|s| s.step), steps.last().map(|s| s.0));
+    assert_eq!(state.last.map(|s| s.loss), steps.last().map(|s| s.1));
+    assert_eq!(state.progress(), (*total_steps, *total_steps));
+    assert_eq!(state.epoch(), (*n_epochs, *n_epochs));
+    assert_eq!(state.phase(), Phase::Finished);
+    assert!(state.baseline.is_some());
+    assert_eq!(state.epochs.len(), epochs.len());
+    for (row, (e, top1, top20)) in state.epochs.iter().zip(&epochs) {
+        assert_eq!(row.epoch, Some(*e));
+        assert_eq!((row.top1, row.top20), (*top1, *top20));
+    }
+    let best = epochs
+        .iter()
+        .max_by(|a, b| a.2.total_cmp(&b.2))
+        .map(|b| b.0);
+    assert_eq!(state.best().map(|b| b.0), best);
+    assert!(state.eta_seconds().is_none(), "no ETA once finished");
+
+    // The view shows those numbers.
+    let mut app = App::new(options(false));
+    app.update(Action::Worker(WorkerEvent::Train(replayed)));
+    let text = screen_text(&render(&app, 160, 48));
+    assert!(
+        text.contains(&format!("epoch {n_epochs}/{n_epochs}")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("step {total_steps}/{total_steps}")),
+        "{text}"
+    );
+    for (_, top1, top20) in &epochs {
+        assert!(text.contains(&format!("{:.1}%", top1 * 100.0)), "{text}");
+        assert!(text.contains(&format!("{:.1}%", top20 * 100.0)), "{text}");
+    }
+    let last = steps.last().map_or(0.0, |s| s.1);
+    assert!(text.contains(&format!("{last:.4}")), "{text}");
+    assert!(text.contains("untrained"));
+}
+
+/// The ETA appears after the warm-up steps and comes from the events alone.
+#[test]
+fn eta_after_warm_up() {
+    let events = fixture_events();
+    let mut state = TrainState::default();
+    let mut seen = 0;
+    for e in &events {
+        state.apply(e);
+        if matches!(e, TrainEvent::Step { .. }) {
+            seen += 1;
+            if seen < 6 {
+                assert!(state.eta_seconds().is_none(), "no ETA during warm-up");
+            }
+            if seen == 10 {
+                let eta = state.eta_seconds().expect("ETA after warm-up");
+                assert!(eta > 0.0);
+                break;
+            }
+        }
+    }
+}
+
+#[test]
+fn readme_lists_every_key() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    for (keys, place, what) in KEYS {
+        let shown = keys
+            .split_whitespace()
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let row = format!("| {shown} | {place} | {what} |");
+        assert!(readme.contains(&row), "README lacks the key row {row}");
+    }
+}

@@ -1,0 +1,309 @@
+//! The dashboard with real processes: training started from it survives it and can
+//! be re-attached; the real binary in tmux switches tabs, searches and restores the
+//! terminal on quit.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use vitrine::train::events::{StopReason, TrainEvent};
+use vitrine::train::metrics_log::read_all;
+use vitrine::train::run_dir::{ControlRequest, RunDir};
+use vitrine::tui::app::{Action, App, AppOptions};
+use vitrine::tui::runtime::Msg;
+use vitrine::tui::workers::{Outbox, spawn_follower, spawn_trainer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vitrine");
+
+/// A dashboard's state fed by a follower of the run, as the runtime does it.
+struct Attached {
+    app: App,
+    rx: Receiver<Msg>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Attached {
+    fn new(run: &Path, data: &Path) -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let stop = Arc::new(AtomicBool::new(false));
+        spawn_follower(run, Outbox(tx), Arc::clone(&stop));
+        let opts = AppOptions::new(run.to_path_buf(), data.to_path_buf());
+        Self {
+            app: App::new(opts),
+            rx,
+            stop,
+        }
+    }
+
+    /// Feeds worker events until `done(app)` or the timeout.
+    fn pump_until(&mut self, what: &str, timeout: Duration, done: impl Fn(&App) -> bool) {
+        let end = Instant::now() + timeout;
+        while !done(&self.app) {
+            assert!(Instant::now() < end, "timed out waiting for {what}");
+            if let Ok(Msg::Worker(e)) = self.rx.recv_timeout(Duration::from_millis(100)) {
+                self.app.update(Action::Worker(e));
+            }
+        }
+    }
+
+    fn detach(self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("the trainer did not exit in {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn training_outlives_the_dashboard_and_can_be_reattached() {
+    let data = common::synth_dataset(60, 64);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run = tmp.path().join("run");
+    let mut cfg = common::tiny_train_config();
+    cfg.train.epochs = 50;
+    let mut child = spawn_trainer(Path::new(BIN), &cfg, &data, &run).expect("spawn trainer");
+    let pid = child.id();
+
+    // First dashboard: sees the trainer and its steps.
+    let mut first = Attached::new(&run, &data);
+    first.pump_until("the first step", Duration::from_secs(120), |a| {
+        a.trainer.pid == Some(pid) && a.train.last.is_some()
+    });
+    let seen = first.app.train.last.map_or(0, |s| s.step);
+    first.detach();
+
+    // Quitting the dashboard leaves the trainer running and holding the run.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "trainer still runs"
+    );
+    let dir = RunDir::new(&run);
+    assert_eq!(dir.locked_by(), Some(pid));
+
+    // Second dashboard: replays from the start, then follows new steps.
+    let mut second = Attached::new(&run, &data);
+    second.pump_until("newer steps", Duration::from_secs(120), |a| {
+        a.trainer.pid == Some(pid) && a.train.last.is_some_and(|s| s.step > seen)
+    });
+    assert!(second.app.train.info.is_some(), "replayed `started`");
+    assert!(second.app.train.baseline.is_some(), "replayed `baseline`");
+    assert!(
+        second.app.train.loss.len() > seen,
+        "replayed the earlier steps"
+    );
+
+    // Stop through the control file: checkpoint, exit 0, lock released.
+    dir.send_control(ControlRequest::Stop).expect("control");
+    let status = wait_exit(&mut child, Duration::from_secs(120));
+    assert!(status.success(), "{status}");
+    second.pump_until("the end", Duration::from_secs(10), |a| {
+        a.trainer.pid.is_none() && a.train.outcome.is_some()
+    });
+    second.detach();
+    let events = read_all(&dir.metrics()).expect("metrics");
+    assert!(matches!(
+        events.last(),
+        Some(TrainEvent::Done {
+            reason: StopReason::Interrupted,
+            ..
+        })
+    ));
+    assert!(
+        dir.checkpoint(vitrine::train::events::CheckpointKind::Last)
+            .is_file()
+    );
+    assert_eq!(dir.locked_by(), None);
+    let log = std::fs::read_to_string(dir.log()).expect("the trainer's log");
+    assert!(log.contains("stopped"), "{log}");
+}
+
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux")
+            .args(["-L", &self.socket, "-f", "/dev/null"])
+            .args(args)
+            .output()
+            .expect("tmux")
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "dash"]).stdout)
+            .into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "dash"];
+        args.extend_from_slice(keys);
+        self.cmd(&args);
+    }
+
+    fn wait_for(&self, text: &str, timeout: Duration) -> String {
+        let end = Instant::now() + timeout;
+        loop {
+            let screen = self.screen();
+            if screen.contains(text) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < end,
+                "`{text}` never appeared; screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+fn vitrine(dir: &Path, args: &[&str]) {
+    let out = Command::new(BIN)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run vitrine");
+    assert!(
+        out.status.success(),
+        "vitrine {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn dashboard_in_tmux_searches_and_restores_the_terminal() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        println!("skipping the tmux end-to-end test: tmux is not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("tiny.toml"),
+        "[model]\nimage_size = 32\ndropout = 0.0\n[train]\nbatch = 8\ndevice = \"cpu\"\n\
+         checkpoint_every = 0\n[ui]\nimages = \"halfblocks\"\n",
+    )
+    .expect("config");
+    vitrine(
+        dir,
+        &["synth", "--out", "ds", "--items", "80", "--size", "64"],
+    );
+    vitrine(
+        dir,
+        &[
+            "--config",
+            "tiny.toml",
+            "train",
+            "--data",
+            "ds",
+            "--run",
+            "run",
+            "--max-steps",
+            "2",
+        ],
+    );
+    vitrine(
+        dir,
+        &[
+            "--config",
+            "tiny.toml",
+            "index",
+            "--run",
+            "run",
+            "--data",
+            "ds",
+            "--checkpoint",
+            "last",
+        ],
+    );
+    let tmux = Tmux {
+        socket: format!("vitrine-test-{}", std::process::id()),
+    };
+    let script = format!(
+        "cd {} && {BIN} --config tiny.toml dashboard --data ds --run run; echo EXIT=$?; \
+         stty -a | grep -q ' icanon' && echo COOKED; sleep 60",
+        dir.display()
+    );
+    let out = tmux.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "dash",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &script,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wait = Duration::from_secs(30);
+    let screen = tmux.wait_for("max steps reached", wait);
+    for title in ["Train", "Dataset", "Triplets", "Search"] {
+        assert!(screen.contains(title), "{screen}");
+    }
+    tmux.keys(&["2"]);
+    tmux.wait_for("Splits", wait);
+    tmux.keys(&["3"]);
+    tmux.wait_for("anchor · consumer", wait);
+    tmux.wait_for("scored with", wait);
+    tmux.keys(&["4"]);
+    tmux.wait_for("Test queries", wait);
+    tmux.wait_for("index: ", wait);
+    tmux.keys(&["Enter"]);
+    let screen = tmux.wait_for("#20 ", wait);
+    assert!(screen.contains("Top 20"), "{screen}");
+    for k in 1..=20 {
+        assert!(
+            screen.contains(&format!("#{k} ")),
+            "result {k} missing:\n{screen}"
+        );
+    }
+    tmux.keys(&["?"]);
+    tmux.wait_for("Keys (Esc or ? closes)", wait);
+    tmux.keys(&["Escape", "q"]);
+    let screen = tmux.wait_for("EXIT=0", wait);
+    assert!(
+        !screen.contains("Test queries"),
+        "the dashboard is gone:\n{screen}"
+    );
+    tmux.wait_for("COOKED", wait);
+    let alt = tmux.cmd(&[
+        "display-message",
+        "-p",
+        "-t",
+        "dash",
+        "#{alternate_on} #{cursor_flag}",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&alt.stdout).trim(),
+        "0 1",
+        "screen and cursor restored"
+    );
+}
