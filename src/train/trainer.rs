@@ -417,7 +417,11 @@ impl<'a> Session<'a> {
             total_steps: self.total_steps(),
             start_step: self.step,
             resumed: self.resumed,
-            mining: format!("{:?}", cfg.train.mining).to_lowercase(),
+            // The config spelling (`batch_hard`), not the Rust variant name.
+            mining: serde_json::to_value(cfg.train.mining)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
             params,
             trainable_params,
             train_triplets: self.data.sampler.len(),
