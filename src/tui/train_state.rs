@@ -439,14 +439,7 @@ fn trim<T>(v: &mut Vec<T>) {
 
 /// `1h02m`, `4m05s`, `12s`.
 pub fn format_duration(seconds: f64) -> String {
-    let s = seconds.max(0.0).round() as u64;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
-    } else if s >= 60 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{s}s")
-    }
+    crate::progress::fmt_secs(seconds.max(0.0))
 }
 
 #[cfg(test)]
