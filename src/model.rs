@@ -1,7 +1,9 @@
 //! The embedder: a trainable ResNet backbone (torchvision parameter names), the
 //! embedding head, triplet losses and checkpoint files.
 
+pub mod batchnorm;
 pub mod checkpoint;
+pub mod conv;
 pub mod embedder;
 pub mod loss;
 pub mod resnet;

@@ -19,9 +19,11 @@
 //! BatchNorm even when training, and its output is detached, so it receives no
 //! gradient and costs no backward time. `0` and `1` both train everything.
 
-use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
 use serde::{Deserialize, Serialize};
+
+use super::batchnorm::batch_norm;
 
 /// Stage number of the stem (`conv1`, `bn1`).
 pub const STEM_STAGE: usize = 1;
@@ -162,6 +164,13 @@ fn conv(
     candle_nn::conv2d_no_bias(c_in, c_out, k, cfg, vb)
 }
 
+/// Runs `conv` through [`super::conv::conv2d`]: both gradients as GEMMs on the CPU,
+/// Candle's `conv2d` on other devices. Same weights, stride and padding as `conv`.
+fn conv_forward(conv: &Conv2d, xs: &Tensor) -> Result<Tensor> {
+    let cfg = conv.config();
+    super::conv::conv2d(xs, conv.weight(), cfg.stride, cfg.padding)
+}
+
 fn bn(c: usize, vb: VarBuilder) -> Result<BatchNorm> {
     // torchvision's defaults; momentum is the weight of the new batch statistic.
     let cfg = BatchNormConfig {
@@ -189,7 +198,7 @@ impl Downsample {
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward_t(&self.conv.forward(xs)?, train)
+        batch_norm(&conv_forward(&self.conv, xs)?, &self.bn, train, false)
     }
 }
 
@@ -244,10 +253,8 @@ impl Block {
         let last = self.convs.len() - 1;
         let mut ys = xs.clone();
         for (i, (conv, bn)) in self.convs.iter().zip(&self.bns).enumerate() {
-            ys = bn.forward_t(&conv.forward(&ys)?, train)?;
-            if i != last {
-                ys = ys.relu()?;
-            }
+            // BatchNorm + ReLU (not after the last conv: the ReLU follows the sum).
+            ys = batch_norm(&conv_forward(conv, &ys)?, bn, train, i != last)?;
         }
         let shortcut = match &self.downsample {
             Some(d) => d.forward_t(xs, train)?,
@@ -266,10 +273,7 @@ struct Stem {
 
 impl Stem {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let ys = self
-            .bn1
-            .forward_t(&self.conv1.forward(xs)?, train)?
-            .relu()?;
+        let ys = batch_norm(&conv_forward(&self.conv1, xs)?, &self.bn1, train, true)?;
         max_pool_3x3_s2(&ys)
     }
 }
