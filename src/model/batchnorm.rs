@@ -14,11 +14,11 @@
 //! Other devices, dtypes or a `BatchNorm` without affine parameters fall back to
 //! Candle's `BatchNorm` (+ `relu`).
 
-use candle_core::{
-    CpuStorage, CustomOp3, DType, Layout, ModuleT, Result, Shape, Storage, Tensor, Var,
-};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, ModuleT, Result, Shape, Tensor, Var};
 use candle_nn::BatchNorm;
 use rayon::prelude::*;
+
+use super::cpu_tensor::{contiguous_f32, with_f32_data};
 
 /// `bn(x)` (train or eval mode, like `bn.forward_t(x, train)`), followed by a ReLU when
 /// `relu`; `x` is `(N, C, H, W)`. Train mode updates `bn`'s running statistics.
@@ -72,7 +72,7 @@ fn channel_stats(x: &Tensor) -> Result<(Vec<f64>, Vec<f64>)> {
     let (n, c, h, w) = x.dims4()?;
     let hw = h * w;
     let count = (n * hw) as f64;
-    with_data(x, |xs| {
+    with_f32_data(x, |xs| {
         Ok((0..c)
             .into_par_iter()
             .map(|ci| {
@@ -128,21 +128,6 @@ struct BnOp {
     relu: bool,
 }
 
-fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let Some((start, end)) = l.contiguous_offsets() else {
-        candle_core::bail!("batch-norm (fused): operand must be contiguous")
-    };
-    Ok(&s.as_slice::<f32>()?[start..end])
-}
-
-fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(s) => f(cpu_slice(s, layout)?),
-        _ => candle_core::bail!("batch-norm (fused): CPU tensors only"),
-    }
-}
-
 impl CustomOp3 for BnOp {
     fn name(&self) -> &'static str {
         "batch-norm-relu"
@@ -157,7 +142,11 @@ impl CustomOp3 for BnOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, gamma, beta) = (cpu_slice(s1, l1)?, cpu_slice(s2, l2)?, cpu_slice(s3, l3)?);
+        let (x, gamma, beta) = (
+            contiguous_f32(s1, l1)?,
+            contiguous_f32(s2, l2)?,
+            contiguous_f32(s3, l3)?,
+        );
         let dims = l1.dims();
         let (c, hw) = (dims[1], dims[2] * dims[3]);
         let scale: Vec<f32> = (0..c)
@@ -199,9 +188,9 @@ impl CustomOp3 for BnOp {
         let grad = grad.contiguous()?;
         let gamma_v = gamma.to_vec1::<f32>()?;
         let relu = self.relu;
-        let (dx, dgamma, dbeta) = with_data(x, |xs| {
-            with_data(res, |ys| {
-                with_data(&grad, |gs| {
+        let (dx, dgamma, dbeta) = with_f32_data(x, |xs| {
+            with_f32_data(res, |ys| {
+                with_f32_data(&grad, |gs| {
                     // g = dy masked by the ReLU (y > 0), so y = 0 passes no gradient.
                     let mask = move |g: f32, y: f32| if relu && y <= 0.0 { 0.0 } else { g };
                     let plane = |t: &'_ [f32], idx: usize| -> std::ops::Range<usize> {

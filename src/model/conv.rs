@@ -22,8 +22,10 @@
 
 use std::cell::RefCell;
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+
+use super::cpu_tensor::{contiguous_f32, with_f32_data};
 
 /// `x (N, C, H, W) ⋆ w (K, C, KH, KW)` with the given stride and zero padding (the
 /// same on both axes), groups 1 and dilation 1. On the CPU in f32 the fast op of this
@@ -434,23 +436,6 @@ fn backward(
     })
 }
 
-/// The contiguous f32 data of a CPU tensor's layout.
-fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let Some((start, end)) = l.contiguous_offsets() else {
-        candle_core::bail!("conv2d (gemm): operand must be contiguous")
-    };
-    Ok(&s.as_slice::<f32>()?[start..end])
-}
-
-/// Runs `f` on the contiguous f32 CPU data of `t`.
-fn with_tensor_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(s) => f(cpu_slice(s, layout)?),
-        _ => candle_core::bail!("conv2d (gemm): CPU tensors only"),
-    }
-}
-
 impl CustomOp2 for Conv2dGemm {
     fn name(&self) -> &'static str {
         "conv2d-gemm"
@@ -464,8 +449,8 @@ impl CustomOp2 for Conv2dGemm {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geom::new(l1.dims(), l2.dims(), self.stride, self.padding)?;
-        let x = cpu_slice(s1, l1)?;
-        let wt = cpu_slice(s2, l2)?;
+        let x = contiguous_f32(s1, l1)?;
+        let wt = contiguous_f32(s2, l2)?;
         let y = forward(x, wt, &g);
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.k, g.oh, g.ow))))
     }
@@ -481,9 +466,9 @@ impl CustomOp2 for Conv2dGemm {
         let need_dx = x.track_op();
         let need_dw = wt.track_op();
         let dy = dy.contiguous()?;
-        let (dx, dw) = with_tensor_data(x, |xd| {
-            with_tensor_data(wt, |wd| {
-                with_tensor_data(&dy, |dyd| Ok(backward(xd, wd, dyd, &g, need_dx, need_dw)))
+        let (dx, dw) = with_f32_data(x, |xd| {
+            with_f32_data(wt, |wd| {
+                with_f32_data(&dy, |dyd| Ok(backward(xd, wd, dyd, &g, need_dx, need_dw)))
             })
         })?;
         let dx = dx
