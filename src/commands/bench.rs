@@ -219,6 +219,19 @@ fn report(args: &BenchModelArgs, what: &str, key: &str, value: f64, device: &can
     }
 }
 
+/// One warm-up step, then `args.steps` timed ones: `batch` items per step, per second.
+fn timed_rate(
+    args: &BenchModelArgs,
+    mut step: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    step()?;
+    let start = Instant::now();
+    for _ in 0..args.steps {
+        step()?;
+    }
+    Ok((args.steps * args.batch) as f64 / start.elapsed().as_secs_f64())
+}
+
 fn train(config: &Config, args: &BenchModelArgs) -> anyhow::Result<()> {
     if args.batch < 2 || args.steps == 0 {
         bail!("--batch must be at least 2 and --steps at least 1");
@@ -239,7 +252,7 @@ fn train(config: &Config, args: &BenchModelArgs) -> anyhow::Result<()> {
     };
     let x = random_batch(3 * args.batch, args.image_size, &device)?;
     let labels: Vec<u64> = (0..3 * args.batch as u64).collect();
-    let mut step = || -> anyhow::Result<()> {
+    let step = || -> anyhow::Result<()> {
         let emb = model.forward_t(&x, true)?;
         let stats = loss.compute(&emb, &labels)?;
         let grads = stats.loss.backward()?;
@@ -247,12 +260,7 @@ fn train(config: &Config, args: &BenchModelArgs) -> anyhow::Result<()> {
         device.synchronize()?;
         Ok(())
     };
-    step()?;
-    let start = Instant::now();
-    for _ in 0..args.steps {
-        step()?;
-    }
-    let per_s = (args.steps * args.batch) as f64 / start.elapsed().as_secs_f64();
+    let per_s = timed_rate(args, step)?;
     report(args, "bench train", "triplets_per_s", per_s, &device);
     Ok(())
 }
@@ -269,12 +277,7 @@ fn embed(config: &Config, args: &BenchModelArgs) -> anyhow::Result<()> {
         drop(e);
         Ok(())
     };
-    step()?;
-    let start = Instant::now();
-    for _ in 0..args.steps {
-        step()?;
-    }
-    let per_s = (args.steps * args.batch) as f64 / start.elapsed().as_secs_f64();
+    let per_s = timed_rate(args, step)?;
     report(args, "bench embed", "images_per_s", per_s, &device);
     Ok(())
 }
