@@ -4,6 +4,7 @@
 pub mod batchnorm;
 pub mod checkpoint;
 pub mod conv;
+mod cpu_tensor;
 pub mod embedder;
 pub mod loss;
 pub mod resnet;
