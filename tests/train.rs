@@ -166,10 +166,16 @@ fn resume_continues_exactly_where_it_stopped() {
     );
     // Without --resume an existing run is refused rather than overwritten.
     let again = job(&data, &split.run, cfg.clone());
+    let log_before = std::fs::read(RunDir::new(&split.run).metrics()).expect("metrics");
     assert!(matches!(
         run_collect(&again, &Control::new()).0,
         Err(TrainError::Resume { .. })
     ));
+    assert_eq!(
+        std::fs::read(RunDir::new(&split.run).metrics()).expect("metrics"),
+        log_before,
+        "a refused start leaves the run's log untouched"
+    );
     let mut resumed = again;
     resumed.resume = true;
     let (r, events_b) = run_collect(&resumed, &Control::new());

@@ -188,7 +188,12 @@ impl EventPrinter {
             }
             TrainEvent::Notice { message, .. } => eprintln!("\nnote: {message}"),
             TrainEvent::Done { .. } => {}
-            TrainEvent::Failed { message, .. } => eprintln!("\ntraining failed: {message}"),
+            // The error itself is reported once, by the caller.
+            TrainEvent::Failed { .. } => {
+                if self.progress.is_some() {
+                    eprintln!();
+                }
+            }
         }
     }
 }

@@ -216,6 +216,15 @@ pub fn train(
 ) -> Result<TrainOutcome, TrainError> {
     let run = RunDir::new(&job.run);
     let _lock: RunLock = run.lock()?;
+    // Refused before anything is written: the existing run's log stays as it was.
+    if !job.resume && run.checkpoint(CheckpointKind::Last).exists() {
+        return Err(TrainError::Resume {
+            run: run.root.clone(),
+            reason:
+                "it already has checkpoints: pass --resume to continue it, or choose a new --run"
+                    .into(),
+        });
+    }
     // A request left from an earlier process must not pause or stop this one.
     let _ = std::fs::remove_file(run.control());
     let mut metrics = MetricsWriter::append(&run.metrics())?;
@@ -317,11 +326,6 @@ impl<'a> Session<'a> {
         let last = run.checkpoint(CheckpointKind::Last);
         if job.resume {
             session.restore(&last)?;
-        } else if last.exists() {
-            return Err(TrainError::Resume {
-                run: run.root.clone(),
-                reason: "it already has checkpoints: pass --resume to continue it, or choose a new --run".into(),
-            });
         }
         write_bytes_atomic(
             &run.config(),
