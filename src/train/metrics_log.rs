@@ -2,7 +2,7 @@
 //! another process (the dashboard, `vitrine watch`) can replay and follow a run.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::events::TrainEvent;
@@ -122,9 +122,4 @@ pub fn read_all(path: &Path) -> Result<Vec<TrainEvent>, MetricsError> {
         });
     }
     MetricsFollower::new(path).poll()
-}
-
-/// Number of lines, for quick checks without parsing.
-pub fn count_lines(path: &Path) -> io::Result<usize> {
-    Ok(BufReader::new(File::open(path)?).lines().count())
 }
