@@ -1194,6 +1194,24 @@ fn top_form(s: &TopSpec, rng: &mut Rng) -> Form {
 }
 
 /// Draws the front placket with `n` buttons from `y0` to `y1`.
+/// A waist belt across the garment at height `y`: a grey `tone` or an accent colour
+/// (the draw order of `rng` is part of the seeded output).
+fn belt(rng: &mut Rng, c: f32, y: f32, tone: f32, half_height: f32) -> Detail {
+    let ink = if rng.chance(0.5) {
+        Ink::Tone(tone)
+    } else {
+        Ink::Paint(*rng.pick(&ACCENTS))
+    };
+    Detail::fill(
+        Prim::Rect {
+            c: v2(c, y),
+            h: v2(0.5, half_height),
+            r: 0.0,
+        },
+        ink,
+    )
+}
+
 fn placket(details: &mut Vec<Detail>, y0: f32, y1: f32, n: usize, button: Rgb) {
     details.push(Detail::line(
         v2(0.5, y0),
@@ -1530,19 +1548,7 @@ fn build_dress(kind: Kind, rng: &mut Rng) -> Form {
             };
             let mut f = top_form(&s, rng);
             if rng.chance(0.4) {
-                let belt = if rng.chance(0.5) {
-                    Ink::Tone(0.7)
-                } else {
-                    Ink::Paint(*rng.pick(&ACCENTS))
-                };
-                f.details.push(Detail::fill(
-                    Prim::Rect {
-                        c: v2(c, wy),
-                        h: v2(0.5, 0.014),
-                        r: 0.0,
-                    },
-                    belt,
-                ));
+                f.details.push(belt(rng, c, wy, 0.7, 0.014));
             } else {
                 f.details.push(Detail::line(
                     v2(c - ww, wy),
@@ -1613,19 +1619,7 @@ fn build_dress(kind: Kind, rng: &mut Rng) -> Form {
             let button = *rng.pick(&ACCENTS);
             placket(&mut f.details, sy + nd, s.hy - 0.02, 6, button);
             if rng.chance(0.6) {
-                let belt = if rng.chance(0.5) {
-                    Ink::Tone(0.72)
-                } else {
-                    Ink::Paint(*rng.pick(&ACCENTS))
-                };
-                f.details.push(Detail::fill(
-                    Prim::Rect {
-                        c: v2(c, wy),
-                        h: v2(0.5, 0.016),
-                        r: 0.0,
-                    },
-                    belt,
-                ));
+                f.details.push(belt(rng, c, wy, 0.72, 0.016));
             }
             legs_below(&mut f, s.hy, 0.0, false);
             f

@@ -151,43 +151,29 @@ pub fn run(
         for q in queries.iter_rows().take(20) {
             std::hint::black_box(index.search(q, k, params));
         }
-        let (found, secs) = timed(|| {
-            queries
-                .iter_rows()
-                .map(|q| index.search(q, k, params).iter().map(|h| h.index).collect())
-                .collect::<Vec<Vec<usize>>>()
-        });
-        let run = SearchRun {
-            engine: "vitrine".into(),
-            ef,
-            shortlist: ef,
-            recall_at_k: recall_at_k(&found, &truth, k),
-            qps: queries.rows as f64 / secs.max(1e-9),
-        };
-        progress(&format!(
-            "vitrine ef {ef}: recall@{k} {:.4}, {:.0} queries/s",
-            run.recall_at_k, run.qps
-        ));
-        runs.push(run);
-        if opts.hnsw_rs {
-            let (found, secs) = timed(|| {
-                queries
-                    .iter_rows()
-                    .map(|q| hnsw.search(q, k, ef).iter().map(|n| n.d_id).collect())
-                    .collect::<Vec<Vec<usize>>>()
-            });
-            let run = SearchRun {
-                engine: "hnsw_rs".into(),
-                ef,
-                shortlist: k,
-                recall_at_k: recall_at_k(&found, &truth, k),
-                qps: queries.rows as f64 / secs.max(1e-9),
+        let mut measure =
+            |engine: &str, shortlist: usize, search: &dyn Fn(&[f32]) -> Vec<usize>| {
+                let (found, secs) = timed(|| queries.iter_rows().map(search).collect::<Vec<_>>());
+                let run = SearchRun {
+                    engine: engine.into(),
+                    ef,
+                    shortlist,
+                    recall_at_k: recall_at_k(&found, &truth, k),
+                    qps: queries.rows as f64 / secs.max(1e-9),
+                };
+                progress(&format!(
+                    "{engine} ef {ef}: recall@{k} {:.4}, {:.0} queries/s",
+                    run.recall_at_k, run.qps
+                ));
+                runs.push(run);
             };
-            progress(&format!(
-                "hnsw_rs ef {ef}: recall@{k} {:.4}, {:.0} queries/s",
-                run.recall_at_k, run.qps
-            ));
-            runs.push(run);
+        measure("vitrine", ef, &|q| {
+            index.search(q, k, params).iter().map(|h| h.index).collect()
+        });
+        if opts.hnsw_rs {
+            measure("hnsw_rs", k, &|q| {
+                hnsw.search(q, k, ef).iter().map(|n| n.d_id).collect()
+            });
         }
     }
     Ok(SearchBenchReport {
