@@ -8,7 +8,7 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, SGD, VarBuilder, VarMap};
 use vitrine::model::checkpoint::{self, CheckpointError};
 use vitrine::model::embedder::l2_normalize;
 use vitrine::model::loss::{Mining, TripletLoss, offline_triplet_loss, online_triplet_loss};
-use vitrine::model::resnet::{ResNet, ResNetConfig, max_pool_3x3_s2};
+use vitrine::model::resnet::{Channels, ResNet, ResNetConfig, max_pool_3x3_s2};
 use vitrine::model::{Backbone, Embedder, EmbedderConfig};
 use vitrine::rng::Rng;
 
@@ -825,5 +825,72 @@ fn timing_resnet18_forward_backward() {
         let t0 = std::time::Instant::now();
         model.embed(&x).expect("eval");
         println!("  eval forward {:.0} ms", t0.elapsed().as_secs_f64() * 1e3);
+    }
+}
+
+/// `(features, gradient of every variable)` of `sum(features · r)` for a fresh seeded
+/// model run with its activations in `layout`.
+fn features_and_grads(
+    backbone: Backbone,
+    train_from_stage: usize,
+    x: &Tensor,
+    layout: Channels,
+) -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
+    let (model, varmap) =
+        Embedder::seeded(cfg(backbone, train_from_stage), &CPU, 7).expect("embedder");
+    let features = model
+        .backbone()
+        .forward_in(x, true, layout)
+        .expect("forward");
+    let r = randn(features.dims(), 99);
+    let grads = (&features * &r)
+        .and_then(|t| t.sum_all())
+        .and_then(|t| t.backward())
+        .expect("backward");
+    let mut named: Vec<(String, Vec<f32>)> = varmap
+        .data()
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter_map(|(name, v)| grads.get(v.as_tensor()).map(|g| (name.clone(), values(g))))
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    (values(&features), named)
+}
+
+fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+#[test]
+fn channels_last_and_channels_first_compute_the_same_network() {
+    for (backbone, stage) in [
+        (Backbone::Resnet18, 0),
+        (Backbone::Resnet50, 0),
+        (Backbone::Resnet18, 4),
+    ] {
+        let x = randn(&[2, 3, 40, 36], 3);
+        let (f_first, g_first) = features_and_grads(backbone, stage, &x, Channels::First);
+        let (f_last, g_last) = features_and_grads(backbone, stage, &x, Channels::Last);
+        let d = max_rel_diff(&f_last, &f_first);
+        assert!(d < 1e-4, "{backbone} features differ by {d}");
+        assert_eq!(
+            g_first.iter().map(|g| &g.0).collect::<Vec<_>>(),
+            g_last.iter().map(|g| &g.0).collect::<Vec<_>>(),
+            "{backbone}: same variables get gradients"
+        );
+        // Frozen stages get none; every trainable one does.
+        assert!(!g_first.is_empty());
+        assert!(
+            g_first
+                .iter()
+                .all(|(n, _)| stage == 0 || !n.starts_with("conv1"))
+        );
+        for ((name, a), (_, b)) in g_last.iter().zip(&g_first) {
+            let d = max_rel_diff(a, b);
+            assert!(d < 1e-3, "{backbone} gradient of {name} differs by {d}");
+        }
     }
 }

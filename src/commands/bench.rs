@@ -194,8 +194,15 @@ fn random_batch(n: usize, size: u32, device: &candle_core::Device) -> anyhow::Re
     Ok(Tensor::randn(0f32, 1.0, (n, 3, s, s), device)?.to_dtype(DType::F32)?)
 }
 
-/// One JSON line or a sentence, with the figure under `key`.
-fn report(args: &BenchModelArgs, what: &str, key: &str, value: f64, device: &candle_core::Device) {
+/// One JSON line or a sentence, with the figure under `key` and, for training, the
+/// mean seconds per step of each phase.
+fn report(
+    args: &BenchModelArgs,
+    what: &str,
+    (key, value): (&str, f64),
+    phases: Option<&Phases>,
+    device: &candle_core::Device,
+) {
     if args.json {
         let mut obj = serde_json::json!({
             "backbone": args.backbone.to_string(),
@@ -205,6 +212,9 @@ fn report(args: &BenchModelArgs, what: &str, key: &str, value: f64, device: &can
             "device": device::describe(device),
         });
         obj[key] = serde_json::json!(value);
+        if let Some(p) = phases {
+            obj["seconds_per_step"] = p.mean(args.steps);
+        }
         println!("{obj}");
     } else {
         println!(
@@ -216,6 +226,34 @@ fn report(args: &BenchModelArgs, what: &str, key: &str, value: f64, device: &can
             device::describe(device),
             key.replace("_per_s", "/s")
         );
+        if let Some(p) = phases {
+            let m = p.mean(args.steps);
+            println!(
+                "  per step: forward + loss {:.3} s, backward {:.3} s, optimizer {:.3} s",
+                m["forward"].as_f64().unwrap_or(f64::NAN),
+                m["backward"].as_f64().unwrap_or(f64::NAN),
+                m["optimizer"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
+}
+
+/// Seconds spent in each phase of the timed training steps.
+#[derive(Debug, Default)]
+struct Phases {
+    forward: f64,
+    backward: f64,
+    optimizer: f64,
+}
+
+impl Phases {
+    fn mean(&self, steps: usize) -> serde_json::Value {
+        let n = steps.max(1) as f64;
+        serde_json::json!({
+            "forward": self.forward / n,
+            "backward": self.backward / n,
+            "optimizer": self.optimizer / n,
+        })
     }
 }
 
@@ -252,16 +290,30 @@ fn train(config: &Config, args: &BenchModelArgs) -> anyhow::Result<()> {
     };
     let x = random_batch(3 * args.batch, args.image_size, &device)?;
     let labels: Vec<u64> = (0..3 * args.batch as u64).collect();
+    let mut phases = Phases::default();
+    let mut warm = true;
     let step = || -> anyhow::Result<()> {
+        // Synchronised between phases so a GPU's queued work is charged to its phase.
+        let t0 = Instant::now();
         let emb = model.forward_t(&x, true)?;
         let stats = loss.compute(&emb, &labels)?;
+        device.synchronize()?;
+        let t1 = Instant::now();
         let grads = stats.loss.backward()?;
+        device.synchronize()?;
+        let t2 = Instant::now();
         opt.step(&grads, 1e-4)?;
         device.synchronize()?;
+        if !std::mem::take(&mut warm) {
+            phases.forward += (t1 - t0).as_secs_f64();
+            phases.backward += (t2 - t1).as_secs_f64();
+            phases.optimizer += t2.elapsed().as_secs_f64();
+        }
         Ok(())
     };
     let per_s = timed_rate(args, step)?;
-    report(args, "bench train", "triplets_per_s", per_s, &device);
+    let per_s = ("triplets_per_s", per_s);
+    report(args, "bench train", per_s, Some(&phases), &device);
     Ok(())
 }
 
@@ -278,6 +330,6 @@ fn embed(config: &Config, args: &BenchModelArgs) -> anyhow::Result<()> {
         Ok(())
     };
     let per_s = timed_rate(args, step)?;
-    report(args, "bench embed", "images_per_s", per_s, &device);
+    report(args, "bench embed", ("images_per_s", per_s), None, &device);
     Ok(())
 }

@@ -1,24 +1,27 @@
-//! 2-D convolution (groups = 1, no dilation) as one custom op whose forward *and* both
-//! gradients are GEMMs, for the CPU.
+//! 2-D convolution (groups = 1, no dilation) on channels-last data as one custom op
+//! whose forward *and* both gradients are GEMMs, for the CPU.
 //!
 //! Candle's CPU forward conv is already im2col + GEMM, but its backward is not: the input
 //! gradient is a direct-loop transposed convolution and the kernel gradient a
 //! large-kernel convolution, together ≈ 75% of a ResNet training step. [`Conv2dGemm`]
-//! keeps the im2col matrix inside the op (out of the autograd graph, in a reused
-//! per-thread scratch buffer) and computes, with `M = N·OH·OW` (batch × output pixels
-//! on the GEMM rows), `CKK = C·KH·KW`:
+//! works on `(N, H, W, C)` activations, where every matrix the GEMMs need is already
+//! row-major with batch × pixels on the rows: with `M = N·OH·OW`, `CKK = KH·KW·C`,
 //!
-//! * forward: `Y (M×K) = cols (M×CKK) · Wᵀ (CKK×K)`;
-//! * kernel gradient: `dWᵀ (CKK×K) = colsᵀ (CKK×M) · dY (M×K)` (cols rebuilt from `x`);
-//! * input gradient: `dcols (M×CKK) = dY (M×K) · W (K×CKK)`, then `dX = col2im(dcols)`.
+//! * forward: `Y (M×K) = cols (M×CKK) · W'ᵀ`, `Y` being the `(N, OH, OW, K)` output;
+//! * kernel gradient: `dW'ᵀ (CKK×K) = colsᵀ · dY` (cols rebuilt from `x`);
+//! * input gradient: `dcols (M×CKK) = dY · W'`, then `dX = col2im(dcols)`;
 //!
-//! Every matrix is stored "channel-major" — cols as `(CKK, N, P)`, `Y`/`dY` as
-//! `(K, N, P)` — so the GEMM destinations are column-major (what the `gemm` crate's
-//! micro-kernels prefer) and the reorders to and from NCHW copy whole output planes.
+//! where `W'` is the kernel reordered to `(K, KH, KW, C)`. A 1×1 stride-1 conv needs
+//! no im2col at all (`cols` is `x`). The `gemm` crate runs these row-major products
+//! 2–4× faster than the channel-major ones a `(N, C, H, W)` layout gives for the kernel
+//! gradients and the large 3×3 layers, about as fast elsewhere and a little slower only
+//! on 4×4 maps (measured per ResNet50 layer at batch 48); and no reorder of activations
+//! is needed between layers.
 //!
-//! [`conv2d`] is the entry point: it uses the op for f32 tensors on the CPU and
-//! Candle's `Tensor::conv2d` on every other device or dtype (a CPU custom op has no
-//! GPU path).
+//! [`conv2d_nhwc`] is the entry point for channels-last tensors, [`conv2d`] for
+//! `(N, C, H, W)` ones (it permutes around the op). Both use the op for f32 tensors on
+//! the CPU and Candle's `Tensor::conv2d` on every other device or dtype (a CPU custom
+//! op has no GPU path).
 
 use std::cell::RefCell;
 
@@ -29,20 +32,36 @@ use super::cpu_tensor::{contiguous_f32, with_f32_data};
 
 /// `x (N, C, H, W) ⋆ w (K, C, KH, KW)` with the given stride and zero padding (the
 /// same on both axes), groups 1 and dilation 1. On the CPU in f32 the fast op of this
-/// module, elsewhere `Tensor::conv2d`.
+/// module (around two permutes), elsewhere `Tensor::conv2d`.
 pub fn conv2d(xs: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    if xs.device().is_cpu()
-        && xs.dtype() == DType::F32
-        && w.dtype() == DType::F32
-        && !candle_reference_forced()
-    {
+    if uses_gemm_op(xs, w) {
+        conv2d_nhwc(&xs.permute((0, 2, 3, 1))?, w, stride, padding)?.permute((0, 3, 1, 2))
+    } else {
+        xs.conv2d(w, padding, stride, 1, 1)
+    }
+}
+
+/// Like [`conv2d`] for channels-last `x (N, H, W, C)`, giving `(N, OH, OW, K)`; the
+/// kernel keeps torch's `(K, C, KH, KW)` layout.
+pub fn conv2d_nhwc(xs: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    if uses_gemm_op(xs, w) {
         keep_freed_memory();
         let xs = xs.contiguous()?;
         let w = w.contiguous()?;
         xs.apply_op2(&w, Conv2dGemm { stride, padding })
     } else {
-        xs.conv2d(w, padding, stride, 1, 1)
+        xs.permute((0, 3, 1, 2))?
+            .conv2d(w, padding, stride, 1, 1)?
+            .permute((0, 2, 3, 1))
     }
+}
+
+/// Whether [`conv2d`] / [`conv2d_nhwc`] run the GEMM op (CPU, f32) for these operands.
+fn uses_gemm_op(xs: &Tensor, w: &Tensor) -> bool {
+    xs.device().is_cpu()
+        && xs.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && !candle_reference_forced()
 }
 
 /// Asks glibc's allocator (once per process) to keep freed memory for reuse: blocks up
@@ -89,7 +108,8 @@ pub(crate) fn candle_reference_forced() -> bool {
     *FORCED.get_or_init(|| std::env::var("VITRINE_CANDLE_CONV").is_ok_and(|v| v == "1"))
 }
 
-/// The custom op behind [`conv2d`] (CPU, f32, contiguous operands).
+/// The custom op behind [`conv2d_nhwc`] (CPU, f32, contiguous operands): input
+/// `(N, H, W, C)`, kernel `(K, C, KH, KW)`, output `(N, OH, OW, K)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conv2dGemm {
     pub stride: usize,
@@ -114,7 +134,7 @@ struct Geom {
 
 impl Geom {
     fn new(x: &[usize], wt: &[usize], stride: usize, pad: usize) -> Result<Self> {
-        let (&[n, c, h, w], &[k, c2, kh, kw]) = (x, wt) else {
+        let (&[n, h, w, c], &[k, c2, kh, kw]) = (x, wt) else {
             candle_core::bail!("conv2d: expected rank-4 input and kernel, got {x:?} and {wt:?}")
         };
         if c != c2 {
@@ -157,40 +177,30 @@ impl Geom {
     fn ckk(&self) -> usize {
         self.c * self.kh * self.kw
     }
-
-    /// The output positions `o` along an axis whose input position `o·stride + tap − pad`
-    /// lies inside `0..len`: a half-open range.
-    fn valid(&self, tap: usize, len: usize, out: usize) -> (usize, usize) {
-        let s = self.stride;
-        let lo = self.pad.saturating_sub(tap).div_ceil(s);
-        let hi = (len + self.pad).saturating_sub(tap).div_ceil(s).min(out);
-        (lo.min(hi), hi)
-    }
 }
 
 thread_local! {
-    /// Scratch buffers reused across calls on this thread (cols, Y/dY, dcols): fresh
-    /// 100 MB allocations per layer cost more in page faults than the copies.
-    static SCRATCH: RefCell<[Vec<f32>; 3]> = const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+    /// Scratch buffers reused across calls on this thread (cols, dcols): fresh 100 MB
+    /// allocations per layer cost more in page faults than the copies.
+    static SCRATCH: RefCell<[Vec<f32>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
 }
 
-/// Runs `f` with three scratch slices of the given lengths (contents unspecified).
-fn with_scratch<R>(lens: [usize; 3], f: impl FnOnce(&mut [f32], &mut [f32], &mut [f32]) -> R) -> R {
+/// Runs `f` with two scratch slices of the given lengths (contents unspecified).
+fn with_scratch<R>(lens: [usize; 2], f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
     SCRATCH.with(|cell| {
         // A re-entrant call (not expected) gets fresh buffers instead of panicking.
         let Ok(mut bufs) = cell.try_borrow_mut() else {
             let mut a = vec![0f32; lens[0]];
             let mut b = vec![0f32; lens[1]];
-            let mut c = vec![0f32; lens[2]];
-            return f(&mut a, &mut b, &mut c);
+            return f(&mut a, &mut b);
         };
         for (buf, &len) in bufs.iter_mut().zip(&lens) {
             if buf.len() < len {
                 buf.resize(len, 0.0);
             }
         }
-        let [a, b, c] = &mut *bufs;
-        f(&mut a[..lens[0]], &mut b[..lens[1]], &mut c[..lens[2]])
+        let [a, b] = &mut *bufs;
+        f(&mut a[..lens[0]], &mut b[..lens[1]])
     })
 }
 
@@ -198,96 +208,129 @@ fn with_scratch<R>(lens: [usize; 3], f: impl FnOnce(&mut [f32], &mut [f32], &mut
 pub fn release_scratch() {
     SCRATCH.with(|cell| {
         if let Ok(mut bufs) = cell.try_borrow_mut() {
-            *bufs = [Vec::new(), Vec::new(), Vec::new()];
+            *bufs = [Vec::new(), Vec::new()];
         }
     });
 }
 
-/// im2col: `x (N, C, H, W)` → `cols (CKK, N, P)`, zeros where a tap falls in the padding.
+impl Geom {
+    /// A 1×1, stride-1, unpadded conv: the input already is the GEMM's left operand.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    /// The kernel columns `kj` whose input column `ow·stride + kj − pad` lies inside the
+    /// image: a half-open range (consecutive `kj` read consecutive input pixels).
+    fn taps_inside(&self, ow: usize) -> (usize, usize) {
+        let start = ow * self.stride;
+        let lo = self.pad.saturating_sub(start).min(self.kw);
+        let hi = (self.w + self.pad)
+            .saturating_sub(start)
+            .min(self.kw)
+            .max(lo);
+        (lo, hi)
+    }
+
+    /// The input row read by output row `oh` through kernel row `ki`, if inside.
+    fn input_row(&self, oh: usize, ki: usize) -> Option<usize> {
+        (oh * self.stride + ki)
+            .checked_sub(self.pad)
+            .filter(|&ih| ih < self.h)
+    }
+}
+
+/// im2col for channels-last data: `x (N, H, W, C)` → `cols (M, KH·KW·C)` row-major,
+/// column `(ki·KW + kj)·C + c`; zeros where a tap falls in the padding. Consecutive
+/// taps of one kernel row copy one contiguous run of the input.
 fn im2col(x: &[f32], g: &Geom, cols: &mut [f32]) {
-    let (m, p, hw) = (g.m(), g.p(), g.h * g.w);
-    let one_by_one = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0;
-    cols.par_chunks_mut(m).enumerate().for_each(|(r, row)| {
-        let ci = r / (g.kh * g.kw);
-        let ki = (r / g.kw) % g.kh;
-        let kj = r % g.kw;
-        if one_by_one {
-            for ni in 0..g.n {
-                let src = &x[(ni * g.c + ci) * hw..][..hw];
-                row[ni * p..][..p].copy_from_slice(src);
+    let (c, ckk) = (g.c, g.ckk());
+    let row_len = g.kw * c;
+    cols.par_chunks_mut(g.ow * ckk)
+        .enumerate()
+        .for_each(|(row, out)| {
+            let (ni, oh) = (row / g.oh, row % g.oh);
+            for (ow, px) in out.chunks_exact_mut(ckk).enumerate() {
+                let (lo, hi) = g.taps_inside(ow);
+                for (ki, dst) in px.chunks_exact_mut(row_len).enumerate() {
+                    let Some(ih) = g.input_row(oh, ki).filter(|_| lo < hi) else {
+                        dst.fill(0.0);
+                        continue;
+                    };
+                    let iw0 = ow * g.stride + lo - g.pad;
+                    let src = &x[((ni * g.h + ih) * g.w + iw0) * c..][..(hi - lo) * c];
+                    dst[..lo * c].fill(0.0);
+                    dst[lo * c..hi * c].copy_from_slice(src);
+                    dst[hi * c..].fill(0.0);
+                }
             }
-            return;
-        }
-        let (oh_lo, oh_hi) = g.valid(ki, g.h, g.oh);
-        let (ow_lo, ow_hi) = g.valid(kj, g.w, g.ow);
-        for ni in 0..g.n {
-            let plane = &x[(ni * g.c + ci) * hw..][..hw];
-            let out = &mut row[ni * p..][..p];
-            for oh in 0..g.oh {
-                let dst = &mut out[oh * g.ow..][..g.ow];
-                if oh < oh_lo || oh >= oh_hi {
-                    dst.fill(0.0);
+        });
+}
+
+/// col2im for channels-last data: accumulates `dcols (M, KH·KW·C)` into
+/// `dx (N, H, W, C)` (which must be zero), one input row per task, so no two tasks
+/// write the same element.
+fn col2im(dcols: &[f32], g: &Geom, dx: &mut [f32]) {
+    let (c, ckk) = (g.c, g.ckk());
+    dx.par_chunks_mut(g.w * c)
+        .enumerate()
+        .for_each(|(row, dst_row)| {
+            let (ni, ih) = (row / g.h, row % g.h);
+            for ki in 0..g.kh {
+                // Output rows `oh` with `oh·stride + ki − pad = ih`.
+                let Some(t) = (ih + g.pad).checked_sub(ki) else {
+                    continue;
+                };
+                if t % g.stride != 0 || t / g.stride >= g.oh {
                     continue;
                 }
-                let ih = oh * g.stride + ki - g.pad;
-                let src = &plane[ih * g.w..][..g.w];
-                dst[..ow_lo].fill(0.0);
-                dst[ow_hi..].fill(0.0);
-                if g.stride == 1 {
-                    let iw0 = ow_lo + kj - g.pad;
-                    dst[ow_lo..ow_hi].copy_from_slice(&src[iw0..iw0 + (ow_hi - ow_lo)]);
-                } else {
-                    for (ow, d) in dst.iter_mut().enumerate().take(ow_hi).skip(ow_lo) {
-                        *d = src[ow * g.stride + kj - g.pad];
+                let oh = t / g.stride;
+                for ow in 0..g.ow {
+                    let (lo, hi) = g.taps_inside(ow);
+                    if lo >= hi {
+                        continue;
                     }
-                }
-            }
-        }
-    });
-}
-
-/// col2im: accumulates `dcols (CKK, N, P)` into `dx (N, C, H, W)` (which must be zero),
-/// one input plane per task, so no two tasks write the same element.
-fn col2im(dcols: &[f32], g: &Geom, dx: &mut [f32]) {
-    let (m, p, hw) = (g.m(), g.p(), g.h * g.w);
-    dx.par_chunks_mut(hw)
-        .enumerate()
-        .for_each(|(plane_idx, plane)| {
-            let ni = plane_idx / g.c;
-            let ci = plane_idx % g.c;
-            for ki in 0..g.kh {
-                let (oh_lo, oh_hi) = g.valid(ki, g.h, g.oh);
-                for kj in 0..g.kw {
-                    let (ow_lo, ow_hi) = g.valid(kj, g.w, g.ow);
-                    let r = (ci * g.kh + ki) * g.kw + kj;
-                    let src = &dcols[r * m + ni * p..][..p];
-                    for oh in oh_lo..oh_hi {
-                        let ih = oh * g.stride + ki - g.pad;
-                        let dst = &mut plane[ih * g.w..][..g.w];
-                        let s = &src[oh * g.ow..][..g.ow];
-                        if g.stride == 1 {
-                            let iw0 = ow_lo + kj - g.pad;
-                            let n = ow_hi - ow_lo;
-                            for (d, v) in dst[iw0..iw0 + n].iter_mut().zip(&s[ow_lo..ow_hi]) {
-                                *d += v;
-                            }
-                        } else {
-                            for (ow, v) in s.iter().enumerate().take(ow_hi).skip(ow_lo) {
-                                dst[ow * g.stride + kj - g.pad] += v;
-                            }
-                        }
+                    let iw0 = ow * g.stride + lo - g.pad;
+                    let src = &dcols[((ni * g.oh + oh) * g.ow + ow) * ckk + (ki * g.kw + lo) * c..]
+                        [..(hi - lo) * c];
+                    let dst = &mut dst_row[iw0 * c..][..(hi - lo) * c];
+                    for (d, s) in dst.iter_mut().zip(src) {
+                        *d += s;
                     }
                 }
             }
         });
 }
 
-/// `(A, B, P)` → `(B, A, P)`: swaps the two outer axes of a tensor of `P`-long runs.
-fn swap_outer(src: &[f32], a: usize, b: usize, p: usize, dst: &mut [f32]) {
-    dst.par_chunks_mut(p).enumerate().for_each(|(idx, run)| {
-        let (bi, ai) = (idx / a, idx % a);
-        run.copy_from_slice(&src[(ai * b + bi) * p..][..p]);
-    });
+/// `(K, C, KH, KW)` (torch's kernel layout) → `(K, KH, KW, C)` (im2col's column order).
+fn kernel_to_taps(wt: &[f32], g: &Geom) -> Vec<f32> {
+    let (khw, c) = (g.kh * g.kw, g.c);
+    let mut out = vec![0f32; wt.len()];
+    out.par_chunks_mut(khw * c)
+        .zip(wt.par_chunks(c * khw))
+        .for_each(|(dst, src)| {
+            for ci in 0..c {
+                for t in 0..khw {
+                    dst[t * c + ci] = src[ci * khw + t];
+                }
+            }
+        });
+    out
+}
+
+/// `(K, KH, KW, C)` → `(K, C, KH, KW)`: the inverse of [`kernel_to_taps`].
+fn taps_to_kernel(taps: &[f32], g: &Geom) -> Vec<f32> {
+    let (khw, c) = (g.kh * g.kw, g.c);
+    let mut out = vec![0f32; taps.len()];
+    out.par_chunks_mut(c * khw)
+        .zip(taps.par_chunks(khw * c))
+        .for_each(|(dst, src)| {
+            for ci in 0..c {
+                for t in 0..khw {
+                    dst[ci * khw + t] = src[t * c + ci];
+                }
+            }
+        });
+    out
 }
 
 /// A dense matrix operand: data with row and column strides (in elements).
@@ -297,15 +340,42 @@ struct Mat<'a> {
     cs: usize,
 }
 
+impl<'a> Mat<'a> {
+    /// Row-major with `cols` columns.
+    fn rows(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of a row-major matrix with `cols` columns.
+    fn rows_t(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            rs: 1,
+            cs: cols,
+        }
+    }
+}
+
 /// Largest index `(rows-1)·rs + (cols-1)·cs` must fall inside a slice of length `len`.
 fn fits(rows: usize, cols: usize, rs: usize, cs: usize, len: usize) -> bool {
     rows == 0 || cols == 0 || (rows - 1) * rs + (cols - 1) * cs < len
 }
 
-/// `dst (m×n) = lhs (m×k) · rhs (k×n)`, overwriting `dst`, which is column-major
-/// (row stride 1, column stride `m`: what `gemm`'s micro-kernels write best).
-fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &Mat, rhs: &Mat) {
-    let (dst_rs, dst_cs) = (1, m);
+/// `dst (m×n) = lhs (m×k) · rhs (k×n)`, overwriting `dst`, stored with strides
+/// `(dst_rs, dst_cs)`; `threads` > 1 parallelises inside the GEMM.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    (dst_rs, dst_cs): (usize, usize),
+    lhs: &Mat,
+    rhs: &Mat,
+    threads: usize,
+) {
     assert!(
         fits(m, n, dst_rs, dst_cs, dst.len()),
         "matmul: dst out of bounds"
@@ -329,7 +399,6 @@ fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &Mat, rhs: &Mat) {
         }
         return;
     }
-    let threads = candle_core::utils::get_num_threads();
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
@@ -365,30 +434,85 @@ fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &Mat, rhs: &Mat) {
     }
 }
 
-/// Forward on slices: `y (N, K, OH, OW)`.
+fn threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
+/// Forward on slices: `y (N, OH, OW, K)`.
 fn forward(x: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
-    let (m, p, ckk) = (g.m(), g.p(), g.ckk());
+    let (m, ckk) = (g.m(), g.ckk());
     let mut y = vec![0f32; m * g.k];
-    with_scratch([m * ckk, m * g.k, 0], |cols, ym, _| {
-        im2col(x, g, cols);
-        // Y (M×K), column-major = (K, N, P); cols (M×CKK) stored (CKK, M); W (K, CKK) as Wᵀ.
-        let lhs = Mat {
-            data: cols,
-            rs: 1,
-            cs: m,
-        };
-        let rhs = Mat {
-            data: wt,
-            rs: 1,
-            cs: ckk,
-        };
-        matmul(m, g.k, ckk, ym, &lhs, &rhs);
-        swap_outer(ym, g.k, g.n, p, &mut y);
-    });
+    let taps;
+    let w_taps = if g.kh * g.kw == 1 {
+        wt
+    } else {
+        taps = kernel_to_taps(wt, g);
+        &taps
+    };
+    // Y (M×K, row-major) = cols (M×CKK) · W'ᵀ (W' is (K, CKK) row-major).
+    let rhs = Mat::rows_t(w_taps, ckk);
+    if g.pointwise() {
+        matmul(
+            (m, g.k, ckk),
+            &mut y,
+            (g.k, 1),
+            &Mat::rows(x, ckk),
+            &rhs,
+            threads(),
+        );
+    } else {
+        with_scratch([m * ckk, 0], |cols, _| {
+            im2col(x, g, cols);
+            matmul(
+                (m, g.k, ckk),
+                &mut y,
+                (g.k, 1),
+                &Mat::rows(cols, ckk),
+                &rhs,
+                threads(),
+            );
+        });
+    }
     y
 }
 
-/// Backward on slices: `(dx, dw)`, each only when asked for.
+/// Below this many GEMM rows the kernel gradient runs as one parallel GEMM; above, as
+/// one single-threaded GEMM per thread over a share of the rows, summed (the `gemm`
+/// crate parallelises a long reduction poorly: 1.2–1.5× faster split).
+const SPLIT_REDUCTION_ROWS: usize = 8192;
+
+/// `dW' (K, CKK) = dYᵀ · cols`, computed as `dW'ᵀ (CKK×K, column-major) = colsᵀ · dY`.
+fn kernel_grad(cols: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
+    let (m, ckk, k) = (g.m(), g.ckk(), g.k);
+    let t = threads();
+    if t <= 1 || m < SPLIT_REDUCTION_ROWS {
+        let mut dw = vec![0f32; k * ckk];
+        let lhs = Mat::rows_t(cols, ckk);
+        matmul((ckk, k, m), &mut dw, (1, ckk), &lhs, &Mat::rows(dy, k), t);
+        return dw;
+    }
+    let share = m.div_ceil(t);
+    let partials: Vec<Vec<f32>> = (0..t)
+        .into_par_iter()
+        .map(|i| {
+            let lo = (i * share).min(m);
+            let len = share.min(m - lo);
+            let mut dw = vec![0f32; k * ckk];
+            let lhs = Mat::rows_t(&cols[lo * ckk..(lo + len) * ckk], ckk);
+            let rhs = Mat::rows(&dy[lo * k..(lo + len) * k], k);
+            matmul((ckk, k, len), &mut dw, (1, ckk), &lhs, &rhs, 1);
+            dw
+        })
+        .collect();
+    let mut iter = partials.into_iter();
+    let mut total = iter.next().unwrap_or_else(|| vec![0f32; k * ckk]);
+    for p in iter {
+        total.par_iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+    }
+    total
+}
+
+/// Backward on slices: `(dx, dw)`, each only when asked for; `dy` is `(N, OH, OW, K)`.
 fn backward(
     x: &[f32],
     wt: &[f32],
@@ -397,39 +521,43 @@ fn backward(
     need_dx: bool,
     need_dw: bool,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
-    let (m, p, ckk) = (g.m(), g.p(), g.ckk());
-    let cols_len = if need_dw { m * ckk } else { 0 };
-    let dcols_len = if need_dx { m * ckk } else { 0 };
-    with_scratch([cols_len, m * g.k, dcols_len], |cols, dym, dcols| {
-        // dY (N, K, P) → (K, N, P): the M×K matrix, column-major.
-        swap_outer(dy, g.n, g.k, p, dym);
-        let dy_mat = Mat {
-            data: dym,
-            rs: 1,
-            cs: m,
-        };
+    let (m, ckk) = (g.m(), g.ckk());
+    let pointwise = g.pointwise();
+    let cols_len = if need_dw && !pointwise { m * ckk } else { 0 };
+    let dcols_len = if need_dx && !pointwise { m * ckk } else { 0 };
+    let taps_layout = g.kh * g.kw > 1;
+    with_scratch([cols_len, dcols_len], |cols, dcols| {
         let dw = need_dw.then(|| {
-            im2col(x, g, cols);
-            let mut dw = vec![0f32; g.k * ckk];
-            // dWᵀ (CKK×K), column-major = W's (K, CKK) layout; colsᵀ (CKK×M) row-major.
-            let lhs = Mat {
-                data: cols,
-                rs: m,
-                cs: 1,
+            let cols: &[f32] = if pointwise {
+                x
+            } else {
+                im2col(x, g, cols);
+                cols
             };
-            matmul(ckk, g.k, m, &mut dw, &lhs, &dy_mat);
-            dw
+            let dw = kernel_grad(cols, dy, g);
+            if taps_layout {
+                taps_to_kernel(&dw, g)
+            } else {
+                dw
+            }
         });
         let dx = need_dx.then(|| {
-            // dcols (M×CKK), column-major = (CKK, N, P); W (K×CKK) row-major.
-            let rhs = Mat {
-                data: wt,
-                rs: ckk,
-                cs: 1,
+            let taps;
+            let w_taps = if taps_layout {
+                taps = kernel_to_taps(wt, g);
+                &taps
+            } else {
+                wt
             };
-            matmul(m, ckk, g.k, dcols, &dy_mat, &rhs);
-            let mut dx = vec![0f32; g.n * g.c * g.h * g.w];
-            col2im(dcols, g, &mut dx);
+            // dcols (M×CKK, row-major) = dY (M×K) · W' (K×CKK).
+            let (lhs, rhs) = (Mat::rows(dy, g.k), Mat::rows(w_taps, ckk));
+            let mut dx = vec![0f32; g.n * g.h * g.w * g.c];
+            if pointwise {
+                matmul((m, ckk, g.k), &mut dx, (ckk, 1), &lhs, &rhs, threads());
+            } else {
+                matmul((m, ckk, g.k), dcols, (ckk, 1), &lhs, &rhs, threads());
+                col2im(dcols, g, &mut dx);
+            }
             dx
         });
         (dx, dw)
@@ -452,7 +580,7 @@ impl CustomOp2 for Conv2dGemm {
         let x = contiguous_f32(s1, l1)?;
         let wt = contiguous_f32(s2, l2)?;
         let y = forward(x, wt, &g);
-        Ok((CpuStorage::F32(y), Shape::from((g.n, g.k, g.oh, g.ow))))
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.oh, g.ow, g.k))))
     }
 
     fn bwd(

@@ -23,7 +23,8 @@ use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::batchnorm::batch_norm;
+use super::batchnorm::{batch_norm, batch_norm_nhwc};
+use super::conv::{conv2d, conv2d_nhwc};
 
 /// Stage number of the stem (`conv1`, `bn1`).
 pub const STEM_STAGE: usize = 1;
@@ -126,8 +127,49 @@ pub fn is_trainable(name: &str, train_from_stage: usize) -> bool {
 /// ties between positive activations are practically absent, and ties at zero get
 /// no gradient through the ReLU anyway.
 pub fn max_pool_3x3_s2(xs: &Tensor) -> Result<Tensor> {
-    let xs = pool_axis(xs, 2)?;
-    pool_axis(&xs, 3)
+    max_pool_3x3_s2_in(xs, Channels::First)
+}
+
+/// [`max_pool_3x3_s2`] for either layout.
+fn max_pool_3x3_s2_in(xs: &Tensor, layout: Channels) -> Result<Tensor> {
+    let (h, w) = layout.spatial_dims();
+    let xs = pool_axis(xs, h)?;
+    pool_axis(&xs, w)
+}
+
+/// Where the channel axis of the activations sits.
+///
+/// The weights and the network's input and output are `(N, C, H, W)` everywhere; on
+/// the CPU the activations in between are channels-last, which the GEMM conv and
+/// fused BatchNorm run fastest on (see `conv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channels {
+    /// `(N, C, H, W)`: Candle's conv layout, used on GPUs.
+    First,
+    /// `(N, H, W, C)`: the CPU's fast path.
+    Last,
+}
+
+impl Channels {
+    /// The fastest layout for activations like `xs`: channels-last on the CPU in f32.
+    pub fn fastest_for(xs: &Tensor) -> Self {
+        if xs.device().is_cpu()
+            && xs.dtype() == candle_core::DType::F32
+            && !super::conv::candle_reference_forced()
+        {
+            Self::Last
+        } else {
+            Self::First
+        }
+    }
+
+    /// The (height, width) axes.
+    fn spatial_dims(self) -> (usize, usize) {
+        match self {
+            Self::First => (2, 3),
+            Self::Last => (1, 2),
+        }
+    }
 }
 
 /// One axis of [`max_pool_3x3_s2`] on a rank-4 tensor.
@@ -164,11 +206,28 @@ fn conv(
     candle_nn::conv2d_no_bias(c_in, c_out, k, cfg, vb)
 }
 
-/// Runs `conv` through [`super::conv::conv2d`]: both gradients as GEMMs on the CPU,
-/// Candle's `conv2d` on other devices. Same weights, stride and padding as `conv`.
-fn conv_forward(conv: &Conv2d, xs: &Tensor) -> Result<Tensor> {
+/// Runs `conv` through [`conv2d`] / [`conv2d_nhwc`]: both gradients as GEMMs on the
+/// CPU, Candle's `conv2d` on other devices. Same weights, stride and padding as `conv`.
+fn conv_forward(conv: &Conv2d, xs: &Tensor, layout: Channels) -> Result<Tensor> {
     let cfg = conv.config();
-    super::conv::conv2d(xs, conv.weight(), cfg.stride, cfg.padding)
+    match layout {
+        Channels::First => conv2d(xs, conv.weight(), cfg.stride, cfg.padding),
+        Channels::Last => conv2d_nhwc(xs, conv.weight(), cfg.stride, cfg.padding),
+    }
+}
+
+/// [`batch_norm`] / [`batch_norm_nhwc`] by layout.
+fn bn_forward(
+    xs: &Tensor,
+    bn: &BatchNorm,
+    train: bool,
+    relu: bool,
+    layout: Channels,
+) -> Result<Tensor> {
+    match layout {
+        Channels::First => batch_norm(xs, bn, train, relu),
+        Channels::Last => batch_norm_nhwc(xs, bn, train, relu),
+    }
 }
 
 fn bn(c: usize, vb: VarBuilder) -> Result<BatchNorm> {
@@ -197,8 +256,9 @@ impl Downsample {
         })
     }
 
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        batch_norm(&conv_forward(&self.conv, xs)?, &self.bn, train, false)
+    fn forward_t(&self, xs: &Tensor, train: bool, layout: Channels) -> Result<Tensor> {
+        let ys = conv_forward(&self.conv, xs, layout)?;
+        bn_forward(&ys, &self.bn, train, false, layout)
     }
 }
 
@@ -249,15 +309,16 @@ impl Block {
         })
     }
 
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+    fn forward_t(&self, xs: &Tensor, train: bool, layout: Channels) -> Result<Tensor> {
         let last = self.convs.len() - 1;
         let mut ys = xs.clone();
         for (i, (conv, bn)) in self.convs.iter().zip(&self.bns).enumerate() {
             // BatchNorm + ReLU (not after the last conv: the ReLU follows the sum).
-            ys = batch_norm(&conv_forward(conv, &ys)?, bn, train, i != last)?;
+            let conv_out = conv_forward(conv, &ys, layout)?;
+            ys = bn_forward(&conv_out, bn, train, i != last, layout)?;
         }
         let shortcut = match &self.downsample {
-            Some(d) => d.forward_t(xs, train)?,
+            Some(d) => d.forward_t(xs, train, layout)?,
             None => xs.clone(),
         };
         (ys + shortcut)?.relu()
@@ -272,9 +333,10 @@ struct Stem {
 }
 
 impl Stem {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let ys = batch_norm(&conv_forward(&self.conv1, xs)?, &self.bn1, train, true)?;
-        max_pool_3x3_s2(&ys)
+    fn forward_t(&self, xs: &Tensor, train: bool, layout: Channels) -> Result<Tensor> {
+        let ys = conv_forward(&self.conv1, xs, layout)?;
+        let ys = bn_forward(&ys, &self.bn1, train, true, layout)?;
+        max_pool_3x3_s2_in(&ys, layout)
     }
 }
 
@@ -341,25 +403,39 @@ impl ResNet {
     pub fn is_trainable(&self, name: &str) -> bool {
         is_trainable(name, self.cfg.train_from_stage)
     }
-}
 
-impl ModuleT for ResNet {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+    /// [`ModuleT::forward_t`] with the activations in a chosen layout (input and output
+    /// stay `(N, C, H, W)`); `forward_t` uses [`Channels::fastest_for`]. Both layouts
+    /// compute the same function.
+    pub fn forward_in(&self, xs: &Tensor, train: bool, layout: Channels) -> Result<Tensor> {
+        let mut ys = match layout {
+            Channels::First => xs.clone(),
+            Channels::Last => xs.permute((0, 2, 3, 1))?,
+        };
         let frozen = self.is_frozen(STEM_STAGE);
-        let mut ys = self.stem.forward_t(xs, train && !frozen)?;
+        ys = self.stem.forward_t(&ys, train && !frozen, layout)?;
         if frozen {
             ys = ys.detach();
         }
         for (i, layer) in self.layers.iter().enumerate() {
             let frozen = self.is_frozen(STEM_STAGE + 1 + i);
             for block in layer {
-                ys = block.forward_t(&ys, train && !frozen)?;
+                ys = block.forward_t(&ys, train && !frozen, layout)?;
             }
             if frozen {
                 ys = ys.detach();
             }
         }
-        Ok(ys)
+        match layout {
+            Channels::First => Ok(ys),
+            Channels::Last => ys.permute((0, 3, 1, 2)),
+        }
+    }
+}
+
+impl ModuleT for ResNet {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_in(xs, train, Channels::fastest_for(xs))
     }
 }
 
