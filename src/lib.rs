@@ -2,6 +2,7 @@
 //!
 //! The binary is a thin shell over these modules so that `tests/` reach everything.
 
+pub mod block_reuse;
 pub mod cli;
 pub mod commands;
 pub mod config;

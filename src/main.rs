@@ -3,7 +3,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use vitrine::block_reuse::ReuseLargeBlocks;
 use vitrine::cli::Cli;
+
+/// Large activation and gradient buffers are reused between training steps instead
+/// of being mapped and zeroed afresh (see `block_reuse`).
+#[global_allocator]
+static ALLOCATOR: ReuseLargeBlocks = ReuseLargeBlocks::new();
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -4,10 +4,12 @@
 pub mod batchnorm;
 pub mod checkpoint;
 pub mod conv;
+mod cpu_backbone;
 mod cpu_tensor;
 pub mod embedder;
 pub mod loss;
 pub mod resnet;
+mod simd;
 
 pub use checkpoint::CheckpointError;
 pub use embedder::{Backbone, Embedder, EmbedderConfig, ParamGroups};

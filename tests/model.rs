@@ -828,34 +828,53 @@ fn timing_resnet18_forward_backward() {
     }
 }
 
-/// `(features, gradient of every variable)` of `sum(features · r)` for a fresh seeded
-/// model run with its activations in `layout`.
+/// How a test runs the backbone.
+#[derive(Debug, Clone, Copy)]
+enum Path {
+    /// Op by op through Candle's autograd, activations in this layout.
+    PerOp(Channels),
+    /// `forward_pooled`: on the CPU the whole backbone as one op.
+    Pooled,
+}
+
+/// `(pooled features, gradient of every variable, running statistics after)` of
+/// `sum(pooled · r)` for a fresh seeded model run along `path` in train mode.
+#[allow(clippy::type_complexity)]
 fn features_and_grads(
     backbone: Backbone,
     train_from_stage: usize,
     x: &Tensor,
-    layout: Channels,
-) -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
+    path: Path,
+) -> (Vec<f32>, Vec<(String, Vec<f32>)>, Vec<(String, Vec<f32>)>) {
     let (model, varmap) =
         Embedder::seeded(cfg(backbone, train_from_stage), &CPU, 7).expect("embedder");
-    let features = model
-        .backbone()
-        .forward_in(x, true, layout)
-        .expect("forward");
-    let r = randn(features.dims(), 99);
-    let grads = (&features * &r)
+    let net = model.backbone();
+    let pooled = match path {
+        Path::PerOp(layout) => net
+            .forward_in(x, true, layout)
+            .and_then(|f| f.mean(3))
+            .and_then(|f| f.mean(2)),
+        Path::Pooled => net.forward_pooled(x, true),
+    }
+    .expect("forward");
+    let r = randn(pooled.dims(), 99);
+    let grads = (&pooled * &r)
         .and_then(|t| t.sum_all())
         .and_then(|t| t.backward())
         .expect("backward");
-    let mut named: Vec<(String, Vec<f32>)> = varmap
-        .data()
-        .lock()
-        .expect("lock")
+    let data = varmap.data().lock().expect("lock");
+    let mut named: Vec<(String, Vec<f32>)> = data
         .iter()
         .filter_map(|(name, v)| grads.get(v.as_tensor()).map(|g| (name.clone(), values(g))))
         .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
-    (values(&features), named)
+    let mut running: Vec<(String, Vec<f32>)> = data
+        .iter()
+        .filter(|(name, _)| name.contains("running"))
+        .map(|(name, v)| (name.clone(), values(v.as_tensor())))
+        .collect();
+    running.sort_by(|a, b| a.0.cmp(&b.0));
+    (values(&pooled), named, running)
 }
 
 fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -864,33 +883,59 @@ fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
-#[test]
-fn channels_last_and_channels_first_compute_the_same_network() {
+/// Runs `path` against the reference (channels-first, op by op) and compares the
+/// pooled features, every gradient and the running statistics.
+fn assert_same_network(path: Path) {
     for (backbone, stage) in [
         (Backbone::Resnet18, 0),
         (Backbone::Resnet50, 0),
         (Backbone::Resnet18, 4),
+        (Backbone::Resnet50, 5),
     ] {
         let x = randn(&[2, 3, 40, 36], 3);
-        let (f_first, g_first) = features_and_grads(backbone, stage, &x, Channels::First);
-        let (f_last, g_last) = features_and_grads(backbone, stage, &x, Channels::Last);
-        let d = max_rel_diff(&f_last, &f_first);
-        assert!(d < 1e-4, "{backbone} features differ by {d}");
+        let (f_ref, g_ref, r_ref) =
+            features_and_grads(backbone, stage, &x, Path::PerOp(Channels::First));
+        let (f, g, r) = features_and_grads(backbone, stage, &x, path);
+        let d = max_rel_diff(&f, &f_ref);
+        assert!(
+            d < 1e-4,
+            "{backbone}/{stage} {path:?}: features differ by {d}"
+        );
         assert_eq!(
-            g_first.iter().map(|g| &g.0).collect::<Vec<_>>(),
-            g_last.iter().map(|g| &g.0).collect::<Vec<_>>(),
-            "{backbone}: same variables get gradients"
+            g_ref.iter().map(|g| &g.0).collect::<Vec<_>>(),
+            g.iter().map(|g| &g.0).collect::<Vec<_>>(),
+            "{backbone}/{stage} {path:?}: same variables get gradients"
         );
         // Frozen stages get none; every trainable one does.
-        assert!(!g_first.is_empty());
+        assert!(!g_ref.is_empty());
         assert!(
-            g_first
+            g_ref
                 .iter()
                 .all(|(n, _)| stage == 0 || !n.starts_with("conv1"))
         );
-        for ((name, a), (_, b)) in g_last.iter().zip(&g_first) {
+        for ((name, a), (_, b)) in g.iter().zip(&g_ref) {
             let d = max_rel_diff(a, b);
-            assert!(d < 1e-3, "{backbone} gradient of {name} differs by {d}");
+            assert!(
+                d < 1e-3,
+                "{backbone}/{stage} {path:?}: gradient of {name} differs by {d}"
+            );
+        }
+        for ((name, a), (_, b)) in r.iter().zip(&r_ref) {
+            let d = max_rel_diff(a, b);
+            assert!(
+                d < 1e-4,
+                "{backbone}/{stage} {path:?}: {name} differs by {d}"
+            );
         }
     }
+}
+
+#[test]
+fn channels_last_and_channels_first_compute_the_same_network() {
+    assert_same_network(Path::PerOp(Channels::Last));
+}
+
+#[test]
+fn whole_backbone_op_computes_the_same_network_and_gradients() {
+    assert_same_network(Path::Pooled);
 }

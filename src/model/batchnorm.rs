@@ -6,8 +6,9 @@
 //! [`batch_norm`] computes the per-channel statistics in one pass, updates the running
 //! statistics exactly like `candle_nn::BatchNorm` (momentum on the mean, unbiased
 //! variance into `running_var`), and applies `y = max(0, x·scale + shift)` (ReLU
-//! optional) in a second, both vectorised across the channels of each pixel; its backward is the closed form
-//! `dx = γ·σ⁻¹·(g − mean(g) − x̂·mean(g·x̂))` with `g` the masked output gradient,
+//! optional) in a second, both vectorised across the channels of each pixel; its
+//! backward is the closed form `dx = γ·σ⁻¹·(g − mean(g) − x̂·mean(g·x̂))` with `g` the
+//! output gradient masked where the ReLU (recomputed from `x`) was zero,
 //! `dγ = Σ g·x̂`, `dβ = Σ g`. In eval mode the running statistics are used and the
 //! backward is the plain per-channel scale.
 //!
@@ -19,6 +20,7 @@ use candle_nn::BatchNorm;
 use rayon::prelude::*;
 
 use super::cpu_tensor::{contiguous_f32, with_f32_data};
+use super::simd::vectorized;
 
 /// `bn(x)` (train or eval mode, like `bn.forward_t(x, train)`), followed by a ReLU when
 /// `relu`; `x` is `(N, C, H, W)`. Train mode updates `bn`'s running statistics. On the
@@ -53,44 +55,105 @@ pub fn batch_norm_nhwc(x: &Tensor, bn: &BatchNorm, train: bool, relu: bool) -> R
     if gamma.dims1()? != c {
         candle_core::bail!("batch-norm: {c} channels in, {} features", gamma.dims1()?)
     }
-    let eps = bn.eps();
-    let (mean, invstd) = if train {
-        let count = x.elem_count() / c.max(1);
-        if count < 2 {
-            candle_core::bail!("batch-norm in train mode needs more than one value per channel")
-        }
-        let (mean, var) = channel_stats(&x, c)?;
-        let mom = bn.momentum();
-        let unbias = count as f64 / (count as f64 - 1.0);
-        let rm = Var::from_tensor(bn.running_mean())?;
-        let rv = Var::from_tensor(bn.running_var())?;
-        let mean_t = Tensor::from_slice(&mean, c, x.device())?.to_dtype(rm.dtype())?;
-        let var_t = Tensor::from_slice(&var, c, x.device())?.to_dtype(rv.dtype())?;
-        rm.set(&((rm.as_tensor() * (1.0 - mom))? + (mean_t * mom)?)?)?;
-        rv.set(&((rv.as_tensor() * (1.0 - mom))? + (var_t * (mom * unbias))?)?)?;
-        let invstd = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-        (mean.iter().map(|&m| m as f32).collect(), invstd)
+    let stats = if train {
+        let s = with_f32_data(&x, |xs| batch_stats(xs, c, bn.eps()))?;
+        update_running_stats(bn, &s)?;
+        s
     } else {
-        let mean = bn.running_mean().to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        let var = bn.running_var().to_dtype(DType::F64)?.to_vec1::<f64>()?;
-        (mean, var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect())
+        running_stats(bn)?
     };
     let op = BnOp {
-        mean,
-        invstd,
+        stats,
         batch_stats: train,
         relu,
     };
     x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)
 }
 
+/// The per-channel statistics a BatchNorm normalises with.
+#[derive(Debug, Clone)]
+pub(crate) struct Stats {
+    pub mean: Vec<f32>,
+    /// `1 / sqrt(var + eps)`.
+    pub invstd: Vec<f64>,
+    /// The batch's biased variance (train mode), for the running statistics.
+    pub var: Vec<f64>,
+    /// Values per channel the statistics came from.
+    pub count: usize,
+}
+
+impl Stats {
+    /// `(scale, shift)` with `y = x·scale + shift`.
+    pub fn affine(&self, gamma: &[f32], beta: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let scale: Vec<f32> = gamma
+            .iter()
+            .zip(&self.invstd)
+            .map(|(&g, &s)| g * s as f32)
+            .collect();
+        let shift = beta
+            .iter()
+            .zip(&self.mean)
+            .zip(&scale)
+            .map(|((&b, &m), &a)| b - m * a)
+            .collect();
+        (scale, shift)
+    }
+}
+
+/// Statistics of a channels-last batch (train mode).
+pub(crate) fn batch_stats(xs: &[f32], c: usize, eps: f64) -> Result<Stats> {
+    let count = xs.len() / c.max(1);
+    if count < 2 {
+        candle_core::bail!("batch-norm in train mode needs more than one value per channel")
+    }
+    let (mean, var) = channel_stats(xs, c);
+    Ok(Stats {
+        mean: mean.iter().map(|&m| m as f32).collect(),
+        invstd: var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect(),
+        var,
+        count,
+    })
+}
+
+/// The running statistics of `bn` (eval mode).
+pub(crate) fn running_stats(bn: &BatchNorm) -> Result<Stats> {
+    let mean = bn.running_mean().to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let var = bn.running_var().to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    Ok(Stats {
+        mean,
+        invstd: var.iter().map(|v| 1.0 / (v + bn.eps()).sqrt()).collect(),
+        var,
+        count: 0,
+    })
+}
+
+/// Folds a batch's statistics into `bn`'s running ones exactly like
+/// `candle_nn::BatchNorm` (momentum on the mean, unbiased variance).
+pub(crate) fn update_running_stats(bn: &BatchNorm, s: &Stats) -> Result<()> {
+    let mom = bn.momentum();
+    let unbias = s.count as f64 / (s.count as f64 - 1.0);
+    let rm = Var::from_tensor(bn.running_mean())?;
+    let rv = Var::from_tensor(bn.running_var())?;
+    let c = s.mean.len();
+    let device = bn.running_mean().device();
+    let mean_t = Tensor::from_slice(&s.mean, c, device)?.to_dtype(rm.dtype())?;
+    let var_t = Tensor::from_slice(&s.var, c, device)?.to_dtype(rv.dtype())?;
+    rm.set(&((rm.as_tensor() * (1.0 - mom))? + (mean_t * mom)?)?)?;
+    rv.set(&((rv.as_tensor() * (1.0 - mom))? + (var_t * (mom * unbias))?)?)?;
+    Ok(())
+}
+
 /// Rows of channels summed per block in f32 before the block total joins the f64 sum:
 /// short enough to keep f32 rounding small, long enough to vectorise across channels.
 const BLOCK_ROWS: usize = 64;
 
+/// Independent row ranges summed in parallel; a fixed count (not the thread count) so
+/// that the result is the same on every machine and run.
+const SUM_GROUPS: usize = 32;
+
 /// Per-channel sums over the rows of a channels-last tensor: `add_row(row, acc)` adds
 /// row `row`'s contributions to `acc`, `sums` groups of `c` accumulators. Returns the
-/// `sums·c` totals in f64 (blocks of [`BLOCK_ROWS`] rows in f32, in parallel).
+/// `sums·c` totals in f64 (blocks of [`BLOCK_ROWS`] rows in f32), deterministic.
 fn channel_sums(
     rows: usize,
     c: usize,
@@ -98,79 +161,280 @@ fn channel_sums(
     add_row: impl Fn(usize, &mut [f32]) + Sync,
 ) -> Vec<f64> {
     let blocks = rows.div_ceil(BLOCK_ROWS);
-    (0..blocks)
+    let per_group = blocks.div_ceil(SUM_GROUPS).max(1);
+    let groups: Vec<Vec<f64>> = (0..blocks.div_ceil(per_group))
         .into_par_iter()
-        .fold(
-            || (vec![0f64; sums * c], vec![0f32; sums * c]),
-            |(mut total, mut acc), b| {
-                acc.fill(0.0);
-                for row in b * BLOCK_ROWS..((b + 1) * BLOCK_ROWS).min(rows) {
-                    add_row(row, &mut acc);
-                }
-                for (t, &a) in total.iter_mut().zip(&acc) {
-                    *t += f64::from(a);
-                }
-                (total, acc)
-            },
-        )
-        .map(|(total, _)| total)
-        .reduce(
-            || vec![0f64; sums * c],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(&b) {
-                    *x += y;
-                }
-                a
-            },
-        )
-}
-
-/// Per-channel mean and biased variance (f64) of a contiguous channels-last f32 tensor.
-fn channel_stats(x: &Tensor, c: usize) -> Result<(Vec<f64>, Vec<f64>)> {
-    with_f32_data(x, |xs| {
-        let rows = xs.len() / c;
-        let count = rows as f64;
-        let row = |r: usize| &xs[r * c..][..c];
-        let mean: Vec<f64> = channel_sums(rows, c, 1, |r, acc| {
-            for (a, v) in acc.iter_mut().zip(row(r)) {
-                *a += v;
-            }
+        .map(|grp| {
+            let mut total = vec![0f64; sums * c];
+            let mut acc = vec![0f32; sums * c];
+            vectorized(
+                #[inline(always)]
+                || {
+                    for b in grp * per_group..((grp + 1) * per_group).min(blocks) {
+                        acc.fill(0.0);
+                        for row in b * BLOCK_ROWS..((b + 1) * BLOCK_ROWS).min(rows) {
+                            add_row(row, &mut acc);
+                        }
+                        for (t, &a) in total.iter_mut().zip(&acc) {
+                            *t += f64::from(a);
+                        }
+                    }
+                },
+            );
+            total
         })
-        .into_iter()
-        .map(|s| s / count)
         .collect();
-        let m: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
-        // Σ(x − m)² and Σ(x − m): the second removes the f32 mean's own error.
-        let sums = channel_sums(rows, c, 2, |r, acc| {
-            let (sq, lin) = acc.split_at_mut(c);
-            for (((s, l), v), mv) in sq.iter_mut().zip(lin).zip(row(r)).zip(&m) {
-                let d = v - mv;
-                *s += d * d;
-                *l += d;
-            }
-        });
-        let var = (0..c)
-            .map(|ci| {
-                let shift = sums[c + ci] / count;
-                (sums[ci] / count - shift * shift).max(0.0)
-            })
-            .collect();
-        Ok((mean, var))
-    })
+    let mut total = vec![0f64; sums * c];
+    for g in groups {
+        for (t, v) in total.iter_mut().zip(&g) {
+            *t += v;
+        }
+    }
+    total
 }
 
-/// The fused op: `(x, γ, β)` → `y`, channels-last; statistics carried by the op.
-struct BnOp {
-    mean: Vec<f32>,
-    invstd: Vec<f64>,
-    /// Whether `mean`/`invstd` came from this batch (train mode): then the input
-    /// gradient includes their dependence on `x`.
-    batch_stats: bool,
-    relu: bool,
+/// Per-channel mean and biased variance (f64) of channels-last rows.
+fn channel_stats(xs: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
+    let rows = xs.len() / c;
+    let count = rows as f64;
+    let row = |r: usize| &xs[r * c..][..c];
+    let mean: Vec<f64> = channel_sums(rows, c, 1, |r, acc| {
+        for (a, v) in acc.iter_mut().zip(row(r)) {
+            *a += v;
+        }
+    })
+    .into_iter()
+    .map(|s| s / count)
+    .collect();
+    let m: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
+    // Σ(x − m)² and Σ(x − m): the second removes the f32 mean's own error.
+    let sums = channel_sums(rows, c, 2, |r, acc| {
+        let (sq, lin) = acc.split_at_mut(c);
+        for (((s, l), v), mv) in sq.iter_mut().zip(lin).zip(row(r)).zip(&m) {
+            let d = v - mv;
+            *s += d * d;
+            *l += d;
+        }
+    });
+    let var = (0..c)
+        .map(|ci| {
+            let shift = sums[c + ci] / count;
+            (sums[ci] / count - shift * shift).max(0.0)
+        })
+        .collect();
+    (mean, var)
 }
 
 /// Rows handled per parallel task in the elementwise passes.
 const TASK_ROWS: usize = 256;
+
+/// `out = x·scale + shift` per channel (then `max(0, ·)` when `relu`), channels-last.
+pub(crate) fn apply(xs: &[f32], scale: &[f32], shift: &[f32], relu: bool, out: &mut [f32]) {
+    let c = scale.len();
+    out.par_chunks_mut(c * TASK_ROWS)
+        .zip(xs.par_chunks(c * TASK_ROWS))
+        .for_each(|(yc, xc)| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
+                        let it = yr.iter_mut().zip(xr).zip(scale).zip(shift);
+                        if relu {
+                            for (((o, &v), &a), &b) in it {
+                                *o = (v * a + b).max(0.0);
+                            }
+                        } else {
+                            for (((o, &v), &a), &b) in it {
+                                *o = v * a + b;
+                            }
+                        }
+                    }
+                },
+            );
+        });
+}
+
+/// [`apply`] in place.
+pub(crate) fn apply_in_place(xs: &mut [f32], scale: &[f32], shift: &[f32], relu: bool) {
+    let c = scale.len();
+    xs.par_chunks_mut(c * TASK_ROWS).for_each(|xc| {
+        vectorized(
+            #[inline(always)]
+            || {
+                for xr in xc.chunks_exact_mut(c) {
+                    for ((v, &a), &b) in xr.iter_mut().zip(scale).zip(shift) {
+                        let y = *v * a + b;
+                        *v = if relu { y.max(0.0) } else { y };
+                    }
+                }
+            },
+        );
+    });
+}
+
+/// The gradients of a BatchNorm (+ ReLU) from the output gradient `gs`.
+pub(crate) struct Grads {
+    pub dx: Vec<f32>,
+    pub dgamma: Vec<f32>,
+    pub dbeta: Vec<f32>,
+}
+
+/// Backward of `y = [max(0,] x·scale + shift [)]` with `stats`: `gs` is masked where
+/// the ReLU (recomputed from `xs`, bit for bit the forward's value) was zero; with
+/// `batch_stats`, `dx` includes the statistics' dependence on `x`. `dx` is computed
+/// only when `need_dx`.
+pub(crate) fn backward(
+    xs: &[f32],
+    gs: &[f32],
+    stats: &Stats,
+    (gamma, beta): (&[f32], &[f32]),
+    relu: bool,
+    batch_stats: bool,
+    need_dx: bool,
+) -> Grads {
+    let c = gamma.len();
+    let rows = xs.len() / c.max(1);
+    let count = rows as f64;
+    let (scale, shift) = stats.affine(gamma, beta);
+    let ch = Channel {
+        mean: &stats.mean[..c],
+        scale: &scale[..c],
+        shift: &shift[..c],
+    };
+    // Per-channel Σg and Σg·(x − μ), g being dy masked by the ReLU.
+    let sums = channel_sums(rows, c, 2, |r, acc| {
+        let (xr, gr) = (&xs[r * c..][..c], &gs[r * c..][..c]);
+        let (sg, sgx) = acc.split_at_mut(c);
+        if relu {
+            grad_sums_row::<true>(xr, gr, &ch, sg, sgx);
+        } else {
+            grad_sums_row::<false>(xr, gr, &ch, sg, sgx);
+        }
+    });
+    let dgamma: Vec<f32> = (0..c)
+        .map(|ci| (stats.invstd[ci] * sums[c + ci]) as f32)
+        .collect();
+    let dbeta: Vec<f32> = sums[..c].iter().map(|&s| s as f32).collect();
+    if !need_dx {
+        return Grads {
+            dx: Vec::new(),
+            dgamma,
+            dbeta,
+        };
+    }
+    // dx = k·(g − mean(g) − x̂·mean(g·x̂)) = k·g + c1·(x − μ) + c2 per channel.
+    let mut k = Vec::with_capacity(c);
+    let mut c1 = Vec::with_capacity(c);
+    let mut c2 = Vec::with_capacity(c);
+    for ci in 0..c {
+        let invstd = stats.invstd[ci];
+        let kc = f64::from(gamma[ci]) * invstd;
+        let (mg, mgx) = if batch_stats {
+            (sums[ci] / count, invstd * sums[c + ci] / count)
+        } else {
+            (0.0, 0.0)
+        };
+        k.push(kc as f32);
+        c1.push((-kc * invstd * mgx) as f32);
+        c2.push((-kc * mg) as f32);
+    }
+    let coef = DxCoef {
+        k: &k,
+        c1: &c1,
+        c2: &c2,
+    };
+    let mut dx = vec![0f32; xs.len()];
+    dx.par_chunks_mut(c * TASK_ROWS)
+        .zip(
+            xs.par_chunks(c * TASK_ROWS)
+                .zip(gs.par_chunks(c * TASK_ROWS)),
+        )
+        .for_each(|(dc, (xc, gc))| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    for ((dr, xr), gr) in dc
+                        .chunks_exact_mut(c)
+                        .zip(xc.chunks_exact(c))
+                        .zip(gc.chunks_exact(c))
+                    {
+                        if relu {
+                            dx_row::<true>(dr, xr, gr, &ch, &coef);
+                        } else {
+                            dx_row::<false>(dr, xr, gr, &ch, &coef);
+                        }
+                    }
+                },
+            );
+        });
+    Grads { dx, dgamma, dbeta }
+}
+
+/// Per-channel values of a BatchNorm's forward (all of the same length).
+struct Channel<'a> {
+    mean: &'a [f32],
+    scale: &'a [f32],
+    shift: &'a [f32],
+}
+
+/// Per-channel coefficients of the input gradient.
+struct DxCoef<'a> {
+    k: &'a [f32],
+    c1: &'a [f32],
+    c2: &'a [f32],
+}
+
+/// `g`, or 0 where the ReLU after `x·a + b` (recomputed bit for bit) was zero.
+// Inlined into `vectorized`'s target-feature function, so compiled for its ISA.
+#[allow(clippy::inline_always)]
+#[inline(always)]
+fn masked<const RELU: bool>(g: f32, x: f32, a: f32, b: f32) -> f32 {
+    if RELU && x * a + b <= 0.0 { 0.0 } else { g }
+}
+
+/// One row's contributions to Σg and Σg·(x − μ); written as zips so it vectorises.
+// Inlined into `vectorized`'s target-feature function, so compiled for its ISA.
+#[allow(clippy::inline_always)]
+#[inline(always)]
+fn grad_sums_row<const RELU: bool>(
+    x: &[f32],
+    g: &[f32],
+    ch: &Channel,
+    sg: &mut [f32],
+    sgx: &mut [f32],
+) {
+    let consts = ch.mean.iter().zip(ch.scale.iter().zip(ch.shift));
+    for (((s1, s2), (&x, &g)), (&m, (&a, &b))) in
+        sg.iter_mut().zip(sgx).zip(x.iter().zip(g)).zip(consts)
+    {
+        let g = masked::<RELU>(g, x, a, b);
+        *s1 += g;
+        *s2 += g * (x - m);
+    }
+}
+
+/// One row of the input gradient.
+// Inlined into `vectorized`'s target-feature function, so compiled for its ISA.
+#[allow(clippy::inline_always)]
+#[inline(always)]
+fn dx_row<const RELU: bool>(d: &mut [f32], x: &[f32], g: &[f32], ch: &Channel, k: &DxCoef) {
+    let consts = ch.mean.iter().zip(ch.scale.iter().zip(ch.shift));
+    let coef = k.k.iter().zip(k.c1.iter().zip(k.c2));
+    for ((o, (&x, &g)), ((&m, (&a, &b)), (&kk, (&c1, &c2)))) in
+        d.iter_mut().zip(x.iter().zip(g)).zip(consts.zip(coef))
+    {
+        *o = masked::<RELU>(g, x, a, b) * kk + (x - m) * c1 + c2;
+    }
+}
+
+/// The fused op: `(x, γ, β)` → `y`, channels-last; statistics carried by the op.
+struct BnOp {
+    stats: Stats,
+    /// Whether the statistics came from this batch (train mode): then the input
+    /// gradient includes their dependence on `x`.
+    batch_stats: bool,
+    relu: bool,
+}
 
 impl CustomOp3 for BnOp {
     fn name(&self) -> &'static str {
@@ -191,30 +455,9 @@ impl CustomOp3 for BnOp {
             contiguous_f32(s2, l2)?,
             contiguous_f32(s3, l3)?,
         );
-        let c = gamma.len();
-        let scale: Vec<f32> = (0..c)
-            .map(|ci| gamma[ci] * self.invstd[ci] as f32)
-            .collect();
-        let shift: Vec<f32> = (0..c)
-            .map(|ci| beta[ci] - self.mean[ci] * scale[ci])
-            .collect();
+        let (scale, shift) = self.stats.affine(gamma, beta);
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(c * TASK_ROWS)
-            .zip(x.par_chunks(c * TASK_ROWS))
-            .for_each(|(yc, xc)| {
-                for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
-                    let it = yr.iter_mut().zip(xr).zip(&scale).zip(&shift);
-                    if self.relu {
-                        for (((o, &v), &a), &b) in it {
-                            *o = (v * a + b).max(0.0);
-                        }
-                    } else {
-                        for (((o, &v), &a), &b) in it {
-                            *o = v * a + b;
-                        }
-                    }
-                }
-            });
+        apply(x, &scale, &shift, self.relu, &mut y);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -223,81 +466,37 @@ impl CustomOp3 for BnOp {
         x: &Tensor,
         gamma: &Tensor,
         beta: &Tensor,
-        res: &Tensor,
+        _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let c = gamma.dims1()?;
         let grad = grad.contiguous()?;
         let gamma_v = gamma.to_vec1::<f32>()?;
-        let relu = self.relu;
-        let mean = &self.mean;
-        let (dx, dgamma, dbeta) = with_f32_data(x, |xs| {
-            with_f32_data(res, |ys| {
-                with_f32_data(&grad, |gs| {
-                    let rows = xs.len() / c.max(1);
-                    let count = rows as f64;
-                    // g = dy masked by the ReLU (y > 0), so y = 0 passes no gradient.
-                    let mask = move |g: f32, y: f32| if relu && y <= 0.0 { 0.0 } else { g };
-                    // Per-channel Σg and Σg·(x − μ).
-                    let sums = channel_sums(rows, c, 2, |r, acc| {
-                        let span = r * c..(r + 1) * c;
-                        let (xr, yr, gr) = (&xs[span.clone()], &ys[span.clone()], &gs[span]);
-                        let (sg, sgx) = acc.split_at_mut(c);
-                        for (((((a, b), &x), &y), &g), &m) in
-                            sg.iter_mut().zip(sgx).zip(xr).zip(yr).zip(gr).zip(mean)
-                        {
-                            let g = mask(g, y);
-                            *a += g;
-                            *b += g * (x - m);
-                        }
-                    });
-                    let invstd: Vec<f32> = self.invstd.iter().map(|&v| v as f32).collect();
-                    let k: Vec<f32> = (0..c).map(|ci| gamma_v[ci] * invstd[ci]).collect();
-                    let (mg, mgx): (Vec<f32>, Vec<f32>) = (0..c)
-                        .map(|ci| {
-                            if self.batch_stats {
-                                let sgx = self.invstd[ci] * sums[c + ci];
-                                ((sums[ci] / count) as f32, (sgx / count) as f32)
-                            } else {
-                                (0.0, 0.0)
-                            }
-                        })
-                        .unzip();
-                    let mut dx = vec![0f32; xs.len()];
-                    dx.par_chunks_mut(c * TASK_ROWS)
-                        .enumerate()
-                        .for_each(|(t, dc)| {
-                            for (i, dr) in dc.chunks_exact_mut(c).enumerate() {
-                                let r = t * TASK_ROWS + i;
-                                let span = r * c..(r + 1) * c;
-                                let (xr, yr, gr) =
-                                    (&xs[span.clone()], &ys[span.clone()], &gs[span]);
-                                for ci in 0..c {
-                                    let xhat = (xr[ci] - mean[ci]) * invstd[ci];
-                                    dr[ci] =
-                                        k[ci] * (mask(gr[ci], yr[ci]) - mg[ci] - xhat * mgx[ci]);
-                                }
-                            }
-                        });
-                    let dgamma: Vec<f32> = (0..c)
-                        .map(|ci| (self.invstd[ci] * sums[c + ci]) as f32)
-                        .collect();
-                    let dbeta: Vec<f32> = sums[..c].iter().map(|&s| s as f32).collect();
-                    Ok((dx, dgamma, dbeta))
-                })
+        let beta_v = beta.to_vec1::<f32>()?;
+        let g = with_f32_data(x, |xs| {
+            with_f32_data(&grad, |gs| {
+                Ok(backward(
+                    xs,
+                    gs,
+                    &self.stats,
+                    (&gamma_v, &beta_v),
+                    self.relu,
+                    self.batch_stats,
+                    x.track_op(),
+                ))
             })
         })?;
         let dx = x
             .track_op()
-            .then(|| Tensor::from_vec(dx, x.shape(), x.device()))
+            .then(|| Tensor::from_vec(g.dx, x.shape(), x.device()))
             .transpose()?;
         let dgamma = gamma
             .track_op()
-            .then(|| Tensor::from_vec(dgamma, c, gamma.device()))
+            .then(|| Tensor::from_vec(g.dgamma, c, gamma.device()))
             .transpose()?;
         let dbeta = beta
             .track_op()
-            .then(|| Tensor::from_vec(dbeta, c, beta.device()))
+            .then(|| Tensor::from_vec(g.dbeta, c, beta.device()))
             .transpose()?;
         Ok((dx, dgamma, dbeta))
     }

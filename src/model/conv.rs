@@ -29,6 +29,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::cpu_tensor::{contiguous_f32, with_f32_data};
+use super::simd::vectorized;
 
 /// `x (N, C, H, W) ⋆ w (K, C, KH, KW)` with the given stride and zero padding (the
 /// same on both axes), groups 1 and dilation 1. On the CPU in f32 the fast op of this
@@ -72,7 +73,7 @@ fn uses_gemm_op(xs: &Tensor, w: &Tensor) -> bool {
 /// step ran 1.3× (train) to 1.7× (embed) faster. Purely a speed setting (no effect on
 /// results); skipped when any `MALLOC_*` tunable is set in the environment, and a no-op
 /// off glibc.
-fn keep_freed_memory() {
+pub(crate) fn keep_freed_memory() {
     static DONE: std::sync::Once = std::sync::Once::new();
     DONE.call_once(|| {
         if std::env::vars_os().any(|(k, _)| k.to_string_lossy().starts_with("MALLOC_")) {
@@ -118,7 +119,7 @@ pub struct Conv2dGemm {
 
 /// Sizes of one convolution.
 #[derive(Debug, Clone, Copy)]
-struct Geom {
+pub(crate) struct Geom {
     n: usize,
     c: usize,
     h: usize,
@@ -133,7 +134,8 @@ struct Geom {
 }
 
 impl Geom {
-    fn new(x: &[usize], wt: &[usize], stride: usize, pad: usize) -> Result<Self> {
+    /// From the input's `(N, H, W, C)` and the kernel's `(K, C, KH, KW)` dims.
+    pub(crate) fn new(x: &[usize], wt: &[usize], stride: usize, pad: usize) -> Result<Self> {
         let (&[n, h, w, c], &[k, c2, kh, kw]) = (x, wt) else {
             candle_core::bail!("conv2d: expected rank-4 input and kernel, got {x:?} and {wt:?}")
         };
@@ -161,6 +163,11 @@ impl Geom {
             stride,
             pad,
         })
+    }
+
+    /// Output `(OH, OW, K)`.
+    pub(crate) fn out_dims(&self) -> (usize, usize, usize) {
+        (self.oh, self.ow, self.k)
     }
 
     /// Output pixels per image.
@@ -248,21 +255,26 @@ fn im2col(x: &[f32], g: &Geom, cols: &mut [f32]) {
     cols.par_chunks_mut(g.ow * ckk)
         .enumerate()
         .for_each(|(row, out)| {
-            let (ni, oh) = (row / g.oh, row % g.oh);
-            for (ow, px) in out.chunks_exact_mut(ckk).enumerate() {
-                let (lo, hi) = g.taps_inside(ow);
-                for (ki, dst) in px.chunks_exact_mut(row_len).enumerate() {
-                    let Some(ih) = g.input_row(oh, ki).filter(|_| lo < hi) else {
-                        dst.fill(0.0);
-                        continue;
-                    };
-                    let iw0 = ow * g.stride + lo - g.pad;
-                    let src = &x[((ni * g.h + ih) * g.w + iw0) * c..][..(hi - lo) * c];
-                    dst[..lo * c].fill(0.0);
-                    dst[lo * c..hi * c].copy_from_slice(src);
-                    dst[hi * c..].fill(0.0);
-                }
-            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    let (ni, oh) = (row / g.oh, row % g.oh);
+                    for (ow, px) in out.chunks_exact_mut(ckk).enumerate() {
+                        let (lo, hi) = g.taps_inside(ow);
+                        for (ki, dst) in px.chunks_exact_mut(row_len).enumerate() {
+                            let Some(ih) = g.input_row(oh, ki).filter(|_| lo < hi) else {
+                                dst.fill(0.0);
+                                continue;
+                            };
+                            let iw0 = ow * g.stride + lo - g.pad;
+                            let src = &x[((ni * g.h + ih) * g.w + iw0) * c..][..(hi - lo) * c];
+                            dst[..lo * c].fill(0.0);
+                            dst[lo * c..hi * c].copy_from_slice(src);
+                            dst[hi * c..].fill(0.0);
+                        }
+                    }
+                },
+            );
         });
 }
 
@@ -274,30 +286,36 @@ fn col2im(dcols: &[f32], g: &Geom, dx: &mut [f32]) {
     dx.par_chunks_mut(g.w * c)
         .enumerate()
         .for_each(|(row, dst_row)| {
-            let (ni, ih) = (row / g.h, row % g.h);
-            for ki in 0..g.kh {
-                // Output rows `oh` with `oh·stride + ki − pad = ih`.
-                let Some(t) = (ih + g.pad).checked_sub(ki) else {
-                    continue;
-                };
-                if t % g.stride != 0 || t / g.stride >= g.oh {
-                    continue;
-                }
-                let oh = t / g.stride;
-                for ow in 0..g.ow {
-                    let (lo, hi) = g.taps_inside(ow);
-                    if lo >= hi {
-                        continue;
+            vectorized(
+                #[inline(always)]
+                || {
+                    let (ni, ih) = (row / g.h, row % g.h);
+                    for ki in 0..g.kh {
+                        // Output rows `oh` with `oh·stride + ki − pad = ih`.
+                        let Some(t) = (ih + g.pad).checked_sub(ki) else {
+                            continue;
+                        };
+                        if t % g.stride != 0 || t / g.stride >= g.oh {
+                            continue;
+                        }
+                        let oh = t / g.stride;
+                        for ow in 0..g.ow {
+                            let (lo, hi) = g.taps_inside(ow);
+                            if lo >= hi {
+                                continue;
+                            }
+                            let iw0 = ow * g.stride + lo - g.pad;
+                            let src = &dcols
+                                [((ni * g.oh + oh) * g.ow + ow) * ckk + (ki * g.kw + lo) * c..]
+                                [..(hi - lo) * c];
+                            let dst = &mut dst_row[iw0 * c..][..(hi - lo) * c];
+                            for (d, s) in dst.iter_mut().zip(src) {
+                                *d += s;
+                            }
+                        }
                     }
-                    let iw0 = ow * g.stride + lo - g.pad;
-                    let src = &dcols[((ni * g.oh + oh) * g.ow + ow) * ckk + (ki * g.kw + lo) * c..]
-                        [..(hi - lo) * c];
-                    let dst = &mut dst_row[iw0 * c..][..(hi - lo) * c];
-                    for (d, s) in dst.iter_mut().zip(src) {
-                        *d += s;
-                    }
-                }
-            }
+                },
+            );
         });
 }
 
@@ -439,7 +457,7 @@ fn threads() -> usize {
 }
 
 /// Forward on slices: `y (N, OH, OW, K)`.
-fn forward(x: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
+pub(crate) fn forward(x: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
     let (m, ckk) = (g.m(), g.ckk());
     let mut y = vec![0f32; m * g.k];
     let taps;
@@ -513,7 +531,7 @@ fn kernel_grad(cols: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
 }
 
 /// Backward on slices: `(dx, dw)`, each only when asked for; `dy` is `(N, OH, OW, K)`.
-fn backward(
+pub(crate) fn backward(
     x: &[f32],
     wt: &[f32],
     dy: &[f32],

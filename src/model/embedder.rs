@@ -189,8 +189,7 @@ impl Embedder {
 
 impl ModuleT for Embedder {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let features = self.backbone.forward_t(xs, train)?;
-        let pooled = features.mean(3)?.mean(2)?;
+        let pooled = self.backbone.forward_pooled(xs, train)?;
         let pooled = if train && self.cfg.dropout > 0.0 {
             self.dropout(&pooled)?
         } else {

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::batchnorm::{batch_norm, batch_norm_nhwc};
 use super::conv::{conv2d, conv2d_nhwc};
+use super::cpu_backbone::{self, Net, Unit};
 
 /// Stage number of the stem (`conv1`, `bn1`).
 pub const STEM_STAGE: usize = 1;
@@ -347,6 +348,8 @@ pub struct ResNet {
     cfg: ResNetConfig,
     stem: Stem,
     layers: Vec<Vec<Block>>,
+    /// The same layers for the CPU's whole-backbone op.
+    net: Net,
 }
 
 impl ResNet {
@@ -382,7 +385,46 @@ impl ResNet {
             }
             layers.push(layer);
         }
-        Ok(Self { cfg, stem, layers })
+        let unit = |conv: &Conv2d, bn: &BatchNorm| Unit {
+            conv: conv.clone(),
+            bn: bn.clone(),
+        };
+        let net = Net {
+            stem: unit(&stem.conv1, &stem.bn1),
+            stem_trainable: STEM_STAGE >= cfg.train_from_stage,
+            blocks: layers
+                .iter()
+                .enumerate()
+                .flat_map(|(i, layer)| {
+                    layer.iter().map(move |b| cpu_backbone::Block {
+                        units: b
+                            .convs
+                            .iter()
+                            .zip(&b.bns)
+                            .map(|(c, n)| unit(c, n))
+                            .collect(),
+                        downsample: b.downsample.as_ref().map(|d| unit(&d.conv, &d.bn)),
+                        trainable: STEM_STAGE + 1 + i >= cfg.train_from_stage,
+                    })
+                })
+                .collect(),
+        };
+        Ok(Self {
+            cfg,
+            stem,
+            layers,
+            net,
+        })
+    }
+
+    /// Globally average-pooled features `(N, feature_dim)`: on the CPU in f32 the whole
+    /// backbone as one op (`cpu_backbone`), elsewhere [`ModuleT::forward_t`] + mean.
+    pub fn forward_pooled(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        if Channels::fastest_for(xs) == Channels::Last && xs.rank() == 4 {
+            cpu_backbone::pooled_features(&self.net, xs, train)
+        } else {
+            self.forward_t(xs, train)?.mean(3)?.mean(2)
+        }
     }
 
     pub fn config(&self) -> ResNetConfig {
