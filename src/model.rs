@@ -5,7 +5,7 @@ pub mod batchnorm;
 pub mod checkpoint;
 pub mod conv;
 mod cpu_backbone;
-mod cpu_tensor;
+pub(crate) mod cpu_tensor;
 pub mod embedder;
 pub mod loss;
 pub mod resnet;

