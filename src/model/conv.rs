@@ -24,6 +24,7 @@
 //! op has no GPU path).
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -383,12 +384,13 @@ fn fits(rows: usize, cols: usize, rs: usize, cs: usize, len: usize) -> bool {
     rows == 0 || cols == 0 || (rows - 1) * rs + (cols - 1) * cs < len
 }
 
-/// `dst (m×n) = lhs (m×k) · rhs (k×n)`, overwriting `dst`, stored with strides
-/// `(dst_rs, dst_cs)`; `threads` > 1 parallelises inside the GEMM.
+/// `dst (m×n) = lhs (m×k) · rhs (k×n)`, writing every element of `dst` (stored with
+/// strides `(dst_rs, dst_cs)`) and reading none, so it may start uninitialised;
+/// `threads` > 1 parallelises.
 #[allow(clippy::too_many_arguments)]
 fn matmul(
     (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
     (dst_rs, dst_cs): (usize, usize),
     lhs: &Mat,
     rhs: &Mat,
@@ -412,7 +414,7 @@ fn matmul(
     if k == 0 {
         for i in 0..m {
             for j in 0..n {
-                dst[i * dst_rs + j * dst_cs] = 0.0;
+                dst[i * dst_rs + j * dst_cs].write(0.0);
             }
         }
         return;
@@ -442,14 +444,15 @@ fn matmul(
     // SAFETY: the asserts above keep every element `gemm` reads (`lhs`, `rhs`) or writes
     // (`dst`) inside its slice; `dst` is borrowed mutably, so it aliases neither operand;
     // strides are small positive element counts (slices never exceed `isize::MAX`
-    // bytes); `read_dst = false`, so `dst`'s old contents are never read.
+    // bytes); `read_dst = false`, so `dst`'s old (possibly uninitialised) contents are
+    // never read, and `gemm` then writes all m×n elements (`dst = lhs·rhs`).
     #[allow(unsafe_code)]
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst.as_mut_ptr().cast::<f32>(),
             dst_cs as isize,
             dst_rs as isize,
             false,
@@ -469,6 +472,30 @@ fn matmul(
     }
 }
 
+/// A vector of `len` floats filled by `fill`, which must write every element (as
+/// [`matmul`] does): no zeroing pass first.
+fn filled(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    fill(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: `fill` initialised all `len` elements (the contract above; every caller
+    // passes the whole slice as a GEMM destination of exactly `len` elements).
+    #[allow(unsafe_code)]
+    unsafe {
+        v.set_len(len);
+    }
+    v
+}
+
+/// `s` as a destination for [`matmul`].
+fn as_uninit(s: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout; the slice is only written with
+    // initialised floats (by `matmul`), so `s` stays initialised.
+    #[allow(unsafe_code)]
+    unsafe {
+        &mut *(std::ptr::from_mut::<[f32]>(s) as *mut [MaybeUninit<f32>])
+    }
+}
+
 fn threads() -> usize {
     candle_core::utils::get_num_threads()
 }
@@ -479,7 +506,6 @@ const SPLIT_ROWS_MIN: usize = 512;
 /// Forward on slices: `y (N, OH, OW, K)`.
 pub(crate) fn forward(x: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
     let (m, ckk) = (g.m(), g.ckk());
-    let mut y = vec![0f32; m * g.k];
     let taps;
     let w_taps = if g.kh * g.kw == 1 {
         wt
@@ -489,29 +515,18 @@ pub(crate) fn forward(x: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
     };
     // Y (M×K, row-major) = cols (M×CKK) · W'ᵀ (W' is (K, CKK) row-major).
     let rhs = Mat::rows_t(w_taps, ckk);
-    if g.pointwise() {
-        matmul(
-            (m, g.k, ckk),
-            &mut y,
-            (g.k, 1),
-            &Mat::rows(x, ckk),
-            &rhs,
-            threads(),
-        );
-    } else {
-        with_scratch([m * ckk, 0], |cols, _| {
-            im2col(x, g, cols);
-            matmul(
-                (m, g.k, ckk),
-                &mut y,
-                (g.k, 1),
-                &Mat::rows(cols, ckk),
-                &rhs,
-                threads(),
-            );
-        });
-    }
-    y
+    filled(m * g.k, |y| {
+        if g.pointwise() {
+            let lhs = Mat::rows(x, ckk);
+            matmul((m, g.k, ckk), y, (g.k, 1), &lhs, &rhs, threads());
+        } else {
+            with_scratch([m * ckk, 0], |cols, _| {
+                im2col(x, g, cols);
+                let lhs = Mat::rows(cols, ckk);
+                matmul((m, g.k, ckk), y, (g.k, 1), &lhs, &rhs, threads());
+            });
+        }
+    })
 }
 
 /// Below this many GEMM rows the kernel gradient runs as one parallel GEMM; above, as
@@ -524,10 +539,10 @@ fn kernel_grad(cols: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
     let (m, ckk, k) = (g.m(), g.ckk(), g.k);
     let t = threads();
     if t <= 1 || m < SPLIT_REDUCTION_ROWS {
-        let mut dw = vec![0f32; k * ckk];
         let lhs = Mat::rows_t(cols, ckk);
-        matmul((ckk, k, m), &mut dw, (1, ckk), &lhs, &Mat::rows(dy, k), t);
-        return dw;
+        return filled(k * ckk, |dw| {
+            matmul((ckk, k, m), dw, (1, ckk), &lhs, &Mat::rows(dy, k), t);
+        });
     }
     let share = m.div_ceil(t);
     let partials: Vec<Vec<f32>> = (0..t)
@@ -535,11 +550,11 @@ fn kernel_grad(cols: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
         .map(|i| {
             let lo = (i * share).min(m);
             let len = share.min(m - lo);
-            let mut dw = vec![0f32; k * ckk];
             let lhs = Mat::rows_t(&cols[lo * ckk..(lo + len) * ckk], ckk);
             let rhs = Mat::rows(&dy[lo * k..(lo + len) * k], k);
-            matmul((ckk, k, len), &mut dw, (1, ckk), &lhs, &rhs, 1);
-            dw
+            filled(k * ckk, |dw| {
+                matmul((ckk, k, len), dw, (1, ckk), &lhs, &rhs, 1);
+            })
         })
         .collect();
     let mut iter = partials.into_iter();
@@ -589,14 +604,23 @@ pub(crate) fn backward(
             };
             // dcols (M×CKK, row-major) = dY (M×K) · W' (K×CKK).
             let (lhs, rhs) = (Mat::rows(dy, g.k), Mat::rows(w_taps, ckk));
-            let mut dx = vec![0f32; g.n * g.h * g.w * g.c];
             if pointwise {
-                matmul((m, ckk, g.k), &mut dx, (ckk, 1), &lhs, &rhs, threads());
+                filled(m * ckk, |dx| {
+                    matmul((m, ckk, g.k), dx, (ckk, 1), &lhs, &rhs, threads());
+                })
             } else {
-                matmul((m, ckk, g.k), dcols, (ckk, 1), &lhs, &rhs, threads());
+                matmul(
+                    (m, ckk, g.k),
+                    as_uninit(dcols),
+                    (ckk, 1),
+                    &lhs,
+                    &rhs,
+                    threads(),
+                );
+                let mut dx = vec![0f32; g.n * g.h * g.w * g.c];
                 col2im(dcols, g, &mut dx);
+                dx
             }
-            dx
         });
         (dx, dw)
     })

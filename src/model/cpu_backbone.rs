@@ -395,7 +395,16 @@ impl BackboneOp {
             Some((pre, _, _, (sc, sh))) => Shortcut::Normalised(pre, sc, sh),
             None => Shortcut::Identity(&x.data),
         };
-        let out = residual_relu(&pre_bn, &main.0, &main.1, &shortcut);
+        // In place on the conv output unless the tape keeps it.
+        let (pre_bn, out) = if keep {
+            let mut out = pre_bn.clone();
+            residual_relu(&mut out, &main.0, &main.1, &shortcut);
+            (pre_bn, out)
+        } else {
+            let mut out = pre_bn;
+            residual_relu(&mut out, &main.0, &main.1, &shortcut);
+            (Vec::new(), out)
+        };
         let out = Act::new(out, dims);
         let tape = keep.then(|| {
             tapes.push(UnitTape {
@@ -689,52 +698,39 @@ enum Shortcut<'a> {
     Normalised(&'a [f32], &'a [f32], &'a [f32]),
 }
 
-/// `max(0, a·scale + shift + shortcut)` per channel.
-fn residual_relu(a: &[f32], scale: &[f32], shift: &[f32], s: &Shortcut) -> Vec<f32> {
+/// `a ← max(0, a·scale + shift + shortcut)` per channel.
+fn residual_relu(a: &mut [f32], scale: &[f32], shift: &[f32], s: &Shortcut) {
     let c = scale.len();
     let rows = 256 * c;
-    let mut out = vec![0f32; a.len()];
-    out.par_chunks_mut(rows)
-        .zip(a.par_chunks(rows))
-        .enumerate()
-        .for_each(|(t, (oc, ac))| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    let off = t * rows;
-                    for (r, (orow, arow)) in
-                        oc.chunks_exact_mut(c).zip(ac.chunks_exact(c)).enumerate()
-                    {
-                        let at = off + r * c;
-                        match s {
-                            Shortcut::Identity(x) => {
-                                let x = &x[at..at + c];
-                                for ((((o, &v), &sc), &sh), &xv) in
-                                    orow.iter_mut().zip(arow).zip(scale).zip(shift).zip(x)
-                                {
-                                    *o = (v * sc + sh + xv).max(0.0);
-                                }
+    a.par_chunks_mut(rows).enumerate().for_each(|(t, ac)| {
+        vectorized(
+            #[inline(always)]
+            || {
+                let off = t * rows;
+                for (r, arow) in ac.chunks_exact_mut(c).enumerate() {
+                    let at = off + r * c;
+                    match s {
+                        Shortcut::Identity(x) => {
+                            let x = &x[at..at + c];
+                            for (((v, &sc), &sh), &xv) in
+                                arow.iter_mut().zip(scale).zip(shift).zip(x)
+                            {
+                                *v = (*v * sc + sh + xv).max(0.0);
                             }
-                            Shortcut::Normalised(d, dsc, dsh) => {
-                                let d = &d[at..at + c];
-                                for ((((((o, &v), &sc), &sh), &dv), &a2), &b2) in orow
-                                    .iter_mut()
-                                    .zip(arow)
-                                    .zip(scale)
-                                    .zip(shift)
-                                    .zip(d)
-                                    .zip(*dsc)
-                                    .zip(*dsh)
-                                {
-                                    *o = (v * sc + sh + (dv * a2 + b2)).max(0.0);
-                                }
+                        }
+                        Shortcut::Normalised(d, dsc, dsh) => {
+                            let d = &d[at..at + c];
+                            let main = arow.iter_mut().zip(scale).zip(shift);
+                            let side = d.iter().zip(*dsc).zip(*dsh);
+                            for (((v, &sc), &sh), ((&dv, &a2), &b2)) in main.zip(side) {
+                                *v = (*v * sc + sh + (dv * a2 + b2)).max(0.0);
                             }
                         }
                     }
-                },
-            );
-        });
-    out
+                }
+            },
+        );
+    });
 }
 
 /// Zeroes `g` where the ReLU's output was 0.
