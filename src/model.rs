@@ -10,6 +10,7 @@ pub mod embedder;
 pub mod loss;
 pub mod resnet;
 mod simd;
+mod winograd;
 
 pub use checkpoint::CheckpointError;
 pub use embedder::{Backbone, Embedder, EmbedderConfig, ParamGroups};

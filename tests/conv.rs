@@ -1,5 +1,6 @@
-//! The GEMM conv op (`vitrine::model::conv`) against Candle's reference `conv2d`:
-//! output, input gradient and kernel gradient, on odd shapes, strides and paddings.
+//! The GEMM conv op (`vitrine::model::conv`, including its Winograd forward for 3×3
+//! stride-1 convs) against an f64 direct loop and Candle's reference `conv2d`: output,
+//! input gradient and kernel gradient, on odd shapes, strides and paddings.
 
 use std::fmt::Write as _;
 use std::time::Instant;
@@ -84,6 +85,11 @@ const CASES: &[Case] = &[
     (1, 2, 3, 3, 3, 3, 3, 1, 2),
     (1, 1, 4, 4, 2, 6, 6, 1, 1),
     (5, 8, 4, 4, 16, 3, 3, 1, 1),
+    // 3×3, stride 1, padding 1 runs by Winograd's F(2×2, 3×3) in the forward pass:
+    // odd maps (partial edge tiles), channel counts off the 16-lane blocks, a 1×1 map.
+    (2, 37, 11, 6, 20, 3, 3, 1, 1),
+    (1, 16, 1, 1, 3, 3, 3, 1, 1),
+    (3, 17, 5, 3, 33, 3, 3, 1, 1),
 ];
 
 /// Direct-loop f64 reference: `(y, dx, dw)` of `sum(conv(x, w) · r)`.

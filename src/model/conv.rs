@@ -31,6 +31,7 @@ use rayon::prelude::*;
 
 use super::cpu_tensor::{contiguous_f32, with_f32_data};
 use super::simd::vectorized;
+use super::winograd;
 
 /// `x (N, C, H, W) ⋆ w (K, C, KH, KW)` with the given stride and zero padding (the
 /// same on both axes), groups 1 and dilation 1. On the CPU in f32 the fast op of this
@@ -506,6 +507,9 @@ const SPLIT_ROWS_MIN: usize = 512;
 /// Forward on slices: `y (N, OH, OW, K)`.
 pub(crate) fn forward(x: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
     let (m, ckk) = (g.m(), g.ckk());
+    if g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pad == 1 && g.c * g.k * g.m() > 0 {
+        return forward_winograd(x, wt, g);
+    }
     let taps;
     let w_taps = if g.kh * g.kw == 1 {
         wt
@@ -526,6 +530,37 @@ pub(crate) fn forward(x: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
                 matmul((m, g.k, ckk), y, (g.k, 1), &lhs, &rhs, threads());
             });
         }
+    })
+}
+
+/// [`forward`] of a 3×3, stride-1, padding-1 conv by Winograd's `F(2×2, 3×3)`.
+fn forward_winograd(x: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
+    let s = winograd::Shape {
+        n: g.n,
+        h: g.h,
+        w: g.w,
+        c: g.c,
+        k: g.k,
+    };
+    let (tiles, c, k) = (s.tiles(), g.c, g.k);
+    let u = winograd::kernel_transform(wt, k, c);
+    let (v_len, m_len) = s.scratch();
+    filled(g.m() * k, |y| {
+        with_scratch([v_len, m_len], |v, prods| {
+            winograd::input_transform(x, &s, v);
+            // M_ξ (T×K) = V_ξ (T×C) · U_ξᵀ (U_ξ is (K, C)), stored (16, T, K).
+            // Sixteen independent GEMMs: one thread each beats splitting each one.
+            let v = &*v;
+            prods
+                .par_chunks_exact_mut(tiles * k)
+                .enumerate()
+                .for_each(|(xi, m_xi)| {
+                    let lhs = Mat::rows(&v[xi * tiles * c..(xi + 1) * tiles * c], c);
+                    let rhs = Mat::rows_t(&u[xi * k * c..(xi + 1) * k * c], c);
+                    matmul((tiles, k, c), as_uninit(m_xi), (k, 1), &lhs, &rhs, 1);
+                });
+            winograd::output_transform(prods, &s, y);
+        });
     })
 }
 
