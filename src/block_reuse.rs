@@ -23,7 +23,7 @@ const BLOCK_ALIGN: usize = 64;
 const POWERS: usize = 18;
 const CLASSES: usize = POWERS * 8;
 /// Freed blocks kept per class.
-const SLOTS: usize = 8;
+const SLOTS: usize = 64;
 
 /// The allocator; see the module docs.
 pub struct ReuseLargeBlocks {

@@ -197,32 +197,25 @@ fn channel_sums(
 fn channel_stats(xs: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
     let rows = xs.len() / c;
     let count = rows as f64;
-    let row = |r: usize| &xs[r * c..][..c];
-    let mean: Vec<f64> = channel_sums(rows, c, 1, |r, acc| {
-        for (a, v) in acc.iter_mut().zip(row(r)) {
-            *a += v;
-        }
-    })
-    .into_iter()
-    .map(|s| s / count)
-    .collect();
-    let m: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
-    // Σ(x − m)² and Σ(x − m): the second removes the f32 mean's own error.
+    // One pass of Σ(x − p) and Σ(x − p)², shifted by a pivot p per channel (the first
+    // row): x − p is of the order of the spread, so E[(x−p)²] − E[x−p]² does not
+    // cancel the way E[x²] − E[x]² would.
+    let pivot = &xs[..c];
     let sums = channel_sums(rows, c, 2, |r, acc| {
-        let (sq, lin) = acc.split_at_mut(c);
-        for (((s, l), v), mv) in sq.iter_mut().zip(lin).zip(row(r)).zip(&m) {
-            let d = v - mv;
-            *s += d * d;
+        let (lin, sq) = acc.split_at_mut(c);
+        for (((l, s), &v), &p) in lin.iter_mut().zip(sq).zip(&xs[r * c..][..c]).zip(pivot) {
+            let d = v - p;
             *l += d;
+            *s += d * d;
         }
     });
-    let var = (0..c)
+    (0..c)
         .map(|ci| {
-            let shift = sums[c + ci] / count;
-            (sums[ci] / count - shift * shift).max(0.0)
+            let shift = sums[ci] / count;
+            let mean = f64::from(pivot[ci]) + shift;
+            (mean, (sums[c + ci] / count - shift * shift).max(0.0))
         })
-        .collect();
-    (mean, var)
+        .unzip()
 }
 
 /// Rows handled per parallel task in the elementwise passes.
