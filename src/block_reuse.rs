@@ -100,6 +100,35 @@ fn class_of(layout: Layout) -> Option<(usize, usize)> {
     (index < CLASSES).then_some((index, rounded))
 }
 
+/// Asks Linux to back the whole 2 MiB pages inside a fresh block with transparent
+/// huge pages (`MADV_HUGEPAGE`; a no-op where THP is off or elsewhere): fewer page
+/// faults on first touch and fewer TLB misses when GEMMs and elementwise passes
+/// stream through tens of MB. Returns `p`.
+fn huge_pages(p: *mut u8, size: usize) -> *mut u8 {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        const MADV_HUGEPAGE: i32 = 14;
+        #[allow(unsafe_code)]
+        unsafe extern "C" {
+            fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
+        }
+        let start = (p as usize).next_multiple_of(HUGE);
+        let end = (p as usize + size) / HUGE * HUGE;
+        if !p.is_null() && end > start {
+            // SAFETY: `[start, end)` lies inside the block just allocated for us;
+            // `madvise` with MADV_HUGEPAGE only changes how the kernel backs those
+            // pages (contents are unaffected) and its failure is harmless.
+            #[allow(unsafe_code)]
+            unsafe {
+                madvise(start as *mut std::ffi::c_void, end - start, MADV_HUGEPAGE);
+            }
+        }
+    }
+    let _ = size;
+    p
+}
+
 /// The layout a class's blocks are allocated with.
 fn block_layout(size: usize) -> Option<Layout> {
     Layout::from_size_align(size, BLOCK_ALIGN).ok()
@@ -160,7 +189,7 @@ unsafe impl GlobalAlloc for ReuseLargeBlocks {
         }
         match block_layout(size) {
             // SAFETY: a valid layout of non-zero size.
-            Some(l) => unsafe { System.alloc(l) },
+            Some(l) => huge_pages(unsafe { System.alloc(l) }, size),
             None => std::ptr::null_mut(),
         }
     }
@@ -179,7 +208,7 @@ unsafe impl GlobalAlloc for ReuseLargeBlocks {
         }
         match block_layout(size) {
             // SAFETY: a valid layout of non-zero size; fresh memory comes zeroed.
-            Some(l) => unsafe { System.alloc_zeroed(l) },
+            Some(l) => huge_pages(unsafe { System.alloc_zeroed(l) }, size),
             None => std::ptr::null_mut(),
         }
     }
