@@ -939,3 +939,28 @@ fn channels_last_and_channels_first_compute_the_same_network() {
 fn whole_backbone_op_computes_the_same_network_and_gradients() {
     assert_same_network(Path::Pooled);
 }
+
+#[test]
+fn whole_backbone_op_supports_a_second_backward_on_the_same_graph() {
+    let (model, varmap) = Embedder::seeded(cfg(Backbone::Resnet18, 0), &CPU, 3).expect("embedder");
+    let x = randn(&[2, 3, 32, 32], 4);
+    let pooled = model.backbone().forward_pooled(&x, true).expect("forward");
+    let loss = (&pooled * &randn(pooled.dims(), 5))
+        .and_then(|t| t.sum_all())
+        .expect("loss");
+    let w = var(&varmap, "conv1.weight");
+    let first = values(
+        loss.backward()
+            .expect("first")
+            .get(w.as_tensor())
+            .expect("grad"),
+    );
+    let second = values(
+        loss.backward()
+            .expect("second")
+            .get(w.as_tensor())
+            .expect("grad"),
+    );
+    assert_eq!(first, second);
+    assert!(first.iter().any(|g| *g != 0.0));
+}

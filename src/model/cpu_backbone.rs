@@ -429,7 +429,7 @@ impl BackboneOp {
 
     /// The backward pass from the pooled features' gradient: the gradient of the
     /// trainable parameters, concatenated in the order of the op's second operand.
-    fn backward(&self, tape: Tape, grad: &[f32], flat_len: usize) -> Result<Vec<f32>> {
+    fn backward(&self, tape: &Tape, grad: &[f32], flat_len: usize) -> Result<Vec<f32>> {
         let params = ParamData::new(&self.plan);
         // Offset of each trainable unit's (weight, gamma, beta) in the flat gradient.
         let mut offsets = vec![None; self.plan.len()];
@@ -584,11 +584,15 @@ impl CustomOp2 for BackboneOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let Some(tape) = lock(&self.tape).take() else {
-            candle_core::bail!("backbone: backward run twice, or without a training forward")
+        // The tape stays with the graph (like Candle's own saved tensors), so a second
+        // `backward` on the same loss works too.
+        let guard = lock(&self.tape);
+        let Some(tape) = guard.as_ref() else {
+            candle_core::bail!("backbone: backward without a training forward")
         };
         let grad = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let dflat = self.backward(tape, &grad, flat.elem_count())?;
+        drop(guard);
         Ok((
             None,
             Some(Tensor::from_vec(dflat, flat.shape(), flat.device())?),
