@@ -323,30 +323,25 @@ fn col2im(dcols: &[f32], g: &Geom, dx: &mut [f32]) {
 
 /// `(K, C, KH, KW)` (torch's kernel layout) → `(K, KH, KW, C)` (im2col's column order).
 fn kernel_to_taps(wt: &[f32], g: &Geom) -> Vec<f32> {
-    let (khw, c) = (g.kh * g.kw, g.c);
-    let mut out = vec![0f32; wt.len()];
-    out.par_chunks_mut(khw * c)
-        .zip(wt.par_chunks(c * khw))
-        .for_each(|(dst, src)| {
-            for ci in 0..c {
-                for t in 0..khw {
-                    dst[t * c + ci] = src[ci * khw + t];
-                }
-            }
-        });
-    out
+    transpose_blocks(wt, g.c, g.kh * g.kw)
 }
 
 /// `(K, KH, KW, C)` → `(K, C, KH, KW)`: the inverse of [`kernel_to_taps`].
 fn taps_to_kernel(taps: &[f32], g: &Geom) -> Vec<f32> {
-    let (khw, c) = (g.kh * g.kw, g.c);
-    let mut out = vec![0f32; taps.len()];
-    out.par_chunks_mut(c * khw)
-        .zip(taps.par_chunks(khw * c))
+    transpose_blocks(taps, g.kh * g.kw, g.c)
+}
+
+/// Transposes each consecutive `rows × cols` block of `src` (row-major) to
+/// `cols × rows`.
+fn transpose_blocks(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let block = (rows * cols).max(1);
+    let mut out = vec![0f32; src.len()];
+    out.par_chunks_mut(block)
+        .zip(src.par_chunks(block))
         .for_each(|(dst, src)| {
-            for ci in 0..c {
-                for t in 0..khw {
-                    dst[ci * khw + t] = src[t * c + ci];
+            for r in 0..rows {
+                for c in 0..cols {
+                    dst[c * rows + r] = src[r * cols + c];
                 }
             }
         });

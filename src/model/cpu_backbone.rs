@@ -739,30 +739,24 @@ fn residual_relu(a: &mut [f32], scale: &[f32], shift: &[f32], s: &Shortcut) {
 
 /// Zeroes `g` where the ReLU's output was 0.
 fn relu_mask(g: &mut [f32], out: &[f32]) {
-    g.par_chunks_mut(1 << 14)
-        .zip(out.par_chunks(1 << 14))
-        .for_each(|(gc, oc)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for (gv, &o) in gc.iter_mut().zip(oc) {
-                        // A select, not a branch: it vectorises.
-                        *gv = if o > 0.0 { *gv } else { 0.0 };
-                    }
-                },
-            );
-        });
+    // A select, not a branch: it vectorises.
+    zip_apply(g, out, |gv, o| *gv = if o > 0.0 { *gv } else { 0.0 });
 }
 
 fn add_assign(a: &mut [f32], b: &[f32]) {
+    zip_apply(a, b, |x, y| *x += y);
+}
+
+/// `f(a[i], b[i])` for every element, in parallel and vectorised.
+fn zip_apply(a: &mut [f32], b: &[f32], f: impl Fn(&mut f32, f32) + Sync) {
     a.par_chunks_mut(1 << 14)
         .zip(b.par_chunks(1 << 14))
         .for_each(|(ac, bc)| {
             vectorized(
                 #[inline(always)]
                 || {
-                    for (x, y) in ac.iter_mut().zip(bc) {
-                        *x += y;
+                    for (x, &y) in ac.iter_mut().zip(bc) {
+                        f(x, y);
                     }
                 },
             );
