@@ -495,7 +495,7 @@ impl BackboneOp {
             false,
             true,
         );
-        put(0, &dw.unwrap_or_default(), &bg.dgamma, &bg.dbeta);
+        put(0, &weight_grad(dw)?, &bg.dgamma, &bg.dbeta);
         Ok(flat)
     }
 
@@ -527,7 +527,7 @@ impl BackboneOp {
             );
             let want_dx = j > 0 || need_dx;
             let (dx, dw) = conv::backward(&t.input.data, w, &bg.dx, &t.geom, want_dx, true);
-            put(i, &dw.unwrap_or_default(), &bg.dgamma, &bg.dbeta);
+            put(i, &weight_grad(dw)?, &bg.dgamma, &bg.dbeta);
             match dx {
                 Some(dx) if j > 0 => dy = dx,
                 dx => dx_main = dx,
@@ -540,7 +540,7 @@ impl BackboneOp {
                 let (w, gamma, beta) = params.unit(i)?;
                 let bg = bn::backward(&t.pre_bn, &g, &t.stats, (gamma, beta), false, true, true);
                 let (_, dw) = conv::backward(&t.input.data, w, &bg.dx, &t.geom, false, true);
-                put(i, &dw.unwrap_or_default(), &bg.dgamma, &bg.dbeta);
+                put(i, &weight_grad(dw)?, &bg.dgamma, &bg.dbeta);
             }
             return Ok(None);
         };
@@ -550,7 +550,7 @@ impl BackboneOp {
                 let (w, gamma, beta) = params.unit(i)?;
                 let bg = bn::backward(&t.pre_bn, &g, &t.stats, (gamma, beta), false, true, true);
                 let (dxs, dw) = conv::backward(&t.input.data, w, &bg.dx, &t.geom, true, true);
-                put(i, &dw.unwrap_or_default(), &bg.dgamma, &bg.dbeta);
+                put(i, &weight_grad(dw)?, &bg.dgamma, &bg.dbeta);
                 if let Some(dxs) = dxs {
                     add_assign(&mut dx, &dxs);
                 }
@@ -600,8 +600,15 @@ impl CustomOp2 for BackboneOp {
     }
 }
 
+/// The kernel gradient `conv::backward` was asked for.
+fn weight_grad(dw: Option<Vec<f32>>) -> Result<Vec<f32>> {
+    dw.ok_or_else(|| {
+        candle_core::Error::Msg("backbone: conv backward gave no kernel gradient".into())
+    })
+}
+
 /// `(N, C, H, W)` → `(N, H, W, C)`.
-fn to_channels_last(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
+fn to_channels_last(x: &[f32], [_, c, h, w]: [usize; 4]) -> Vec<f32> {
     let hw = h * w;
     let mut out = vec![0f32; x.len()];
     out.par_chunks_mut(hw * c)
@@ -618,7 +625,6 @@ fn to_channels_last(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
                 },
             );
         });
-    let _ = n;
     out
 }
 
@@ -691,7 +697,6 @@ fn max_pool_backward(
                 },
             );
         });
-    let _ = n;
     dx
 }
 
