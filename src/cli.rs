@@ -204,7 +204,8 @@ fn parse_mining(s: &str) -> Result<Mining, String> {
 pub enum BenchCommand {
     /// Loader throughput: decode + crop + resize + normalise, images/s.
     Load(BenchLoadArgs),
-    /// Training throughput on random inputs: forward + backward + AdamW, triplets/s.
+    /// Training throughput on random inputs: forward + backward + AdamW, triplets/s,
+    /// and the seconds per step each phase took.
     Train(BenchModelArgs),
     /// Forward-only embedding throughput on random inputs, images/s.
     Embed(BenchModelArgs),

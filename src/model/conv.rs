@@ -213,15 +213,6 @@ fn with_scratch<R>(lens: [usize; 2], f: impl FnOnce(&mut [f32], &mut [f32]) -> R
     })
 }
 
-/// Frees this thread's scratch buffers (they otherwise stay at their largest size).
-pub fn release_scratch() {
-    SCRATCH.with(|cell| {
-        if let Ok(mut bufs) = cell.try_borrow_mut() {
-            *bufs = [Vec::new(), Vec::new()];
-        }
-    });
-}
-
 impl Geom {
     /// A 1×1, stride-1, unpadded conv: the input already is the GEMM's left operand.
     fn pointwise(&self) -> bool {

@@ -108,7 +108,7 @@ pub(crate) fn pooled_features(net: &Net, xs: &Tensor, train: bool) -> Result<Ten
         Vec::new()
     };
     let op = BackboneOp {
-        shape: Shape::from(net.blocks.iter().map(|b| b.units.len()).collect::<Vec<_>>()),
+        units_per_block: net.blocks.iter().map(|b| b.units.len()).collect(),
         downsampled: net.blocks.iter().map(|b| b.downsample.is_some()).collect(),
         trainable_blocks: net.blocks.iter().map(|b| b.trainable).collect(),
         plan,
@@ -206,7 +206,7 @@ struct Tape {
 /// The op: `(images (N, 3, H, W), trainable parameters concatenated)` → `(N, C)`.
 struct BackboneOp {
     /// Units per block.
-    shape: Shape,
+    units_per_block: Vec<usize>,
     downsampled: Vec<bool>,
     trainable_blocks: Vec<bool>,
     /// Units in forward order: stem, then each block's convs and its downsample.
@@ -263,7 +263,7 @@ fn block_starts(units_per_block: &[usize], downsampled: &[bool]) -> Vec<usize> {
 
 impl BackboneOp {
     fn block_starts(&self) -> Vec<usize> {
-        block_starts(self.shape.dims(), &self.downsampled)
+        block_starts(&self.units_per_block, &self.downsampled)
     }
 
     /// Conv (+ BatchNorm with its statistics) of unit `i` on `x`: `(pre_bn, geom,
@@ -350,7 +350,7 @@ impl BackboneOp {
         keep: bool,
         stats_out: &mut [Option<Stats>],
     ) -> Result<(Act, Option<BlockTape>)> {
-        let count = self.shape.dims()[b];
+        let count = self.units_per_block[b];
         let mut tapes = Vec::with_capacity(count);
         let mut cur = x.clone();
         for i in start..start + count - 1 {
