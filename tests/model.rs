@@ -941,6 +941,27 @@ fn whole_backbone_op_computes_the_same_network_and_gradients() {
 }
 
 #[test]
+fn eval_mode_backbone_op_matches_the_per_op_path_with_its_inference_kernels() {
+    // 32 images of 40×36: layer1's 10×9 maps make 288 tiles of 4×4 outputs, so its
+    // 3×3 convs run Winograd F(4×4, 3×3) with BatchNorm + ReLU applied on the way out
+    // (the per-op path: F(2×2) and separate BatchNorm ops), and the stem's BatchNorm
+    // and ReLU run in place.
+    let x = randn(&[32, 3, 40, 36], 11);
+    for backbone in [Backbone::Resnet18, Backbone::Resnet50] {
+        let (model, _) = Embedder::seeded(cfg(backbone, 0), &CPU, 7).expect("embedder");
+        let net = model.backbone();
+        let reference = net
+            .forward_in(&x, false, Channels::First)
+            .and_then(|f| f.mean(3))
+            .and_then(|f| f.mean(2))
+            .expect("per-op forward");
+        let pooled = net.forward_pooled(&x, false).expect("backbone op");
+        let d = max_rel_diff(&values(&pooled), &values(&reference));
+        assert!(d < 1e-4, "{backbone}: eval features differ by {d}");
+    }
+}
+
+#[test]
 fn whole_backbone_op_supports_a_second_backward_on_the_same_graph() {
     let (model, varmap) = Embedder::seeded(cfg(Backbone::Resnet18, 0), &CPU, 3).expect("embedder");
     let x = randn(&[2, 3, 32, 32], 4);

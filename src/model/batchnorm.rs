@@ -218,6 +218,15 @@ fn channel_stats(xs: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
         .unzip()
 }
 
+/// A per-channel `y = x·scale + shift`, then `max(0, ·)` when `relu`: a BatchNorm
+/// with fixed statistics, applied by a conv as it writes its output.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Affine<'a> {
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+    pub relu: bool,
+}
+
 /// Rows handled per parallel task in the elementwise passes.
 const TASK_ROWS: usize = 256;
 

@@ -24,8 +24,8 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor}
 use candle_nn::{BatchNorm, Conv2d};
 use rayon::prelude::*;
 
-use super::batchnorm::{self as bn, Stats};
-use super::conv::{self, Geom};
+use super::batchnorm::{self as bn, Affine, Stats};
+use super::conv::{self, Geom, Pass};
 use super::cpu_tensor::contiguous_f32;
 use super::simd::vectorized;
 
@@ -278,7 +278,12 @@ impl BackboneOp {
         let p = &self.plan[i];
         let (w, _, _) = params.unit(i)?;
         let geom = Geom::new(&x.dims, p.weight.dims(), p.stride, p.pad)?;
-        let pre_bn = conv::forward(&x.data, w, &geom);
+        let pass = if p.fixed.is_some() {
+            Pass::Inference
+        } else {
+            Pass::Training
+        };
+        let pre_bn = conv::forward_then(&x.data, w, &geom, pass, None);
         let stats = if let Some(s) = &p.fixed {
             s.clone()
         } else {
@@ -287,6 +292,28 @@ impl BackboneOp {
             s
         };
         Ok((pre_bn, geom, stats))
+    }
+
+    /// Conv → BatchNorm → ReLU of unit `i` on `x` in one go when the unit normalises
+    /// with fixed statistics (frozen or eval mode) — no gradient follows, so the
+    /// inference algorithms apply and the BatchNorm rides on the conv's output pass;
+    /// `None` for a unit that uses batch statistics.
+    fn fixed_unit_relu(&self, params: &ParamData, i: usize, x: &Act) -> Result<Option<Act>> {
+        let p = &self.plan[i];
+        let Some(stats) = &p.fixed else {
+            return Ok(None);
+        };
+        let (w, gamma, beta) = params.unit(i)?;
+        let geom = Geom::new(&x.dims, p.weight.dims(), p.stride, p.pad)?;
+        let (scale, shift) = stats.affine(gamma, beta);
+        let then = Affine {
+            scale: &scale,
+            shift: &shift,
+            relu: true,
+        };
+        let y = conv::forward_then(&x.data, w, &geom, Pass::Inference, Some(&then));
+        let (oh, ow, k) = geom.out_dims();
+        Ok(Some(Act::new(y, [x.dims[0], oh, ow, k])))
     }
 
     /// The forward pass on NCHW image data: `(pooled (N·C), dims)`; with `record`,
@@ -300,21 +327,30 @@ impl BackboneOp {
         let x = Act::new(to_channels_last(images, [n, c, h, w]), [n, h, w, c]);
 
         // Stem: conv → BatchNorm → ReLU → 3×3/2 max-pool.
-        let (pre_bn, geom, stats) = self.conv_stats(&params, 0, &x, &mut stats_out)?;
-        let (_, gamma, beta) = params.unit(0)?;
-        let (scale, shift) = stats.affine(gamma, beta);
-        let (oh, ow, k) = geom.out_dims();
-        let stem_dims = [n, oh, ow, k];
-        let mut y = vec![0f32; pre_bn.len()];
-        bn::apply(&pre_bn, &scale, &shift, true, &mut y);
-        let (pooled, pool_arg, pool_dims) = max_pool_forward(&y, stem_dims);
+        let fused = if record {
+            None
+        } else {
+            self.fixed_unit_relu(&params, 0, &x)?
+        };
+        let (y, stem_tape) = if let Some(y) = fused {
+            (y, None)
+        } else {
+            let (pre_bn, geom, stats) = self.conv_stats(&params, 0, &x, &mut stats_out)?;
+            let (_, gamma, beta) = params.unit(0)?;
+            let (scale, shift) = stats.affine(gamma, beta);
+            let (oh, ow, k) = geom.out_dims();
+            let mut y = vec![0f32; pre_bn.len()];
+            bn::apply(&pre_bn, &scale, &shift, true, &mut y);
+            let tape = record.then_some(UnitTape {
+                input: x,
+                pre_bn,
+                geom,
+                stats,
+            });
+            (Act::new(y, [n, oh, ow, k]), tape)
+        };
+        let (pooled, pool_arg, pool_dims) = max_pool_forward(&y.data, y.dims);
         drop(y);
-        let stem_tape = record.then_some(UnitTape {
-            input: x,
-            pre_bn,
-            geom,
-            stats,
-        });
         let mut cur = Act::new(pooled, pool_dims);
 
         let starts = self.block_starts();
@@ -354,6 +390,10 @@ impl BackboneOp {
         let mut tapes = Vec::with_capacity(count);
         let mut cur = x.clone();
         for i in start..start + count - 1 {
+            if !keep && let Some(y) = self.fixed_unit_relu(params, i, &cur)? {
+                cur = y;
+                continue;
+            }
             let (mut pre_bn, geom, stats) = self.conv_stats(params, i, &cur, stats_out)?;
             let (_, gamma, beta) = params.unit(i)?;
             let (scale, shift) = stats.affine(gamma, beta);
