@@ -337,7 +337,7 @@ fn taps_to_kernel(taps: &[f32], g: &Geom) -> Vec<f32> {
 
 /// Transposes each consecutive `rows × cols` block of `src` (row-major) to
 /// `cols × rows`.
-fn transpose_blocks(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn transpose_blocks(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let block = (rows * cols).max(1);
     let mut out = vec![0f32; src.len()];
     out.par_chunks_mut(block)
@@ -785,15 +785,8 @@ mod tests {
 
     /// Deterministic values in [-1, 1).
     fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
+        let mut rng = crate::rng::Rng::new(seed);
+        (0..len).map(|_| rng.range_f32(-1.0, 1.0)).collect()
     }
 
     /// 3×3, stride-1, padding-1 conv of `x (N, H, W, C)` by `w (K, C, 3, 3)` in f64.

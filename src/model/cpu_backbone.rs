@@ -194,7 +194,8 @@ struct BlockTape {
 /// Everything the backward pass needs from the forward.
 #[derive(Debug)]
 struct Tape {
-    stem: UnitTape,
+    /// The stem's, when it trains.
+    stem: Option<UnitTape>,
     /// The stem's max-pool: tap (0..9) of each output's maximum, and the pooled dims.
     pool_arg: Vec<u8>,
     pool_dims: [usize; 4],
@@ -324,15 +325,11 @@ impl BackboneOp {
         };
         let params = ParamData::new(&self.plan);
         let mut stats_out: Vec<Option<Stats>> = vec![None; self.plan.len()];
-        let x = Act::new(to_channels_last(images, [n, c, h, w]), [n, h, w, c]);
+        // (N, C, H·W) → (N, H·W, C): one transpose per image.
+        let x = Act::new(conv::transpose_blocks(images, c, h * w), [n, h, w, c]);
 
         // Stem: conv → BatchNorm → ReLU → 3×3/2 max-pool.
-        let fused = if record {
-            None
-        } else {
-            self.fixed_unit_relu(&params, 0, &x)?
-        };
-        let (y, stem_tape) = if let Some(y) = fused {
+        let (y, stem_tape) = if let Some(y) = self.fixed_unit_relu(&params, 0, &x)? {
             (y, None)
         } else {
             let (pre_bn, geom, stats) = self.conv_stats(&params, 0, &x, &mut stats_out)?;
@@ -363,9 +360,9 @@ impl BackboneOp {
         }
         let [n, fh, fw, fc] = cur.dims;
         let pooled = global_average(&cur.data, cur.dims);
-        if let Some(stem) = stem_tape {
+        if record {
             *lock(&self.tape) = Some(Tape {
-                stem,
+                stem: stem_tape,
                 pool_arg,
                 pool_dims,
                 blocks: block_tapes,
@@ -390,7 +387,7 @@ impl BackboneOp {
         let mut tapes = Vec::with_capacity(count);
         let mut cur = x.clone();
         for i in start..start + count - 1 {
-            if !keep && let Some(y) = self.fixed_unit_relu(params, i, &cur)? {
+            if let Some(y) = self.fixed_unit_relu(params, i, &cur)? {
                 cur = y;
                 continue;
             }
@@ -508,33 +505,21 @@ impl BackboneOp {
             }
         }
         // The stem (it trains, or the loop above returned).
-        if self.plan[0].fixed.is_some() {
+        let Some(stem) = &tape.stem else {
             return Ok(flat);
-        }
-        let dy = max_pool_backward(
-            &g,
-            &tape.pool_arg,
-            tape.pool_dims,
-            tape.stem.geom.out_dims(),
-        );
+        };
+        let dy = max_pool_backward(&g, &tape.pool_arg, tape.pool_dims, stem.geom.out_dims());
         let (w, gamma, beta) = params.unit(0)?;
         let bg = bn::backward(
-            &tape.stem.pre_bn,
+            &stem.pre_bn,
             &dy,
-            &tape.stem.stats,
+            &stem.stats,
             (gamma, beta),
             true,
             true,
             true,
         );
-        let (_, dw) = conv::backward(
-            &tape.stem.input.data,
-            w,
-            &bg.dx,
-            &tape.stem.geom,
-            false,
-            true,
-        );
+        let (_, dw) = conv::backward(&stem.input.data, w, &bg.dx, &stem.geom, false, true);
         put(0, &weight_grad(dw)?, &bg.dgamma, &bg.dbeta);
         Ok(flat)
     }
@@ -645,27 +630,6 @@ fn weight_grad(dw: Option<Vec<f32>>) -> Result<Vec<f32>> {
     dw.ok_or_else(|| {
         candle_core::Error::Msg("backbone: conv backward gave no kernel gradient".into())
     })
-}
-
-/// `(N, C, H, W)` → `(N, H, W, C)`.
-fn to_channels_last(x: &[f32], [_, c, h, w]: [usize; 4]) -> Vec<f32> {
-    let hw = h * w;
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(hw * c)
-        .zip(x.par_chunks(c * hw))
-        .for_each(|(dst, src)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for (p, px) in dst.chunks_exact_mut(c).enumerate() {
-                        for (ci, v) in px.iter_mut().enumerate() {
-                            *v = src[ci * hw + p];
-                        }
-                    }
-                },
-            );
-        });
-    out
 }
 
 /// 3×3, stride-2, padding-1 max-pool of `(N, H, W, C)`: `(out, tap of each maximum,
