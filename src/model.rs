@@ -14,4 +14,4 @@ mod winograd;
 
 pub use checkpoint::CheckpointError;
 pub use embedder::{Backbone, Embedder, EmbedderConfig, ParamGroups};
-pub use loss::{LossStats, Mining, TripletLoss};
+pub use loss::{Criterion, LossConfig, LossKind, LossStats, Mining, TripletLoss};

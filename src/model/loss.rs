@@ -1,46 +1,164 @@
-//! Triplet margin loss on Euclidean distances, with offline triplets or online mining
-//! (batch-hard, semi-hard) inside a labelled batch.
+//! The training losses, chosen by `[loss] kind`:
 //!
-//! Every variant is `mean(relu(d(a,p) − d(a,n) + margin))` over its triplets (all
-//! triplets count in the mean, the inactive ones too). Distances use a safe square
-//! root, `sqrt(max(d², 1e-12))`, so the gradient stays finite at zero distance.
-//! Mining is a selection of indices made on detached distances; the loss is then
-//! gathered from the differentiable distance matrix.
+//! - `norm_softmax`: classification over the training items with L2-normalised class
+//!   weights and a temperature (Zhai & Wu 2019, "Classification is a Strong Baseline for
+//!   Deep Metric Learning");
+//! - `proxy_anchor`: one learnable proxy per training item, each proxy pulling its
+//!   item's images and pushing the others (Kim et al. 2020);
+//! - `multi_similarity`: pair weighting with multi-similarity mining inside a labelled
+//!   batch (Wang et al. 2019);
+//! - `triplet`: the triplet margin loss, offline (the original's triplets) or mined in
+//!   the batch (batch-hard, semi-hard), with an optional soft margin.
+//!
+//! All take unit embeddings `(N, D)` and one label per row (the item); the proxy losses
+//! also need each row's class (its item's index among the training items). A
+//! [`Criterion`] owns the learnable class weights, which live beside the model, not in
+//! it: they are trained and saved for `--resume`, never used for search.
 
-use candle_core::{D, DType, Result, Tensor};
+mod pairs;
+mod proxy;
+mod triplet;
+
+use candle_core::{DType, Device, Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-/// Squared distances are clamped to at least this before the square root.
-const DIST_SQ_FLOOR: f64 = 1e-12;
+pub use pairs::{MsParams, multi_similarity_loss};
+pub use proxy::{norm_softmax_loss, proxy_anchor_loss};
+pub use triplet::{
+    Mining, Triplet, TripletLoss, mine_batch_hard, mine_semi_hard, offline_triplet_loss,
+    online_triplet_loss, pairwise_distances,
+};
 
-/// How the triplets of a batch are formed.
+use crate::rng::Rng;
+
+/// Which loss trains the embedder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Mining {
-    /// The batch is `[anchors; positives; negatives]` stacked (3B rows): B triplets.
+pub enum LossKind {
     #[default]
-    Offline,
-    /// Per anchor: its farthest positive and its closest negative.
-    BatchHard,
-    /// Per (anchor, positive): the closest negative farther than the positive; when
-    /// none is farther, the closest negative.
-    SemiHard,
+    NormSoftmax,
+    ProxyAnchor,
+    MultiSimilarity,
+    Triplet,
 }
 
-/// A triplet loss: margin and miner.
+impl LossKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NormSoftmax => "norm_softmax",
+            Self::ProxyAnchor => "proxy_anchor",
+            Self::MultiSimilarity => "multi_similarity",
+            Self::Triplet => "triplet",
+        }
+    }
+
+    /// Whether the loss learns one weight vector per training item.
+    pub fn has_proxies(self) -> bool {
+        matches!(self, Self::NormSoftmax | Self::ProxyAnchor)
+    }
+}
+
+impl std::fmt::Display for LossKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for LossKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "norm_softmax" => Ok(Self::NormSoftmax),
+            "proxy_anchor" => Ok(Self::ProxyAnchor),
+            "multi_similarity" => Ok(Self::MultiSimilarity),
+            "triplet" => Ok(Self::Triplet),
+            _ => Err(format!(
+                "unknown loss `{s}`: expected norm_softmax, proxy_anchor, multi_similarity or triplet"
+            )),
+        }
+    }
+}
+
+/// `[loss]`: the loss and its hyper-parameters (each used only by its loss).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct TripletLoss {
+pub struct LossConfig {
+    pub kind: LossKind,
+    /// `norm_softmax`: logits are cosines divided by this.
+    pub temperature: f32,
+    /// `proxy_anchor`: scale α and margin δ.
+    pub proxy_alpha: f32,
+    pub proxy_margin: f32,
+    /// Learning-rate multiplier of the class weights / proxies.
+    pub proxy_lr_scale: f64,
+    /// `multi_similarity`: α (positives), β (negatives), base λ, mining ε.
+    pub ms_alpha: f32,
+    pub ms_beta: f32,
+    pub ms_base: f32,
+    pub ms_epsilon: f32,
+    /// `triplet`: margin on Euclidean distances of unit vectors, miner, soft margin.
     pub margin: f32,
     pub mining: Mining,
+    pub soft_margin: bool,
 }
 
-impl Default for TripletLoss {
+impl Default for LossConfig {
     fn default() -> Self {
         Self {
+            kind: LossKind::NormSoftmax,
+            temperature: 0.05,
+            proxy_alpha: 32.0,
+            proxy_margin: 0.1,
+            proxy_lr_scale: 100.0,
+            ms_alpha: 2.0,
+            ms_beta: 50.0,
+            ms_base: 0.5,
+            ms_epsilon: 0.1,
             margin: 0.5,
             mining: Mining::Offline,
+            soft_margin: false,
         }
+    }
+}
+
+impl LossConfig {
+    /// The triplet loss these settings describe.
+    pub fn triplet(&self) -> TripletLoss {
+        TripletLoss {
+            margin: self.margin,
+            mining: self.mining,
+            soft_margin: self.soft_margin,
+        }
+    }
+
+    /// Range checks; the dotted key at fault and why.
+    pub fn validate(&self) -> std::result::Result<(), (String, String)> {
+        let positive = |key: &str, v: f64| {
+            if v > 0.0 && v.is_finite() {
+                Ok(())
+            } else {
+                Err((
+                    format!("loss.{key}"),
+                    "must be a positive number".to_string(),
+                ))
+            }
+        };
+        positive("temperature", f64::from(self.temperature))?;
+        positive("proxy_alpha", f64::from(self.proxy_alpha))?;
+        positive("proxy_lr_scale", self.proxy_lr_scale)?;
+        positive("ms_alpha", f64::from(self.ms_alpha))?;
+        positive("ms_beta", f64::from(self.ms_beta))?;
+        positive("margin", f64::from(self.margin))?;
+        for (key, v) in [
+            ("proxy_margin", self.proxy_margin),
+            ("ms_base", self.ms_base),
+            ("ms_epsilon", self.ms_epsilon),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err((format!("loss.{key}"), "must be between 0 and 1".into()));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -49,182 +167,167 @@ impl Default for TripletLoss {
 pub struct LossStats {
     /// Scalar, differentiable.
     pub loss: Tensor,
-    /// Share of triplets with a positive loss (0 when there are none).
+    /// Share of the loss's terms that still push: triplets with a positive loss (soft
+    /// margin: on the wrong side), anchors with a mined pair (multi-similarity), rows
+    /// not yet nearest their own class (proxy losses). 0 when there are none.
     pub active: f32,
-    /// Mean anchor–positive distance over the triplets.
+    /// Mean anchor–positive distance over the terms (triplets; else same-item pairs).
     pub mean_ap: f32,
-    /// Mean anchor–negative distance over the triplets.
+    /// Mean anchor–negative distance over the terms (triplets; else other-item pairs).
     pub mean_an: f32,
-    /// Number of triplets in the mean (0 gives a zero loss).
+    /// Number of terms in the mean (0 gives a zero loss).
     pub triplets: usize,
 }
 
-/// One mined triplet: row indices of anchor, positive and negative.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Triplet {
-    pub anchor: usize,
-    pub positive: usize,
-    pub negative: usize,
-}
-
-impl TripletLoss {
-    /// The loss of `embeddings` (N, D). `labels` (item ids, one per row) are needed
-    /// for online mining and ignored for [`Mining::Offline`].
-    pub fn compute(&self, embeddings: &Tensor, labels: &[u64]) -> Result<LossStats> {
-        match self.mining {
-            Mining::Offline => offline_triplet_loss(embeddings, self.margin),
-            Mining::BatchHard | Mining::SemiHard => {
-                online_triplet_loss(embeddings, labels, self.mining, self.margin)
+/// Mean distances of same-label and other-label pairs of a batch, from its detached
+/// unit embeddings (row-major `n × d`): the geometry every loss reports.
+pub(crate) fn pair_distances(emb: &[f32], d: usize, labels: &[u64]) -> (f32, f32) {
+    let n = labels.len();
+    let (mut ap, mut an, mut n_ap, mut n_an) = (0f64, 0f64, 0usize, 0usize);
+    for i in 0..n {
+        for j in i + 1..n {
+            let cos: f32 = emb[i * d..(i + 1) * d]
+                .iter()
+                .zip(&emb[j * d..(j + 1) * d])
+                .map(|(a, b)| a * b)
+                .sum();
+            let dist = f64::from((2.0 - 2.0 * cos).max(0.0).sqrt());
+            if labels[i] == labels[j] {
+                ap += dist;
+                n_ap += 1;
+            } else {
+                an += dist;
+                n_an += 1;
             }
         }
     }
+    let mean = |s: f64, c: usize| if c == 0 { 0.0 } else { (s / c as f64) as f32 };
+    (mean(ap, n_ap), mean(an, n_an))
 }
 
-/// Euclidean distances of paired rows of two (B, D) tensors, with the safe root.
-fn row_distances(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    (a - b)?
-        .sqr()?
-        .sum(D::Minus1)?
-        .maximum(DIST_SQ_FLOOR)?
-        .sqrt()
-}
-
-/// Pairwise Euclidean distances (N, N) of the rows of `embeddings` (N, D), through
-/// `|x|² + |y|² − 2x·y` with the safe root.
-pub fn pairwise_distances(embeddings: &Tensor) -> Result<Tensor> {
-    let sq = embeddings.sqr()?.sum_keepdim(1)?;
-    let gram = embeddings.matmul(&embeddings.t()?)?;
-    let d2 = sq.broadcast_add(&sq.t()?)?.sub(&(gram * 2.0)?)?;
-    d2.maximum(DIST_SQ_FLOOR)?.sqrt()
-}
-
-/// The hinge and statistics over aligned d(a,p) and d(a,n) vectors.
-fn hinge_stats(d_ap: &Tensor, d_an: &Tensor, margin: f32) -> Result<LossStats> {
-    let triplets = d_ap.dim(0)?;
-    if triplets == 0 {
-        return Ok(LossStats {
-            loss: Tensor::zeros((), d_ap.dtype(), d_ap.device())?,
-            active: 0.0,
-            mean_ap: 0.0,
-            mean_an: 0.0,
-            triplets,
-        });
+/// Mean cosine between distinct rows of unit embeddings (row-major `n × d`), from
+/// `|Σx|² = n + Σ_{i≠j} xᵢ·xⱼ`: near 1 when every image maps to the same point
+/// (collapse), near 0 for a healthy spread.
+pub fn mean_pairwise_cosine(emb: &[f32], d: usize) -> f32 {
+    let n = emb.len().checked_div(d).unwrap_or(0);
+    if n < 2 {
+        return f32::NAN;
     }
-    let losses = ((d_ap - d_an)? + f64::from(margin))?.relu()?;
-    let loss = losses.mean_all()?;
-    let host = |t: &Tensor| t.detach().to_dtype(DType::F32)?.to_vec1::<f32>();
-    let (ap, an, per) = (host(d_ap)?, host(d_an)?, host(&losses)?);
-    let n = triplets as f32;
-    Ok(LossStats {
-        loss,
-        active: per.iter().filter(|&&l| l > 0.0).count() as f32 / n,
-        mean_ap: ap.iter().sum::<f32>() / n,
-        mean_an: an.iter().sum::<f32>() / n,
-        triplets,
-    })
+    let mut sum = vec![0f64; d];
+    let mut norms = 0f64;
+    for row in emb.chunks_exact(d) {
+        for (s, &v) in sum.iter_mut().zip(row) {
+            *s += f64::from(v);
+        }
+        norms += row
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>();
+    }
+    let total: f64 = sum.iter().map(|s| s * s).sum();
+    ((total - norms) / (n * (n - 1)) as f64) as f32
 }
 
-/// Offline triplets: `embeddings` is `[anchors; positives; negatives]`, 3B rows.
-pub fn offline_triplet_loss(embeddings: &Tensor, margin: f32) -> Result<LossStats> {
-    let (rows, _) = embeddings.dims2()?;
-    if rows % 3 != 0 {
-        candle_core::bail!(
-            "offline triplet batch needs 3·B rows (anchors; positives; negatives), got {rows}"
-        )
-    }
-    let b = rows / 3;
-    let a = embeddings.narrow(0, 0, b)?;
-    let p = embeddings.narrow(0, b, b)?;
-    let n = embeddings.narrow(0, 2 * b, b)?;
-    hinge_stats(&row_distances(&a, &p)?, &row_distances(&a, &n)?, margin)
+/// A configured loss with its learnable class weights (for the proxy losses).
+#[derive(Debug, Clone)]
+pub struct Criterion {
+    cfg: LossConfig,
+    /// `(classes, dim)`, one row per training item; `None` for pair losses.
+    proxies: Option<Var>,
 }
 
-/// Online mining (`BatchHard` or `SemiHard`) over a labelled batch.
-pub fn online_triplet_loss(
-    embeddings: &Tensor,
-    labels: &[u64],
-    mining: Mining,
-    margin: f32,
-) -> Result<LossStats> {
-    let (rows, _) = embeddings.dims2()?;
-    if labels.len() != rows {
-        candle_core::bail!("{} labels for {rows} embeddings", labels.len())
+/// Name of the class weights in the optimiser state file.
+pub const PROXIES_NAME: &str = "loss.proxies";
+
+impl Criterion {
+    /// `classes` training items, `dim`-d embeddings; proxies drawn from `seed`
+    /// (standard normal rows, unit length once normalised).
+    pub fn new(
+        cfg: LossConfig,
+        classes: usize,
+        dim: usize,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
+        let proxies = if cfg.kind.has_proxies() {
+            if classes < 2 {
+                candle_core::bail!("{} needs at least two training items", cfg.kind)
+            }
+            let mut rng = Rng::derive(seed, &[0x9e0c5]);
+            let values: Vec<f32> = (0..classes * dim).map(|_| rng.normal()).collect();
+            Some(Var::from_tensor(&Tensor::from_vec(
+                values,
+                (classes, dim),
+                device,
+            )?)?)
+        } else {
+            None
+        };
+        Ok(Self { cfg, proxies })
     }
-    let dist = pairwise_distances(embeddings)?;
-    let host = dist
+
+    pub fn config(&self) -> &LossConfig {
+        &self.cfg
+    }
+
+    /// The learnable class weights, if the loss has any.
+    pub fn proxies(&self) -> Option<&Var> {
+        self.proxies.as_ref()
+    }
+
+    /// The loss of unit `embeddings` `(N, D)`: `labels` the item of each row,
+    /// `classes` its training-class index (proxy losses only; may be empty otherwise).
+    pub fn compute(
+        &self,
+        embeddings: &Tensor,
+        labels: &[u64],
+        classes: &[u32],
+    ) -> Result<LossStats> {
+        let c = &self.cfg;
+        let stats = match (c.kind, &self.proxies) {
+            (LossKind::Triplet, _) => return c.triplet().compute(embeddings, labels),
+            (LossKind::MultiSimilarity, _) => multi_similarity_loss(
+                embeddings,
+                labels,
+                pairs::MsParams {
+                    alpha: c.ms_alpha,
+                    beta: c.ms_beta,
+                    base: c.ms_base,
+                    epsilon: c.ms_epsilon,
+                },
+            )?,
+            (LossKind::NormSoftmax, Some(p)) => {
+                norm_softmax_loss(embeddings, p.as_tensor(), classes, c.temperature)?
+            }
+            (LossKind::ProxyAnchor, Some(p)) => proxy_anchor_loss(
+                embeddings,
+                p.as_tensor(),
+                classes,
+                c.proxy_alpha,
+                c.proxy_margin,
+            )?,
+            (kind, None) => candle_core::bail!("the {kind} loss was built without its proxies"),
+        };
+        // Pair geometry for the step log, whatever the loss.
+        let (d, host) = host_rows(embeddings)?;
+        let (mean_ap, mean_an) = pair_distances(&host, d, labels);
+        Ok(LossStats {
+            mean_ap,
+            mean_an,
+            ..stats
+        })
+    }
+}
+
+/// Detached f32 copy of `(N, D)` rows and `D`.
+pub(crate) fn host_rows(t: &Tensor) -> Result<(usize, Vec<f32>)> {
+    let (_, d) = t.dims2()?;
+    let v = t
         .detach()
         .to_dtype(DType::F32)?
         .flatten_all()?
         .to_vec1::<f32>()?;
-    let triplets = match mining {
-        Mining::BatchHard => mine_batch_hard(&host, labels),
-        Mining::SemiHard => mine_semi_hard(&host, labels),
-        Mining::Offline => {
-            candle_core::bail!("offline triplets are not mined: use offline_triplet_loss")
-        }
-    };
-    let index = |f: fn(&Triplet) -> usize| -> Result<Tensor> {
-        let idx: Vec<u32> = triplets
-            .iter()
-            .map(|t| (t.anchor * rows + f(t)) as u32)
-            .collect();
-        Tensor::from_vec(idx, triplets.len(), embeddings.device())
-    };
-    let flat = dist.flatten_all()?;
-    let d_ap = flat.index_select(&index(|t| t.positive)?, 0)?;
-    let d_an = flat.index_select(&index(|t| t.negative)?, 0)?;
-    hinge_stats(&d_ap, &d_an, margin)
-}
-
-/// For each anchor with at least one positive and one negative: its farthest
-/// positive and closest negative. `dist` is the row-major (N, N) distance matrix.
-pub fn mine_batch_hard(dist: &[f32], labels: &[u64]) -> Vec<Triplet> {
-    let n = labels.len();
-    let mut out = Vec::new();
-    for a in 0..n {
-        let row = &dist[a * n..(a + 1) * n];
-        let positive = (0..n)
-            .filter(|&j| j != a && labels[j] == labels[a])
-            .max_by(|&i, &j| row[i].total_cmp(&row[j]));
-        let negative = (0..n)
-            .filter(|&j| labels[j] != labels[a])
-            .min_by(|&i, &j| row[i].total_cmp(&row[j]));
-        if let (Some(positive), Some(negative)) = (positive, negative) {
-            out.push(Triplet {
-                anchor: a,
-                positive,
-                negative,
-            });
-        }
-    }
-    out
-}
-
-/// For each (anchor, positive) pair with at least one negative: the closest negative
-/// strictly farther than the positive, else the closest negative.
-pub fn mine_semi_hard(dist: &[f32], labels: &[u64]) -> Vec<Triplet> {
-    let n = labels.len();
-    let mut out = Vec::new();
-    for a in 0..n {
-        let row = &dist[a * n..(a + 1) * n];
-        let negatives: Vec<usize> = (0..n).filter(|&j| labels[j] != labels[a]).collect();
-        let closest =
-            |it: &mut dyn Iterator<Item = usize>| it.min_by(|&i, &j| row[i].total_cmp(&row[j]));
-        let Some(hardest) = closest(&mut negatives.iter().copied()) else {
-            continue;
-        };
-        for positive in (0..n).filter(|&j| j != a && labels[j] == labels[a]) {
-            let d_ap = row[positive];
-            let negative = closest(&mut negatives.iter().copied().filter(|&j| row[j] > d_ap))
-                .unwrap_or(hardest);
-            out.push(Triplet {
-                anchor: a,
-                positive,
-                negative,
-            });
-        }
-    }
-    out
+    Ok((d, v))
 }
 
 #[cfg(test)]
@@ -232,32 +335,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mining_serde_names() {
-        for (m, s) in [
-            (Mining::Offline, "\"offline\""),
-            (Mining::BatchHard, "\"batch_hard\""),
-            (Mining::SemiHard, "\"semi_hard\""),
-        ] {
-            assert_eq!(serde_json::to_string(&m).expect("json"), s);
-            assert_eq!(serde_json::from_str::<Mining>(s).expect("parse"), m);
-        }
+    fn mean_pairwise_cosine_of_known_sets() {
+        // Identical rows: 1. Orthogonal rows: 0. Opposite pair: −1.
+        let same = [0.6f32, 0.8, 0.6, 0.8, 0.6, 0.8];
+        assert!((mean_pairwise_cosine(&same, 2) - 1.0).abs() < 1e-6);
+        let ortho = [1f32, 0.0, 0.0, 1.0];
+        assert!(mean_pairwise_cosine(&ortho, 2).abs() < 1e-6);
+        let opposite = [1f32, 0.0, -1.0, 0.0];
+        assert!((mean_pairwise_cosine(&opposite, 2) + 1.0).abs() < 1e-6);
+        assert!(mean_pairwise_cosine(&[1.0, 0.0], 2).is_nan());
     }
 
     #[test]
-    fn miners_skip_anchors_without_positive_or_negative() {
-        // 0 and 1 share a label, 2 is alone; 3x3 distances.
-        let dist = [0.0, 1.0, 2.0, 1.0, 0.0, 3.0, 2.0, 3.0, 0.0];
-        let hard = mine_batch_hard(&dist, &[7, 7, 9]);
-        assert_eq!(hard.len(), 2);
-        assert_eq!(
-            hard[0],
-            Triplet {
-                anchor: 0,
-                positive: 1,
-                negative: 2
-            }
-        );
-        assert!(mine_batch_hard(&dist, &[1, 1, 1]).is_empty());
-        assert!(mine_semi_hard(&dist, &[1, 2, 3]).is_empty());
+    fn loss_kind_names_round_trip() {
+        for k in [
+            LossKind::NormSoftmax,
+            LossKind::ProxyAnchor,
+            LossKind::MultiSimilarity,
+            LossKind::Triplet,
+        ] {
+            assert_eq!(k.as_str().parse::<LossKind>(), Ok(k));
+            assert_eq!(
+                serde_json::to_string(&k).expect("json"),
+                format!("\"{}\"", k.as_str())
+            );
+        }
+        assert!("softmax".parse::<LossKind>().is_err());
     }
 }
