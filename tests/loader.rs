@@ -111,3 +111,62 @@ fn batches_are_member_major_and_drop_unreadable_groups() {
         .collect();
     assert_eq!(sizes, vec![6, 3, 3]);
 }
+
+#[test]
+fn augmentation_is_seeded_and_absent_without_a_seed() {
+    use vitrine::data::augment::AugmentConfig;
+    use vitrine::data::loader::load_batch_with;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let p = tmp.path().join("a.png");
+    // A picture with structure in every direction and colour.
+    image::RgbImage::from_fn(48, 40, |x, y| {
+        image::Rgb([(x * 5) as u8, (y * 6) as u8, ((x * y) % 251) as u8])
+    })
+    .save(&p)
+    .expect("save");
+    let groups = vec![
+        vec![ImageSpec {
+            path: p.clone(),
+            bbox: None,
+        }];
+        4
+    ];
+    let aug = AugmentConfig {
+        flip: 0.5,
+        ..AugmentConfig::default()
+    };
+    let plain = load_batch(&groups, &cfg(16));
+    let a = load_batch_with(&groups, &cfg(16), Some((aug, 7)));
+    let b = load_batch_with(&groups, &cfg(16), Some((aug, 7)));
+    let c = load_batch_with(&groups, &cfg(16), Some((aug, 8)));
+    assert_eq!(a.data, b.data, "same seed, same images");
+    assert_ne!(a.data, c.data, "another seed, other images");
+    assert_ne!(a.data, plain.data);
+    // The four copies of one file differ from each other (one stream per image)…
+    let one = 3 * 16 * 16;
+    assert_ne!(a.data[..one], a.data[one..2 * one]);
+    // …and without a seed every copy is the plain image, exactly as load_image gives.
+    let single = load_image(&groups[0][0], &cfg(16)).expect("load");
+    for copy in plain.data.chunks(one) {
+        assert_eq!(copy, single.as_slice());
+    }
+    // The decode threads do not change the result.
+    let one_thread = LoaderConfig {
+        workers: 1,
+        ..cfg(16)
+    };
+    let batches: Vec<_> =
+        Prefetcher::spawn_augmented(vec![(groups.clone(), Some(7))], one_thread, aug)
+            .expect("prefetch")
+            .collect();
+    assert_eq!(batches[0].data, a.data);
+    // Disabled augmentation is the plain image even with a seed.
+    let off = AugmentConfig {
+        enabled: false,
+        ..aug
+    };
+    assert_eq!(
+        load_batch_with(&groups, &cfg(16), Some((off, 7))).data,
+        plain.data
+    );
+}

@@ -16,7 +16,9 @@ use crossbeam_channel::{Receiver, bounded};
 use image::imageops::FilterType;
 use rayon::prelude::*;
 
+use super::augment::{self, AugmentConfig};
 use super::deepfashion::BBox;
+use crate::rng::Rng;
 
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
@@ -69,6 +71,15 @@ impl Batch {
 
 /// Decodes, crops, resizes and normalises one image to CHW `f32`.
 pub fn load_image(spec: &ImageSpec, cfg: &LoaderConfig) -> Result<Vec<f32>, LoadError> {
+    load_image_with(spec, cfg, None)
+}
+
+/// [`load_image`], augmented with draws from `rng` when `augment` is given.
+pub fn load_image_with(
+    spec: &ImageSpec,
+    cfg: &LoaderConfig,
+    augment: Option<(&AugmentConfig, &mut Rng)>,
+) -> Result<Vec<f32>, LoadError> {
     let unreadable = |message: String| LoadError::Unreadable {
         path: spec.path.clone(),
         message,
@@ -90,12 +101,29 @@ pub fn load_image(spec: &ImageSpec, cfg: &LoaderConfig) -> Result<Vec<f32>, Load
         }
         None => img,
     };
-    let img = if img.width() == cfg.size && img.height() == cfg.size {
-        img
-    } else {
-        image::imageops::resize(&img, cfg.size, cfg.size, FilterType::Triangle)
+    let Some((aug, rng)) = augment.filter(|(a, _)| a.enabled) else {
+        let img = if img.width() == cfg.size && img.height() == cfg.size {
+            img
+        } else {
+            image::imageops::resize(&img, cfg.size, cfg.size, FilterType::Triangle)
+        };
+        return Ok(normalize(&img));
     };
-    Ok(normalize(&img))
+    let img = augment::resized_crop(&img, cfg.size, aug, rng);
+    let plane = (cfg.size as usize).pow(2);
+    let mut chw = vec![0f32; 3 * plane];
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            chw[c * plane + i] = f32::from(px[c]) / 255.0;
+        }
+    }
+    augment::photometric(&mut chw, cfg.size as usize, aug, rng);
+    for (c, p) in chw.chunks_exact_mut(plane).enumerate() {
+        for v in p {
+            *v = (*v - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+        }
+    }
+    Ok(chw)
 }
 
 /// HWC `u8` RGB → CHW `f32` with ImageNet mean/std.
@@ -112,10 +140,34 @@ pub fn normalize(img: &image::RgbImage) -> Vec<f32> {
 
 /// Loads one batch of equally sized groups in parallel on the current rayon pool.
 pub fn load_batch(groups: &[Vec<ImageSpec>], cfg: &LoaderConfig) -> Batch {
+    load_batch_with(groups, cfg, None)
+}
+
+/// [`load_batch`], each image augmented from its own stream
+/// `Rng::derive(seed, [group, member])` when `augment` is given, so the result does
+/// not depend on the number of decode threads.
+pub fn load_batch_with(
+    groups: &[Vec<ImageSpec>],
+    cfg: &LoaderConfig,
+    augment: Option<(AugmentConfig, u64)>,
+) -> Batch {
     let members = groups.first().map_or(0, Vec::len);
     let decoded: Vec<Result<Vec<Vec<f32>>, LoadError>> = groups
         .par_iter()
-        .map(|g| g.iter().map(|s| load_image(s, cfg)).collect())
+        .enumerate()
+        .map(|(g, group)| {
+            group
+                .iter()
+                .enumerate()
+                .map(|(m, s)| match &augment {
+                    Some((aug, seed)) => {
+                        let mut rng = Rng::derive(*seed, &[g as u64, m as u64]);
+                        load_image_with(s, cfg, Some((aug, &mut rng)))
+                    }
+                    None => load_image(s, cfg),
+                })
+                .collect()
+        })
         .collect();
     let mut kept = Vec::new();
     let mut failed = Vec::new();
@@ -156,6 +208,16 @@ pub struct Prefetcher {
 
 impl Prefetcher {
     pub fn spawn(batches: Vec<Vec<Vec<ImageSpec>>>, cfg: LoaderConfig) -> Result<Self, LoadError> {
+        let plain = batches.into_iter().map(|b| (b, None)).collect();
+        Self::spawn_augmented(plain, cfg, AugmentConfig::default())
+    }
+
+    /// Batches with an augmentation seed each (`None`: not augmented).
+    pub fn spawn_augmented(
+        batches: Vec<(Vec<Vec<ImageSpec>>, Option<u64>)>,
+        cfg: LoaderConfig,
+        augment: AugmentConfig,
+    ) -> Result<Self, LoadError> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(cfg.workers)
             .thread_name(|i| format!("vitrine-decode-{i}"))
@@ -167,11 +229,12 @@ impl Prefetcher {
         let handle = std::thread::Builder::new()
             .name("vitrine-prefetch".into())
             .spawn(move || {
-                for groups in batches {
+                for (groups, seed) in batches {
                     if stop_thread.load(Ordering::Relaxed) {
                         break;
                     }
-                    let batch = pool.install(|| load_batch(&groups, &cfg));
+                    let augment = seed.map(|s| (augment, s));
+                    let batch = pool.install(|| load_batch_with(&groups, &cfg, augment));
                     if tx.send(batch).is_err() {
                         break;
                     }
