@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::data::deepfashion::GalleryProtocol;
-use crate::model::{Backbone, Mining};
+use crate::model::{Backbone, LossKind, Mining};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -167,9 +167,16 @@ pub struct TrainOverrides {
     /// Learning rate [default: train.lr].
     #[arg(long)]
     pub lr: Option<f64>,
-    /// offline | batch_hard | semi_hard [default: train.mining].
+    /// norm_softmax | proxy_anchor | multi_similarity | triplet [default: loss.kind].
+    #[arg(long)]
+    pub loss: Option<LossKind>,
+    /// Triplet miner: offline | batch_hard | semi_hard [default: loss.mining].
     #[arg(long, value_parser = parse_mining)]
     pub mining: Option<Mining>,
+    /// Stop after this wall-clock time with a checkpoint and a validation, e.g. 10m,
+    /// 1h30m, 600s [default: train.time_limit].
+    #[arg(long, value_name = "DURATION")]
+    pub time_limit: Option<String>,
     /// auto | cpu | cuda:N [default: train.device].
     #[arg(long)]
     pub device: Option<String>,
@@ -229,8 +236,8 @@ pub struct IndexArgs {
     /// Append the images under DIR to the existing index (no rebuild).
     #[arg(long, value_name = "DIR", conflicts_with_all = ["data", "images", "gallery"])]
     pub add: Option<PathBuf>,
-    /// best | last | PATH to a .safetensors file.
-    #[arg(long, default_value = "best")]
+    /// auto (best, else last) | best | last | PATH to a .safetensors file.
+    #[arg(long, default_value = "auto")]
     pub checkpoint: crate::index::CheckpointChoice,
     /// Gallery protocol: test | val+test [default: data.gallery].
     #[arg(long)]
@@ -254,8 +261,9 @@ pub struct SearchArgs {
     /// Number of results.
     #[arg(long, default_value_t = 20)]
     pub k: usize,
-    /// best | last | PATH (must be the checkpoint the index was built with).
-    #[arg(long, default_value = "best")]
+    /// auto (the checkpoint the index was built with) | best | last | PATH (must be
+    /// the checkpoint the index was built with).
+    #[arg(long, default_value = "auto")]
     pub checkpoint: crate::index::CheckpointChoice,
     /// Scan every gallery vector instead of the HNSW shortlist.
     #[arg(long)]
@@ -271,19 +279,23 @@ pub struct SearchArgs {
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// Run folder (config.toml, checkpoints).
-    #[arg(long, value_name = "DIR")]
-    pub run: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "raw_pixels")]
+    pub run: Option<PathBuf>,
     #[command(flatten)]
     pub data: DataArgs,
     /// Gallery protocol: test | val+test [default: data.gallery].
     #[arg(long)]
     pub gallery: Option<GalleryProtocol>,
-    /// best | last | PATH to a .safetensors file.
-    #[arg(long, default_value = "best", conflicts_with = "untrained")]
+    /// auto (best, else last) | best | last | PATH to a .safetensors file.
+    #[arg(long, default_value = "auto", conflicts_with_all = ["untrained", "raw_pixels"])]
     pub checkpoint: crate::index::CheckpointChoice,
     /// Evaluate the freshly initialised network (same seed): the baseline.
     #[arg(long)]
     pub untrained: bool,
+    /// Score plain cosine on the pixels (ImageNet-normalised, at the run's or
+    /// model.image_size), without any model: the floor a trained model must beat.
+    #[arg(long, conflicts_with = "untrained")]
+    pub raw_pixels: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

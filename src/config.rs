@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::augment::AugmentConfig;
 use crate::data::deepfashion::GalleryProtocol;
-use crate::model::{Backbone, EmbedderConfig, Mining};
+use crate::data::sampler::SamplerKind;
+use crate::model::{Backbone, EmbedderConfig, LossConfig, LossKind};
 use crate::train::optim::Schedule;
 use crate::tui::settings::{ImageMode, PlotMarker};
 
@@ -39,6 +41,8 @@ pub struct Config {
     pub synth: SynthConfig,
     pub model: ModelConfig,
     pub train: TrainConfig,
+    pub loss: LossConfig,
+    pub augment: AugmentConfig,
     pub index: IndexConfig,
     pub ui: UiConfig,
 }
@@ -51,6 +55,8 @@ impl Default for Config {
             synth: SynthConfig::default(),
             model: ModelConfig::default(),
             train: TrainConfig::default(),
+            loss: LossConfig::default(),
+            augment: AugmentConfig::default(),
             index: IndexConfig::default(),
             ui: UiConfig::default(),
         }
@@ -65,6 +71,8 @@ pub struct ModelConfig {
     pub embedding_dim: usize,
     pub dropout: f32,
     pub train_from_stage: usize,
+    /// BatchNorm on the embedding before its L2 normalisation.
+    pub bnneck: bool,
     /// Empty: random initialisation.
     pub pretrained: PathBuf,
 }
@@ -77,6 +85,7 @@ impl Default for ModelConfig {
             embedding_dim: 512,
             dropout: 0.1,
             train_from_stage: 0,
+            bnneck: true,
             pretrained: PathBuf::new(),
         }
     }
@@ -89,6 +98,7 @@ impl ModelConfig {
             embedding_dim: self.embedding_dim,
             dropout: self.dropout,
             train_from_stage: self.train_from_stage,
+            bnneck: self.bnneck,
         }
     }
 }
@@ -101,14 +111,20 @@ pub struct TrainConfig {
     pub batch: usize,
     pub lr: f64,
     pub weight_decay: f64,
-    pub margin: f32,
-    pub mining: Mining,
+    /// How batches are formed: P×K items × images, or the original's triplets.
+    pub sampler: SamplerKind,
+    /// P×K batches: items per batch, images per item, items per small category.
+    pub pk_items: usize,
+    pub pk_images: usize,
+    pub pk_per_category: usize,
     pub schedule: Schedule,
     pub warmup_steps: usize,
     pub grad_clip: f64,
     pub device: String,
     pub seed: u64,
     pub max_steps: usize,
+    /// Wall-clock budget (`"10m"`, `"1h30m"`, `"600s"`); empty = none.
+    pub time_limit: String,
     pub checkpoint_every: usize,
     pub val_queries: usize,
     pub threads: usize,
@@ -120,16 +136,19 @@ impl Default for TrainConfig {
             run: PathBuf::from("runs/demo"),
             epochs: 10,
             batch: 16,
-            lr: 1e-4,
+            lr: 1e-3,
             weight_decay: 1e-4,
-            margin: 0.5,
-            mining: Mining::BatchHard,
-            schedule: Schedule::Constant,
-            warmup_steps: 0,
+            sampler: SamplerKind::Auto,
+            pk_items: 16,
+            pk_images: 4,
+            pk_per_category: 2,
+            schedule: Schedule::Cosine,
+            warmup_steps: 50,
             grad_clip: 0.0,
             device: "auto".into(),
             seed: 42,
             max_steps: 0,
+            time_limit: String::new(),
             checkpoint_every: 100,
             val_queries: 0,
             threads: 0,
@@ -248,6 +267,8 @@ impl Config {
 
     /// Parses and validates `text`; `origin` names it in errors.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let migrated = migrate(text, origin);
+        let text = migrated.as_deref().unwrap_or(text);
         let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_string(),
             message: e.to_string().trim_end().to_string(),
@@ -261,6 +282,47 @@ impl Config {
                 reason,
             })?;
         Ok(config)
+    }
+
+    /// A run's own `config.toml`. Runs written before a model setting existed were
+    /// trained without it: such a key takes its old meaning (no BNNeck), not today's
+    /// default, so their checkpoints keep loading.
+    pub fn load_run(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Self::from_toml_str(&text, &path.display().to_string())?;
+        let has_model_key = |key: &str| {
+            toml::from_str::<toml::Table>(&text)
+                .ok()
+                .and_then(|t| t.get("model")?.as_table()?.get(key).cloned())
+                .is_some()
+        };
+        if !has_model_key("bnneck") {
+            config.model.bnneck = false;
+        }
+        Ok(config)
+    }
+
+    /// The batch sampler `train.sampler` resolves to: `auto` takes the original's
+    /// triplets for offline triplet loss (they are what it is defined on), else P×K.
+    pub fn sampler(&self) -> SamplerKind {
+        match self.train.sampler {
+            SamplerKind::Auto
+                if self.loss.kind == LossKind::Triplet
+                    && self.loss.mining == crate::model::Mining::Offline =>
+            {
+                SamplerKind::Triplets
+            }
+            SamplerKind::Auto => SamplerKind::Pk,
+            other => other,
+        }
+    }
+
+    /// `train.time_limit` as a duration (`None`: no limit).
+    pub fn time_limit(&self) -> Option<std::time::Duration> {
+        parse_duration(&self.train.time_limit).ok().flatten()
     }
 
     /// Checks ranges that types alone cannot; returns the dotted key at fault.
@@ -302,9 +364,32 @@ impl Config {
         if !(self.train.weight_decay >= 0.0 && self.train.weight_decay.is_finite()) {
             return fail("train.weight_decay", "must be zero or positive");
         }
-        if !(self.train.margin > 0.0 && self.train.margin.is_finite()) {
-            return fail("train.margin", "must be a positive number");
+        if self.train.pk_items < 2 {
+            return fail("train.pk_items", "must be at least 2 items per batch");
         }
+        if self.train.pk_images < 2 {
+            return fail(
+                "train.pk_images",
+                "must be at least 2 images per item (a positive pair)",
+            );
+        }
+        if self.train.pk_per_category == 0 {
+            return fail("train.pk_per_category", "must be at least 1");
+        }
+        if let Err(e) = parse_duration(&self.train.time_limit) {
+            return fail("train.time_limit", &e);
+        }
+        self.loss.validate()?;
+        if self.sampler() == SamplerKind::Pk
+            && self.loss.kind == LossKind::Triplet
+            && self.loss.mining == crate::model::Mining::Offline
+        {
+            return fail(
+                "train.sampler",
+                "offline triplets (loss.kind = \"triplet\", loss.mining = \"offline\") need train.sampler = \"triplets\" or \"auto\"",
+            );
+        }
+        self.augment.validate()?;
         if !(self.train.grad_clip >= 0.0 && self.train.grad_clip.is_finite()) {
             return fail("train.grad_clip", "must be zero (off) or positive");
         }
@@ -328,6 +413,78 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Moves keys of earlier versions to where they live now (`train.margin` and
+/// `train.mining` → `[loss]`, with `loss.kind = "triplet"`, the only loss there was);
+/// `None` when there is nothing to move. Unparsable text is left to the parser's
+/// error.
+fn migrate(text: &str, origin: &str) -> Option<String> {
+    let mut table: toml::Table = toml::from_str(text).ok()?;
+    let train = table.get_mut("train")?.as_table_mut()?;
+    let moved: Vec<(String, toml::Value)> = ["margin", "mining"]
+        .into_iter()
+        .filter_map(|k| train.remove(k).map(|v| (k.to_string(), v)))
+        .collect();
+    if moved.is_empty() {
+        return None;
+    }
+    tracing::warn!(
+        "{origin}: train.{} moved to [loss]; read as loss.kind = \"triplet\" with the same values",
+        moved
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>()
+            .join(", train.")
+    );
+    let loss = table
+        .entry("loss")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()?;
+    loss.entry("kind")
+        .or_insert_with(|| toml::Value::String("triplet".into()));
+    for (k, v) in moved {
+        loss.entry(k).or_insert(v);
+    }
+    toml::to_string(&table).ok()
+}
+
+/// Parses a duration such as `"10m"`, `"1h30m"`, `"90s"`, `"2h"` or plain seconds
+/// (`"600"`); empty or `"0"` means no limit.
+pub fn parse_duration(text: &str) -> Result<Option<std::time::Duration>, String> {
+    let t = text.trim();
+    if t.is_empty() || t == "0" {
+        return Ok(None);
+    }
+    let bad = || format!("`{t}` is not a duration: use e.g. 10m, 1h30m, 90s or 600");
+    if let Ok(secs) = t.parse::<f64>() {
+        return if secs > 0.0 && secs.is_finite() {
+            Ok(Some(std::time::Duration::from_secs_f64(secs)))
+        } else {
+            Err(bad())
+        };
+    }
+    let mut total = 0f64;
+    let mut number = String::new();
+    for ch in t.chars() {
+        if ch.is_ascii_digit() || ch == '.' {
+            number.push(ch);
+            continue;
+        }
+        let unit = match ch {
+            'h' => 3600.0,
+            'm' => 60.0,
+            's' => 1.0,
+            _ => return Err(bad()),
+        };
+        let value: f64 = number.parse().map_err(|_| bad())?;
+        total += value * unit;
+        number.clear();
+    }
+    if !(number.is_empty() && total > 0.0 && total.is_finite()) {
+        return Err(bad());
+    }
+    Ok(Some(std::time::Duration::from_secs_f64(total)))
 }
 
 /// 1-based line of `section.key` in a TOML text (plain `[section]` tables only).
@@ -378,6 +535,44 @@ mod tests {
         a.sort();
         b.sort();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn durations_parse_or_name_the_problem() {
+        use std::time::Duration;
+        assert_eq!(parse_duration(""), Ok(None));
+        assert_eq!(parse_duration("0"), Ok(None));
+        assert_eq!(parse_duration("10m"), Ok(Some(Duration::from_secs(600))));
+        assert_eq!(parse_duration("1h30m"), Ok(Some(Duration::from_secs(5400))));
+        assert_eq!(parse_duration("90s"), Ok(Some(Duration::from_secs(90))));
+        assert_eq!(parse_duration("600"), Ok(Some(Duration::from_secs(600))));
+        assert_eq!(parse_duration("1.5m"), Ok(Some(Duration::from_secs(90))));
+        for bad in ["10x", "m", "10m5", "-3", "1h-2m"] {
+            let e = parse_duration(bad).expect_err(bad);
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn old_triplet_keys_move_to_the_loss_section() {
+        let c = Config::from_toml_str(
+            "[train]\nmargin = 0.3\nmining = \"semi_hard\"\n",
+            "old.toml",
+        )
+        .expect("old config");
+        assert_eq!(c.loss.kind, LossKind::Triplet);
+        assert_eq!(c.loss.margin, 0.3);
+        assert_eq!(c.loss.mining, crate::model::Mining::SemiHard);
+        assert_eq!(c.sampler(), SamplerKind::Pk);
+        // The original's recipe is one setting away.
+        let c = Config::from_toml_str("[loss]\nkind = \"triplet\"\n", "x").expect("triplet");
+        assert_eq!(c.sampler(), SamplerKind::Triplets);
+        let e = Config::from_toml_str(
+            "[loss]\nkind = \"triplet\"\n[train]\nsampler = \"pk\"\n",
+            "x.toml",
+        )
+        .expect_err("offline on pk");
+        assert!(e.to_string().contains("train.sampler"), "{e}");
     }
 
     #[test]

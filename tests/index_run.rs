@@ -53,6 +53,7 @@ fn eval_job(t: &Trained, checkpoint: Option<CheckpointChoice>) -> EvalJob {
         data: t.data.clone(),
         protocol: GalleryProtocol::Test,
         checkpoint,
+        raw_pixels: None,
         settings: t.config.index.clone(),
         loader: t.config.data.clone(),
     }

@@ -20,6 +20,7 @@ fn cfg(backbone: Backbone, train_from_stage: usize) -> EmbedderConfig {
         embedding_dim: 512,
         dropout: 0.0,
         train_from_stage,
+        bnneck: false,
     }
 }
 
@@ -480,6 +481,7 @@ fn semi_hard_loss_hand_computed() {
     let loss = TripletLoss {
         margin: 0.5,
         mining: Mining::SemiHard,
+        soft_margin: false,
     };
     let four = emb.narrow(0, 0, 4).expect("four");
     let stats = loss.compute(&four, &labels[..4]).expect("loss");
@@ -550,6 +552,7 @@ fn sgd_steps_reduce_batch_hard_loss_on_a_toy_problem() {
     let loss_fn = TripletLoss {
         margin: 0.5,
         mining: Mining::BatchHard,
+        soft_margin: false,
     };
     let step_loss = |sgd: Option<&mut SGD>| {
         let emb = l2_normalize(&x.matmul(w.as_tensor()).expect("mm")).expect("l2");

@@ -325,3 +325,223 @@ fn bad_pretrained_weights_are_a_listed_error_and_runs_are_locked() {
         "{msg}"
     );
 }
+
+fn validated(events: &[TrainEvent]) -> Option<(usize, f64)> {
+    events.iter().find_map(|e| match e {
+        TrainEvent::Validated {
+            step, val_top20, ..
+        } => Some((*step, *val_top20)),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_time_limit_stops_with_a_validation_and_checkpoints() {
+    let data = common::synth_dataset(60, 64);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cfg = common::tiny_train_config();
+    cfg.train.epochs = 10_000;
+    cfg.train.time_limit = "3s".into();
+    let job = job(&data, &tmp.path().join("run"), cfg);
+    let (result, events) = run_collect(&job, &Control::new());
+    let outcome = result.expect("a time limit is a normal end");
+    assert_eq!(outcome.reason, StopReason::TimeLimit);
+    assert!(outcome.step > 0);
+    // It validated where it stopped (unless an epoch had just ended there), so best
+    // exists and holds that step or an earlier epoch's.
+    let epoch_end = events.iter().rev().find_map(|e| match e {
+        TrainEvent::Epoch { step, .. } => Some(*step),
+        _ => None,
+    });
+    if epoch_end != Some(outcome.step) {
+        assert_eq!(validated(&events).map(|v| v.0), Some(outcome.step));
+    }
+    let run = RunDir::new(&job.run);
+    assert_eq!(
+        read_meta(&run.checkpoint(CheckpointKind::Last))
+            .expect("last")
+            .step,
+        outcome.step
+    );
+    assert!(read_meta(&run.checkpoint(CheckpointKind::Best)).is_ok());
+    match events.last() {
+        Some(TrainEvent::Done {
+            reason: StopReason::TimeLimit,
+            best_val_top20,
+            ..
+        }) => assert!(best_val_top20.is_finite()),
+        other => panic!("last event {other:?}"),
+    }
+}
+
+#[test]
+fn index_works_right_after_a_max_steps_run() {
+    use vitrine::index::CheckpointChoice;
+    use vitrine::index::build::{Gallery, IndexJob, build};
+    let data = common::synth_dataset(60, 64);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cfg = common::tiny_train_config();
+    cfg.train.max_steps = 3;
+    cfg.train.epochs = 50;
+    let job = job(&data, &tmp.path().join("run"), cfg.clone());
+    let (result, events) = run_collect(&job, &Control::new());
+    assert_eq!(result.expect("train").reason, StopReason::MaxSteps);
+    assert_eq!(validated(&events).map(|v| v.0), Some(3));
+    let index = |run: &Path| {
+        build(
+            &IndexJob {
+                run: run.to_path_buf(),
+                checkpoint: CheckpointChoice::Auto,
+                gallery: Gallery::Dataset {
+                    root: data.clone(),
+                    protocol: vitrine::data::deepfashion::GalleryProtocol::Test,
+                },
+                settings: cfg.index.clone(),
+                data: cfg.data.clone(),
+            },
+            &mut |_, _| {},
+        )
+        .map_err(|e| e.to_string())
+    };
+    let report = index(&job.run).expect("index right after a short run");
+    assert!(report.count > 0);
+    assert!(
+        report.checkpoint.ends_with("best.safetensors"),
+        "{report:?}"
+    );
+
+    // A dataset without a val split never validates: no best, and `auto` takes last.
+    let noval = tmp.path().join("noval");
+    common::copy_dir(&data, &noval);
+    let partition = noval.join("Eval/list_eval_partition.txt");
+    let text = std::fs::read_to_string(&partition).expect("read");
+    std::fs::write(&partition, text.replace(" val\n", " train\n")).expect("write");
+    let job = TrainJob {
+        data: noval.clone(),
+        ..self::job(&noval, &tmp.path().join("run2"), cfg.clone())
+    };
+    let (result, events) = run_collect(&job, &Control::new());
+    result.expect("train");
+    assert!(validated(&events).is_none());
+    match events.last() {
+        Some(TrainEvent::Done { best_val_top20, .. }) => assert!(best_val_top20.is_nan()),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !RunDir::new(&job.run)
+            .checkpoint(CheckpointKind::Best)
+            .exists()
+    );
+    let report = index(&job.run).expect("index from last");
+    assert!(
+        report.checkpoint.ends_with("last.safetensors"),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn timm_style_pretrained_weights_load_and_frozen_stages_keep_them() {
+    use candle_core::{DType, Device, Tensor};
+    use std::collections::HashMap;
+    let data = common::synth_dataset(60, 64);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // "ImageNet" weights: another seed's backbone under torchvision/timm names, with
+    // the classifier (fc.*) and BatchNorm counters (i64) that such files carry.
+    let mut cfg = common::tiny_train_config();
+    let (_, donor) = Embedder::seeded(cfg.model.embedder(), &Device::Cpu, 99).expect("donor");
+    let mut tensors: HashMap<String, Tensor> = donor
+        .data()
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|(name, _)| !name.starts_with("head.") && !name.starts_with("neck."))
+        .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
+        .collect();
+    tensors.insert(
+        "fc.weight".into(),
+        Tensor::zeros((1000, 512), DType::F32, &Device::Cpu).expect("fc"),
+    );
+    tensors.insert(
+        "fc.bias".into(),
+        Tensor::zeros(1000, DType::F32, &Device::Cpu).expect("fc"),
+    );
+    tensors.insert(
+        "bn1.num_batches_tracked".into(),
+        Tensor::new(&[7i64], &Device::Cpu)
+            .expect("count")
+            .squeeze(0)
+            .expect("scalar"),
+    );
+    let file = tmp.path().join("model.safetensors");
+    candle_core::safetensors::save(&tensors, &file).expect("save");
+
+    cfg.model.pretrained = file;
+    cfg.model.train_from_stage = 5;
+    cfg.model.bnneck = true;
+    cfg.train.max_steps = 3;
+    let job = job(&data, &tmp.path().join("run"), cfg.clone());
+    run_collect(&job, &Control::new())
+        .0
+        .expect("train from pretrained");
+    let (_, trained) = Embedder::seeded(cfg.model.embedder(), &Device::Cpu, 0).expect("model");
+    checkpoint::load_full(
+        &trained,
+        &RunDir::new(&job.run).checkpoint(CheckpointKind::Last),
+    )
+    .expect("load");
+    let get = |name: &str| -> Vec<f32> {
+        trained.data().lock().expect("lock")[name]
+            .as_tensor()
+            .flatten_all()
+            .expect("flat")
+            .to_vec1()
+            .expect("values")
+    };
+    let file_values = |name: &str| -> Vec<f32> {
+        tensors[name]
+            .flatten_all()
+            .expect("flat")
+            .to_vec1()
+            .expect("values")
+    };
+    // Frozen stages hold the file's weights and statistics, exactly.
+    for name in [
+        "conv1.weight",
+        "layer1.0.conv1.weight",
+        "layer3.1.bn2.running_var",
+    ] {
+        assert_eq!(get(name), file_values(name), "{name}");
+    }
+    // layer4 trained away from them; the head and BNNeck exist.
+    assert_ne!(
+        get("layer4.1.conv2.weight"),
+        file_values("layer4.1.conv2.weight")
+    );
+    assert_eq!(get("neck.weight").len(), 512);
+}
+
+#[test]
+fn a_train_split_smaller_than_one_batch_trains_instead_of_panicking() {
+    let data = common::synth_dataset(12, 32);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (name, sampler) in [("pk", "pk"), ("triplets", "triplets")] {
+        let mut cfg = common::tiny_train_config();
+        cfg.train.pk_items = 64;
+        cfg.train.batch = 64;
+        cfg.train.sampler = match sampler {
+            "pk" => vitrine::data::sampler::SamplerKind::Pk,
+            _ => vitrine::data::sampler::SamplerKind::Triplets,
+        };
+        if sampler == "triplets" {
+            cfg.loss.kind = vitrine::model::LossKind::Triplet;
+        }
+        let job = job(&data, &tmp.path().join(name), cfg);
+        let (result, events) = run_collect(&job, &Control::new());
+        let outcome = result.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(outcome.step, 1, "{name}: one short batch per epoch");
+        assert!(
+            matches!(events.last(), Some(TrainEvent::Done { .. })),
+            "{name}"
+        );
+    }
+}

@@ -766,3 +766,72 @@ fn readme_lists_every_key() {
         assert!(readme.contains(&row), "README lacks the key row {row}");
     }
 }
+
+/// A collapse notice stays on the Train tab until the run recovers; a run stopped
+/// mid-epoch shows its validation as a row of its own; a run that never validated
+/// says so instead of reporting 0%.
+#[test]
+fn collapse_warning_partial_validation_and_no_validation() {
+    use vitrine::train::events::{NoticeKind, StopReason};
+    let mut events = fixture_events();
+    let done = events.pop().expect("done");
+    assert!(matches!(done, TrainEvent::Done { .. }));
+    events.push(TrainEvent::Notice {
+        step: 54,
+        message: "the embeddings are collapsing: mean cosine 0.991".into(),
+        kind: Some(NoticeKind::Collapse),
+    });
+    let mut app = App::new(options(false));
+    app.update(Action::Worker(WorkerEvent::Train(events.clone())));
+    let t = render(&app, 160, 48);
+    let text = screen_text(&t);
+    assert!(text.contains("⚠ the embeddings are collapsing"), "{text}");
+    assert!(has_colour(&t, Theme::default().error));
+    insta::assert_snapshot!("train_collapse_160x48", t.backend());
+
+    events.push(TrainEvent::Notice {
+        step: 60,
+        message: "the embeddings spread again".into(),
+        kind: Some(NoticeKind::CollapseCleared),
+    });
+    events.push(TrainEvent::Validated {
+        step: 61,
+        epoch: 3,
+        val_loss: 0.41,
+        val_top1: 0.2,
+        val_top20: 0.987,
+        val_map_at_r: 0.2,
+        seconds: 1.0,
+    });
+    events.push(TrainEvent::Done {
+        step: 61,
+        epoch: 3,
+        reason: StopReason::TimeLimit,
+        best_val_top20: 0.987,
+        seconds: 40.0,
+    });
+    let mut app = App::new(options(false));
+    app.update(Action::Worker(WorkerEvent::Train(events)));
+    let text = screen_text(&render(&app, 160, 48));
+    assert!(!text.contains('⚠'), "{text}");
+    assert!(text.contains("step 61 *"), "{text}");
+    assert!(text.contains("98.7%"), "{text}");
+    assert!(text.contains("time limit reached after"), "{text}");
+
+    // Started, a few steps, done: no validation ran.
+    let started = fixture_events().into_iter().next().expect("started");
+    let mut app = App::new(options(false));
+    app.update(Action::Worker(WorkerEvent::Train(vec![
+        started,
+        TrainEvent::Done {
+            step: 3,
+            epoch: 0,
+            reason: StopReason::MaxSteps,
+            best_val_top20: f64::NAN,
+            seconds: 3.0,
+        },
+    ])));
+    let text = screen_text(&render(&app, 160, 48));
+    assert!(text.contains("no validation ran"), "{text}");
+    assert!(!text.contains("best val top-20 0.0%"), "{text}");
+}

@@ -285,8 +285,9 @@ fn train(config: &Config, args: &BenchModelArgs) -> anyhow::Result<()> {
         .collect();
     let mut opt = AdamW::new(named, config.train.weight_decay)?;
     let loss = TripletLoss {
-        margin: config.train.margin,
+        margin: config.loss.margin,
         mining: Mining::Offline,
+        soft_margin: false,
     };
     let x = random_batch(3 * args.batch, args.image_size, &device)?;
     let labels: Vec<u64> = (0..3 * args.batch as u64).collect();

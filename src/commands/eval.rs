@@ -10,8 +10,14 @@ use crate::progress::Progress;
 pub fn run(config: &Config, args: &EvalArgs) -> anyhow::Result<()> {
     let mut loader = config.data.clone();
     loader.strict |= args.data.strict;
+    let run = args.run.clone().unwrap_or_default();
+    let raw_pixels = args.raw_pixels.then(|| {
+        // The run's own input size when there is a run, else the configured one.
+        crate::index::model::run_config(&run)
+            .map_or(config.model.image_size, |c| c.model.image_size)
+    });
     let job = EvalJob {
-        run: args.run.clone(),
+        run: run.clone(),
         data: args
             .data
             .data
@@ -19,6 +25,7 @@ pub fn run(config: &Config, args: &EvalArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| config.data.root.clone()),
         protocol: args.gallery.unwrap_or(config.data.gallery),
         checkpoint: (!args.untrained).then(|| args.checkpoint.clone()),
+        raw_pixels,
         settings: config.index.clone(),
         loader,
     };
@@ -43,7 +50,13 @@ pub fn run(config: &Config, args: &EvalArgs) -> anyhow::Result<()> {
             bar.set(done, "");
         }
     })
-    .with_context(|| format!("evaluating run {}", args.run.display()))?;
+    .with_context(|| {
+        if args.raw_pixels {
+            "evaluating raw pixels".to_string()
+        } else {
+            format!("evaluating run {}", run.display())
+        }
+    })?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -55,7 +68,11 @@ pub fn run(config: &Config, args: &EvalArgs) -> anyhow::Result<()> {
 fn render(r: &EvalReport) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let _ = writeln!(out, "model {} (weights {})", r.model, r.fingerprint);
+    if r.fingerprint.is_empty() {
+        let _ = writeln!(out, "model {}", r.model);
+    } else {
+        let _ = writeln!(out, "model {} (weights {})", r.model, r.fingerprint);
+    }
     let _ = writeln!(
         out,
         "protocol {}: {} queries vs {} gallery images{}",
@@ -68,8 +85,14 @@ fn render(r: &EvalReport) -> String {
             String::new()
         }
     );
-    let ks: Vec<String> = r
+    // Keys are strings ("1", "10", "20", "5"…) for JSON: print them in numeric order.
+    let mut top: Vec<(usize, f64)> = r
         .top_k
+        .iter()
+        .filter_map(|(k, v)| Some((k.parse().ok()?, *v)))
+        .collect();
+    top.sort_by_key(|(k, _)| *k);
+    let ks: Vec<String> = top
         .iter()
         .map(|(k, v)| format!("top-{k} {:.1}%", v * 100.0))
         .collect();

@@ -77,7 +77,7 @@ fn print_report(r: &IndexReport) {
         println!("{} unreadable images skipped (see the log)", r.unreadable);
     }
     println!(
-        "index {}: {} vectors of {} dims ({} added; embedding {:.1} s, graph {:.1} s, self-recall {:.4}), weights {}",
+        "index {}: {} vectors of {} dims ({} added; embedding {:.1} s, graph {:.1} s, self-recall {:.4}), weights {} ({})",
         r.dir.display(),
         r.count,
         r.dim,
@@ -85,6 +85,7 @@ fn print_report(r: &IndexReport) {
         r.embed_seconds,
         r.graph_seconds,
         r.self_recall,
-        r.fingerprint
+        r.fingerprint,
+        r.checkpoint
     );
 }

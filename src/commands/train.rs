@@ -29,8 +29,16 @@ pub fn apply_overrides(config: &Config, o: &TrainOverrides) -> anyhow::Result<Co
     if let Some(v) = o.lr {
         c.train.lr = v;
     }
+    if let Some(v) = o.loss {
+        c.loss.kind = v;
+    }
     if let Some(v) = o.mining {
-        c.train.mining = v;
+        // Asking for a miner asks for the loss it belongs to.
+        c.loss.kind = crate::model::LossKind::Triplet;
+        c.loss.mining = v;
+    }
+    if let Some(v) = &o.time_limit {
+        c.train.time_limit.clone_from(v);
     }
     if let Some(v) = &o.device {
         c.train.device.clone_from(v);
@@ -79,9 +87,9 @@ pub fn run_job(job: &TrainJob, json: bool) -> anyhow::Result<()> {
     .with_context(|| format!("training run {}", job.run.display()))?;
     if !json {
         eprintln!(
-            "run {}: stopped ({:?}) at step {}; best val top-20 {}",
+            "run {}: {} at step {}; best val top-20 {}",
             job.run.display(),
-            outcome.reason,
+            outcome.reason.describe(),
             outcome.step,
             outcome
                 .best_val_top20
@@ -118,6 +126,7 @@ impl EventPrinter {
                 backbone,
                 image_size,
                 batch,
+                batch_images,
                 total_steps,
                 start_step,
                 train_triplets,
@@ -125,14 +134,29 @@ impl EventPrinter {
                 val_gallery,
                 trainable_params,
                 epochs,
+                loss,
                 mining,
+                sampler,
                 ..
             } => {
                 self.epochs = *epochs;
+                let batches = if sampler == "pk" {
+                    format!(
+                        "{train_triplets} items/epoch in P×K batches of {batch} items × {} images",
+                        batch_images / (*batch).max(1)
+                    )
+                } else {
+                    format!("{train_triplets} triplets/epoch in batches of {batch}")
+                };
+                let loss = if loss == "triplet" {
+                    format!("triplet loss, {mining} mining")
+                } else {
+                    format!("{loss} loss")
+                };
                 eprintln!(
                     "training {run}: {backbone} at {image_size} px on {device}, {trainable_params} trainable parameters, \
-                     {train_triplets} triplets/epoch in batches of {batch} ({mining} mining), \
-                     val {val_queries} queries vs {val_gallery} gallery; steps {start_step}..{total_steps} (warming up)"
+                     {batches}, {loss}, val {val_queries} queries vs {val_gallery} gallery; \
+                     steps {start_step}..{total_steps} (warming up)"
                 );
                 let mut p = Progress::new("train", *total_steps, true);
                 p.set(*start_step, "");
@@ -143,20 +167,36 @@ impl EventPrinter {
                 epoch,
                 loss,
                 active,
-                triplets_per_s,
+                spread,
+                images_per_s,
                 ..
             } => {
                 if let Some(p) = &mut self.progress {
                     p.set(
                         *step,
                         &format!(
-                            "epoch {} loss {loss:.4} active {:.0}% {triplets_per_s:.1} triplets/s",
+                            "epoch {} loss {loss:.4} active {:.0}% cos {:.2} {:.0} img/s",
                             epoch + 1,
-                            active * 100.0
+                            active * 100.0,
+                            spread.unwrap_or(f32::NAN),
+                            images_per_s.unwrap_or(f32::NAN),
                         ),
                     );
                 }
             }
+            TrainEvent::Validated {
+                step,
+                val_loss,
+                val_top1,
+                val_top20,
+                val_map_at_r,
+                seconds,
+                ..
+            } => eprintln!(
+                "\nstopped at step {step}, validated: val loss {val_loss:.4}, val top-1 {:.1}%, top-20 {:.1}%, MAP@R {val_map_at_r:.3} ({seconds:.0} s)",
+                val_top1 * 100.0,
+                val_top20 * 100.0
+            ),
             TrainEvent::Epoch {
                 epoch,
                 train_loss,

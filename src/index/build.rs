@@ -89,6 +89,8 @@ pub struct IndexReport {
     pub graph_seconds: f64,
     pub self_recall: f64,
     pub fingerprint: String,
+    /// The checkpoint file the vectors were embedded with.
+    pub checkpoint: String,
     pub source: SourceRecord,
 }
 
@@ -310,6 +312,7 @@ pub fn build(
         graph_seconds,
         self_recall,
         fingerprint: header.fingerprint,
+        checkpoint: header.checkpoint,
         source,
     })
 }
@@ -366,6 +369,7 @@ pub fn add(
             graph_seconds: 0.0,
             self_recall: old.header.graph.self_recall,
             fingerprint: old.header.fingerprint,
+            checkpoint: old.header.checkpoint,
             source,
         });
     }
@@ -402,6 +406,7 @@ pub fn add(
         graph_seconds,
         self_recall: written.graph.self_recall,
         fingerprint: written.fingerprint,
+        checkpoint: written.checkpoint,
         source,
     })
 }

@@ -11,12 +11,13 @@ use serde::Serialize;
 
 use super::build::{BuildError, embed_to_matrix};
 use super::model::{CheckpointChoice, load_model};
+use super::npy::Matrix;
 use super::rerank::{VectorIndex, recall_at_k};
 use super::search::params_of;
 use super::store::build_graph;
 use crate::config::{DataConfig, IndexConfig};
 use crate::data::deepfashion::{Dataset, GalleryProtocol, LoadOptions, Split};
-use crate::data::loader::LoaderConfig;
+use crate::data::loader::{ImageSpec, LoaderConfig, Prefetcher};
 use crate::eval::{self, REPORTED_K};
 use crate::index::hnsw::GraphParams;
 
@@ -30,6 +31,10 @@ pub struct EvalJob {
     pub protocol: GalleryProtocol,
     /// `None`: the untrained network (seeded with the run's `train.seed`).
     pub checkpoint: Option<CheckpointChoice>,
+    /// Instead of a model, the pixels themselves at this side (ImageNet-normalised,
+    /// as the network sees them) as the embedding: the floor any model must beat.
+    /// The run is not read.
+    pub raw_pixels: Option<u32>,
     pub settings: IndexConfig,
     pub loader: DataConfig,
 }
@@ -59,7 +64,6 @@ pub fn evaluate(
     job: &EvalJob,
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<EvalReport, BuildError> {
-    let model = load_model(&job.run, job.checkpoint.as_ref())?;
     let ds = Dataset::open(
         &job.data,
         LoadOptions {
@@ -85,27 +89,29 @@ pub fn evaluate(
             job.data.display()
         )));
     }
+    let model = match job.raw_pixels {
+        Some(_) => None,
+        None => Some(load_model(&job.run, job.checkpoint.as_ref())?),
+    };
     let loader = LoaderConfig {
-        size: model.config.model.image_size,
+        size: model
+            .as_ref()
+            .map_or(job.raw_pixels.unwrap_or(64), |m| m.config.model.image_size),
         crop: job.loader.crop,
         workers: job.loader.workers,
         prefetch: job.loader.prefetch,
     };
     let specs = |imgs: &[usize]| imgs.iter().map(|&i| ds.spec(i)).collect::<Vec<_>>();
-    let (qv, q_kept, q_bad) = embed_to_matrix(
-        &model,
-        &specs(&queries),
-        loader,
-        job.settings.batch,
-        &mut |d, t| progress("queries", d, t),
-    )?;
-    let (gv, g_kept, g_bad) = embed_to_matrix(
-        &model,
-        &specs(&gallery),
-        loader,
-        job.settings.batch,
-        &mut |d, t| progress("gallery", d, t),
-    )?;
+    let mut embed = |what: &str, imgs: &[usize]| match &model {
+        Some(m) => embed_to_matrix(m, &specs(imgs), loader, job.settings.batch, &mut |d, t| {
+            progress(what, d, t);
+        }),
+        None => pixels_to_matrix(&specs(imgs), loader, job.settings.batch, &mut |d, t| {
+            progress(what, d, t);
+        }),
+    };
+    let (qv, q_kept, q_bad) = embed("queries", &queries)?;
+    let (gv, g_kept, g_bad) = embed("gallery", &gallery)?;
     if gv.rows == 0 || qv.rows == 0 {
         return Err(BuildError::Empty(
             "no query or gallery image could be read".into(),
@@ -154,12 +160,54 @@ pub fn evaluate(
             .collect(),
         map_at_r: retrieval.map_at_r,
         index_recall_at_k: recall_at_k(&approx, &exact, INDEX_RECALL_K),
-        model: model
-            .checkpoint
-            .as_deref()
-            .map_or_else(|| "untrained".into(), |p| p.display().to_string()),
-        fingerprint: model.fingerprint,
+        model: match &model {
+            Some(m) => m
+                .checkpoint
+                .as_deref()
+                .map_or_else(|| "untrained".into(), |p| p.display().to_string()),
+            None => format!("raw pixels at {} px", loader.size),
+        },
+        fingerprint: model.map(|m| m.fingerprint).unwrap_or_default(),
         unreadable: q_bad + g_bad,
         without_match: retrieval.without_match,
     })
+}
+
+/// Unit rows of the loader's normalised pixels (`3·size²` dims), for the raw-pixel
+/// baseline: `(matrix, kept indices, unreadable count)`.
+fn pixels_to_matrix(
+    specs: &[ImageSpec],
+    loader: LoaderConfig,
+    batch: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(Matrix, Vec<usize>, usize), BuildError> {
+    let batch = batch.max(1);
+    let dim = 3 * (loader.size as usize).pow(2);
+    let groups = specs
+        .chunks(batch)
+        .map(|c| c.iter().map(|s| vec![s.clone()]).collect())
+        .collect();
+    let (mut data, mut kept, mut bad, mut done) = (Vec::new(), Vec::new(), 0, 0);
+    let loaded_batches = Prefetcher::spawn(groups, loader)
+        .map_err(|e| BuildError::Embed(crate::index::embed::EmbedError::Load(e)))?;
+    for (b, loaded) in loaded_batches.enumerate() {
+        done += loaded.kept.len() + loaded.failed.len();
+        kept.extend(loaded.kept.iter().map(|k| b * batch + k));
+        for f in &loaded.failed {
+            tracing::warn!("{f}");
+        }
+        bad += loaded.failed.len();
+        for row in loaded.data.chunks_exact(dim) {
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            data.extend(row.iter().map(|v| v / norm));
+        }
+        progress(done, specs.len());
+    }
+    let rows = kept.len();
+    let m = Matrix::new(rows, dim, data).ok_or_else(|| {
+        BuildError::Candle(candle_core::Error::Msg(format!(
+            "pixel rows are not {rows} × {dim}"
+        )))
+    })?;
+    Ok((m, kept, bad))
 }

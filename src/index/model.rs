@@ -35,7 +35,9 @@ pub enum ModelError {
 /// Which weights to use: the run's `best` or `last` checkpoint, or a file.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum CheckpointChoice {
+    /// `best`, else `last` (a run that never validated has no `best`).
     #[default]
+    Auto,
     Best,
     Last,
     Path(PathBuf),
@@ -45,6 +47,7 @@ impl FromStr for CheckpointChoice {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s {
+            "auto" => Self::Auto,
             "best" => Self::Best,
             "last" => Self::Last,
             "" => return Err("empty checkpoint: expected best, last or a file path".into()),
@@ -56,6 +59,7 @@ impl FromStr for CheckpointChoice {
 impl fmt::Display for CheckpointChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::Auto => f.write_str("auto"),
             Self::Best => f.write_str("best"),
             Self::Last => f.write_str("last"),
             Self::Path(p) => write!(f, "{}", p.display()),
@@ -67,6 +71,14 @@ impl CheckpointChoice {
     /// The safetensors file this choice names in `run`.
     pub fn path(&self, run: &RunDir) -> PathBuf {
         match self {
+            Self::Auto => {
+                let best = run.checkpoint(CheckpointKind::Best);
+                if best.is_file() {
+                    best
+                } else {
+                    run.checkpoint(CheckpointKind::Last)
+                }
+            }
             Self::Best => run.checkpoint(CheckpointKind::Best),
             Self::Last => run.checkpoint(CheckpointKind::Last),
             Self::Path(p) => p.clone(),
@@ -106,7 +118,7 @@ pub fn run_config(run: &Path) -> Result<Config, ModelError> {
             run: run.to_path_buf(),
         });
     }
-    Ok(Config::load(Some(&path))?)
+    Ok(Config::load_run(&path)?)
 }
 
 /// Builds the run's embedder and loads `checkpoint` into it; `None` keeps the seeded
@@ -135,6 +147,11 @@ pub fn load_model(
             if !path.is_file() {
                 let hint = match choice {
                     CheckpointChoice::Path(_) => String::new(),
+                    CheckpointChoice::Auto => format!(
+                        ": run {} has no checkpoint yet (train it with `vitrine train --run {}`)",
+                        run.display(),
+                        run.display()
+                    ),
                     _ => format!(
                         ": run {} has no {choice} checkpoint yet (train it with `vitrine train --run {}`, or pick --checkpoint last|PATH)",
                         run.display(),
@@ -142,6 +159,12 @@ pub fn load_model(
                     ),
                 };
                 return Err(ModelError::NoCheckpoint { path, hint });
+            }
+            if *choice == CheckpointChoice::Auto && path == dir.checkpoint(CheckpointKind::Last) {
+                tracing::warn!(
+                    "run {} has no best checkpoint (it never validated); using its last one",
+                    run.display()
+                );
             }
             checkpoint::load_full(&varmap, &path)?;
             Some(path)

@@ -81,6 +81,14 @@ impl Searcher {
     pub fn open(run: &Path, checkpoint: &CheckpointChoice) -> Result<Self, SearchError> {
         let dir = RunDir::new(run).index_dir();
         let header = store::read_header(&dir)?;
+        // `auto` means the weights the index was built with, while they exist.
+        let recorded = PathBuf::from(&header.checkpoint);
+        let checkpoint = match checkpoint {
+            CheckpointChoice::Auto if !header.checkpoint.is_empty() && recorded.is_file() => {
+                &CheckpointChoice::Path(recorded)
+            }
+            c => c,
+        };
         let model = load_model(run, Some(checkpoint))?;
         let model_dim = model.embedder.config().embedding_dim;
         if header.dim != model_dim {

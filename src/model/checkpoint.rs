@@ -145,8 +145,9 @@ pub fn load_pretrained_backbone(
     load(varmap, path, true)
 }
 
+/// The embedder's own layers after the backbone, which ImageNet files do not have.
 fn is_head(name: &str) -> bool {
-    name.starts_with("head.")
+    name.starts_with("head.") || name.starts_with("neck.")
 }
 
 fn load(varmap: &VarMap, path: &Path, backbone_only: bool) -> Result<LoadReport, CheckpointError> {

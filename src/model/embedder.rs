@@ -1,12 +1,18 @@
 //! The image embedder: ResNet backbone → global average pool → dropout (training
-//! only) → `Linear(feature_dim, embedding_dim)` named `head.*` → L2 normalisation.
+//! only) → `Linear(feature_dim, embedding_dim)` named `head.*` → optional BatchNorm
+//! `neck.*` (BNNeck) → L2 normalisation.
+//!
+//! BNNeck (Luo et al. 2019, "Bag of Tricks … for Person Re-identification") centres
+//! and scales every embedding dimension over the batch before the normalisation, so
+//! the unit vectors spread over the sphere instead of crowding around one mean
+//! direction — the start of a collapse.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Device, Module, ModuleT, Result, Tensor, Var};
-use candle_nn::{Linear, VarBuilder, VarMap};
+use candle_nn::{BatchNorm, BatchNormConfig, Linear, VarBuilder, VarMap};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +37,15 @@ pub struct EmbedderConfig {
     /// First trainable stage: 0/1 everything, 2 stem frozen, …, 5 only `layer4` and the
     /// head, 6 only the head (see `model::resnet`).
     pub train_from_stage: usize,
+    /// BatchNorm before the L2 normalisation. Left out of the serialised form when
+    /// off, so runs made before it existed keep their configuration hash.
+    #[serde(skip_serializing_if = "is_false")]
+    pub bnneck: bool,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Default for EmbedderConfig {
@@ -42,6 +57,7 @@ impl Default for EmbedderConfig {
             embedding_dim: 512,
             dropout: 0.5,
             train_from_stage: 5,
+            bnneck: false,
         }
     }
 }
@@ -70,6 +86,7 @@ pub struct Embedder {
     cfg: EmbedderConfig,
     backbone: ResNet,
     head: Linear,
+    neck: Option<BatchNorm>,
     /// `(seed, position)` of the dropout mask stream: masks come from
     /// [`crate::rng::Rng`] (Candle's CPU generator cannot be seeded), so a seeded run —
     /// and a resumed one, which sets the position to its step — is reproducible.
@@ -87,10 +104,20 @@ impl Embedder {
         }
         let backbone = ResNet::new(cfg.resnet(), vb.clone())?;
         let head = candle_nn::linear(backbone.feature_dim(), cfg.embedding_dim, vb.pp("head"))?;
+        let neck = if cfg.bnneck {
+            Some(candle_nn::batch_norm(
+                cfg.embedding_dim,
+                BatchNormConfig::default(),
+                vb.pp("neck"),
+            )?)
+        } else {
+            None
+        };
         Ok(Self {
             cfg,
             backbone,
             head,
+            neck,
             dropout_stream: Arc::new((AtomicU64::new(0), AtomicU64::new(0))),
         })
     }
@@ -196,6 +223,11 @@ impl ModuleT for Embedder {
             pooled
         };
         let ys = self.head.forward(&pooled)?;
+        let ys = match &self.neck {
+            // Batch statistics need two rows; a single image uses the running ones.
+            Some(bn) => bn.forward_t(&ys, train && ys.dim(0)? > 1)?,
+            None => ys,
+        };
         l2_normalize(&ys)
     }
 }

@@ -89,12 +89,13 @@ pub struct ResNetConfig {
 }
 
 /// The stage (module docs) a parameter name belongs to: `conv1.*`/`bn1.*` → 1,
-/// `layerK.*` → K + 1, `head.*` → 6; `None` for any other name.
+/// `layerK.*` → K + 1, `head.*` and `neck.*` (the embedder's) → 6; `None` for any
+/// other name.
 pub fn stage_of(name: &str) -> Option<usize> {
     let first = name.split('.').next().unwrap_or_default();
     match first {
         "conv1" | "bn1" => Some(STEM_STAGE),
-        "head" => Some(HEAD_STAGE),
+        "head" | "neck" => Some(HEAD_STAGE),
         _ => {
             let k: usize = first.strip_prefix("layer")?.parse().ok()?;
             (1..=4).contains(&k).then_some(k + 1)
@@ -112,9 +113,13 @@ pub fn is_running_stat(name: &str) -> bool {
 
 /// Whether the optimizer should receive the variable `name` when training from
 /// `train_from_stage`: a parameter (not a running statistic) of a stage
-/// `>= train_from_stage`. Unknown names are not trainable.
+/// `>= train_from_stage`. Unknown names are not trainable, nor is the BNNeck's shift
+/// `neck.bias`: as in Luo et al., it stays zero, so the neck cannot move every
+/// embedding towards one shared direction.
 pub fn is_trainable(name: &str, train_from_stage: usize) -> bool {
-    !is_running_stat(name) && stage_of(name).is_some_and(|s| s >= train_from_stage)
+    !is_running_stat(name)
+        && name != "neck.bias"
+        && stage_of(name).is_some_and(|s| s >= train_from_stage)
 }
 
 /// The stem's 3×3, stride-2, padding-1 max-pool for **non-negative** input (it follows

@@ -19,7 +19,17 @@ pub enum TrainEvent {
         /// First step this process runs (non-zero when resumed).
         start_step: usize,
         resumed: bool,
+        /// `loss.kind` (`triplet` in runs made before there was a choice).
+        #[serde(default = "triplet")]
+        loss: String,
+        /// `loss.mining`; only meaningful for the triplet loss.
         mining: String,
+        /// The batch sampler: `pk` or `triplets`.
+        #[serde(default)]
+        sampler: String,
+        /// Images per step.
+        #[serde(default)]
+        batch_images: usize,
         params: usize,
         trainable_params: usize,
         train_triplets: usize,
@@ -56,8 +66,15 @@ pub enum TrainEvent {
         lr: f64,
         #[serde(deserialize_with = "nan_if_null::f32")]
         grad_norm: f32,
+        /// Mean cosine between the batch's embeddings: near 1 is a collapse (absent
+        /// in logs written before it was recorded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        spread: Option<f32>,
         #[serde(deserialize_with = "nan_if_null::f32")]
         triplets_per_s: f32,
+        /// Training images per second (3 per triplet, P·K per P×K batch).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        images_per_s: Option<f32>,
         #[serde(deserialize_with = "nan_if_null::f64")]
         elapsed_s: f64,
     },
@@ -78,18 +95,41 @@ pub enum TrainEvent {
         #[serde(deserialize_with = "nan_if_null::f64")]
         seconds: f64,
     },
+    /// A validation outside the end of an epoch: the one a run makes when it stops
+    /// early (time limit, max steps, a stop request), so it always has a `best`.
+    Validated {
+        step: usize,
+        epoch: usize,
+        #[serde(deserialize_with = "nan_if_null::f32")]
+        val_loss: f32,
+        #[serde(deserialize_with = "nan_if_null::f64")]
+        val_top1: f64,
+        #[serde(deserialize_with = "nan_if_null::f64")]
+        val_top20: f64,
+        #[serde(deserialize_with = "nan_if_null::f64")]
+        val_map_at_r: f64,
+        #[serde(deserialize_with = "nan_if_null::f64")]
+        seconds: f64,
+    },
     Checkpoint {
         step: usize,
         epoch: usize,
         kind: CheckpointKind,
         path: String,
     },
-    /// Something the user should know that does not stop training.
-    Notice { step: usize, message: String },
+    /// Something the user should know that does not stop training; `kind` tells
+    /// the dashboard which ones to keep on screen (`collapse`).
+    Notice {
+        step: usize,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<NoticeKind>,
+    },
     Done {
         step: usize,
         epoch: usize,
         reason: StopReason,
+        /// NaN (`null`) when no validation ran.
         #[serde(deserialize_with = "nan_if_null::f64")]
         best_val_top20: f64,
         #[serde(deserialize_with = "nan_if_null::f64")]
@@ -118,6 +158,33 @@ pub enum StopReason {
     MaxSteps,
     /// Stopped on request (Ctrl-C, the dashboard's stop key).
     Interrupted,
+    /// `--time-limit` reached.
+    TimeLimit,
+}
+
+impl StopReason {
+    /// How a person would say it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Finished => "finished",
+            Self::MaxSteps => "max steps reached",
+            Self::Interrupted => "stopped",
+            Self::TimeLimit => "time limit reached",
+        }
+    }
+}
+
+/// Notices the dashboard treats specially.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeKind {
+    /// The embeddings are collapsing (or have recovered: `collapse_cleared`).
+    Collapse,
+    CollapseCleared,
+}
+
+fn triplet() -> String {
+    "triplet".into()
 }
 
 impl TrainEvent {

@@ -244,14 +244,27 @@ pub fn learning_rate(
     step: usize,
     total: usize,
 ) -> f64 {
+    let span = total.saturating_sub(warmup).max(1) as f64;
+    let progress = (step - warmup.min(step)) as f64 / span;
+    learning_rate_at(base, schedule, warmup, step, progress)
+}
+
+/// Learning rate at `step` during warm-up, else at `progress` (0..=1) through the
+/// schedule after it.
+pub fn learning_rate_at(
+    base: f64,
+    schedule: Schedule,
+    warmup: usize,
+    step: usize,
+    progress: f64,
+) -> f64 {
     if warmup > 0 && step < warmup {
         return base * (step + 1) as f64 / warmup as f64;
     }
     match schedule {
         Schedule::Constant => base,
         Schedule::Cosine => {
-            let span = total.saturating_sub(warmup).max(1) as f64;
-            let progress = ((step - warmup.min(step)) as f64 / span).min(1.0);
+            let progress = progress.clamp(0.0, 1.0);
             base * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
         }
     }

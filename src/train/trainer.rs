@@ -15,21 +15,25 @@ use candle_core::{Device, Tensor};
 use candle_nn::{ModuleT, VarMap};
 use serde::{Deserialize, Serialize};
 
+use super::collapse::{CollapseChange, CollapseMonitor, StepSignals};
 use super::device::{self, parse_device};
-use super::events::{CheckpointKind, StopReason, TrainEvent};
+use super::events::{CheckpointKind, NoticeKind, StopReason, TrainEvent};
 use super::metrics_log::{MetricsError, MetricsWriter};
-use super::optim::{AdamW, clip_grad_norm, learning_rate};
+use super::optim::{AdamW, clip_grad_norm, learning_rate_at};
 use super::run_dir::{ControlRequest, RunDir, RunError, RunLock};
 use crate::config::Config;
 use crate::data::deepfashion::{Dataset, DatasetError, LoadOptions, Source, Split};
-use crate::data::loader::{ImageSpec, LoadError, LoaderConfig, Prefetcher};
+use crate::data::loader::{LoadError, LoaderConfig, Prefetcher};
+use crate::data::sampler::{self, BatchSampler, PkConfig, PkSampler, SamplerKind};
 use crate::data::triplets::{TripletError, TripletSampler};
 use crate::eval::{self, Retrieval};
 use crate::fsutil::{fnv1a64, write_bytes_atomic};
 use crate::index::embed::{EmbedError, embed_images};
 use crate::model::checkpoint::{self, CheckpointError};
 use crate::model::embedder::sorted_vars;
-use crate::model::{Embedder, TripletLoss};
+use crate::model::loss::{LossKind, PROXIES_NAME, mean_pairwise_cosine};
+use crate::model::{Criterion, Embedder};
+use crate::rng::Rng;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -163,7 +167,10 @@ pub fn read_meta(checkpoint: &Path) -> Result<CheckpointMeta, TrainError> {
 /// Everything the loop needs about the data, built once.
 struct Data {
     ds: Dataset,
-    sampler: TripletSampler,
+    sampler: BatchSampler,
+    /// Training class of each dataset item (proxy losses); `u32::MAX` outside train.
+    class_of: Vec<u32>,
+    classes: usize,
     val_queries: Vec<usize>,
     val_gallery: Vec<usize>,
     loader: LoaderConfig,
@@ -181,7 +188,27 @@ fn prepare_data(job: &TrainJob) -> Result<Data, TrainError> {
     for w in &ds.warnings {
         tracing::warn!("{w}");
     }
-    let sampler = TripletSampler::new(&ds, Split::Train, cfg.train.seed)?;
+    let sampler = match cfg.sampler() {
+        SamplerKind::Triplets => BatchSampler::Triplets {
+            sampler: TripletSampler::new(&ds, Split::Train, cfg.train.seed)?,
+            batch: cfg.train.batch,
+        },
+        _ => BatchSampler::Pk(PkSampler::new(
+            &ds,
+            Split::Train,
+            cfg.train.seed,
+            PkConfig {
+                items: cfg.train.pk_items,
+                images: cfg.train.pk_images,
+                per_category: cfg.train.pk_per_category,
+            },
+        )?),
+    };
+    let train_items = sampler::classes(&ds, Split::Train);
+    let mut class_of = vec![u32::MAX; ds.items.len()];
+    for (c, &item) in train_items.iter().enumerate() {
+        class_of[item] = c as u32;
+    }
     let mut val_queries = ds.queries(Split::Val);
     if cfg.train.val_queries > 0 && val_queries.len() > cfg.train.val_queries {
         // A deterministic, evenly spread subset keeps validation cheap on big sets.
@@ -200,6 +227,8 @@ fn prepare_data(job: &TrainJob) -> Result<Data, TrainError> {
     Ok(Data {
         ds,
         sampler,
+        class_of,
+        classes: train_items.len(),
         val_queries,
         val_gallery,
         loader,
@@ -266,7 +295,9 @@ struct Session<'a> {
     varmap: VarMap,
     opt: AdamW,
     trainable: Vec<candle_core::Var>,
-    loss: TripletLoss,
+    criterion: Criterion,
+    /// The proxies' own optimiser (their learning rate is scaled).
+    opt_proxies: Option<AdamW>,
     step: usize,
     epoch: usize,
     epoch_position: usize,
@@ -275,6 +306,13 @@ struct Session<'a> {
     resumed: bool,
     /// Step of the newest `last` checkpoint (avoids writing the same one twice).
     saved_last: Option<usize>,
+    /// Step of the newest validation (a stopping run validates unless it just did).
+    validated_at: Option<usize>,
+    /// Seconds the newest validation took: what a time limit keeps in reserve.
+    validation_seconds: f64,
+    /// When this process started the run (the time limit counts from here).
+    started: Instant,
+    collapse: CollapseMonitor,
 }
 
 impl<'a> Session<'a> {
@@ -302,6 +340,17 @@ impl<'a> Session<'a> {
             .collect();
         let trainable = named.iter().map(|(_, v, _)| v.clone()).collect();
         let opt = AdamW::new(named, cfg.train.weight_decay)?;
+        let criterion = Criterion::new(
+            cfg.loss,
+            data.classes,
+            cfg.model.embedding_dim,
+            &device,
+            cfg.train.seed,
+        )?;
+        let opt_proxies = criterion
+            .proxies()
+            .map(|p| AdamW::new(vec![(PROXIES_NAME.into(), p.clone(), false)], 0.0))
+            .transpose()?;
         let mut session = Self {
             job,
             run,
@@ -311,10 +360,8 @@ impl<'a> Session<'a> {
             varmap,
             opt,
             trainable,
-            loss: TripletLoss {
-                margin: cfg.train.margin,
-                mining: cfg.train.mining,
-            },
+            criterion,
+            opt_proxies,
             step: 0,
             epoch: 0,
             epoch_position: 0,
@@ -322,6 +369,10 @@ impl<'a> Session<'a> {
             last_val: None,
             resumed: false,
             saved_last: None,
+            validated_at: None,
+            validation_seconds: 0.0,
+            started: Instant::now(),
+            collapse: CollapseMonitor::default(),
         };
         let last = run.checkpoint(CheckpointKind::Last);
         if job.resume {
@@ -366,15 +417,27 @@ impl<'a> Session<'a> {
             });
         }
         let optim_path = self.run.optimizer_state();
-        let restored = match candle_core::safetensors::load(&optim_path, &self.device) {
-            Ok(tensors) if tensors_step(&tensors) == Some(meta.step) => self
-                .opt
-                .load_state(meta.optimizer_t, |name| tensors.get(name).cloned())?,
-            _ => 0,
+        let tensors = match candle_core::safetensors::load(&optim_path, &self.device) {
+            Ok(tensors) if tensors_step(&tensors) == Some(meta.step) => tensors,
+            _ => HashMap::new(),
         };
+        let restored = self
+            .opt
+            .load_state(meta.optimizer_t, |name| tensors.get(name).cloned())?;
         if restored == 0 {
             tracing::warn!("no matching optimizer state; resuming with fresh Adam moments");
-            self.opt.t = meta.optimizer_t;
+        }
+        if let (Some(p), Some(opt)) = (self.criterion.proxies(), &mut self.opt_proxies) {
+            match tensors.get(PROXIES_NAME) {
+                Some(saved) if saved.dims() == p.dims() => {
+                    p.set(saved)?;
+                    opt.load_state(meta.optimizer_t, |name| tensors.get(name).cloned())?;
+                }
+                _ => tracing::warn!(
+                    "no saved class weights for the {} loss; resuming with fresh ones",
+                    self.criterion.config().kind
+                ),
+            }
         }
         self.step = meta.step;
         self.epoch = meta.epoch;
@@ -386,9 +449,7 @@ impl<'a> Session<'a> {
     }
 
     fn steps_per_epoch(&self) -> usize {
-        let n = self.data.sampler.len();
-        let b = self.job.config.train.batch;
-        (n / b).max(1)
+        self.data.sampler.steps_per_epoch()
     }
 
     fn total_steps(&self) -> usize {
@@ -404,207 +465,316 @@ impl<'a> Session<'a> {
         control: &Control,
         emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
     ) -> Result<TrainOutcome, TrainError> {
+        self.emit_started(emit)?;
+        if !self.resumed {
+            let t = Instant::now();
+            if let Some((v, val_loss)) = self.validate()? {
+                self.validation_seconds = t.elapsed().as_secs_f64();
+                emit(TrainEvent::Baseline {
+                    val_loss,
+                    val_top1: v.at(1),
+                    val_top20: v.at(20),
+                    val_map_at_r: v.map_at_r,
+                })?;
+            }
+        }
+        let mut rate = RateMeter::default();
+        while self.epoch < self.job.config.train.epochs {
+            if let Some(reason) = self.run_epoch(control, &mut rate, emit)? {
+                return self.finish(reason, emit);
+            }
+        }
+        self.finish(StopReason::Finished, emit)
+    }
+
+    fn emit_started(
+        &self,
+        emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
+    ) -> Result<(), TrainError> {
         let cfg = &self.job.config;
         let params: usize = sorted_vars(&self.varmap)
             .iter()
             .map(|(_, v)| v.elem_count())
             .sum();
         let trainable_params: usize = self.trainable.iter().map(|v| v.elem_count()).sum();
+        let sampler = &self.data.sampler;
         emit(TrainEvent::Started {
             run: self.run.name(),
             device: device::describe(&self.device),
             backbone: cfg.model.backbone.to_string(),
             image_size: cfg.model.image_size,
-            batch: cfg.train.batch,
+            batch: sampler.units_per_step(),
             epochs: cfg.train.epochs,
             steps_per_epoch: self.steps_per_epoch(),
             total_steps: self.total_steps(),
             start_step: self.step,
             resumed: self.resumed,
+            loss: cfg.loss.kind.to_string(),
             // The config spelling (`batch_hard`), not the Rust variant name.
-            mining: serde_json::to_value(cfg.train.mining)
+            mining: serde_json::to_value(cfg.loss.mining)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default(),
+            sampler: cfg.sampler().as_str().to_string(),
+            batch_images: sampler.images_per_step(),
             params,
             trainable_params,
-            train_triplets: self.data.sampler.len(),
+            train_triplets: sampler.units_per_epoch(),
             val_queries: self.data.val_queries.len(),
             val_gallery: self.data.val_gallery.len(),
             time: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
-        })?;
-        if !self.resumed
-            && let Some((v, val_loss)) = self.validate()?
-        {
-            emit(TrainEvent::Baseline {
-                val_loss,
-                val_top1: v.at(1),
-                val_top20: v.at(20),
-                val_map_at_r: v.map_at_r,
-            })?;
-        }
-        let started = Instant::now();
-        let mut rate = RateMeter::default();
-        let total_steps = self.total_steps();
-        while self.epoch < cfg.train.epochs {
-            let epoch_start = Instant::now();
-            let triplets = self.data.sampler.epoch(self.epoch as u64).triplets;
-            let b = cfg.train.batch;
-            let usable = (triplets.len() / b).max(1) * b;
-            let triplets = &triplets[..usable.min(triplets.len())];
-            let first_batch = self.epoch_position / b;
-            let batches: Vec<Vec<Vec<ImageSpec>>> = triplets
-                .chunks(b)
-                .skip(first_batch)
-                .map(|chunk| {
-                    chunk
-                        .iter()
-                        .map(|t| {
-                            vec![
-                                self.data.ds.spec(t.anchor),
-                                self.data.ds.spec(t.positive),
-                                self.data.ds.spec(t.negative),
-                            ]
-                        })
-                        .collect()
-                })
-                .collect();
-            let labels: Vec<Vec<u64>> = triplets
-                .chunks(b)
-                .skip(first_batch)
-                .map(|chunk| {
-                    let item = |img: usize| self.data.ds.images[img].item as u64;
-                    let mut l: Vec<u64> = chunk.iter().map(|t| item(t.anchor)).collect();
-                    l.extend(chunk.iter().map(|t| item(t.positive)));
-                    l.extend(chunk.iter().map(|t| item(t.negative)));
-                    l
-                })
-                .collect();
-            let mut loss_sum = 0f64;
-            let mut loss_n = 0usize;
-            let loader = Prefetcher::spawn(batches, self.data.loader)?;
-            for (batch, batch_labels) in loader.zip(labels) {
-                while self.paused(control) && !self.stopping(control) {
-                    std::thread::sleep(Duration::from_millis(50));
-                    rate.pause();
-                }
-                if self.stopping(control) {
-                    return self.finish(StopReason::Interrupted, started, emit);
-                }
-                if !batch.failed.is_empty() {
-                    emit(TrainEvent::Notice {
-                        step: self.step,
-                        message: format!(
-                            "skipped {} unreadable images (first: {})",
-                            batch.failed.len(),
-                            batch.failed[0]
-                        ),
-                    })?;
-                }
-                if batch.kept.len() < 2 {
-                    self.epoch_position += b;
-                    continue;
-                }
-                let keep_labels: Vec<u64> = (0..3)
-                    .flat_map(|m| batch.kept.iter().map(move |&k| (m, k)))
-                    .map(|(m, k)| batch_labels[m * b + k])
+        })
+    }
+
+    /// The batches of the current epoch from the current position, each with its
+    /// augmentation seed (a pure function of seed, epoch and batch number, so a
+    /// resumed run augments exactly as the original would have).
+    fn epoch_batches(&self) -> Vec<(Vec<Vec<usize>>, Option<u64>)> {
+        let cfg = &self.job.config;
+        let per_step = self.data.sampler.units_per_step();
+        let first = self.epoch_position / per_step;
+        let augment = cfg.augment.enabled;
+        self.data
+            .sampler
+            .epoch(self.epoch as u64)
+            .into_iter()
+            .enumerate()
+            .skip(first)
+            .map(|(b, groups)| {
+                let seed = augment.then(|| {
+                    Rng::derive(cfg.train.seed, &[self.epoch as u64, b as u64, 0xa06]).next_u64()
+                });
+                (groups, seed)
+            })
+            .collect()
+    }
+
+    /// One epoch from the current position; `Some(reason)` when the run must stop.
+    fn run_epoch(
+        &mut self,
+        control: &Control,
+        rate: &mut RateMeter,
+        emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
+    ) -> Result<Option<StopReason>, TrainError> {
+        let cfg = &self.job.config;
+        let epoch_start = Instant::now();
+        let per_step = self.data.sampler.units_per_step();
+        let batches = self.epoch_batches();
+        let requests = batches
+            .iter()
+            .map(|(groups, seed)| {
+                let specs = groups
+                    .iter()
+                    .map(|g| g.iter().map(|&i| self.data.ds.spec(i)).collect())
                     .collect();
-                let x = Tensor::from_vec(
-                    batch.data,
-                    batch.n * 3 * (batch.size as usize).pow(2),
-                    &self.device,
-                )?
-                .reshape((
-                    batch.n,
-                    3,
-                    batch.size as usize,
-                    batch.size as usize,
-                ))?;
-                let lr = learning_rate(
-                    cfg.train.lr,
-                    cfg.train.schedule,
-                    cfg.train.warmup_steps,
-                    self.step,
-                    total_steps,
-                );
-                self.model
-                    .set_dropout_stream(cfg.train.seed, self.step as u64);
-                let emb = self.model.forward_t(&x, true)?;
-                let stats = self.loss.compute(&emb, &keep_labels)?;
-                let loss = stats.loss.to_scalar::<f32>()?;
-                if !loss.is_finite() {
-                    return Err(TrainError::NonFinite {
-                        step: self.step,
-                        value: loss,
-                    });
-                }
-                let mut grads = stats.loss.backward()?;
-                let grad_norm = clip_grad_norm(&mut grads, &self.trainable, cfg.train.grad_clip)?;
-                if !grad_norm.is_finite() {
-                    return Err(TrainError::NonFinite {
-                        step: self.step,
-                        value: grad_norm,
-                    });
-                }
-                self.opt.step(&grads, lr)?;
-                self.step += 1;
-                self.epoch_position += b;
-                loss_sum += f64::from(loss);
-                loss_n += 1;
-                rate.record(batch.kept.len());
-                emit(TrainEvent::Step {
+                (specs, *seed)
+            })
+            .collect();
+        let loader = Prefetcher::spawn_augmented(requests, self.data.loader, cfg.augment)?;
+        let (mut loss_sum, mut loss_n) = (0f64, 0usize);
+        for (batch, (groups, _)) in loader.zip(&batches) {
+            while self.paused(control) && !self.stopping(control) {
+                std::thread::sleep(Duration::from_millis(50));
+                rate.pause();
+            }
+            if self.stopping(control) {
+                return Ok(Some(StopReason::Interrupted));
+            }
+            if self.out_of_time() {
+                return Ok(Some(StopReason::TimeLimit));
+            }
+            if !batch.failed.is_empty() {
+                emit(TrainEvent::Notice {
                     step: self.step,
-                    epoch: self.epoch,
-                    loss,
-                    active: stats.active,
-                    d_ap: stats.mean_ap,
-                    d_an: stats.mean_an,
-                    lr,
-                    grad_norm,
-                    triplets_per_s: rate.per_second(),
-                    elapsed_s: started.elapsed().as_secs_f64(),
+                    message: format!(
+                        "skipped {} unreadable images (first: {})",
+                        batch.failed.len(),
+                        batch.failed[0]
+                    ),
+                    kind: None,
                 })?;
-                if cfg.train.max_steps > 0 && self.step >= cfg.train.max_steps {
-                    return self.finish(StopReason::MaxSteps, started, emit);
-                }
-                if cfg.train.checkpoint_every > 0
-                    && self.step.is_multiple_of(cfg.train.checkpoint_every)
-                {
-                    self.save(CheckpointKind::Last, emit)?;
-                }
             }
-            let val = self.validate()?;
-            emit(TrainEvent::Epoch {
-                epoch: self.epoch,
-                step: self.step,
-                train_loss: if loss_n > 0 {
-                    (loss_sum / loss_n as f64) as f32
-                } else {
-                    f32::NAN
-                },
-                val_loss: val.as_ref().map_or(f32::NAN, |v| v.1),
-                val_top1: val.as_ref().map_or(0.0, |v| v.0.at(1)),
-                val_top20: val.as_ref().map_or(0.0, |v| v.0.at(20)),
-                val_map_at_r: val.as_ref().map_or(0.0, |v| v.0.map_at_r),
-                seconds: epoch_start.elapsed().as_secs_f64(),
-            })?;
-            self.epoch += 1;
-            self.epoch_position = 0;
-            let improved = match (&val, self.best_val_top20) {
-                (Some(v), Some(best)) => v.0.at(20) > best,
-                (Some(_), None) => true,
-                (None, _) => false,
-            };
-            self.last_val = val.map(|v| v.0);
-            if improved {
-                self.best_val_top20 = self.last_val.as_ref().map(|v| v.at(20));
-                self.save(CheckpointKind::Best, emit)?;
+            self.epoch_position += per_step;
+            if batch.kept.len() < 2 {
+                continue;
             }
-            self.save(CheckpointKind::Last, emit)?;
+            let loss = self.train_step(batch, groups, rate, emit)?;
+            loss_sum += f64::from(loss);
+            loss_n += 1;
+            if cfg.train.max_steps > 0 && self.step >= cfg.train.max_steps {
+                return Ok(Some(StopReason::MaxSteps));
+            }
+            if cfg.train.checkpoint_every > 0
+                && self.step.is_multiple_of(cfg.train.checkpoint_every)
+            {
+                self.save(CheckpointKind::Last, emit)?;
+            }
         }
-        self.finish(StopReason::Finished, started, emit)
+        let t = Instant::now();
+        let val = self.validate()?;
+        self.validation_seconds = t.elapsed().as_secs_f64();
+        emit(TrainEvent::Epoch {
+            epoch: self.epoch,
+            step: self.step,
+            train_loss: if loss_n > 0 {
+                (loss_sum / loss_n as f64) as f32
+            } else {
+                f32::NAN
+            },
+            val_loss: val.as_ref().map_or(f32::NAN, |v| v.1),
+            val_top1: val.as_ref().map_or(0.0, |v| v.0.at(1)),
+            val_top20: val.as_ref().map_or(0.0, |v| v.0.at(20)),
+            val_map_at_r: val.as_ref().map_or(0.0, |v| v.0.map_at_r),
+            seconds: epoch_start.elapsed().as_secs_f64(),
+        })?;
+        self.epoch += 1;
+        self.epoch_position = 0;
+        self.keep_if_best(val.map(|v| v.0), emit)?;
+        self.save(CheckpointKind::Last, emit)?;
+        Ok(None)
+    }
+
+    /// Forward, loss, backward and update on one loaded batch; returns the loss.
+    fn train_step(
+        &mut self,
+        batch: crate::data::loader::Batch,
+        groups: &[Vec<usize>],
+        rate: &mut RateMeter,
+        emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
+    ) -> Result<f32, TrainError> {
+        let cfg = &self.job.config;
+        let members = groups.first().map_or(0, Vec::len);
+        // Member-major, as the loader lays the batch out.
+        let images: Vec<usize> = (0..members)
+            .flat_map(|m| batch.kept.iter().map(move |&k| groups[k][m]))
+            .collect();
+        let labels: Vec<u64> = images
+            .iter()
+            .map(|&i| self.data.ds.images[i].item as u64)
+            .collect();
+        let classes: Vec<u32> = images
+            .iter()
+            .map(|&i| self.data.class_of[self.data.ds.images[i].item])
+            .collect();
+        let side = batch.size as usize;
+        let x = Tensor::from_vec(batch.data, batch.n * 3 * side * side, &self.device)?
+            .reshape((batch.n, 3, side, side))?;
+        let lr = self.learning_rate();
+        self.model
+            .set_dropout_stream(cfg.train.seed, self.step as u64);
+        let emb = self.model.forward_t(&x, true)?;
+        let stats = self.criterion.compute(&emb, &labels, &classes)?;
+        let loss = stats.loss.to_scalar::<f32>()?;
+        if !loss.is_finite() {
+            return Err(TrainError::NonFinite {
+                step: self.step,
+                value: loss,
+            });
+        }
+        let (dim, host) = crate::model::loss::host_rows(&emb)?;
+        let spread = mean_pairwise_cosine(&host, dim);
+        let mut grads = stats.loss.backward()?;
+        let grad_norm = clip_grad_norm(&mut grads, &self.trainable, cfg.train.grad_clip)?;
+        if !grad_norm.is_finite() {
+            return Err(TrainError::NonFinite {
+                step: self.step,
+                value: grad_norm,
+            });
+        }
+        self.opt.step(&grads, lr)?;
+        if let Some(opt) = &mut self.opt_proxies {
+            opt.step(&grads, lr * cfg.loss.proxy_lr_scale)?;
+        }
+        self.step += 1;
+        rate.record(batch.n);
+        let images_per_s = rate.per_second();
+        emit(TrainEvent::Step {
+            step: self.step,
+            epoch: self.epoch,
+            loss,
+            active: stats.active,
+            d_ap: stats.mean_ap,
+            d_an: stats.mean_an,
+            lr,
+            grad_norm,
+            spread: spread.is_finite().then_some(spread),
+            triplets_per_s: images_per_s / 3.0,
+            images_per_s: Some(images_per_s),
+            elapsed_s: self.started.elapsed().as_secs_f64(),
+        })?;
+        let margin = (cfg.loss.kind == LossKind::Triplet && !cfg.loss.soft_margin)
+            .then_some(cfg.loss.margin);
+        let change = self.collapse.observe(StepSignals {
+            spread,
+            d_ap: stats.mean_ap,
+            d_an: stats.mean_an,
+            loss,
+            margin,
+        });
+        if let Some(change) = change {
+            let (message, kind) = match change {
+                CollapseChange::Collapsed(m) => (m, NoticeKind::Collapse),
+                CollapseChange::Recovered(m) => (m, NoticeKind::CollapseCleared),
+            };
+            tracing::warn!("{message}");
+            emit(TrainEvent::Notice {
+                step: self.step,
+                message,
+                kind: Some(kind),
+            })?;
+        }
+        Ok(loss)
+    }
+
+    /// Warm-up, then the schedule over the run: its steps, or its time limit when that
+    /// ends it sooner, so a time-limited cosine run still decays to zero.
+    fn learning_rate(&self) -> f64 {
+        let cfg = &self.job.config;
+        let total = self.total_steps();
+        let warmup = cfg.train.warmup_steps;
+        let mut progress =
+            self.step.saturating_sub(warmup) as f64 / total.saturating_sub(warmup).max(1) as f64;
+        if let Some(limit) = cfg.time_limit() {
+            let budget = (limit.as_secs_f64() - self.validation_seconds).max(1.0);
+            progress = progress.max(self.started.elapsed().as_secs_f64() / budget);
+        }
+        learning_rate_at(
+            cfg.train.lr,
+            cfg.train.schedule,
+            warmup,
+            self.step,
+            progress.min(1.0),
+        )
+    }
+
+    /// Whether the time limit leaves no room for another step and the final
+    /// validation (as long as the newest one took).
+    fn out_of_time(&self) -> bool {
+        self.job.config.time_limit().is_some_and(|limit| {
+            self.started.elapsed().as_secs_f64() + self.validation_seconds >= limit.as_secs_f64()
+        })
+    }
+
+    /// Records `val` as the newest validation and saves `best` when it beats it.
+    fn keep_if_best(
+        &mut self,
+        val: Option<Retrieval>,
+        emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
+    ) -> Result<(), TrainError> {
+        self.validated_at = Some(self.step);
+        let improved = match (&val, self.best_val_top20) {
+            (Some(v), Some(best)) => v.at(20) > best,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        self.last_val = val;
+        if improved {
+            self.best_val_top20 = self.last_val.as_ref().map(|v| v.at(20));
+            self.save(CheckpointKind::Best, emit)?;
+        }
+        Ok(())
     }
 
     /// Paused from this process or through the run's control file.
@@ -616,12 +786,28 @@ impl<'a> Session<'a> {
         control.stop_requested() || self.run.read_control() == ControlRequest::Stop
     }
 
+    /// Ends the run: a run stopped between epochs validates once (so `best` exists
+    /// and `vitrine index` works right away), then writes `last`.
     fn finish(
         &mut self,
         reason: StopReason,
-        started: Instant,
         emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
     ) -> Result<TrainOutcome, TrainError> {
+        if self.validated_at != Some(self.step) && self.step > 0 {
+            let t = Instant::now();
+            if let Some((v, val_loss)) = self.validate()? {
+                emit(TrainEvent::Validated {
+                    step: self.step,
+                    epoch: self.epoch,
+                    val_loss,
+                    val_top1: v.at(1),
+                    val_top20: v.at(20),
+                    val_map_at_r: v.map_at_r,
+                    seconds: t.elapsed().as_secs_f64(),
+                })?;
+                self.keep_if_best(Some(v), emit)?;
+            }
+        }
         if self.saved_last != Some(self.step) {
             self.save(CheckpointKind::Last, emit)?;
         }
@@ -629,8 +815,8 @@ impl<'a> Session<'a> {
             step: self.step,
             epoch: self.epoch,
             reason,
-            best_val_top20: self.best_val_top20.unwrap_or(0.0),
-            seconds: started.elapsed().as_secs_f64(),
+            best_val_top20: self.best_val_top20.unwrap_or(f64::NAN),
+            seconds: self.started.elapsed().as_secs_f64(),
         })?;
         Ok(TrainOutcome {
             reason,
@@ -669,9 +855,14 @@ impl<'a> Session<'a> {
         let meta = self.meta()?;
         checkpoint::save(&self.varmap, &path)?;
         if kind == CheckpointKind::Last {
-            let mut tensors: HashMap<String, Tensor> = self
-                .opt
-                .state()
+            // Moments of both optimisers, and the class weights, which live outside
+            // the model: resume needs them, search does not.
+            let mut state = self.opt.state();
+            if let (Some(p), Some(opt)) = (self.criterion.proxies(), &self.opt_proxies) {
+                state.extend(opt.state());
+                state.push((PROXIES_NAME.into(), p.as_tensor().clone()));
+            }
+            let mut tensors: HashMap<String, Tensor> = state
                 .into_iter()
                 .map(|(n, t)| t.to_device(&Device::Cpu).map(|t| (n, t)))
                 .collect::<candle_core::Result<_>>()?;
@@ -713,7 +904,7 @@ impl<'a> Session<'a> {
             &self.data.val_gallery,
             self.data.loader,
             &self.device,
-            self.job.config.train.margin,
+            self.job.config.loss.margin,
         )
     }
 }

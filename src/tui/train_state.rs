@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use crate::train::events::{CheckpointKind, StopReason, TrainEvent};
+use crate::train::events::{CheckpointKind, NoticeKind, StopReason, TrainEvent};
 
 /// Points kept in the recent window.
 pub const RECENT_POINTS: usize = 1000;
@@ -117,7 +117,10 @@ pub struct RunInfo {
     pub total_steps: usize,
     pub start_step: usize,
     pub resumed: bool,
+    pub loss: String,
     pub mining: String,
+    pub sampler: String,
+    pub batch_images: usize,
     pub params: usize,
     pub trainable_params: usize,
     pub train_triplets: usize,
@@ -135,7 +138,11 @@ pub struct StepInfo {
     pub d_an: f32,
     pub lr: f64,
     pub grad_norm: f32,
+    /// Mean cosine between the batch's embeddings (NaN in older logs).
+    pub spread: f32,
     pub triplets_per_s: f32,
+    /// NaN in logs written before it was recorded.
+    pub images_per_s: f32,
     pub elapsed_s: f64,
 }
 
@@ -144,6 +151,8 @@ pub struct StepInfo {
 pub struct ValRow {
     /// `None` for the baseline.
     pub epoch: Option<usize>,
+    /// Made when the run stopped inside `epoch`, not at its end.
+    pub partial: bool,
     pub step: usize,
     pub train_loss: Option<f32>,
     pub val_loss: f32,
@@ -195,6 +204,9 @@ pub struct TrainState {
     pub checkpoints: Vec<(usize, usize, CheckpointKind, String)>,
     /// `(step, message)`, newest last.
     pub notices: Vec<(usize, String)>,
+    /// The standing collapse warning `(step, message)`, until the run recovers or
+    /// starts over.
+    pub collapse: Option<(usize, String)>,
     pub outcome: Option<Outcome>,
     pub events: usize,
     pub starts: usize,
@@ -221,7 +233,10 @@ impl TrainState {
                 total_steps,
                 start_step,
                 resumed,
+                loss,
                 mining,
+                sampler,
+                batch_images,
                 params,
                 trainable_params,
                 train_triplets,
@@ -241,7 +256,10 @@ impl TrainState {
                     total_steps: *total_steps,
                     start_step: *start_step,
                     resumed: *resumed,
+                    loss: loss.clone(),
                     mining: mining.clone(),
+                    sampler: sampler.clone(),
+                    batch_images: *batch_images,
                     params: *params,
                     trainable_params: *trainable_params,
                     train_triplets: *train_triplets,
@@ -257,6 +275,7 @@ impl TrainState {
                     self.val_loss.clear();
                     self.epochs.clear();
                     self.baseline = None;
+                    self.collapse = None;
                     self.ema = 0.0;
                     self.ema_n = 0;
                 }
@@ -270,6 +289,7 @@ impl TrainState {
                 let step = self.info.as_ref().map_or(0, |i| i.start_step);
                 self.baseline = Some(ValRow {
                     epoch: None,
+                    partial: false,
                     step,
                     train_loss: None,
                     val_loss: *val_loss,
@@ -288,7 +308,9 @@ impl TrainState {
                 d_an,
                 lr,
                 grad_norm,
+                spread,
                 triplets_per_s,
+                images_per_s,
                 elapsed_s,
             } => {
                 let info = StepInfo {
@@ -300,7 +322,9 @@ impl TrainState {
                     d_an: *d_an,
                     lr: *lr,
                     grad_norm: *grad_norm,
+                    spread: spread.unwrap_or(f32::NAN),
                     triplets_per_s: *triplets_per_s,
+                    images_per_s: images_per_s.unwrap_or(f32::NAN),
                     elapsed_s: *elapsed_s,
                 };
                 if self.session_first.is_none() {
@@ -327,9 +351,11 @@ impl TrainState {
                 val_map_at_r,
                 ..
             } => {
+                // A stop inside this epoch validated it partially; the full row replaces it.
                 self.epochs.retain(|r| r.epoch != Some(*epoch));
                 self.epochs.push(ValRow {
                     epoch: Some(*epoch),
+                    partial: false,
                     step: *step,
                     train_loss: Some(*train_loss),
                     val_loss: *val_loss,
@@ -348,9 +374,41 @@ impl TrainState {
                 self.checkpoints.push((*step, *epoch, *kind, path.clone()));
                 trim(&mut self.checkpoints);
             }
-            TrainEvent::Notice { step, message } => {
+            TrainEvent::Notice {
+                step,
+                message,
+                kind,
+            } => {
+                match kind {
+                    Some(NoticeKind::Collapse) => self.collapse = Some((*step, message.clone())),
+                    Some(NoticeKind::CollapseCleared) => self.collapse = None,
+                    None => {}
+                }
                 self.notices.push((*step, message.clone()));
                 trim(&mut self.notices);
+            }
+            TrainEvent::Validated {
+                step,
+                epoch,
+                val_loss,
+                val_top1,
+                val_top20,
+                val_map_at_r,
+                ..
+            } => {
+                self.epochs
+                    .retain(|r| !(r.partial && r.epoch == Some(*epoch)));
+                self.epochs.push(ValRow {
+                    epoch: Some(*epoch),
+                    partial: true,
+                    step: *step,
+                    train_loss: None,
+                    val_loss: *val_loss,
+                    top1: *val_top1,
+                    top20: *val_top20,
+                    map_at_r: *val_map_at_r,
+                });
+                self.val_loss.push((*step as f64, f64::from(*val_loss)));
             }
             TrainEvent::Done {
                 step,

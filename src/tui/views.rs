@@ -18,7 +18,6 @@ use ratatui::widgets::{Block, BorderType, Borders, Clear, Paragraph, Tabs, Wrap}
 
 use super::app::{App, Tab, ThumbKey, ThumbSlot};
 use crate::theme::Theme;
-use crate::train::events::StopReason;
 use crate::train::run_dir::ControlRequest;
 use crate::tui::train_state::{Outcome, Phase};
 
@@ -103,11 +102,7 @@ pub fn trainer_label(app: &App) -> String {
         return "starting…".to_string();
     }
     match (&app.train.outcome, app.train.phase()) {
-        (Some(Outcome::Done { reason, .. }), _) => match reason {
-            StopReason::Finished => "finished",
-            StopReason::MaxSteps => "max steps reached",
-            StopReason::Interrupted => "stopped",
-        },
+        (Some(Outcome::Done { reason, .. }), _) => reason.describe(),
         (_, Phase::Failed) => "failed",
         (_, Phase::Idle) => "not started",
         _ => "not running",

@@ -165,7 +165,7 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) {
 pub fn run_config(run: &Path, fallback: &Config) -> Config {
     let path = RunDir::new(run).config();
     if path.is_file() {
-        match Config::load(Some(&path)) {
+        match Config::load_run(&path) {
             Ok(c) => return c,
             Err(e) => tracing::warn!("{e}"),
         }
@@ -206,7 +206,7 @@ fn score(run: &Path, fallback: &Config, rows: &[TripletRow], out: &Outbox) -> Re
         workers: 1,
         prefetch: 1,
     };
-    let margin = cfg.train.margin;
+    let margin = cfg.loss.margin;
     let mut vectors: HashMap<PathBuf, Option<Vec<f32>>> = HashMap::new();
     let total = rows.len();
     for (chunk_no, chunk) in rows.chunks(32).enumerate() {

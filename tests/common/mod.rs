@@ -73,6 +73,9 @@ pub fn tiny_train_config() -> vitrine::config::Config {
     c.model.image_size = 32;
     c.model.dropout = 0.0;
     c.train.batch = 16;
+    // Small P×K batches: several steps per epoch on the tests' small sets.
+    c.train.pk_items = 8;
+    c.train.pk_images = 2;
     c.train.epochs = 1;
     c.train.lr = 1e-3;
     c.train.checkpoint_every = 0;

@@ -13,7 +13,7 @@ use ratatui::widgets::{
 };
 
 use super::{Ctx, panel, pct};
-use crate::train::events::{CheckpointKind, StopReason};
+use crate::train::events::CheckpointKind;
 use crate::train::run_dir::ControlRequest;
 use crate::tui::app::App;
 use crate::tui::settings::PlotMarker;
@@ -65,11 +65,10 @@ fn draw_progress(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
     match (&t.outcome, app.trainer.control, app.trainer.running()) {
         (_, ControlRequest::Pause, true) => label.push_str(" · paused"),
         (_, ControlRequest::Stop, true) => label.push_str(" · stopping"),
-        (Some(Outcome::Done { reason, .. }), _, _) => label.push_str(match reason {
-            StopReason::Finished => " · finished",
-            StopReason::MaxSteps => " · max steps reached",
-            StopReason::Interrupted => " · stopped",
-        }),
+        (Some(Outcome::Done { reason, .. }), _, _) => {
+            label.push_str(" · ");
+            label.push_str(reason.describe());
+        }
         (Some(Outcome::Failed { .. }), _, _) => label.push_str(" · failed"),
         _ => {}
     }
@@ -92,7 +91,14 @@ fn draw_progress(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
         spans.push(Span::styled(v, theme.base()));
     };
     if let Some(s) = &t.last {
-        push("", format!("{:.1} triplets/s", s.triplets_per_s));
+        push(
+            "",
+            if s.images_per_s.is_finite() {
+                format!("{:.0} images/s", s.images_per_s)
+            } else {
+                format!("{:.1} triplets/s", s.triplets_per_s)
+            },
+        );
     }
     if let Some(i) = &t.info {
         push("", i.device.clone());
@@ -101,13 +107,12 @@ fn draw_progress(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
         push("lr", format!("{:.2e}", s.lr));
     }
     if let Some(i) = &t.info {
-        push(
-            "",
-            format!(
-                "{} {}px ×{} {}",
-                i.backbone, i.image_size, i.batch, i.mining
-            ),
-        );
+        let recipe = match (i.sampler.as_str(), i.loss.as_str()) {
+            ("pk", loss) => format!("{loss} P×K {}×{}", i.batch, i.batch_images / i.batch.max(1)),
+            (_, "triplet") => format!("×{} triplets {}", i.batch, i.mining),
+            (_, loss) => format!("{loss} ×{} triplets", i.batch),
+        };
+        push("", format!("{} {}px {recipe}", i.backbone, i.image_size));
     }
     if spans.is_empty() {
         spans.push(Span::styled(
@@ -270,7 +275,7 @@ fn draw_stats(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
     let theme = ctx.theme;
     let t = &app.train;
     let [val_area, step_area] =
-        Layout::vertical([Constraint::Min(5), Constraint::Length(8)]).areas(area);
+        Layout::vertical([Constraint::Min(5), Constraint::Length(9)]).areas(area);
     let best = t.best().map(|b| b.0);
     let mut rows: Vec<Row> = Vec::new();
     if let Some(b) = &t.baseline {
@@ -291,7 +296,12 @@ fn draw_stats(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
         let mark = if Some(e) == best { " *" } else { "" };
         rows.push(
             Row::new(vec![
-                format!("epoch {}{mark}", e + 1),
+                if r.partial {
+                    // Validated when the run stopped inside the epoch.
+                    format!("step {}{mark}", r.step)
+                } else {
+                    format!("epoch {}{mark}", e + 1)
+                },
                 pct(r.top1),
                 pct(r.top20),
                 loss_text(r.val_loss),
@@ -326,6 +336,22 @@ fn draw_stats(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
                 kv(theme, "mean d(a,p)", format!("{:.3}", s.d_ap)),
                 kv(theme, "mean d(a,n)", format!("{:.3}", s.d_an)),
                 kv(theme, "grad norm", format!("{:.3}", s.grad_norm)),
+                Line::from(vec![
+                    Span::styled(format!("{:<13}", "mean cos"), theme.muted()),
+                    Span::styled(
+                        // Logs written before the spread was recorded have none.
+                        if s.spread.is_finite() {
+                            format!("{:.3}", s.spread)
+                        } else {
+                            "–".to_string()
+                        },
+                        if t.collapse.is_some() {
+                            theme.error()
+                        } else {
+                            theme.base()
+                        },
+                    ),
+                ]),
             ]
         }
         None => vec![Line::styled("no step yet", theme.muted())],
@@ -362,6 +388,10 @@ fn draw_log(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
         ));
     }
     for (step, msg) in &t.notices {
+        // The standing collapse warning is drawn on top instead.
+        if t.collapse.as_ref().is_some_and(|(_, c)| c == msg) {
+            continue;
+        }
         lines.push((
             *step,
             Line::from(vec![
@@ -381,20 +411,25 @@ fn draw_log(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
     }
     if let Some(Outcome::Done {
         step,
+        reason,
         best_val_top20,
         seconds,
-        ..
     }) = &t.outcome
     {
+        let best = if best_val_top20.is_finite() {
+            format!("best val top-20 {}", pct(*best_val_top20))
+        } else {
+            "no validation ran".to_string()
+        };
         lines.push((
             *step,
             Line::from(vec![
                 Span::styled(format!("step {step:>6} "), theme.muted()),
                 Span::styled(
                     format!(
-                        "done in {}: best val top-20 {}",
-                        format_duration(*seconds),
-                        pct(*best_val_top20)
+                        "{} after {}: {best}",
+                        reason.describe(),
+                        format_duration(*seconds)
                     ),
                     theme.success(),
                 ),
@@ -405,9 +440,21 @@ fn draw_log(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
         lines.push((usize::MAX, Line::styled(e.clone(), theme.error())));
     }
     lines.sort_by_key(|l| l.0);
-    let visible = area.height.saturating_sub(2) as usize;
+    // A collapse stays on top until the run recovers: it decides whether the run is
+    // worth anything.
+    let warning = t.collapse.as_ref().map(|(step, msg)| {
+        Line::from(vec![
+            Span::styled(format!("step {step:>6} "), theme.muted()),
+            Span::styled(format!("⚠ {msg}"), theme.error()),
+        ])
+    });
+    let visible =
+        (area.height.saturating_sub(2) as usize).saturating_sub(usize::from(warning.is_some()));
     let skip = lines.len().saturating_sub(visible);
-    let lines: Vec<Line> = lines.into_iter().skip(skip).map(|l| l.1).collect();
+    let lines: Vec<Line> = warning
+        .into_iter()
+        .chain(lines.into_iter().skip(skip).map(|l| l.1))
+        .collect();
     let lines = if lines.is_empty() {
         vec![Line::styled(
             "checkpoints and notices appear here",
