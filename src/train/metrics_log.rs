@@ -25,15 +25,20 @@ pub struct MetricsWriter {
 }
 
 impl MetricsWriter {
+    /// Opens `path` for appending. A torn last line (power lost mid-append) is cut
+    /// off first, so the next event starts on a line of its own.
     pub fn append(path: &Path) -> Result<Self, MetricsError> {
+        let io_err = |source| MetricsError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
             .open(path)
-            .map_err(|source| MetricsError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            .map_err(io_err)?;
+        repair_torn_tail(&file, path).map_err(io_err)?;
         Ok(Self {
             file,
             path: path.to_path_buf(),
@@ -57,13 +62,54 @@ impl MetricsWriter {
     }
 }
 
+/// Truncates `file` after its last newline when its last byte is not one.
+fn repair_torn_tail(file: &File, path: &Path) -> io::Result<()> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    // Look back in blocks for the last newline; events are short.
+    let mut reader = file;
+    let mut end = len;
+    let mut block = vec![0u8; 4096];
+    loop {
+        let start = end.saturating_sub(block.len() as u64);
+        let n = (end - start) as usize;
+        reader.seek(SeekFrom::Start(start))?;
+        reader.read_exact(&mut block[..n])?;
+        if end == len && block[n - 1] == b'\n' {
+            return Ok(());
+        }
+        if let Some(i) = block[..n].iter().rposition(|&b| b == b'\n') {
+            let keep = start + i as u64 + 1;
+            tracing::warn!(
+                "{}: cut a torn last line ({} bytes) left by an interrupted write",
+                path.display(),
+                len - keep
+            );
+            return file.set_len(keep);
+        }
+        if start == 0 {
+            tracing::warn!(
+                "{}: cut a torn first line ({len} bytes) left by an interrupted write",
+                path.display()
+            );
+            return file.set_len(0);
+        }
+        end = start;
+    }
+}
+
 /// Reads complete lines from where it stopped last time; a trailing partial line
-/// (a writer mid-append) waits for the next poll.
+/// (a writer mid-append) waits for the next poll. A line that is not an event (a
+/// torn write in an old file) is skipped with a warning and counted, never fatal:
+/// the events around it still replay.
 pub struct MetricsFollower {
     path: PathBuf,
     offset: u64,
     line: usize,
-    pending: String,
+    pending: Vec<u8>,
+    skipped: usize,
 }
 
 impl MetricsFollower {
@@ -72,8 +118,14 @@ impl MetricsFollower {
             path: path.to_path_buf(),
             offset: 0,
             line: 0,
-            pending: String::new(),
+            pending: Vec::new(),
+            skipped: 0,
         }
+    }
+
+    /// Lines skipped so far because they were not events.
+    pub fn skipped(&self) -> usize {
+        self.skipped
     }
 
     /// New events since the last call (empty when the file does not exist yet).
@@ -88,26 +140,32 @@ impl MetricsFollower {
             Err(e) => return Err(io_err(e)),
         };
         file.seek(SeekFrom::Start(self.offset)).map_err(io_err)?;
-        let mut chunk = String::new();
+        let mut chunk = Vec::new();
         let read = BufReader::new(file)
-            .read_to_string(&mut chunk)
+            .read_to_end(&mut chunk)
             .map_err(io_err)?;
         self.offset += read as u64;
-        self.pending.push_str(&chunk);
+        self.pending.extend_from_slice(&chunk);
         let mut events = Vec::new();
-        while let Some(end) = self.pending.find('\n') {
-            let line: String = self.pending.drain(..=end).collect();
+        while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=end).collect();
             self.line += 1;
-            let line = line.trim();
+            let line = line.trim_ascii();
             if line.is_empty() {
                 continue;
             }
-            let event = serde_json::from_str(line).map_err(|e| MetricsError::Malformed {
-                path: self.path.clone(),
-                line: self.line,
-                message: e.to_string(),
-            })?;
-            events.push(event);
+            match serde_json::from_slice(line) {
+                Ok(event) => events.push(event),
+                Err(e) => {
+                    self.skipped += 1;
+                    let bad = MetricsError::Malformed {
+                        path: self.path.clone(),
+                        line: self.line,
+                        message: e.to_string(),
+                    };
+                    tracing::warn!("{bad}; skipped");
+                }
+            }
         }
         Ok(events)
     }

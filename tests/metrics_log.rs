@@ -1,0 +1,81 @@
+//! `metrics.jsonl` survives interrupted writes: a torn last line is cut before the next
+//! append, and a bad line in the middle is skipped, not fatal.
+
+use std::io::Write;
+
+use vitrine::train::events::TrainEvent;
+use vitrine::train::metrics_log::{MetricsFollower, MetricsWriter, read_all};
+
+fn notice(step: usize) -> TrainEvent {
+    TrainEvent::Notice {
+        step,
+        message: format!("event {step}"),
+        kind: None,
+    }
+}
+
+#[test]
+fn a_torn_last_line_is_cut_before_the_next_event() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("metrics.jsonl");
+    {
+        let mut w = MetricsWriter::append(&path).expect("open");
+        w.write(&notice(1)).expect("write");
+        w.write(&notice(2)).expect("write");
+    }
+    // Power lost in the middle of the third event.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open");
+    f.write_all(br#"{"event":"notice","step":3,"mess"#)
+        .expect("torn");
+    drop(f);
+    let mut w = MetricsWriter::append(&path).expect("reopen repairs");
+    w.write(&notice(4)).expect("write");
+    assert_eq!(
+        read_all(&path).expect("read"),
+        vec![notice(1), notice(2), notice(4)]
+    );
+    // A file holding only a torn line is emptied.
+    let only = tmp.path().join("only.jsonl");
+    std::fs::write(&only, b"{\"event\":\"no").expect("write");
+    MetricsWriter::append(&only).expect("repair");
+    assert_eq!(std::fs::read(&only).expect("read"), b"");
+}
+
+#[test]
+fn a_bad_line_is_skipped_and_the_rest_replays() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("metrics.jsonl");
+    let line = |e: &TrainEvent| serde_json::to_string(e).expect("json") + "\n";
+    let text = [
+        line(&notice(1)),
+        "{\"event\":\"notice\",\"st\n".to_string(),
+        "\u{0}\u{ff}garbage\n".to_string(),
+        line(&notice(2)),
+    ]
+    .concat();
+    let mut bytes = text.into_bytes();
+    bytes.extend_from_slice(&[0xff, 0xfe, b'\n']);
+    bytes.extend_from_slice(line(&notice(3)).as_bytes());
+    std::fs::write(&path, bytes).expect("write");
+    let mut follower = MetricsFollower::new(&path);
+    assert_eq!(
+        follower.poll().expect("poll"),
+        vec![notice(1), notice(2), notice(3)]
+    );
+    assert_eq!(follower.skipped(), 3);
+    // A writer mid-append: the partial line waits for the next poll.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open");
+    let next = line(&notice(4));
+    let (a, b) = next.as_bytes().split_at(10);
+    f.write_all(a).expect("half");
+    assert!(follower.poll().expect("poll").is_empty());
+    f.write_all(b).expect("rest");
+    assert_eq!(follower.poll().expect("poll"), vec![notice(4)]);
+    assert_eq!(follower.skipped(), 3);
+}
