@@ -100,17 +100,25 @@ impl RunDir {
         })
     }
 
-    /// PID of the live process holding the lock, if any.
+    /// PID of the live process holding the lock, if any. The OS lock decides; the
+    /// file's content only names the holder.
     pub fn locked_by(&self) -> Option<u32> {
-        let pid: u32 = std::fs::read_to_string(self.lock_path())
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        process_alive(pid).then_some(pid)
+        let file = std::fs::File::open(self.lock_path()).ok()?;
+        match file.try_lock_shared() {
+            // Nobody holds it (the shared lock is released as `file` closes).
+            Ok(()) => None,
+            Err(std::fs::TryLockError::WouldBlock) => Some(holder_pid(&self.lock_path())),
+            Err(std::fs::TryLockError::Error(e)) => {
+                tracing::warn!("cannot query the lock of run {}: {e}", self.root.display());
+                None
+            }
+        }
     }
 
-    /// Takes the run's lock; a lock left by a dead process is taken over.
+    /// Takes the run's lock: an exclusive OS lock (`flock`) on `RUN/lock`, released
+    /// by the kernel when the holder exits however it exits, so a crashed trainer
+    /// never leaves a lock behind and two processes can never both hold it. The
+    /// holder's PID is written into the file for display.
     pub fn lock(&self) -> Result<RunLock, RunError> {
         self.create()?;
         let path = self.lock_path();
@@ -118,31 +126,44 @@ impl RunDir {
             run: self.root.clone(),
             source,
         };
-        for _ in 0..2 {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut f) => {
-                    write!(f, "{}", std::process::id()).map_err(io_err)?;
-                    return Ok(RunLock { path });
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    if let Some(pid) = self.locked_by().filter(|&p| p != std::process::id()) {
-                        return Err(RunError::Locked {
-                            run: self.root.clone(),
-                            pid,
-                        });
-                    }
-                    tracing::warn!("taking over the stale lock of run {}", self.root.display());
-                    std::fs::remove_file(&path).map_err(io_err)?;
-                }
-                Err(e) => return Err(io_err(e)),
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(RunError::Locked {
+                    run: self.root.clone(),
+                    pid: holder_pid(&path),
+                });
             }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
         }
-        Err(io_err(io::Error::other("could not take the run lock")))
+        file.set_len(0)
+            .and_then(|()| write!(file, "{}", std::process::id()))
+            .and_then(|()| file.flush())
+            .map_err(io_err)?;
+        Ok(RunLock { file })
     }
+}
+
+/// The PID written in a held lock file; the holder writes it right after taking the
+/// lock, so a reader arriving in between waits a moment. 0 when it never appears.
+fn holder_pid(path: &Path) -> u32 {
+    for _ in 0..50 {
+        if let Some(pid) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            return pid;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,23 +173,17 @@ pub enum ControlRequest {
     Stop,
 }
 
-/// Held while training; removes the lock file when dropped.
+/// Held while training. Dropping it empties the file and releases the OS lock; the
+/// file itself stays (deleting it would let a newcomer lock a fresh file while an old
+/// opener still holds the unlinked one).
 #[derive(Debug)]
 pub struct RunLock {
-    path: PathBuf,
+    file: std::fs::File,
 }
 
 impl Drop for RunLock {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// Whether a process with this PID exists (Linux `/proc`; elsewhere assumed alive).
-pub fn process_alive(pid: u32) -> bool {
-    if cfg!(target_os = "linux") {
-        Path::new(&format!("/proc/{pid}")).exists()
-    } else {
-        true
+        let _ = self.file.set_len(0);
+        let _ = self.file.unlock();
     }
 }

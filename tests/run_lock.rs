@@ -1,0 +1,105 @@
+//! The run lock is an OS lock: a file left by a dead (or reused) PID is no lock, and of
+//! many processes racing for one run exactly one wins.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use vitrine::train::run_dir::{RunDir, RunError};
+
+const RACE_ENV: &str = "VITRINE_LOCK_RACE_DIR";
+
+/// Run by the race below in child processes; does nothing in a normal test run.
+#[test]
+fn lock_race_child() {
+    let Ok(dir) = std::env::var(RACE_ENV) else {
+        return;
+    };
+    let go = Path::new(&dir).join("go");
+    while !go.exists() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    match RunDir::new(Path::new(&dir)).lock() {
+        Ok(lock) => {
+            println!("RACE WON {}", std::process::id());
+            // Hold it while the others try.
+            std::thread::sleep(Duration::from_millis(1500));
+            drop(lock);
+        }
+        Err(RunError::Locked { pid, .. }) => println!("RACE LOST to {pid}"),
+        Err(e) => println!("RACE ERROR {e}"),
+    }
+}
+
+#[test]
+fn a_stale_lock_file_is_no_lock() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run = RunDir::new(&tmp.path().join("run"));
+    run.create().expect("create");
+    // A PID that is alive (this very process) but holds no OS lock: a reused PID.
+    std::fs::write(run.root.join("lock"), std::process::id().to_string()).expect("write");
+    assert_eq!(run.locked_by(), None);
+    let lock = run.lock().expect("taken over");
+    assert_eq!(run.locked_by(), Some(std::process::id()));
+    // A second taker in this process is refused too (the OS lock is per open file).
+    assert!(matches!(run.lock(), Err(RunError::Locked { .. })));
+    drop(lock);
+    assert_eq!(run.locked_by(), None);
+    assert!(run.lock().is_ok());
+}
+
+#[test]
+fn of_many_processes_racing_for_a_stale_lock_exactly_one_wins() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("run");
+    let run = RunDir::new(&dir);
+    run.create().expect("create");
+    std::fs::write(dir.join("lock"), "4194304").expect("stale lock");
+    let exe = std::env::current_exe().expect("test binary");
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            Command::new(&exe)
+                .args([
+                    "lock_race_child",
+                    "--exact",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(RACE_ENV, &dir)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(dir.join("go"), "").expect("go");
+    let outputs: Vec<String> = children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().expect("wait");
+            assert!(out.status.success());
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .collect();
+    let won: Vec<&String> = outputs.iter().filter(|o| o.contains("RACE WON")).collect();
+    let lost = outputs.iter().filter(|o| o.contains("RACE LOST")).count();
+    assert_eq!(won.len(), 1, "{outputs:#?}");
+    assert_eq!(lost, 7, "{outputs:#?}");
+    // The losers name the winner.
+    // (libtest prints "test lock_race_child ... " on the same line.)
+    let winner: String = won[0]
+        .split("RACE WON ")
+        .nth(1)
+        .expect("pid")
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    assert!(
+        outputs
+            .iter()
+            .filter(|o| o.contains("RACE LOST"))
+            .all(|o| o.contains(&format!("RACE LOST to {winner}"))),
+        "{outputs:#?}"
+    );
+    assert_eq!(run.locked_by(), None, "released when the winner exits");
+}
