@@ -165,6 +165,8 @@ pub struct DataConfig {
     pub crop: bool,
     pub workers: usize,
     pub prefetch: usize,
+    /// Largest image decoded, in pixels; bigger files count as unreadable.
+    pub max_image_pixels: u64,
 }
 
 impl Default for DataConfig {
@@ -176,6 +178,7 @@ impl Default for DataConfig {
             crop: true,
             workers: 0,
             prefetch: 2,
+            max_image_pixels: 40_000_000,
         }
     }
 }
@@ -328,8 +331,11 @@ impl Config {
     /// Checks ranges that types alone cannot; returns the dotted key at fault.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let fail = |key: &str, reason: &str| Err((key.to_string(), reason.to_string()));
-        if self.data.prefetch == 0 {
-            return fail("data.prefetch", "must be at least 1");
+        if !(1..=64).contains(&self.data.prefetch) {
+            return fail("data.prefetch", "must be between 1 and 64 batches");
+        }
+        if self.data.max_image_pixels == 0 {
+            return fail("data.max_image_pixels", "must be at least 1");
         }
         if self.synth.items < 12 {
             return fail("synth.items", "must be at least 12");

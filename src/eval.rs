@@ -24,11 +24,17 @@ pub struct Hit {
 }
 
 /// Best first; ties broken by the lower gallery index so rankings are deterministic.
+/// A total order (NaN scores sort last), so sorting never sees an inconsistent
+/// comparison.
 fn rank_order(a: &Hit, b: &Hit) -> Ordering {
-    b.score
-        .partial_cmp(&a.score)
-        .unwrap_or(Ordering::Equal)
-        .then(a.index.cmp(&b.index))
+    let key = |h: &Hit| {
+        if h.score.is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            h.score
+        }
+    };
+    key(b).total_cmp(&key(a)).then(a.index.cmp(&b.index))
 }
 
 /// The `k` best hits of one score row.
@@ -191,6 +197,28 @@ pub fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nan_scores_rank_last_and_never_break_the_sort() {
+        let mut scores = vec![0.5f32, f32::NAN, 0.9, f32::NAN, -0.2, 0.9];
+        scores.extend((0..200).map(|i| {
+            if i % 7 == 0 {
+                f32::NAN
+            } else {
+                i as f32 / 400.0
+            }
+        }));
+        let hits = top_k_of_row(&scores, scores.len());
+        assert_eq!(hits.len(), scores.len());
+        let first_nan = hits.iter().position(|h| h.score.is_nan()).expect("nan");
+        assert!(hits[first_nan..].iter().all(|h| h.score.is_nan()));
+        assert!(
+            hits[..first_nan]
+                .windows(2)
+                .all(|w| w[0].score >= w[1].score)
+        );
+        assert_eq!(top_k_of_row(&scores, 2)[0].index, 2);
+    }
 
     #[test]
     fn hand_computed_toy_case_with_ties_and_an_unmatched_query() {

@@ -163,6 +163,38 @@ fn index_then_search_and_the_errors_users_meet() {
     )
     .expect_err("no checkpoint");
     assert!(err.to_string().contains("nope.safetensors"), "{err}");
+    // NaN queries are refused rather than ranked.
+    let mut nan = v.clone();
+    nan[0] = f32::NAN;
+    assert!(matches!(
+        searcher.search_vector(&nan, 5),
+        Err(SearchError::NotFinite)
+    ));
+    // A damaged checkpoint that embeds NaN: indexing refuses, naming an image, and the
+    // index already there stays as it was.
+    let (_, varmap) =
+        Embedder::seeded(t.config.model.embedder(), &candle_core::Device::Cpu, 0).expect("m");
+    checkpoint::load_full(&varmap, &run.join("checkpoints/best.safetensors")).expect("load");
+    let head = varmap.data().lock().expect("lock")["head.weight"].clone();
+    head.set(&(head.as_tensor() * f64::NAN).expect("nan"))
+        .expect("set");
+    let damaged = tmp.path().join("damaged.safetensors");
+    checkpoint::save(&varmap, &damaged).expect("save");
+    let before = std::fs::read(run.join("index/header.json")).expect("header");
+    let err = build::build(
+        &IndexJob {
+            checkpoint: CheckpointChoice::Path(damaged),
+            ..job.clone()
+        },
+        &mut |_, _| {},
+    )
+    .expect_err("NaN embeddings");
+    assert!(err.to_string().contains("not finite"), "{err}");
+    assert!(err.to_string().contains(".jpg"), "{err}");
+    assert_eq!(
+        std::fs::read(run.join("index/header.json")).expect("header"),
+        before
+    );
 }
 
 /// Copies the shop images of the test gallery into `dir/<item>/<name>.jpg`.

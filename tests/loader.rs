@@ -11,6 +11,7 @@ fn cfg(size: u32) -> LoaderConfig {
         crop: true,
         workers: 2,
         prefetch: 2,
+        max_pixels: 1_000_000,
     }
 }
 
@@ -169,4 +170,68 @@ fn augmentation_is_seeded_and_absent_without_a_seed() {
         load_batch_with(&groups, &cfg(16), Some((off, 7))).data,
         plain.data
     );
+}
+
+#[test]
+fn images_over_the_pixel_limit_are_unreadable_not_decoded() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // 3000 × 3000 grey: 9 MP, a few kB as PNG, 27 MB once RGB.
+    let big = tmp.path().join("big.png");
+    image::GrayImage::new(3000, 3000).save(&big).expect("save");
+    let small = tmp.path().join("small.png");
+    two_tone(&small);
+    let spec = |p: &std::path::Path| ImageSpec {
+        path: p.to_path_buf(),
+        bbox: None,
+    };
+    let err = load_image(&spec(&big), &cfg(8)).expect_err("over the limit");
+    let msg = err.to_string();
+    assert!(msg.contains("big.png"), "{msg}");
+    assert!(load_image(&spec(&small), &cfg(8)).is_ok());
+    // In a batch it is one failed group, the rest is kept.
+    let batch = load_batch(&[vec![spec(&small)], vec![spec(&big)]], &cfg(8));
+    assert_eq!(batch.kept, vec![0]);
+    assert_eq!(batch.failed.len(), 1);
+    // A limit that admits it decodes it.
+    let roomy = LoaderConfig {
+        max_pixels: 10_000_000,
+        ..cfg(8)
+    };
+    assert!(load_image(&spec(&big), &roomy).is_ok());
+}
+
+#[test]
+#[allow(unsafe_code)]
+fn a_decoder_that_panics_makes_one_image_unreadable_not_a_short_batch() {
+    use vitrine::data::loader::FAULT_PANIC_ENV;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ok = tmp.path().join("fine.png");
+    let bad = tmp.path().join("crash-me-4242.png");
+    two_tone(&ok);
+    two_tone(&bad);
+    // SAFETY: only this test reads or writes the variable, and no other test's
+    // paths contain its value.
+    unsafe { std::env::set_var(FAULT_PANIC_ENV, "crash-me-4242") };
+    let spec = |p: &std::path::Path| {
+        vec![ImageSpec {
+            path: p.to_path_buf(),
+            bbox: None,
+        }]
+    };
+    let groups = vec![spec(&ok), spec(&bad), spec(&ok)];
+    let batch = load_batch(&groups, &cfg(8));
+    assert_eq!(batch.kept, vec![0, 2]);
+    assert_eq!(batch.failed.len(), 1);
+    let msg = batch.failed[0].to_string();
+    assert!(
+        msg.contains("crash-me-4242") && msg.contains("crashed"),
+        "{msg}"
+    );
+    // Through the prefetch thread: every batch arrives and the run is complete.
+    let mut p = Prefetcher::spawn(vec![groups.clone(), groups], cfg(8)).expect("spawn");
+    let got: Vec<_> = p.by_ref().collect();
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|b| b.kept == vec![0, 2]));
+    p.finish().expect("complete");
+    unsafe { std::env::remove_var(FAULT_PANIC_ENV) };
 }

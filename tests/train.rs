@@ -118,6 +118,7 @@ fn checkpoints_reload_to_identical_embeddings() {
         crop: true,
         workers: 1,
         prefetch: 1,
+        max_pixels: 1_000_000,
     };
     let q = ds.queries(Split::Val);
     let g = ds.unique_images(&[Split::Val], Source::Shop);
@@ -305,14 +306,21 @@ fn bad_pretrained_weights_are_a_listed_error_and_runs_are_locked() {
         "{msg}"
     );
 
-    // A live process holding the lock keeps other trainers out.
+    // A live process holding the lock keeps other trainers out (flock(1) holds the
+    // same OS lock vitrine takes).
     let run = RunDir::new(&tmp.path().join("locked"));
     run.create().expect("create");
-    let mut child = std::process::Command::new("sleep")
-        .arg("30")
+    let lock = run.root.join("lock");
+    std::fs::write(&lock, "").expect("lock file");
+    let mut child = std::process::Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "30"])
         .spawn()
-        .expect("sleep");
-    std::fs::write(run.root.join("lock"), child.id().to_string()).expect("lock");
+        .expect("flock(1), from util-linux");
+    std::fs::write(&lock, child.id().to_string()).expect("pid");
+    while run.locked_by().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let (result, _) = run_collect(
         &job(&data, &run.root, common::tiny_train_config()),
         &Control::new(),
@@ -544,4 +552,26 @@ fn a_train_split_smaller_than_one_batch_trains_instead_of_panicking() {
             "{name}"
         );
     }
+}
+
+#[test]
+fn settings_that_cannot_be_saved_are_refused_before_the_run_is_touched() {
+    use std::os::unix::ffi::OsStrExt;
+    let data = common::synth_dataset(60, 64);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cfg = common::tiny_train_config();
+    // Not UTF-8: TOML cannot hold it.
+    cfg.model.pretrained = tmp
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"weights-\xff.safetensors"));
+    let job = job(&data, &tmp.path().join("run"), cfg);
+    let (result, events) = run_collect(&job, &Control::new());
+    let msg = result.expect_err("refused").to_string();
+    assert!(
+        msg.contains("config.toml") && msg.contains("UTF-8"),
+        "{msg}"
+    );
+    assert!(events.is_empty());
+    let run = RunDir::new(&job.run);
+    assert!(!run.config().exists() && !run.metrics().exists());
 }

@@ -133,6 +133,7 @@ fn load(config: &Config, args: &BenchLoadArgs) -> anyhow::Result<()> {
         crop: config.data.crop,
         workers: config.data.workers,
         prefetch: config.data.prefetch,
+        max_pixels: config.data.max_image_pixels,
     };
     let images: Vec<usize> = (0..ds.images.len())
         .filter(|&i| ds.images[i].present)
@@ -153,10 +154,11 @@ fn load(config: &Config, args: &BenchLoadArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut n = 0usize;
     let mut failed = 0usize;
-    for batch in loader {
+    for batch in loader.by_ref() {
         n += batch.n;
         failed += batch.failed.len();
     }
+    loader.finish()?;
     let secs = start.elapsed().as_secs_f64();
     let per_s = n as f64 / secs.max(1e-9);
     if args.json {

@@ -193,7 +193,8 @@ impl EventPrinter {
                 seconds,
                 ..
             } => eprintln!(
-                "\nstopped at step {step}, validated: val loss {val_loss:.4}, val top-1 {:.1}%, top-20 {:.1}%, MAP@R {val_map_at_r:.3} ({seconds:.0} s)",
+                "\nstopped at step {step}, validated: {}, val top-1 {:.1}%, top-20 {:.1}%, MAP@R {val_map_at_r:.3} ({seconds:.0} s)",
+                val_loss_text(*val_loss),
                 val_top1 * 100.0,
                 val_top20 * 100.0
             ),
@@ -207,9 +208,10 @@ impl EventPrinter {
                 seconds,
                 ..
             } => eprintln!(
-                "\nepoch {}/{}: train loss {train_loss:.4}, val loss {val_loss:.4}, val top-1 {:.1}%, top-20 {:.1}%, MAP@R {val_map_at_r:.3} ({seconds:.0} s)",
+                "\nepoch {}/{}: train loss {train_loss:.4}, {}, val top-1 {:.1}%, top-20 {:.1}%, MAP@R {val_map_at_r:.3} ({seconds:.0} s)",
                 epoch + 1,
                 self.epochs,
+                val_loss_text(*val_loss),
                 val_top1 * 100.0,
                 val_top20 * 100.0
             ),
@@ -219,7 +221,8 @@ impl EventPrinter {
                 val_top20,
                 val_map_at_r,
             } => eprintln!(
-                "untrained: val loss {val_loss:.4}, val top-1 {:.1}%, top-20 {:.1}%, MAP@R {val_map_at_r:.3}",
+                "untrained: {}, val top-1 {:.1}%, top-20 {:.1}%, MAP@R {val_map_at_r:.3}",
+                val_loss_text(*val_loss),
                 val_top1 * 100.0,
                 val_top20 * 100.0
             ),
@@ -235,5 +238,16 @@ impl EventPrinter {
                 }
             }
         }
+    }
+}
+
+/// The val loss, or why there is none: it needs a val query whose item has a shop
+/// image and whose small category has another item in the val gallery.
+fn val_loss_text(v: f32) -> String {
+    if v.is_finite() {
+        format!("val loss {v:.4}")
+    } else {
+        "no val loss (no val query has both its item's shop image and another item of its category)"
+            .to_string()
     }
 }

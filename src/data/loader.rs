@@ -29,6 +29,12 @@ pub enum LoadError {
     Unreadable { path: PathBuf, message: String },
     #[error("cannot start the image decoding pool: {0}")]
     Pool(String),
+    #[error("the image decoding thread stopped after {done} of {expected} batches{}", if detail.is_empty() { String::new() } else { format!(": {detail}") })]
+    Incomplete {
+        done: usize,
+        expected: usize,
+        detail: String,
+    },
 }
 
 /// One image to load: its file and optional crop box.
@@ -48,6 +54,9 @@ pub struct LoaderConfig {
     pub workers: usize,
     /// Batches decoded ahead (queue depth).
     pub prefetch: usize,
+    /// Largest image accepted, in pixels; bigger files are reported unreadable
+    /// instead of decoded (a 24000² PNG would take gigabytes per decode thread).
+    pub max_pixels: u64,
 }
 
 /// A decoded batch: `data` is `(n, 3, size, size)` row-major.
@@ -84,13 +93,27 @@ pub fn load_image_with(
         path: spec.path.clone(),
         message,
     };
-    let img = image::ImageReader::open(&spec.path)
+    fault_injection(&spec.path);
+    let mut reader = image::ImageReader::open(&spec.path)
         .map_err(|e| unreadable(e.to_string()))?
         .with_guessed_format()
-        .map_err(|e| unreadable(e.to_string()))?
-        .decode()
-        .map_err(|e| unreadable(e.to_string()))?
-        .into_rgb8();
+        .map_err(|e| unreadable(e.to_string()))?;
+    // The decoder refuses to allocate more than the largest accepted image could need
+    // (16-bit RGBA: 8 bytes a pixel), before reading any pixel data.
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(cfg.max_pixels.saturating_mul(8));
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| unreadable(e.to_string()))?;
+    let pixels = u64::from(img.width()) * u64::from(img.height());
+    if pixels > cfg.max_pixels {
+        return Err(unreadable(format!(
+            "{}×{} pixels is more than data.max_image_pixels ({})",
+            img.width(),
+            img.height(),
+            cfg.max_pixels
+        )));
+    }
+    let img = img.into_rgb8();
     let img = match spec.bbox.filter(|_| cfg.crop) {
         Some(b) => {
             let x1 = b.x1.min(img.width().saturating_sub(1));
@@ -159,12 +182,22 @@ pub fn load_batch_with(
             group
                 .iter()
                 .enumerate()
-                .map(|(m, s)| match &augment {
-                    Some((aug, seed)) => {
-                        let mut rng = Rng::derive(*seed, &[g as u64, m as u64]);
-                        load_image_with(s, cfg, Some((aug, &mut rng)))
-                    }
-                    None => load_image(s, cfg),
+                .map(|(m, s)| {
+                    // A decoder that panics on a hostile file makes that file
+                    // unreadable; it must not take the batch or the thread with it.
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &augment {
+                        Some((aug, seed)) => {
+                            let mut rng = Rng::derive(*seed, &[g as u64, m as u64]);
+                            load_image_with(s, cfg, Some((aug, &mut rng)))
+                        }
+                        None => load_image(s, cfg),
+                    }))
+                    .unwrap_or_else(|payload| {
+                        Err(LoadError::Unreadable {
+                            path: s.path.clone(),
+                            message: format!("the decoder crashed: {}", panic_text(&*payload)),
+                        })
+                    })
                 })
                 .collect()
         })
@@ -198,12 +231,38 @@ pub fn load_batch_with(
     }
 }
 
+/// Fault injection for the tests: a decoder that panics on files whose path
+/// contains the value of this variable (unset in normal use).
+pub const FAULT_PANIC_ENV: &str = "VITRINE_FAULT_DECODE_PANIC";
+
+fn fault_injection(path: &std::path::Path) {
+    if let Ok(pattern) = std::env::var(FAULT_PANIC_ENV)
+        && !pattern.is_empty()
+        && path.to_string_lossy().contains(&pattern)
+    {
+        panic!("fault injection: decoding {}", path.display());
+    }
+}
+
+/// The message of a panic payload.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
+}
+
 /// Decodes a list of batches on a background thread, `prefetch` batches ahead.
-/// Dropping it stops the thread after its current batch.
+/// Dropping it stops the thread after its current batch. Iteration ends early only
+/// if that thread dies; [`Prefetcher::finish`] then says so, so a consumer never
+/// mistakes a short read for the whole list.
 pub struct Prefetcher {
     rx: Option<Receiver<Batch>>,
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
+    expected: usize,
+    delivered: usize,
 }
 
 impl Prefetcher {
@@ -223,6 +282,7 @@ impl Prefetcher {
             .thread_name(|i| format!("vitrine-decode-{i}"))
             .build()
             .map_err(|e| LoadError::Pool(e.to_string()))?;
+        let expected = batches.len();
         let (tx, rx) = bounded(cfg.prefetch.max(1));
         let stop = Arc::new(AtomicBool::new(false));
         let stop_thread = Arc::clone(&stop);
@@ -245,6 +305,26 @@ impl Prefetcher {
             rx: Some(rx),
             stop,
             handle: Some(handle),
+            expected,
+            delivered: 0,
+        })
+    }
+
+    /// After iterating to the end: an error when fewer batches came than were asked
+    /// for (the decoding thread died), with its panic message.
+    pub fn finish(mut self) -> Result<(), LoadError> {
+        if self.delivered == self.expected {
+            return Ok(());
+        }
+        self.rx.take();
+        let detail = match self.handle.take().map(JoinHandle::join) {
+            Some(Err(payload)) => panic_text(&*payload),
+            _ => String::new(),
+        };
+        Err(LoadError::Incomplete {
+            done: self.delivered,
+            expected: self.expected,
+            detail,
         })
     }
 }
@@ -252,7 +332,9 @@ impl Prefetcher {
 impl Iterator for Prefetcher {
     type Item = Batch;
     fn next(&mut self) -> Option<Batch> {
-        self.rx.as_ref()?.recv().ok()
+        let batch = self.rx.as_ref()?.recv().ok()?;
+        self.delivered += 1;
+        Some(batch)
     }
 }
 

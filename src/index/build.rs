@@ -37,6 +37,10 @@ pub enum BuildError {
     },
     #[error("the gallery is empty: {0}")]
     Empty(String),
+    #[error(
+        "the embedding of {0} is not finite (NaN or infinite values): the checkpoint's weights are damaged"
+    )]
+    NotFinite(String),
     #[error("{} was built with other weights (fingerprint {index}) than {checkpoint} ({model}); rebuild it with `vitrine index --run {}` instead of --add", dir.display(), run.display())]
     Stale {
         dir: PathBuf,
@@ -188,6 +192,7 @@ fn loader_config(model: &LoadedModel, data: &DataConfig) -> LoaderConfig {
         crop: data.crop,
         workers: data.workers,
         prefetch: data.prefetch,
+        max_pixels: data.max_image_pixels,
     }
 }
 
@@ -216,6 +221,15 @@ pub fn embed_to_matrix(
         .to_device(&Device::Cpu)?
         .flatten_all()?
         .to_vec1::<f32>()?;
+    // A damaged checkpoint embeds NaN; such rows would poison the graph and rankings.
+    if let Some(row) = data
+        .chunks(dim.max(1))
+        .position(|r| !r.iter().all(|x| x.is_finite()))
+    {
+        return Err(BuildError::NotFinite(
+            specs[out.kept[row]].path.display().to_string(),
+        ));
+    }
     let rows = out.kept.len();
     let m = Matrix::new(rows, dim, data).ok_or_else(|| {
         BuildError::Candle(candle_core::Error::Msg(format!(

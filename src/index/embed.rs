@@ -42,7 +42,8 @@ pub fn embed_images(
     let mut kept = Vec::new();
     let mut failed = Vec::new();
     let mut done = 0;
-    for (b, loaded) in Prefetcher::spawn(batches, loader)?.enumerate() {
+    let mut prefetcher = Prefetcher::spawn(batches, loader)?;
+    for (b, loaded) in prefetcher.by_ref().enumerate() {
         let offset = b * batch;
         done += loaded.kept.len() + loaded.failed.len();
         kept.extend(loaded.kept.iter().map(|k| offset + k));
@@ -54,6 +55,7 @@ pub fn embed_images(
         }
         progress(done, specs.len());
     }
+    prefetcher.finish()?;
     let vectors = if rows.is_empty() {
         Tensor::zeros(
             (0, model.config().embedding_dim),

@@ -100,6 +100,7 @@ pub fn evaluate(
         crop: job.loader.crop,
         workers: job.loader.workers,
         prefetch: job.loader.prefetch,
+        max_pixels: job.loader.max_image_pixels,
     };
     let specs = |imgs: &[usize]| imgs.iter().map(|&i| ds.spec(i)).collect::<Vec<_>>();
     let mut embed = |what: &str, imgs: &[usize]| match &model {
@@ -188,9 +189,9 @@ fn pixels_to_matrix(
         .map(|c| c.iter().map(|s| vec![s.clone()]).collect())
         .collect();
     let (mut data, mut kept, mut bad, mut done) = (Vec::new(), Vec::new(), 0, 0);
-    let loaded_batches = Prefetcher::spawn(groups, loader)
-        .map_err(|e| BuildError::Embed(crate::index::embed::EmbedError::Load(e)))?;
-    for (b, loaded) in loaded_batches.enumerate() {
+    let load_err = |e| BuildError::Embed(crate::index::embed::EmbedError::Load(e));
+    let mut prefetcher = Prefetcher::spawn(groups, loader).map_err(load_err)?;
+    for (b, loaded) in prefetcher.by_ref().enumerate() {
         done += loaded.kept.len() + loaded.failed.len();
         kept.extend(loaded.kept.iter().map(|k| b * batch + k));
         for f in &loaded.failed {
@@ -203,6 +204,7 @@ fn pixels_to_matrix(
         }
         progress(done, specs.len());
     }
+    prefetcher.finish().map_err(load_err)?;
     let rows = kept.len();
     let m = Matrix::new(rows, dim, data).ok_or_else(|| {
         BuildError::Candle(candle_core::Error::Msg(format!(

@@ -32,6 +32,10 @@ pub enum SearchError {
     },
     #[error("query vector has {got} values, the index holds {expected}-d vectors")]
     QueryDim { expected: usize, got: usize },
+    #[error(
+        "the query's embedding is not finite (NaN or infinite values): the checkpoint's weights are damaged"
+    )]
+    NotFinite,
     #[error(transparent)]
     Query(#[from] LoadError),
     #[error("embedding the query failed: {0}")]
@@ -118,6 +122,7 @@ impl Searcher {
             crop: false,
             workers: 1,
             prefetch: 1,
+            max_pixels: model.config.data.max_image_pixels,
         };
         let params = params_of(&model.config.index);
         Ok(Self {
@@ -211,14 +216,16 @@ impl Searcher {
     }
 
     fn check_dim(&self, v: &[f32]) -> Result<(), SearchError> {
-        if v.len() == self.dim() {
-            Ok(())
-        } else {
-            Err(SearchError::QueryDim {
+        if v.len() != self.dim() {
+            return Err(SearchError::QueryDim {
                 expected: self.dim(),
                 got: v.len(),
-            })
+            });
         }
+        if !v.iter().all(|x| x.is_finite()) {
+            return Err(SearchError::NotFinite);
+        }
+        Ok(())
     }
 
     fn hits(&self, hits: &[Hit]) -> Vec<SearchHit> {

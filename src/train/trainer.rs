@@ -147,6 +147,15 @@ pub fn model_hash(config: &Config) -> String {
     format!("{:016x}", fnv1a64(text.as_bytes()))
 }
 
+/// The run's `config.toml` text.
+fn config_toml(config: &Config) -> Result<String, TrainError> {
+    toml::to_string(config).map_err(|e| {
+        TrainError::Setting(format!(
+            "the settings cannot be saved as the run's config.toml ({e}); paths in them must be valid UTF-8"
+        ))
+    })
+}
+
 /// The sidecar JSON of a checkpoint (`last.safetensors` → `last.json`).
 pub fn sidecar_path(checkpoint: &Path) -> PathBuf {
     checkpoint.with_extension("json")
@@ -223,6 +232,7 @@ fn prepare_data(job: &TrainJob) -> Result<Data, TrainError> {
         crop: cfg.data.crop,
         workers: cfg.data.workers,
         prefetch: cfg.data.prefetch,
+        max_pixels: cfg.data.max_image_pixels,
     };
     Ok(Data {
         ds,
@@ -254,6 +264,9 @@ pub fn train(
                     .into(),
         });
     }
+    // Settings that cannot be saved (a path that is not UTF-8) are refused before the
+    // run is touched: an empty config.toml would make `index` use the defaults.
+    config_toml(&job.config)?;
     // A request left from an earlier process must not pause or stop this one.
     let _ = std::fs::remove_file(run.control());
     let mut metrics = MetricsWriter::append(&run.metrics())?;
@@ -378,13 +391,11 @@ impl<'a> Session<'a> {
         if job.resume {
             session.restore(&last)?;
         }
-        write_bytes_atomic(
-            &run.config(),
-            toml::to_string(&cfg).unwrap_or_default().as_bytes(),
-        )
-        .map_err(|source| TrainError::Io {
-            path: run.config(),
-            source,
+        write_bytes_atomic(&run.config(), config_toml(cfg)?.as_bytes()).map_err(|source| {
+            TrainError::Io {
+                path: run.config(),
+                source,
+            }
         })?;
         Ok(session)
     }
@@ -572,9 +583,9 @@ impl<'a> Session<'a> {
                 (specs, *seed)
             })
             .collect();
-        let loader = Prefetcher::spawn_augmented(requests, self.data.loader, cfg.augment)?;
+        let mut loader = Prefetcher::spawn_augmented(requests, self.data.loader, cfg.augment)?;
         let (mut loss_sum, mut loss_n) = (0f64, 0usize);
-        for (batch, (groups, _)) in loader.zip(&batches) {
+        for (batch, (groups, _)) in loader.by_ref().zip(&batches) {
             while self.paused(control) && !self.stopping(control) {
                 std::thread::sleep(Duration::from_millis(50));
                 rate.pause();
@@ -612,6 +623,8 @@ impl<'a> Session<'a> {
                 self.save(CheckpointKind::Last, emit)?;
             }
         }
+        // An epoch cut short by a dead decoding thread is an error, not an epoch.
+        loader.finish()?;
         let t = Instant::now();
         let val = self.validate()?;
         self.validation_seconds = t.elapsed().as_secs_f64();
@@ -947,7 +960,10 @@ pub fn validate(
     Ok(Some((retrieval, val_loss)))
 }
 
-/// Mean triplet loss of each query with its item's nearest... shop image as positive
+/// Queries per block of the validation loss's similarity matrix.
+const VAL_BLOCK: usize = 1024;
+
+/// Mean triplet loss of each query with its item's farthest shop image as positive
 /// and the closest shop image of another item of the same small category as negative.
 #[allow(clippy::too_many_arguments)]
 fn val_triplet_loss(
@@ -960,35 +976,43 @@ fn val_triplet_loss(
     gallery: &[usize],
     margin: f32,
 ) -> Result<f32, TrainError> {
-    // Unit vectors: d² = 2 − 2·cos.
-    let cos = q
-        .matmul(&g.t()?)?
-        .to_device(&Device::Cpu)?
-        .to_vec2::<f32>()?;
     let g_cat: Vec<usize> = g_kept
         .iter()
         .map(|&k| ds.items[ds.images[gallery[k]].item].category)
         .collect();
     let mut sum = 0f64;
     let mut n = 0usize;
-    for (row, &item) in cos.iter().zip(q_items) {
-        let cat = ds.items[item].category;
-        let dist = |c: f32| (2.0 - 2.0 * c).max(0.0).sqrt();
-        let pos = row
-            .iter()
-            .zip(g_items)
-            .filter(|(_, gi)| **gi == item)
-            .map(|(c, _)| dist(*c))
-            .fold(f32::NAN, f32::max);
-        let neg = row
-            .iter()
-            .zip(g_items.iter().zip(&g_cat))
-            .filter(|(_, (gi, gc))| **gi != item && **gc == cat)
-            .map(|(c, _)| dist(*c))
-            .fold(f32::NAN, f32::min);
-        if pos.is_finite() && neg.is_finite() {
-            sum += f64::from((pos - neg + margin).max(0.0));
-            n += 1;
+    // Blocks of queries, so the query × gallery matrix never exists whole (DeepFashion's
+    // val split would need gigabytes).
+    let rows = q.dim(0)?;
+    let gt = g.t()?;
+    for start in (0..rows).step_by(VAL_BLOCK) {
+        let len = VAL_BLOCK.min(rows - start);
+        // Unit vectors: d² = 2 − 2·cos.
+        let cos = q
+            .narrow(0, start, len)?
+            .matmul(&gt)?
+            .to_device(&Device::Cpu)?
+            .to_vec2::<f32>()?;
+        for (row, &item) in cos.iter().zip(&q_items[start..start + len]) {
+            let cat = ds.items[item].category;
+            let dist = |c: f32| (2.0 - 2.0 * c).max(0.0).sqrt();
+            let pos = row
+                .iter()
+                .zip(g_items)
+                .filter(|(_, gi)| **gi == item)
+                .map(|(c, _)| dist(*c))
+                .fold(f32::NAN, f32::max);
+            let neg = row
+                .iter()
+                .zip(g_items.iter().zip(&g_cat))
+                .filter(|(_, (gi, gc))| **gi != item && **gc == cat)
+                .map(|(c, _)| dist(*c))
+                .fold(f32::NAN, f32::min);
+            if pos.is_finite() && neg.is_finite() {
+                sum += f64::from((pos - neg + margin).max(0.0));
+                n += 1;
+            }
         }
     }
     Ok(if n == 0 {

@@ -136,10 +136,21 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
     enable_raw_mode()?;
     let guard = TerminalGuard;
     let previous = std::panic::take_hook();
+    let ui_thread = std::thread::current().id();
     std::panic::set_hook(Box::new(move |info| {
-        restore_terminal();
-        tracing::error!("panic: {info}");
-        previous(info);
+        // Only a panic of the UI thread ends the dashboard; a worker's is logged (its
+        // worker reports the failure) and must not touch the screen the UI still draws.
+        if std::thread::current().id() == ui_thread {
+            restore_terminal();
+            tracing::error!("panic: {info}");
+            previous(info);
+        } else {
+            let name = std::thread::current()
+                .name()
+                .unwrap_or("worker")
+                .to_string();
+            tracing::error!("panic in the {name} thread: {info}");
+        }
     }));
     execute!(std::io::stdout(), EnterAlternateScreen, cursor::Hide)?;
     let (picker, images_label) = pick_images(launch.config.ui.images);

@@ -148,15 +148,39 @@ pub fn read_dataset(
 }
 
 pub fn spawn_dataset(root: PathBuf, protocol: GalleryProtocol, seed: u64, out: Outbox) {
-    spawn("dataset", move || {
+    let failed = |m| WorkerEvent::Dataset(Box::new(Err(m)));
+    spawn("dataset", &out.clone(), failed, move || {
         out.send(WorkerEvent::Dataset(Box::new(read_dataset(
             &root, protocol, seed,
         ))));
     });
 }
 
-fn spawn(name: &str, f: impl FnOnce() + Send + 'static) {
-    if let Err(e) = std::thread::Builder::new().name(name.into()).spawn(f) {
+/// Runs `f` on a named thread. If it panics, the panic is logged and `failed(message)`
+/// is sent, so the UI never waits forever on a worker that died (Building, a pending
+/// search, scoring Running).
+fn spawn(
+    name: &str,
+    out: &Outbox,
+    failed: impl FnOnce(String) -> WorkerEvent + Send + 'static,
+    f: impl FnOnce() + Send + 'static,
+) {
+    let out = out.clone();
+    let thread = name.to_string();
+    let body = move || {
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!("the {thread} worker stopped: {message}");
+            out.send(failed(format!(
+                "the {thread} worker stopped unexpectedly ({message}); see the log"
+            )));
+        }
+    };
+    if let Err(e) = std::thread::Builder::new().name(name.into()).spawn(body) {
         tracing::error!("cannot start the {name} thread: {e}");
     }
 }
@@ -177,12 +201,17 @@ pub fn run_config(run: &Path, fallback: &Config) -> Config {
 /// weights when it has none: unit embeddings, Euclidean d(a,p), d(a,n) and
 /// `max(0, d(a,p) − d(a,n) + margin)`. Partial results are sent as they come.
 pub fn spawn_scorer(run: PathBuf, config: Config, rows: Vec<TripletRow>, out: Outbox) {
-    spawn("score", move || {
-        if let Err(e) = score(&run, &config, &rows, &out) {
-            tracing::warn!("triplet scoring: {e}");
-            out.send(WorkerEvent::ScoresFailed(e));
-        }
-    });
+    spawn(
+        "score",
+        &out.clone(),
+        WorkerEvent::ScoresFailed,
+        move || {
+            if let Err(e) = score(&run, &config, &rows, &out) {
+                tracing::warn!("triplet scoring: {e}");
+                out.send(WorkerEvent::ScoresFailed(e));
+            }
+        },
+    );
 }
 
 fn score(run: &Path, fallback: &Config, rows: &[TripletRow], out: &Outbox) -> Result<(), String> {
@@ -205,6 +234,7 @@ fn score(run: &Path, fallback: &Config, rows: &[TripletRow], out: &Outbox) -> Re
         crop: cfg.data.crop,
         workers: 1,
         prefetch: 1,
+        max_pixels: cfg.data.max_image_pixels,
     };
     let margin = cfg.loss.margin;
     let mut vectors: HashMap<PathBuf, Option<Vec<f32>>> = HashMap::new();
@@ -323,9 +353,15 @@ impl IndexWorker {
             config,
             out: out.clone(),
         };
-        spawn("search", move || search_loop(&run, &rx, &generation, &out));
+        spawn(
+            "search",
+            &out.clone(),
+            |m| WorkerEvent::Search(Err(m)),
+            move || search_loop(&run, &rx, &generation, &out),
+        );
         let (run, out) = (worker.run.clone(), worker.out.clone());
-        spawn("index-status", move || {
+        let failed = |m| WorkerEvent::Index(IndexStatus::Failed(m));
+        spawn("index-status", &out.clone(), failed, move || {
             out.send(WorkerEvent::Index(index_status(&run)));
         });
         worker
@@ -334,6 +370,9 @@ impl IndexWorker {
     pub fn search(&self, path: PathBuf, item: Option<String>) {
         if self.searches.send((path, item)).is_err() {
             tracing::error!("the search thread is gone");
+            self.out.send(WorkerEvent::Search(Err(
+                "the search worker has stopped (see the log); restart the dashboard".into(),
+            )));
         }
     }
 
@@ -345,7 +384,8 @@ impl IndexWorker {
             self.out.clone(),
         );
         let generation = Arc::clone(&self.generation);
-        spawn("index", move || {
+        let failed = |m| WorkerEvent::Index(IndexStatus::Failed(m));
+        spawn("index", &out.clone(), failed, move || {
             let Some(checkpoint) = index_checkpoint(&run) else {
                 out.send(WorkerEvent::Index(IndexStatus::Failed(
                     "no checkpoint yet: train first (t)".into(),
@@ -465,7 +505,7 @@ impl ThumbWorker {
         let (tx, rx) = crossbeam_channel::unbounded::<ThumbKey>();
         for _ in 0..threads.max(1) {
             let (rx, out, picker) = (rx.clone(), out.clone(), picker.clone());
-            spawn("thumbs", move || {
+            spawn("thumbs", &out.clone(), WorkerEvent::Status, move || {
                 while let Ok(key) = rx.recv() {
                     let result = make_thumb(&picker, &key);
                     if !out.send(WorkerEvent::Thumb(key, result)) {
