@@ -31,16 +31,32 @@ pub enum CollapseChange {
     Recovered(String),
 }
 
-/// Watches a window of steps; reports entering and leaving a collapse once each.
+/// Gap d(a,n) − d(a,p) below which a triplet loss at its margin counts as stuck, and
+/// above which it counts as moving again.
+pub const GAP_STUCK: f32 = 0.02;
+pub const GAP_MOVING: f32 = 0.05;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum State {
+    #[default]
+    Healthy,
+    /// Every image maps near one point.
+    Collapsed,
+    /// A triplet loss at its margin with d(a,n) ≈ d(a,p).
+    Stuck,
+}
+
+/// Watches a window of steps; reports entering and leaving a collapse once each, with
+/// hysteresis so a run near a threshold does not flap.
 #[derive(Debug, Clone, Default)]
 pub struct CollapseMonitor {
     window: VecDeque<StepSignals>,
-    collapsed: bool,
+    state: State,
 }
 
 impl CollapseMonitor {
     pub fn is_collapsed(&self) -> bool {
-        self.collapsed
+        self.state != State::Healthy
     }
 
     pub fn observe(&mut self, s: StepSignals) -> Option<CollapseChange> {
@@ -58,32 +74,36 @@ impl CollapseMonitor {
         let mean = |f: fn(&StepSignals) -> f32| self.window.iter().map(f).sum::<f32>() / n;
         let spread = mean(|s| s.spread);
         let gap = mean(|s| s.d_an - s.d_ap);
-        let stuck = s.margin.is_some_and(|m| {
-            let loss = mean(|s| s.loss);
-            gap.abs() < 0.02 && (loss - m).abs() < 0.05 * m
-        });
-        if !self.collapsed && (spread > SPREAD_COLLAPSED || stuck) {
-            self.collapsed = true;
-            let what = if spread > SPREAD_COLLAPSED {
-                format!(
-                    "the embeddings are collapsing: mean cosine between a batch's images {spread:.3} over the last {WINDOW} steps (healthy runs stay well below {SPREAD_COLLAPSED})"
-                )
-            } else {
-                format!(
-                    "training is stuck: d(a,n) − d(a,p) = {gap:.3} with the loss at the margin over the last {WINDOW} steps"
-                )
-            };
-            return Some(CollapseChange::Collapsed(format!(
-                "{what}; search results will be unrelated images. Try loss.kind = \"norm_softmax\" or \"multi_similarity\", model.bnneck = true, or a lower learning rate (README: \"When training collapses\")"
-            )));
+        let loss = mean(|s| s.loss);
+        let at_margin = s.margin.is_some_and(|m| (loss - m).abs() < 0.05 * m);
+        let advice = "search results will be unrelated images. Try loss.kind = \"norm_softmax\", model.bnneck = true, or a lower learning rate (README: \"When training collapses\")";
+        match self.state {
+            State::Healthy if spread > SPREAD_COLLAPSED => {
+                self.state = State::Collapsed;
+                Some(CollapseChange::Collapsed(format!(
+                    "the embeddings are collapsing: mean cosine between a batch's images {spread:.3} over the last {WINDOW} steps (healthy runs stay well below {SPREAD_COLLAPSED}); {advice}"
+                )))
+            }
+            State::Healthy if at_margin && gap.abs() < GAP_STUCK => {
+                self.state = State::Stuck;
+                Some(CollapseChange::Collapsed(format!(
+                    "training is stuck: d(a,n) − d(a,p) = {gap:.3} with the loss at the margin over the last {WINDOW} steps; {advice}"
+                )))
+            }
+            State::Collapsed if spread < SPREAD_RECOVERED => {
+                self.state = State::Healthy;
+                Some(CollapseChange::Recovered(format!(
+                    "the embeddings spread again: mean cosine {spread:.3} over the last {WINDOW} steps"
+                )))
+            }
+            State::Stuck if gap > GAP_MOVING || !at_margin => {
+                self.state = State::Healthy;
+                Some(CollapseChange::Recovered(format!(
+                    "training moves again: d(a,n) − d(a,p) = {gap:.3}, loss {loss:.3} over the last {WINDOW} steps"
+                )))
+            }
+            _ => None,
         }
-        if self.collapsed && spread < SPREAD_RECOVERED && !stuck {
-            self.collapsed = false;
-            return Some(CollapseChange::Recovered(format!(
-                "the embeddings spread again: mean cosine {spread:.3} over the last {WINDOW} steps"
-            )));
-        }
-        None
     }
 }
 
@@ -109,6 +129,24 @@ mod tests {
             .collect();
         assert_eq!(changes.len(), 1);
         assert!(matches!(&changes[0], CollapseChange::Collapsed(s) if s.contains("stuck")));
+    }
+
+    #[test]
+    fn a_stuck_loss_near_the_threshold_does_not_flap() {
+        let mut m = CollapseMonitor::default();
+        let mut said = Vec::new();
+        // The gap wanders around the entry threshold, below the exit one.
+        for i in 0..400 {
+            let gap = if i % 2 == 0 { 0.005 } else { 0.03 };
+            said.extend(m.observe(step(0.4, 0.6, 0.6 + gap, 0.49)));
+        }
+        assert_eq!(said.len(), 1, "{said:?}");
+        // Moving clearly again ends it, with a message about the gap, not the spread.
+        let moved = (0..WINDOW).find_map(|_| m.observe(step(0.4, 0.5, 0.7, 0.3)));
+        assert!(
+            matches!(&moved, Some(CollapseChange::Recovered(s)) if s.contains("moves again")),
+            "{moved:?}"
+        );
     }
 
     #[test]
