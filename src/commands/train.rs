@@ -193,10 +193,8 @@ impl EventPrinter {
                 seconds,
                 ..
             } => eprintln!(
-                "\nstopped at step {step}, validated: {}, val top-1 {:.1}%, top-20 {:.1}%, MAP@R {val_map_at_r:.3} ({seconds:.0} s)",
-                val_loss_text(*val_loss),
-                val_top1 * 100.0,
-                val_top20 * 100.0
+                "\nstopped at step {step}, validated: {} ({seconds:.0} s)",
+                val_text(*val_loss, *val_top1, *val_top20, *val_map_at_r)
             ),
             TrainEvent::Epoch {
                 epoch,
@@ -208,12 +206,10 @@ impl EventPrinter {
                 seconds,
                 ..
             } => eprintln!(
-                "\nepoch {}/{}: train loss {train_loss:.4}, {}, val top-1 {:.1}%, top-20 {:.1}%, MAP@R {val_map_at_r:.3} ({seconds:.0} s)",
+                "\nepoch {}/{}: train loss {train_loss:.4}, {} ({seconds:.0} s)",
                 epoch + 1,
                 self.epochs,
-                val_loss_text(*val_loss),
-                val_top1 * 100.0,
-                val_top20 * 100.0
+                val_text(*val_loss, *val_top1, *val_top20, *val_map_at_r)
             ),
             TrainEvent::Baseline {
                 val_loss,
@@ -221,10 +217,8 @@ impl EventPrinter {
                 val_top20,
                 val_map_at_r,
             } => eprintln!(
-                "untrained: {}, val top-1 {:.1}%, top-20 {:.1}%, MAP@R {val_map_at_r:.3}",
-                val_loss_text(*val_loss),
-                val_top1 * 100.0,
-                val_top20 * 100.0
+                "untrained: {}",
+                val_text(*val_loss, *val_top1, *val_top20, *val_map_at_r)
             ),
             TrainEvent::Checkpoint { kind, path, .. } => {
                 tracing::info!("checkpoint {kind:?} written to {path}");
@@ -241,13 +235,18 @@ impl EventPrinter {
     }
 }
 
-/// The val loss, or why there is none: it needs a val query whose item has a shop
-/// image and whose small category has another item in the val gallery.
-fn val_loss_text(v: f32) -> String {
-    if v.is_finite() {
-        format!("val loss {v:.4}")
+/// A validation's figures. The val loss needs a val query whose item has a shop image
+/// and whose small category has another item in the val gallery; without one, say so.
+fn val_text(loss: f32, top1: f64, top20: f64, map_at_r: f64) -> String {
+    let loss = if loss.is_finite() {
+        format!("val loss {loss:.4}")
     } else {
         "no val loss (no val query has both its item's shop image and another item of its category)"
             .to_string()
-    }
+    };
+    format!(
+        "{loss}, val top-1 {:.1}%, top-20 {:.1}%, MAP@R {map_at_r:.3}",
+        top1 * 100.0,
+        top20 * 100.0
+    )
 }

@@ -186,28 +186,24 @@ fn gaussian_blur(p: &mut [f32], size: usize, sigma: f32) {
         .collect();
     let total: f32 = weights.iter().sum();
     let weights: Vec<f32> = weights.iter().map(|w| w / total).collect();
-    let last = size as isize - 1;
     let mut tmp = vec![0f32; p.len()];
-    for y in 0..size {
-        for x in 0..size {
-            tmp[y * size + x] = weights
+    blur_pass(p, &mut tmp, size, &weights, (1, size));
+    blur_pass(&tmp, p, size, &weights, (size, 1));
+}
+
+/// One 1-D pass along rows (`step = (1, size)`: neighbours 1 apart, lines `size`
+/// apart) or along columns (`(size, 1)`).
+fn blur_pass(src: &[f32], dst: &mut [f32], size: usize, weights: &[f32], step: (usize, usize)) {
+    let radius = (weights.len() / 2) as isize;
+    let last = size as isize - 1;
+    for line in 0..size {
+        for i in 0..size {
+            dst[line * step.1 + i * step.0] = weights
                 .iter()
                 .enumerate()
                 .map(|(k, w)| {
-                    let xx = (x as isize + k as isize - radius).clamp(0, last) as usize;
-                    w * p[y * size + xx]
-                })
-                .sum();
-        }
-    }
-    for y in 0..size {
-        for x in 0..size {
-            p[y * size + x] = weights
-                .iter()
-                .enumerate()
-                .map(|(k, w)| {
-                    let yy = (y as isize + k as isize - radius).clamp(0, last) as usize;
-                    w * tmp[yy * size + x]
+                    let j = (i as isize + k as isize - radius).clamp(0, last) as usize;
+                    w * src[line * step.1 + j * step.0]
                 })
                 .sum();
         }
