@@ -8,6 +8,7 @@ pub mod clustered;
 pub mod embed;
 pub mod evaluate;
 pub mod hnsw;
+pub mod hnsw_dump;
 pub mod model;
 pub mod npy;
 pub mod rerank;

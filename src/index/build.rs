@@ -9,6 +9,7 @@ use candle_core::Device;
 
 use super::embed::{EmbedError, embed_images};
 use super::hnsw::{self, Graph, GraphParams};
+use super::hnsw_dump;
 use super::model::{CheckpointChoice, LoadedModel, ModelError, load_model};
 use super::npy::Matrix;
 use super::store::{self, Entry, GraphRecord, IndexError, IndexHeader, SourceRecord};
@@ -262,6 +263,7 @@ pub fn build(
     job: &IndexJob,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<IndexReport, BuildError> {
+    let _lock = store::lock(&RunDir::new(&job.run).index_dir())?;
     let model = load_model(&job.run, Some(&job.checkpoint))?;
     let (specs, entries, source) = collect(&job.gallery, &job.data)?;
     if specs.is_empty() {
@@ -343,6 +345,8 @@ pub fn add(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<IndexReport, BuildError> {
     let dir = RunDir::new(run).index_dir();
+    // Held from reading the old index to writing the new one: no lost update.
+    let _lock = store::lock(&dir)?;
     let old_header = store::read_header(&dir)?;
     let model = load_model(run, Some(checkpoint))?;
     if model.fingerprint != old_header.fingerprint {
@@ -400,7 +404,11 @@ pub fn add(
     header.created = now();
     let read_dir = store::readable_dir(&dir);
     let t1 = Instant::now();
-    let written = hnsw::with_loaded(&read_dir, &old.header.graph.basename, |index| {
+    let expected = hnsw_dump::Expected {
+        count: old.header.count,
+        dim: old.header.dim,
+    };
+    let written = hnsw::with_loaded(&read_dir, &old.header.graph.basename, expected, |index| {
         hnsw::insert_rows(index, &new_vectors.data, new_vectors.cols, base, true);
         let recall = Graph::from_hnsw(index).map_or(0.0, |g| {
             hnsw::self_recall(&g, &all.data, all.cols, 1000, ef_check(settings))

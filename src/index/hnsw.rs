@@ -29,7 +29,7 @@ use hnsw_rs::hnswio::HnswIo;
 use rayon::prelude::*;
 
 /// hnsw_rs's layer count (its dump refuses any other).
-const MAX_LAYERS: usize = 16;
+pub(crate) const MAX_LAYERS: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {
@@ -264,11 +264,13 @@ pub fn dump_files(basename: &str) -> [String; 2] {
 }
 
 /// Reloads a dump and hands the index to `f` (the index borrows its loader, so it
-/// lives only inside this call). Check the files' integrity first: hnsw_rs asserts on
-/// malformed input.
+/// lives only inside this call). hnsw_rs's loader trusts its input (it asserts,
+/// sizes allocations from the file, even exits), so it sees only a dump that
+/// [`super::hnsw_dump`] has read and checked against `expected`.
 pub fn with_loaded<R>(
     dir: &Path,
     basename: &str,
+    expected: super::hnsw_dump::Expected,
     f: impl FnOnce(&HnswIndex<'_>) -> R,
 ) -> Result<R, GraphError> {
     let err = |message: String| GraphError::Load {
@@ -276,11 +278,7 @@ pub fn with_loaded<R>(
         basename: basename.to_string(),
         message,
     };
-    for name in dump_files(basename) {
-        if !dir.join(&name).is_file() {
-            return Err(err(format!("{name} is missing")));
-        }
-    }
+    super::hnsw_dump::read(dir, basename, expected).map_err(err)?;
     let mut io = HnswIo::new(dir, basename);
     let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         io.load_hnsw::<f32, UnitCosine>()
@@ -376,36 +374,57 @@ impl Graph {
             return Ok(Self::default());
         }
         let m = usize::from(index.get_max_nb_connection());
-        let mut lists: Vec<Option<Vec<Vec<u32>>>> = vec![None; n];
+        let mut lists = Vec::with_capacity(n);
         let mut entry = None::<(usize, u32)>;
         for point in index.get_point_indexation() {
             let id = point.get_origin_id();
+            let level = usize::from(point.get_point_id().0);
+            let hood = point.get_neighborhood_id();
+            let per_layer: Vec<Vec<u32>> = hood
+                .iter()
+                .take(level + 1)
+                .map(|layer| layer.iter().map(|nb| nb.get_origin_id() as u32).collect())
+                .collect();
+            if hood.iter().flatten().any(|nb| nb.get_origin_id() >= n) {
+                return Err(format!("node {id} links outside 0..{n}"));
+            }
+            if entry.is_none_or(|(l, _)| level > l) && id < n {
+                entry = Some((level, id as u32));
+            }
+            lists.push((id, per_layer));
+        }
+        let (top_level, entry) = entry.ok_or("the graph has no nodes")?;
+        Self::from_links(n, m, lists, entry, top_level)
+    }
+
+    /// The graph of `n` nodes from `(node id, links per layer from 0)` lists, with
+    /// every id checked against `n`.
+    pub(crate) fn from_links(
+        n: usize,
+        m: usize,
+        lists: Vec<(usize, Vec<Vec<u32>>)>,
+        entry: u32,
+        top_level: usize,
+    ) -> Result<Self, String> {
+        if n == 0 {
+            return Ok(Self::default());
+        }
+        if entry as usize >= n {
+            return Err(format!("entry point {entry} is outside 0..{n}"));
+        }
+        let mut by_id: Vec<Option<Vec<Vec<u32>>>> = vec![None; n];
+        for (id, links) in lists {
             if id >= n {
                 return Err(format!("node id {id} is outside 0..{n}"));
             }
-            let level = usize::from(point.get_point_id().0);
-            let hood = point.get_neighborhood_id();
-            let mut per_layer = Vec::with_capacity(level + 1);
-            for layer in hood.iter().take(level + 1) {
-                let mut ids = Vec::with_capacity(layer.len());
-                for nb in layer {
-                    let nid = nb.get_origin_id();
-                    if nid >= n {
-                        return Err(format!("link to node {nid} is outside 0..{n}"));
-                    }
-                    ids.push(nid as u32);
-                }
-                per_layer.push(ids);
+            if let Some(&bad) = links.iter().flatten().find(|&&nb| nb as usize >= n) {
+                return Err(format!("link to node {bad} is outside 0..{n}"));
             }
-            if lists[id].replace(per_layer).is_some() {
+            if by_id[id].replace(links).is_some() {
                 return Err(format!("node id {id} appears twice"));
             }
-            if entry.is_none_or(|(l, _)| level > l) {
-                entry = Some((level, id as u32));
-            }
         }
-        let (top_level, entry) = entry.ok_or("the graph has no nodes")?;
-        let width = lists
+        let width = by_id
             .iter()
             .flatten()
             .filter_map(|l| l.first().map(Vec::len))
@@ -415,7 +434,7 @@ impl Graph {
         let stride = width + 1;
         let mut level0 = vec![0u32; n * stride];
         let mut upper = vec![Vec::new(); n];
-        for (id, l) in lists.into_iter().enumerate() {
+        for (id, l) in by_id.into_iter().enumerate() {
             let Some(mut l) = l else {
                 return Err(format!("node {id} is missing"));
             };

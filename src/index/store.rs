@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::hnsw::{self, Graph, GraphError, GraphParams, HnswIndex};
+use super::hnsw_dump;
 use super::npy::{self, Matrix, NpyError};
 use super::rerank::VectorIndex;
 
@@ -43,6 +44,8 @@ pub enum IndexError {
     Format { path: PathBuf, found: u32 },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
+    #[error("{}: the index is being written by process {pid}; try again when it has finished", dir.display())]
+    Busy { dir: PathBuf, pid: u32 },
     #[error(transparent)]
     Npy(#[from] NpyError),
     #[error(transparent)]
@@ -180,6 +183,77 @@ pub fn readable_dir(dir: &Path) -> PathBuf {
     }
 }
 
+/// Temporary folders of earlier writes that died: ours, and `index.tmp-PID` of
+/// older versions. Called with the index lock held.
+fn remove_stale_temps(parent: &Path, dir: &Path) {
+    crate::fsutil::remove_stale_temps(parent);
+    let prefix = format!(
+        "{}.tmp-",
+        dir.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let dead = name
+            .strip_prefix(&prefix)
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+        if dead {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Held while an index is built or extended: an OS lock on `index.lock` beside the
+/// folder, so that two writers (the dashboard and `index --add`) cannot both read
+/// the old index and lose one's update. Released however the holder exits.
+#[derive(Debug)]
+pub struct IndexLock {
+    file: fs::File,
+}
+
+impl Drop for IndexLock {
+    fn drop(&mut self) {
+        let _ = self.file.set_len(0);
+        let _ = self.file.unlock();
+    }
+}
+
+/// Takes the write lock of the index in `dir`, or says who holds it.
+pub fn lock(dir: &Path) -> Result<IndexLock, IndexError> {
+    use std::io::{Read, Seek, Write};
+    let path = sibling(dir, "lock");
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(IndexError::Busy {
+                dir: dir.to_path_buf(),
+                pid: text.trim().parse().unwrap_or(0),
+            });
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+    }
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| write!(file, "{}", std::process::id()))
+        .map_err(io_err(&path))?;
+    Ok(IndexLock { file })
+}
+
 /// Writes a complete index into `dir` (replacing any previous one atomically).
 /// `header.files`, `graph.basename`, `count` and `dim` are filled in here.
 pub fn write(
@@ -199,11 +273,10 @@ pub fn write(
     if !dir.exists() && old.join(HEADER_FILE).is_file() {
         fs::rename(&old, dir).map_err(io_err(dir))?;
     }
-    let tmp = sibling(dir, &format!("tmp-{}", std::process::id()));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
-    }
-    fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+    remove_stale_temps(parent, dir);
+    // A fresh, unpredictable name, created here (never an existing path or link).
+    let tmp = crate::fsutil::temp_path(dir);
+    fs::create_dir(&tmp).map_err(io_err(&tmp))?;
     let result = (|| {
         let npy_path = tmp.join(EMBEDDINGS_FILE);
         npy::save(&npy_path, vectors).map_err(io_err(&npy_path))?;
@@ -213,6 +286,10 @@ pub fn write(
             source: io::Error::other(e),
         })?;
         crate::fsutil::write_bytes_atomic(&entries_path, &json).map_err(io_err(&entries_path))?;
+        for name in hnsw::dump_files(GRAPH_BASENAME) {
+            let path = tmp.join(name);
+            crate::fsutil::fault_write(&path).map_err(io_err(&path))?;
+        }
         let basename = hnsw::dump(graph, &tmp, GRAPH_BASENAME)?;
         let mut files = BTreeMap::new();
         let mut names = vec![EMBEDDINGS_FILE.to_string(), ENTRIES_FILE.to_string()];
@@ -250,9 +327,7 @@ pub fn write(
         fs::rename(dir, &old).map_err(io_err(dir))?;
     }
     fs::rename(&tmp, dir).map_err(io_err(dir))?;
-    if let Ok(d) = fs::File::open(parent) {
-        let _ = d.sync_all();
-    }
+    crate::fsutil::sync_dir(parent).map_err(io_err(parent))?;
     if old.exists() {
         let _ = fs::remove_dir_all(&old);
     }
@@ -341,14 +416,13 @@ pub fn load(dir: &Path) -> Result<Index, IndexError> {
             format!("{} entries for {} vectors", entries.len(), header.count),
         ));
     }
-    let graph = hnsw::with_loaded(&dir, &header.graph.basename, Graph::from_hnsw)?
+    // Our own bounds-checked reader: hnsw_rs's loader trusts the file.
+    let expected = hnsw_dump::Expected {
+        count: header.count,
+        dim: header.dim,
+    };
+    let graph = hnsw_dump::read(&dir, &header.graph.basename, expected)
         .map_err(|m| corrupt(&hnsw::dump_files(&header.graph.basename)[0], m))?;
-    if graph.len() != header.count {
-        return Err(corrupt(
-            &hnsw::dump_files(&header.graph.basename)[0],
-            format!("{} nodes for {} vectors", graph.len(), header.count),
-        ));
-    }
     Ok(Index {
         header,
         entries,
