@@ -2,6 +2,7 @@
 //! emits, the append-only metrics log any process can follow, the run folder and
 //! the optimiser.
 
+pub mod checkpoint_set;
 pub mod collapse;
 pub mod device;
 pub mod events;

@@ -112,19 +112,22 @@ pub struct LoadReport {
     pub ignored: Vec<String>,
 }
 
-/// Saves every variable of `varmap` to `path` (safetensors, names sorted), through a
-/// temporary sibling file renamed into place.
-pub fn save(varmap: &VarMap, path: &Path) -> Result<(), CheckpointError> {
-    let tensor_err = |source| CheckpointError::Tensor {
-        path: path.to_owned(),
-        source,
-    };
+/// Every variable of `varmap` as safetensors bytes (names sorted).
+pub fn serialize(varmap: &VarMap) -> candle_core::Result<Vec<u8>> {
     let tensors = sorted_vars(varmap)
         .into_iter()
         .map(|(name, var)| Ok((name, var.as_tensor().to_device(&Device::Cpu)?)))
-        .collect::<candle_core::Result<Vec<(String, Tensor)>>>()
-        .map_err(tensor_err)?;
-    let bytes = safetensors::tensor::serialize(tensors, None).map_err(|e| tensor_err(e.into()))?;
+        .collect::<candle_core::Result<Vec<(String, Tensor)>>>()?;
+    safetensors::tensor::serialize(tensors, None).map_err(candle_core::Error::wrap)
+}
+
+/// Saves every variable of `varmap` to `path` (safetensors, names sorted), through a
+/// temporary sibling file renamed into place.
+pub fn save(varmap: &VarMap, path: &Path) -> Result<(), CheckpointError> {
+    let bytes = serialize(varmap).map_err(|source| CheckpointError::Tensor {
+        path: path.to_owned(),
+        source,
+    })?;
     write_bytes_atomic(path, &bytes).map_err(|source| CheckpointError::Io {
         path: path.to_owned(),
         source,
@@ -240,9 +243,36 @@ fn load(varmap: &VarMap, path: &Path, backbone_only: bool) -> Result<LoadReport,
 /// `name dtype shape hash` lines, each `hash` FNV-1a over the tensor's bytes. Equal
 /// weights give equal fingerprints whichever file or device they came from.
 pub fn fingerprint(varmap: &VarMap) -> candle_core::Result<String> {
+    let tensors = sorted_vars(varmap)
+        .into_iter()
+        .map(|(name, var)| (name, var.as_tensor().clone()));
+    fingerprint_tensors(tensors)
+}
+
+/// [`fingerprint`] of the weights in a checkpoint file, without a model: what its
+/// sidecar must name.
+pub fn fingerprint_saved(path: &Path) -> Result<String, CheckpointError> {
+    let mut tensors: Vec<(String, Tensor)> = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|source| CheckpointError::Format {
+            path: path.to_owned(),
+            source,
+        })?
+        .into_iter()
+        .collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    fingerprint_tensors(tensors.into_iter()).map_err(|source| CheckpointError::Tensor {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// `tensors` must come sorted by name.
+fn fingerprint_tensors(
+    tensors: impl Iterator<Item = (String, Tensor)>,
+) -> candle_core::Result<String> {
     let mut manifest = String::new();
-    for (name, var) in sorted_vars(varmap) {
-        let t = var.as_tensor().to_device(&Device::Cpu)?.flatten_all()?;
+    for (name, tensor) in tensors {
+        let t = tensor.to_device(&Device::Cpu)?.flatten_all()?;
         let bytes: Vec<u8> = match t.dtype() {
             DType::F32 => t
                 .to_vec1::<f32>()?
@@ -260,7 +290,7 @@ pub fn fingerprint(varmap: &VarMap) -> candle_core::Result<String> {
             manifest,
             "{name} {:?} {:?} {:016x}",
             t.dtype(),
-            var.dims(),
+            tensor.dims(),
             fnv1a64(&bytes)
         );
     }

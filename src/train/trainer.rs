@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use candle_nn::{ModuleT, VarMap};
-use serde::{Deserialize, Serialize};
 
+use super::checkpoint_set::{self, CheckpointFiles, NewCheckpoint, OPTIM_STEP, Recovery};
 use super::collapse::{CollapseChange, CollapseMonitor, StepSignals};
 use super::device::{self, parse_device};
 use super::events::{CheckpointKind, NoticeKind, StopReason, TrainEvent};
@@ -111,26 +111,7 @@ pub struct TrainJob {
     pub resume: bool,
 }
 
-/// Saved beside (and inside) every checkpoint; what `--resume` needs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CheckpointMeta {
-    pub format: u32,
-    /// Epoch in progress (0-based) and triplets of it already trained.
-    pub epoch: usize,
-    pub epoch_position: usize,
-    /// Optimizer steps done.
-    pub step: usize,
-    pub best_val_top20: Option<f64>,
-    pub val: Option<Retrieval>,
-    pub optimizer_t: u64,
-    pub fingerprint: String,
-    pub config_hash: String,
-    pub backbone: String,
-    pub image_size: u32,
-    pub embedding_dim: usize,
-}
-
-pub const CHECKPOINT_FORMAT: u32 = 1;
+pub use super::checkpoint_set::{CHECKPOINT_FORMAT, CheckpointMeta, sidecar_path};
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -154,11 +135,6 @@ fn config_toml(config: &Config) -> Result<String, TrainError> {
             "the settings cannot be saved as the run's config.toml ({e}); paths in them must be valid UTF-8"
         ))
     })
-}
-
-/// The sidecar JSON of a checkpoint (`last.safetensors` → `last.json`).
-pub fn sidecar_path(checkpoint: &Path) -> PathBuf {
-    checkpoint.with_extension("json")
 }
 
 pub fn read_meta(checkpoint: &Path) -> Result<CheckpointMeta, TrainError> {
@@ -275,6 +251,28 @@ pub fn train(
         on_event(&event);
         Ok(())
     };
+    if job.resume {
+        for kind in [CheckpointKind::Last, CheckpointKind::Best] {
+            let files = CheckpointFiles::of(&run, kind);
+            let recovery = checkpoint_set::recover(&files).map_err(|source| TrainError::Io {
+                path: files.weights.clone(),
+                source,
+            })?;
+            if let Recovery::RolledBack { step } = recovery {
+                emit(TrainEvent::Notice {
+                    step,
+                    message: format!(
+                        "the {} checkpoint's last write was interrupted; using the complete one of step {step}",
+                        match kind {
+                            CheckpointKind::Last => "last",
+                            CheckpointKind::Best => "best",
+                        }
+                    ),
+                    kind: None,
+                })?;
+            }
+        }
+    }
     let mut state = match Session::start(job, &run) {
         Ok(s) => s,
         Err(e) => {
@@ -688,6 +686,7 @@ impl<'a> Session<'a> {
         }
         let (dim, host) = crate::model::loss::host_rows(&emb)?;
         let spread = mean_pairwise_cosine(&host, dim);
+        crate::fsutil::crash_point("train-step");
         let mut grads = stats.loss.backward()?;
         let grad_norm = clip_grad_norm(&mut grads, &self.trainable, cfg.train.grad_clip)?;
         if !grad_norm.is_finite() {
@@ -857,17 +856,18 @@ impl<'a> Session<'a> {
         })
     }
 
-    /// Weights, then (for `last`) optimizer moments, then the sidecar — each written
-    /// to a temporary file and renamed, so a kill leaves the previous set usable.
+    /// One unit: weights, (for `last`) optimizer moments and class weights, and the
+    /// sidecar, put in place together by [`checkpoint_set::write`].
     fn save(
         &mut self,
         kind: CheckpointKind,
         emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
     ) -> Result<(), TrainError> {
-        let path = self.run.checkpoint(kind);
+        let files = CheckpointFiles::of(self.run, kind);
+        let path = files.weights.clone();
         let meta = self.meta()?;
-        checkpoint::save(&self.varmap, &path)?;
-        if kind == CheckpointKind::Last {
+        let weights = checkpoint::serialize(&self.varmap)?;
+        let optim = if kind == CheckpointKind::Last {
             // Moments of both optimisers, and the class weights, which live outside
             // the model: resume needs them, search does not.
             let mut state = self.opt.state();
@@ -880,23 +880,23 @@ impl<'a> Session<'a> {
                 .map(|(n, t)| t.to_device(&Device::Cpu).map(|t| (n, t)))
                 .collect::<candle_core::Result<_>>()?;
             tensors.insert(
-                "optim.step".into(),
+                OPTIM_STEP.into(),
                 Tensor::new(&[self.step as u32], &Device::Cpu)?,
             );
-            let optim = self.run.optimizer_state();
-            let bytes = safetensors::tensor::serialize(tensors, None)
-                .map_err(|e| TrainError::Model(e.into()))?;
-            write_bytes_atomic(&optim, &bytes).map_err(|source| TrainError::Io {
-                path: optim.clone(),
-                source,
-            })?;
-        }
-        let sidecar = sidecar_path(&path);
-        let json = serde_json::to_vec_pretty(&meta).unwrap_or_default();
-        write_bytes_atomic(&sidecar, &json).map_err(|source| TrainError::Io {
-            path: sidecar.clone(),
-            source,
-        })?;
+            Some(
+                safetensors::tensor::serialize(tensors, None)
+                    .map_err(|e| TrainError::Model(e.into()))?,
+            )
+        } else {
+            None
+        };
+        let new = NewCheckpoint {
+            weights: &weights,
+            optim: optim.as_deref(),
+            meta: &meta,
+        };
+        checkpoint_set::write(&files, &new)
+            .map_err(|(path, source)| TrainError::Io { path, source })?;
         if kind == CheckpointKind::Last {
             self.saved_last = Some(self.step);
         }
@@ -910,6 +910,7 @@ impl<'a> Session<'a> {
 
     /// Val top-k and val loss (eval mode) on the val split; `None` without val pairs.
     fn validate(&self) -> Result<Option<(Retrieval, f32)>, TrainError> {
+        crate::fsutil::crash_point("validation");
         validate(
             &self.model,
             &self.data.ds,
@@ -923,7 +924,7 @@ impl<'a> Session<'a> {
 }
 
 fn tensors_step(tensors: &HashMap<String, Tensor>) -> Option<usize> {
-    let v = tensors.get("optim.step")?.to_vec1::<u32>().ok()?;
+    let v = tensors.get(OPTIM_STEP)?.to_vec1::<u32>().ok()?;
     v.first().map(|&s| s as usize)
 }
 
