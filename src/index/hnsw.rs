@@ -278,7 +278,8 @@ pub fn with_loaded<R>(
         basename: basename.to_string(),
         message,
     };
-    super::hnsw_dump::read(dir, basename, expected).map_err(err)?;
+    super::hnsw_dump::read(dir, basename, expected)
+        .map_err(|(file, m)| err(format!("{file}: {m}")))?;
     let mut io = HnswIo::new(dir, basename);
     let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         io.load_hnsw::<f32, UnitCosine>()

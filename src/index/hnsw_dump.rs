@@ -145,8 +145,23 @@ struct Point {
     links: Vec<Vec<(usize, u8, i32)>>,
 }
 
+/// Which of the two files a problem is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DumpFile {
+    Graph,
+    Data,
+}
+
 /// Parses and checks a dump held in memory; the graph's adjacency on success.
-pub fn parse(graph: &[u8], data: &[u8], expected: Expected) -> Result<Graph, String> {
+pub fn parse(graph: &[u8], data: &[u8], expected: Expected) -> Result<Graph, (DumpFile, String)> {
+    let graph = parse_graph(graph, expected).map_err(|m| (DumpFile::Graph, m))?;
+    check_data(data, &graph.0, expected.dim).map_err(|m| (DumpFile::Data, m))?;
+    graph.1.map_err(|m| (DumpFile::Graph, m))
+}
+
+type Parsed = (Vec<Vec<Point>>, Result<Graph, String>);
+
+fn parse_graph(graph: &[u8], expected: Expected) -> Result<Parsed, String> {
     let mut g = Reader::new(graph);
     let version = match g.u32("the file magic")? {
         MAGIC_DESCR_3 => 3,
@@ -275,23 +290,23 @@ pub fn parse(graph: &[u8], data: &[u8], expected: Expected) -> Result<Graph, Str
     let (el, er) = (g.u8("the entry layer")?, g.i32("the entry rank")?);
     resolve(entry, el, er).map_err(|e| format!("entry point: {e}"))?;
     g.end("entry point")?;
-    check_data(data, &by_layer, dim)?;
     // A point filed on layer `l` links on layers `0..=l`.
     let lists: Vec<(usize, Vec<Vec<u32>>)> = by_layer
-        .into_iter()
+        .iter()
         .enumerate()
-        .flat_map(|(l, layer)| layer.into_iter().map(move |p| (l, p)))
+        .flat_map(|(l, layer)| layer.iter().map(move |p| (l, p)))
         .map(|(l, p)| {
             let links = p
                 .links
-                .into_iter()
+                .iter()
                 .take(l + 1)
-                .map(|ids| ids.into_iter().map(|(id, _, _)| id as u32).collect())
+                .map(|ids| ids.iter().map(|&(id, _, _)| id as u32).collect())
                 .collect();
             (p.origin, links)
         })
         .collect();
-    Graph::from_links(nb_point, m, lists, entry as u32, usize::from(el))
+    let graph = Graph::from_links(nb_point, m, lists, entry as u32, usize::from(el));
+    Ok((by_layer, graph))
 }
 
 /// The data file: the same points in the same order, each `dim` finite floats.
@@ -331,11 +346,15 @@ fn check_data(data: &[u8], by_layer: &[Vec<Point>], dim: usize) -> Result<(), St
     d.end("last point")
 }
 
-/// Reads and checks the dump `basename` in `dir`.
-pub fn read(dir: &Path, basename: &str, expected: Expected) -> Result<Graph, String> {
+/// Reads and checks the dump `basename` in `dir`; an error names the file at fault.
+pub fn read(dir: &Path, basename: &str, expected: Expected) -> Result<Graph, (String, String)> {
     let [graph_name, data_name] = super::hnsw::dump_files(basename);
-    let read = |name: &str| std::fs::read(dir.join(name)).map_err(|e| format!("{name}: {e}"));
-    parse(&read(&graph_name)?, &read(&data_name)?, expected)
+    let read =
+        |name: &String| std::fs::read(dir.join(name)).map_err(|e| (name.clone(), e.to_string()));
+    parse(&read(&graph_name)?, &read(&data_name)?, expected).map_err(|(file, m)| match file {
+        DumpFile::Graph => (graph_name.clone(), m),
+        DumpFile::Data => (data_name.clone(), m),
+    })
 }
 
 #[cfg(test)]
@@ -394,7 +413,7 @@ mod tests {
             Expected { count: 49, dim: 4 },
             Expected { count: 50, dim: 5 },
         ] {
-            let e = parse(&graph, &values, expected).expect_err("mismatch");
+            let (_, e) = parse(&graph, &values, expected).expect_err("mismatch");
             assert!(e.contains("dimension"), "{e}");
         }
         // Bad magic.
@@ -403,6 +422,7 @@ mod tests {
         assert!(
             parse(&bad, &values, EXPECTED)
                 .expect_err("magic")
+                .1
                 .contains("magic")
         );
         // Every truncation of either file.
@@ -428,15 +448,18 @@ mod tests {
         let mut wide = values.clone();
         wide[4..12].copy_from_slice(&1_000_000u64.to_ne_bytes());
         assert!(
-            parse(&graph, &wide, EXPECTED)
-                .expect_err("dim")
-                .contains("dimension")
+            parse(&graph, &wide, EXPECTED).expect_err("dim")
+                == (
+                    DumpFile::Data,
+                    "the data file has dimension 1000000, the graph 4".into()
+                )
         );
         let mut longer = graph.clone();
         longer.push(0);
         assert!(
             parse(&longer, &values, EXPECTED)
                 .expect_err("tail")
+                .1
                 .contains("unexpected")
         );
         // Single-byte corruption anywhere: an error or a graph, never a panic, and

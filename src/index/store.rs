@@ -405,6 +405,13 @@ pub fn load(dir: &Path) -> Result<Index, IndexError> {
             ),
         ));
     }
+    // NaN would poison every ranking it enters (and scores print as null).
+    if let Some(at) = vectors.data.iter().position(|v| !v.is_finite()) {
+        return Err(corrupt(
+            EMBEDDINGS_FILE,
+            format!("row {} holds a non-finite value", at / vectors.cols.max(1)),
+        ));
+    }
     let entries_path = dir.join(ENTRIES_FILE);
     let entries: Vec<Entry> = fs::read(&entries_path)
         .map_err(|e| e.to_string())
@@ -422,7 +429,7 @@ pub fn load(dir: &Path) -> Result<Index, IndexError> {
         dim: header.dim,
     };
     let graph = hnsw_dump::read(&dir, &header.graph.basename, expected)
-        .map_err(|m| corrupt(&hnsw::dump_files(&header.graph.basename)[0], m))?;
+        .map_err(|(file, m)| corrupt(&file, m))?;
     Ok(Index {
         header,
         entries,
