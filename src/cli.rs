@@ -5,8 +5,29 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::{
+    IMAGE_SIZE, MAX_BATCH, MAX_EF, MAX_EMBEDDING_DIM, MAX_EPOCHS, MAX_K, MAX_STEPS,
+};
 use crate::data::deepfashion::GalleryProtocol;
+use crate::data::synth::{MAX_ITEMS, MAX_SIZE, MIN_ITEMS, MIN_SIZE};
 use crate::model::{Backbone, LossKind, Mining};
+
+// Every size flag has a range: a huge value is clap's usage error (exit 2) naming the
+// flag, not an overflow or an allocation abort deep inside a job.
+
+/// `usize` in `lo..=hi`.
+fn sizes(lo: usize, hi: usize) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(lo as u64..=hi as u64)
+}
+
+/// Image sides in pixels.
+fn pixels(lo: u32, hi: u32) -> clap::builder::RangedI64ValueParser<u32> {
+    clap::builder::RangedI64ValueParser::new().range(i64::from(lo)..=i64::from(hi))
+}
+
+/// Most vectors `bench vectors` writes (with at most MAX_EMBEDDING_DIM each, the
+/// product is checked again there).
+const MAX_VECTORS: usize = 100_000_000;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -94,10 +115,10 @@ pub struct SynthArgs {
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Number of items (products) [default: synth.items].
-    #[arg(long)]
+    #[arg(long, value_parser = sizes(MIN_ITEMS, MAX_ITEMS))]
     pub items: Option<usize>,
     /// Image side in pixels [default: synth.size].
-    #[arg(long)]
+    #[arg(long, value_parser = pixels(MIN_SIZE, MAX_SIZE))]
     pub size: Option<u32>,
     /// Random seed; the same seed writes byte-identical files [default: synth.seed].
     #[arg(long)]
@@ -153,16 +174,16 @@ pub struct TrainOverrides {
     #[arg(long, value_parser = parse_backbone)]
     pub backbone: Option<Backbone>,
     /// Input side in pixels [default: model.image_size].
-    #[arg(long)]
+    #[arg(long, value_parser = pixels(*IMAGE_SIZE.start(), *IMAGE_SIZE.end()))]
     pub image_size: Option<u32>,
     /// [default: train.epochs].
-    #[arg(long)]
+    #[arg(long, value_parser = sizes(1, MAX_EPOCHS))]
     pub epochs: Option<usize>,
     /// Triplets per step [default: train.batch].
-    #[arg(long)]
+    #[arg(long, value_parser = sizes(2, MAX_BATCH))]
     pub batch: Option<usize>,
     /// Stop after this many optimizer steps in total [default: train.max_steps].
-    #[arg(long)]
+    #[arg(long, value_parser = sizes(0, MAX_STEPS))]
     pub max_steps: Option<usize>,
     /// Learning rate [default: train.lr].
     #[arg(long)]
@@ -259,7 +280,7 @@ pub struct SearchArgs {
     #[arg(value_name = "IMAGE")]
     pub image: PathBuf,
     /// Number of results.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = sizes(1, MAX_K))]
     pub k: usize,
     /// auto (the checkpoint the index was built with) | best | last | PATH (must be
     /// the checkpoint the index was built with).
@@ -309,19 +330,19 @@ pub struct BenchSearchArgs {
     /// Query vectors (.npy, same width).
     #[arg(long, value_name = "Q.npy")]
     pub queries: PathBuf,
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = sizes(1, MAX_K))]
     pub k: usize,
     /// HNSW links per node [default: index.m].
-    #[arg(long)]
+    #[arg(long, value_parser = sizes(2, 128))]
     pub m: Option<usize>,
     /// HNSW build beam [default: index.ef_construction].
-    #[arg(long)]
+    #[arg(long, value_parser = sizes(1, MAX_EF))]
     pub ef_construction: Option<usize>,
     /// Beam widths to measure (comma-separated) [default: a sweep from k to 16·k].
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = sizes(1, MAX_EF))]
     pub ef: Vec<usize>,
     /// Queries timed for the exact scan (it is slow).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = sizes(0, MAX_VECTORS))]
     pub exact_queries: usize,
     /// Also time hnsw_rs's own search on the same graph.
     #[arg(long)]
@@ -334,15 +355,15 @@ pub struct BenchSearchArgs {
 #[derive(Debug, Args)]
 pub struct BenchVectorsArgs {
     /// Number of vectors.
-    #[arg(long)]
+    #[arg(long, value_parser = sizes(1, MAX_VECTORS))]
     pub n: usize,
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = sizes(1, MAX_EMBEDDING_DIM))]
     pub dim: usize,
     /// Number of clusters (products).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = sizes(1, MAX_VECTORS))]
     pub clusters: usize,
     /// Clusters per group (category); 0 = no groups.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = sizes(0, MAX_VECTORS))]
     pub group_size: usize,
     /// Noise norm around a cluster centre (0.5 ≈ cosine 0.8 within a cluster).
     #[arg(long, default_value_t = 0.5)]
@@ -354,7 +375,7 @@ pub struct BenchVectorsArgs {
     #[arg(long, value_name = "F.npy")]
     pub out: PathBuf,
     /// Also write this many query vectors (fresh draws from the same clusters)…
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = sizes(0, MAX_VECTORS))]
     pub queries: usize,
     /// …to this file.
     #[arg(long, value_name = "Q.npy")]
@@ -366,16 +387,16 @@ pub struct BenchModelArgs {
     /// resnet18 | resnet34 | resnet50.
     #[arg(long, value_parser = parse_backbone, default_value = "resnet18")]
     pub backbone: Backbone,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = pixels(*IMAGE_SIZE.start(), *IMAGE_SIZE.end()))]
     pub image_size: u32,
     /// Triplets per step (train) or images per batch (embed).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = sizes(1, MAX_BATCH))]
     pub batch: usize,
     /// Timed steps, after one warm-up step.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = sizes(1, MAX_STEPS))]
     pub steps: usize,
     /// First trainable stage (0 = everything) [default: model.train_from_stage].
-    #[arg(long)]
+    #[arg(long, value_parser = sizes(0, 6))]
     pub train_from_stage: Option<usize>,
     /// auto | cpu | cuda:N [default: train.device].
     #[arg(long)]
@@ -390,13 +411,13 @@ pub struct BenchLoadArgs {
     #[command(flatten)]
     pub data: DataArgs,
     /// Output side in pixels [default: model.image_size].
-    #[arg(long)]
+    #[arg(long, value_parser = pixels(*IMAGE_SIZE.start(), *IMAGE_SIZE.end()))]
     pub image_size: Option<u32>,
     /// Images per batch.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = sizes(1, MAX_BATCH))]
     pub batch: usize,
     /// Batches to time (after one warm-up batch).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = sizes(1, MAX_STEPS))]
     pub batches: usize,
     /// Print JSON (`images_per_s`).
     #[arg(long)]

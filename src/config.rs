@@ -328,61 +328,106 @@ impl Config {
         parse_duration(&self.train.time_limit).ok().flatten()
     }
 
-    /// Checks ranges that types alone cannot; returns the dotted key at fault.
+    /// Checks ranges that types alone cannot; returns the dotted key at fault. Every
+    /// size has an upper bound too: a huge value would overflow arithmetic or abort on
+    /// allocation far from here, instead of being an error naming the key.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let fail = |key: &str, reason: &str| Err((key.to_string(), reason.to_string()));
-        if !(1..=64).contains(&self.data.prefetch) {
-            return fail("data.prefetch", "must be between 1 and 64 batches");
-        }
-        if self.data.max_image_pixels == 0 {
-            return fail("data.max_image_pixels", "must be at least 1");
-        }
-        if self.synth.items < 12 {
-            return fail("synth.items", "must be at least 12");
-        }
-        if !(32..=1024).contains(&self.synth.size) {
-            return fail("synth.size", "must be between 32 and 1024 pixels");
-        }
-        if !(32..=1024).contains(&self.model.image_size) {
-            return fail("model.image_size", "must be between 32 and 1024 pixels");
-        }
-        if self.model.embedding_dim == 0 {
-            return fail("model.embedding_dim", "must be at least 1");
-        }
-        if !(0.0..1.0).contains(&self.model.dropout) {
+        let d = &self.data;
+        within(
+            "data.workers",
+            d.workers,
+            0,
+            MAX_THREADS,
+            " (0 = one per core)",
+        )?;
+        within("data.prefetch", d.prefetch, 1, 64, " batches")?;
+        within(
+            "data.max_image_pixels",
+            d.max_image_pixels,
+            1,
+            MAX_IMAGE_PIXELS,
+            " pixels",
+        )?;
+        within(
+            "synth.items",
+            self.synth.items,
+            crate::data::synth::MIN_ITEMS,
+            crate::data::synth::MAX_ITEMS,
+            "",
+        )?;
+        within("synth.size", self.synth.size, 32, 1024, " pixels")?;
+        let m = &self.model;
+        within(
+            "model.image_size",
+            m.image_size,
+            *IMAGE_SIZE.start(),
+            *IMAGE_SIZE.end(),
+            " pixels",
+        )?;
+        within(
+            "model.embedding_dim",
+            m.embedding_dim,
+            1,
+            MAX_EMBEDDING_DIM,
+            "",
+        )?;
+        if !(0.0..1.0).contains(&m.dropout) {
             return fail("model.dropout", "must be in [0, 1)");
         }
-        if self.model.train_from_stage > 6 {
+        if m.train_from_stage > 6 {
             return fail(
                 "model.train_from_stage",
                 "must be 0..=6 (6 trains only the head)",
             );
         }
-        if self.train.epochs == 0 {
-            return fail("train.epochs", "must be at least 1");
-        }
-        if self.train.batch < 2 {
-            return fail("train.batch", "must be at least 2 triplets");
-        }
-        if !(self.train.lr > 0.0 && self.train.lr.is_finite()) {
+        let t = &self.train;
+        within("train.epochs", t.epochs, 1, MAX_EPOCHS, "")?;
+        within("train.batch", t.batch, 2, MAX_BATCH, " triplets")?;
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
             return fail("train.lr", "must be a positive number");
         }
-        if !(self.train.weight_decay >= 0.0 && self.train.weight_decay.is_finite()) {
+        if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
             return fail("train.weight_decay", "must be zero or positive");
         }
-        if self.train.pk_items < 2 {
-            return fail("train.pk_items", "must be at least 2 items per batch");
-        }
-        if self.train.pk_images < 2 {
-            return fail(
-                "train.pk_images",
-                "must be at least 2 images per item (a positive pair)",
-            );
-        }
-        if self.train.pk_per_category == 0 {
-            return fail("train.pk_per_category", "must be at least 1");
-        }
-        if let Err(e) = parse_duration(&self.train.time_limit) {
+        within(
+            "train.pk_items",
+            t.pk_items,
+            2,
+            MAX_BATCH,
+            " items per batch",
+        )?;
+        within(
+            "train.pk_images",
+            t.pk_images,
+            2,
+            64,
+            " images per item (2: a positive pair)",
+        )?;
+        within("train.pk_per_category", t.pk_per_category, 1, MAX_BATCH, "")?;
+        within("train.warmup_steps", t.warmup_steps, 0, MAX_STEPS, "")?;
+        within(
+            "train.max_steps",
+            t.max_steps,
+            0,
+            MAX_STEPS,
+            " (0 = all epochs)",
+        )?;
+        within(
+            "train.checkpoint_every",
+            t.checkpoint_every,
+            0,
+            MAX_STEPS,
+            " (0 = epochs only)",
+        )?;
+        within(
+            "train.threads",
+            t.threads,
+            0,
+            MAX_THREADS,
+            " (0 = one per core)",
+        )?;
+        if let Err(e) = parse_duration(&t.time_limit) {
             return fail("train.time_limit", &e);
         }
         self.loss.validate()?;
@@ -396,28 +441,79 @@ impl Config {
             );
         }
         self.augment.validate()?;
-        if !(self.train.grad_clip >= 0.0 && self.train.grad_clip.is_finite()) {
+        if !(t.grad_clip >= 0.0 && t.grad_clip.is_finite()) {
             return fail("train.grad_clip", "must be zero (off) or positive");
         }
-        if let Err(e) = crate::train::device::parse_device(&self.train.device) {
+        if let Err(e) = crate::train::device::parse_device(&t.device) {
             return fail("train.device", &e);
         }
-        if !(2..=128).contains(&self.index.m) {
-            return fail("index.m", "must be between 2 and 128");
-        }
-        if self.index.ef_construction < self.index.m {
-            return fail("index.ef_construction", "must be at least index.m");
-        }
-        if self.index.batch == 0 {
-            return fail("index.batch", "must be at least 1");
-        }
+        let i = &self.index;
+        within("index.m", i.m, 2, 128, "")?;
+        within(
+            "index.ef_construction",
+            i.ef_construction,
+            i.m,
+            MAX_EF,
+            " (at least index.m)",
+        )?;
+        within(
+            "index.shortlist",
+            i.shortlist,
+            0,
+            MAX_SHORTLIST,
+            " (0 = 5 × k)",
+        )?;
+        within(
+            "index.ef_search",
+            i.ef_search,
+            0,
+            MAX_EF,
+            " (0 = the shortlist)",
+        )?;
+        within("index.batch", i.batch, 1, MAX_BATCH, " images")?;
         if self.ui.theme.trim().is_empty() {
             return fail("ui.theme", "must name a theme (e.g. default)");
         }
-        if !(1..=60).contains(&self.ui.fps) {
-            return fail("ui.fps", "must be between 1 and 60 frames per second");
-        }
+        within("ui.fps", self.ui.fps, 1, 60, " frames per second")?;
         Ok(())
+    }
+}
+
+/// Upper bounds of the size settings, shared by the config file and the command line.
+/// Results per query (`search --k`, `bench search --k`).
+pub const MAX_K: usize = 10_000;
+/// `index.shortlist`: graph candidates re-ranked per query.
+pub const MAX_SHORTLIST: usize = 100_000;
+/// HNSW beam widths (`index.ef_search`, `index.ef_construction`, `--ef`).
+pub const MAX_EF: usize = 100_000;
+/// Images or triplets per batch, items per P×K batch.
+pub const MAX_BATCH: usize = 4096;
+/// Decode and compute threads.
+pub const MAX_THREADS: usize = 1024;
+pub const MAX_EMBEDDING_DIM: usize = 8192;
+pub const MAX_EPOCHS: usize = 100_000;
+/// Step counts (`max_steps`, `warmup_steps`, `checkpoint_every`).
+pub const MAX_STEPS: usize = 1_000_000_000;
+/// `data.max_image_pixels`: one gigapixel (8 GB for a 16-bit RGBA decode).
+pub const MAX_IMAGE_PIXELS: u64 = 1_000_000_000;
+/// Model input side in pixels (`model.image_size`, `--image-size`).
+pub const IMAGE_SIZE: std::ops::RangeInclusive<u32> = 32..=1024;
+
+/// `Err((key, reason))` unless `lo <= value <= hi`; the reason quotes the value.
+fn within<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    lo: T,
+    hi: T,
+    unit: &str,
+) -> Result<(), (String, String)> {
+    if lo <= value && value <= hi {
+        Ok(())
+    } else {
+        Err((
+            key.to_string(),
+            format!("{key} = {value} must be between {lo} and {hi}{unit}"),
+        ))
     }
 }
 
@@ -463,12 +559,20 @@ pub fn parse_duration(text: &str) -> Result<Option<std::time::Duration>, String>
         return Ok(None);
     }
     let bad = || format!("`{t}` is not a duration: use e.g. 10m, 1h30m, 90s or 600");
-    if let Ok(secs) = t.parse::<f64>() {
-        return if secs > 0.0 && secs.is_finite() {
-            Ok(Some(std::time::Duration::from_secs_f64(secs)))
-        } else {
+    // Beyond a year a limit means none, and times that far ahead overflow `Instant`.
+    let checked = |secs: f64| {
+        if !(secs > 0.0 && secs.is_finite()) {
             Err(bad())
-        };
+        } else if secs > MAX_DURATION_SECS {
+            Err(format!(
+                "`{t}` is longer than the longest time limit, 366 days"
+            ))
+        } else {
+            Ok(Some(std::time::Duration::from_secs_f64(secs)))
+        }
+    };
+    if let Ok(secs) = t.parse::<f64>() {
+        return checked(secs);
     }
     let mut total = 0f64;
     let mut number = String::new();
@@ -487,11 +591,14 @@ pub fn parse_duration(text: &str) -> Result<Option<std::time::Duration>, String>
         total += value * unit;
         number.clear();
     }
-    if !(number.is_empty() && total > 0.0 && total.is_finite()) {
+    if !number.is_empty() {
         return Err(bad());
     }
-    Ok(Some(std::time::Duration::from_secs_f64(total)))
+    checked(total)
 }
+
+/// The longest time limit: 366 days.
+const MAX_DURATION_SECS: f64 = 366.0 * 86_400.0;
 
 /// 1-based line of `section.key` in a TOML text (plain `[section]` tables only).
 pub fn key_line(text: &str, dotted: &str) -> Option<usize> {

@@ -12,6 +12,7 @@ pub mod fsutil;
 pub mod index;
 pub mod logging;
 pub mod model;
+pub mod printable;
 pub mod progress;
 pub mod rng;
 pub mod theme;

@@ -16,7 +16,11 @@ fn main() -> ExitCode {
     match vitrine::commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Errors quote paths and file contents: no raw control characters.
+            eprintln!(
+                "error: {}",
+                vitrine::printable::escape_lines(&format!("{e:#}"))
+            );
             ExitCode::FAILURE
         }
     }

@@ -50,3 +50,49 @@ fn a_missing_file_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn sizes_have_upper_bounds_that_name_the_key() {
+    for (text, key, line) in [
+        ("[index]\nef_search = 100000000\n", "index.ef_search", 2),
+        (
+            "[index]\n\nshortlist = 9223372036854775807\n",
+            "index.shortlist",
+            3,
+        ),
+        ("[data]\nprefetch = 1000000\n", "data.prefetch", 2),
+        ("[data]\nworkers = 100000\n", "data.workers", 2),
+        (
+            "[model]\nembedding_dim = 1000000000\n",
+            "model.embedding_dim",
+            2,
+        ),
+        ("[model]\nimage_size = 100000\n", "model.image_size", 2),
+        ("[train]\nbatch = 10000000\n", "train.batch", 2),
+        ("[train]\nthreads = 1000000\n", "train.threads", 2),
+        ("[train]\nepochs = 9223372036854775807\n", "train.epochs", 2),
+        ("[synth]\nitems = 9223372036854775807\n", "synth.items", 2),
+    ] {
+        let err = Config::from_toml_str(text, "user.toml").expect_err(key);
+        match &err {
+            ConfigError::Invalid {
+                key: k, line: l, ..
+            } => {
+                assert_eq!((k.as_str(), *l), (key, Some(line)), "{err}");
+            }
+            other => panic!("{key}: unexpected {other:?}"),
+        }
+        let msg = err.to_string();
+        assert!(
+            msg.contains(key) && msg.contains("must be between"),
+            "{msg}"
+        );
+    }
+    // The bounds themselves are accepted.
+    let c = Config::from_toml_str(
+        "[index]\nef_search = 100000\nshortlist = 100000\n",
+        "user.toml",
+    )
+    .expect("at the bounds");
+    assert_eq!(c.index.ef_search, 100_000);
+}

@@ -7,7 +7,8 @@ use std::sync::Mutex;
 
 use vitrine::data::deepfashion::{Dataset, LoadOptions};
 use vitrine::data::synth::{
-    BIG_CATEGORIES, CATEGORIES, SynthError, SynthOptions, SynthReport, categories_for, generate,
+    BIG_CATEGORIES, CATEGORIES, MARKER_FILE, SynthError, SynthOptions, SynthReport, categories_for,
+    generate,
 };
 
 const SIZE: u32 = 64;
@@ -246,10 +247,11 @@ fn writes_the_deepfashion_layout() {
     assert_eq!(count, 24);
     assert_eq!(items.iter().map(|r| r.join(" ")).collect::<Vec<_>>(), ids);
 
-    // Nothing else on disk: exactly the listed images and the three lists.
+    // Nothing else on disk: exactly the listed images, the three lists and the marker.
     let files: BTreeSet<String> = all_files(&root).into_keys().collect();
     let mut want = listed.clone();
     for f in [
+        MARKER_FILE,
         "Eval/list_eval_partition.txt",
         "Anno/list_bbox_consumer2shop.txt",
         "Anno/list_item_consumer2shop.txt",
@@ -407,6 +409,88 @@ fn io_errors_name_the_path() {
         err.to_string().contains(&*blocker.to_string_lossy()),
         "{err}"
     );
+}
+
+/// A folder that is not empty and holds no marker: a real dataset, say.
+fn foreign_dataset(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let img = root.join("img/TOPS/Blouse/id_00000001");
+    std::fs::create_dir_all(&img).expect("mkdir");
+    std::fs::create_dir_all(root.join("Eval")).expect("mkdir");
+    std::fs::write(img.join("shop_01.jpg"), b"real photo").expect("write");
+    std::fs::write(img.join("shop_07.jpg"), b"another").expect("write");
+    std::fs::write(
+        root.join("Eval/list_eval_partition.txt"),
+        "1\nimage_pair_name_1 image_pair_name_2 item_id evaluation_status\n\
+         img/TOPS/Blouse/id_00000001/comsumer_01.jpg img/TOPS/Blouse/id_00000001/shop_01.jpg id_00000001 train\n",
+    )
+    .expect("write");
+    all_files(root)
+}
+
+#[test]
+fn refuses_a_folder_it_did_not_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let real = dir.path().join("real");
+    let before = foreign_dataset(&real);
+    let err = generate(&opts(1), &real, &|_, _| {}).expect_err("foreign folder");
+    assert!(matches!(err, SynthError::NotOurs { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&*real.to_string_lossy()) && msg.contains("--out"),
+        "{msg}"
+    );
+    assert!(before == all_files(&real), "nothing touched");
+    // A lone stray file is enough to refuse.
+    let stray = dir.path().join("stray");
+    std::fs::create_dir_all(&stray).expect("mkdir");
+    std::fs::write(stray.join("notes.txt"), b"mine").expect("write");
+    let err = generate(&opts(1), &stray, &|_, _| {}).expect_err("stray file");
+    assert!(matches!(err, SynthError::NotOurs { .. }), "{err}");
+    // An empty folder is taken, and marked; regenerating into it is allowed.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    make(&opts(1), &empty);
+    let marker = std::fs::read_to_string(empty.join(MARKER_FILE)).expect("marker");
+    assert!(
+        marker.contains("seed = 1") && marker.contains("items = 24"),
+        "{marker}"
+    );
+    make(&opts(2), &empty);
+}
+
+#[test]
+fn cli_synth_refuses_a_real_dataset_and_names_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let real = dir.path().join("real");
+    let before = foreign_dataset(&real);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["synth", "--items", "12", "--size", "32", "--out"])
+        .arg(&real)
+        .output()
+        .expect("run vitrine");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&*real.to_string_lossy()) && stderr.contains(MARKER_FILE),
+        "{stderr}"
+    );
+    assert!(before == all_files(&real), "nothing touched");
+    // Its own output is regenerated in place.
+    let ours = dir.path().join("ours");
+    for seed in ["1", "2"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vitrine"))
+            .args([
+                "synth", "--items", "12", "--size", "32", "--seed", seed, "--out",
+            ])
+            .arg(&ours)
+            .output()
+            .expect("run vitrine");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// `cargo test --release --test synth -- --ignored --nocapture speed`

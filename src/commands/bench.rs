@@ -30,6 +30,16 @@ fn search(config: &Config, args: &crate::cli::BenchSearchArgs) -> anyhow::Result
     use crate::index::npy;
     let base = npy::load(&args.base)?;
     let queries = npy::load(&args.queries)?;
+    // The loader refuses 0-d vectors; an empty matrix is valid .npy but nothing to time.
+    for (m, path) in [(&base, &args.base), (&queries, &args.queries)] {
+        if m.rows == 0 {
+            bail!(
+                "{} holds no vectors (shape (0, {})): bench search needs at least one row",
+                path.display(),
+                m.cols
+            );
+        }
+    }
     let opts = SearchBench {
         k: args.k,
         params: GraphParams {
@@ -86,12 +96,26 @@ fn search(config: &Config, args: &crate::cli::BenchSearchArgs) -> anyhow::Result
     Ok(())
 }
 
+/// Most `f32` values `bench vectors` makes in one matrix (4 GiB).
+const MAX_VECTOR_VALUES: usize = 1 << 30;
+
 /// `bench vectors`: clustered unit vectors as .npy.
 fn vectors(args: &crate::cli::BenchVectorsArgs) -> anyhow::Result<()> {
     use crate::index::clustered::{ClusterSpec, vectors};
     use crate::index::npy;
     if args.n == 0 || args.dim == 0 || args.clusters == 0 {
         bail!("--n, --dim and --clusters must be at least 1");
+    }
+    // Each flag has a range; their product is the allocation.
+    let most = args.n.max(args.queries);
+    if most
+        .checked_mul(args.dim)
+        .is_none_or(|v| v > MAX_VECTOR_VALUES)
+    {
+        bail!(
+            "{most} vectors of {} dims exceed {MAX_VECTOR_VALUES} values (4 bytes each): lower --n, --queries or --dim",
+            args.dim
+        );
     }
     let spec = ClusterSpec {
         dim: args.dim,

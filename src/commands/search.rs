@@ -7,7 +7,9 @@ use anyhow::Context;
 
 use crate::cli::SearchArgs;
 use crate::config::Config;
+use crate::data::loader::open_image;
 use crate::index::{SearchHit, Searcher};
+use crate::printable::escape_controls;
 
 pub fn run(config: &Config, args: &SearchArgs) -> anyhow::Result<()> {
     if args.k == 0 {
@@ -41,11 +43,12 @@ pub fn run(config: &Config, args: &SearchArgs) -> anyhow::Result<()> {
         });
         println!("{out}");
     } else {
+        // Paths come from entries.json and the command line: escaped, never raw.
         println!(
             "{} nearest of {} gallery images to {} ({}, {ms:.1} ms):",
             hits.len(),
             searcher.len(),
-            args.image.display(),
+            escape_controls(&args.image.display().to_string()),
             if args.exact {
                 "exact scan"
             } else {
@@ -55,7 +58,11 @@ pub fn run(config: &Config, args: &SearchArgs) -> anyhow::Result<()> {
         for h in &hits {
             println!(
                 "{:>3}  {:.4}  {:<14} {:<22} {}",
-                h.rank, h.score, h.item_id, h.category, h.path
+                h.rank,
+                h.score,
+                escape_controls(&h.item_id),
+                escape_controls(&h.category),
+                escape_controls(&h.path)
             );
         }
     }
@@ -73,11 +80,15 @@ const THUMB_PX: u32 = 96;
 /// Prints the query and the hits as thumbnail rows (viuer: kitty/iTerm graphics where
 /// the terminal has them, half blocks otherwise), rank and score under each.
 fn show(query: &std::path::Path, hits: &[SearchHit]) -> anyhow::Result<()> {
+    // open_image: a named pipe among the hits must not block the thumbnails.
     let open = |p: &std::path::Path| -> image::RgbImage {
-        image::open(p).map_or_else(
-            |_| image::RgbImage::from_pixel(THUMB_PX, THUMB_PX, image::Rgb([60, 0, 0])),
-            |img| img.thumbnail(THUMB_PX, THUMB_PX).into_rgb8(),
-        )
+        open_image(p)
+            .ok()
+            .and_then(|r| r.decode().ok())
+            .map_or_else(
+                || image::RgbImage::from_pixel(THUMB_PX, THUMB_PX, image::Rgb([60, 0, 0])),
+                |img| img.thumbnail(THUMB_PX, THUMB_PX).into_rgb8(),
+            )
     };
     let row = |imgs: &[image::RgbImage]| -> image::DynamicImage {
         let cell = THUMB_PX + 8;
@@ -99,7 +110,7 @@ fn show(query: &std::path::Path, hits: &[SearchHit]) -> anyhow::Result<()> {
         viuer::print(img, &conf).context("printing thumbnails")?;
         Ok(())
     };
-    println!("query: {}", query.display());
+    println!("query: {}", escape_controls(&query.display().to_string()));
     print(&row(&[open(query)]), 1)?;
     for chunk in hits.chunks(PER_ROW) {
         let thumbs: Vec<_> = chunk

@@ -7,7 +7,9 @@
 //! second members… — so a triplet batch is `[anchors; positives; negatives]`. A group
 //! with an unreadable image is dropped and counted, never fatal.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::{self, BufReader};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -78,6 +80,48 @@ impl Batch {
     }
 }
 
+/// Opens `path` for reading only if it is a regular file. A FIFO (named pipe) would
+/// block in `open()` until a writer came, a device could stream forever: both are
+/// refused as "not a regular file". On Linux the open itself does not block
+/// (`O_NONBLOCK`, no effect on regular files) and the check is on the opened handle,
+/// so a file swapped in between cannot slip past it.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        const O_NONBLOCK: i32 = 0o4000;
+        opts.custom_flags(O_NONBLOCK);
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(not_regular());
+    }
+    let file = opts.open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(not_regular());
+    }
+    Ok(file)
+}
+
+fn not_regular() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "not a regular file (a named pipe, device or folder)",
+    )
+}
+
+/// An image decoder on `path` (through [`open_regular`]), its format guessed from
+/// the content, else from the extension, as `image::ImageReader::open` does.
+pub fn open_image(path: &Path) -> io::Result<image::ImageReader<BufReader<File>>> {
+    let mut reader = image::ImageReader::new(BufReader::new(open_regular(path)?));
+    if let Ok(format) = image::ImageFormat::from_path(path) {
+        reader.set_format(format);
+    }
+    reader.with_guessed_format()
+}
+
 /// Decodes, crops, resizes and normalises one image to CHW `f32`.
 pub fn load_image(spec: &ImageSpec, cfg: &LoaderConfig) -> Result<Vec<f32>, LoadError> {
     load_image_with(spec, cfg, None)
@@ -94,10 +138,7 @@ pub fn load_image_with(
         message,
     };
     fault_injection(&spec.path);
-    let mut reader = image::ImageReader::open(&spec.path)
-        .map_err(|e| unreadable(e.to_string()))?
-        .with_guessed_format()
-        .map_err(|e| unreadable(e.to_string()))?;
+    let mut reader = open_image(&spec.path).map_err(|e| unreadable(e.to_string()))?;
     // The decoder refuses to allocate more than the largest accepted image could need
     // (16-bit RGBA: 8 bytes a pixel), before reading any pixel data.
     let mut limits = image::Limits::default();
@@ -235,7 +276,7 @@ pub fn load_batch_with(
 /// contains the value of this variable (unset in normal use).
 pub const FAULT_PANIC_ENV: &str = "VITRINE_FAULT_DECODE_PANIC";
 
-fn fault_injection(path: &std::path::Path) {
+fn fault_injection(path: &Path) {
     if let Ok(pattern) = std::env::var(FAULT_PANIC_ENV)
         && !pattern.is_empty()
         && path.to_string_lossy().contains(&pattern)
@@ -355,6 +396,48 @@ impl super::deepfashion::Dataset {
         ImageSpec {
             path: self.image_path(image),
             bbox: self.images[image].bbox,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_are_opened() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let file = tmp.path().join("a.jpg");
+        std::fs::write(&file, b"x").expect("write");
+        assert!(open_regular(&file).is_ok());
+        let e = open_regular(tmp.path()).expect_err("a folder");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let pipe = tmp.path().join("pipe.jpg");
+        match std::process::Command::new("mkfifo").arg(&pipe).status() {
+            Ok(s) if s.success() => {
+                // No writer: a blocking open would never return.
+                let Err(e) = open_image(&pipe) else {
+                    panic!("a named pipe was opened");
+                };
+                assert!(e.to_string().contains("not a regular file"), "{e}");
+                let spec = ImageSpec {
+                    path: pipe.clone(),
+                    bbox: None,
+                };
+                let cfg = LoaderConfig {
+                    size: 32,
+                    crop: false,
+                    workers: 1,
+                    prefetch: 1,
+                    max_pixels: 1 << 20,
+                };
+                let e = load_image(&spec, &cfg).expect_err("unreadable").to_string();
+                assert!(
+                    e.contains("pipe.jpg") && e.contains("not a regular file"),
+                    "{e}"
+                );
+            }
+            other => println!("skipping the named-pipe check: mkfifo failed ({other:?})"),
         }
     }
 }

@@ -33,14 +33,18 @@ use crate::rng::Rng;
 
 /// Fewest items `generate` accepts (every used small category needs an item per split).
 pub const MIN_ITEMS: usize = 12;
-/// Most items: ids are 8 digits.
-pub const MAX_ITEMS: usize = 99_999_999;
+/// Most items (ids have 8 digits): a million items are about 3.5 million images,
+/// and the item plans of ten times more would already take gigabytes.
+pub const MAX_ITEMS: usize = 1_000_000;
 /// Smallest image side in pixels.
 pub const MIN_SIZE: u32 = 32;
 /// Largest image side in pixels.
 pub const MAX_SIZE: u32 = 4096;
 /// JPEG quality of the shop images.
 pub const SHOP_QUALITY: u8 = 92;
+/// Written first into every output folder: only a folder holding it (or an empty
+/// one) is regenerated, so `--out` pointed at a real dataset cannot destroy it.
+pub const MARKER_FILE: &str = ".vitrine-synth";
 
 #[derive(Debug, Clone)]
 pub struct SynthOptions {
@@ -84,6 +88,11 @@ pub enum SynthError {
         path: PathBuf,
         source: image::ImageError,
     },
+    #[error(
+        "{} is not empty and was not written by `vitrine synth` (it has no {MARKER_FILE} file): refusing to overwrite it; pass an empty or new folder with --out (an older vitrine's synthetic set: delete it, or create an empty {MARKER_FILE} in it)",
+        path.display()
+    )]
+    NotOurs { path: PathBuf },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SynthError + '_ {
@@ -149,15 +158,17 @@ pub fn split_counts(n: usize) -> (usize, usize, usize) {
 }
 
 /// Writes the synthetic dataset under `out` (created if needed; files of an earlier
-/// run are overwritten). `progress(done, total)` is called from worker threads as items
-/// finish. The annotation files are written last, atomically, so they never list an
-/// image that is not there.
+/// synth run are overwritten). `out` must be absent, empty, or hold [`MARKER_FILE`]:
+/// anything else is [`SynthError::NotOurs`]. `progress(done, total)` is called from
+/// worker threads as items finish. The annotation files are written last, atomically,
+/// so they never list an image that is not there.
 pub fn generate(
     opts: &SynthOptions,
     out: &Path,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<SynthReport, SynthError> {
     validate(opts)?;
+    claim_out(opts, out)?;
     let start = Instant::now();
     let plans = plan_items(opts);
     let total = plans.len();
@@ -215,6 +226,30 @@ fn validate(opts: &SynthOptions) -> Result<(), SynthError> {
         )));
     }
     Ok(())
+}
+
+/// Refuses an `out` that holds files synth did not write, then marks it as ours. The
+/// marker goes in before any image, so an interrupted run can still be regenerated.
+fn claim_out(opts: &SynthOptions, out: &Path) -> Result<(), SynthError> {
+    let marker = out.join(MARKER_FILE);
+    match std::fs::read_dir(out) {
+        Ok(mut entries) => {
+            if !marker.is_file() && entries.next().is_some() {
+                return Err(SynthError::NotOurs {
+                    path: out.to_path_buf(),
+                });
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(out)(e)),
+    }
+    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    // Options only (no time stamp): the same options give byte-identical folders.
+    let text = format!(
+        "# Written by `vitrine synth`: it may regenerate this folder.\nitems = {}\nsize = {}\nseed = {}\n",
+        opts.items, opts.size, opts.seed
+    );
+    std::fs::write(&marker, text).map_err(io_err(&marker))
 }
 
 // ---------------------------------------------------------------------------------------

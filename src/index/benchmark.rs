@@ -22,6 +22,10 @@ pub enum BenchError {
     Dimension { base: usize, queries: usize },
     #[error("no base vectors")]
     Empty,
+    #[error("no query vectors")]
+    NoQueries,
+    #[error("the vectors have no columns (0-d)")]
+    NoColumns,
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +111,14 @@ pub fn run(
     }
     if base.rows == 0 {
         return Err(BenchError::Empty);
+    }
+    // Guarded here too for library callers: 0-d vectors make a meaningless graph, and
+    // no queries a recall of 0/0.
+    if base.cols == 0 {
+        return Err(BenchError::NoColumns);
+    }
+    if queries.rows == 0 {
+        return Err(BenchError::NoQueries);
     }
     let base = normalized(base);
     let queries = normalized(queries);

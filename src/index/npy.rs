@@ -88,20 +88,93 @@ pub fn save(path: &Path, m: &Matrix) -> io::Result<()> {
     crate::fsutil::write_atomic(path, |w| write_to(w, m))
 }
 
-/// Reads a 2-D `float32` matrix; `path` names the file in errors.
+/// Largest header accepted: NumPy writes well under 1 KiB; a format 2.0 length field
+/// could otherwise ask for 4 GiB before any check.
+const MAX_HEADER: usize = 1 << 20;
+
+/// What a header declares: the shape, and where the data starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
+    rows: usize,
+    cols: usize,
+    data_start: usize,
+    /// `4 · rows · cols`, computed without overflow.
+    data_len: usize,
+}
+
+/// Reads a 2-D `float32` matrix; `path` names the file in errors. The declared shape
+/// is checked against the file's length before the data is read, so a hostile
+/// header cannot make it allocate more than the file holds.
 pub fn load(path: &Path) -> Result<Matrix, NpyError> {
-    let bytes = std::fs::read(path).map_err(|source| NpyError::Io {
+    use std::io::Read;
+    let io = |source| NpyError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    parse(&bytes).map_err(|reason| NpyError::Format {
+    };
+    let format = |reason| NpyError::Format {
         path: path.to_path_buf(),
         reason,
-    })
+    };
+    let mut file = crate::data::loader::open_regular(path).map_err(io)?;
+    let len = usize::try_from(file.metadata().map_err(io)?.len()).unwrap_or(usize::MAX);
+    let mut prefix = [0u8; 12];
+    let got = read_up_to(&mut file, &mut prefix).map_err(io)?;
+    let (_, end) = header_end(&prefix[..got]).map_err(format)?;
+    if end > len {
+        return Err(format(format!(
+            "the header claims {end} bytes, the file has {len}"
+        )));
+    }
+    let mut bytes = prefix[..got].to_vec();
+    bytes.resize(end.max(got), 0);
+    if end > got {
+        file.read_exact(&mut bytes[got..]).map_err(io)?;
+    }
+    let h = parse_header(&bytes[..end]).map_err(format)?;
+    if len - h.data_start != h.data_len {
+        return Err(format(format!(
+            "shape ({}, {}) needs {} data bytes, the file has {}",
+            h.rows,
+            h.cols,
+            h.data_len,
+            len - h.data_start
+        )));
+    }
+    // A tiny header leaves data bytes in the prefix already read.
+    let rest = h.data_len.saturating_sub(bytes.len() - h.data_start);
+    bytes.reserve_exact(rest);
+    // One byte more than declared: a file that grew meanwhile is caught, not cut.
+    (&mut file)
+        .take(rest as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    decode(&bytes, h).map_err(format)
+}
+
+/// Reads until `buf` is full or the file ends; the number of bytes read.
+fn read_up_to(r: &mut impl io::Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// Parses `.npy` bytes of a 2-D little-endian `float32` C-order matrix.
 pub fn parse(bytes: &[u8]) -> Result<Matrix, String> {
+    let (_, end) = header_end(bytes)?;
+    let header = bytes.get(..end).ok_or("truncated or non-text header")?;
+    decode(bytes, parse_header(header)?)
+}
+
+/// Where the header dict starts and the data starts, from the magic, version and
+/// length field.
+fn header_end(bytes: &[u8]) -> Result<(usize, usize), String> {
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err("missing the \\x93NUMPY magic".into());
     }
@@ -113,7 +186,17 @@ pub fn parse(bytes: &[u8]) -> Result<Matrix, String> {
         ),
         v => return Err(format!("unsupported format version {v}")),
     };
-    let data_start = start + header_len;
+    if header_len > MAX_HEADER {
+        return Err(format!(
+            "header of {header_len} bytes (at most {MAX_HEADER} accepted)"
+        ));
+    }
+    Ok((start, start + header_len))
+}
+
+/// The shape in a whole header (magic through the dict), checked for size.
+fn parse_header(bytes: &[u8]) -> Result<Header, String> {
+    let (start, data_start) = header_end(bytes)?;
     let dict = bytes
         .get(start..data_start)
         .and_then(|h| std::str::from_utf8(h).ok())
@@ -139,14 +222,30 @@ pub fn parse(bytes: &[u8]) -> Result<Matrix, String> {
     let [rows, cols] = dims[..] else {
         return Err(format!("shape {shape} is not 2-D"));
     };
-    let n = rows
+    if cols == 0 {
+        return Err(format!("shape {shape} has no columns (0-d vectors)"));
+    }
+    let data_len = rows
         .checked_mul(cols)
+        .and_then(|n| n.checked_mul(4))
         .ok_or_else(|| format!("shape {shape} is too large"))?;
-    let data = &bytes[data_start.min(bytes.len())..];
-    if data.len() != 4 * n {
+    Ok(Header {
+        rows,
+        cols,
+        data_start,
+        data_len,
+    })
+}
+
+/// The matrix from the bytes after a parsed header; their length must match it.
+fn decode(bytes: &[u8], h: Header) -> Result<Matrix, String> {
+    let data = &bytes[h.data_start.min(bytes.len())..];
+    if data.len() != h.data_len {
         return Err(format!(
-            "shape {shape} needs {} data bytes, the file has {}",
-            4 * n,
+            "shape ({}, {}) needs {} data bytes, the file has {}",
+            h.rows,
+            h.cols,
+            h.data_len,
             data.len()
         ));
     }
@@ -154,7 +253,11 @@ pub fn parse(bytes: &[u8]) -> Result<Matrix, String> {
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
-    Ok(Matrix { rows, cols, data })
+    Ok(Matrix {
+        rows: h.rows,
+        cols: h.cols,
+        data,
+    })
 }
 
 /// The raw text of `key`'s value in a Python dict literal (tuples kept whole).
@@ -205,5 +308,68 @@ mod tests {
         b2.extend_from_slice(&(bad.len() as u16).to_le_bytes());
         b2.extend_from_slice(bad.as_bytes());
         assert!(parse(&b2).expect_err("f8").contains("float32"));
+    }
+
+    /// A header claiming `rows × cols`, then `data` zero bytes.
+    fn crafted(rows: usize, cols: usize, data: usize) -> Vec<u8> {
+        let mut bytes = header(rows, cols);
+        bytes.resize(bytes.len() + data, 0);
+        bytes
+    }
+
+    #[test]
+    fn shapes_whose_size_overflows_or_exceeds_the_file_are_refused() {
+        // 4 · 2^62 wraps to 0 and used to match the empty data.
+        let e = parse(&crafted(1 << 62, 1, 0)).expect_err("(2^62, 1)");
+        assert!(e.contains("too large"), "{e}");
+        let e = parse(&crafted(1 << 31, 1 << 31, 0)).expect_err("(2^31, 2^31)");
+        assert!(e.contains("too large"), "{e}");
+        let e = parse(&crafted(1 << 40, 2, 8)).expect_err("(2^40, 2)");
+        assert!(e.contains("needs"), "{e}");
+        let e = parse(&crafted(usize::MAX, usize::MAX, 0)).expect_err("(max, max)");
+        assert!(e.contains("too large"), "{e}");
+    }
+
+    #[test]
+    fn zero_columns_are_refused_zero_rows_are_not() {
+        let e = parse(&crafted(5, 0, 0)).expect_err("(5, 0)");
+        assert!(e.contains("no columns"), "{e}");
+        assert!(parse(&crafted(0, 0, 0)).is_err());
+        let m = parse(&crafted(0, 4, 0)).expect("(0, 4)");
+        assert_eq!((m.rows, m.cols, m.data.len()), (0, 4, 0));
+    }
+
+    #[test]
+    fn load_checks_the_file_length_and_names_the_file() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let path = tmp.path().join("crafted.npy");
+        for (bytes, why) in [
+            (crafted(1 << 62, 1, 0), "too large"),
+            (crafted(1 << 40, 4, 16), "needs"),
+            (crafted(3, 0, 0), "no columns"),
+            (crafted(2, 2, 15), "needs"),
+            (crafted(2, 2, 17), "needs"),
+        ] {
+            std::fs::write(&path, &bytes).expect("write");
+            let e = load(&path).expect_err(why).to_string();
+            assert!(e.contains("crafted.npy") && e.contains(why), "{e}");
+        }
+        // A format 2.0 length field pointing far past the end of the file.
+        let mut v2 = b"\x93NUMPY\x02\x00".to_vec();
+        v2.extend_from_slice(&u32::MAX.to_le_bytes());
+        std::fs::write(&path, &v2).expect("write");
+        assert!(load(&path).is_err());
+        v2.truncate(8);
+        v2.extend_from_slice(&1000u32.to_le_bytes());
+        std::fs::write(&path, &v2).expect("write");
+        let e = load(&path).expect_err("header past the end").to_string();
+        assert!(e.contains("1012 bytes"), "{e}");
+        // The good path reads what parse reads.
+        let m = Matrix::new(2, 3, vec![1.0, 2.0, 3.0, -4.0, 5.5, 0.0]).expect("m");
+        save(&path, &m).expect("save");
+        assert_eq!(load(&path).expect("load"), m);
+        let m = Matrix::new(0, 3, Vec::new()).expect("m");
+        save(&path, &m).expect("save");
+        assert_eq!(load(&path).expect("load"), m);
     }
 }

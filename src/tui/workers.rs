@@ -524,10 +524,8 @@ impl ThumbWorker {
 
 /// Decodes `key.path` and fits it into `key.cols × key.rows` cells.
 pub fn make_thumb(picker: &ratatui_image::picker::Picker, key: &ThumbKey) -> Result<Thumb, String> {
-    let img = image::ImageReader::open(&key.path)
-        .map_err(|e| e.to_string())?
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?
+    let img = crate::data::loader::open_image(&key.path)
+        .map_err(|e| format!("{}: {e}", key.path.display()))?
         .decode()
         .map_err(|e| format!("{}: {e}", key.path.display()))?;
     let font = picker.font_size();
@@ -590,4 +588,30 @@ pub fn spawn_trainer(
         .process_group(0);
     tracing::info!("starting {cmd:?}");
     cmd.spawn()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tui::runtime::Msg;
+
+    #[test]
+    fn a_worker_that_panics_reports_instead_of_leaving_the_ui_waiting() {
+        let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
+        spawn("test", &Outbox(tx), WorkerEvent::ScoresFailed, || {
+            panic!("boom")
+        });
+        let msg = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("a report from the dead worker");
+        match msg {
+            Msg::Worker(WorkerEvent::ScoresFailed(m)) => {
+                assert!(
+                    m.contains("test worker stopped") && m.contains("boom"),
+                    "{m}"
+                );
+            }
+            _ => panic!("unexpected message"),
+        }
+    }
 }
