@@ -104,11 +104,16 @@ fn repair_torn_tail(file: &File, path: &Path) -> io::Result<()> {
 /// (a writer mid-append) waits for the next poll. A line that is not an event (a
 /// torn write in an old file) is skipped with a warning and counted, never fatal:
 /// the events around it still replay.
+///
+/// The partial line is read again from the file on the next poll rather than kept:
+/// a writer that reopens the file cuts a torn last line off (see
+/// [`MetricsWriter::append`]) and appends from where it started, and a follower
+/// that kept the torn bytes would glue them to the next event and lose it.
 pub struct MetricsFollower {
     path: PathBuf,
+    /// Just after the last complete line read.
     offset: u64,
     line: usize,
-    pending: Vec<u8>,
     skipped: usize,
 }
 
@@ -118,7 +123,6 @@ impl MetricsFollower {
             path: path.to_path_buf(),
             offset: 0,
             line: 0,
-            pending: Vec::new(),
             skipped: 0,
         }
     }
@@ -141,14 +145,14 @@ impl MetricsFollower {
         };
         file.seek(SeekFrom::Start(self.offset)).map_err(io_err)?;
         let mut chunk = Vec::new();
-        let read = BufReader::new(file)
+        BufReader::new(file)
             .read_to_end(&mut chunk)
             .map_err(io_err)?;
-        self.offset += read as u64;
-        self.pending.extend_from_slice(&chunk);
+        // Complete lines only; a partial last line is read again next time.
+        let complete = chunk.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        self.offset += complete as u64;
         let mut events = Vec::new();
-        while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.pending.drain(..=end).collect();
+        for line in chunk[..complete].split_inclusive(|&b| b == b'\n') {
             self.line += 1;
             let line = line.trim_ascii();
             if line.is_empty() {
