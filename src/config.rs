@@ -2,6 +2,10 @@
 //! default; the same values are compiled in as `Config::default()` (a test keeps the
 //! two equal). A user file passed with `--config` overrides any subset of keys.
 
+mod choices;
+
+pub use choices::{DeviceChoice, ImageMode, PlotMarker, Schedule, parse_device};
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -10,8 +14,6 @@ use crate::data::augment::AugmentConfig;
 use crate::data::deepfashion::GalleryProtocol;
 use crate::data::sampler::SamplerKind;
 use crate::model::{Backbone, EmbedderConfig, LossConfig, LossKind};
-use crate::train::optim::Schedule;
-use crate::tui::settings::{ImageMode, PlotMarker};
 
 /// The shipped, documented defaults.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config.toml");
@@ -444,7 +446,7 @@ impl Config {
         if !(t.grad_clip >= 0.0 && t.grad_clip.is_finite()) {
             return fail("train.grad_clip", "must be zero (off) or positive");
         }
-        if let Err(e) = crate::train::device::parse_device(&t.device) {
+        if let Err(e) = parse_device(&t.device) {
             return fail("train.device", &e);
         }
         let i = &self.index;

@@ -5,7 +5,8 @@
 pub mod benchmark;
 pub mod build;
 pub mod clustered;
-pub mod embed;
+// Moved to the model layer (training validates with it too).
+pub use crate::model::embed_files as embed;
 pub mod evaluate;
 pub mod hnsw;
 pub mod hnsw_dump;

@@ -15,6 +15,7 @@ pub mod model;
 pub mod printable;
 pub mod progress;
 pub mod rng;
+pub mod run;
 pub mod theme;
 pub mod train;
 pub mod tui;

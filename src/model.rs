@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod conv;
 mod cpu_backbone;
 pub(crate) mod cpu_tensor;
+pub mod embed_files;
 pub mod embedder;
 pub mod loss;
 pub mod resnet;

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use vitrine::index::CheckpointChoice;
 use vitrine::index::model::load_model;
 use vitrine::model::checkpoint;
+use vitrine::run::folder::RunDir;
 use vitrine::train::events::TrainEvent;
 use vitrine::train::metrics_log::read_all;
-use vitrine::train::run_dir::RunDir;
 use vitrine::train::trainer::read_meta;
 
 fn train(data: &Path, run: &Path, config: &Path, resume: bool, hang_at: Option<&str>) -> Child {

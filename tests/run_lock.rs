@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use vitrine::train::run_dir::{RunDir, RunError};
+use vitrine::run::folder::{RunDir, RunError};
 
 const RACE_ENV: &str = "VITRINE_LOCK_RACE_DIR";
 

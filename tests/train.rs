@@ -6,9 +6,9 @@ use vitrine::data::deepfashion::{Dataset, LoadOptions, Source, Split};
 use vitrine::data::loader::LoaderConfig;
 use vitrine::model::Embedder;
 use vitrine::model::checkpoint;
+use vitrine::run::folder::{ControlRequest, RunDir};
 use vitrine::train::events::{CheckpointKind, StopReason, TrainEvent};
 use vitrine::train::metrics_log::read_all;
-use vitrine::train::run_dir::{ControlRequest, RunDir};
 use vitrine::train::trainer::{Control, TrainError, TrainJob, read_meta, train, validate};
 
 fn job(data: &Path, run: &Path, config: vitrine::config::Config) -> TrainJob {

@@ -8,10 +8,10 @@ use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use vitrine::data::deepfashion::{CategorySummary, SplitCounts, SplitSummary};
+use vitrine::run::folder::ControlRequest;
 use vitrine::theme::Theme;
 use vitrine::train::events::TrainEvent;
 use vitrine::train::metrics_log::{MetricsFollower, read_all};
-use vitrine::train::run_dir::ControlRequest;
 use vitrine::tui::app::{
     Action, App, AppOptions, Command, DatasetInfo, HitInfo, ImageInfo, IndexStatus, SearchResults,
     Tab, Thumb, TripletRow, TripletScore, WorkerEvent,

@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
+use vitrine::run::folder::{ControlRequest, RunDir};
 use vitrine::train::events::{StopReason, TrainEvent};
 use vitrine::train::metrics_log::read_all;
-use vitrine::train::run_dir::{ControlRequest, RunDir};
 use vitrine::tui::app::{Action, App, AppOptions};
 use vitrine::tui::runtime::Msg;
 use vitrine::tui::workers::{Outbox, spawn_follower, spawn_trainer};

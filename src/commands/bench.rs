@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::data::loader::{LoaderConfig, Prefetcher};
 use crate::model::embedder::sorted_vars;
 use crate::model::{Embedder, Mining, TripletLoss};
-use crate::train::device::{self, parse_device};
+use crate::run::device::{self, parse_device};
 use crate::train::optim::AdamW;
 
 pub fn run(config: &Config, cmd: &BenchCommand) -> anyhow::Result<()> {

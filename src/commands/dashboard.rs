@@ -6,8 +6,8 @@ use anyhow::Context;
 
 use crate::cli::DashboardArgs;
 use crate::config::Config;
+use crate::run::folder::RunDir;
 use crate::theme::Theme;
-use crate::train::run_dir::RunDir;
 use crate::tui::Launch;
 
 pub fn run(config: &Config, args: &DashboardArgs, log: Option<&Path>) -> anyhow::Result<()> {

@@ -8,9 +8,9 @@ use crate::cli::{DataArgs, DemoArgs};
 use crate::config::Config;
 use crate::data::deepfashion::PARTITION_FILE;
 use crate::data::synth::SynthOptions;
+use crate::run::folder::RunDir;
 use crate::train::events::{CheckpointKind, StopReason, TrainEvent};
 use crate::train::metrics_log::read_all;
-use crate::train::run_dir::RunDir;
 use crate::train::trainer::TrainJob;
 use crate::tui::app::IndexStatus;
 

@@ -11,8 +11,8 @@ use anyhow::Context;
 use super::dashboard::{Opening, open};
 use crate::cli::WatchArgs;
 use crate::config::Config;
+use crate::run::folder::RunDir;
 use crate::train::metrics_log::MetricsFollower;
-use crate::train::run_dir::RunDir;
 
 pub fn run(config: &Config, args: &WatchArgs, log: Option<&Path>) -> anyhow::Result<()> {
     let dir = RunDir::new(&args.run);

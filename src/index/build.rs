@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use candle_core::Device;
 
-use super::embed::{EmbedError, embed_images};
 use super::hnsw::{self, Graph, GraphParams};
 use super::hnsw_dump;
 use super::model::{CheckpointChoice, LoadedModel, ModelError, load_model};
@@ -17,7 +16,8 @@ use crate::config::{DataConfig, IndexConfig};
 use crate::data::deepfashion::{Dataset, DatasetError, GalleryProtocol, LoadOptions};
 use crate::data::folder::scan_images;
 use crate::data::loader::{ImageSpec, LoaderConfig};
-use crate::train::run_dir::RunDir;
+use crate::model::embed_files::{EmbedError, embed_images};
+use crate::run::folder::RunDir;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {

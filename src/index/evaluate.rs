@@ -189,7 +189,7 @@ fn pixels_to_matrix(
         .map(|c| c.iter().map(|s| vec![s.clone()]).collect())
         .collect();
     let (mut data, mut kept, mut bad, mut done) = (Vec::new(), Vec::new(), 0, 0);
-    let load_err = |e| BuildError::Embed(crate::index::embed::EmbedError::Load(e));
+    let load_err = |e| BuildError::Embed(crate::model::embed_files::EmbedError::Load(e));
     let mut prefetcher = Prefetcher::spawn(groups, loader).map_err(load_err)?;
     for (b, loaded) in prefetcher.by_ref().enumerate() {
         done += loaded.kept.len() + loaded.failed.len();

@@ -12,9 +12,10 @@ use candle_nn::VarMap;
 use crate::config::{Config, ConfigError};
 use crate::model::Embedder;
 use crate::model::checkpoint::{self, CheckpointError};
-use crate::train::device;
-use crate::train::events::CheckpointKind;
-use crate::train::run_dir::RunDir;
+use crate::run::CheckpointKind;
+use crate::run::device;
+use crate::run::folder::RunDir;
+use crate::run::settings::RunSettingsError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -112,13 +113,10 @@ impl fmt::Debug for LoadedModel {
 
 /// The run's `config.toml` (model settings, seed, device).
 pub fn run_config(run: &Path) -> Result<Config, ModelError> {
-    let path = RunDir::new(run).config();
-    if !path.is_file() {
-        return Err(ModelError::NotARun {
-            run: run.to_path_buf(),
-        });
-    }
-    Ok(Config::load_run(&path)?)
+    crate::run::settings::load(run).map_err(|e| match e {
+        RunSettingsError::NotARun { run } => ModelError::NotARun { run },
+        RunSettingsError::Config(e) => ModelError::Config(e),
+    })
 }
 
 /// Builds the run's embedder and loads `checkpoint` into it; `None` keeps the seeded

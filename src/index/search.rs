@@ -13,7 +13,7 @@ use super::store::{self, Entry, Index, IndexError, IndexHeader};
 use crate::config::IndexConfig;
 use crate::data::loader::{ImageSpec, LoadError, LoaderConfig, load_image};
 use crate::eval::Hit;
-use crate::train::run_dir::RunDir;
+use crate::run::folder::RunDir;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {

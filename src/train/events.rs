@@ -1,6 +1,7 @@
 //! What a training worker reports. Events carry scalars and ids, never tensors or
 //! images; each is one JSON line of `metrics.jsonl` (`{"event":"step",...}`).
 
+pub use crate::run::checkpoints::CheckpointKind;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,13 +141,6 @@ pub enum TrainEvent {
         epoch: usize,
         message: String,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CheckpointKind {
-    Last,
-    Best,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

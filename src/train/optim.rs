@@ -2,10 +2,10 @@
 //! checkpoints and restored on `--resume` (candle-nn's keeps them private), plus
 //! global gradient-norm clipping and the learning-rate schedule.
 
+pub use crate::config::Schedule;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor, Var};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use crate::model::cpu_tensor::with_f32_data;
 
@@ -224,16 +224,6 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Res
         }
     }
     Ok(norm as f32)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Schedule {
-    /// Constant learning rate after warm-up.
-    #[default]
-    Constant,
-    /// Cosine decay to zero over the run after warm-up.
-    Cosine,
 }
 
 /// Learning rate at `step` (0-based) of `total` steps.

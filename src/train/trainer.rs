@@ -14,26 +14,29 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, Tensor};
 use candle_nn::{ModuleT, VarMap};
 
-use super::checkpoint_set::{self, CheckpointFiles, NewCheckpoint, OPTIM_STEP, Recovery};
 use super::collapse::{CollapseChange, CollapseMonitor, StepSignals};
-use super::device::{self, parse_device};
 use super::events::{CheckpointKind, NoticeKind, StopReason, TrainEvent};
 use super::metrics_log::{MetricsError, MetricsWriter};
 use super::optim::{AdamW, clip_grad_norm, learning_rate_at};
-use super::run_dir::{ControlRequest, RunDir, RunError, RunLock};
 use crate::config::Config;
+use crate::config::parse_device;
 use crate::data::deepfashion::{Dataset, DatasetError, LoadOptions, Source, Split};
 use crate::data::loader::{LoadError, LoaderConfig, Prefetcher};
 use crate::data::sampler::{self, BatchSampler, PkConfig, PkSampler, SamplerKind};
 use crate::data::triplets::{TripletError, TripletSampler};
 use crate::eval::{self, Retrieval};
 use crate::fsutil::{fnv1a64, write_bytes_atomic};
-use crate::index::embed::{EmbedError, embed_images};
 use crate::model::checkpoint::{self, CheckpointError};
+use crate::model::embed_files::{EmbedError, embed_images};
 use crate::model::embedder::sorted_vars;
 use crate::model::loss::{LossKind, PROXIES_NAME, mean_pairwise_cosine};
 use crate::model::{Criterion, Embedder};
 use crate::rng::Rng;
+use crate::run::checkpoints::{
+    self as checkpoint_set, CheckpointFiles, NewCheckpoint, OPTIM_STEP, Recovery,
+};
+use crate::run::device;
+use crate::run::folder::{ControlRequest, RunDir, RunError, RunLock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -111,7 +114,7 @@ pub struct TrainJob {
     pub resume: bool,
 }
 
-pub use super::checkpoint_set::{CHECKPOINT_FORMAT, CheckpointMeta, sidecar_path};
+pub use crate::run::checkpoints::{CHECKPOINT_FORMAT, CheckpointMeta, sidecar_path};
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,7 +5,7 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use super::events::CheckpointKind;
+use super::checkpoints::CheckpointKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

@@ -2,24 +2,7 @@
 
 use candle_core::Device;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceChoice {
-    Auto,
-    Cpu,
-    Cuda(usize),
-}
-
-pub fn parse_device(s: &str) -> Result<DeviceChoice, String> {
-    match s {
-        "auto" => Ok(DeviceChoice::Auto),
-        "cpu" => Ok(DeviceChoice::Cpu),
-        _ => s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(DeviceChoice::Cuda)
-            .ok_or_else(|| format!("unknown device `{s}`: expected auto, cpu or cuda:N")),
-    }
-}
+pub use crate::config::{DeviceChoice, parse_device};
 
 /// The device to run on; `auto` takes CUDA device 0 when vitrine was built with the
 /// `cuda` feature and a GPU answers, the CPU otherwise.

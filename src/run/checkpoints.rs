@@ -15,13 +15,30 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::events::CheckpointKind;
-use super::run_dir::RunDir;
+use super::folder::RunDir;
 use crate::eval::Retrieval;
 use crate::fsutil::{self, Staged};
 use crate::model::checkpoint;
 
 pub const CHECKPOINT_FORMAT: u32 = 1;
+
+/// The run's two checkpoints: the newest (`last`, which resumes) and the best by
+/// val top-20 (`best`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointKind {
+    Last,
+    Best,
+}
+
+impl CheckpointKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Last => "last",
+            Self::Best => "best",
+        }
+    }
+}
 /// The optimizer state's record of its step.
 pub const OPTIM_STEP: &str = "optim.step";
 
