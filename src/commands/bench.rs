@@ -3,15 +3,13 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 
 use candle_core::{DType, Tensor};
-use candle_nn::ModuleT;
 
 use crate::cli::{BenchCommand, BenchLoadArgs, BenchModelArgs};
 use crate::config::Config;
 use crate::data::loader::{LoaderConfig, Prefetcher};
-use crate::model::embedder::sorted_vars;
-use crate::model::{Embedder, Mining, TripletLoss};
+use crate::model::{Criterion, Embedder, LossConfig, LossKind, Mining};
 use crate::run::device::{self, parse_device};
-use crate::train::optim::AdamW;
+use crate::train::step::{Optimisers, Phases, StepSettings, train_step};
 
 pub fn run(config: &Config, cmd: &BenchCommand) -> anyhow::Result<()> {
     match cmd {
@@ -239,7 +237,7 @@ fn report(
         });
         obj[key] = serde_json::json!(value);
         if let Some(p) = phases {
-            obj["seconds_per_step"] = p.mean(args.steps);
+            obj["seconds_per_step"] = phases_json(p, args.steps);
         }
         println!("{obj}");
     } else {
@@ -253,7 +251,7 @@ fn report(
             key.replace("_per_s", "/s")
         );
         if let Some(p) = phases {
-            let m = p.mean(args.steps);
+            let m = phases_json(p, args.steps);
             println!(
                 "  per step: forward + loss {:.3} s, backward {:.3} s, optimizer {:.3} s",
                 m["forward"].as_f64().unwrap_or(f64::NAN),
@@ -264,23 +262,14 @@ fn report(
     }
 }
 
-/// Seconds spent in each phase of the timed training steps.
-#[derive(Debug, Default)]
-struct Phases {
-    forward: f64,
-    backward: f64,
-    optimizer: f64,
-}
-
-impl Phases {
-    fn mean(&self, steps: usize) -> serde_json::Value {
-        let n = steps.max(1) as f64;
-        serde_json::json!({
-            "forward": self.forward / n,
-            "backward": self.backward / n,
-            "optimizer": self.optimizer / n,
-        })
-    }
+/// Mean seconds per step of each phase, as JSON.
+fn phases_json(p: &Phases, steps: usize) -> serde_json::Value {
+    let n = steps.max(1) as f64;
+    serde_json::json!({
+        "forward": p.forward / n,
+        "backward": p.backward / n,
+        "optimizer": p.optimizer / n,
+    })
 }
 
 /// One warm-up step, then `args.steps` timed ones: `batch` items per step, per second.
@@ -301,40 +290,39 @@ fn train(config: &Config, args: &BenchModelArgs) -> anyhow::Result<()> {
         bail!("--batch must be at least 2 and --steps at least 1");
     }
     let (model, varmap, device) = model_for(config, args)?;
-    let named: Vec<_> = sorted_vars(&varmap)
-        .into_iter()
-        .filter(|(n, _)| model.is_trainable(n))
-        .map(|(n, v)| {
-            let decay = v.rank() > 1;
-            (n, v, decay)
-        })
-        .collect();
-    let mut opt = AdamW::new(named, config.train.weight_decay)?;
-    let loss = TripletLoss {
-        margin: config.loss.margin,
+    // The original recipe's loss (offline triplets), through the trainer's own step.
+    let loss = LossConfig {
+        kind: LossKind::Triplet,
         mining: Mining::Offline,
         soft_margin: false,
+        ..config.loss
+    };
+    let criterion = Criterion::new(loss, 0, config.model.embedding_dim, &device, 0)?;
+    let mut optimisers = Optimisers::new(&model, &varmap, &criterion, config.train.weight_decay)?;
+    let settings = StepSettings {
+        lr: 1e-4,
+        proxy_lr_scale: config.loss.proxy_lr_scale,
+        grad_clip: config.train.grad_clip,
     };
     let x = random_batch(3 * args.batch, args.image_size, &device)?;
     let labels: Vec<u64> = (0..3 * args.batch as u64).collect();
     let mut phases = Phases::default();
     let mut warm = true;
     let step = || -> anyhow::Result<()> {
-        // Synchronised between phases so a GPU's queued work is charged to its phase.
-        let t0 = Instant::now();
-        let emb = model.forward_t(&x, true)?;
-        let stats = loss.compute(&emb, &labels)?;
-        device.synchronize()?;
-        let t1 = Instant::now();
-        let grads = stats.loss.backward()?;
-        device.synchronize()?;
-        let t2 = Instant::now();
-        opt.step(&grads, 1e-4)?;
-        device.synchronize()?;
+        let report = train_step(
+            &model,
+            &criterion,
+            &mut optimisers,
+            &x,
+            &labels,
+            &[],
+            settings,
+            Some(&device),
+        )?;
         if !std::mem::take(&mut warm) {
-            phases.forward += (t1 - t0).as_secs_f64();
-            phases.backward += (t2 - t1).as_secs_f64();
-            phases.optimizer += t2.elapsed().as_secs_f64();
+            phases.forward += report.phases.forward;
+            phases.backward += report.phases.backward;
+            phases.optimizer += report.phases.optimizer;
         }
         Ok(())
     };

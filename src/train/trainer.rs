@@ -12,12 +12,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
-use candle_nn::{ModuleT, VarMap};
+use candle_nn::VarMap;
 
+use super::checkpoint_policy::CheckpointPolicy;
 use super::collapse::{CollapseChange, CollapseMonitor, StepSignals};
 use super::events::{CheckpointKind, NoticeKind, StopReason, TrainEvent};
 use super::metrics_log::{MetricsError, MetricsWriter};
-use super::optim::{AdamW, clip_grad_norm, learning_rate_at};
+use super::optim::learning_rate_at;
+use super::step::{Optimisers, StepError, StepSettings, train_step};
 use crate::config::Config;
 use crate::config::parse_device;
 use crate::data::deepfashion::{Dataset, DatasetError, LoadOptions, Source, Split};
@@ -58,8 +60,12 @@ pub enum TrainError {
     Model(#[from] candle_core::Error),
     #[error("invalid setting: {0}")]
     Setting(String),
-    #[error("the loss became {value} at step {step}; stopped, the last good checkpoint is kept")]
-    NonFinite { step: usize, value: f32 },
+    #[error("the {what} became {value} at step {step}; stopped, the last good checkpoint is kept")]
+    NonFinite {
+        step: usize,
+        what: &'static str,
+        value: f32,
+    },
     #[error("cannot resume {}: {reason}", run.display())]
     Resume { run: PathBuf, reason: String },
     #[error("cannot write {}: {source}", path.display())]
@@ -307,19 +313,14 @@ struct Session<'a> {
     device: Device,
     model: Embedder,
     varmap: VarMap,
-    opt: AdamW,
-    trainable: Vec<candle_core::Var>,
+    optimisers: Optimisers,
     criterion: Criterion,
-    /// The proxies' own optimiser (their learning rate is scaled).
-    opt_proxies: Option<AdamW>,
     step: usize,
     epoch: usize,
     epoch_position: usize,
-    best_val_top20: Option<f64>,
+    checkpoints: CheckpointPolicy,
     last_val: Option<Retrieval>,
     resumed: bool,
-    /// Step of the newest `last` checkpoint (avoids writing the same one twice).
-    saved_last: Option<usize>,
     /// Step of the newest validation (a stopping run validates unless it just did).
     validated_at: Option<usize>,
     /// Seconds the newest validation took: what a time limit keeps in reserve.
@@ -344,16 +345,6 @@ impl<'a> Session<'a> {
                 cfg.model.pretrained.display()
             );
         }
-        let named: Vec<(String, candle_core::Var, bool)> = sorted_vars(&varmap)
-            .into_iter()
-            .filter(|(name, _)| model.is_trainable(name))
-            .map(|(name, var)| {
-                let decay = var.rank() > 1;
-                (name, var, decay)
-            })
-            .collect();
-        let trainable = named.iter().map(|(_, v, _)| v.clone()).collect();
-        let opt = AdamW::new(named, cfg.train.weight_decay)?;
         let criterion = Criterion::new(
             cfg.loss,
             data.classes,
@@ -361,10 +352,7 @@ impl<'a> Session<'a> {
             &device,
             cfg.train.seed,
         )?;
-        let opt_proxies = criterion
-            .proxies()
-            .map(|p| AdamW::new(vec![(PROXIES_NAME.into(), p.clone(), false)], 0.0))
-            .transpose()?;
+        let optimisers = Optimisers::new(&model, &varmap, &criterion, cfg.train.weight_decay)?;
         let mut session = Self {
             job,
             run,
@@ -372,17 +360,14 @@ impl<'a> Session<'a> {
             device,
             model,
             varmap,
-            opt,
-            trainable,
+            optimisers,
             criterion,
-            opt_proxies,
             step: 0,
             epoch: 0,
             epoch_position: 0,
-            best_val_top20: None,
+            checkpoints: CheckpointPolicy::new(cfg.train.checkpoint_every, None),
             last_val: None,
             resumed: false,
-            saved_last: None,
             validated_at: None,
             validation_seconds: 0.0,
             started: Instant::now(),
@@ -434,12 +419,13 @@ impl<'a> Session<'a> {
             _ => HashMap::new(),
         };
         let restored = self
-            .opt
+            .optimisers
+            .model
             .load_state(meta.optimizer_t, |name| tensors.get(name).cloned())?;
         if restored == 0 {
             tracing::warn!("no matching optimizer state; resuming with fresh Adam moments");
         }
-        if let (Some(p), Some(opt)) = (self.criterion.proxies(), &mut self.opt_proxies) {
+        if let (Some(p), Some(opt)) = (self.criterion.proxies(), &mut self.optimisers.proxies) {
             match tensors.get(PROXIES_NAME) {
                 Some(saved) if saved.dims() == p.dims() => {
                     p.set(saved)?;
@@ -454,7 +440,8 @@ impl<'a> Session<'a> {
         self.step = meta.step;
         self.epoch = meta.epoch;
         self.epoch_position = meta.epoch_position;
-        self.best_val_top20 = meta.best_val_top20;
+        self.checkpoints =
+            CheckpointPolicy::new(self.job.config.train.checkpoint_every, meta.best_val_top20);
         self.last_val = meta.val;
         self.resumed = true;
         Ok(())
@@ -508,7 +495,12 @@ impl<'a> Session<'a> {
             .iter()
             .map(|(_, v)| v.elem_count())
             .sum();
-        let trainable_params: usize = self.trainable.iter().map(|v| v.elem_count()).sum();
+        let trainable_params: usize = self
+            .optimisers
+            .trainable
+            .iter()
+            .map(|v| v.elem_count())
+            .sum();
         let sampler = &self.data.sampler;
         emit(TrainEvent::Started {
             run: self.run.name(),
@@ -587,12 +579,16 @@ impl<'a> Session<'a> {
         let mut loader = Prefetcher::spawn_augmented(requests, self.data.loader, cfg.augment)?;
         let (mut loss_sum, mut loss_n) = (0f64, 0usize);
         for (batch, (groups, _)) in loader.by_ref().zip(&batches) {
-            while self.paused(control) && !self.stopping(control) {
-                std::thread::sleep(Duration::from_millis(50));
-                rate.pause();
-            }
-            if self.stopping(control) {
-                return Ok(Some(StopReason::Interrupted));
+            // One read of the control file per step (and per wait while paused).
+            loop {
+                match self.request(control) {
+                    ControlRequest::Stop => return Ok(Some(StopReason::Interrupted)),
+                    ControlRequest::Pause => {
+                        std::thread::sleep(Duration::from_millis(50));
+                        rate.pause();
+                    }
+                    ControlRequest::Run => break,
+                }
             }
             if self.out_of_time() {
                 return Ok(Some(StopReason::TimeLimit));
@@ -618,9 +614,7 @@ impl<'a> Session<'a> {
             if cfg.train.max_steps > 0 && self.step >= cfg.train.max_steps {
                 return Ok(Some(StopReason::MaxSteps));
             }
-            if cfg.train.checkpoint_every > 0
-                && self.step.is_multiple_of(cfg.train.checkpoint_every)
-            {
+            if self.checkpoints.last_due(self.step) {
                 self.save(CheckpointKind::Last, emit)?;
             }
         }
@@ -678,30 +672,32 @@ impl<'a> Session<'a> {
         let lr = self.learning_rate();
         self.model
             .set_dropout_stream(cfg.train.seed, self.step as u64);
-        let emb = self.model.forward_t(&x, true)?;
-        let stats = self.criterion.compute(&emb, &labels, &classes)?;
-        let loss = stats.loss.to_scalar::<f32>()?;
-        if !loss.is_finite() {
-            return Err(TrainError::NonFinite {
+        let settings = StepSettings {
+            lr,
+            proxy_lr_scale: cfg.loss.proxy_lr_scale,
+            grad_clip: cfg.train.grad_clip,
+        };
+        let report = train_step(
+            &self.model,
+            &self.criterion,
+            &mut self.optimisers,
+            &x,
+            &labels,
+            &classes,
+            settings,
+            None,
+        )
+        .map_err(|e| match e {
+            StepError::NonFinite { what, value } => TrainError::NonFinite {
                 step: self.step,
-                value: loss,
-            });
-        }
-        let (dim, host) = crate::model::loss::host_rows(&emb)?;
+                what,
+                value,
+            },
+            StepError::Model(e) => TrainError::Model(e),
+        })?;
+        let (stats, loss, grad_norm) = (report.stats, report.loss, report.grad_norm);
+        let (dim, host) = crate::model::loss::host_rows(&report.embeddings)?;
         let spread = mean_pairwise_cosine(&host, dim);
-        crate::fsutil::crash_point("train-step");
-        let mut grads = stats.loss.backward()?;
-        let grad_norm = clip_grad_norm(&mut grads, &self.trainable, cfg.train.grad_clip)?;
-        if !grad_norm.is_finite() {
-            return Err(TrainError::NonFinite {
-                step: self.step,
-                value: grad_norm,
-            });
-        }
-        self.opt.step(&grads, lr)?;
-        if let Some(opt) = &mut self.opt_proxies {
-            opt.step(&grads, lr * cfg.loss.proxy_lr_scale)?;
-        }
         self.step += 1;
         rate.record(batch.n);
         let images_per_s = rate.per_second();
@@ -779,26 +775,23 @@ impl<'a> Session<'a> {
         emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
     ) -> Result<(), TrainError> {
         self.validated_at = Some(self.step);
-        let improved = match (&val, self.best_val_top20) {
-            (Some(v), Some(best)) => v.at(20) > best,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
+        let improved = self.checkpoints.improves_best(val.as_ref());
         self.last_val = val;
         if improved {
-            self.best_val_top20 = self.last_val.as_ref().map(|v| v.at(20));
             self.save(CheckpointKind::Best, emit)?;
         }
         Ok(())
     }
 
-    /// Paused from this process or through the run's control file.
-    fn paused(&self, control: &Control) -> bool {
-        control.is_paused() || self.run.read_control() == ControlRequest::Pause
-    }
-
-    fn stopping(&self, control: &Control) -> bool {
-        control.stop_requested() || self.run.read_control() == ControlRequest::Stop
+    /// What this process's flags and the run's control file ask for; a stop wins.
+    fn request(&self, control: &Control) -> ControlRequest {
+        if control.stop_requested() {
+            return ControlRequest::Stop;
+        }
+        match self.run.read_control() {
+            ControlRequest::Run if control.is_paused() => ControlRequest::Pause,
+            file => file,
+        }
     }
 
     /// Ends the run: a run stopped between epochs validates once (so `best` exists
@@ -823,20 +816,20 @@ impl<'a> Session<'a> {
                 self.keep_if_best(Some(v), emit)?;
             }
         }
-        if self.saved_last != Some(self.step) {
+        if self.checkpoints.last_missing(self.step) {
             self.save(CheckpointKind::Last, emit)?;
         }
         emit(TrainEvent::Done {
             step: self.step,
             epoch: self.epoch,
             reason,
-            best_val_top20: self.best_val_top20.unwrap_or(f64::NAN),
+            best_val_top20: self.checkpoints.best_top20().unwrap_or(f64::NAN),
             seconds: self.started.elapsed().as_secs_f64(),
         })?;
         Ok(TrainOutcome {
             reason,
             step: self.step,
-            best_val_top20: self.best_val_top20,
+            best_val_top20: self.checkpoints.best_top20(),
             last_val: self.last_val.clone(),
         })
     }
@@ -848,9 +841,9 @@ impl<'a> Session<'a> {
             epoch: self.epoch,
             epoch_position: self.epoch_position,
             step: self.step,
-            best_val_top20: self.best_val_top20,
+            best_val_top20: self.checkpoints.best_top20(),
             val: self.last_val.clone(),
-            optimizer_t: self.opt.t,
+            optimizer_t: self.optimisers.model.t,
             fingerprint: checkpoint::fingerprint(&self.varmap)?,
             config_hash: model_hash(cfg),
             backbone: cfg.model.backbone.to_string(),
@@ -873,8 +866,8 @@ impl<'a> Session<'a> {
         let optim = if kind == CheckpointKind::Last {
             // Moments of both optimisers, and the class weights, which live outside
             // the model: resume needs them, search does not.
-            let mut state = self.opt.state();
-            if let (Some(p), Some(opt)) = (self.criterion.proxies(), &self.opt_proxies) {
+            let mut state = self.optimisers.model.state();
+            if let (Some(p), Some(opt)) = (self.criterion.proxies(), &self.optimisers.proxies) {
                 state.extend(opt.state());
                 state.push((PROXIES_NAME.into(), p.as_tensor().clone()));
             }
@@ -901,7 +894,7 @@ impl<'a> Session<'a> {
         checkpoint_set::write(&files, &new)
             .map_err(|(path, source)| TrainError::Io { path, source })?;
         if kind == CheckpointKind::Last {
-            self.saved_last = Some(self.step);
+            self.checkpoints.last_written(self.step);
         }
         emit(TrainEvent::Checkpoint {
             step: self.step,
