@@ -6,7 +6,7 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
-use candle_core::{D, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// The k of DeepFashion's top-k accuracy that vitrine reports.
@@ -182,16 +182,6 @@ pub fn evaluate(
         .map(|hits| hits.iter().map(|h| h.index).collect())
         .collect();
     Ok(score_rankings(&rankings, query_labels, gallery_labels, ks))
-}
-
-/// L2-normalises rows (used for raw vectors; embedders already output unit rows).
-pub fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
-    let norm = x
-        .sqr()?
-        .sum_keepdim(D::Minus1)?
-        .sqrt()?
-        .clamp(1e-12, f64::MAX)?;
-    x.broadcast_div(&norm)
 }
 
 #[cfg(test)]
