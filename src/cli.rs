@@ -71,6 +71,8 @@ pub enum Command {
     Search(SearchArgs),
     /// DeepFashion top-k accuracy and MAP@R of a run (test consumer queries vs shop gallery).
     Eval(EvalArgs),
+    /// The runs in a folder: status, recipe, steps, best val top-1/top-20, duration.
+    Runs(RunsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +109,16 @@ pub struct WatchArgs {
     /// Theme: default | light | high-contrast | NAME | PATH.toml [default: ui.theme].
     #[arg(long)]
     pub theme: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Folder holding run folders [default: the parent of train.run].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Print JSON (one array of runs).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

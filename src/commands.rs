@@ -5,6 +5,7 @@ mod dashboard;
 mod demo;
 mod eval;
 mod index;
+mod runs;
 mod search;
 mod splits;
 mod synth;
@@ -47,6 +48,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Index(args)) => index::run(&config, &args),
         Some(Command::Search(args)) => search::run(&config, &args),
         Some(Command::Eval(args)) => eval::run(&config, &args),
+        Some(Command::Runs(args)) => runs::run(&config, &args),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod collapse;
 pub mod events;
 pub mod metrics_log;
 pub mod optim;
+pub mod runs;
 pub mod step;
 pub mod trainer;
 

@@ -1,0 +1,117 @@
+//! `vitrine runs`: the runs in a folder, one line each (or JSON).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::cli::RunsArgs;
+use crate::config::Config;
+use crate::printable::escape_controls;
+use crate::train::runs::{self, RunSummary};
+
+pub fn run(config: &Config, args: &RunsArgs) -> anyhow::Result<()> {
+    let dir = args.dir.clone().unwrap_or_else(|| {
+        config
+            .train
+            .run
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), PathBuf::from)
+    });
+    let list =
+        runs::list(&dir).with_context(|| format!("cannot list runs in {}", dir.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    if list.is_empty() {
+        eprintln!(
+            "no runs in {} (train one with `vitrine train --run {}/NAME`)",
+            dir.display(),
+            dir.display()
+        );
+        return Ok(());
+    }
+    println!("{}", table(&list));
+    Ok(())
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "—".into(), |v| format!("{:.1}%", 100.0 * v))
+}
+
+fn duration(seconds: f64) -> String {
+    let s = seconds.max(0.0) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+fn ago(updated: Option<f64>) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    updated.map_or_else(|| "—".into(), |t| format!("{} ago", duration(now - t)))
+}
+
+/// The runs as an aligned text table.
+pub fn table(list: &[RunSummary]) -> String {
+    let header = [
+        "run", "status", "backbone", "px", "loss", "miner", "steps", "top-1", "top-20", "time",
+        "updated",
+    ];
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|r| {
+            vec![
+                escape_controls(&r.name).into_owned(),
+                r.status.name().to_string(),
+                r.backbone.clone(),
+                r.image_size.to_string(),
+                r.loss.clone(),
+                if r.loss == "triplet" {
+                    r.mining.clone()
+                } else {
+                    "—".into()
+                },
+                if r.total_steps > 0 {
+                    format!("{}/{}", r.step, r.total_steps)
+                } else {
+                    r.step.to_string()
+                },
+                pct(r.best_val_top1),
+                pct(r.best_val_top20),
+                duration(r.seconds),
+                ago(r.updated),
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].chars().count())
+                .chain([header[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        for (c, cell) in cells.iter().enumerate() {
+            let pad = widths[c].saturating_sub(cell.chars().count());
+            let _ = write!(out, "{cell}{}  ", " ".repeat(pad));
+        }
+        out.truncate(out.trim_end().len());
+        out.push('\n');
+    };
+    line(&header);
+    for r in &rows {
+        let cells: Vec<&str> = r.iter().map(String::as_str).collect();
+        line(&cells);
+    }
+    out.truncate(out.trim_end().len());
+    out
+}
