@@ -148,10 +148,8 @@ pub fn summarize(dir: &Path) -> RunSummary {
                 val_top1,
                 val_top20,
                 ..
-            } if val_top20.is_finite() => {
-                if best.is_none_or(|(_, b)| *val_top20 > b) {
-                    best = Some((*val_top1, *val_top20));
-                }
+            } if val_top20.is_finite() && best.is_none_or(|(_, b)| *val_top20 > b) => {
+                best = Some((*val_top1, *val_top20));
             }
             TrainEvent::Done { seconds, .. } => {
                 process_seconds = *seconds;
