@@ -329,6 +329,12 @@ pub struct EvalArgs {
     /// model.image_size), without any model: the floor a trained model must beat.
     #[arg(long, conflicts_with = "untrained")]
     pub raw_pixels: bool,
+    /// Also report top-1/top-20 per small category, worst first.
+    #[arg(long)]
+    pub by_category: bool,
+    /// Also list the N worst queries: their item's rank and the images ranked ahead.
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub failures: u32,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

@@ -81,6 +81,67 @@ pub fn exact_top_k(
     Ok(out)
 }
 
+/// Where one query's item lands in the exact ranking.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryOutcome {
+    /// 1-based rank of the best-scoring gallery image of the query's item; `None`
+    /// when the gallery has none.
+    pub rank: Option<usize>,
+    /// That gallery image, and its score.
+    pub true_hit: Option<Hit>,
+    /// The first `top` hits of the ranking.
+    pub top: Vec<Hit>,
+}
+
+/// For every query: the rank of its item's best gallery image (everything scoring
+/// higher, ties by lower index as in [`exact_top_k`], is ahead of it) and the
+/// first `top` hits. Blocked like [`exact_top_k`].
+pub fn query_outcomes(
+    queries: &Tensor,
+    gallery: &Tensor,
+    query_labels: &[usize],
+    gallery_labels: &[usize],
+    top: usize,
+) -> candle_core::Result<Vec<QueryOutcome>> {
+    let (nq, _) = queries.dims2()?;
+    let gallery_t = gallery.t()?.contiguous()?;
+    let mut out = Vec::with_capacity(nq);
+    let mut start = 0;
+    while start < nq {
+        let len = QUERY_BLOCK.min(nq - start);
+        let scores = queries
+            .narrow(0, start, len)?
+            .contiguous()?
+            .matmul(&gallery_t)?
+            .to_device(&Device::Cpu)?
+            .to_vec2::<f32>()?;
+        for (row, &label) in scores.iter().zip(&query_labels[start..start + len]) {
+            let true_hit = row
+                .iter()
+                .enumerate()
+                .filter(|&(g, _)| gallery_labels.get(g) == Some(&label))
+                .map(|(index, &score)| Hit { index, score })
+                .min_by(rank_order);
+            let rank = true_hit.map(|t| {
+                1 + row
+                    .iter()
+                    .enumerate()
+                    .filter(|&(index, &score)| {
+                        rank_order(&Hit { index, score }, &t) == Ordering::Less
+                    })
+                    .count()
+            });
+            out.push(QueryOutcome {
+                rank,
+                true_hit,
+                top: top_k_of_row(row, top),
+            });
+        }
+        start += len;
+    }
+    Ok(out)
+}
+
 /// Retrieval quality of rankings against item labels.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Retrieval {
@@ -187,6 +248,25 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_outcomes_rank_the_true_item_like_the_exact_ranking() {
+        let dev = Device::Cpu;
+        // Gallery: rows along four directions; query 0 is nearest row 2 (item 7),
+        // its item (5) is row 1, second; query 1's item has no gallery image.
+        let g = Tensor::new(&[[1f32, 0.0], [0.6, 0.8], [0.8, 0.6], [0.0, 1.0]], &dev).expect("g");
+        let q = Tensor::new(&[[0.9f32, 0.436], [0.0, 1.0]], &dev).expect("q");
+        let out = query_outcomes(&q, &g, &[5, 9], &[3, 5, 7, 8], 2).expect("outcomes");
+        let exact = exact_top_k(&q, &g, 4).expect("exact");
+        assert_eq!(out[0].top[..], exact[0][..2]);
+        assert_eq!(out[0].true_hit.map(|h| h.index), Some(1));
+        let pos = exact[0]
+            .iter()
+            .position(|h| h.index == 1)
+            .expect("in ranking");
+        assert_eq!(out[0].rank, Some(pos + 1));
+        assert_eq!(out[1].rank, None);
+    }
 
     #[test]
     fn nan_scores_rank_last_and_never_break_the_sort() {

@@ -56,6 +56,8 @@ fn eval_job(t: &Trained, checkpoint: Option<CheckpointChoice>) -> EvalJob {
         raw_pixels: None,
         settings: t.config.index.clone(),
         loader: t.config.data.clone(),
+        by_category: false,
+        failures: 0,
     }
 }
 
@@ -385,4 +387,51 @@ fn cli_index_search_and_eval_print_json_and_fail_cleanly() {
     let out = vitrine(&["eval", "--run", runs, "--data", data]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("protocol test"));
+}
+
+#[test]
+fn per_category_scores_and_failures_agree_with_the_totals() {
+    let t = trained();
+    let mut job = eval_job(t, Some(CheckpointChoice::Best));
+    job.by_category = true;
+    job.failures = 7;
+    let r = evaluate(&job, &mut |_, _, _| {}).expect("eval");
+    let cats = r.by_category.as_ref().expect("by category");
+    assert_eq!(cats.iter().map(|c| c.queries).sum::<usize>(), r.queries);
+    for (k, key) in [(1, "1"), (20, "20")] {
+        let weighted: f64 = cats
+            .iter()
+            .map(|c| c.queries as f64 * if k == 1 { c.top1 } else { c.top20 })
+            .sum::<f64>()
+            / r.queries as f64;
+        assert!(
+            (weighted - r.top_k[key]).abs() < 1e-9,
+            "top-{k}: {weighted} vs {}",
+            r.top_k[key]
+        );
+    }
+    assert!(
+        cats.windows(2).all(|w| w[0].top20 <= w[1].top20),
+        "worst first"
+    );
+    let failures = r.failures.as_ref().expect("failures");
+    assert!(!failures.is_empty() && failures.len() <= 7);
+    assert!(
+        failures.windows(2).all(|w| w[0].rank >= w[1].rank),
+        "worst first"
+    );
+    for f in failures {
+        assert!(f.rank > 1);
+        assert_eq!(f.beaten_by.len(), (f.rank - 1).min(5));
+        assert!(f.beaten_by.iter().all(|h| h.score >= f.true_image.score));
+        assert!(f.beaten_by.iter().all(|h| h.item_id != f.item_id));
+    }
+    // Plain eval reports neither.
+    let plain = evaluate(
+        &eval_job(t, Some(CheckpointChoice::Best)),
+        &mut |_, _, _| {},
+    )
+    .expect("eval");
+    assert!(plain.by_category.is_none() && plain.failures.is_none());
+    assert_eq!(plain.top_k, r.top_k);
 }

@@ -5,6 +5,7 @@ use anyhow::Context;
 use crate::cli::EvalArgs;
 use crate::config::Config;
 use crate::index::evaluate::{EvalJob, EvalReport, INDEX_RECALL_K, evaluate};
+use crate::printable::escape_controls;
 use crate::progress::Progress;
 
 pub fn run(config: &Config, args: &EvalArgs) -> anyhow::Result<()> {
@@ -28,6 +29,8 @@ pub fn run(config: &Config, args: &EvalArgs) -> anyhow::Result<()> {
         raw_pixels,
         settings: config.index.clone(),
         loader,
+        by_category: args.by_category,
+        failures: args.failures as usize,
     };
     if !args.json {
         eprintln!(
@@ -103,5 +106,50 @@ fn render(r: &EvalReport) -> String {
         "index: HNSW + re-rank finds {:.2}% of the exact top-{INDEX_RECALL_K}",
         r.index_recall_at_k * 100.0
     );
+    if let Some(cats) = &r.by_category {
+        let width = cats
+            .iter()
+            .map(|c| c.category.chars().count())
+            .max()
+            .unwrap_or(8);
+        let _ = writeln!(out, "\nper small category, worst top-20 first:");
+        for c in cats {
+            let _ = writeln!(
+                out,
+                "  {:<width$}  {:>5} queries  top-1 {:>5.1}%  top-20 {:>5.1}%",
+                escape_controls(&c.category),
+                c.queries,
+                c.top1 * 100.0,
+                c.top20 * 100.0
+            );
+        }
+    }
+    if let Some(failures) = &r.failures {
+        let _ = writeln!(
+            out,
+            "\nworst queries (rank of their item's best shop image):"
+        );
+        for f in failures {
+            let _ = writeln!(
+                out,
+                "  #{:<6} {}  ({} {})\n          true item: {} ({:.3})",
+                f.rank,
+                escape_controls(&f.query),
+                escape_controls(&f.item_id),
+                escape_controls(&f.category),
+                escape_controls(&f.true_image.path),
+                f.true_image.score
+            );
+            for h in &f.beaten_by {
+                let _ = writeln!(
+                    out,
+                    "          ahead: {} ({}, {:.3})",
+                    escape_controls(&h.path),
+                    escape_controls(&h.item_id),
+                    h.score
+                );
+            }
+        }
+    }
     out
 }

@@ -37,7 +37,45 @@ pub struct EvalJob {
     pub raw_pixels: Option<u32>,
     pub settings: IndexConfig,
     pub loader: DataConfig,
+    /// Also score each small category.
+    pub by_category: bool,
+    /// Also list this many of the worst queries (0: none).
+    pub failures: usize,
 }
+
+/// Top-1 and top-20 accuracy of one small category's queries.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CategoryScore {
+    /// `BIG/Small`.
+    pub category: String,
+    pub queries: usize,
+    pub top1: f64,
+    pub top20: f64,
+}
+
+/// A gallery image in a failure listing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FailureHit {
+    pub path: String,
+    pub item_id: String,
+    pub score: f32,
+}
+
+/// A query whose item ranks low: what it is, where its item's best shop image
+/// landed, and the images ranked ahead of it (at most [`FAILURE_SHOWN`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Failure {
+    pub query: String,
+    pub item_id: String,
+    pub category: String,
+    /// 1-based rank of the item's best shop image.
+    pub rank: usize,
+    pub true_image: FailureHit,
+    pub beaten_by: Vec<FailureHit>,
+}
+
+/// Images shown ahead of a failing query's true item.
+pub const FAILURE_SHOWN: usize = 5;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EvalReport {
@@ -57,6 +95,13 @@ pub struct EvalReport {
     pub unreadable: usize,
     /// Queries whose item has no gallery image (counted as misses).
     pub without_match: usize,
+    /// Per small category, worst top-20 first (`--by-category`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by_category: Option<Vec<CategoryScore>>,
+    /// The worst queries, lowest-ranked true item first (`--failures N`); queries
+    /// whose item has no gallery image are not listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failures: Option<Vec<Failure>>,
 }
 
 /// Embeds queries and gallery and scores them.
@@ -124,6 +169,19 @@ pub fn evaluate(
     let qt = candle_core::Tensor::from_slice(&qv.data, (qv.rows, qv.cols), &dev)?;
     let gt = candle_core::Tensor::from_slice(&gv.data, (gv.rows, gv.cols), &dev)?;
     let retrieval = eval::evaluate(&qt, &gt, &q_items, &g_items, &REPORTED_K)?;
+    let (by_category, failures) = if job.by_category || job.failures > 0 {
+        let outcomes = eval::query_outcomes(&qt, &gt, &q_items, &g_items, FAILURE_SHOWN)?;
+        let q_images: Vec<usize> = q_kept.iter().map(|&k| queries[k]).collect();
+        let g_images: Vec<usize> = g_kept.iter().map(|&k| gallery[k]).collect();
+        (
+            job.by_category
+                .then(|| category_scores(&ds, &q_images, &outcomes)),
+            (job.failures > 0)
+                .then(|| worst_queries(&ds, &q_images, &g_images, &outcomes, job.failures)),
+        )
+    } else {
+        (None, None)
+    };
     // The index: built on this gallery, searched with these queries.
     let params = GraphParams {
         m: job.settings.m,
@@ -171,7 +229,85 @@ pub fn evaluate(
         fingerprint: model.map(|m| m.fingerprint).unwrap_or_default(),
         unreadable: q_bad + g_bad,
         without_match: retrieval.without_match,
+        by_category,
+        failures,
     })
+}
+
+fn category_name(ds: &Dataset, image: usize) -> String {
+    let c = ds.category_of_image(image);
+    format!("{}/{}", c.big, c.small)
+}
+
+/// Top-1/top-20 per small category of the queries, worst top-20 (then top-1) first.
+fn category_scores(
+    ds: &Dataset,
+    queries: &[usize],
+    outcomes: &[eval::QueryOutcome],
+) -> Vec<CategoryScore> {
+    let mut per: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
+    for (&q, o) in queries.iter().zip(outcomes) {
+        let e = per.entry(category_name(ds, q)).or_default();
+        e.0 += 1;
+        e.1 += usize::from(o.rank.is_some_and(|r| r <= 1));
+        e.2 += usize::from(o.rank.is_some_and(|r| r <= 20));
+    }
+    let mut scores: Vec<CategoryScore> = per
+        .into_iter()
+        .map(|(category, (n, t1, t20))| CategoryScore {
+            category,
+            queries: n,
+            top1: t1 as f64 / n as f64,
+            top20: t20 as f64 / n as f64,
+        })
+        .collect();
+    scores.sort_by(|a, b| {
+        a.top20
+            .total_cmp(&b.top20)
+            .then(a.top1.total_cmp(&b.top1))
+            .then_with(|| a.category.cmp(&b.category))
+    });
+    scores
+}
+
+/// The `n` queries whose item ranks lowest (ties: listing order).
+fn worst_queries(
+    ds: &Dataset,
+    queries: &[usize],
+    gallery: &[usize],
+    outcomes: &[eval::QueryOutcome],
+    n: usize,
+) -> Vec<Failure> {
+    let hit = |h: &eval::Hit| {
+        let image = gallery[h.index];
+        FailureHit {
+            path: ds.image_path(image).display().to_string(),
+            item_id: ds.items[ds.images[image].item].id.clone(),
+            score: h.score,
+        }
+    };
+    let mut ranked: Vec<(usize, &eval::QueryOutcome)> = queries
+        .iter()
+        .copied()
+        .zip(outcomes)
+        .filter(|(_, o)| o.rank.is_some_and(|r| r > 1))
+        .collect();
+    ranked.sort_by_key(|(_, o)| std::cmp::Reverse(o.rank));
+    ranked
+        .into_iter()
+        .take(n)
+        .filter_map(|(q, o)| {
+            let (rank, t) = (o.rank?, o.true_hit?);
+            Some(Failure {
+                query: ds.image_path(q).display().to_string(),
+                item_id: ds.items[ds.images[q].item].id.clone(),
+                category: category_name(ds, q),
+                rank,
+                true_image: hit(&t),
+                beaten_by: o.top.iter().take(rank - 1).map(hit).collect(),
+            })
+        })
+        .collect()
 }
 
 /// Unit rows of the loader's normalised pixels (`3·size²` dims), for the raw-pixel
