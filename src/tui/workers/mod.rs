@@ -1,0 +1,106 @@
+//! Background work for the dashboard, one file per worker, each on its own thread(s)
+//! and reporting typed [`WorkerEvent`]s: following the run's `metrics.jsonl` and lock
+//! ([`follow`]), reading the dataset ([`dataset`]), scoring triplets under the newest
+//! checkpoint ([`scoring`]), building the index and searching it ([`index`]),
+//! decoding thumbnails ([`thumbs`]), starting the trainer process ([`trainer`]). The
+//! UI thread never waits on any of them.
+
+pub mod dataset;
+pub mod follow;
+pub mod index;
+pub mod scoring;
+pub mod thumbs;
+pub mod trainer;
+
+use std::path::Path;
+
+use crossbeam_channel::Sender;
+
+use super::app::WorkerEvent;
+use crate::config::Config;
+use crate::train::run_dir::RunDir;
+
+// The entry points the runtime and the commands start workers with.
+pub use dataset::spawn_dataset;
+pub use follow::spawn_follower;
+pub use index::{IndexWorker, index_status};
+pub use scoring::spawn_scorer;
+pub use thumbs::ThumbWorker;
+pub use trainer::spawn_trainer;
+
+/// Sends to the UI; a closed UI ends the worker quietly.
+#[derive(Clone)]
+pub struct Outbox(pub Sender<crate::tui::runtime::Msg>);
+
+impl Outbox {
+    pub fn send(&self, e: WorkerEvent) -> bool {
+        self.0.send(crate::tui::runtime::Msg::Worker(e)).is_ok()
+    }
+}
+
+/// Runs `f` on a named thread. If it panics, the panic is logged and `failed(message)`
+/// is sent, so the UI never waits forever on a worker that died (Building, a pending
+/// search, scoring Running).
+fn spawn(
+    name: &str,
+    out: &Outbox,
+    failed: impl FnOnce(String) -> WorkerEvent + Send + 'static,
+    f: impl FnOnce() + Send + 'static,
+) {
+    let out = out.clone();
+    let thread = name.to_string();
+    let body = move || {
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!("the {thread} worker stopped: {message}");
+            out.send(failed(format!(
+                "the {thread} worker stopped unexpectedly ({message}); see the log"
+            )));
+        }
+    };
+    if let Err(e) = std::thread::Builder::new().name(name.into()).spawn(body) {
+        tracing::error!("cannot start the {name} thread: {e}");
+    }
+}
+
+/// The settings a run was trained with (`RUN/config.toml`), else `fallback`.
+pub fn run_config(run: &Path, fallback: &Config) -> Config {
+    let path = RunDir::new(run).config();
+    if path.is_file() {
+        match Config::load_run(&path) {
+            Ok(c) => return c,
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+    fallback.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tui::runtime::Msg;
+
+    #[test]
+    fn a_worker_that_panics_reports_instead_of_leaving_the_ui_waiting() {
+        let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
+        spawn("test", &Outbox(tx), WorkerEvent::ScoresFailed, || {
+            panic!("boom")
+        });
+        let msg = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("a report from the dead worker");
+        match msg {
+            Msg::Worker(WorkerEvent::ScoresFailed(m)) => {
+                assert!(
+                    m.contains("test worker stopped") && m.contains("boom"),
+                    "{m}"
+                );
+            }
+            _ => panic!("unexpected message"),
+        }
+    }
+}
