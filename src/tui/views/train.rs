@@ -17,7 +17,7 @@ use crate::train::events::CheckpointKind;
 use crate::train::run_dir::ControlRequest;
 use crate::tui::app::App;
 use crate::tui::settings::PlotMarker;
-use crate::tui::train_state::{Outcome, Phase, format_duration};
+use crate::tui::tabs::train::{Outcome, Phase, format_duration};
 
 pub fn draw(frame: &mut Frame, area: Rect, app: &App, ctx: &mut Ctx) {
     let [progress, middle, log] = Layout::vertical([

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use super::{Outbox, spawn};
 use crate::data::deepfashion::{Dataset, GalleryProtocol, LoadOptions, Split};
 use crate::data::triplets::TripletSampler;
-use crate::tui::app::{DatasetInfo, ImageInfo, TripletRow, WorkerEvent};
+use crate::tui::app::WorkerEvent;
+use crate::tui::tabs::dataset::{DatasetInfo, ImageInfo};
+use crate::tui::tabs::triplets::TripletRow;
 
 /// Triplets the Triplets tab lists (the sampler's first epoch, from the start).
 pub const MAX_TRIPLETS: usize = 1024;

@@ -12,7 +12,8 @@ use crate::config::Config;
 use crate::index::{CheckpointChoice, Searcher};
 use crate::train::events::CheckpointKind;
 use crate::train::run_dir::RunDir;
-use crate::tui::app::{HitInfo, IndexStatus, SearchResults, WorkerEvent};
+use crate::tui::app::WorkerEvent;
+use crate::tui::tabs::search::{HitInfo, IndexStatus, SearchResults, TOP_K};
 
 /// Which checkpoint an index is built from: `best`, else `last`.
 pub fn index_checkpoint(run: &Path) -> Option<CheckpointChoice> {
@@ -176,7 +177,7 @@ fn search_loop(
         }
         let Some((_, s)) = &searcher else { continue };
         let result = s
-            .search_image(&path, crate::tui::app::TOP_K)
+            .search_image(&path, TOP_K)
             .map(|hits| SearchResults {
                 query: path.clone(),
                 query_item: item.clone(),

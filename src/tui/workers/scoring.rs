@@ -12,7 +12,9 @@ use crate::model::Embedder;
 use crate::model::checkpoint;
 use crate::train::events::CheckpointKind;
 use crate::train::run_dir::RunDir;
-use crate::tui::app::{ImageInfo, TripletRow, TripletScore, WorkerEvent};
+use crate::tui::app::WorkerEvent;
+use crate::tui::tabs::dataset::ImageInfo;
+use crate::tui::tabs::triplets::{TripletRow, TripletScore};
 
 /// Scores triplet rows with the run's newest checkpoint (`last`), or the untrained
 /// weights when it has none: unit embeddings, Euclidean d(a,p), d(a,n) and

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use crossbeam_channel::Sender;
 
 use super::{Outbox, spawn};
-use crate::tui::app::{Thumb, ThumbKey, WorkerEvent};
+use crate::tui::app::WorkerEvent;
+use crate::tui::thumb_cache::{Thumb, ThumbKey};
 
 /// Decodes and fits thumbnails on `threads` threads with the picker chosen at start-up.
 pub struct ThumbWorker {
