@@ -14,7 +14,7 @@ pub mod trainer;
 
 use std::path::Path;
 
-use crossbeam_channel::Sender;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use super::app::WorkerEvent;
 use crate::config::Config;
@@ -28,13 +28,21 @@ pub use scoring::spawn_scorer;
 pub use thumbs::ThumbWorker;
 pub use trainer::spawn_trainer;
 
-/// Sends to the UI; a closed UI ends the worker quietly.
+/// Sends to the UI's event loop; a closed UI ends the worker quietly. Sending never
+/// blocks (the channel is unbounded: the UI drains it every turn of its loop), so
+/// workers on plain threads need no runtime.
 #[derive(Clone)]
-pub struct Outbox(pub Sender<crate::tui::runtime::Msg>);
+pub struct Outbox(pub UnboundedSender<WorkerEvent>);
 
 impl Outbox {
+    /// An outbox and the end the UI reads.
+    pub fn channel() -> (Self, UnboundedReceiver<WorkerEvent>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (Self(tx), rx)
+    }
+
     pub fn send(&self, e: WorkerEvent) -> bool {
-        self.0.send(crate::tui::runtime::Msg::Worker(e)).is_ok()
+        self.0.send(e).is_ok()
     }
 }
 
@@ -81,20 +89,24 @@ pub fn run_config(run: &Path, fallback: &Config) -> Config {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
     use super::*;
-    use crate::tui::runtime::Msg;
 
     #[test]
     fn a_worker_that_panics_reports_instead_of_leaving_the_ui_waiting() {
-        let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
-        spawn("test", &Outbox(tx), WorkerEvent::ScoresFailed, || {
-            panic!("boom")
-        });
-        let msg = rx
-            .recv_timeout(std::time::Duration::from_secs(30))
-            .expect("a report from the dead worker");
+        let (out, mut rx) = Outbox::channel();
+        spawn("test", &out, WorkerEvent::ScoresFailed, || panic!("boom"));
+        let end = Instant::now() + Duration::from_secs(30);
+        let msg = loop {
+            if let Ok(msg) = rx.try_recv() {
+                break msg;
+            }
+            assert!(Instant::now() < end, "no report from the dead worker");
+            std::thread::sleep(Duration::from_millis(10));
+        };
         match msg {
-            Msg::Worker(WorkerEvent::ScoresFailed(m)) => {
+            WorkerEvent::ScoresFailed(m) => {
                 assert!(
                     m.contains("test worker stopped") && m.contains("boom"),
                     "{m}"
