@@ -8,11 +8,13 @@ timed from `tmux send-keys` until `capture-pane` shows the new tab. On quit the
 dashboard logs its own key->frame figures (key event read to frame drawn) to
 RUN/vitrine.log; both are printed.
 
-    python3 benches/tui_latency.py target/release/vitrine [KEYS]
+    python3 benches/tui_latency.py target/release/vitrine [KEYS] [RAW.json]
 
-Needs tmux and a built binary. Only the standard library.
+RAW.json, when given, receives the outside samples (ms) to pool over runs. Needs
+tmux and a built binary. Only the standard library.
 """
 
+import json
 import os
 import random
 import re
@@ -125,6 +127,9 @@ def main():
             f"max {max(outside):.1f} ms"
         )
         print("inside (the dashboard's log):", inside[-1] if inside else "not logged")
+        if len(sys.argv) > 3:
+            with open(sys.argv[3], "w") as f:
+                json.dump({"load": load, "outside_ms": outside, "inside": inside[-1:]}, f)
     finally:
         tmux("kill-server")
         # The trainer was asked to stop; give it a moment to release the folder.
