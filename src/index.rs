@@ -5,8 +5,6 @@
 pub mod benchmark;
 pub mod build;
 pub mod clustered;
-// Moved to the model layer (training validates with it too).
-pub use crate::model::embed_files as embed;
 pub mod evaluate;
 pub mod hnsw;
 pub mod hnsw_dump;

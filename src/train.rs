@@ -9,9 +9,3 @@ pub mod optim;
 pub mod runs;
 pub mod step;
 pub mod trainer;
-
-// Former homes of the run folder's parts, now in `crate::run` (until every caller
-// imports them from there).
-pub use crate::run::checkpoints as checkpoint_set;
-pub use crate::run::device;
-pub use crate::run::folder as run_dir;

@@ -1,6 +1,7 @@
 //! The dashboard (ratatui): Train, Dataset, Triplets and Search tabs over a run
 //! folder. State lives in [`app::App`] and changes only through
-//! [`app::App::update`]`(`[`app::Action`]`)`; [`keymap`] turns keys into actions;
+//! [`app::App::update`]`(`[`app::Action`]`)`, each tab's part of it in [`tabs`];
+//! [`keymap`] turns keys into actions;
 //! [`views`] draw from `&App` and the [`crate::theme::Theme`]; [`workers`] do
 //! everything slow in background threads and report typed events; [`runtime`] owns
 //! the terminal and redraws when something changed, at a capped frame rate.
@@ -12,7 +13,8 @@ pub mod app;
 pub mod keymap;
 pub mod runtime;
 pub mod settings;
-pub mod train_state;
+pub mod tabs;
+pub mod thumb_cache;
 pub mod views;
 pub mod workers;
 

@@ -12,13 +12,14 @@ use vitrine::run::folder::ControlRequest;
 use vitrine::theme::Theme;
 use vitrine::train::events::TrainEvent;
 use vitrine::train::metrics_log::{MetricsFollower, read_all};
-use vitrine::tui::app::{
-    Action, App, AppOptions, Command, DatasetInfo, HitInfo, ImageInfo, IndexStatus, SearchResults,
-    Tab, Thumb, TripletRow, TripletScore, WorkerEvent,
-};
+use vitrine::tui::app::{Action, App, AppOptions, Command, Tab, WorkerEvent};
 use vitrine::tui::keymap::{KEYS, map_key};
 use vitrine::tui::settings::PlotMarker;
-use vitrine::tui::train_state::{Phase, TrainState};
+use vitrine::tui::tabs::dataset::{DatasetInfo, ImageInfo};
+use vitrine::tui::tabs::search::{HitInfo, IndexStatus, SearchResults};
+use vitrine::tui::tabs::train::{Phase, TrainState};
+use vitrine::tui::tabs::triplets::{TripletRow, TripletScore};
+use vitrine::tui::thumb_cache::Thumb;
 use vitrine::tui::views;
 
 const METRICS: &str = concat!(

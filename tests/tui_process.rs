@@ -10,12 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use tokio::sync::mpsc::UnboundedReceiver;
 use vitrine::run::folder::{ControlRequest, RunDir};
 use vitrine::train::events::{StopReason, TrainEvent};
 use vitrine::train::metrics_log::read_all;
-use vitrine::tui::app::{Action, App, AppOptions};
-use vitrine::tui::runtime::Msg;
+use vitrine::tui::app::{Action, App, AppOptions, WorkerEvent};
 use vitrine::tui::workers::{Outbox, spawn_follower, spawn_trainer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vitrine");
@@ -23,15 +22,15 @@ const BIN: &str = env!("CARGO_BIN_EXE_vitrine");
 /// A dashboard's state fed by a follower of the run, as the runtime does it.
 struct Attached {
     app: App,
-    rx: Receiver<Msg>,
+    rx: UnboundedReceiver<WorkerEvent>,
     stop: Arc<AtomicBool>,
 }
 
 impl Attached {
     fn new(run: &Path, data: &Path) -> Self {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (out, rx) = Outbox::channel();
         let stop = Arc::new(AtomicBool::new(false));
-        spawn_follower(run, Outbox(tx), Arc::clone(&stop));
+        spawn_follower(run, out, Arc::clone(&stop));
         let opts = AppOptions::new(run.to_path_buf(), data.to_path_buf());
         Self {
             app: App::new(opts),
@@ -45,8 +44,11 @@ impl Attached {
         let end = Instant::now() + timeout;
         while !done(&self.app) {
             assert!(Instant::now() < end, "timed out waiting for {what}");
-            if let Ok(Msg::Worker(e)) = self.rx.recv_timeout(Duration::from_millis(100)) {
-                self.app.update(Action::Worker(e));
+            match self.rx.try_recv() {
+                Ok(e) => {
+                    self.app.update(Action::Worker(e));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         }
     }

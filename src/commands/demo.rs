@@ -12,7 +12,7 @@ use crate::run::folder::RunDir;
 use crate::train::events::{CheckpointKind, StopReason, TrainEvent};
 use crate::train::metrics_log::read_all;
 use crate::train::trainer::TrainJob;
-use crate::tui::app::IndexStatus;
+use crate::tui::tabs::search::IndexStatus;
 
 /// The built-in synthetic set (made if absent), then on a terminal the dashboard
 /// training the demo run with the configured (CPU demo) defaults and building the

@@ -49,7 +49,11 @@ pub struct SettingDiff {
     pub b: Option<String>,
 }
 
-fn flatten(prefix: &str, value: &toml::Value, out: &mut std::collections::BTreeMap<String, String>) {
+fn flatten(
+    prefix: &str,
+    value: &toml::Value,
+    out: &mut std::collections::BTreeMap<String, String>,
+) {
     match value {
         toml::Value::Table(t) => {
             for (k, v) in t {

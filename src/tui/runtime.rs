@@ -1,7 +1,13 @@
 //! The terminal side: raw mode and the alternate screen (restored on quit, error and
-//! panic), the input thread, the event loop that feeds [`App::update`] and redraws
-//! only when something changed, at most `ui.fps` times a second (a key press is drawn
-//! at once), and the key-to-frame latency it measures and logs.
+//! panic), the event loop that feeds [`App::update`] and redraws only when something
+//! changed, at most `ui.fps` times a second (a key press is drawn at once), and the
+//! key-to-frame latency it measures and logs.
+//!
+//! The loop is one task on a current-thread tokio runtime, a `select!` over three
+//! sources: the terminal's input (crossterm's `EventStream`), the workers' events
+//! (the unbounded channel behind [`Outbox`]) and the redraw tick. Everything slow
+//! (training, embedding, index builds, scoring, decoding) runs on the workers' own
+//! threads and never on this one.
 
 use std::io::{IsTerminal, Stdout};
 use std::path::PathBuf;
@@ -10,34 +16,32 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossterm::event::{Event, EventStream};
+use futures_util::StreamExt;
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
-use ratatui::crossterm::event::{self, Event, KeyEvent};
 use ratatui::crossterm::terminal::{
     EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
 };
 use ratatui::crossterm::{cursor, execute};
 use ratatui_image::picker::{Picker, ProtocolType};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::MissedTickBehavior;
 
-use super::app::{Action, App, AppOptions, Command};
+use super::app::{Action, App, AppOptions, Command, WorkerEvent};
 use super::keymap::map_key;
 use super::settings::ImageMode;
 use super::workers::{self, IndexWorker, Outbox, ThumbWorker};
 use crate::config::Config;
+use crate::run::folder::{ControlRequest, RunDir};
 use crate::theme::Theme;
-use crate::train::run_dir::{ControlRequest, RunDir};
 
 /// Shortest gap between two frames, even for key presses.
 const MIN_FRAME_GAP: Duration = Duration::from_millis(8);
-
-/// What reaches the event loop.
-#[derive(Debug)]
-pub enum Msg {
-    Key(KeyEvent, Instant),
-    Resize,
-    Worker(super::app::WorkerEvent),
-}
+/// How often trainers started here are reaped when nothing else wakes the loop.
+const REAP_EVERY: Duration = Duration::from_millis(500);
+/// Worker events taken in one turn of the loop (a flood cannot starve drawing).
+const DRAIN: usize = 512;
 
 /// How to open the dashboard.
 #[derive(Debug, Clone)]
@@ -93,8 +97,8 @@ fn restore_terminal() {
     let _ = execute!(std::io::stdout(), LeaveAlternateScreen, cursor::Show);
 }
 
-/// Chooses how thumbnails are drawn: asked of the terminal once (before the input
-/// thread reads stdin), half blocks inside tmux or when it does not answer.
+/// Chooses how thumbnails are drawn: asked of the terminal once (before the event
+/// loop reads stdin), half blocks inside tmux or when it does not answer.
 fn pick_images(mode: ImageMode) -> (Option<Picker>, String) {
     let in_tmux = std::env::var_os("TMUX").is_some_and(|v| !v.is_empty());
     let query = || match Picker::from_query_stdio() {
@@ -168,30 +172,6 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
     result
 }
 
-fn spawn_input(tx: crossbeam_channel::Sender<Msg>) {
-    let spawned = std::thread::Builder::new()
-        .name("input".into())
-        .spawn(move || {
-            loop {
-                let msg = match event::read() {
-                    Ok(Event::Key(k)) => Msg::Key(k, Instant::now()),
-                    Ok(Event::Resize(..)) => Msg::Resize,
-                    Ok(_) => continue,
-                    Err(e) => {
-                        tracing::error!("terminal input: {e}");
-                        return;
-                    }
-                };
-                if tx.send(msg).is_err() {
-                    return;
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::error!("cannot start the input thread: {e}");
-    }
-}
-
 /// Runs the commands `update` returned.
 struct Executor {
     launch: Launch,
@@ -211,7 +191,6 @@ impl Executor {
     }
 
     fn one(&mut self, app: &mut App, command: Command) -> Vec<Command> {
-        use super::app::WorkerEvent;
         let run = RunDir::new(&self.launch.run);
         match command {
             Command::StartTraining => {
@@ -292,8 +271,68 @@ fn event_loop(
     picker: Option<Picker>,
     images_label: String,
 ) -> anyhow::Result<()> {
-    let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
-    let out = Outbox(tx.clone());
+    // Current-thread: the loop is the only task and it draws synchronously, while all
+    // slow work has threads of its own; a multi-thread runtime would only add idle
+    // threads competing with training for the cores.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
+    runtime.block_on(run_loop(terminal, launch, picker, images_label))
+}
+
+/// What the loop keeps between turns besides `App`.
+struct Frames {
+    /// Something changed since the last frame.
+    dirty: bool,
+    last_draw: Option<Instant>,
+    /// When the oldest key not drawn yet was read.
+    pending_key: Option<Instant>,
+    latency: Latency,
+}
+
+impl Frames {
+    /// When a pending key may be drawn: at once, but [`MIN_FRAME_GAP`] after the
+    /// previous frame at the soonest.
+    fn key_due(&self) -> Option<Instant> {
+        self.pending_key?;
+        Some(
+            self.last_draw
+                .map_or_else(Instant::now, |t| t + MIN_FRAME_GAP),
+        )
+    }
+
+    fn draw(
+        &mut self,
+        terminal: &mut Terminal<CrosstermBackend<Stdout>>,
+        app: &mut App,
+        exec: &mut Executor,
+        theme: &Theme,
+    ) -> anyhow::Result<()> {
+        let mut wanted = Vec::new();
+        terminal.draw(|f| wanted = super::views::draw(f, app, theme))?;
+        let now = Instant::now();
+        self.last_draw = Some(now);
+        self.dirty = false;
+        if let Some(t0) = self.pending_key.take() {
+            let ms = now.duration_since(t0).as_secs_f64() * 1e3;
+            self.latency.record(ms);
+            tracing::debug!("key→frame {ms:.1} ms");
+        }
+        if !wanted.is_empty() {
+            let c = app.update(Action::NeedThumbs(wanted));
+            exec.run(app, c);
+        }
+        Ok(())
+    }
+}
+
+async fn run_loop(
+    terminal: &mut Terminal<CrosstermBackend<Stdout>>,
+    launch: &Launch,
+    picker: Option<Picker>,
+    images_label: String,
+) -> anyhow::Result<()> {
+    let (out, mut worker_events) = Outbox::channel();
     let stop = Arc::new(AtomicBool::new(false));
     let mut opts = AppOptions::new(launch.run.clone(), launch.data.clone());
     opts.read_only = launch.read_only;
@@ -322,7 +361,7 @@ fn event_loop(
         thumbs: picker.map(|p| ThumbWorker::spawn(p, 2, out.clone())),
         children: Vec::new(),
     };
-    spawn_input(tx);
+    drop(out);
     if launch.start_training && !launch.read_only {
         let c = app.update(Action::StartTraining);
         exec.run(&mut app, c);
@@ -332,72 +371,64 @@ fn event_loop(
         exec.run(&mut app, c);
     }
     let frame_gap = Duration::from_secs_f64(1.0 / f64::from(launch.config.ui.fps.clamp(1, 60)));
-    let mut latency = Latency::default();
-    let mut dirty = true;
-    let mut last_draw: Option<Instant> = None;
-    let mut pending_key: Option<Instant> = None;
+    let mut input = EventStream::new();
+    let mut input_open = true;
+    // The frame rate cap: a change that is not a key is drawn on this tick, which
+    // restarts at every frame so that frames stay `frame_gap` apart.
+    let mut redraw = tokio::time::interval(frame_gap);
+    redraw.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut reap = tokio::time::interval(REAP_EVERY);
+    reap.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut frames = Frames {
+        dirty: true,
+        last_draw: None,
+        pending_key: None,
+        latency: Latency::default(),
+    };
     loop {
-        if dirty {
-            let gap = if pending_key.is_some() {
-                MIN_FRAME_GAP
-            } else {
-                frame_gap
-            };
-            let due = last_draw.map_or_else(Instant::now, |t| t + gap);
-            if Instant::now() >= due {
-                let mut wanted = Vec::new();
-                terminal.draw(|f| wanted = super::views::draw(f, &app, &launch.theme))?;
-                let now = Instant::now();
-                last_draw = Some(now);
-                dirty = false;
-                if let Some(t0) = pending_key.take() {
-                    let ms = now.duration_since(t0).as_secs_f64() * 1e3;
-                    latency.record(ms);
-                    tracing::debug!("key→frame {ms:.1} ms");
-                }
-                if !wanted.is_empty() {
-                    let c = app.update(Action::NeedThumbs(wanted));
-                    exec.run(&mut app, c);
-                }
-            }
+        let key_due = frames.key_due();
+        if frames.dirty
+            && (frames.last_draw.is_none() || key_due.is_some_and(|t| Instant::now() >= t))
+        {
+            frames.draw(terminal, &mut app, &mut exec, &launch.theme)?;
+            redraw.reset();
         }
-        let timeout = if dirty {
-            let gap = if pending_key.is_some() {
-                MIN_FRAME_GAP
-            } else {
-                frame_gap
-            };
-            last_draw.map_or(Duration::ZERO, |t| {
-                (t + gap).saturating_duration_since(Instant::now())
-            })
-        } else {
-            Duration::from_millis(500)
-        };
-        let first = match rx.recv_timeout(timeout) {
-            Ok(m) => Some(m),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        for msg in first.into_iter().chain(drain(&rx)) {
-            match msg {
-                Msg::Key(key, at) => {
+        let key_wait = tokio::time::Instant::from_std(key_due.unwrap_or_else(Instant::now));
+        tokio::select! {
+            event = input.next(), if input_open => match event {
+                Some(Ok(Event::Key(key))) => {
+                    let at = Instant::now();
                     if let Some(action) = map_key(&app, key) {
                         let c = app.update(action);
                         exec.run(&mut app, c);
-                        pending_key.get_or_insert(at);
-                        dirty = true;
+                        frames.pending_key.get_or_insert(at);
+                        frames.dirty = true;
                     }
                 }
-                Msg::Resize => {
+                Some(Ok(Event::Resize(..))) => {
                     app.update(Action::Resize);
-                    dirty = true;
+                    frames.dirty = true;
                 }
-                Msg::Worker(e) => {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::error!("terminal input: {e}");
+                    input_open = false;
+                }
+                None => input_open = false,
+            },
+            event = worker_events.recv() => {
+                let Some(first) = event else { break };
+                for e in std::iter::once(first).chain(drain(&mut worker_events)) {
                     let c = app.update(Action::Worker(e));
                     exec.run(&mut app, c);
-                    dirty = true;
                 }
+                frames.dirty = true;
             }
+            _ = redraw.tick(), if frames.dirty => {
+                frames.draw(terminal, &mut app, &mut exec, &launch.theme)?;
+            }
+            () = tokio::time::sleep_until(key_wait), if frames.dirty && key_due.is_some() => {}
+            _ = reap.tick() => {}
         }
         exec.reap();
         if app.should_quit {
@@ -414,16 +445,16 @@ fn event_loop(
     } else if let Some(pid) = app.trainer.pid {
         tracing::info!("leaving the trainer (pid {pid}) running");
     }
-    if let Some((p50, p95, max)) = latency.summary() {
+    if let Some((p50, p95, max)) = frames.latency.summary() {
         tracing::info!(
             "key→frame latency over {} keys: p50 {p50:.1} ms, p95 {p95:.1} ms, max {max:.1} ms",
-            latency.samples.len()
+            frames.latency.samples.len()
         );
     }
     Ok(())
 }
 
-/// Messages already waiting (bounded, so a flood cannot starve drawing).
-fn drain(rx: &Receiver<Msg>) -> impl Iterator<Item = Msg> + '_ {
-    rx.try_iter().take(512)
+/// Worker events already waiting, at most [`DRAIN`].
+fn drain(rx: &mut UnboundedReceiver<WorkerEvent>) -> impl Iterator<Item = WorkerEvent> + '_ {
+    std::iter::from_fn(|| rx.try_recv().ok()).take(DRAIN)
 }

@@ -16,10 +16,11 @@ use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, BorderType, Borders, Clear, Paragraph, Tabs, Wrap};
 
-use super::app::{App, Tab, ThumbKey, ThumbSlot};
+use super::app::{App, Tab};
+use super::thumb_cache::{ThumbKey, ThumbSlot};
+use crate::run::folder::ControlRequest;
 use crate::theme::Theme;
-use crate::train::run_dir::ControlRequest;
-use crate::tui::train_state::{Outcome, Phase};
+use crate::tui::tabs::train::{Outcome, Phase};
 
 /// Smallest terminal the dashboard lays out.
 pub const MIN_WIDTH: u16 = 80;

@@ -72,6 +72,15 @@ impl TripletLoss {
         }
     }
 
+    /// The loss of one triplet from its two distances (the Triplets tab's column).
+    pub fn of_distances(&self, d_ap: f32, d_an: f32) -> f32 {
+        let gap = d_ap - d_an;
+        match self.hinge() {
+            Hinge::Margin(m) => (gap + m).max(0.0),
+            Hinge::Soft => gap.exp().ln_1p(),
+        }
+    }
+
     fn hinge(self) -> Hinge {
         if self.soft_margin {
             Hinge::Soft

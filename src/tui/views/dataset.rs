@@ -12,7 +12,8 @@ use ratatui::widgets::{Bar, BarChart, BarGroup, Paragraph, Row, Table};
 
 use super::{Ctx, panel};
 use crate::data::deepfashion::{Split, SplitSummary};
-use crate::tui::app::{App, Loadable};
+use crate::tui::app::App;
+use crate::tui::tabs::dataset::Loadable;
 
 pub fn draw(frame: &mut Frame, area: Rect, app: &App, ctx: &mut Ctx) {
     let theme = ctx.theme;
@@ -141,8 +142,8 @@ fn draw_table(frame: &mut Frame, area: Rect, app: &App, s: &SplitSummary, ctx: &
         ),
         kv(
             "unreadable",
-            app.unreadable.to_string(),
-            warn(app.unreadable),
+            app.thumbs.unreadable().to_string(),
+            warn(app.thumbs.unreadable()),
         ),
         kv("root", app.opts.data.display().to_string(), theme.muted()),
     ];

@@ -8,7 +8,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Clear, Paragraph, Row, Table, Wrap};
 
 use super::{Ctx, centered, clip, ellipsize, file_label, panel, thumb};
-use crate::tui::app::{App, Focus, GRID_COLS, IndexStatus, TOP_K};
+use crate::tui::app::App;
+use crate::tui::tabs::search::{Focus, GRID_COLS, IndexStatus, TOP_K};
 
 pub fn draw(frame: &mut Frame, area: Rect, app: &App, ctx: &mut Ctx) {
     let left_w = if area.width >= 120 { 44 } else { 26 };

@@ -13,11 +13,11 @@ use ratatui::widgets::{
 };
 
 use super::{Ctx, panel, pct};
-use crate::train::events::CheckpointKind;
-use crate::train::run_dir::ControlRequest;
+use crate::run::CheckpointKind;
+use crate::run::folder::ControlRequest;
 use crate::tui::app::App;
 use crate::tui::settings::PlotMarker;
-use crate::tui::train_state::{Outcome, Phase, format_duration};
+use crate::tui::tabs::train::{Outcome, Phase, format_duration};
 
 pub fn draw(frame: &mut Frame, area: Rect, app: &App, ctx: &mut Ctx) {
     let [progress, middle, log] = Layout::vertical([

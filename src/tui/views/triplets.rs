@@ -8,7 +8,9 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Paragraph, Row, Table};
 
 use super::{Ctx, ellipsize, panel, thumb};
-use crate::tui::app::{App, ImageInfo, Loadable, ScoreStatus};
+use crate::tui::app::App;
+use crate::tui::tabs::dataset::{ImageInfo, Loadable};
+use crate::tui::tabs::triplets::ScoreStatus;
 
 pub fn draw(frame: &mut Frame, area: Rect, app: &App, ctx: &mut Ctx) {
     let theme = ctx.theme;

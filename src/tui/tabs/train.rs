@@ -1,10 +1,12 @@
-//! What the Train tab shows, folded from [`TrainEvent`]s: the loss series in two
-//! buffers (Burn's design: a recent window and a decimated full history), validation
-//! per epoch and the untrained baseline, the latest step's figures, ETA, checkpoints
-//! and notices. Pure data: a recorded `metrics.jsonl` replays into the same state.
+//! The Train tab's state. [`TrainState`] is folded from [`TrainEvent`]s: the loss
+//! series in two buffers (Burn's design: a recent window and a decimated full
+//! history), validation per epoch and the untrained baseline, the latest step's
+//! figures, ETA, checkpoints and notices. Pure data: a recorded `metrics.jsonl`
+//! replays into the same state. [`TrainerStatus`] is the process writing the run.
 
 use std::collections::VecDeque;
 
+use crate::run::folder::ControlRequest;
 use crate::train::events::{CheckpointKind, NoticeKind, StopReason, TrainEvent};
 
 /// Points kept in the recent window.
@@ -486,6 +488,89 @@ impl TrainState {
     /// Step of the newest checkpoint written.
     pub fn latest_checkpoint(&self) -> Option<usize> {
         self.checkpoints.last().map(|c| c.0)
+    }
+}
+
+/// The trainer process writing the run, as last seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrainerStatus {
+    pub pid: Option<u32>,
+    /// Started by this dashboard.
+    pub ours: bool,
+    pub control: ControlRequest,
+    /// A start was asked and no process is seen yet.
+    pub starting: bool,
+    /// A training started here is running: its end may build the index.
+    started_here: bool,
+}
+
+impl Default for TrainerStatus {
+    fn default() -> Self {
+        Self {
+            pid: None,
+            ours: false,
+            control: ControlRequest::Run,
+            starting: false,
+            started_here: false,
+        }
+    }
+}
+
+impl TrainerStatus {
+    pub fn running(&self) -> bool {
+        self.pid.is_some()
+    }
+
+    /// A start was asked of the runtime: no process yet, and it is ours.
+    pub fn start_here(&mut self) {
+        self.starting = true;
+        self.ours = true;
+        self.control = ControlRequest::Run;
+        self.started_here = true;
+    }
+
+    /// The run's lock holder and pending control request, as the follower saw them.
+    pub fn seen(&mut self, pid: Option<u32>, control: ControlRequest) {
+        if pid.is_some() {
+            self.starting = false;
+        } else if self.pid.is_some() {
+            self.ours = false;
+        }
+        self.pid = pid;
+        self.control = if pid.is_some() {
+            control
+        } else {
+            ControlRequest::Run
+        };
+    }
+
+    /// The process this dashboard started.
+    pub fn spawned(&mut self, pid: u32) {
+        self.pid = Some(pid);
+        self.starting = false;
+    }
+
+    /// The process this dashboard tried to start could not be.
+    pub fn spawn_failed(&mut self) {
+        self.starting = false;
+        self.ours = false;
+        self.started_here = false;
+    }
+
+    /// Whether `event` ends a training started here, other than by an interruption
+    /// (when `demo` builds the index).
+    pub fn ended_here(&mut self, event: &TrainEvent) -> bool {
+        match event {
+            TrainEvent::Done { reason, .. } if self.started_here => {
+                self.started_here = false;
+                *reason != StopReason::Interrupted
+            }
+            TrainEvent::Failed { .. } => {
+                self.started_here = false;
+                false
+            }
+            _ => false,
+        }
     }
 }
 

@@ -1,0 +1,202 @@
+//! The search index: its state on disk, building it, and searching it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::{Outbox, spawn};
+use crate::config::Config;
+use crate::index::{CheckpointChoice, Searcher};
+use crate::run::CheckpointKind;
+use crate::run::folder::RunDir;
+use crate::tui::app::WorkerEvent;
+use crate::tui::tabs::search::{HitInfo, IndexStatus, SearchResults, TOP_K};
+
+/// Which checkpoint an index is built from: `best`, else `last`.
+pub fn index_checkpoint(run: &Path) -> Option<CheckpointChoice> {
+    let dir = RunDir::new(run);
+    if dir.checkpoint(CheckpointKind::Best).is_file() {
+        Some(CheckpointChoice::Best)
+    } else if dir.checkpoint(CheckpointKind::Last).is_file() {
+        Some(CheckpointChoice::Last)
+    } else {
+        None
+    }
+}
+
+/// The index's state on disk.
+pub fn index_status(run: &Path) -> IndexStatus {
+    let dir = crate::index::store::readable_dir(&RunDir::new(run).index_dir());
+    match crate::index::store::read_header(&dir) {
+        Ok(h) => IndexStatus::Ready { count: h.count },
+        Err(_) if !dir.exists() => IndexStatus::Missing,
+        Err(e) => IndexStatus::Failed(format!("{e} (press i to rebuild)")),
+    }
+}
+
+/// Searches and index builds, one thread each; a build makes the searcher reopen.
+pub struct IndexWorker {
+    searches: Sender<(PathBuf, Option<String>)>,
+    generation: Arc<AtomicU64>,
+    run: PathBuf,
+    data: PathBuf,
+    config: Config,
+    out: Outbox,
+}
+
+impl IndexWorker {
+    pub fn spawn(run: PathBuf, data: PathBuf, config: Config, out: Outbox) -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let generation = Arc::new(AtomicU64::new(0));
+        let worker = Self {
+            searches: tx,
+            generation: Arc::clone(&generation),
+            run: run.clone(),
+            data,
+            config,
+            out: out.clone(),
+        };
+        spawn(
+            "search",
+            &out.clone(),
+            |m| WorkerEvent::Search(Err(m)),
+            move || search_loop(&run, &rx, &generation, &out),
+        );
+        let (run, out) = (worker.run.clone(), worker.out.clone());
+        let failed = |m| WorkerEvent::Index(IndexStatus::Failed(m));
+        spawn("index-status", &out.clone(), failed, move || {
+            out.send(WorkerEvent::Index(index_status(&run)));
+        });
+        worker
+    }
+
+    pub fn search(&self, path: PathBuf, item: Option<String>) {
+        if self.searches.send((path, item)).is_err() {
+            tracing::error!("the search thread is gone");
+            self.out.send(WorkerEvent::Search(Err(
+                "the search worker has stopped (see the log); restart the dashboard".into(),
+            )));
+        }
+    }
+
+    pub fn build(&self) {
+        let (run, data, config, out) = (
+            self.run.clone(),
+            self.data.clone(),
+            self.config.clone(),
+            self.out.clone(),
+        );
+        let generation = Arc::clone(&self.generation);
+        let failed = |m| WorkerEvent::Index(IndexStatus::Failed(m));
+        spawn("index", &out.clone(), failed, move || {
+            let Some(checkpoint) = index_checkpoint(&run) else {
+                out.send(WorkerEvent::Index(IndexStatus::Failed(
+                    "no checkpoint yet: train first (t)".into(),
+                )));
+                return;
+            };
+            let job = crate::index::IndexJob {
+                run: run.clone(),
+                checkpoint,
+                gallery: crate::index::Gallery::Dataset {
+                    root: data,
+                    protocol: config.data.gallery,
+                },
+                settings: config.index.clone(),
+                data: config.data.clone(),
+            };
+            let mut last_sent = Instant::now();
+            let mut progress = |done: usize, total: usize| {
+                if last_sent.elapsed() >= Duration::from_millis(100) || done >= total {
+                    last_sent = Instant::now();
+                    out.send(WorkerEvent::Index(IndexStatus::Building { done, total }));
+                }
+            };
+            let started = Instant::now();
+            match crate::index::build::build(&job, &mut progress) {
+                Ok(report) => {
+                    tracing::info!(
+                        "index of {} built: {} images in {:.1} s",
+                        run.display(),
+                        report.count,
+                        started.elapsed().as_secs_f64()
+                    );
+                    generation.fetch_add(1, Ordering::SeqCst);
+                    out.send(WorkerEvent::Index(IndexStatus::Ready {
+                        count: report.count,
+                    }));
+                }
+                Err(e) => {
+                    tracing::warn!("index build failed: {e}");
+                    out.send(WorkerEvent::Index(IndexStatus::Failed(e.to_string())));
+                }
+            }
+        });
+    }
+}
+
+fn open_searcher(run: &Path) -> Result<Searcher, String> {
+    let dir = crate::index::store::readable_dir(&RunDir::new(run).index_dir());
+    let header = crate::index::store::read_header(&dir)
+        .map_err(|e| format!("{e} (press i to build the index)"))?;
+    let choice = if header.checkpoint.is_empty() {
+        index_checkpoint(run).unwrap_or_default()
+    } else {
+        CheckpointChoice::Path(PathBuf::from(&header.checkpoint))
+    };
+    Searcher::open(run, &choice).map_err(|e| e.to_string())
+}
+
+fn search_loop(
+    run: &Path,
+    rx: &Receiver<(PathBuf, Option<String>)>,
+    generation: &AtomicU64,
+    out: &Outbox,
+) {
+    let mut searcher: Option<(u64, Searcher)> = None;
+    while let Ok((mut path, mut item)) = rx.recv() {
+        // Only the newest request matters.
+        while let Ok(newer) = rx.try_recv() {
+            (path, item) = newer;
+        }
+        let started = Instant::now();
+        let gen_now = generation.load(Ordering::SeqCst);
+        if searcher.as_ref().is_none_or(|(g, _)| *g != gen_now) {
+            searcher = match open_searcher(run) {
+                Ok(s) => Some((gen_now, s)),
+                Err(e) => {
+                    if !out.send(WorkerEvent::Search(Err(e))) {
+                        return;
+                    }
+                    continue;
+                }
+            };
+        }
+        let Some((_, s)) = &searcher else { continue };
+        let result = s
+            .search_image(&path, TOP_K)
+            .map(|hits| SearchResults {
+                query: path.clone(),
+                query_item: item.clone(),
+                hits: hits
+                    .into_iter()
+                    .map(|h| HitInfo {
+                        rank: h.rank,
+                        score: h.score,
+                        is_match: item.as_ref() == Some(&h.item_id),
+                        path: PathBuf::from(h.path),
+                        item_id: h.item_id,
+                        category: h.category,
+                    })
+                    .collect(),
+                millis: started.elapsed().as_secs_f64() * 1e3,
+            })
+            .map_err(|e| e.to_string());
+        if !out.send(WorkerEvent::Search(result)) {
+            return;
+        }
+    }
+}
