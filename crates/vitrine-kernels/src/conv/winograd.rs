@@ -1,0 +1,497 @@
+//! 3×3, stride-1, padding-1 convolutions on channels-last data by Winograd's minimal
+//! filtering `F(m×m, 3×3)`, in two sizes:
+//!
+//! * `F(2×2, 3×3)` (4×4 input tiles): 2.25× fewer multiplications than the direct
+//!   GEMM; the transforms only add, subtract and halve, so rounding stays at the level
+//!   of the direct method. Used wherever a gradient will follow.
+//! * `F(4×4, 3×3)` (6×6 input tiles): 4× fewer multiplications and 1.8× less
+//!   transformed data than `F(2×2)`, at the cost of larger transform coefficients
+//!   (relative error 0.2–4e-6 instead of 0.5–2e-7 per layer, checked against an
+//!   f64 reference by `conv`'s tests). Used for inference only — frozen stages and
+//!   eval mode — where it needs fewer multiplications and has enough tiles
+//!   ([`Tiling::choose`]).
+//!
+//! These convs are about 45% of ResNet50's multiply-adds, and the forward pass is
+//! otherwise bound by its GEMMs. Each `m×m` output tile is computed from an `α×α`
+//! (`α = m + 2`) input tile `d` and the 3×3 kernel `g` as
+//! `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`; summed over input channels, the elementwise
+//! product becomes `α²` independent GEMMs `M_ξ (T×K) = V_ξ (T×C) · U_ξ (C×K)` over the
+//! `T` tiles — no im2col matrix (9× the input), two small transforms instead.
+//! Gradients stay exact-GEMM ([`super::backward`]).
+
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+use crate::elementwise::Affine;
+use crate::simd::vectorized;
+
+/// The output tile size of the minimal filtering algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tiling {
+    /// `F(2×2, 3×3)`.
+    F2,
+    /// `F(4×4, 3×3)`.
+    F4,
+}
+
+impl Tiling {
+    /// Side of an output tile.
+    pub fn out(self) -> usize {
+        match self {
+            Self::F2 => 2,
+            Self::F4 => 4,
+        }
+    }
+
+    /// Transform positions per tile (`α²`): also the number of GEMMs.
+    pub fn taps(self) -> usize {
+        (self.out() + 2).pow(2)
+    }
+
+    /// The tiling for `n` maps of `h×w`: `F(4×4)` when allowed, when it needs fewer
+    /// multiplications (tiles × taps) than `F(2×2)` — not on 2×2 maps, mostly padding
+    /// in its tile — and when there are at least [`MIN_F4_TILES`] tiles.
+    pub fn choose(n: usize, h: usize, w: usize, allow_f4: bool) -> Self {
+        let tiles = |t: Self| n * h.div_ceil(t.out()) * w.div_ceil(t.out());
+        let fewer = tiles(Self::F4) * Self::F4.taps() < tiles(Self::F2) * Self::F2.taps();
+        if allow_f4 && fewer && tiles(Self::F4) >= MIN_F4_TILES {
+            Self::F4
+        } else {
+            Self::F2
+        }
+    }
+}
+
+/// Below this many tiles, `F(4×4)`'s 36 GEMMs are too short to pay for packing
+/// their kernel planes. ResNet50 at batch 64, per forward: its two 512-channel 4×4
+/// layers (64 tiles) took 19.7 ms with `F(2×2)` and 24.4 ms with `F(4×4)`; its five
+/// 256-channel 8×8 layers (256 tiles) 42.6 and 31.8 ms.
+const MIN_F4_TILES: usize = 256;
+
+/// Sizes of one Winograd convolution (`x (N, H, W, C)` → `y (N, H, W, K)`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shape {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub k: usize,
+    pub tiling: Tiling,
+}
+
+impl Shape {
+    fn tiles_h(&self) -> usize {
+        self.h.div_ceil(self.tiling.out())
+    }
+
+    fn tiles_w(&self) -> usize {
+        self.w.div_ceil(self.tiling.out())
+    }
+
+    /// Number of output tiles.
+    pub fn tiles(&self) -> usize {
+        self.n * self.tiles_h() * self.tiles_w()
+    }
+
+    /// Floats of scratch needed for the transformed input `(α², T, C)` and the GEMM
+    /// products `(α², T, K)`.
+    pub fn scratch(&self) -> (usize, usize) {
+        let taps = self.tiling.taps();
+        (taps * self.tiles() * self.c, taps * self.tiles() * self.k)
+    }
+}
+
+/// Channels handled together by the transforms: one AVX-512 vector.
+const LANES: usize = 16;
+
+/// One value of a block of up to `LANES` channels.
+type Lanes = [f32; LANES];
+
+/// The 1-D transforms of one `F(m, 3)`; the 2-D ones apply them along columns, then
+/// rows. Each reads its inputs at `src[i·step]` and writes `out[i·out_step]`: inlined
+/// with constant steps, everything stays in registers.
+trait Variant {
+    /// Output tile side `m`; input tiles are `(m + 2)²`.
+    const OUT: usize;
+    /// `G g`: 3 → `m + 2`.
+    fn kernel_1d(src: &[Lanes], step: usize, out: &mut [Lanes], out_step: usize);
+    /// `Bᵀ d`: `m + 2` → `m + 2`.
+    fn input_1d(src: &[Lanes], step: usize, out: &mut [Lanes], out_step: usize);
+    /// `Aᵀ m`: `m + 2` → `m`.
+    fn output_1d(src: &[Lanes], step: usize, out: &mut [Lanes], out_step: usize);
+}
+
+/// `F(2×2, 3×3)`.
+struct Small;
+
+impl Variant for Small {
+    const OUT: usize = 2;
+
+    #[inline(always)]
+    #[allow(clippy::inline_always)] // inlined into `vectorized`'s target-feature function
+    fn kernel_1d(g: &[Lanes], s: usize, out: &mut [Lanes], o: usize) {
+        // Rows of G: (1, 0, 0), (½, ½, ½), (½, −½, ½), (0, 0, 1).
+        for l in 0..LANES {
+            let (a, b, d) = (g[0][l], g[s][l], g[2 * s][l]);
+            out[0][l] = a;
+            out[o][l] = 0.5 * (a + b + d);
+            out[2 * o][l] = 0.5 * (a - b + d);
+            out[3 * o][l] = d;
+        }
+    }
+
+    #[inline(always)]
+    #[allow(clippy::inline_always)]
+    fn input_1d(d: &[Lanes], s: usize, out: &mut [Lanes], o: usize) {
+        // Bᵀ rows: (1, 0, −1, 0), (0, 1, 1, 0), (0, −1, 1, 0), (0, 1, 0, −1).
+        for l in 0..LANES {
+            let (d0, d1, d2, d3) = (d[0][l], d[s][l], d[2 * s][l], d[3 * s][l]);
+            out[0][l] = d0 - d2;
+            out[o][l] = d1 + d2;
+            out[2 * o][l] = d2 - d1;
+            out[3 * o][l] = d1 - d3;
+        }
+    }
+
+    #[inline(always)]
+    #[allow(clippy::inline_always)]
+    fn output_1d(m: &[Lanes], s: usize, out: &mut [Lanes], o: usize) {
+        // Aᵀ rows: (1, 1, 1, 0), (0, 1, −1, −1).
+        for l in 0..LANES {
+            let (m0, m1, m2, m3) = (m[0][l], m[s][l], m[2 * s][l], m[3 * s][l]);
+            out[0][l] = m0 + m1 + m2;
+            out[o][l] = m1 - m2 - m3;
+        }
+    }
+}
+
+/// `F(4×4, 3×3)`, with Lavin and Gray's interpolation points 0, ±1, ±2, ∞.
+struct Large;
+
+impl Variant for Large {
+    const OUT: usize = 4;
+
+    #[inline(always)]
+    #[allow(clippy::inline_always)]
+    fn kernel_1d(g: &[Lanes], s: usize, out: &mut [Lanes], o: usize) {
+        // Rows of G: (¼, 0, 0), −⅙(1, 1, 1), −⅙(1, −1, 1), (1/24, 1/12, ⅙),
+        // (1/24, −1/12, ⅙), (0, 0, 1).
+        for l in 0..LANES {
+            let (a, b, d) = (g[0][l], g[s][l], g[2 * s][l]);
+            out[0][l] = a / 4.0;
+            out[o][l] = -(a + b + d) / 6.0;
+            out[2 * o][l] = -(a - b + d) / 6.0;
+            out[3 * o][l] = a / 24.0 + b / 12.0 + d / 6.0;
+            out[4 * o][l] = a / 24.0 - b / 12.0 + d / 6.0;
+            out[5 * o][l] = d;
+        }
+    }
+
+    #[inline(always)]
+    #[allow(clippy::inline_always)]
+    fn input_1d(d: &[Lanes], s: usize, out: &mut [Lanes], o: usize) {
+        // Bᵀ rows: (4, 0, −5, 0, 1, 0), (0, −4, −4, 1, 1, 0), (0, 4, −4, −1, 1, 0),
+        // (0, −2, −1, 2, 1, 0), (0, 2, −1, −2, 1, 0), (0, 4, 0, −5, 0, 1).
+        for l in 0..LANES {
+            let (d0, d1, d2) = (d[0][l], d[s][l], d[2 * s][l]);
+            let (d3, d4, d5) = (d[3 * s][l], d[4 * s][l], d[5 * s][l]);
+            let (p, q) = (d4 - 4.0 * d2, d3 - 4.0 * d1);
+            let (r, t) = (d4 - d2, 2.0 * (d3 - d1));
+            out[0][l] = 4.0 * d0 - 5.0 * d2 + d4;
+            out[o][l] = p + q;
+            out[2 * o][l] = p - q;
+            out[3 * o][l] = r + t;
+            out[4 * o][l] = r - t;
+            out[5 * o][l] = 4.0 * d1 - 5.0 * d3 + d5;
+        }
+    }
+
+    #[inline(always)]
+    #[allow(clippy::inline_always)]
+    fn output_1d(m: &[Lanes], s: usize, out: &mut [Lanes], o: usize) {
+        // Aᵀ rows: (1, 1, 1, 1, 1, 0), (0, 1, −1, 2, −2, 0), (0, 1, 1, 4, 4, 0),
+        // (0, 1, −1, 8, −8, 1).
+        for l in 0..LANES {
+            let (a, b) = (m[s][l] + m[2 * s][l], m[s][l] - m[2 * s][l]);
+            let (c, d) = (m[3 * s][l] + m[4 * s][l], m[3 * s][l] - m[4 * s][l]);
+            out[0][l] = m[0][l] + a + c;
+            out[o][l] = b + 2.0 * d;
+            out[2 * o][l] = a + 4.0 * c;
+            out[3 * o][l] = b + 8.0 * d + m[5 * s][l];
+        }
+    }
+}
+
+/// `Bᵀ d B` of one tile block `d` (`α×α` positions, row-major; `T = α²`).
+#[inline(always)]
+#[allow(clippy::inline_always)]
+fn input_tile<V: Variant, const T: usize>(d: &[Lanes; T]) -> [Lanes; T] {
+    let a = V::OUT + 2;
+    let mut t = [[0f32; LANES]; T];
+    for j in 0..a {
+        V::input_1d(&d[j..], a, &mut t[j..], a);
+    }
+    let mut v = [[0f32; LANES]; T];
+    for i in 0..a {
+        V::input_1d(&t[i * a..], 1, &mut v[i * a..], 1);
+    }
+    v
+}
+
+/// `Aᵀ m A` of one tile block `m` (`α×α`, `T = α²`): `m×m` outputs (`O = m²`),
+/// row-major.
+#[inline(always)]
+#[allow(clippy::inline_always)]
+fn output_tile<V: Variant, const T: usize, const O: usize>(m: &[Lanes; T]) -> [Lanes; O] {
+    let (a, o) = (V::OUT + 2, V::OUT);
+    // Aᵀ m: o×α.
+    let mut t = [[0f32; LANES]; T];
+    for j in 0..a {
+        V::output_1d(&m[j..], a, &mut t[j..], a);
+    }
+    let mut y = [[0f32; LANES]; O];
+    for i in 0..o {
+        V::output_1d(&t[i * a..], 1, &mut y[i * o..], 1);
+    }
+    y
+}
+
+/// `G g Gᵀ` of one block of kernels `g` (3×3 taps, row-major): `α×α` (`T = α²`).
+#[inline(always)]
+#[allow(clippy::inline_always)]
+fn kernel_tile<V: Variant, const T: usize>(g: &[Lanes; 9]) -> [Lanes; T] {
+    let a = V::OUT + 2;
+    // G g: α×3.
+    let mut gg = [[0f32; LANES]; T];
+    for j in 0..3 {
+        V::kernel_1d(&g[j..], 3, &mut gg[j..], 3);
+    }
+    let mut u = [[0f32; LANES]; T];
+    for i in 0..a {
+        V::kernel_1d(&gg[i * 3..], 1, &mut u[i * a..], 1);
+    }
+    u
+}
+
+/// Splits `count` equal planes of `buf` (each `plane` long) into tasks of
+/// `rows_per_task` rows of `row` elements: each task gets its rows of every plane.
+fn plane_tasks<E>(
+    buf: &mut [E],
+    count: usize,
+    plane: usize,
+    row: usize,
+    rows_per_task: usize,
+) -> Vec<Vec<&mut [E]>> {
+    let rows = plane / row.max(1);
+    let mut planes: Vec<_> = buf[..count * plane]
+        .chunks_mut(plane.max(1))
+        .map(|p| p.chunks_mut(rows_per_task * row.max(1)))
+        .collect();
+    (0..rows.div_ceil(rows_per_task))
+        .map(|_| planes.iter_mut().filter_map(Iterator::next).collect())
+        .collect()
+}
+
+/// Kernel transform `U_ξ = (G g Gᵀ)_ξ` of `w (K, C, 3, 3)` into `u (α², K, C)`
+/// (every element written).
+pub(crate) fn kernel_transform(
+    w: &[f32],
+    k: usize,
+    c: usize,
+    tiling: Tiling,
+    u: &mut [MaybeUninit<f32>],
+) {
+    match tiling {
+        Tiling::F2 => kernel_with::<Small, 16>(w, k, c, u),
+        Tiling::F4 => kernel_with::<Large, 36>(w, k, c, u),
+    }
+}
+
+/// Kernels per parallel task of the kernel transform.
+const TASK_KERNELS: usize = 1024;
+
+fn kernel_with<V: Variant, const T: usize>(
+    w: &[f32],
+    k: usize,
+    c: usize,
+    u: &mut [MaybeUninit<f32>],
+) {
+    let tasks = plane_tasks(u, T, k * c, 1, TASK_KERNELS);
+    tasks
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(task, mut planes)| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    let first = task * TASK_KERNELS;
+                    let count = planes[0].len();
+                    for local in (0..count).step_by(LANES) {
+                        let width = LANES.min(count - local);
+                        // Lane `l` holds kernel `first + local + l`: one array per tap.
+                        let mut g = [[0f32; LANES]; 9];
+                        let src = &w[(first + local) * 9..][..width * 9];
+                        for (l, kernel) in src.chunks_exact(9).enumerate() {
+                            for (tap, &v) in g.iter_mut().zip(kernel) {
+                                tap[l] = v;
+                            }
+                        }
+                        let out = kernel_tile::<V, T>(&g);
+                        for (plane, o) in planes.iter_mut().zip(&out) {
+                            plane[local..local + width].write_copy_of_slice(&o[..width]);
+                        }
+                    }
+                },
+            );
+        });
+}
+
+/// Tiles per parallel task of the input transform.
+const TASK_TILES: usize = 64;
+
+/// Copies `src` into the first lanes of `dst` (a whole vector when `src` has `LANES`
+/// elements: a fixed-size copy the compiler keeps in registers).
+#[inline(always)]
+#[allow(clippy::inline_always)]
+fn load(dst: &mut Lanes, src: &[f32]) {
+    if let Ok(full) = <&Lanes>::try_from(src) {
+        *dst = *full;
+    } else {
+        dst[..src.len()].copy_from_slice(src);
+    }
+}
+
+/// Runs `f` on every task, on all threads when `parallel`.
+fn each<T: Send>(tasks: Vec<T>, parallel: bool, f: impl Fn((usize, T)) + Sync + Send) {
+    if parallel {
+        tasks.into_par_iter().enumerate().for_each(f);
+    } else {
+        tasks.into_iter().enumerate().for_each(f);
+    }
+}
+
+/// Input transform: `V (α², T, C)`: `α²` row-major `T×C` matrices, from
+/// `x (N, H, W, C)` with zero padding of 1; on all threads when `parallel`.
+pub(crate) fn input_transform(x: &[f32], s: &Shape, v: &mut [f32], parallel: bool) {
+    match s.tiling {
+        Tiling::F2 => input_with::<Small, 16>(x, s, v, parallel),
+        Tiling::F4 => input_with::<Large, 36>(x, s, v, parallel),
+    }
+}
+
+fn input_with<V: Variant, const T: usize>(x: &[f32], s: &Shape, v: &mut [f32], parallel: bool) {
+    let (a, o) = (V::OUT + 2, V::OUT);
+    let (c, tw, th, tiles) = (s.c, s.tiles_w(), s.tiles_h(), s.tiles());
+    // Each task owns the rows of one range of tiles in all α² matrices.
+    let tasks = plane_tasks(v, T, tiles * c, c, TASK_TILES);
+    each(tasks, parallel, |(task, mut rows)| {
+        vectorized(
+            #[inline(always)]
+            || {
+                let first = task * TASK_TILES;
+                let count = rows[0].len() / c;
+                for local in 0..count {
+                    let t = first + local;
+                    let (ni, ty, tx) = (t / (th * tw), t / tw % th, t % tw);
+                    for c0 in (0..c).step_by(LANES) {
+                        let width = LANES.min(c - c0);
+                        let mut d = [[0f32; LANES]; T];
+                        for (i, di) in d.iter_mut().enumerate() {
+                            let ih = (o * ty + i / a).wrapping_sub(1);
+                            let iw = (o * tx + i % a).wrapping_sub(1);
+                            if ih < s.h && iw < s.w {
+                                let at = ((ni * s.h + ih) * s.w + iw) * c + c0;
+                                load(di, &x[at..at + width]);
+                            }
+                        }
+                        let out = input_tile::<V, T>(&d);
+                        for (plane, o) in rows.iter_mut().zip(&out) {
+                            plane[local * c + c0..][..width].copy_from_slice(&o[..width]);
+                        }
+                    }
+                }
+            },
+        );
+    });
+}
+
+/// Output transform: `y (N, H, W, K)` (every element written) from the GEMM products
+/// `M (α², T, K)`, with the per-channel `then` (a BatchNorm at inference, + ReLU)
+/// applied on the way out; on all threads when `parallel`.
+pub(crate) fn output_transform(
+    m: &[f32],
+    s: &Shape,
+    then: Option<&Affine>,
+    y: &mut [MaybeUninit<f32>],
+    parallel: bool,
+) {
+    match s.tiling {
+        Tiling::F2 => output_with::<Small, 16, 4>(m, s, then, y, parallel),
+        Tiling::F4 => output_with::<Large, 36, 16>(m, s, then, y, parallel),
+    }
+}
+
+fn output_with<V: Variant, const T: usize, const O: usize>(
+    m: &[f32],
+    s: &Shape,
+    then: Option<&Affine>,
+    y: &mut [MaybeUninit<f32>],
+    parallel: bool,
+) {
+    let o = V::OUT;
+    let (k, tw, th) = (s.k, s.tiles_w(), s.tiles_h());
+    let plane = s.tiles() * k;
+    // One task per row of tiles (`m` output rows) of one image.
+    let tasks: Vec<_> = y[..s.n * s.h * s.w * k]
+        .chunks_mut(s.h * s.w * k)
+        .flat_map(|img| img.chunks_mut(o * s.w * k).enumerate())
+        .collect();
+    each(tasks, parallel, |(row_of_tiles, (ty, rows))| {
+        let ni = row_of_tiles / th;
+        vectorized(
+            #[inline(always)]
+            || {
+                let rows_here = rows.len() / (s.w * k);
+                for tx in 0..tw {
+                    let t = (ni * th + ty) * tw + tx;
+                    for k0 in (0..k).step_by(LANES) {
+                        let width = LANES.min(k - k0);
+                        let mut mb = [[0f32; LANES]; T];
+                        for (xi, mx) in mb.iter_mut().enumerate() {
+                            let at = xi * plane + t * k + k0;
+                            load(mx, &m[at..at + width]);
+                        }
+                        let mut out = output_tile::<V, T, O>(&mb);
+                        if let Some(f) = then {
+                            affine(&mut out, f, k0, width);
+                        }
+                        for (p, px) in out.iter().enumerate() {
+                            let (r, q) = (p / o, o * tx + p % o);
+                            if r >= rows_here || q >= s.w {
+                                continue;
+                            }
+                            rows[(r * s.w + q) * k + k0..][..width]
+                                .write_copy_of_slice(&px[..width]);
+                        }
+                    }
+                }
+            },
+        );
+    });
+}
+
+/// `then` on channels `k0..k0 + width` of each output pixel.
+#[inline(always)]
+#[allow(clippy::inline_always)]
+fn affine<const O: usize>(out: &mut [Lanes; O], then: &Affine, k0: usize, width: usize) {
+    let (mut scale, mut shift) = ([0f32; LANES], [0f32; LANES]);
+    load(&mut scale, &then.scale[k0..k0 + width]);
+    load(&mut shift, &then.shift[k0..k0 + width]);
+    for px in out {
+        for ((v, a), b) in px.iter_mut().zip(&scale).zip(&shift) {
+            let z = *v * a + b;
+            *v = if then.relu { z.max(0.0) } else { z };
+        }
+    }
+}
