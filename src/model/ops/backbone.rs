@@ -45,9 +45,20 @@ struct Unit<'a> {
     trains: bool,
 }
 
+/// How a residual block's units sit in the op's list of units.
+#[derive(Debug, Clone, Copy)]
+struct BlockShape {
+    /// Convs on the main path (then, with `projection`, the shortcut's conv).
+    convs: usize,
+    /// Whether the shortcut is a projection (conv + BatchNorm) rather than identity.
+    projection: bool,
+    /// Whether the block's stage trains.
+    trains: bool,
+}
+
 /// The network's units in the op's order — the stem, then each block's convs and
-/// its projection shortcut — and per block `(convs, has a projection, trains)`.
-fn walk(net: &ResNet) -> (Vec<Unit<'_>>, Vec<(usize, bool, bool)>) {
+/// its projection shortcut — and the shape of each block.
+fn walk(net: &ResNet) -> (Vec<Unit<'_>>, Vec<BlockShape>) {
     let stem = net.stem();
     let mut units = vec![Unit {
         conv: &stem.conv1,
@@ -69,7 +80,11 @@ fn walk(net: &ResNet) -> (Vec<Unit<'_>>, Vec<(usize, bool, bool)>) {
                 bn: &d.bn,
                 trains,
             }));
-            blocks.push((b.convs.len(), b.downsample.is_some(), trains));
+            blocks.push(BlockShape {
+                convs: b.convs.len(),
+                projection: b.downsample.is_some(),
+                trains,
+            });
         }
     }
     (units, blocks)
@@ -124,9 +139,7 @@ fn pooled_features(net: &ResNet, xs: &Tensor, train: bool) -> Result<Tensor> {
         Vec::new()
     };
     let op = BackboneOp {
-        units_per_block: blocks.iter().map(|b| b.0).collect(),
-        downsampled: blocks.iter().map(|b| b.1).collect(),
-        trainable_blocks: blocks.iter().map(|b| b.2).collect(),
+        blocks,
         plan,
         threads: threads(),
         tape: Arc::new(Mutex::new(None)),
@@ -223,10 +236,8 @@ struct Tape {
 
 /// The op: `(images (N, 3, H, W), trainable parameters concatenated)` → `(N, C)`.
 struct BackboneOp {
-    /// Units per block.
-    units_per_block: Vec<usize>,
-    downsampled: Vec<bool>,
-    trainable_blocks: Vec<bool>,
+    /// Each residual block, in order.
+    blocks: Vec<BlockShape>,
     /// Units in forward order: stem, then each block's convs and its downsample.
     plan: Vec<UnitPlan>,
     /// Threads the conv GEMMs are split over.
@@ -267,23 +278,18 @@ impl<'a> ParamData<'a> {
     }
 }
 
-/// Index of the first unit of each block in the plan (the stem is unit 0).
-fn block_starts(units_per_block: &[usize], downsampled: &[bool]) -> Vec<usize> {
-    let mut next = 1;
-    units_per_block
-        .iter()
-        .zip(downsampled)
-        .map(|(&n, &ds)| {
-            let start = next;
-            next += n + usize::from(ds);
-            start
-        })
-        .collect()
-}
-
 impl BackboneOp {
+    /// Index of the first unit of each block in the plan (the stem is unit 0).
     fn block_starts(&self) -> Vec<usize> {
-        block_starts(&self.units_per_block, &self.downsampled)
+        let mut next = 1;
+        self.blocks
+            .iter()
+            .map(|b| {
+                let start = next;
+                next += b.convs + usize::from(b.projection);
+                start
+            })
+            .collect()
     }
 
     /// Conv (+ BatchNorm with its statistics) of unit `i` on `x`: `(pre_bn, geom,
@@ -386,7 +392,7 @@ impl BackboneOp {
         let starts = self.block_starts();
         let mut block_tapes = Vec::with_capacity(starts.len());
         for (b, &start) in starts.iter().enumerate() {
-            let keep = record && self.trainable_blocks[b];
+            let keep = record && self.blocks[b].trains;
             let (out, tape) = self.block_forward(&params, b, start, &cur, keep, &mut stats_out)?;
             block_tapes.push(tape);
             cur = out;
@@ -415,7 +421,7 @@ impl BackboneOp {
         keep: bool,
         stats_out: &mut [Option<Stats>],
     ) -> Result<(Act, Option<BlockTape>)> {
-        let count = self.units_per_block[b];
+        let count = self.blocks[b].convs;
         let mut tapes = Vec::with_capacity(count);
         let mut cur = x.clone();
         for i in start..start + count - 1 {
@@ -451,7 +457,7 @@ impl BackboneOp {
         let main = stats.affine(gamma, beta);
         let (oh, ow, k) = geom.out_dims();
         let dims = [cur.dims[0], oh, ow, k];
-        let ds = if self.downsampled[b] {
+        let ds = if self.blocks[b].projection {
             let i = last + 1;
             let (ds_pre, ds_geom, ds_stats) = self.conv_stats(params, i, x, stats_out)?;
             let (_, g, be) = params.unit(i)?;
@@ -523,7 +529,7 @@ impl BackboneOp {
             }
         };
         let starts = self.block_starts();
-        let first_trainable = self.trainable_blocks.iter().position(|&t| t);
+        let first_trainable = self.blocks.iter().position(|b| b.trains);
         let mut g = pool::global_average_backward(grad, tape.features);
         for (b, block) in tape.blocks.iter().enumerate().rev() {
             let Some(block) = block else { break };
