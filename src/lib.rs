@@ -1,8 +1,11 @@
 //! vitrine: consumer-to-shop image retrieval with deep metric learning.
 //!
 //! The binary is a thin shell over these modules so that `tests/` reach everything.
+//! The CPU math (and every `unsafe` block of the project) lives in the
+//! `vitrine-kernels` crate; this one has none.
 
-pub mod block_reuse;
+#![forbid(unsafe_code)]
+
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -1,17 +1,13 @@
 //! The embedder: a trainable ResNet backbone (torchvision parameter names), the
-//! embedding head, triplet losses and checkpoint files.
+//! embedding head, triplet losses and checkpoint files; [`ops`] holds the Candle
+//! custom ops over the CPU kernels of `vitrine-kernels`.
 
-pub mod batchnorm;
 pub mod checkpoint;
-pub mod conv;
-mod cpu_backbone;
-pub(crate) mod cpu_tensor;
 pub mod embed_files;
 pub mod embedder;
 pub mod loss;
+pub mod ops;
 pub mod resnet;
-mod simd;
-mod winograd;
 
 pub use checkpoint::CheckpointError;
 pub use embedder::{Backbone, Embedder, EmbedderConfig, ParamGroups};

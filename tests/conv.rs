@@ -1,4 +1,4 @@
-//! The GEMM conv op (`vitrine::model::conv`, including its Winograd forward for 3×3
+//! The GEMM conv op (`vitrine::model::ops::conv`, including its Winograd forward for 3×3
 //! stride-1 convs) against an f64 direct loop and Candle's reference `conv2d`: output,
 //! input gradient and kernel gradient, on odd shapes, strides and paddings.
 
@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
-use vitrine::model::conv::conv2d;
+use vitrine::model::ops::conv::conv2d;
 
 /// Deterministic values in [-1, 1) (Candle's CPU generator cannot be seeded).
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -332,7 +332,7 @@ fn batch_norm_layer(c: usize, seed: u64) -> (candle_nn::BatchNorm, candle_nn::Va
 #[test]
 fn fused_batch_norm_matches_candle_in_both_modes_with_and_without_relu() {
     use candle_core::ModuleT;
-    use vitrine::model::batchnorm::batch_norm;
+    use vitrine::model::ops::batch_norm::batch_norm;
     // (n, c, h, w, scale, offset): the last has a mean far above its spread, where
     // one-pass variance formulas lose precision.
     let cases = [

@@ -1,9 +1,9 @@
 //! The approximate-nearest-neighbour graph: built, dumped and reloaded with
 //! [hnsw_rs], searched through a flat copy.
 //!
-//! - **Distance**: [`UnitCosine`], `1 − a·b` clamped to `[0, 2]` on unit vectors, with a
-//!   16-accumulator dot product the compiler vectorises (hnsw_rs's `DistDot` panics
-//!   when rounding pushes a dot product of unit vectors past 1).
+//! - **Distance**: [`UnitCosine`], `1 − a·b` clamped to `[0, 2]` on unit vectors, with
+//!   the kernels crate's 16-accumulator [`dot`] (hnsw_rs's `DistDot` panics when
+//!   rounding pushes a dot product of unit vectors past 1).
 //! - **Build**: hnsw_rs insertion (parallel on the rayon pool: not deterministic, so
 //!   [`self_recall`] is checked after every build).
 //! - **Files**: hnsw_rs's own dump (`<basename>.hnsw.graph` + `<basename>.hnsw.data`);
@@ -48,113 +48,9 @@ pub enum GraphError {
     Params(String),
 }
 
-/// 16 independent accumulators (vectorised by the compiler), fused multiply-adds
-/// when `FMA` (only where the CPU has them: `mul_add` is a slow library call
-/// otherwise); the tail is summed separately. Always inlined, so that the AVX2 copy
-/// below is compiled with AVX2.
-#[allow(clippy::inline_always)]
-#[inline(always)]
-fn dot_impl<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; 16];
-    let mut ca = a.chunks_exact(16);
-    let mut cb = b.chunks_exact(16);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for i in 0..16 {
-            acc[i] = if FMA {
-                x[i].mul_add(y[i], acc[i])
-            } else {
-                acc[i] + x[i] * y[i]
-            };
-        }
-    }
-    let mut tail = 0f32;
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        tail += x * y;
-    }
-    let mut s8 = [0f32; 8];
-    for i in 0..8 {
-        s8[i] = acc[i] + acc[i + 8];
-    }
-    let s4 = [s8[0] + s8[4], s8[1] + s8[5], s8[2] + s8[6], s8[3] + s8[7]];
-    (s4[0] + s4[2]) + (s4[1] + s4[3]) + tail
-}
-
-/// Integer dot product of `i8` codes, 32 `i32` accumulators (inlined like `dot_impl`).
-#[allow(clippy::inline_always)]
-#[inline(always)]
-fn dot_i8_impl(a: &[i8], b: &[i8]) -> i32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0i32; 32];
-    let mut ca = a.chunks_exact(32);
-    let mut cb = b.chunks_exact(32);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for i in 0..32 {
-            acc[i] += i32::from(x[i]) * i32::from(y[i]);
-        }
-    }
-    let mut tail = 0i32;
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        tail += i32::from(*x) * i32::from(*y);
-    }
-    acc.iter().sum::<i32>() + tail
-}
-
-#[cfg(target_arch = "x86_64")]
-mod simd {
-    //! The same kernels compiled for AVX2 + FMA, chosen at run time.
-    #![allow(unsafe_code)]
-
-    #[target_feature(enable = "avx2,fma")]
-    fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-        super::dot_impl::<true>(a, b)
-    }
-
-    #[target_feature(enable = "avx2")]
-    fn dot_i8_avx2(a: &[i8], b: &[i8]) -> i32 {
-        super::dot_i8_impl(a, b)
-    }
-
-    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-        // SAFETY: `available()` checked that this CPU runs AVX2 and FMA code.
-        unsafe { dot_avx2(a, b) }
-    }
-
-    pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
-        // SAFETY: `available()` checked that this CPU runs AVX2 code.
-        unsafe { dot_i8_avx2(a, b) }
-    }
-
-    pub fn available() -> bool {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-}
-
-type DotF32 = fn(&[f32], &[f32]) -> f32;
-type DotI8 = fn(&[i8], &[i8]) -> i32;
-
-static KERNELS: std::sync::LazyLock<(DotF32, DotI8)> = std::sync::LazyLock::new(|| {
-    #[cfg(target_arch = "x86_64")]
-    if simd::available() {
-        return (simd::dot, simd::dot_i8);
-    }
-    (dot_impl::<false>, dot_i8_impl)
-});
-
-/// Dot product of two equally long slices (the longer one is cut), with the widest
-/// vector instructions this CPU has.
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    (KERNELS.0)(a, b)
-}
-
-/// Dot product of two `i8` code vectors.
-#[inline]
-pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
-    (KERNELS.1)(a, b)
-}
+/// The index's dot products: `vitrine_kernels::dot`, through the kernels' one SIMD
+/// dispatch (AVX-512 / AVX2 + FMA where the CPU has them).
+pub use vitrine_kernels::dot::{dot, dot_i8};
 
 /// Cosine distance between unit vectors, `1 − a·b` clamped to `[0, 2]`.
 #[derive(Debug, Default, Clone, Copy)]

@@ -23,9 +23,9 @@ use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::batchnorm::{batch_norm, batch_norm_nhwc};
-use super::conv::{conv2d, conv2d_nhwc};
-use super::cpu_backbone::{self, Net, Unit};
+use super::ops::batch_norm::{batch_norm, batch_norm_nhwc};
+use super::ops::candle_reference_forced;
+use super::ops::conv::{conv2d, conv2d_nhwc};
 
 /// Stage number of the stem (`conv1`, `bn1`).
 pub const STEM_STAGE: usize = 1;
@@ -147,7 +147,7 @@ fn max_pool_3x3_s2_in(xs: &Tensor, layout: Channels) -> Result<Tensor> {
 ///
 /// The weights and the network's input and output are `(N, C, H, W)` everywhere; on
 /// the CPU the activations in between are channels-last, which the GEMM conv and
-/// fused BatchNorm run fastest on (see `conv`).
+/// fused BatchNorm run fastest on (see `ops::conv`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channels {
     /// `(N, C, H, W)`: Candle's conv layout, used on GPUs.
@@ -161,7 +161,7 @@ impl Channels {
     pub fn fastest_for(xs: &Tensor) -> Self {
         if xs.device().is_cpu()
             && xs.dtype() == candle_core::DType::F32
-            && !super::conv::candle_reference_forced()
+            && !candle_reference_forced()
         {
             Self::Last
         } else {
@@ -249,9 +249,9 @@ fn bn(c: usize, vb: VarBuilder) -> Result<BatchNorm> {
 
 /// `downsample.0` (1×1 conv) + `downsample.1` (BatchNorm).
 #[derive(Debug, Clone)]
-struct Downsample {
-    conv: Conv2d,
-    bn: BatchNorm,
+pub(super) struct Downsample {
+    pub(super) conv: Conv2d,
+    pub(super) bn: BatchNorm,
 }
 
 impl Downsample {
@@ -268,12 +268,15 @@ impl Downsample {
     }
 }
 
-/// A residual block: basic (two 3×3 convs) or bottleneck (1×1, 3×3, 1×1).
+/// A residual block: basic (two 3×3 convs) or bottleneck (1×1, 3×3, 1×1); each conv
+/// is followed by its BatchNorm, and a ReLU except the last (it follows the sum with
+/// the shortcut).
 #[derive(Debug, Clone)]
-struct Block {
-    convs: Vec<Conv2d>,
-    bns: Vec<BatchNorm>,
-    downsample: Option<Downsample>,
+pub(super) struct Block {
+    pub(super) convs: Vec<Conv2d>,
+    pub(super) bns: Vec<BatchNorm>,
+    /// The projection shortcut, where the block changes size or channels.
+    pub(super) downsample: Option<Downsample>,
 }
 
 impl Block {
@@ -333,9 +336,9 @@ impl Block {
 
 /// Stage 1: `conv1` 7×7/2 → `bn1` → ReLU → 3×3/2 max-pool.
 #[derive(Debug, Clone)]
-struct Stem {
-    conv1: Conv2d,
-    bn1: BatchNorm,
+pub(super) struct Stem {
+    pub(super) conv1: Conv2d,
+    pub(super) bn1: BatchNorm,
 }
 
 impl Stem {
@@ -348,13 +351,15 @@ impl Stem {
 
 /// A ResNet up to `layer4` (no pooling, no `fc`): `(N, 3, H, W)` images in,
 /// `(N, feature_dim, H/32, W/32)` feature maps out.
+///
+/// The one description of the network: the per-op path ([`ModuleT::forward_t`],
+/// [`ResNet::forward_in`]) and the CPU's whole-backbone op
+/// ([`ResNet::forward_pooled`], in `ops::backbone`) both walk these layers.
 #[derive(Debug, Clone)]
 pub struct ResNet {
     cfg: ResNetConfig,
     stem: Stem,
     layers: Vec<Vec<Block>>,
-    /// The same layers for the CPU's whole-backbone op.
-    net: Net,
 }
 
 impl ResNet {
@@ -390,46 +395,17 @@ impl ResNet {
             }
             layers.push(layer);
         }
-        let unit = |conv: &Conv2d, bn: &BatchNorm| Unit {
-            conv: conv.clone(),
-            bn: bn.clone(),
-        };
-        let net = Net {
-            stem: unit(&stem.conv1, &stem.bn1),
-            stem_trainable: STEM_STAGE >= cfg.train_from_stage,
-            blocks: layers
-                .iter()
-                .enumerate()
-                .flat_map(|(i, layer)| {
-                    layer.iter().map(move |b| cpu_backbone::Block {
-                        units: b
-                            .convs
-                            .iter()
-                            .zip(&b.bns)
-                            .map(|(c, n)| unit(c, n))
-                            .collect(),
-                        downsample: b.downsample.as_ref().map(|d| unit(&d.conv, &d.bn)),
-                        trainable: STEM_STAGE + 1 + i >= cfg.train_from_stage,
-                    })
-                })
-                .collect(),
-        };
-        Ok(Self {
-            cfg,
-            stem,
-            layers,
-            net,
-        })
+        Ok(Self { cfg, stem, layers })
     }
 
-    /// Globally average-pooled features `(N, feature_dim)`: on the CPU in f32 the whole
-    /// backbone as one op (`cpu_backbone`), elsewhere [`ModuleT::forward_t`] + mean.
-    pub fn forward_pooled(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        if Channels::fastest_for(xs) == Channels::Last && xs.rank() == 4 {
-            cpu_backbone::pooled_features(&self.net, xs, train)
-        } else {
-            self.forward_t(xs, train)?.mean(3)?.mean(2)
-        }
+    /// The stem (stage 1).
+    pub(super) fn stem(&self) -> &Stem {
+        &self.stem
+    }
+
+    /// `layer1`..`layer4` (stages 2..=5), each a list of blocks.
+    pub(super) fn layers(&self) -> &[Vec<Block>] {
+        &self.layers
     }
 
     pub fn config(&self) -> ResNetConfig {

@@ -7,7 +7,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor, Var};
 use rayon::prelude::*;
 
-use crate::model::cpu_tensor::with_f32_data;
+use crate::model::ops::tensor::with_f32_data;
 
 struct Param {
     name: String,

@@ -1,5 +1,5 @@
-//! Borrowing the f32 data of CPU tensors inside the custom ops (conv, batch-norm),
-//! without copies.
+//! Borrowing the f32 data of CPU tensors inside the custom ops (and the optimizer's
+//! fused update), without copies.
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
 

@@ -17,14 +17,14 @@
 //! `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`; summed over input channels, the elementwise
 //! product becomes `α²` independent GEMMs `M_ξ (T×K) = V_ξ (T×C) · U_ξ (C×K)` over the
 //! `T` tiles — no im2col matrix (9× the input), two small transforms instead.
-//! Gradients stay exact-GEMM (`conv::backward`).
+//! Gradients stay exact-GEMM ([`super::backward`]).
 
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::batchnorm::Affine;
-use super::simd::vectorized;
+use crate::elementwise::Affine;
+use crate::simd::vectorized;
 
 /// The output tile size of the minimal filtering algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

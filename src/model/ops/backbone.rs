@@ -4,85 +4,116 @@
 //! Candle's autograd charges every node a zero-filled gradient buffer and an add
 //! (`GradStore::or_insert` + `add`), runs a ReLU's backward as three ops and the
 //! residual sum as two accumulations, and allocates every intermediate afresh; for
-//! ResNet50 at 128 px that was about a third of a training step. [`pooled_features`]
-//! runs the whole backbone — conv, BatchNorm, ReLU, residual sums, the stem's max-pool
-//! and the global average pool — as one `CustomOp2` whose second operand is the
-//! concatenation of the trainable parameters: Candle's `cat` backward hands each
-//! parameter its slice of the op's gradient, so `loss.backward()` and the optimizer
-//! work unchanged. Activations are channels-last; convs and BatchNorms use the kernels
-//! of [`super::conv`] and [`super::batchnorm`]; the last BatchNorm of a block, the
-//! shortcut's BatchNorm, the residual sum and its ReLU are a single pass.
+//! ResNet50 at 128 px that was about a third of a training step.
+//! [`ResNet::forward_pooled`] runs the whole backbone — conv, BatchNorm, ReLU,
+//! residual sums, the stem's max-pool and the global average pool — as one
+//! `CustomOp2` whose second operand is the concatenation of the trainable parameters:
+//! Candle's `cat` backward hands each parameter its slice of the op's gradient, so
+//! `loss.backward()` and the optimizer work unchanged. Activations are channels-last;
+//! the math is `vitrine_kernels`' (conv, norm, pool, elementwise); the last BatchNorm
+//! of a block, the shortcut's BatchNorm, the residual sum and its ReLU are a single
+//! pass.
 //!
-//! It computes the same function as the per-op path (`ResNet::forward_in`, checked
-//! by the tests, gradients included), with torch's max-pool tie rule (the first
-//! maximum gets the gradient).
+//! The op walks the network's own layers ([`ResNet`] is the one description of the
+//! network): the stem, then each block's convs and its projection shortcut, in that
+//! order. It computes the same function as the per-op path (`ResNet::forward_in`,
+//! checked by the tests, gradients included), with torch's max-pool tie rule (the
+//! first maximum gets the gradient).
 
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, ModuleT, Result, Shape, Storage, Tensor};
 use candle_nn::{BatchNorm, Conv2d};
-use rayon::prelude::*;
+use vitrine_kernels::conv::{self, Forward, Geom, Pass, Wanted};
+use vitrine_kernels::elementwise::{
+    Affine, Shortcut, add_assign, apply, apply_in_place, relu_mask, residual_relu, transpose_blocks,
+};
+use vitrine_kernels::norm::{self, BackwardFlags, Stats};
+use vitrine_kernels::pool::{self, MaxPool};
 
-use super::batchnorm::{self as bn, Affine, Stats};
-use super::conv::{self, Geom, Pass};
-use super::cpu_tensor::contiguous_f32;
-use super::simd::vectorized;
+use super::batch_norm::{running_stats, update_running_stats};
+use super::tensor::contiguous_f32;
+use super::{kernel_error, threads};
+use crate::model::resnet::{Channels, ResNet, STEM_STAGE};
 
-/// A conv and the BatchNorm after it.
-#[derive(Debug, Clone)]
-pub(crate) struct Unit {
-    pub conv: Conv2d,
-    pub bn: BatchNorm,
+/// A conv and the BatchNorm after it, borrowed from the network, and whether they
+/// train in this pass.
+struct Unit<'a> {
+    conv: &'a Conv2d,
+    bn: &'a BatchNorm,
+    trains: bool,
 }
 
-/// A residual block: its convs (the last one without ReLU) and the optional
-/// projection shortcut.
-#[derive(Debug, Clone)]
-pub(crate) struct Block {
-    pub units: Vec<Unit>,
-    pub downsample: Option<Unit>,
-    /// Whether the block's stage trains (batch statistics, gradients).
-    pub trainable: bool,
+/// How a residual block's units sit in the op's list of units.
+#[derive(Debug, Clone, Copy)]
+struct BlockShape {
+    /// Convs on the main path (then, with `projection`, the shortcut's conv).
+    convs: usize,
+    /// Whether the shortcut is a projection (conv + BatchNorm) rather than identity.
+    projection: bool,
+    /// Whether the block's stage trains.
+    trains: bool,
 }
 
-/// The backbone as the op sees it.
-#[derive(Debug, Clone)]
-pub(crate) struct Net {
-    pub stem: Unit,
-    pub stem_trainable: bool,
-    pub blocks: Vec<Block>,
-}
-
-impl Net {
-    /// Every unit in forward order with whether it trains.
-    fn units(&self) -> Vec<(&Unit, bool)> {
-        let mut all = vec![(&self.stem, self.stem_trainable)];
-        for b in &self.blocks {
-            all.extend(b.units.iter().map(|u| (u, b.trainable)));
-            all.extend(b.downsample.iter().map(|u| (u, b.trainable)));
+/// The network's units in the op's order — the stem, then each block's convs and
+/// its projection shortcut — and the shape of each block.
+fn walk(net: &ResNet) -> (Vec<Unit<'_>>, Vec<BlockShape>) {
+    let stem = net.stem();
+    let mut units = vec![Unit {
+        conv: &stem.conv1,
+        bn: &stem.bn1,
+        trains: !net.is_frozen(STEM_STAGE),
+    }];
+    let mut blocks = Vec::new();
+    for (i, layer) in net.layers().iter().enumerate() {
+        let trains = !net.is_frozen(STEM_STAGE + 1 + i);
+        for b in layer {
+            units.extend(
+                b.convs
+                    .iter()
+                    .zip(&b.bns)
+                    .map(|(conv, bn)| Unit { conv, bn, trains }),
+            );
+            units.extend(b.downsample.iter().map(|d| Unit {
+                conv: &d.conv,
+                bn: &d.bn,
+                trains,
+            }));
+            blocks.push(BlockShape {
+                convs: b.convs.len(),
+                projection: b.downsample.is_some(),
+                trains,
+            });
         }
-        all
     }
+    (units, blocks)
+}
 
-    /// Whether any parameter trains.
-    fn any_trainable(&self) -> bool {
-        self.stem_trainable || self.blocks.iter().any(|b| b.trainable)
+impl ResNet {
+    /// Globally average-pooled features `(N, feature_dim)` of images `xs (N, 3, H, W)`:
+    /// on the CPU in f32 the whole backbone as one op (module docs), elsewhere
+    /// [`ModuleT::forward_t`] + mean.
+    ///
+    /// In train mode, trainable stages use batch statistics (their running statistics
+    /// are updated) and the result carries the gradient of every trainable parameter;
+    /// frozen stages and eval mode use the running statistics.
+    pub fn forward_pooled(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        if Channels::fastest_for(xs) == Channels::Last && xs.rank() == 4 {
+            pooled_features(self, xs, train)
+        } else {
+            self.forward_t(xs, train)?.mean(3)?.mean(2)
+        }
     }
 }
 
-/// `(N, C)` global-average-pooled features of images `xs (N, 3, H, W)` (CPU, f32).
-///
-/// In train mode, trainable stages use batch statistics (their running statistics
-/// are updated) and the result carries the gradient of every trainable parameter;
-/// frozen stages and eval mode use the running statistics.
-pub(crate) fn pooled_features(net: &Net, xs: &Tensor, train: bool) -> Result<Tensor> {
-    conv::keep_freed_memory();
-    let units = net.units();
+/// [`ResNet::forward_pooled`] on the CPU (f32).
+fn pooled_features(net: &ResNet, xs: &Tensor, train: bool) -> Result<Tensor> {
+    let (units, blocks) = walk(net);
     let plan: Vec<UnitPlan> = units
         .iter()
-        .map(|(u, trains)| {
-            let batch = train && *trains;
+        .map(|u| {
+            let batch = train && u.trains;
             let cfg = u.conv.config();
             let Some((gamma, beta)) = u.bn.weight_and_bias() else {
                 candle_core::bail!("backbone: BatchNorm without affine parameters")
@@ -94,11 +125,11 @@ pub(crate) fn pooled_features(net: &Net, xs: &Tensor, train: bool) -> Result<Ten
                 stride: cfg.stride,
                 pad: cfg.padding,
                 eps: u.bn.eps(),
-                fixed: (!batch).then(|| bn::running_stats(&u.bn)).transpose()?,
+                fixed: (!batch).then(|| running_stats(u.bn)).transpose()?,
             })
         })
         .collect::<Result<_>>()?;
-    let trainable: Vec<Tensor> = if train && net.any_trainable() {
+    let trainable: Vec<Tensor> = if train && units.iter().any(|u| u.trains) {
         plan.iter()
             .filter(|p| p.fixed.is_none())
             .flat_map(|p| [&p.weight, &p.gamma, &p.beta])
@@ -108,10 +139,9 @@ pub(crate) fn pooled_features(net: &Net, xs: &Tensor, train: bool) -> Result<Ten
         Vec::new()
     };
     let op = BackboneOp {
-        units_per_block: net.blocks.iter().map(|b| b.units.len()).collect(),
-        downsampled: net.blocks.iter().map(|b| b.downsample.is_some()).collect(),
-        trainable_blocks: net.blocks.iter().map(|b| b.trainable).collect(),
+        blocks,
         plan,
+        threads: threads(),
         tape: Arc::new(Mutex::new(None)),
         batch_stats: Arc::new(Mutex::new(Vec::new())),
     };
@@ -130,9 +160,9 @@ pub(crate) fn pooled_features(net: &Net, xs: &Tensor, train: bool) -> Result<Ten
         xs.apply_op2(&Tensor::cat(&trainable, 0)?, op)?
     };
     let stats = std::mem::take(&mut *lock(&batch_stats));
-    for ((u, _), s) in units.iter().zip(stats) {
+    for (u, s) in units.iter().zip(stats) {
         if let Some(s) = s {
-            bn::update_running_stats(&u.bn, &s)?;
+            update_running_stats(u.bn, &s)?;
         }
     }
     Ok(out)
@@ -196,9 +226,9 @@ struct BlockTape {
 struct Tape {
     /// The stem's, when it trains.
     stem: Option<UnitTape>,
-    /// The stem's max-pool: tap (0..9) of each output's maximum, and the pooled dims.
-    pool_arg: Vec<u8>,
-    pool_dims: [usize; 4],
+    /// The stem's max-pool: the tap of each output's maximum and the pooled dims
+    /// (its output, already consumed, is left empty).
+    pool: MaxPool,
     blocks: Vec<Option<BlockTape>>,
     /// Dims of the last feature map (before global pooling).
     features: [usize; 4],
@@ -206,12 +236,12 @@ struct Tape {
 
 /// The op: `(images (N, 3, H, W), trainable parameters concatenated)` → `(N, C)`.
 struct BackboneOp {
-    /// Units per block.
-    units_per_block: Vec<usize>,
-    downsampled: Vec<bool>,
-    trainable_blocks: Vec<bool>,
+    /// Each residual block, in order.
+    blocks: Vec<BlockShape>,
     /// Units in forward order: stem, then each block's convs and its downsample.
     plan: Vec<UnitPlan>,
+    /// Threads the conv GEMMs are split over.
+    threads: usize,
     tape: Arc<Mutex<Option<Tape>>>,
     /// Batch statistics of the units that used them (train mode), in plan order.
     batch_stats: Arc<Mutex<Vec<Option<Stats>>>>,
@@ -248,23 +278,18 @@ impl<'a> ParamData<'a> {
     }
 }
 
-/// Index of the first unit of each block in the plan (the stem is unit 0).
-fn block_starts(units_per_block: &[usize], downsampled: &[bool]) -> Vec<usize> {
-    let mut next = 1;
-    units_per_block
-        .iter()
-        .zip(downsampled)
-        .map(|(&n, &ds)| {
-            let start = next;
-            next += n + usize::from(ds);
-            start
-        })
-        .collect()
-}
-
 impl BackboneOp {
+    /// Index of the first unit of each block in the plan (the stem is unit 0).
     fn block_starts(&self) -> Vec<usize> {
-        block_starts(&self.units_per_block, &self.downsampled)
+        let mut next = 1;
+        self.blocks
+            .iter()
+            .map(|b| {
+                let start = next;
+                next += b.convs + usize::from(b.projection);
+                start
+            })
+            .collect()
     }
 
     /// Conv (+ BatchNorm with its statistics) of unit `i` on `x`: `(pre_bn, geom,
@@ -278,17 +303,22 @@ impl BackboneOp {
     ) -> Result<(Vec<f32>, Geom, Stats)> {
         let p = &self.plan[i];
         let (w, _, _) = params.unit(i)?;
-        let geom = Geom::new(&x.dims, p.weight.dims(), p.stride, p.pad)?;
+        let geom = Geom::new(&x.dims, p.weight.dims(), p.stride, p.pad).map_err(kernel_error)?;
         let pass = if p.fixed.is_some() {
             Pass::Inference
         } else {
             Pass::Training
         };
-        let pre_bn = conv::forward_then(&x.data, w, &geom, pass, None);
+        let how = Forward {
+            pass,
+            then: None,
+            threads: self.threads,
+        };
+        let pre_bn = conv::forward(&x.data, w, &geom, how);
         let stats = if let Some(s) = &p.fixed {
             s.clone()
         } else {
-            let s = bn::batch_stats(&pre_bn, geom.out_dims().2, p.eps)?;
+            let s = norm::batch_stats(&pre_bn, geom.out_dims().2, p.eps).map_err(kernel_error)?;
             stats_out[i] = Some(s.clone());
             s
         };
@@ -305,14 +335,19 @@ impl BackboneOp {
             return Ok(None);
         };
         let (w, gamma, beta) = params.unit(i)?;
-        let geom = Geom::new(&x.dims, p.weight.dims(), p.stride, p.pad)?;
+        let geom = Geom::new(&x.dims, p.weight.dims(), p.stride, p.pad).map_err(kernel_error)?;
         let (scale, shift) = stats.affine(gamma, beta);
         let then = Affine {
             scale: &scale,
             shift: &shift,
             relu: true,
         };
-        let y = conv::forward_then(&x.data, w, &geom, Pass::Inference, Some(&then));
+        let how = Forward {
+            pass: Pass::Inference,
+            then: Some(&then),
+            threads: self.threads,
+        };
+        let y = conv::forward(&x.data, w, &geom, how);
         let (oh, ow, k) = geom.out_dims();
         Ok(Some(Act::new(y, [x.dims[0], oh, ow, k])))
     }
@@ -326,7 +361,7 @@ impl BackboneOp {
         let params = ParamData::new(&self.plan);
         let mut stats_out: Vec<Option<Stats>> = vec![None; self.plan.len()];
         // (N, C, H·W) → (N, H·W, C): one transpose per image.
-        let x = Act::new(conv::transpose_blocks(images, c, h * w), [n, h, w, c]);
+        let x = Act::new(transpose_blocks(images, c, h * w), [n, h, w, c]);
 
         // Stem: conv → BatchNorm → ReLU → 3×3/2 max-pool.
         let (y, stem_tape) = if let Some(y) = self.fixed_unit_relu(&params, 0, &x)? {
@@ -337,7 +372,7 @@ impl BackboneOp {
             let (scale, shift) = stats.affine(gamma, beta);
             let (oh, ow, k) = geom.out_dims();
             let mut y = vec![0f32; pre_bn.len()];
-            bn::apply(&pre_bn, &scale, &shift, true, &mut y);
+            apply(&pre_bn, &bn_relu(&scale, &shift), &mut y);
             let tape = record.then_some(UnitTape {
                 input: x,
                 pre_bn,
@@ -346,25 +381,28 @@ impl BackboneOp {
             });
             (Act::new(y, [n, oh, ow, k]), tape)
         };
-        let (pooled, pool_arg, pool_dims) = max_pool_forward(&y.data, y.dims);
+        let pool = pool::max_pool_3x3_s2(&y.data, y.dims);
         drop(y);
-        let mut cur = Act::new(pooled, pool_dims);
+        let mut cur = Act::new(pool.out, pool.dims);
+        let pool = MaxPool {
+            out: Vec::new(),
+            ..pool
+        };
 
         let starts = self.block_starts();
         let mut block_tapes = Vec::with_capacity(starts.len());
         for (b, &start) in starts.iter().enumerate() {
-            let keep = record && self.trainable_blocks[b];
+            let keep = record && self.blocks[b].trains;
             let (out, tape) = self.block_forward(&params, b, start, &cur, keep, &mut stats_out)?;
             block_tapes.push(tape);
             cur = out;
         }
         let [n, fh, fw, fc] = cur.dims;
-        let pooled = global_average(&cur.data, cur.dims);
+        let pooled = pool::global_average(&cur.data, cur.dims);
         if record {
             *lock(&self.tape) = Some(Tape {
                 stem: stem_tape,
-                pool_arg,
-                pool_dims,
+                pool,
                 blocks: block_tapes,
                 features: [n, fh, fw, fc],
             });
@@ -383,7 +421,7 @@ impl BackboneOp {
         keep: bool,
         stats_out: &mut [Option<Stats>],
     ) -> Result<(Act, Option<BlockTape>)> {
-        let count = self.units_per_block[b];
+        let count = self.blocks[b].convs;
         let mut tapes = Vec::with_capacity(count);
         let mut cur = x.clone();
         for i in start..start + count - 1 {
@@ -398,7 +436,7 @@ impl BackboneOp {
             let dims = [cur.dims[0], oh, ow, k];
             let next = if keep {
                 let mut y = vec![0f32; pre_bn.len()];
-                bn::apply(&pre_bn, &scale, &shift, true, &mut y);
+                apply(&pre_bn, &bn_relu(&scale, &shift), &mut y);
                 tapes.push(UnitTape {
                     input: cur,
                     pre_bn,
@@ -407,7 +445,7 @@ impl BackboneOp {
                 });
                 y
             } else {
-                bn::apply_in_place(&mut pre_bn, &scale, &shift, true);
+                apply_in_place(&mut pre_bn, &bn_relu(&scale, &shift));
                 pre_bn
             };
             cur = Act::new(next, dims);
@@ -419,7 +457,7 @@ impl BackboneOp {
         let main = stats.affine(gamma, beta);
         let (oh, ow, k) = geom.out_dims();
         let dims = [cur.dims[0], oh, ow, k];
-        let ds = if self.downsampled[b] {
+        let ds = if self.blocks[b].projection {
             let i = last + 1;
             let (ds_pre, ds_geom, ds_stats) = self.conv_stats(params, i, x, stats_out)?;
             let (_, g, be) = params.unit(i)?;
@@ -491,14 +529,14 @@ impl BackboneOp {
             }
         };
         let starts = self.block_starts();
-        let first_trainable = self.trainable_blocks.iter().position(|&t| t);
-        let mut g = global_average_backward(grad, tape.features);
+        let first_trainable = self.blocks.iter().position(|b| b.trains);
+        let mut g = pool::global_average_backward(grad, tape.features);
         for (b, block) in tape.blocks.iter().enumerate().rev() {
             let Some(block) = block else { break };
             // The gradient is needed below this block only if something there trains.
             let need_dx = b > 0 && first_trainable.is_some_and(|f| f < b)
                 || b == 0 && self.plan[0].fixed.is_none();
-            let dx = Self::block_backward(&params, block, starts[b], g, need_dx, &mut put)?;
+            let dx = self.block_backward(&params, block, starts[b], g, need_dx, &mut put)?;
             match dx {
                 Some(dx) => g = dx,
                 None => return Ok(flat),
@@ -508,24 +546,25 @@ impl BackboneOp {
         let Some(stem) = &tape.stem else {
             return Ok(flat);
         };
-        let dy = max_pool_backward(&g, &tape.pool_arg, tape.pool_dims, stem.geom.out_dims());
+        let (stem_h, stem_w, _) = stem.geom.out_dims();
+        let dy = pool::max_pool_3x3_s2_backward(&g, &tape.pool, (stem_h, stem_w));
         let (w, gamma, beta) = params.unit(0)?;
-        let bg = bn::backward(
-            &stem.pre_bn,
-            &dy,
-            &stem.stats,
-            (gamma, beta),
-            true,
-            true,
-            true,
+        let bg = norm::backward(&stem.pre_bn, &dy, &stem.stats, (gamma, beta), TRAINED_RELU);
+        let grads = conv::backward(
+            &stem.input.data,
+            w,
+            &bg.dx,
+            &stem.geom,
+            ONLY_DW,
+            self.threads,
         );
-        let (_, dw) = conv::backward(&stem.input.data, w, &bg.dx, &stem.geom, false, true);
-        put(0, &weight_grad(dw)?, &bg.dgamma, &bg.dbeta);
+        put(0, &weight_grad(grads.dw)?, &bg.dgamma, &bg.dbeta);
         Ok(flat)
     }
 
     /// One block's backward from its output gradient `g`: `Some(dx)` when `need_dx`.
     fn block_backward(
+        &self,
         params: &ParamData,
         block: &BlockTape,
         start: usize,
@@ -541,19 +580,18 @@ impl BackboneOp {
         for (j, t) in block.units.iter().enumerate().rev() {
             let i = start + j;
             let (w, gamma, beta) = params.unit(i)?;
-            let bg = bn::backward(
-                &t.pre_bn,
-                &dy,
-                &t.stats,
-                (gamma, beta),
-                j != last,
-                true,
-                true,
-            );
-            let want_dx = j > 0 || need_dx;
-            let (dx, dw) = conv::backward(&t.input.data, w, &bg.dx, &t.geom, want_dx, true);
-            put(i, &weight_grad(dw)?, &bg.dgamma, &bg.dbeta);
-            match dx {
+            let flags = BackwardFlags {
+                relu: j != last,
+                ..TRAINED_RELU
+            };
+            let bg = norm::backward(&t.pre_bn, &dy, &t.stats, (gamma, beta), flags);
+            let wanted = Wanted {
+                dx: j > 0 || need_dx,
+                dw: true,
+            };
+            let grads = conv::backward(&t.input.data, w, &bg.dx, &t.geom, wanted, self.threads);
+            put(i, &weight_grad(grads.dw)?, &bg.dgamma, &bg.dbeta);
+            match grads.dx {
                 Some(dx) if j > 0 => dy = dx,
                 dx => dx_main = dx,
             }
@@ -563,9 +601,10 @@ impl BackboneOp {
                 // The projection's parameters still need their gradient.
                 let i = start + block.units.len();
                 let (w, gamma, beta) = params.unit(i)?;
-                let bg = bn::backward(&t.pre_bn, &g, &t.stats, (gamma, beta), false, true, true);
-                let (_, dw) = conv::backward(&t.input.data, w, &bg.dx, &t.geom, false, true);
-                put(i, &weight_grad(dw)?, &bg.dgamma, &bg.dbeta);
+                let bg = norm::backward(&t.pre_bn, &g, &t.stats, (gamma, beta), TRAINED);
+                let grads =
+                    conv::backward(&t.input.data, w, &bg.dx, &t.geom, ONLY_DW, self.threads);
+                put(i, &weight_grad(grads.dw)?, &bg.dgamma, &bg.dbeta);
             }
             return Ok(None);
         };
@@ -573,10 +612,11 @@ impl BackboneOp {
             Some(t) => {
                 let i = start + block.units.len();
                 let (w, gamma, beta) = params.unit(i)?;
-                let bg = bn::backward(&t.pre_bn, &g, &t.stats, (gamma, beta), false, true, true);
-                let (dxs, dw) = conv::backward(&t.input.data, w, &bg.dx, &t.geom, true, true);
-                put(i, &weight_grad(dw)?, &bg.dgamma, &bg.dbeta);
-                if let Some(dxs) = dxs {
+                let bg = norm::backward(&t.pre_bn, &g, &t.stats, (gamma, beta), TRAINED);
+                let both = Wanted { dx: true, dw: true };
+                let grads = conv::backward(&t.input.data, w, &bg.dx, &t.geom, both, self.threads);
+                put(i, &weight_grad(grads.dw)?, &bg.dgamma, &bg.dbeta);
+                if let Some(dxs) = grads.dx {
                     add_assign(&mut dx, &dxs);
                 }
             }
@@ -632,185 +672,30 @@ fn weight_grad(dw: Option<Vec<f32>>) -> Result<Vec<f32>> {
     })
 }
 
-/// 3×3, stride-2, padding-1 max-pool of `(N, H, W, C)`: `(out, tap of each maximum,
-/// out dims)`; the first maximum in window order wins (torch's rule).
-fn max_pool_forward(x: &[f32], [n, h, w, c]: [usize; 4]) -> (Vec<f32>, Vec<u8>, [usize; 4]) {
-    let (oh, ow) = (h.div_ceil(2), w.div_ceil(2));
-    let mut out = vec![0f32; n * oh * ow * c];
-    let mut arg = vec![0u8; out.len()];
-    out.par_chunks_mut(ow * c)
-        .zip(arg.par_chunks_mut(ow * c))
-        .enumerate()
-        .for_each(|(row, (orow, arow))| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    let (ni, r) = (row / oh, row % oh);
-                    for q in 0..ow {
-                        let (o, a) = (&mut orow[q * c..][..c], &mut arow[q * c..][..c]);
-                        o.fill(f32::NEG_INFINITY);
-                        for t in 0..9u8 {
-                            let (ih, iw) = (
-                                (2 * r + usize::from(t / 3)).wrapping_sub(1),
-                                (2 * q + usize::from(t % 3)).wrapping_sub(1),
-                            );
-                            if ih >= h || iw >= w {
-                                continue;
-                            }
-                            let src = &x[((ni * h + ih) * w + iw) * c..][..c];
-                            for ((ov, av), &v) in o.iter_mut().zip(a.iter_mut()).zip(src) {
-                                // Selects, not a branch: the loop vectorises.
-                                let gt = v > *ov;
-                                *ov = if gt { v } else { *ov };
-                                *av = if gt { t } else { *av };
-                            }
-                        }
-                    }
-                },
-            );
-        });
-    (out, arg, [n, oh, ow, c])
-}
+/// The BatchNorm of a trained unit: batch statistics, `dx` wanted, no ReLU after it.
+const TRAINED: BackwardFlags = BackwardFlags {
+    relu: false,
+    batch_stats: true,
+    need_dx: true,
+};
 
-/// Backward of [`max_pool_forward`]: each output's gradient to its maximum's input.
-fn max_pool_backward(
-    g: &[f32],
-    arg: &[u8],
-    [n, oh, ow, c]: [usize; 4],
-    (h, w, _): (usize, usize, usize),
-) -> Vec<f32> {
-    let mut dx = vec![0f32; n * h * w * c];
-    // One image per task: windows overlap between neighbouring outputs.
-    dx.par_chunks_mut(h * w * c)
-        .enumerate()
-        .for_each(|(ni, img)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for r in 0..oh {
-                        for q in 0..ow {
-                            let base = ((ni * oh + r) * ow + q) * c;
-                            for ci in 0..c {
-                                let t = arg[base + ci];
-                                let ih = 2 * r + usize::from(t / 3) - 1;
-                                let iw = 2 * q + usize::from(t % 3) - 1;
-                                img[(ih * w + iw) * c + ci] += g[base + ci];
-                            }
-                        }
-                    }
-                },
-            );
-        });
-    dx
-}
+/// [`TRAINED`] with a ReLU after the BatchNorm.
+const TRAINED_RELU: BackwardFlags = BackwardFlags {
+    relu: true,
+    ..TRAINED
+};
 
-/// The shortcut of a residual sum.
-enum Shortcut<'a> {
-    Identity(&'a [f32]),
-    /// A projection's conv output with its BatchNorm's `(scale, shift)`.
-    Normalised(&'a [f32], &'a [f32], &'a [f32]),
-}
+/// Only the kernel gradient of a conv (nothing below it trains).
+const ONLY_DW: Wanted = Wanted {
+    dx: false,
+    dw: true,
+};
 
-/// `a ← max(0, a·scale + shift + shortcut)` per channel.
-fn residual_relu(a: &mut [f32], scale: &[f32], shift: &[f32], s: &Shortcut) {
-    let c = scale.len();
-    let rows = 256 * c;
-    a.par_chunks_mut(rows).enumerate().for_each(|(t, ac)| {
-        vectorized(
-            #[inline(always)]
-            || {
-                let off = t * rows;
-                for (r, arow) in ac.chunks_exact_mut(c).enumerate() {
-                    let at = off + r * c;
-                    match s {
-                        Shortcut::Identity(x) => {
-                            let x = &x[at..at + c];
-                            for (((v, &sc), &sh), &xv) in
-                                arow.iter_mut().zip(scale).zip(shift).zip(x)
-                            {
-                                *v = (*v * sc + sh + xv).max(0.0);
-                            }
-                        }
-                        Shortcut::Normalised(d, dsc, dsh) => {
-                            let d = &d[at..at + c];
-                            let main = arow.iter_mut().zip(scale).zip(shift);
-                            let side = d.iter().zip(*dsc).zip(*dsh);
-                            for (((v, &sc), &sh), ((&dv, &a2), &b2)) in main.zip(side) {
-                                *v = (*v * sc + sh + (dv * a2 + b2)).max(0.0);
-                            }
-                        }
-                    }
-                }
-            },
-        );
-    });
-}
-
-/// Zeroes `g` where the ReLU's output was 0.
-fn relu_mask(g: &mut [f32], out: &[f32]) {
-    // A select, not a branch: it vectorises.
-    zip_apply(g, out, |gv, o| *gv = if o > 0.0 { *gv } else { 0.0 });
-}
-
-fn add_assign(a: &mut [f32], b: &[f32]) {
-    zip_apply(a, b, |x, y| *x += y);
-}
-
-/// `f(a[i], b[i])` for every element, in parallel and vectorised.
-fn zip_apply(a: &mut [f32], b: &[f32], f: impl Fn(&mut f32, f32) + Sync) {
-    a.par_chunks_mut(1 << 14)
-        .zip(b.par_chunks(1 << 14))
-        .for_each(|(ac, bc)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for (x, &y) in ac.iter_mut().zip(bc) {
-                        f(x, y);
-                    }
-                },
-            );
-        });
-}
-
-/// Mean over the pixels of `(N, H, W, C)`: `(N, C)`.
-fn global_average(x: &[f32], [n, h, w, c]: [usize; 4]) -> Vec<f32> {
-    let p = h * w;
-    let mut out = vec![0f32; n * c];
-    out.par_chunks_mut(c).enumerate().for_each(|(ni, o)| {
-        vectorized(
-            #[inline(always)]
-            || {
-                let mut acc = vec![0f64; c];
-                for px in x[ni * p * c..(ni + 1) * p * c].chunks_exact(c) {
-                    for (a, &v) in acc.iter_mut().zip(px) {
-                        *a += f64::from(v);
-                    }
-                }
-                for (ov, a) in o.iter_mut().zip(acc) {
-                    *ov = (a / p as f64) as f32;
-                }
-            },
-        );
-    });
-    out
-}
-
-/// Backward of [`global_average`]: `g (N, C)` spread over the pixels.
-fn global_average_backward(g: &[f32], [n, h, w, c]: [usize; 4]) -> Vec<f32> {
-    let p = h * w;
-    let mut out = vec![0f32; n * p * c];
-    out.par_chunks_mut(p * c).enumerate().for_each(|(ni, img)| {
-        vectorized(
-            #[inline(always)]
-            || {
-                let gi = &g[ni * c..(ni + 1) * c];
-                for px in img.chunks_exact_mut(c) {
-                    for (o, &v) in px.iter_mut().zip(gi) {
-                        *o = v / p as f32;
-                    }
-                }
-            },
-        );
-    });
-    out
+/// A BatchNorm with `(scale, shift)` followed by a ReLU.
+fn bn_relu<'a>(scale: &'a [f32], shift: &'a [f32]) -> Affine<'a> {
+    Affine {
+        scale,
+        shift,
+        relu: true,
+    }
 }

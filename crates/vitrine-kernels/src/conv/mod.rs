@@ -1,0 +1,653 @@
+//! 2-D convolution (groups = 1, no dilation) on channels-last data whose forward
+//! *and* both gradients are GEMMs.
+//!
+//! Candle's CPU forward conv is already im2col + GEMM, but its backward is not: the
+//! input gradient is a direct-loop transposed convolution and the kernel gradient a
+//! large-kernel convolution, together ≈ 75% of a ResNet training step. These kernels
+//! work on `(N, H, W, C)` activations, where every matrix the GEMMs need is already
+//! row-major with batch × pixels on the rows: with `M = N·OH·OW`, `CKK = KH·KW·C`,
+//!
+//! * forward: `Y (M×K) = cols (M×CKK) · W'ᵀ`, `Y` being the `(N, OH, OW, K)` output;
+//! * kernel gradient: `dW'ᵀ (CKK×K) = colsᵀ · dY` (cols rebuilt from `x`);
+//! * input gradient: `dcols (M×CKK) = dY · W'`, then `dX = col2im(dcols)`;
+//!
+//! where `W'` is the kernel reordered to `(K, KH, KW, C)`. A 1×1 stride-1 conv needs
+//! no im2col at all (`cols` is `x`). The `gemm` crate runs these row-major products
+//! 2–4× faster than the channel-major ones a `(N, C, H, W)` layout gives for the kernel
+//! gradients and the large 3×3 layers, about as fast elsewhere and a little slower only
+//! on 4×4 maps (measured per ResNet50 layer at batch 48); and no reorder of activations
+//! is needed between layers. 3×3, stride-1, padding-1 forwards run by Winograd
+//! ([`winograd`]).
+//!
+//! Inputs are `x (N, H, W, C)` and torch's kernel layout `w (K, C, KH, KW)`, outputs
+//! `(N, OH, OW, K)`; gradients come back in the layouts of `x` and `w`.
+
+mod gemm;
+mod im2col;
+mod winograd;
+
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+use self::gemm::{Mat, as_uninit, filled, matmul};
+use self::im2col::{col2im, im2col, kernel_to_taps, taps_to_kernel};
+use self::winograd::Tiling;
+use crate::Error;
+use crate::elementwise::{Affine, apply_in_place};
+
+/// Sizes of one convolution.
+#[derive(Debug, Clone, Copy)]
+pub struct Geom {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    stride: usize,
+    pad: usize,
+}
+
+impl Geom {
+    /// From the input's `(N, H, W, C)` and the kernel's `(K, C, KH, KW)` dims, with
+    /// the same stride and zero padding on both axes.
+    pub fn new(x: &[usize], wt: &[usize], stride: usize, pad: usize) -> Result<Self, Error> {
+        let (&[n, h, w, c], &[k, c2, kh, kw]) = (x, wt) else {
+            return Err(Error::new(format!(
+                "conv2d: expected rank-4 input and kernel, got {x:?} and {wt:?}"
+            )));
+        };
+        if c != c2 {
+            return Err(Error::new(format!(
+                "conv2d: input has {c} channels, kernel expects {c2}"
+            )));
+        }
+        if stride == 0 {
+            return Err(Error::new("conv2d: stride must be at least 1"));
+        }
+        if h + 2 * pad < kh || w + 2 * pad < kw {
+            return Err(Error::new(format!(
+                "conv2d: kernel {kh}×{kw} larger than padded input {h}×{w}"
+            )));
+        }
+        let oh = (h + 2 * pad - kh) / stride + 1;
+        let ow = (w + 2 * pad - kw) / stride + 1;
+        Ok(Self {
+            n,
+            c,
+            h,
+            w,
+            k,
+            kh,
+            kw,
+            oh,
+            ow,
+            stride,
+            pad,
+        })
+    }
+
+    /// Output `(OH, OW, K)`.
+    pub fn out_dims(&self) -> (usize, usize, usize) {
+        (self.oh, self.ow, self.k)
+    }
+
+    /// Output pixels per image.
+    fn p(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// GEMM rows: batch × output pixels.
+    fn m(&self) -> usize {
+        self.n * self.p()
+    }
+
+    /// Reduction length of the forward GEMM.
+    fn ckk(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+
+    /// The sizes of this conv (3×3, stride 1, padding 1) by Winograd.
+    fn winograd(&self, tiling: Tiling) -> winograd::Shape {
+        winograd::Shape {
+            n: self.n,
+            h: self.h,
+            w: self.w,
+            c: self.c,
+            k: self.k,
+            tiling,
+        }
+    }
+}
+
+thread_local! {
+    /// Scratch buffers reused across calls on this thread (cols, dcols): fresh 100 MB
+    /// allocations per layer cost more in page faults than the copies.
+    static SCRATCH: RefCell<[Vec<f32>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
+}
+
+/// Runs `f` with two scratch slices of the given lengths (contents unspecified).
+fn with_scratch<R>(lens: [usize; 2], f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| {
+        // A re-entrant call (not expected) gets fresh buffers instead of panicking.
+        let Ok(mut bufs) = cell.try_borrow_mut() else {
+            let mut a = vec![0f32; lens[0]];
+            let mut b = vec![0f32; lens[1]];
+            return f(&mut a, &mut b);
+        };
+        for (buf, &len) in bufs.iter_mut().zip(&lens) {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+        }
+        let [a, b] = &mut *bufs;
+        f(&mut a[..lens[0]], &mut b[..lens[1]])
+    })
+}
+
+/// What a forward conv's output is for; the algorithms differ in rounding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// A backward pass follows: at most Winograd `F(2×2, 3×3)`, whose rounding is
+    /// that of the direct method.
+    Training,
+    /// Forward only: Winograd `F(4×4, 3×3)` where it needs fewer multiplications.
+    Inference,
+}
+
+/// How a forward conv runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Forward<'a> {
+    /// What the output is for.
+    pub pass: Pass,
+    /// Applied to the output (fused into the Winograd output transform; a separate
+    /// pass otherwise): a BatchNorm with fixed statistics, ReLU optional.
+    pub then: Option<&'a Affine<'a>>,
+    /// Threads the GEMMs are split over (1: single-threaded GEMMs); also picks how
+    /// Winograd chunks the batch. The work runs on the caller's rayon pool.
+    pub threads: usize,
+}
+
+impl Forward<'_> {
+    /// A plain forward for training, nothing applied to the output.
+    pub fn training(threads: usize) -> Self {
+        Self {
+            pass: Pass::Training,
+            then: None,
+            threads,
+        }
+    }
+}
+
+/// `y (N, OH, OW, K)` of `x (N, H, W, C)` ⋆ `wt (K, C, KH, KW)`.
+pub fn forward(x: &[f32], wt: &[f32], g: &Geom, how: Forward<'_>) -> Vec<f32> {
+    let Forward {
+        pass,
+        then,
+        threads,
+    } = how;
+    let (m, ckk) = (g.m(), g.ckk());
+    if g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pad == 1 && g.c * g.k * g.m() > 0 {
+        let tiling = Tiling::choose(g.n, g.h, g.w, pass == Pass::Inference);
+        return forward_winograd(x, wt, g, tiling, then, threads);
+    }
+    let taps;
+    let w_taps = if g.kh * g.kw == 1 {
+        wt
+    } else {
+        taps = kernel_to_taps(wt, g);
+        &taps
+    };
+    // Y (M×K, row-major) = cols (M×CKK) · W'ᵀ (W' is (K, CKK) row-major).
+    let rhs = Mat::rows_t(w_taps, ckk);
+    let mut y = filled(m * g.k, |y| {
+        if g.pointwise() {
+            let lhs = Mat::rows(x, ckk);
+            matmul((m, g.k, ckk), y, (g.k, 1), &lhs, &rhs, threads);
+        } else {
+            with_scratch([m * ckk, 0], |cols, _| {
+                im2col(x, g, cols);
+                let lhs = Mat::rows(cols, ckk);
+                matmul((m, g.k, ckk), y, (g.k, 1), &lhs, &rhs, threads);
+            });
+        }
+    });
+    if let Some(f) = then {
+        apply_in_place(&mut y, f);
+    }
+    y
+}
+
+/// [`forward`] of a 3×3, stride-1, padding-1 conv by Winograd's `F(m×m, 3×3)`.
+fn forward_winograd(
+    x: &[f32],
+    wt: &[f32],
+    g: &Geom,
+    tiling: Tiling,
+    then: Option<&Affine>,
+    threads: usize,
+) -> Vec<f32> {
+    let s = g.winograd(tiling);
+    // Transform, multiply and transform back one chunk of images at a time on each
+    // thread, so the transformed data stays in cache; with few tiles, the whole batch
+    // at once with the GEMMs spread over threads instead.
+    let chunk = CHUNK_TILES.div_ceil(s.tiles() / g.n.max(1)).max(1);
+    let chunk = (chunk * threads <= g.n).then_some(chunk);
+    winograd_in_chunks(x, wt, g, tiling, then, chunk)
+}
+
+/// [`forward_winograd`] by chunks of `chunk` images, or the whole batch at once.
+fn winograd_in_chunks(
+    x: &[f32],
+    wt: &[f32],
+    g: &Geom,
+    tiling: Tiling,
+    then: Option<&Affine>,
+    chunk: Option<usize>,
+) -> Vec<f32> {
+    let s = g.winograd(tiling);
+    let (c, k) = (g.c, g.k);
+    let u = filled(tiling.taps() * k * c, |u| {
+        winograd::kernel_transform(wt, k, c, tiling, u);
+    });
+    let (x_image, y_image) = (g.h * g.w * c, g.h * g.w * k);
+    let run = |x: &[f32], y: &mut [MaybeUninit<f32>], parallel: bool| {
+        let s = winograd::Shape {
+            n: y.len() / y_image,
+            ..s
+        };
+        let tiles = s.tiles();
+        let (v_len, m_len) = s.scratch();
+        with_scratch([v_len, m_len], |v, prods| {
+            winograd::input_transform(x, &s, v, parallel);
+            // M_ξ (T×K) = V_ξ (T×C) · U_ξᵀ (U_ξ is (K, C)), stored (α², T, K).
+            let v = &*v;
+            let gemm = |(xi, m_xi): (usize, &mut [f32])| {
+                let lhs = Mat::rows(&v[xi * tiles * c..(xi + 1) * tiles * c], c);
+                let rhs = Mat::rows_t(&u[xi * k * c..(xi + 1) * k * c], c);
+                matmul((tiles, k, c), as_uninit(m_xi), (k, 1), &lhs, &rhs, 1);
+            };
+            if parallel {
+                // Independent GEMMs: one thread each beats splitting each one.
+                prods
+                    .par_chunks_exact_mut(tiles * k)
+                    .enumerate()
+                    .for_each(gemm);
+            } else {
+                prods.chunks_exact_mut(tiles * k).enumerate().for_each(gemm);
+            }
+            winograd::output_transform(prods, &s, then, y, parallel);
+        });
+    };
+    filled(g.m() * k, |y| match chunk {
+        Some(chunk) => y
+            .par_chunks_mut(chunk * y_image)
+            .zip(x.par_chunks(chunk * x_image))
+            .for_each(|(y, x)| run(x, y, false)),
+        None => run(x, y, true),
+    })
+}
+
+/// Tiles per chunk of a chunked Winograd conv: a chunk's transformed input and
+/// products (`α² × tiles × (C + K)` floats, 4.7 MB at 64 channels with `F(4×4)`) stay
+/// in the L3 cache between the transforms and the GEMMs, and the GEMMs are still long
+/// enough to pay for packing their kernel planes (ResNet50 at batch 64: its three
+/// 64-channel 32×32 layers took 31.9 ms per forward instead of 41.3 unchunked;
+/// chunks of 128 tiles were slower).
+const CHUNK_TILES: usize = 256;
+
+/// Below this many GEMM rows the kernel gradient runs as one parallel GEMM; above, as
+/// one single-threaded GEMM per thread over a share of the rows, summed (the `gemm`
+/// crate parallelises a long reduction poorly: 1.2–1.5× faster split).
+const SPLIT_REDUCTION_ROWS: usize = 8192;
+
+/// `dW' (K, CKK) = dYᵀ · cols`, computed as `dW'ᵀ (CKK×K, column-major) = colsᵀ · dY`.
+fn kernel_grad(cols: &[f32], dy: &[f32], g: &Geom, threads: usize) -> Vec<f32> {
+    let (m, ckk, k) = (g.m(), g.ckk(), g.k);
+    let t = threads;
+    if t <= 1 || m < SPLIT_REDUCTION_ROWS {
+        let lhs = Mat::rows_t(cols, ckk);
+        return filled(k * ckk, |dw| {
+            matmul((ckk, k, m), dw, (1, ckk), &lhs, &Mat::rows(dy, k), t);
+        });
+    }
+    let share = m.div_ceil(t);
+    let partials: Vec<Vec<f32>> = (0..t)
+        .into_par_iter()
+        .map(|i| {
+            let lo = (i * share).min(m);
+            let len = share.min(m - lo);
+            let lhs = Mat::rows_t(&cols[lo * ckk..(lo + len) * ckk], ckk);
+            let rhs = Mat::rows(&dy[lo * k..(lo + len) * k], k);
+            filled(k * ckk, |dw| {
+                matmul((ckk, k, len), dw, (1, ckk), &lhs, &rhs, 1);
+            })
+        })
+        .collect();
+    let mut iter = partials.into_iter();
+    let mut total = iter.next().unwrap_or_else(|| vec![0f32; k * ckk]);
+    for p in iter {
+        total.par_iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+    }
+    total
+}
+
+/// Which gradients a conv's backward computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wanted {
+    /// The input gradient `dx`.
+    pub dx: bool,
+    /// The kernel gradient `dw`.
+    pub dw: bool,
+}
+
+/// The gradients of a conv, each present when it was [`Wanted`].
+#[derive(Debug, Clone, Default)]
+pub struct Grads {
+    /// `(N, H, W, C)`, like `x`.
+    pub dx: Option<Vec<f32>>,
+    /// `(K, C, KH, KW)`, like the kernel.
+    pub dw: Option<Vec<f32>>,
+}
+
+/// The gradients of the conv of `x` by `wt` from the output gradient
+/// `dy (N, OH, OW, K)`; GEMMs split over `threads` as in [`Forward::threads`].
+pub fn backward(
+    x: &[f32],
+    wt: &[f32],
+    dy: &[f32],
+    g: &Geom,
+    wanted: Wanted,
+    threads: usize,
+) -> Grads {
+    let (m, ckk) = (g.m(), g.ckk());
+    let pointwise = g.pointwise();
+    let cols_len = if wanted.dw && !pointwise { m * ckk } else { 0 };
+    let dcols_len = if wanted.dx && !pointwise { m * ckk } else { 0 };
+    let taps_layout = g.kh * g.kw > 1;
+    with_scratch([cols_len, dcols_len], |cols, dcols| {
+        let dw = wanted.dw.then(|| {
+            let cols: &[f32] = if pointwise {
+                x
+            } else {
+                im2col(x, g, cols);
+                cols
+            };
+            let dw = kernel_grad(cols, dy, g, threads);
+            if taps_layout {
+                taps_to_kernel(&dw, g)
+            } else {
+                dw
+            }
+        });
+        let dx = wanted.dx.then(|| {
+            let taps;
+            let w_taps = if taps_layout {
+                taps = kernel_to_taps(wt, g);
+                &taps
+            } else {
+                wt
+            };
+            // dcols (M×CKK, row-major) = dY (M×K) · W' (K×CKK).
+            let (lhs, rhs) = (Mat::rows(dy, g.k), Mat::rows(w_taps, ckk));
+            if pointwise {
+                filled(m * ckk, |dx| {
+                    matmul((m, ckk, g.k), dx, (ckk, 1), &lhs, &rhs, threads);
+                })
+            } else {
+                matmul(
+                    (m, ckk, g.k),
+                    as_uninit(dcols),
+                    (ckk, 1),
+                    &lhs,
+                    &rhs,
+                    threads,
+                );
+                let mut dx = vec![0f32; g.n * g.h * g.w * g.c];
+                col2im(dcols, g, &mut dx);
+                dx
+            }
+        });
+        Grads { dx, dw }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{rel_err, values};
+
+    /// 3×3, stride-1, padding-1 conv of `x (N, H, W, C)` by `w (K, C, 3, 3)` in f64.
+    fn direct(x: &[f32], w: &[f32], [n, h, wd, c]: [usize; 4], k: usize) -> Vec<f64> {
+        let mut y = vec![0f64; n * h * wd * k];
+        for ni in 0..n {
+            for oh in 0..h {
+                for ow in 0..wd {
+                    for ki in 0..k {
+                        let mut acc = 0f64;
+                        for (dh, dw) in (0..9).map(|t| (t / 3, t % 3)) {
+                            let (ih, iw) = ((oh + dh).wrapping_sub(1), (ow + dw).wrapping_sub(1));
+                            if ih >= h || iw >= wd {
+                                continue;
+                            }
+                            for ci in 0..c {
+                                let xv = x[((ni * h + ih) * wd + iw) * c + ci];
+                                let wv = w[((ki * c + ci) * 3 + dh) * 3 + dw];
+                                acc += f64::from(xv) * f64::from(wv);
+                            }
+                        }
+                        y[((ni * h + oh) * wd + ow) * k + ki] = acc;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    /// Odd maps with partial edge tiles, channels off the 16-lane blocks, a 1×1 map.
+    const SHAPES: [([usize; 4], usize); 4] = [
+        ([8, 31, 29, 19], 21),
+        ([3, 4, 4, 16], 16),
+        ([2, 1, 1, 5], 7),
+        ([5, 9, 6, 33], 40),
+    ];
+
+    #[test]
+    fn winograd_tilings_and_chunkings_match_the_direct_conv() {
+        for (i, &(dims @ [n, h, w, c], k)) in SHAPES.iter().enumerate() {
+            let x = values(n * h * w * c, 1 + i as u64);
+            let wt = values(k * c * 9, 100 + i as u64);
+            let g = Geom::new(&dims, &[k, c, 3, 3], 1, 1).expect("geom");
+            let reference = direct(&x, &wt, dims, k);
+            // Measured: F(2×2) 0.5–2e-7, F(4×4) 0.2–4e-6 — its transform coefficients
+            // (up to 8 and 1/24) round more; both far below what an embedding notices.
+            for (tiling, tolerance) in [(Tiling::F2, 1e-6), (Tiling::F4, 2e-5)] {
+                for chunk in [None, Some(1), Some(3)] {
+                    let y = winograd_in_chunks(&x, &wt, &g, tiling, None, chunk);
+                    let err = rel_err(&y, &reference);
+                    assert!(
+                        err < tolerance,
+                        "{dims:?}→{k} {tiling:?} chunk {chunk:?}: error {err}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn batchnorm_relu_on_the_way_out_equals_a_separate_pass() {
+        let (dims @ [n, h, w, c], k) = SHAPES[0];
+        let x = values(n * h * w * c, 7);
+        let wt = values(k * c * 9, 8);
+        let scale = values(k, 9);
+        let shift = values(k, 10);
+        let g = Geom::new(&dims, &[k, c, 3, 3], 1, 1).expect("geom");
+        for relu in [false, true] {
+            let then = Affine {
+                scale: &scale,
+                shift: &shift,
+                relu,
+            };
+            for pass in [Pass::Training, Pass::Inference] {
+                let how = Forward {
+                    pass,
+                    then: None,
+                    threads: 2,
+                };
+                let mut separate = forward(&x, &wt, &g, how);
+                apply_in_place(&mut separate, &then);
+                let then = Some(&then);
+                let fused = forward(&x, &wt, &g, Forward { then, ..how });
+                assert_eq!(fused, separate, "{pass:?}, relu {relu}");
+                assert_eq!(relu, fused.iter().all(|&v| v >= 0.0));
+            }
+        }
+        // The GEMM path (here a 1×1 conv) applies it as a separate pass.
+        let g = Geom::new(&dims, &[k, c, 1, 1], 1, 0).expect("geom");
+        let wt = values(k * c, 11);
+        let then = Affine {
+            scale: &scale,
+            shift: &shift,
+            relu: true,
+        };
+        let mut separate = forward(&x, &wt, &g, Forward::training(2));
+        apply_in_place(&mut separate, &then);
+        let how = Forward {
+            pass: Pass::Inference,
+            then: Some(&then),
+            threads: 2,
+        };
+        assert_eq!(forward(&x, &wt, &g, how), separate);
+    }
+
+    #[test]
+    fn large_tiles_are_chosen_only_for_inference_on_enough_tiles() {
+        // ResNet50 at 128 px, batch 64: maps of 32, 16 and 8 use F(4×4), 4×4 does not
+        // (64 tiles).
+        for side in [32, 16, 8] {
+            assert_eq!(Tiling::choose(64, side, side, true), Tiling::F4, "{side}");
+            assert_eq!(Tiling::choose(64, side, side, false), Tiling::F2, "{side}");
+        }
+        assert_eq!(Tiling::choose(64, 4, 4, true), Tiling::F2);
+        // A 2×2 map is mostly padding in a 4×4 tile (36 products against 16); a 3×3
+        // one is not (36 against 4 × 16).
+        assert_eq!(Tiling::choose(4096, 2, 2, true), Tiling::F2);
+        assert_eq!(Tiling::choose(4096, 3, 3, true), Tiling::F4);
+    }
+
+    /// `(y, dx, dw)` of `Σ r·conv(x, w)` by direct loops in f64, channels-last `x`,
+    /// torch-layout `w`.
+    #[allow(clippy::type_complexity)]
+    fn direct_general(
+        x: &[f32],
+        w: &[f32],
+        r: &[f32],
+        [n, h, wd, c]: [usize; 4],
+        [k, kh, kw]: [usize; 3],
+        (stride, pad): (usize, usize),
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let oh = (h + 2 * pad - kh) / stride + 1;
+        let ow = (wd + 2 * pad - kw) / stride + 1;
+        let mut y = vec![0f64; n * oh * ow * k];
+        let mut dx = vec![0f64; x.len()];
+        let mut dw = vec![0f64; w.len()];
+        for ni in 0..n {
+            for o in 0..oh {
+                for q in 0..ow {
+                    for ki in 0..k {
+                        let yi = ((ni * oh + o) * ow + q) * k + ki;
+                        for a in 0..kh {
+                            for b in 0..kw {
+                                let ih = (o * stride + a).wrapping_sub(pad);
+                                let iw = (q * stride + b).wrapping_sub(pad);
+                                if ih >= h || iw >= wd {
+                                    continue;
+                                }
+                                for ci in 0..c {
+                                    let xi = ((ni * h + ih) * wd + iw) * c + ci;
+                                    let wi = ((ki * c + ci) * kh + a) * kw + b;
+                                    y[yi] += f64::from(x[xi]) * f64::from(w[wi]);
+                                    dx[xi] += f64::from(r[yi]) * f64::from(w[wi]);
+                                    dw[wi] += f64::from(r[yi]) * f64::from(x[xi]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (y, dx, dw)
+    }
+
+    #[test]
+    fn forward_and_both_gradients_match_direct_loops_on_any_thread_count() {
+        // (x dims, [k, kh, kw], (stride, pad)): im2col with strides and padding, 1×1
+        // (no im2col), Winograd, a kernel larger than the map; the last has enough
+        // GEMM rows (2·64·64) for the split reduction of the kernel gradient.
+        type Case = ([usize; 4], [usize; 3], (usize, usize));
+        let cases: [Case; 6] = [
+            ([2, 7, 9, 3], [5, 3, 3], (1, 1)),
+            ([3, 11, 8, 4], [6, 3, 3], (2, 1)),
+            ([1, 13, 13, 3], [8, 7, 7], (2, 3)),
+            ([2, 9, 10, 5], [7, 1, 1], (1, 0)),
+            ([1, 4, 4, 1], [2, 6, 6], (1, 1)),
+            ([2, 64, 64, 3], [4, 3, 3], (1, 1)),
+        ];
+        for (i, &(dims @ [n, h, w, c], kdims @ [k, kh, kw], sp)) in cases.iter().enumerate() {
+            let x = values(n * h * w * c, 20 + i as u64);
+            let wt = values(k * c * kh * kw, 40 + i as u64);
+            let g = Geom::new(&dims, &[k, c, kh, kw], sp.0, sp.1).expect("geom");
+            let (oh, ow, _) = g.out_dims();
+            let r = values(n * oh * ow * k, 60 + i as u64);
+            let (y0, dx0, dw0) = direct_general(&x, &wt, &r, dims, kdims, sp);
+            for threads in [1, 2, 3] {
+                let y = forward(&x, &wt, &g, Forward::training(threads));
+                let wanted = Wanted { dx: true, dw: true };
+                let grads = backward(&x, &wt, &r, &g, wanted, threads);
+                let case = format!("case {i} threads {threads}");
+                assert!(rel_err(&y, &y0) < 1e-5, "{case}: y {}", rel_err(&y, &y0));
+                let dx = grads.dx.expect("dx");
+                let dw = grads.dw.expect("dw");
+                assert!(
+                    rel_err(&dx, &dx0) < 1e-5,
+                    "{case}: dx {}",
+                    rel_err(&dx, &dx0)
+                );
+                assert!(
+                    rel_err(&dw, &dw0) < 1e-5,
+                    "{case}: dw {}",
+                    rel_err(&dw, &dw0)
+                );
+                // Only what is asked for.
+                let only_dw = backward(
+                    &x,
+                    &wt,
+                    &r,
+                    &g,
+                    Wanted {
+                        dx: false,
+                        dw: true,
+                    },
+                    threads,
+                );
+                assert!(only_dw.dx.is_none());
+                assert_eq!(only_dw.dw.as_deref(), Some(&dw[..]));
+            }
+        }
+    }
+
+    #[test]
+    fn bad_geometries_are_refused() {
+        assert!(Geom::new(&[1, 5, 5, 3], &[2, 4, 3, 3], 1, 1).is_err());
+        assert!(Geom::new(&[1, 5, 5, 3], &[2, 3, 3, 3], 0, 1).is_err());
+        assert!(Geom::new(&[1, 2, 2, 3], &[2, 3, 7, 7], 1, 0).is_err());
+        assert!(Geom::new(&[5, 5, 3], &[2, 3, 3, 3], 1, 0).is_err());
+        let g = Geom::new(&[1, 5, 5, 3], &[2, 3, 3, 3], 2, 1).expect("geom");
+        assert_eq!(g.out_dims(), (3, 3, 2));
+    }
+}

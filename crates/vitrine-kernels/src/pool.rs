@@ -1,0 +1,207 @@
+//! Pooling on channels-last activations `(N, H, W, C)`: the ResNet stem's 3×3,
+//! stride-2, padding-1 max-pool (with torch's tie rule) and the global average pool,
+//! forward and backward.
+
+use rayon::prelude::*;
+
+use crate::simd::vectorized;
+
+/// The forward result of [`max_pool_3x3_s2`].
+#[derive(Debug, Clone)]
+pub struct MaxPool {
+    /// The pooled activations, `dims`.
+    pub out: Vec<f32>,
+    /// For each output, the window tap (0..9, row-major) its maximum came from.
+    pub arg: Vec<u8>,
+    /// `(N, OH, OW, C)`.
+    pub dims: [usize; 4],
+}
+
+/// 3×3, stride-2, padding-1 max-pool of `x (N, H, W, C)`; the first maximum in window
+/// order wins (torch's rule), and padding never does.
+pub fn max_pool_3x3_s2(x: &[f32], [n, h, w, c]: [usize; 4]) -> MaxPool {
+    let (oh, ow) = (h.div_ceil(2), w.div_ceil(2));
+    let mut out = vec![0f32; n * oh * ow * c];
+    let mut arg = vec![0u8; out.len()];
+    out.par_chunks_mut(ow * c)
+        .zip(arg.par_chunks_mut(ow * c))
+        .enumerate()
+        .for_each(|(row, (orow, arow))| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    let (ni, r) = (row / oh, row % oh);
+                    for q in 0..ow {
+                        let (o, a) = (&mut orow[q * c..][..c], &mut arow[q * c..][..c]);
+                        o.fill(f32::NEG_INFINITY);
+                        for t in 0..9u8 {
+                            let (ih, iw) = (
+                                (2 * r + usize::from(t / 3)).wrapping_sub(1),
+                                (2 * q + usize::from(t % 3)).wrapping_sub(1),
+                            );
+                            if ih >= h || iw >= w {
+                                continue;
+                            }
+                            let src = &x[((ni * h + ih) * w + iw) * c..][..c];
+                            for ((ov, av), &v) in o.iter_mut().zip(a.iter_mut()).zip(src) {
+                                // Selects, not a branch: the loop vectorises.
+                                let gt = v > *ov;
+                                *ov = if gt { v } else { *ov };
+                                *av = if gt { t } else { *av };
+                            }
+                        }
+                    }
+                },
+            );
+        });
+    MaxPool {
+        out,
+        arg,
+        dims: [n, oh, ow, c],
+    }
+}
+
+/// Backward of [`max_pool_3x3_s2`]: each output's gradient `g` (`pool.dims`) goes to
+/// its maximum's input; `(h, w)` are the input's spatial dims. Returns
+/// `(N, H, W, C)`.
+pub fn max_pool_3x3_s2_backward(g: &[f32], pool: &MaxPool, (h, w): (usize, usize)) -> Vec<f32> {
+    let [n, oh, ow, c] = pool.dims;
+    let arg = &pool.arg;
+    let mut dx = vec![0f32; n * h * w * c];
+    // One image per task: windows overlap between neighbouring outputs.
+    dx.par_chunks_mut(h * w * c)
+        .enumerate()
+        .for_each(|(ni, img)| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    for r in 0..oh {
+                        for q in 0..ow {
+                            let base = ((ni * oh + r) * ow + q) * c;
+                            for ci in 0..c {
+                                let t = arg[base + ci];
+                                let ih = 2 * r + usize::from(t / 3) - 1;
+                                let iw = 2 * q + usize::from(t % 3) - 1;
+                                img[(ih * w + iw) * c + ci] += g[base + ci];
+                            }
+                        }
+                    }
+                },
+            );
+        });
+    dx
+}
+
+/// Mean over the pixels of `x (N, H, W, C)` (summed in f64): `(N, C)`.
+pub fn global_average(x: &[f32], [n, h, w, c]: [usize; 4]) -> Vec<f32> {
+    let p = h * w;
+    let mut out = vec![0f32; n * c];
+    out.par_chunks_mut(c).enumerate().for_each(|(ni, o)| {
+        vectorized(
+            #[inline(always)]
+            || {
+                let mut acc = vec![0f64; c];
+                for px in x[ni * p * c..(ni + 1) * p * c].chunks_exact(c) {
+                    for (a, &v) in acc.iter_mut().zip(px) {
+                        *a += f64::from(v);
+                    }
+                }
+                for (ov, a) in o.iter_mut().zip(acc) {
+                    *ov = (a / p as f64) as f32;
+                }
+            },
+        );
+    });
+    out
+}
+
+/// Backward of [`global_average`]: `g (N, C)` spread evenly over the pixels of
+/// `(N, H, W, C)`.
+pub fn global_average_backward(g: &[f32], [n, h, w, c]: [usize; 4]) -> Vec<f32> {
+    let p = h * w;
+    let mut out = vec![0f32; n * p * c];
+    out.par_chunks_mut(p * c).enumerate().for_each(|(ni, img)| {
+        vectorized(
+            #[inline(always)]
+            || {
+                let gi = &g[ni * c..(ni + 1) * c];
+                for px in img.chunks_exact_mut(c) {
+                    for (o, &v) in px.iter_mut().zip(gi) {
+                        *o = v / p as f32;
+                    }
+                }
+            },
+        );
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::values;
+
+    #[test]
+    fn max_pool_matches_a_direct_loop_and_routes_gradients_to_the_first_maximum() {
+        for dims @ [n, h, w, c] in [[2, 7, 6, 3], [1, 1, 1, 2], [3, 4, 5, 17]] {
+            let mut x = values(n * h * w * c, 1);
+            // Ties: a repeated value, so the tie rule matters.
+            x[0] = 0.5;
+            if x.len() > c {
+                x[c] = 0.5;
+            }
+            let pool = max_pool_3x3_s2(&x, dims);
+            let [_, oh, ow, _] = pool.dims;
+            assert_eq!(pool.dims, [n, h.div_ceil(2), w.div_ceil(2), c]);
+            let g = values(pool.out.len(), 2);
+            let mut dx = vec![0f32; x.len()];
+            for ni in 0..n {
+                for r in 0..oh {
+                    for q in 0..ow {
+                        for ci in 0..c {
+                            let mut best = (f32::NEG_INFINITY, usize::MAX);
+                            for t in 0..9 {
+                                let (ih, iw) = (
+                                    (2 * r + t / 3).wrapping_sub(1),
+                                    (2 * q + t % 3).wrapping_sub(1),
+                                );
+                                if ih < h && iw < w {
+                                    let at = ((ni * h + ih) * w + iw) * c + ci;
+                                    if x[at] > best.0 {
+                                        best = (x[at], at);
+                                    }
+                                }
+                            }
+                            let o = ((ni * oh + r) * ow + q) * c + ci;
+                            assert_eq!(pool.out[o], best.0);
+                            dx[best.1] += g[o];
+                        }
+                    }
+                }
+            }
+            assert_eq!(max_pool_3x3_s2_backward(&g, &pool, (h, w)), dx);
+        }
+    }
+
+    #[test]
+    fn global_average_and_its_backward() {
+        let dims @ [n, h, w, c] = [2, 3, 5, 4];
+        let x = values(n * h * w * c, 3);
+        let avg = global_average(&x, dims);
+        for ni in 0..n {
+            for ci in 0..c {
+                let s: f64 = (0..h * w)
+                    .map(|p| f64::from(x[(ni * h * w + p) * c + ci]))
+                    .sum();
+                assert!((f64::from(avg[ni * c + ci]) - s / 15.0).abs() < 1e-6);
+            }
+        }
+        let g = values(n * c, 4);
+        let dx = global_average_backward(&g, dims);
+        assert_eq!(dx.len(), x.len());
+        assert!(dx.iter().enumerate().all(|(i, &v)| {
+            let (ni, ci) = (i / (h * w * c), i % c);
+            v == g[ni * c + ci] / 15.0
+        }));
+    }
+}
