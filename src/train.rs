@@ -4,8 +4,12 @@
 pub mod checkpoint_policy;
 pub mod collapse;
 pub mod events;
+pub mod job;
 pub mod metrics_log;
 pub mod optim;
+mod rate;
 pub mod runs;
 pub mod step;
 pub mod trainer;
+mod training_data;
+pub mod validation;

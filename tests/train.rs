@@ -9,7 +9,8 @@ use vitrine::model::checkpoint;
 use vitrine::run::folder::{ControlRequest, RunDir};
 use vitrine::train::events::{CheckpointKind, StopReason, TrainEvent};
 use vitrine::train::metrics_log::read_all;
-use vitrine::train::trainer::{Control, TrainError, TrainJob, read_meta, train, validate};
+use vitrine::train::trainer::{Control, TrainError, TrainJob, read_meta, train};
+use vitrine::train::validation::validate;
 
 fn job(data: &Path, run: &Path, config: vitrine::config::Config) -> TrainJob {
     TrainJob {

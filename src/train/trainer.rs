@@ -7,8 +7,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
@@ -19,17 +17,19 @@ use super::collapse::{CollapseChange, CollapseMonitor, StepSignals};
 use super::events::{CheckpointKind, NoticeKind, StopReason, TrainEvent};
 use super::metrics_log::{MetricsError, MetricsWriter};
 use super::optim::learning_rate_at;
+use super::rate::RateMeter;
 use super::step::{Optimisers, StepError, StepSettings, train_step};
+use super::training_data::{Data, prepare_data};
+use super::validation::{ValidationError, validate};
 use crate::config::Config;
 use crate::config::parse_device;
-use crate::data::deepfashion::{Dataset, DatasetError, LoadOptions, Source, Split};
-use crate::data::loader::{LoadError, LoaderConfig, Prefetcher};
-use crate::data::sampler::{self, BatchSampler, PkConfig, PkSampler, SamplerKind};
-use crate::data::triplets::{TripletError, TripletSampler};
-use crate::eval::{self, Retrieval};
+use crate::data::deepfashion::DatasetError;
+use crate::data::loader::{LoadError, Prefetcher};
+use crate::data::triplets::TripletError;
+use crate::eval::Retrieval;
 use crate::fsutil::{fnv1a64, write_bytes_atomic};
 use crate::model::checkpoint::{self, CheckpointError};
-use crate::model::embed_files::{EmbedError, embed_images};
+use crate::model::embed_files::EmbedError;
 use crate::model::embedder::sorted_vars;
 use crate::model::loss::{LossKind, PROXIES_NAME, mean_pairwise_cosine};
 use crate::model::{Criterion, Embedder};
@@ -56,6 +56,8 @@ pub enum TrainError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Embed(#[from] EmbedError),
+    #[error(transparent)]
+    Validation(#[from] ValidationError),
     #[error("model error: {0}")]
     Model(#[from] candle_core::Error),
     #[error("invalid setting: {0}")]
@@ -75,61 +77,8 @@ pub enum TrainError {
     },
 }
 
-/// Start/stop/pause requests from the outside (Ctrl-C, the dashboard), polled
-/// between steps.
-#[derive(Debug, Clone, Default)]
-pub struct Control {
-    stop: Arc<AtomicBool>,
-    pause: Arc<AtomicBool>,
-}
-
-impl Control {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Finish the current step, write a checkpoint and return.
-    pub fn request_stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-
-    pub fn stop_requested(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
-    }
-
-    pub fn set_paused(&self, paused: bool) {
-        self.pause.store(paused, Ordering::SeqCst);
-    }
-
-    pub fn is_paused(&self) -> bool {
-        self.pause.load(Ordering::SeqCst)
-    }
-
-    /// The flag a signal handler sets.
-    pub fn stop_flag(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.stop)
-    }
-}
-
-/// What to train: the resolved config plus where.
-#[derive(Debug, Clone)]
-pub struct TrainJob {
-    pub config: Config,
-    pub data: PathBuf,
-    pub run: PathBuf,
-    pub resume: bool,
-}
-
+pub use super::job::{Control, TrainJob, TrainOutcome};
 pub use crate::run::checkpoints::{CHECKPOINT_FORMAT, CheckpointMeta, sidecar_path};
-
-/// How a run ended.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrainOutcome {
-    pub reason: StopReason,
-    pub step: usize,
-    pub best_val_top20: Option<f64>,
-    pub last_val: Option<Retrieval>,
-}
 
 /// Hash of the settings that shape the weights (a resumed run must match them).
 pub fn model_hash(config: &Config) -> String {
@@ -155,78 +104,6 @@ pub fn read_meta(checkpoint: &Path) -> Result<CheckpointMeta, TrainError> {
     serde_json::from_str(&text).map_err(|e| TrainError::Resume {
         run: path,
         reason: format!("unreadable checkpoint sidecar: {e}"),
-    })
-}
-
-/// Everything the loop needs about the data, built once.
-struct Data {
-    ds: Dataset,
-    sampler: BatchSampler,
-    /// Training class of each dataset item (proxy losses); `u32::MAX` outside train.
-    class_of: Vec<u32>,
-    classes: usize,
-    val_queries: Vec<usize>,
-    val_gallery: Vec<usize>,
-    loader: LoaderConfig,
-}
-
-fn prepare_data(job: &TrainJob) -> Result<Data, TrainError> {
-    let cfg = &job.config;
-    let ds = Dataset::open(
-        &job.data,
-        LoadOptions {
-            strict: cfg.data.strict,
-            skip_file_check: false,
-        },
-    )?;
-    for w in &ds.warnings {
-        tracing::warn!("{w}");
-    }
-    let sampler = match cfg.sampler() {
-        SamplerKind::Triplets => BatchSampler::Triplets {
-            sampler: TripletSampler::new(&ds, Split::Train, cfg.train.seed)?,
-            batch: cfg.train.batch,
-        },
-        _ => BatchSampler::Pk(PkSampler::new(
-            &ds,
-            Split::Train,
-            cfg.train.seed,
-            PkConfig {
-                items: cfg.train.pk_items,
-                images: cfg.train.pk_images,
-                per_category: cfg.train.pk_per_category,
-            },
-        )?),
-    };
-    let train_items = sampler::classes(&ds, Split::Train);
-    let mut class_of = vec![u32::MAX; ds.items.len()];
-    for (c, &item) in train_items.iter().enumerate() {
-        class_of[item] = c as u32;
-    }
-    let mut val_queries = ds.queries(Split::Val);
-    if cfg.train.val_queries > 0 && val_queries.len() > cfg.train.val_queries {
-        // A deterministic, evenly spread subset keeps validation cheap on big sets.
-        let stride = val_queries.len() as f64 / cfg.train.val_queries as f64;
-        val_queries = (0..cfg.train.val_queries)
-            .map(|i| val_queries[(i as f64 * stride) as usize])
-            .collect();
-    }
-    let val_gallery = ds.unique_images(&[Split::Val], Source::Shop);
-    let loader = LoaderConfig {
-        size: cfg.model.image_size,
-        crop: cfg.data.crop,
-        workers: cfg.data.workers,
-        prefetch: cfg.data.prefetch,
-        max_pixels: cfg.data.max_image_pixels,
-    };
-    Ok(Data {
-        ds,
-        sampler,
-        class_of,
-        classes: train_items.len(),
-        val_queries,
-        val_gallery,
-        loader,
     })
 }
 
@@ -916,139 +793,11 @@ impl<'a> Session<'a> {
             &self.device,
             self.job.config.loss.margin,
         )
+        .map_err(TrainError::from)
     }
 }
 
 fn tensors_step(tensors: &HashMap<String, Tensor>) -> Option<usize> {
     let v = tensors.get(OPTIM_STEP)?.to_vec1::<u32>().ok()?;
     v.first().map(|&s| s as usize)
-}
-
-/// Embeds val queries and gallery once; top-k from an exact ranking and a triplet
-/// loss over the val pairs (the positive from the pair, the negative the hardest
-/// gallery image of another item in the same small category).
-pub fn validate(
-    model: &Embedder,
-    ds: &Dataset,
-    queries: &[usize],
-    gallery: &[usize],
-    loader: LoaderConfig,
-    device: &Device,
-    margin: f32,
-) -> Result<Option<(Retrieval, f32)>, TrainError> {
-    if queries.is_empty() || gallery.is_empty() {
-        return Ok(None);
-    }
-    let specs = |imgs: &[usize]| imgs.iter().map(|&i| ds.spec(i)).collect::<Vec<_>>();
-    let q = embed_images(model, &specs(queries), loader, 64, device, &mut |_, _| {})?;
-    let g = embed_images(model, &specs(gallery), loader, 64, device, &mut |_, _| {})?;
-    let q_items: Vec<usize> = q.kept.iter().map(|&k| ds.images[queries[k]].item).collect();
-    let g_items: Vec<usize> = g.kept.iter().map(|&k| ds.images[gallery[k]].item).collect();
-    let retrieval = eval::evaluate(
-        &q.vectors,
-        &g.vectors,
-        &q_items,
-        &g_items,
-        &eval::REPORTED_K,
-    )?;
-    let val_loss = val_triplet_loss(
-        ds, &q.vectors, &g.vectors, &q_items, &g_items, &g.kept, gallery, margin,
-    )?;
-    Ok(Some((retrieval, val_loss)))
-}
-
-/// Queries per block of the validation loss's similarity matrix.
-const VAL_BLOCK: usize = 1024;
-
-/// Mean triplet loss of each query with its item's farthest shop image as positive
-/// and the closest shop image of another item of the same small category as negative.
-#[allow(clippy::too_many_arguments)]
-fn val_triplet_loss(
-    ds: &Dataset,
-    q: &Tensor,
-    g: &Tensor,
-    q_items: &[usize],
-    g_items: &[usize],
-    g_kept: &[usize],
-    gallery: &[usize],
-    margin: f32,
-) -> Result<f32, TrainError> {
-    let g_cat: Vec<usize> = g_kept
-        .iter()
-        .map(|&k| ds.items[ds.images[gallery[k]].item].category)
-        .collect();
-    let mut sum = 0f64;
-    let mut n = 0usize;
-    // Blocks of queries, so the query × gallery matrix never exists whole (DeepFashion's
-    // val split would need gigabytes).
-    let rows = q.dim(0)?;
-    let gt = g.t()?;
-    for start in (0..rows).step_by(VAL_BLOCK) {
-        let len = VAL_BLOCK.min(rows - start);
-        // Unit vectors: d² = 2 − 2·cos.
-        let cos = q
-            .narrow(0, start, len)?
-            .matmul(&gt)?
-            .to_device(&Device::Cpu)?
-            .to_vec2::<f32>()?;
-        for (row, &item) in cos.iter().zip(&q_items[start..start + len]) {
-            let cat = ds.items[item].category;
-            let dist = |c: f32| (2.0 - 2.0 * c).max(0.0).sqrt();
-            let pos = row
-                .iter()
-                .zip(g_items)
-                .filter(|(_, gi)| **gi == item)
-                .map(|(c, _)| dist(*c))
-                .fold(f32::NAN, f32::max);
-            let neg = row
-                .iter()
-                .zip(g_items.iter().zip(&g_cat))
-                .filter(|(_, (gi, gc))| **gi != item && **gc == cat)
-                .map(|(c, _)| dist(*c))
-                .fold(f32::NAN, f32::min);
-            if pos.is_finite() && neg.is_finite() {
-                sum += f64::from((pos - neg + margin).max(0.0));
-                n += 1;
-            }
-        }
-    }
-    Ok(if n == 0 {
-        f32::NAN
-    } else {
-        (sum / n as f64) as f32
-    })
-}
-
-/// Triplets per second over the recent steps (the first step, a warm-up, excluded).
-#[derive(Debug, Default)]
-struct RateMeter {
-    window: std::collections::VecDeque<(Instant, usize)>,
-}
-
-impl RateMeter {
-    const WINDOW: usize = 20;
-
-    fn record(&mut self, triplets: usize) {
-        self.window.push_back((Instant::now(), triplets));
-        if self.window.len() > Self::WINDOW {
-            self.window.pop_front();
-        }
-    }
-
-    /// A pause must not count as slow training.
-    fn pause(&mut self) {
-        self.window.clear();
-    }
-
-    fn per_second(&self) -> f32 {
-        let (Some(first), Some(last)) = (self.window.front(), self.window.back()) else {
-            return 0.0;
-        };
-        let secs = last.0.duration_since(first.0).as_secs_f32();
-        if secs <= 0.0 {
-            return 0.0;
-        }
-        let n: usize = self.window.iter().skip(1).map(|(_, t)| t).sum();
-        n as f32 / secs
-    }
 }
