@@ -253,8 +253,18 @@ fn snapshot_triplets_tab() {
     for (w, h) in SIZES {
         insta::assert_snapshot!(format!("triplets_{w}x{h}"), render(&app, w, h).backend());
     }
-    // Hardest first, filtered to one small category.
+    // Hardest first starts at the hardest row, not at the old selection.
     app.update(Action::ToggleHardest);
+    let (i, _) = app.triplets.selected_row().expect("a row");
+    let hardest = app
+        .triplets
+        .view
+        .iter()
+        .map(|&v| app.triplets.scores[v].expect("scored").loss)
+        .fold(f32::MIN, f32::max);
+    assert_eq!(app.triplets.scores[i].expect("scored").loss, hardest);
+    assert_eq!(app.triplets.selected, 0);
+    // Filtered to one small category.
     app.update(Action::NextFilter);
     let (_, row) = app.triplets.selected_row().expect("a row");
     assert_eq!(row.anchor.category, "Blouse");
@@ -835,4 +845,27 @@ fn collapse_warning_partial_validation_and_no_validation() {
     let text = screen_text(&render(&app, 160, 48));
     assert!(text.contains("no validation ran"), "{text}");
     assert!(!text.contains("best val top-20 0.0%"), "{text}");
+}
+
+#[test]
+fn a_category_list_longer_than_its_panel_says_how_much_it_shows() {
+    let mut app = App::new(options(false));
+    let mut info = dataset();
+    info.summary.categories = (0..98)
+        .map(|i| CategorySummary {
+            big: "TOPS".into(),
+            small: format!("Small_{i:02}"),
+            items: 100 - i,
+            per_split: counts(1, 1, 1),
+        })
+        .collect();
+    app.update(Action::Worker(WorkerEvent::Dataset(Box::new(Ok(info)))));
+    app.update(Action::GoTab(Tab::Dataset));
+    let text = screen_text(&render(&app, 80, 24));
+    assert!(text.contains("of 98 shown)"), "{text}");
+    // The largest stay in view.
+    assert!(
+        text.contains("Small_00") && !text.contains("Small_97"),
+        "{text}"
+    );
 }

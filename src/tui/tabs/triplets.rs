@@ -150,9 +150,13 @@ impl TripletsState {
     }
 
     /// `o`: the sampler's order or the hardest (largest loss) first.
+    /// Hardest first starts at the hardest row; back to listing order keeps the row.
     pub fn toggle_hardest(&mut self) {
         self.hardest = !self.hardest;
         self.rebuild_view();
+        if self.hardest {
+            self.selected = 0;
+        }
     }
 
     /// A batch of scores from the scoring worker.

@@ -159,6 +159,14 @@ fn bars(
     ctx: &Ctx,
 ) {
     let theme = ctx.theme;
+    // One row per bar: a list longer than the panel says how much it shows.
+    let rows = usize::from(area.height.saturating_sub(2));
+    let cut = format!("{title} ({rows} of {} shown)", data.len());
+    let (title, data) = if data.len() > rows && rows > 0 {
+        (cut.as_str(), &data[..rows])
+    } else {
+        (title, data)
+    };
     let label_w = data
         .iter()
         .map(|(k, _)| k.chars().count())
