@@ -37,9 +37,19 @@ pub fn index_status(run: &Path) -> IndexStatus {
     }
 }
 
+/// What the search thread is asked.
+enum Request {
+    /// Open the model and index now (they take about a second), so the first search
+    /// does not wait for them.
+    Warm,
+    Search(PathBuf, Option<String>),
+}
+
 /// Searches and index builds, one thread each; a build makes the searcher reopen.
+/// Whenever an index is ready (found at start, or just built) the searcher is opened
+/// in the background.
 pub struct IndexWorker {
-    searches: Sender<(PathBuf, Option<String>)>,
+    searches: Sender<Request>,
     generation: Arc<AtomicU64>,
     run: PathBuf,
     data: PathBuf,
@@ -66,15 +76,21 @@ impl IndexWorker {
             move || search_loop(&run, &rx, &generation, &out),
         );
         let (run, out) = (worker.run.clone(), worker.out.clone());
+        let warm = worker.searches.clone();
         let failed = |m| WorkerEvent::Index(IndexStatus::Failed(m));
         spawn("index-status", &out.clone(), failed, move || {
-            out.send(WorkerEvent::Index(index_status(&run)));
+            let status = index_status(&run);
+            let ready = matches!(status, IndexStatus::Ready { .. });
+            out.send(WorkerEvent::Index(status));
+            if ready {
+                let _ = warm.send(Request::Warm);
+            }
         });
         worker
     }
 
     pub fn search(&self, path: PathBuf, item: Option<String>) {
-        if self.searches.send((path, item)).is_err() {
+        if self.searches.send(Request::Search(path, item)).is_err() {
             tracing::error!("the search thread is gone");
             self.out.send(WorkerEvent::Search(Err(
                 "the search worker has stopped (see the log); restart the dashboard".into(),
@@ -90,6 +106,7 @@ impl IndexWorker {
             self.out.clone(),
         );
         let generation = Arc::clone(&self.generation);
+        let warm = self.searches.clone();
         let failed = |m| WorkerEvent::Index(IndexStatus::Failed(m));
         spawn("index", &out.clone(), failed, move || {
             let Some(checkpoint) = index_checkpoint(&run) else {
@@ -128,6 +145,7 @@ impl IndexWorker {
                     out.send(WorkerEvent::Index(IndexStatus::Ready {
                         count: report.count,
                     }));
+                    let _ = warm.send(Request::Warm);
                 }
                 Err(e) => {
                     tracing::warn!("index build failed: {e}");
@@ -150,31 +168,40 @@ fn open_searcher(run: &Path) -> Result<Searcher, String> {
     Searcher::open(run, &choice).map_err(|e| e.to_string())
 }
 
-fn search_loop(
-    run: &Path,
-    rx: &Receiver<(PathBuf, Option<String>)>,
-    generation: &AtomicU64,
-    out: &Outbox,
-) {
+fn search_loop(run: &Path, rx: &Receiver<Request>, generation: &AtomicU64, out: &Outbox) {
     let mut searcher: Option<(u64, Searcher)> = None;
-    while let Ok((mut path, mut item)) = rx.recv() {
-        // Only the newest request matters.
+    while let Ok(mut request) = rx.recv() {
+        // Only the newest search matters (a warm-up never hides one).
         while let Ok(newer) = rx.try_recv() {
-            (path, item) = newer;
+            if matches!(newer, Request::Search(..)) || matches!(request, Request::Warm) {
+                request = newer;
+            }
         }
         let started = Instant::now();
         let gen_now = generation.load(Ordering::SeqCst);
         if searcher.as_ref().is_none_or(|(g, _)| *g != gen_now) {
             searcher = match open_searcher(run) {
-                Ok(s) => Some((gen_now, s)),
+                Ok(s) => {
+                    tracing::info!(
+                        "search model and index loaded in {:.2} s",
+                        started.elapsed().as_secs_f64()
+                    );
+                    Some((gen_now, s))
+                }
                 Err(e) => {
-                    if !out.send(WorkerEvent::Search(Err(e))) {
+                    // A warm-up that fails says nothing: the search that follows will.
+                    if matches!(request, Request::Search(..))
+                        && !out.send(WorkerEvent::Search(Err(e)))
+                    {
                         return;
                     }
                     continue;
                 }
             };
         }
+        let Request::Search(path, item) = request else {
+            continue;
+        };
         let Some((_, s)) = &searcher else { continue };
         let result = s
             .search_image(&path, TOP_K)
