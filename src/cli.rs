@@ -52,7 +52,7 @@ pub enum Command {
     /// Make the built-in synthetic dataset if absent, open the dashboard and train on it
     /// (headless when stdout is not a terminal); the default command.
     Demo(DemoArgs),
-    /// Open the dashboard on a dataset and run (Train, Dataset, Triplets, Search tabs).
+    /// Open the dashboard on a dataset and run (Train, Dataset, Triplets, Search, Runs tabs).
     Dashboard(DashboardArgs),
     /// Follow a run another process is training: replay its metrics, then live (read-only).
     Watch(WatchArgs),

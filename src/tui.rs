@@ -1,4 +1,4 @@
-//! The dashboard (ratatui): Train, Dataset, Triplets and Search tabs over a run
+//! The dashboard (ratatui): Train, Dataset, Triplets, Search and Runs tabs over a run
 //! folder. State lives in [`app::App`] and changes only through
 //! [`app::App::update`]`(`[`app::Action`]`)`, each tab's part of it in [`tabs`];
 //! [`keymap`] turns keys into actions;

@@ -7,15 +7,19 @@ use std::path::{Path, PathBuf};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use vitrine::config::Config;
 use vitrine::data::deepfashion::{CategorySummary, SplitCounts, SplitSummary};
 use vitrine::run::folder::ControlRequest;
+use vitrine::run::settings::diff;
 use vitrine::theme::Theme;
 use vitrine::train::events::TrainEvent;
 use vitrine::train::metrics_log::{MetricsFollower, read_all};
+use vitrine::train::runs::{RunStatus, RunSummary};
 use vitrine::tui::app::{Action, App, AppOptions, Command, Tab, WorkerEvent};
 use vitrine::tui::keymap::{KEYS, map_key};
 use vitrine::tui::settings::PlotMarker;
 use vitrine::tui::tabs::dataset::{DatasetInfo, ImageInfo};
+use vitrine::tui::tabs::runs::{RunCurves, RunEntry, RunsListing};
 use vitrine::tui::tabs::search::{HitInfo, IndexStatus, SearchResults};
 use vitrine::tui::tabs::train::{Phase, TrainState};
 use vitrine::tui::tabs::triplets::{TripletRow, TripletScore};
@@ -577,12 +581,18 @@ fn keys_before_any_data_do_nothing_harmful() {
         KeyCode::Tab,
         KeyCode::BackTab,
         KeyCode::Char('h'),
+        KeyCode::Char('5'),
+        KeyCode::Char(' '),
+        KeyCode::Char('d'),
+        KeyCode::Down,
+        KeyCode::Esc,
     ];
     for code in codes {
         if let Some(a) = map_key(&app, key(code)) {
             let commands = app.update(a);
+            // Opening the Runs tab lists the runs folder (cheap, in the background).
             assert!(
-                commands.is_empty(),
+                commands.iter().all(|c| matches!(c, Command::WatchRuns(_))),
                 "{code:?} asked for {commands:?} with nothing loaded"
             );
         }
@@ -868,4 +878,163 @@ fn a_category_list_longer_than_its_panel_says_how_much_it_shows() {
         text.contains("Small_00") && !text.contains("Small_97"),
         "{text}"
     );
+}
+
+fn run_summary(name: &str, status: RunStatus, loss: &str, step: usize) -> RunSummary {
+    RunSummary {
+        name: name.into(),
+        path: PathBuf::from(format!("runs/{name}")),
+        status,
+        pid: (status == RunStatus::Training).then_some(4242),
+        backbone: "resnet18".into(),
+        image_size: if loss == "triplet" { 64 } else { 96 },
+        loss: loss.into(),
+        mining: "batch_hard".into(),
+        step,
+        total_steps: 600,
+        best_val_top1: Some(0.05 + step as f64 / 4000.0),
+        best_val_top20: Some(0.30 + step as f64 / 2000.0),
+        seconds: step as f64 * 1.7,
+        updated: Some(1_700_000_000.0 - step as f64),
+        message: None,
+    }
+}
+
+fn run_curves(scale: f64, steps: usize, epochs: usize) -> RunCurves {
+    RunCurves {
+        loss: (1..=steps)
+            .map(|s| {
+                let x = s as f64;
+                (x, scale * (0.3 + 0.7 * (-x / 150.0).exp()))
+            })
+            .collect(),
+        val_top20: (0..epochs)
+            .map(|e| (e as f64, 0.3 + 0.1 * e as f64 * scale.min(1.0)))
+            .collect(),
+    }
+}
+
+/// Two recorded runs (a finished one and a live one) as the runs worker reports them.
+fn runs_listing() -> RunsListing {
+    RunsListing {
+        runs: vec![
+            RunEntry {
+                summary: run_summary("demo", RunStatus::Finished, "norm_softmax", 600),
+                curves: run_curves(1.0, 600, 4),
+            },
+            RunEntry {
+                summary: run_summary("hard-64", RunStatus::Training, "triplet", 420),
+                curves: run_curves(0.6, 420, 3),
+            },
+        ],
+        listed_at: 1_700_000_030.0,
+    }
+}
+
+fn runs_app() -> (App, Vec<Command>) {
+    let mut app = app_with_data(false);
+    let commands = app.update(Action::GoTab(Tab::Runs));
+    app.update(Action::Worker(WorkerEvent::Runs(Ok(runs_listing()))));
+    (app, commands)
+}
+
+#[test]
+fn snapshot_runs_tab() {
+    let (mut app, commands) = runs_app();
+    assert_eq!(commands, [Command::WatchRuns(PathBuf::from("runs"))]);
+    // Both runs marked: their loss curves overlaid, one colour each.
+    app.update(Action::ToggleMark);
+    app.update(Action::Down);
+    app.update(Action::ToggleMark);
+    for (w, h) in SIZES {
+        let t = render(&app, w, h);
+        let text = screen_text(&t);
+        assert!(
+            text.contains("hard-64") && text.contains("training"),
+            "{text}"
+        );
+        insta::assert_snapshot!(format!("runs_{w}x{h}"), t.backend());
+    }
+}
+
+#[test]
+fn snapshot_runs_diff_popup() {
+    let (mut app, _) = runs_app();
+    app.update(Action::ToggleMark);
+    app.update(Action::Down);
+    app.update(Action::ToggleMark);
+    let c = app.update(Action::Diff);
+    assert_eq!(
+        c,
+        [Command::DiffRuns {
+            a: PathBuf::from("runs/demo"),
+            b: PathBuf::from("runs/hard-64"),
+        }]
+    );
+    let t = render(&app, 80, 24);
+    assert!(screen_text(&t).contains("reading the two configs"));
+    let a = Config::default();
+    let mut b = a.clone();
+    b.model.image_size = 96;
+    b.train.lr = 0.0005;
+    app.update(Action::Worker(WorkerEvent::RunsDiff(Ok(diff(&a, &b)))));
+    for (w, h) in SIZES {
+        insta::assert_snapshot!(format!("runs_diff_{w}x{h}"), render(&app, w, h).backend());
+    }
+    app.update(Action::Back);
+    assert!(app.runs.diff.is_none());
+}
+
+#[test]
+fn runs_keys_mark_select_and_diff() {
+    let (mut app, _) = runs_app();
+    let map = |app: &App, code| map_key(app, key(code));
+    assert!(matches!(
+        map(&App::new(options(false)), KeyCode::Char('5')),
+        Some(Action::GoTab(Tab::Runs))
+    ));
+    assert!(matches!(
+        map(&app, KeyCode::Char(' ')),
+        Some(Action::ToggleMark)
+    ));
+    assert!(matches!(map(&app, KeyCode::Char('d')), Some(Action::Diff)));
+    assert!(matches!(map(&app, KeyCode::Down), Some(Action::Down)));
+    // Elsewhere space and d do nothing.
+    let other = App::new(options(false));
+    assert!(map(&other, KeyCode::Char(' ')).is_none());
+    assert!(map(&other, KeyCode::Char('d')).is_none());
+
+    // One run only: d explains instead of asking the worker.
+    assert!(app.update(Action::Diff).is_empty());
+    assert!(app.runs.diff.is_none());
+    assert!(app.status.as_deref().is_some_and(|s| s.contains("mark")));
+    // Space marks and unmarks the selected run.
+    app.update(Action::ToggleMark);
+    assert_eq!(app.runs.marked, [PathBuf::from("runs/demo")]);
+    app.update(Action::ToggleMark);
+    assert!(app.runs.marked.is_empty());
+    // The first marked run against the selected one.
+    app.update(Action::ToggleMark);
+    app.update(Action::Down);
+    assert_eq!(app.runs.selected, 1);
+    assert_eq!(
+        app.update(Action::Diff),
+        [Command::DiffRuns {
+            a: PathBuf::from("runs/demo"),
+            b: PathBuf::from("runs/hard-64"),
+        }]
+    );
+    // A new listing keeps the selection on the same run and the marks.
+    let mut listing = runs_listing();
+    listing.runs.reverse();
+    app.update(Action::Worker(WorkerEvent::Runs(Ok(listing))));
+    assert_eq!(app.runs.selected, 0);
+    assert_eq!(app.runs.charted().len(), 1);
+    // Leaving and reopening the tab asks for a fresh listing.
+    app.update(Action::GoTab(Tab::Train));
+    assert_eq!(
+        app.update(Action::GoTab(Tab::Runs)),
+        [Command::WatchRuns(PathBuf::from("runs"))]
+    );
+    assert!(app.update(Action::Down).is_empty());
 }

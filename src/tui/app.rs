@@ -6,9 +6,11 @@
 use std::path::PathBuf;
 
 use crate::run::folder::ControlRequest;
+use crate::run::settings::SettingDiff;
 use crate::train::events::TrainEvent;
 use crate::tui::settings::PlotMarker;
 use crate::tui::tabs::dataset::{DatasetInfo, Loadable};
+use crate::tui::tabs::runs::{RunsListing, RunsState};
 use crate::tui::tabs::search::{GRID_COLS, IndexStatus, SearchResults, SearchState};
 use crate::tui::tabs::train::{Outcome, TrainState, TrainerStatus};
 use crate::tui::tabs::triplets::{ScoreStatus, TripletScore, TripletsState};
@@ -23,10 +25,17 @@ pub enum Tab {
     Dataset,
     Triplets,
     Search,
+    Runs,
 }
 
 impl Tab {
-    pub const ALL: [Tab; 4] = [Tab::Train, Tab::Dataset, Tab::Triplets, Tab::Search];
+    pub const ALL: [Tab; 5] = [
+        Tab::Train,
+        Tab::Dataset,
+        Tab::Triplets,
+        Tab::Search,
+        Tab::Runs,
+    ];
 
     pub fn title(self) -> &'static str {
         match self {
@@ -34,6 +43,7 @@ impl Tab {
             Tab::Dataset => "Dataset",
             Tab::Triplets => "Triplets",
             Tab::Search => "Search",
+            Tab::Runs => "Runs",
         }
     }
 
@@ -43,6 +53,7 @@ impl Tab {
             Tab::Dataset => 1,
             Tab::Triplets => 2,
             Tab::Search => 3,
+            Tab::Runs => 4,
         }
     }
 
@@ -78,6 +89,10 @@ pub enum WorkerEvent {
     Index(IndexStatus),
     Search(Result<SearchResults, String>),
     Thumb(ThumbKey, Result<Thumb, String>),
+    /// The runs folder listed, with each run's curves.
+    Runs(Result<RunsListing, String>),
+    /// The config diff the Runs tab asked for.
+    RunsDiff(Result<Vec<SettingDiff>, String>),
     /// A message for the status line.
     Status(String),
 }
@@ -114,6 +129,10 @@ pub enum Action {
     NextFilter,
     PrevFilter,
     ToggleHardest,
+    /// Space on the Runs tab: mark / unmark the selected run.
+    ToggleMark,
+    /// `d` on the Runs tab: the config diff of two runs.
+    Diff,
     StartInput,
     Input(char),
     InputBackspace,
@@ -137,6 +156,13 @@ pub enum Command {
     },
     ScoreTriplets,
     LoadThumb(ThumbKey),
+    /// List the runs folder now, and every few seconds from then on.
+    WatchRuns(PathBuf),
+    /// The config diff of two runs.
+    DiffRuns {
+        a: PathBuf,
+        b: PathBuf,
+    },
 }
 
 /// How the dashboard was opened.
@@ -186,6 +212,7 @@ pub struct App {
     pub dataset: Loadable<DatasetInfo>,
     pub triplets: TripletsState,
     pub search: SearchState,
+    pub runs: RunsState,
     pub index: IndexStatus,
     pub status: Option<String>,
     pub thumbs: ThumbCache,
@@ -193,6 +220,7 @@ pub struct App {
 
 impl App {
     pub fn new(opts: AppOptions) -> Self {
+        let runs = RunsState::new(RunsState::dir_of(&opts.run));
         Self {
             opts,
             tab: Tab::Train,
@@ -207,6 +235,7 @@ impl App {
             dataset: Loadable::Loading,
             triplets: TripletsState::default(),
             search: SearchState::default(),
+            runs,
             index: IndexStatus::Unknown,
             status: None,
             thumbs: ThumbCache::default(),
@@ -228,6 +257,7 @@ impl App {
 
     pub fn update(&mut self, action: Action) -> Vec<Command> {
         let mut out = Vec::new();
+        let before = self.tab;
         match action {
             Action::NextTab => self.tab = self.tab.offset(1),
             Action::PrevTab => self.tab = self.tab.offset(-1),
@@ -280,6 +310,22 @@ impl App {
                     self.triplets.toggle_hardest();
                 }
             }
+            Action::ToggleMark => {
+                if self.tab == Tab::Runs {
+                    self.runs.toggle_mark();
+                }
+            }
+            Action::Diff => {
+                if self.tab == Tab::Runs {
+                    match self.runs.diff_pair() {
+                        Ok((a, b)) => {
+                            self.runs.open_diff(&a, &b);
+                            out.push(Command::DiffRuns { a, b });
+                        }
+                        Err(msg) => self.say(msg),
+                    }
+                }
+            }
             Action::StartInput => {
                 if self.tab == Tab::Search {
                     self.search.start_input();
@@ -306,7 +352,7 @@ impl App {
             Action::Resize => {}
             Action::Worker(event) => self.worker(event, &mut out),
         }
-        self.housekeeping(&mut out);
+        self.housekeeping(before, &mut out);
         out
     }
 
@@ -317,6 +363,8 @@ impl App {
             self.quit_prompt = false;
         } else if self.tab == Tab::Search {
             self.search.back();
+        } else if self.tab == Tab::Runs {
+            self.runs.diff = None;
         }
     }
 
@@ -326,6 +374,7 @@ impl App {
         match self.tab {
             Tab::Triplets => self.triplets.step(by),
             Tab::Search => self.search.step(by, grid_by),
+            Tab::Runs => self.runs.step(by),
             Tab::Train | Tab::Dataset => {}
         }
     }
@@ -473,13 +522,20 @@ impl App {
             }
             WorkerEvent::Search(result) => self.search.answered(result),
             WorkerEvent::Thumb(key, result) => self.thumbs.arrived(key, result),
+            WorkerEvent::Runs(listing) => self.runs.listed(listing),
+            WorkerEvent::RunsDiff(rows) => self.runs.diff_arrived(rows),
             WorkerEvent::Status(msg) => self.say(msg),
         }
     }
 
     /// Work that follows from the state: score the triplets under the newest
-    /// checkpoint while the Triplets tab is open.
-    fn housekeeping(&mut self, out: &mut Vec<Command>) {
+    /// checkpoint while the Triplets tab is open; list the runs folder when the Runs tab
+    /// opens (the worker starts the first time and keeps it fresh from then on).
+    fn housekeeping(&mut self, before: Tab, out: &mut Vec<Command>) {
+        if self.tab == Tab::Runs && (!self.runs.watching || before != Tab::Runs) {
+            self.runs.watching = true;
+            out.push(Command::WatchRuns(self.runs.dir.clone()));
+        }
         if self.tab == Tab::Triplets && self.triplets.ask_scores(self.train.latest_checkpoint()) {
             out.push(Command::ScoreTriplets);
         }

@@ -8,11 +8,11 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use super::app::{Action, App, Tab};
 
 /// `(keys, where, what)` for every key; the help overlay lists exactly these.
-pub const KEYS: [(&str, &str, &str); 19] = [
+pub const KEYS: [(&str, &str, &str); 21] = [
     (
-        "1 2 3 4",
+        "1 2 3 4 5",
         "anywhere",
-        "tabs Train, Dataset, Triplets, Search",
+        "tabs Train, Dataset, Triplets, Search, Runs",
     ),
     ("Tab  Shift-Tab", "anywhere", "next / previous tab"),
     ("?", "anywhere", "this help (Esc or ? closes it)"),
@@ -47,6 +47,12 @@ pub const KEYS: [(&str, &str, &str); 19] = [
     ("← → ↑ ↓", "Search results", "move in the result grid"),
     ("Enter", "Search results", "show the selected result large"),
     ("Esc", "Search", "close the result / back to the queries"),
+    ("j k  ↓ ↑", "Runs", "select a run"),
+    (
+        "Space  d  Esc",
+        "Runs",
+        "mark a run (charts) / config diff / close",
+    ),
     (
         "s  l  Esc",
         "quit question",
@@ -105,6 +111,7 @@ pub fn map_key(app: &App, key: KeyEvent) -> Option<Action> {
         KeyCode::Char('2') => Some(Action::GoTab(Tab::Dataset)),
         KeyCode::Char('3') => Some(Action::GoTab(Tab::Triplets)),
         KeyCode::Char('4') => Some(Action::GoTab(Tab::Search)),
+        KeyCode::Char('5') => Some(Action::GoTab(Tab::Runs)),
         KeyCode::Tab => Some(Action::NextTab),
         KeyCode::BackTab => Some(Action::PrevTab),
         KeyCode::Char('t') => Some(Action::StartTraining),
@@ -117,7 +124,7 @@ pub fn map_key(app: &App, key: KeyEvent) -> Option<Action> {
     if global.is_some() {
         return global;
     }
-    let lists = matches!(app.tab, Tab::Triplets | Tab::Search);
+    let lists = matches!(app.tab, Tab::Triplets | Tab::Search | Tab::Runs);
     match (app.tab, key.code) {
         (Tab::Train, KeyCode::Char('h')) => Some(Action::ToggleHistory),
         (_, KeyCode::Char('j') | KeyCode::Down) if lists => Some(Action::Down),
@@ -129,6 +136,8 @@ pub fn map_key(app: &App, key: KeyEvent) -> Option<Action> {
         (Tab::Triplets, KeyCode::Char('f')) => Some(Action::NextFilter),
         (Tab::Triplets, KeyCode::Char('F')) => Some(Action::PrevFilter),
         (Tab::Triplets, KeyCode::Char('o')) => Some(Action::ToggleHardest),
+        (Tab::Runs, KeyCode::Char(' ')) => Some(Action::ToggleMark),
+        (Tab::Runs, KeyCode::Char('d')) => Some(Action::Diff),
         (Tab::Search, KeyCode::Enter) => Some(Action::Enter),
         (Tab::Search, KeyCode::Char('/')) => Some(Action::StartInput),
         (Tab::Search, KeyCode::Left) => Some(Action::Left),

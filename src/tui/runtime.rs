@@ -31,7 +31,7 @@ use tokio::time::MissedTickBehavior;
 use super::app::{Action, App, AppOptions, Command, WorkerEvent};
 use super::keymap::map_key;
 use super::settings::ImageMode;
-use super::workers::{self, IndexWorker, Outbox, ThumbWorker};
+use super::workers::{self, IndexWorker, Outbox, RunsWorker, ThumbWorker};
 use crate::config::Config;
 use crate::run::folder::{ControlRequest, RunDir};
 use crate::theme::Theme;
@@ -178,6 +178,8 @@ struct Executor {
     out: Outbox,
     index: IndexWorker,
     thumbs: Option<ThumbWorker>,
+    /// Started when the Runs tab is first opened.
+    runs: Option<RunsWorker>,
     children: Vec<Child>,
 }
 
@@ -247,6 +249,21 @@ impl Executor {
                 if let Some(t) = &self.thumbs {
                     t.request(key);
                 }
+                Vec::new()
+            }
+            Command::WatchRuns(dir) => {
+                match &self.runs {
+                    Some(w) => w.refresh(),
+                    None => self.runs = Some(RunsWorker::spawn(dir, self.out.clone())),
+                }
+                Vec::new()
+            }
+            Command::DiffRuns { a, b } => {
+                self.runs
+                    .get_or_insert_with(|| {
+                        RunsWorker::spawn(app.runs.dir.clone(), self.out.clone())
+                    })
+                    .diff(a, b);
                 Vec::new()
             }
         }
@@ -359,6 +376,7 @@ async fn run_loop(
             out.clone(),
         ),
         thumbs: picker.map(|p| ThumbWorker::spawn(p, 2, out.clone())),
+        runs: None,
         children: Vec::new(),
     };
     drop(out);

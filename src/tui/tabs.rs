@@ -1,9 +1,10 @@
 //! Each tab's state and the update helpers that change it, beside its view in
 //! [`super::views`]: [`train`] (the run folded from its events, the trainer process),
-//! [`dataset`], [`triplets`], [`search`] (with the index). [`super::app::App`] composes
+//! [`dataset`], [`triplets`], [`search`] (with the index), [`runs`] (the runs folder). [`super::app::App`] composes
 //! them and is still the only caller: every change goes through `App::update`.
 
 pub mod dataset;
+pub mod runs;
 pub mod search;
 pub mod train;
 pub mod triplets;

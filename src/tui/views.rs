@@ -4,6 +4,7 @@
 
 pub mod dataset;
 pub mod help;
+pub mod runs;
 pub mod search;
 pub mod train;
 pub mod triplets;
@@ -57,6 +58,7 @@ pub fn draw(frame: &mut Frame, app: &App, theme: &Theme) -> Vec<ThumbKey> {
         Tab::Dataset => dataset::draw(frame, body, app, &mut ctx),
         Tab::Triplets => triplets::draw(frame, body, app, &mut ctx),
         Tab::Search => search::draw(frame, body, app, &mut ctx),
+        Tab::Runs => runs::draw(frame, body, app, &mut ctx),
     }
     draw_footer(frame, footer, app, theme);
     if app.help {
@@ -133,8 +135,21 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     if app.opts.read_only {
         right.push(Span::styled(" · read-only", theme.warning()));
     }
-    let right = Line::from(right);
-    let right_w = (right.width() as u16 + 1).min(area.width / 2);
+    // The tabs come first: on a narrow terminal the run's name loses its "run " label,
+    // then the label is cut.
+    let tabs_w = Tab::ALL
+        .iter()
+        .map(|t| t.title().chars().count() as u16 + 3)
+        .sum::<u16>()
+        .saturating_sub(1);
+    let room = area.width.saturating_sub(9 + tabs_w);
+    let mut right = Line::from(right);
+    if right.width() as u16 + 1 > room {
+        right.spans.remove(0);
+    }
+    let right_w = (right.width() as u16 + 1)
+        .min(area.width / 2)
+        .min(room.max(area.width / 4));
     let [left, right_area] =
         Layout::horizontal([Constraint::Min(0), Constraint::Length(right_w)]).areas(area);
     let tabs = Tabs::new(Tab::ALL.iter().map(|t| t.title()))
@@ -178,6 +193,12 @@ fn draw_footer(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
                 ("/", "path"),
                 ("arrows", "move"),
                 ("Esc", "back"),
+            ],
+            Tab::Runs => &[
+                ("j/k", "select"),
+                ("Space", "mark"),
+                ("d", "diff"),
+                ("Esc", "close"),
             ],
         };
         key_hints(hints, theme)

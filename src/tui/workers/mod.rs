@@ -2,12 +2,13 @@
 //! and reporting typed [`WorkerEvent`]s: following the run's `metrics.jsonl` and lock
 //! ([`follow`]), reading the dataset ([`dataset`]), scoring triplets under the newest
 //! checkpoint ([`scoring`]), building the index and searching it ([`index`]),
-//! decoding thumbnails ([`thumbs`]), starting the trainer process ([`trainer`]). The
+//! decoding thumbnails ([`thumbs`]), starting the trainer process ([`trainer`]), listing the runs folder ([`runs`]). The
 //! UI thread never waits on any of them.
 
 pub mod dataset;
 pub mod follow;
 pub mod index;
+pub mod runs;
 pub mod scoring;
 pub mod thumbs;
 pub mod trainer;
@@ -20,6 +21,7 @@ use super::app::WorkerEvent;
 pub use dataset::spawn_dataset;
 pub use follow::spawn_follower;
 pub use index::{IndexWorker, index_status};
+pub use runs::RunsWorker;
 pub use scoring::spawn_scorer;
 pub use thumbs::ThumbWorker;
 pub use trainer::spawn_trainer;

@@ -1,0 +1,297 @@
+//! The Runs tab's state: the runs of a folder (one [`RunSummary`] each, from
+//! [`crate::train::runs`]), their curves, the selected row, the runs marked for the
+//! overlaid charts (space), and the config diff of two runs (`d`).
+
+use std::path::{Path, PathBuf};
+
+use super::moved;
+use super::train::SMOOTHING;
+use crate::run::settings::SettingDiff;
+use crate::train::events::TrainEvent;
+use crate::train::runs::RunSummary;
+
+/// Points per curve sent to the view (longer curves are decimated).
+pub const MAX_POINTS: usize = 400;
+
+/// A run's curves: the smoothed train loss by step and val top-20 by epoch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunCurves {
+    /// `(step, smoothed loss)`.
+    pub loss: Vec<(f64, f64)>,
+    /// `(epoch, val top-20)`.
+    pub val_top20: Vec<(f64, f64)>,
+}
+
+/// Folds a run's events into its curves, incrementally (the same bias-corrected EMA
+/// as the Train tab's smoothed loss).
+#[derive(Debug, Clone, Default)]
+pub struct CurveBuilder {
+    ema: f64,
+    ema_n: i32,
+    curves: RunCurves,
+}
+
+impl CurveBuilder {
+    pub fn apply(&mut self, e: &TrainEvent) {
+        match e {
+            TrainEvent::Started { resumed: false, .. } => *self = Self::default(),
+            TrainEvent::Step { step, loss, .. } => {
+                let y = f64::from(*loss);
+                if y.is_finite() {
+                    self.ema = SMOOTHING * self.ema + (1.0 - SMOOTHING) * y;
+                    self.ema_n = self.ema_n.saturating_add(1);
+                    let debiased = self.ema / (1.0 - SMOOTHING.powi(self.ema_n));
+                    self.curves.loss.push((*step as f64, debiased));
+                }
+            }
+            TrainEvent::Epoch {
+                epoch, val_top20, ..
+            } if val_top20.is_finite() => {
+                let x = *epoch as f64;
+                self.curves.val_top20.retain(|p| p.0 != x);
+                self.curves.val_top20.push((x, *val_top20));
+            }
+            _ => {}
+        }
+    }
+
+    /// The curves, the loss decimated to at most [`MAX_POINTS`] (the last point kept).
+    pub fn curves(&self) -> RunCurves {
+        RunCurves {
+            loss: decimate(&self.curves.loss, MAX_POINTS),
+            val_top20: self.curves.val_top20.clone(),
+        }
+    }
+}
+
+/// The curves of a whole event list.
+pub fn curves_of(events: &[TrainEvent]) -> RunCurves {
+    let mut b = CurveBuilder::default();
+    for e in events {
+        b.apply(e);
+    }
+    b.curves()
+}
+
+fn decimate(points: &[(f64, f64)], max: usize) -> Vec<(f64, f64)> {
+    if points.len() <= max || max < 2 {
+        return points.to_vec();
+    }
+    let stride = points.len().div_ceil(max - 1);
+    let mut out: Vec<(f64, f64)> = points.iter().step_by(stride).copied().collect();
+    if let Some(last) = points.last()
+        && out.last() != Some(last)
+    {
+        out.push(*last);
+    }
+    out
+}
+
+/// One row of the table with its curves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunEntry {
+    pub summary: RunSummary,
+    pub curves: RunCurves,
+}
+
+/// What the runs worker reports: every run of the folder, when it was listed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunsListing {
+    pub runs: Vec<RunEntry>,
+    /// Seconds since the Unix epoch (the "updated … ago" column counts from it).
+    pub listed_at: f64,
+}
+
+/// The config diff overlay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiffView {
+    pub a: String,
+    pub b: String,
+    /// `None` while the worker reads the configs.
+    pub rows: Option<Result<Vec<SettingDiff>, String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunsState {
+    /// The runs folder (the dashboard run's parent).
+    pub dir: PathBuf,
+    pub runs: Vec<RunEntry>,
+    pub listed_at: f64,
+    /// Whether a listing arrived.
+    pub loaded: bool,
+    pub error: Option<String>,
+    pub selected: usize,
+    /// Marked runs' paths, in the order they were marked (their colour).
+    pub marked: Vec<PathBuf>,
+    pub diff: Option<DiffView>,
+    /// The worker was asked for the listing (the tab was opened once).
+    pub watching: bool,
+}
+
+impl RunsState {
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            ..Self::default()
+        }
+    }
+
+    /// The runs folder of a dashboard on `run`: its parent (`.` for a bare name).
+    pub fn dir_of(run: &Path) -> PathBuf {
+        match run.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    pub fn listed(&mut self, listing: Result<RunsListing, String>) {
+        match listing {
+            Ok(l) => {
+                let keep = self.selected_run().map(|r| r.summary.path.clone());
+                self.runs = l.runs;
+                self.listed_at = l.listed_at;
+                self.loaded = true;
+                self.error = None;
+                if let Some(p) = keep
+                    && let Some(i) = self.runs.iter().position(|r| r.summary.path == p)
+                {
+                    self.selected = i;
+                }
+                self.selected = moved(self.selected, 0, self.runs.len());
+            }
+            Err(e) => {
+                self.loaded = true;
+                self.error = Some(e);
+            }
+        }
+    }
+
+    pub fn selected_run(&self) -> Option<&RunEntry> {
+        self.runs.get(self.selected)
+    }
+
+    pub fn step(&mut self, by: isize) {
+        self.selected = moved(self.selected, by, self.runs.len());
+    }
+
+    /// Marks or unmarks the selected run.
+    pub fn toggle_mark(&mut self) {
+        let Some(path) = self.selected_run().map(|r| r.summary.path.clone()) else {
+            return;
+        };
+        if let Some(i) = self.marked.iter().position(|p| *p == path) {
+            self.marked.remove(i);
+        } else {
+            self.marked.push(path);
+        }
+    }
+
+    /// Where `path` is among the marked runs (its colour), if marked.
+    pub fn mark_of(&self, path: &Path) -> Option<usize> {
+        self.marked.iter().position(|p| p == path)
+    }
+
+    /// The runs the charts show: the marked ones that exist, in marking order, with
+    /// their mark index; the selected run when none is marked.
+    pub fn charted(&self) -> Vec<(usize, &RunEntry)> {
+        let marked: Vec<(usize, &RunEntry)> = self
+            .marked
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                self.runs
+                    .iter()
+                    .find(|r| &r.summary.path == p)
+                    .map(|r| (i, r))
+            })
+            .collect();
+        if marked.is_empty() {
+            self.selected_run()
+                .map(|r| vec![(0, r)])
+                .unwrap_or_default()
+        } else {
+            marked
+        }
+    }
+
+    /// The two runs `d` compares: the two marked runs, or the first marked one and
+    /// the selected one; `Err` says what to do instead.
+    pub fn diff_pair(&self) -> Result<(PathBuf, PathBuf), &'static str> {
+        let exists = |p: &PathBuf| self.runs.iter().any(|r| &r.summary.path == p);
+        let marked: Vec<&PathBuf> = self.marked.iter().filter(|p| exists(p)).collect();
+        let selected = self.selected_run().map(|r| &r.summary.path);
+        if self.runs.len() < 2 {
+            return Err("the config diff needs two runs in the folder");
+        }
+        match (marked.as_slice(), selected) {
+            ([a, b], _) => Ok(((*a).clone(), (*b).clone())),
+            ([a, ..], Some(s)) if *a != s => Ok(((*a).clone(), s.clone())),
+            ([a, b, ..], _) => Ok(((*a).clone(), (*b).clone())),
+            _ => Err("mark a run with space, select another, then d compares their configs"),
+        }
+    }
+
+    /// Opens the diff overlay for `a` and `b` (waiting for the worker).
+    pub fn open_diff(&mut self, a: &Path, b: &Path) {
+        let name = |p: &Path| {
+            self.runs
+                .iter()
+                .find(|r| r.summary.path == p)
+                .map_or_else(|| p.display().to_string(), |r| r.summary.name.clone())
+        };
+        self.diff = Some(DiffView {
+            a: name(a),
+            b: name(b),
+            rows: None,
+        });
+    }
+
+    pub fn diff_arrived(&mut self, rows: Result<Vec<SettingDiff>, String>) {
+        if let Some(d) = &mut self.diff {
+            d.rows = Some(rows);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(step: usize, loss: f32) -> TrainEvent {
+        TrainEvent::Step {
+            step,
+            epoch: 0,
+            loss,
+            active: 0.5,
+            d_ap: 0.5,
+            d_an: 0.7,
+            lr: 1e-3,
+            grad_norm: 1.0,
+            spread: None,
+            triplets_per_s: 10.0,
+            images_per_s: None,
+            elapsed_s: step as f64,
+        }
+    }
+
+    #[test]
+    fn curves_are_the_debiased_ema_and_decimated() {
+        let events: Vec<TrainEvent> = (0..1000).map(|i| step(i, 1.0)).collect();
+        let c = curves_of(&events);
+        assert!(c.loss.len() <= MAX_POINTS + 1);
+        assert_eq!(c.loss.last().map(|p| p.0), Some(999.0));
+        assert!(c.loss.iter().all(|p| (p.1 - 1.0).abs() < 1e-9));
+        let c = curves_of(&[step(1, 2.0), step(2, 0.0)]);
+        assert!((c.loss[0].1 - 2.0).abs() < 1e-9);
+        assert!(c.loss[1].1 < 2.0 && c.loss[1].1 > 0.0);
+    }
+
+    #[test]
+    fn runs_folder_is_the_parent() {
+        assert_eq!(
+            RunsState::dir_of(Path::new("runs/demo")),
+            PathBuf::from("runs")
+        );
+        assert_eq!(RunsState::dir_of(Path::new("demo")), PathBuf::from("."));
+    }
+}

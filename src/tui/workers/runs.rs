@@ -1,0 +1,162 @@
+//! The Runs tab's worker, started when the tab is first opened: every
+//! [`EVERY`] (or at once on request) it lists the runs folder with
+//! [`crate::train::runs::list`] and each run's curves, reading a run's
+//! `metrics.jsonl` again only when its size or modification time changed (the curves
+//! then follow the file incrementally); it also answers config diffs.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{Outbox, spawn};
+use crate::run::folder::{ControlRequest, RunDir};
+use crate::run::settings::{self, SettingDiff};
+use crate::train::metrics_log::MetricsFollower;
+use crate::train::runs::{self, RunSummary};
+use crate::tui::app::WorkerEvent;
+use crate::tui::tabs::runs::{CurveBuilder, RunEntry, RunsListing};
+
+/// How often the folder is listed again.
+pub const EVERY: Duration = Duration::from_secs(2);
+
+enum Request {
+    Refresh,
+    Diff(PathBuf, PathBuf),
+}
+
+/// The handle the runtime keeps; dropping it ends the worker.
+pub struct RunsWorker {
+    tx: Sender<Request>,
+}
+
+impl RunsWorker {
+    pub fn spawn(dir: PathBuf, out: Outbox) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let failed = |m| WorkerEvent::Runs(Err(m));
+        spawn("runs", &out.clone(), failed, move || watch(&dir, &rx, &out));
+        Self { tx }
+    }
+
+    pub fn refresh(&self) {
+        let _ = self.tx.send(Request::Refresh);
+    }
+
+    pub fn diff(&self, a: PathBuf, b: PathBuf) {
+        let _ = self.tx.send(Request::Diff(a, b));
+    }
+}
+
+/// What a run's cached state was read from.
+#[derive(Debug, Clone, PartialEq)]
+struct Key {
+    len: Option<u64>,
+    modified: Option<SystemTime>,
+    pid: Option<u32>,
+    control: ControlRequest,
+}
+
+fn key_of(dir: &Path) -> Key {
+    let run = RunDir::new(dir);
+    let meta = std::fs::metadata(run.metrics()).ok();
+    Key {
+        len: meta.as_ref().map(std::fs::Metadata::len),
+        modified: meta.and_then(|m| m.modified().ok()),
+        pid: run.locked_by(),
+        control: run.read_control(),
+    }
+}
+
+struct Cached {
+    key: Key,
+    summary: RunSummary,
+    follower: MetricsFollower,
+    curves: CurveBuilder,
+}
+
+/// The folder's runs, from the cache where nothing changed.
+#[derive(Default)]
+pub struct Lister {
+    cache: HashMap<PathBuf, Cached>,
+}
+
+impl Lister {
+    pub fn list(&mut self, dir: &Path) -> Result<RunsListing, String> {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_dir() && runs::is_run(p))
+            .collect();
+        dirs.sort();
+        self.cache.retain(|p, _| dirs.contains(p));
+        let mut out = Vec::with_capacity(dirs.len());
+        for d in dirs {
+            let key = key_of(&d);
+            let c = self.cache.entry(d.clone()).or_insert_with(|| Cached {
+                key: Key {
+                    len: None,
+                    modified: None,
+                    pid: None,
+                    control: ControlRequest::Run,
+                },
+                summary: runs::summarize(&d),
+                follower: MetricsFollower::new(&RunDir::new(&d).metrics()),
+                curves: CurveBuilder::default(),
+            });
+            if c.key != key {
+                let shrunk = c.key.len.zip(key.len).is_some_and(|(a, b)| b < a);
+                if shrunk {
+                    c.follower = MetricsFollower::new(&RunDir::new(&d).metrics());
+                    c.curves = CurveBuilder::default();
+                }
+                c.summary = runs::summarize(&d);
+                match c.follower.poll() {
+                    Ok(events) => events.iter().for_each(|e| c.curves.apply(e)),
+                    Err(e) => tracing::debug!("{}: {e}", d.display()),
+                }
+                c.key = key;
+            }
+            out.push(RunEntry {
+                summary: c.summary.clone(),
+                curves: c.curves.curves(),
+            });
+        }
+        let listed_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        Ok(RunsListing {
+            runs: out,
+            listed_at,
+        })
+    }
+}
+
+/// The settings that differ between two runs' `config.toml`.
+pub fn config_diff(a: &Path, b: &Path) -> Result<Vec<SettingDiff>, String> {
+    let ca = settings::load(a).map_err(|e| e.to_string())?;
+    let cb = settings::load(b).map_err(|e| e.to_string())?;
+    Ok(settings::diff(&ca, &cb))
+}
+
+fn watch(dir: &Path, rx: &Receiver<Request>, out: &Outbox) {
+    let mut lister = Lister::default();
+    loop {
+        if !out.send(WorkerEvent::Runs(lister.list(dir))) {
+            return;
+        }
+        let deadline = std::time::Instant::now() + EVERY;
+        loop {
+            let wait = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(Request::Refresh) | Err(RecvTimeoutError::Timeout) => break,
+                Ok(Request::Diff(a, b)) => {
+                    if !out.send(WorkerEvent::RunsDiff(config_diff(&a, &b))) {
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+}
