@@ -977,7 +977,18 @@ fn snapshot_runs_diff_popup() {
     let mut b = a.clone();
     b.model.image_size = 96;
     b.train.lr = 0.0005;
-    app.update(Action::Worker(WorkerEvent::RunsDiff(Ok(diff(&a, &b)))));
+    // An answer for another pair is not this popup's.
+    app.update(Action::Worker(WorkerEvent::RunsDiff {
+        a: PathBuf::from("runs/hard-64"),
+        b: PathBuf::from("runs/demo"),
+        rows: Err("stale".into()),
+    }));
+    assert!(app.runs.diff.as_ref().is_some_and(|d| d.rows.is_none()));
+    app.update(Action::Worker(WorkerEvent::RunsDiff {
+        a: PathBuf::from("runs/demo"),
+        b: PathBuf::from("runs/hard-64"),
+        rows: Ok(diff(&a, &b)),
+    }));
     for (w, h) in SIZES {
         insta::assert_snapshot!(format!("runs_diff_{w}x{h}"), render(&app, w, h).backend());
     }

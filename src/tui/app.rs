@@ -91,8 +91,12 @@ pub enum WorkerEvent {
     Thumb(ThumbKey, Result<Thumb, String>),
     /// The runs folder listed, with each run's curves.
     Runs(Result<RunsListing, String>),
-    /// The config diff the Runs tab asked for.
-    RunsDiff(Result<Vec<SettingDiff>, String>),
+    /// The config diff of runs `a` and `b` the Runs tab asked for.
+    RunsDiff {
+        a: PathBuf,
+        b: PathBuf,
+        rows: Result<Vec<SettingDiff>, String>,
+    },
     /// A message for the status line.
     Status(String),
 }
@@ -523,7 +527,7 @@ impl App {
             WorkerEvent::Search(result) => self.search.answered(result),
             WorkerEvent::Thumb(key, result) => self.thumbs.arrived(key, result),
             WorkerEvent::Runs(listing) => self.runs.listed(listing),
-            WorkerEvent::RunsDiff(rows) => self.runs.diff_arrived(rows),
+            WorkerEvent::RunsDiff { a, b, rows } => self.runs.diff_arrived(&a, &b, rows),
             WorkerEvent::Status(msg) => self.say(msg),
         }
     }

@@ -105,8 +105,11 @@ pub struct RunsListing {
 /// The config diff overlay.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DiffView {
+    /// The runs' names.
     pub a: String,
     pub b: String,
+    /// Their folders (an answer for another pair is ignored).
+    pub paths: (PathBuf, PathBuf),
     /// `None` while the worker reads the configs.
     pub rows: Option<Result<Vec<SettingDiff>, String>>,
 }
@@ -242,12 +245,16 @@ impl RunsState {
         self.diff = Some(DiffView {
             a: name(a),
             b: name(b),
+            paths: (a.to_path_buf(), b.to_path_buf()),
             rows: None,
         });
     }
 
-    pub fn diff_arrived(&mut self, rows: Result<Vec<SettingDiff>, String>) {
-        if let Some(d) = &mut self.diff {
+    pub fn diff_arrived(&mut self, a: &Path, b: &Path, rows: Result<Vec<SettingDiff>, String>) {
+        if let Some(d) = &mut self.diff
+            && d.paths.0 == a
+            && d.paths.1 == b
+        {
             d.rows = Some(rows);
         }
     }

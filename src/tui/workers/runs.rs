@@ -151,12 +151,90 @@ fn watch(dir: &Path, rx: &Receiver<Request>, out: &Outbox) {
             match rx.recv_timeout(wait) {
                 Ok(Request::Refresh) | Err(RecvTimeoutError::Timeout) => break,
                 Ok(Request::Diff(a, b)) => {
-                    if !out.send(WorkerEvent::RunsDiff(config_diff(&a, &b))) {
+                    let rows = config_diff(&a, &b);
+                    if !out.send(WorkerEvent::RunsDiff { a, b, rows }) {
                         return;
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::train::events::TrainEvent;
+    use crate::train::runs::RunStatus;
+
+    fn step(step: usize, loss: f32) -> TrainEvent {
+        TrainEvent::Step {
+            step,
+            epoch: 0,
+            loss,
+            active: 0.5,
+            d_ap: 0.5,
+            d_an: 0.7,
+            lr: 1e-3,
+            grad_norm: 1.0,
+            spread: None,
+            triplets_per_s: 10.0,
+            images_per_s: None,
+            elapsed_s: step as f64,
+        }
+    }
+
+    fn append(run: &Path, events: &[TrainEvent]) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(run.join("metrics.jsonl"))
+            .expect("metrics");
+        for e in events {
+            writeln!(f, "{}", serde_json::to_string(e).expect("json")).expect("write");
+        }
+    }
+
+    fn write_config(run: &Path, c: &Config) {
+        std::fs::write(run.join("config.toml"), toml::to_string(c).expect("toml")).expect("config");
+    }
+
+    #[test]
+    fn lists_runs_follows_their_curves_and_diffs_their_configs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        for r in [&a, &b] {
+            std::fs::create_dir(r).expect("run dir");
+        }
+        std::fs::create_dir(dir.path().join("not-a-run")).expect("dir");
+        append(&a, &[step(1, 1.0), step(2, 0.5)]);
+        append(&b, &[step(1, 2.0)]);
+        let mut lister = Lister::default();
+        let l = lister.list(dir.path()).expect("listing");
+        let names: Vec<&str> = l.runs.iter().map(|r| r.summary.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(l.runs[0].curves.loss.len(), 2);
+        assert_eq!(l.runs[0].summary.status, RunStatus::Interrupted);
+        // Unchanged: the cached entry; appended: only the new lines are folded in.
+        assert_eq!(lister.list(dir.path()).expect("listing").runs, l.runs);
+        append(&a, &[step(3, 0.25)]);
+        let l = lister.list(dir.path()).expect("listing");
+        assert_eq!(l.runs[0].curves.loss.len(), 3);
+        assert_eq!(l.runs[0].summary.step, 3);
+        assert_eq!(l.runs[1].curves.loss.len(), 1);
+
+        let ca = Config::default();
+        let mut cb = ca.clone();
+        cb.train.lr = 0.25;
+        write_config(&a, &ca);
+        write_config(&b, &cb);
+        let d = config_diff(&a, &b).expect("diff");
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].key, "train.lr");
+        assert!(config_diff(&a, &dir.path().join("not-a-run")).is_err());
     }
 }
