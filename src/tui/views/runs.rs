@@ -229,12 +229,32 @@ fn draw_table(frame: &mut Frame, area: Rect, app: &App, title: String, theme: &T
             ],
         )
     };
+    let mut block = panel(title, theme);
+    if let Some(detail) = r.selected_run().map(|e| detail(&e.summary, theme)) {
+        block = block.title_bottom(detail);
+    }
     frame.render_widget(
         Table::new(rows, widths)
             .header(Row::new(header).style(theme.title()))
-            .block(panel(title, theme)),
+            .block(block),
         area,
     );
+}
+
+/// The selected run under the table: its folder, its trainer, why it failed.
+fn detail<'a>(s: &RunSummary, theme: &Theme) -> Line<'a> {
+    let mut spans = vec![Span::styled(
+        format!(" {}", s.path.display()),
+        theme.muted(),
+    )];
+    if let Some(pid) = s.pid {
+        spans.push(Span::styled(format!(" · pid {pid}"), theme.success()));
+    }
+    if let Some(m) = &s.message {
+        spans.push(Span::styled(format!(" · {}", clip(m, 60)), theme.error()));
+    }
+    spans.push(Span::raw(" "));
+    Line::from(spans)
 }
 
 fn marker(app: &App) -> Marker {
