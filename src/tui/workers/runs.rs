@@ -68,8 +68,9 @@ fn key_of(dir: &Path) -> Key {
 }
 
 struct Cached {
-    key: Key,
-    summary: RunSummary,
+    /// `None` until first read.
+    key: Option<Key>,
+    summary: Option<RunSummary>,
     follower: MetricsFollower,
     curves: CurveBuilder,
 }
@@ -94,33 +95,35 @@ impl Lister {
         for d in dirs {
             let key = key_of(&d);
             let c = self.cache.entry(d.clone()).or_insert_with(|| Cached {
-                key: Key {
-                    len: None,
-                    modified: None,
-                    pid: None,
-                    control: ControlRequest::Run,
-                },
-                summary: runs::summarize(&d),
+                key: None,
+                summary: None,
                 follower: MetricsFollower::new(&RunDir::new(&d).metrics()),
                 curves: CurveBuilder::default(),
             });
-            if c.key != key {
-                let shrunk = c.key.len.zip(key.len).is_some_and(|(a, b)| b < a);
+            if c.key.as_ref() != Some(&key) {
+                let shrunk = c
+                    .key
+                    .as_ref()
+                    .and_then(|k| k.len)
+                    .zip(key.len)
+                    .is_some_and(|(a, b)| b < a);
                 if shrunk {
                     c.follower = MetricsFollower::new(&RunDir::new(&d).metrics());
                     c.curves = CurveBuilder::default();
                 }
-                c.summary = runs::summarize(&d);
+                c.summary = Some(runs::summarize(&d));
                 match c.follower.poll() {
                     Ok(events) => events.iter().for_each(|e| c.curves.apply(e)),
                     Err(e) => tracing::debug!("{}: {e}", d.display()),
                 }
-                c.key = key;
+                c.key = Some(key);
             }
-            out.push(RunEntry {
-                summary: c.summary.clone(),
-                curves: c.curves.curves(),
-            });
+            if let Some(summary) = &c.summary {
+                out.push(RunEntry {
+                    summary: summary.clone(),
+                    curves: c.curves.curves(),
+                });
+            }
         }
         let listed_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
