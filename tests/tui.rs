@@ -419,6 +419,9 @@ fn snapshot_overlays_and_small_terminal() {
 fn every_theme_renders_every_tab() {
     let mut app = app_with_data(false);
     app.update(Action::Worker(WorkerEvent::Search(Ok(results()))));
+    app.update(Action::Worker(WorkerEvent::Runs(Ok(runs_listing()))));
+    app.update(Action::GoTab(Tab::Runs));
+    app.update(Action::ToggleMark);
     for name in Theme::builtin_names() {
         let theme = Theme::load(name).expect("theme");
         for tab in Tab::ALL {
