@@ -211,7 +211,8 @@ impl<'a> Session<'a> {
     fn start(job: &'a TrainJob, run: &'a RunDir) -> Result<Self, TrainError> {
         let cfg = &job.config;
         let choice = parse_device(&cfg.train.device).map_err(TrainError::Setting)?;
-        let device = device::select(choice)?;
+        let device = device::select(choice)
+            .map_err(|e| TrainError::Setting(format!("train.device: {e}")))?;
         let data = prepare_data(job)?;
         let (model, varmap) = Embedder::seeded(cfg.model.embedder(), &device, cfg.train.seed)?;
         if !cfg.model.pretrained.as_os_str().is_empty() {
