@@ -56,16 +56,16 @@ pub fn top_k_of_row(scores: &[f32], k: usize) -> Vec<Hit> {
     hits
 }
 
-/// Exact top-`k` gallery rows for every query row (both `(n, d)`, unit vectors, on
-/// any device); scores are cosine similarities.
-pub fn exact_top_k(
+/// Calls `row(query, scores)` for every query row with its cosine scores against
+/// every gallery row, `QUERY_BLOCK` queries per GEMM (so the whole score matrix never
+/// exists at once).
+fn for_each_score_row(
     queries: &Tensor,
     gallery: &Tensor,
-    k: usize,
-) -> candle_core::Result<Vec<Vec<Hit>>> {
+    mut row: impl FnMut(usize, &[f32]),
+) -> candle_core::Result<()> {
     let (nq, _) = queries.dims2()?;
     let gallery_t = gallery.t()?.contiguous()?;
-    let mut out = Vec::with_capacity(nq);
     let mut start = 0;
     while start < nq {
         let len = QUERY_BLOCK.min(nq - start);
@@ -75,9 +75,23 @@ pub fn exact_top_k(
             .matmul(&gallery_t)?
             .to_device(&Device::Cpu)?
             .to_vec2::<f32>()?;
-        out.extend(scores.iter().map(|row| top_k_of_row(row, k)));
+        for (i, r) in scores.iter().enumerate() {
+            row(start + i, r);
+        }
         start += len;
     }
+    Ok(())
+}
+
+/// Exact top-`k` gallery rows for every query row (both `(n, d)`, unit vectors, on
+/// any device); scores are cosine similarities.
+pub fn exact_top_k(
+    queries: &Tensor,
+    gallery: &Tensor,
+    k: usize,
+) -> candle_core::Result<Vec<Vec<Hit>>> {
+    let mut out = Vec::with_capacity(queries.dim(0)?);
+    for_each_score_row(queries, gallery, |_, row| out.push(top_k_of_row(row, k)))?;
     Ok(out)
 }
 
@@ -103,42 +117,28 @@ pub fn query_outcomes(
     gallery_labels: &[usize],
     top: usize,
 ) -> candle_core::Result<Vec<QueryOutcome>> {
-    let (nq, _) = queries.dims2()?;
-    let gallery_t = gallery.t()?.contiguous()?;
-    let mut out = Vec::with_capacity(nq);
-    let mut start = 0;
-    while start < nq {
-        let len = QUERY_BLOCK.min(nq - start);
-        let scores = queries
-            .narrow(0, start, len)?
-            .contiguous()?
-            .matmul(&gallery_t)?
-            .to_device(&Device::Cpu)?
-            .to_vec2::<f32>()?;
-        for (row, &label) in scores.iter().zip(&query_labels[start..start + len]) {
-            let true_hit = row
+    let mut out = Vec::with_capacity(queries.dim(0)?);
+    for_each_score_row(queries, gallery, |q, row| {
+        let label = query_labels.get(q);
+        let true_hit = row
+            .iter()
+            .enumerate()
+            .filter(|&(g, _)| label.is_some() && gallery_labels.get(g) == label)
+            .map(|(index, &score)| Hit { index, score })
+            .min_by(rank_order);
+        let rank = true_hit.map(|t| {
+            1 + row
                 .iter()
                 .enumerate()
-                .filter(|&(g, _)| gallery_labels.get(g) == Some(&label))
-                .map(|(index, &score)| Hit { index, score })
-                .min_by(rank_order);
-            let rank = true_hit.map(|t| {
-                1 + row
-                    .iter()
-                    .enumerate()
-                    .filter(|&(index, &score)| {
-                        rank_order(&Hit { index, score }, &t) == Ordering::Less
-                    })
-                    .count()
-            });
-            out.push(QueryOutcome {
-                rank,
-                true_hit,
-                top: top_k_of_row(row, top),
-            });
-        }
-        start += len;
-    }
+                .filter(|&(index, &score)| rank_order(&Hit { index, score }, &t) == Ordering::Less)
+                .count()
+        });
+        out.push(QueryOutcome {
+            rank,
+            true_hit,
+            top: top_k_of_row(row, top),
+        });
+    })?;
     Ok(out)
 }
 
