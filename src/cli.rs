@@ -93,6 +93,9 @@ pub struct DashboardArgs {
     /// Run folder to show, follow and train [default: train.run].
     #[arg(long, value_name = "DIR")]
     pub run: Option<PathBuf>,
+    /// Folder of run folders the Runs tab lists [default: the run's parent].
+    #[arg(long, value_name = "DIR")]
+    pub runs: Option<PathBuf>,
     /// Theme: default | light | high-contrast | NAME | PATH.toml [default: ui.theme].
     #[arg(long)]
     pub theme: Option<String>,
@@ -106,6 +109,9 @@ pub struct WatchArgs {
     /// Dataset root for the Dataset, Triplets and Search tabs [default: the run's data.root].
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
+    /// Folder of run folders the Runs tab lists [default: the run's parent].
+    #[arg(long, value_name = "DIR")]
+    pub runs: Option<PathBuf>,
     /// Theme: default | light | high-contrast | NAME | PATH.toml [default: ui.theme].
     #[arg(long)]
     pub theme: Option<String>,

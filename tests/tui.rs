@@ -18,7 +18,7 @@ use vitrine::train::runs::{RunStatus, RunSummary};
 use vitrine::tui::app::{Action, App, AppOptions, Command, Tab, WorkerEvent};
 use vitrine::tui::keymap::{KEYS, map_key};
 use vitrine::tui::settings::PlotMarker;
-use vitrine::tui::tabs::dataset::{DatasetInfo, ImageInfo};
+use vitrine::tui::tabs::dataset::{DatasetInfo, ImageInfo, Loadable};
 use vitrine::tui::tabs::runs::{RunCurves, RunEntry, RunsListing};
 use vitrine::tui::tabs::search::{HitInfo, IndexStatus, SearchResults};
 use vitrine::tui::tabs::train::{Phase, TrainState};
@@ -1013,6 +1013,7 @@ fn runs_keys_mark_select_and_diff() {
     ));
     assert!(matches!(map(&app, KeyCode::Char('d')), Some(Action::Diff)));
     assert!(matches!(map(&app, KeyCode::Down), Some(Action::Down)));
+    assert!(matches!(map(&app, KeyCode::Enter), Some(Action::Enter)));
     // Elsewhere space and d do nothing.
     let other = App::new(options(false));
     assert!(map(&other, KeyCode::Char(' ')).is_none());
@@ -1051,4 +1052,158 @@ fn runs_keys_mark_select_and_diff() {
         [Command::WatchRuns(PathBuf::from("runs"))]
     );
     assert!(app.update(Action::Down).is_empty());
+}
+
+/// Another recorded run, still training: the fixture's events up to step `steps`,
+/// under another name.
+fn second_run_events(name: &str, steps: usize) -> Vec<TrainEvent> {
+    fixture_events()
+        .into_iter()
+        .take_while(|e| !matches!(e, TrainEvent::Step { step, .. } if *step > steps))
+        .map(|mut e| {
+            match &mut e {
+                TrainEvent::Started { run, .. } => *run = name.into(),
+                TrainEvent::Checkpoint { path, .. } => {
+                    *path = path.replace("runs/demo/", &format!("runs/{name}/"));
+                }
+                _ => {}
+            }
+            e
+        })
+        .collect()
+}
+
+fn of_run(generation: u64, event: WorkerEvent) -> Action {
+    Action::Worker(WorkerEvent::OfRun {
+        generation,
+        event: Box::new(event),
+    })
+}
+
+#[test]
+fn enter_on_the_runs_tab_opens_the_run_in_the_other_tabs() {
+    let (mut app, _) = runs_app();
+    assert!(app.train.loss.len() > 20, "the first run's history");
+    app.update(Action::ToggleMark);
+    app.update(Action::Down);
+    let commands = app.update(Action::Enter);
+    assert_eq!(
+        commands,
+        [Command::OpenRun {
+            run: PathBuf::from("runs/hard-64"),
+            generation: 1,
+        }]
+    );
+    // Everything of the old run starts afresh; the Runs tab keeps its table and marks.
+    assert_eq!(app.tab, Tab::Train);
+    assert_eq!(app.opts.run, PathBuf::from("runs/hard-64"));
+    assert_eq!(app.generation, 1);
+    assert_eq!(app.train, TrainState::default());
+    assert_eq!(app.trainer.pid, None);
+    assert!(matches!(app.dataset, Loadable::Loading));
+    assert!(app.triplets.rows.is_empty() && app.search.queries.is_empty());
+    assert_eq!(app.index, IndexStatus::Unknown);
+    assert_eq!(app.runs.runs.len(), 2);
+    assert_eq!(app.runs.selected, 1);
+    assert_eq!(app.runs.marked, [PathBuf::from("runs/demo")]);
+
+    // Late events of the old run's workers land nowhere.
+    app.update(of_run(0, WorkerEvent::Train(fixture_events())));
+    app.update(of_run(0, WorkerEvent::Dataset(Box::new(Ok(dataset())))));
+    app.update(of_run(
+        0,
+        WorkerEvent::Index(IndexStatus::Ready { count: 146 }),
+    ));
+    app.update(of_run(
+        0,
+        WorkerEvent::Trainer {
+            pid: Some(4242),
+            control: ControlRequest::Run,
+        },
+    ));
+    assert_eq!(app.train, TrainState::default());
+    assert!(matches!(app.dataset, Loadable::Loading));
+    assert_eq!(app.index, IndexStatus::Unknown);
+    assert_eq!(app.trainer.pid, None);
+
+    // The new run's: its dataset, its history.
+    app.update(of_run(
+        1,
+        WorkerEvent::RunOpened {
+            data: PathBuf::from("data/hard"),
+            note: None,
+        },
+    ));
+    assert_eq!(app.opts.data, PathBuf::from("data/hard"));
+    let events = second_run_events("hard-64", 30);
+    app.update(of_run(1, WorkerEvent::Train(events.clone())));
+    assert_eq!(app.train.events, events.len());
+    assert_eq!(app.train.loss.len(), 30);
+    assert_eq!(
+        app.train.info.as_ref().map(|i| i.run.as_str()),
+        Some("hard-64")
+    );
+    assert_eq!(app.train.last.map(|s| s.step), Some(30));
+    for (w, h) in SIZES {
+        let t = render(&app, w, h);
+        assert!(screen_text(&t).contains("hard-64"), "{}", screen_text(&t));
+        insta::assert_snapshot!(format!("opened_run_{w}x{h}"), t.backend());
+    }
+    // Its data folder is missing: the Dataset tab says so where the dataset would be.
+    app.update(of_run(
+        1,
+        WorkerEvent::Dataset(Box::new(Err(
+            "data/hard: no Eval/list_eval_partition.txt".into()
+        ))),
+    ));
+    app.update(Action::GoTab(Tab::Dataset));
+    let text = screen_text(&render(&app, 80, 24));
+    assert!(text.contains("data/hard: no Eval"), "{text}");
+
+    // `t` acts on the opened run, with the usual check of its lock.
+    app.update(of_run(
+        1,
+        WorkerEvent::Trainer {
+            pid: Some(77),
+            control: ControlRequest::Run,
+        },
+    ));
+    assert!(app.update(Action::StartTraining).is_empty());
+    assert!(app.status.as_deref().is_some_and(|s| s.contains("pid 77")));
+
+    // Opening the shown run again changes nothing but the tab.
+    app.update(Action::GoTab(Tab::Runs));
+    assert!(app.update(Action::Enter).is_empty());
+    assert_eq!((app.tab, app.generation), (Tab::Train, 1));
+    assert_eq!(app.train.events, events.len());
+    // Opening the first run again: generation 2, the hard-64 events are stale now.
+    app.update(Action::GoTab(Tab::Runs));
+    app.update(Action::Up);
+    assert_eq!(
+        app.update(Action::Enter),
+        [Command::OpenRun {
+            run: PathBuf::from("runs/demo"),
+            generation: 2,
+        }]
+    );
+    app.update(of_run(1, WorkerEvent::Train(events)));
+    assert_eq!(app.train.events, 0);
+}
+
+#[test]
+fn a_read_only_dashboard_opens_runs_read_only() {
+    let mut o = options(false);
+    o.read_only = true;
+    let mut app = App::new(o);
+    app.update(Action::GoTab(Tab::Runs));
+    app.update(Action::Worker(WorkerEvent::Runs(Ok(runs_listing()))));
+    app.update(Action::Down);
+    assert_eq!(app.update(Action::Enter).len(), 1);
+    assert!(app.opts.read_only);
+    assert!(app.update(Action::StartTraining).is_empty());
+    assert!(text_of_status(&app).contains("read-only"));
+}
+
+fn text_of_status(app: &App) -> String {
+    app.status.clone().unwrap_or_default()
 }

@@ -11,13 +11,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedReceiver;
+use vitrine::config::Config;
 use vitrine::run::folder::{ControlRequest, RunDir};
 use vitrine::train::events::{StopReason, TrainEvent};
 use vitrine::train::metrics_log::read_all;
-use vitrine::tui::app::{Action, App, AppOptions, WorkerEvent};
-use vitrine::tui::workers::{Outbox, spawn_follower, spawn_trainer};
+use vitrine::tui::app::{Action, App, AppOptions, Command as AppCommand, Tab, WorkerEvent};
+use vitrine::tui::tabs::dataset::Loadable;
+use vitrine::tui::tabs::search::IndexStatus;
+use vitrine::tui::workers::runs::Lister;
+use vitrine::tui::workers::{Outbox, RunWorkers, Shown, spawn_follower, spawn_trainer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vitrine");
+const METRICS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/tui/metrics.jsonl"
+);
 
 /// A dashboard's state fed by a follower of the run, as the runtime does it.
 struct Attached {
@@ -134,6 +142,168 @@ fn training_outlives_the_dashboard_and_can_be_reattached() {
     assert_eq!(dir.locked_by(), None);
     let log = std::fs::read_to_string(dir.log()).expect("the trainer's log");
     assert!(log.contains("stopped"), "{log}");
+}
+
+/// Feeds the app the workers' events until `done(app)` or the timeout.
+fn pump(
+    app: &mut App,
+    rx: &mut UnboundedReceiver<WorkerEvent>,
+    what: &str,
+    done: impl Fn(&App) -> bool,
+) {
+    let end = Instant::now() + Duration::from_secs(30);
+    while !done(app) {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        match rx.try_recv() {
+            Ok(e) => {
+                app.update(Action::Worker(e));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Appends `events` to `run`'s metrics.jsonl, as a trainer does.
+fn append_events(run: &Path, events: &[TrainEvent]) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(RunDir::new(run).metrics())
+        .expect("metrics.jsonl");
+    for e in events {
+        writeln!(f, "{}", serde_json::to_string(e).expect("json")).expect("write");
+    }
+}
+
+fn step_event(step: usize) -> TrainEvent {
+    TrainEvent::Step {
+        step,
+        epoch: 9,
+        loss: 0.25,
+        active: 0.5,
+        d_ap: 0.5,
+        d_an: 0.7,
+        lr: 1e-3,
+        grad_norm: 1.0,
+        spread: None,
+        triplets_per_s: 10.0,
+        images_per_s: None,
+        elapsed_s: step as f64,
+    }
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Enter on the Runs tab with the real workers, as the runtime wires them: the
+/// follower, the dataset reader and the index status move to the opened run; events
+/// of the old run already on their way, and lines it writes afterwards, never reach
+/// the new state; nothing in the opened run is started, locked or written.
+#[test]
+fn opening_a_run_moves_the_workers_to_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let runs = tmp.path().join("runs");
+    let (a, b) = (runs.join("a"), runs.join("b"));
+    let recorded = read_all(Path::new(METRICS)).expect("fixture");
+    let a_events: Vec<TrainEvent> = recorded.clone();
+    // b: still training (the first 12 steps), with settings naming a dataset that is
+    // not there.
+    let b_events: Vec<TrainEvent> = recorded
+        .into_iter()
+        .take_while(|e| !matches!(e, TrainEvent::Step { step, .. } if *step > 12))
+        .map(|mut e| {
+            if let TrainEvent::Started { run, .. } = &mut e {
+                *run = "b".into();
+            }
+            e
+        })
+        .collect();
+    for (run, events) in [(&a, &a_events), (&b, &b_events)] {
+        std::fs::create_dir_all(run).expect("run dir");
+        append_events(run, events);
+    }
+    let mut b_config = Config::default();
+    b_config.data.root = tmp.path().join("missing-data");
+    b_config.train.lr = 0.25;
+    std::fs::write(
+        RunDir::new(&b).config(),
+        toml::to_string(&b_config).expect("toml"),
+    )
+    .expect("config.toml");
+    let b_files = names_in(&b);
+    let b_len = std::fs::metadata(RunDir::new(&b).metrics())
+        .expect("metrics")
+        .len();
+
+    let (out, mut rx) = Outbox::channel();
+    let data_a = tmp.path().join("data-a");
+    let mut app = App::new(AppOptions::new(a.clone(), data_a.clone()));
+    let shown = Shown {
+        run: a.clone(),
+        data: data_a,
+        config: Config::default(),
+    };
+    let workers = RunWorkers::spawn(shown, &out, app.generation);
+    pump(&mut app, &mut rx, "run a's history", |app| {
+        app.train.events == a_events.len()
+            && matches!(&app.dataset, Loadable::Failed(e) if e.contains("data-a"))
+            && app.index == IndexStatus::Missing
+    });
+
+    // a writes on; its follower reads the lines before the switch.
+    append_events(&a, &[step_event(1000), step_event(1001)]);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    app.update(Action::GoTab(Tab::Runs));
+    app.update(Action::Worker(WorkerEvent::Runs(
+        Lister::default().list(&runs),
+    )));
+    app.update(Action::Down);
+    let commands = app.update(Action::Enter);
+    assert_eq!(
+        commands,
+        [AppCommand::OpenRun {
+            run: b.clone(),
+            generation: 1
+        }]
+    );
+    // What the runtime does with the command.
+    let (new_workers, opened) = RunWorkers::open(&b, &Config::default(), &app.opts.data, &out, 1);
+    drop(workers);
+    app.update(Action::Worker(opened));
+    assert_eq!(app.opts.data, tmp.path().join("missing-data"));
+    assert_eq!(new_workers.shown.config.train.lr, 0.25, "b's own settings");
+    pump(&mut app, &mut rx, "run b's history", |app| {
+        app.train.events == b_events.len()
+            && matches!(&app.dataset, Loadable::Failed(e) if e.contains("missing-data"))
+            && app.index == IndexStatus::Missing
+    });
+    // a keeps writing; nothing of it arrives.
+    append_events(&a, &[step_event(1002)]);
+    std::thread::sleep(Duration::from_millis(1500));
+    while let Ok(e) = rx.try_recv() {
+        app.update(Action::Worker(e));
+    }
+    assert_eq!(app.train.events, b_events.len());
+    assert_eq!(app.train.last.map(|s| s.step), Some(12));
+    assert_eq!(app.train.info.as_ref().map(|i| i.run.as_str()), Some("b"));
+    // Opening is read-only.
+    assert_eq!(names_in(&b), b_files, "nothing written in the run");
+    assert_eq!(RunDir::new(&b).locked_by(), None);
+    assert_eq!(
+        std::fs::metadata(RunDir::new(&b).metrics())
+            .expect("metrics")
+            .len(),
+        b_len
+    );
+    drop(new_workers);
 }
 
 struct Tmux {

@@ -22,17 +22,22 @@ pub fn run(config: &Config, args: &DashboardArgs, log: Option<&Path>) -> anyhow:
         run,
         args.theme.as_deref(),
         log,
-        Opening::default(),
+        Opening {
+            runs: args.runs.clone(),
+            ..Opening::default()
+        },
     )
 }
 
 /// What the dashboard does by itself once open.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Opening {
     pub read_only: bool,
     pub start_training: bool,
     pub build_index: bool,
     pub auto_index: bool,
+    /// The Runs tab's folder (`--runs`) [default: the run's parent].
+    pub runs: Option<PathBuf>,
 }
 
 /// Resolves the theme (errors still print normally), sends logs to the run's log
@@ -58,5 +63,6 @@ pub fn open(
         start_training: opening.start_training,
         build_index: opening.build_index,
         auto_index: opening.auto_index,
+        runs: opening.runs,
     })
 }

@@ -38,6 +38,7 @@ pub fn run(config: &Config, args: &DemoArgs, log: Option<&Path>) -> anyhow::Resu
             && finished
             && crate::tui::workers::index_status(&run.root) == IndexStatus::Missing,
         auto_index: true,
+        runs: None,
     };
     open(config, dir, run.root, args.theme.as_deref(), log, opening)
 }

@@ -43,6 +43,7 @@ pub fn run(config: &Config, args: &WatchArgs, log: Option<&Path>) -> anyhow::Res
         log,
         Opening {
             read_only: true,
+            runs: args.runs.clone(),
             ..Opening::default()
         },
     )

@@ -10,7 +10,7 @@ use crate::run::settings::SettingDiff;
 use crate::train::events::TrainEvent;
 use crate::tui::settings::PlotMarker;
 use crate::tui::tabs::dataset::{DatasetInfo, Loadable};
-use crate::tui::tabs::runs::{RunsListing, RunsState};
+use crate::tui::tabs::runs::{RunsListing, RunsState, same_run};
 use crate::tui::tabs::search::{GRID_COLS, IndexStatus, SearchResults, SearchState};
 use crate::tui::tabs::train::{Outcome, TrainState, TrainerStatus};
 use crate::tui::tabs::triplets::{ScoreStatus, TripletScore, TripletsState};
@@ -99,6 +99,18 @@ pub enum WorkerEvent {
     },
     /// A message for the status line.
     Status(String),
+    /// The run opened from the Runs tab has its settings read: the dataset its tabs
+    /// show, and a note when the dashboard's settings stand in for missing ones.
+    RunOpened {
+        data: PathBuf,
+        note: Option<String>,
+    },
+    /// An event of the workers of the run opened as `generation`; dropped once
+    /// another run is open.
+    OfRun {
+        generation: u64,
+        event: Box<WorkerEvent>,
+    },
 }
 
 /// Everything that changes the state.
@@ -167,6 +179,13 @@ pub enum Command {
         a: PathBuf,
         b: PathBuf,
     },
+    /// Show `run` from now on: stop the old run's workers, read the run's settings
+    /// and start its workers on `generation`'s outbox. Nothing in the run is started,
+    /// stopped or locked.
+    OpenRun {
+        run: PathBuf,
+        generation: u64,
+    },
 }
 
 /// How the dashboard was opened.
@@ -183,11 +202,14 @@ pub struct AppOptions {
     /// How thumbnails are drawn, for the status line.
     pub images_label: String,
     pub plot_marker: PlotMarker,
+    /// The Runs tab's folder (`--runs`, default the run's parent).
+    pub runs: PathBuf,
 }
 
 impl AppOptions {
     pub fn new(run: PathBuf, data: PathBuf) -> Self {
         Self {
+            runs: RunsState::dir_of(&run),
             run,
             data,
             read_only: false,
@@ -220,11 +242,14 @@ pub struct App {
     pub index: IndexStatus,
     pub status: Option<String>,
     pub thumbs: ThumbCache,
+    /// How many times a run was opened from the Runs tab: the shown run's workers
+    /// tag their events with it, so a late event of an earlier run is dropped.
+    pub generation: u64,
 }
 
 impl App {
     pub fn new(opts: AppOptions) -> Self {
-        let runs = RunsState::new(RunsState::dir_of(&opts.run));
+        let runs = RunsState::new(opts.runs.clone());
         Self {
             opts,
             tab: Tab::Train,
@@ -243,6 +268,7 @@ impl App {
             index: IndexStatus::Unknown,
             status: None,
             thumbs: ThumbCache::default(),
+            generation: 0,
         }
     }
 
@@ -296,13 +322,19 @@ impl App {
             Action::PageDown => self.step(PAGE as isize, GRID_COLS as isize),
             Action::Home => self.step(isize::MIN / 2, isize::MIN / 2),
             Action::End => self.step(isize::MAX / 2, isize::MAX / 2),
-            Action::Enter => {
-                if self.tab == Tab::Search
-                    && let Some((path, item)) = self.search.enter()
-                {
-                    out.push(Command::Search { path, item });
+            Action::Enter => match self.tab {
+                Tab::Search => {
+                    if let Some((path, item)) = self.search.enter() {
+                        out.push(Command::Search { path, item });
+                    }
                 }
-            }
+                Tab::Runs => {
+                    if let Some(run) = self.runs.selected_run().map(|r| r.summary.path.clone()) {
+                        self.open_run(run, &mut out);
+                    }
+                }
+                Tab::Train | Tab::Dataset | Tab::Triplets => {}
+            },
             Action::NextFilter | Action::PrevFilter => {
                 if self.tab == Tab::Triplets {
                     self.triplets
@@ -388,6 +420,37 @@ impl App {
         if self.tab == Tab::Search {
             self.search.grid(by);
         }
+    }
+
+    /// Makes `run` the shown run: everything that belongs to a run starts afresh (as
+    /// [`App::new`] makes it), the rest (the Runs tab, thumbnails, chart choices)
+    /// stays; the Train tab then follows it.
+    fn open_run(&mut self, run: PathBuf, out: &mut Vec<Command>) {
+        let name = run.file_name().map_or_else(
+            || run.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        if same_run(&run, &self.opts.run) {
+            self.tab = Tab::Train;
+            self.say(format!("{name} is the run shown"));
+            return;
+        }
+        let opts = AppOptions {
+            run: run.clone(),
+            ..self.opts.clone()
+        };
+        let old = std::mem::replace(self, App::new(opts));
+        self.runs = old.runs;
+        self.runs.diff = None;
+        self.thumbs = old.thumbs;
+        self.full_history = old.full_history;
+        self.generation = old.generation + 1;
+        self.tab = Tab::Train;
+        self.say(format!("opened run {name} (t trains it)"));
+        out.push(Command::OpenRun {
+            run,
+            generation: self.generation,
+        });
     }
 
     fn refuse_read_only(&mut self) -> bool {
@@ -529,6 +592,19 @@ impl App {
             WorkerEvent::Runs(listing) => self.runs.listed(listing),
             WorkerEvent::RunsDiff { a, b, rows } => self.runs.diff_arrived(&a, &b, rows),
             WorkerEvent::Status(msg) => self.say(msg),
+            WorkerEvent::RunOpened { data, note } => {
+                self.opts.data = data;
+                if let Some(n) = note {
+                    self.say(n);
+                }
+            }
+            WorkerEvent::OfRun { generation, event } => {
+                if generation == self.generation {
+                    self.worker(*event, out);
+                } else {
+                    tracing::debug!("dropped a late event of the run opened as {generation}");
+                }
+            }
         }
     }
 

@@ -47,7 +47,11 @@ pub const KEYS: [(&str, &str, &str); 21] = [
     ("← → ↑ ↓", "Search results", "move in the result grid"),
     ("Enter", "Search results", "show the selected result large"),
     ("Esc", "Search", "close the result / back to the queries"),
-    ("j k  ↓ ↑", "Runs", "select a run"),
+    (
+        "j k  Enter",
+        "Runs",
+        "select (↓ ↑ too) / open it in the other tabs",
+    ),
     (
         "Space  d  Esc",
         "Runs",
@@ -138,6 +142,7 @@ pub fn map_key(app: &App, key: KeyEvent) -> Option<Action> {
         (Tab::Triplets, KeyCode::Char('o')) => Some(Action::ToggleHardest),
         (Tab::Runs, KeyCode::Char(' ')) => Some(Action::ToggleMark),
         (Tab::Runs, KeyCode::Char('d')) => Some(Action::Diff),
+        (Tab::Runs, KeyCode::Enter) => Some(Action::Enter),
         (Tab::Search, KeyCode::Enter) => Some(Action::Enter),
         (Tab::Search, KeyCode::Char('/')) => Some(Action::StartInput),
         (Tab::Search, KeyCode::Left) => Some(Action::Left),

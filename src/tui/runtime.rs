@@ -12,8 +12,6 @@
 use std::io::{IsTerminal, Stdout};
 use std::path::PathBuf;
 use std::process::Child;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossterm::event::{Event, EventStream};
@@ -31,7 +29,7 @@ use tokio::time::MissedTickBehavior;
 use super::app::{Action, App, AppOptions, Command, WorkerEvent};
 use super::keymap::map_key;
 use super::settings::ImageMode;
-use super::workers::{self, IndexWorker, Outbox, RunsWorker, ThumbWorker};
+use super::workers::{Outbox, RunWorkers, RunsWorker, Shown, ThumbWorker};
 use crate::config::Config;
 use crate::run::folder::{ControlRequest, RunDir};
 use crate::theme::Theme;
@@ -58,6 +56,8 @@ pub struct Launch {
     pub build_index: bool,
     /// Build the index when a training started here ends (`demo`).
     pub auto_index: bool,
+    /// The Runs tab's folder [default: the run's parent].
+    pub runs: Option<PathBuf>,
 }
 
 /// Key-to-frame latencies, in milliseconds.
@@ -174,9 +174,11 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
 
 /// Runs the commands `update` returned.
 struct Executor {
-    launch: Launch,
+    /// The dashboard's settings (a run opened without settings of its own uses them).
+    config: Config,
     out: Outbox,
-    index: IndexWorker,
+    /// The workers of the run shown.
+    run: RunWorkers,
     thumbs: Option<ThumbWorker>,
     /// Started when the Runs tab is first opened.
     runs: Option<RunsWorker>,
@@ -193,18 +195,11 @@ impl Executor {
     }
 
     fn one(&mut self, app: &mut App, command: Command) -> Vec<Command> {
-        let run = RunDir::new(&self.launch.run);
+        let run = RunDir::new(&self.run.shown.run);
         match command {
             Command::StartTraining => {
                 let exe = std::env::current_exe();
-                let spawned = exe.and_then(|exe| {
-                    workers::spawn_trainer(
-                        &exe,
-                        &self.launch.config,
-                        &self.launch.data,
-                        &self.launch.run,
-                    )
-                });
+                let spawned = exe.and_then(|exe| self.run.start_trainer(&exe));
                 let event = match spawned {
                     Ok(child) => {
                         let pid = child.id();
@@ -229,20 +224,15 @@ impl Executor {
                 Vec::new()
             }
             Command::BuildIndex => {
-                self.index.build();
+                self.run.index().build();
                 Vec::new()
             }
             Command::Search { path, item } => {
-                self.index.search(path, item);
+                self.run.index().search(path, item);
                 Vec::new()
             }
             Command::ScoreTriplets => {
-                workers::spawn_scorer(
-                    self.launch.run.clone(),
-                    self.launch.config.clone(),
-                    app.triplets.rows.clone(),
-                    self.out.clone(),
-                );
+                self.run.score(app.triplets.rows.clone());
                 Vec::new()
             }
             Command::LoadThumb(key) => {
@@ -265,6 +255,20 @@ impl Executor {
                     })
                     .diff(a, b);
                 Vec::new()
+            }
+            Command::OpenRun { run, generation } => {
+                let data = self.run.shown.data.clone();
+                let (workers, opened) =
+                    RunWorkers::open(&run, &self.config, &data, &self.out, generation);
+                tracing::info!(
+                    "showing run {} (data {})",
+                    run.display(),
+                    workers.shown.data.display()
+                );
+                // Dropping the old set stops its follower; its other workers stop at
+                // their next send.
+                self.run = workers;
+                app.update(Action::Worker(opened))
             }
         }
     }
@@ -350,31 +354,25 @@ async fn run_loop(
     images_label: String,
 ) -> anyhow::Result<()> {
     let (out, mut worker_events) = Outbox::channel();
-    let stop = Arc::new(AtomicBool::new(false));
     let mut opts = AppOptions::new(launch.run.clone(), launch.data.clone());
+    if let Some(runs) = &launch.runs {
+        opts.runs.clone_from(runs);
+    }
     opts.read_only = launch.read_only;
     opts.auto_index = launch.auto_index;
     opts.images = picker.is_some();
     opts.images_label = images_label;
     opts.plot_marker = launch.config.ui.plot_marker;
     let mut app = App::new(opts);
-    let seed = workers::run_config(&launch.run, &launch.config).train.seed;
-    workers::spawn_follower(&launch.run, out.clone(), Arc::clone(&stop));
-    workers::spawn_dataset(
-        launch.data.clone(),
-        launch.config.data.gallery,
-        seed,
-        out.clone(),
-    );
+    let shown = Shown {
+        run: launch.run.clone(),
+        data: launch.data.clone(),
+        config: launch.config.clone(),
+    };
     let mut exec = Executor {
-        launch: launch.clone(),
+        config: launch.config.clone(),
         out: out.clone(),
-        index: IndexWorker::spawn(
-            launch.run.clone(),
-            launch.data.clone(),
-            launch.config.clone(),
-            out.clone(),
-        ),
+        run: RunWorkers::spawn(shown, &out, app.generation),
         thumbs: picker.map(|p| ThumbWorker::spawn(p, 2, out.clone())),
         runs: None,
         children: Vec::new(),
@@ -453,11 +451,12 @@ async fn run_loop(
             break;
         }
     }
-    stop.store(true, Ordering::Relaxed);
+    // The follower stops; the other workers end with the channel.
+    drop(exec);
     if app.stop_on_quit {
-        let run = RunDir::new(&launch.run);
+        let run = RunDir::new(&app.opts.run);
         match run.send_control(ControlRequest::Stop) {
-            Ok(()) => tracing::info!("asked the trainer of {} to stop", launch.run.display()),
+            Ok(()) => tracing::info!("asked the trainer of {} to stop", app.opts.run.display()),
             Err(e) => tracing::error!("cannot ask the trainer to stop: {e}"),
         }
     } else if let Some(pid) = app.trainer.pid {

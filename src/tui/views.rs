@@ -196,6 +196,7 @@ fn draw_footer(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
             ],
             Tab::Runs => &[
                 ("j/k", "select"),
+                ("Enter", "open"),
                 ("Space", "mark"),
                 ("d", "diff"),
                 ("Esc", "close"),

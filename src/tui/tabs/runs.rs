@@ -87,6 +87,13 @@ fn decimate(points: &[(f64, f64)], max: usize) -> Vec<(f64, f64)> {
     out
 }
 
+/// Whether two paths name the same run folder as the dashboard spells them (`run`
+/// and `./run` do; no file system access).
+pub fn same_run(a: &Path, b: &Path) -> bool {
+    let parts = |p| Path::components(p).filter(|c| *c != std::path::Component::CurDir);
+    parts(a).eq(parts(b))
+}
+
 /// One row of the table with its curves.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunEntry {
@@ -291,6 +298,14 @@ mod tests {
         let c = curves_of(&[step(1, 2.0), step(2, 0.0)]);
         assert!((c.loss[0].1 - 2.0).abs() < 1e-9);
         assert!(c.loss[1].1 < 2.0 && c.loss[1].1 > 0.0);
+    }
+
+    #[test]
+    fn same_run_ignores_dot_components() {
+        assert!(same_run(Path::new("./run"), Path::new("run")));
+        assert!(same_run(Path::new("runs/./a"), Path::new("runs/a")));
+        assert!(!same_run(Path::new("runs/a"), Path::new("runs/b")));
+        assert!(!same_run(Path::new("a"), Path::new("runs/a")));
     }
 
     #[test]

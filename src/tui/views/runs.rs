@@ -16,7 +16,7 @@ use crate::theme::Theme;
 use crate::train::runs::{RunStatus, RunSummary};
 use crate::tui::app::App;
 use crate::tui::settings::PlotMarker;
-use crate::tui::tabs::runs::{DiffView, RunEntry};
+use crate::tui::tabs::runs::{DiffView, RunEntry, same_run};
 
 /// The colour of the `i`-th marked run, from the theme's chart and state colours.
 pub fn run_colour(theme: &Theme, i: usize) -> Color {
@@ -147,7 +147,12 @@ fn draw_table(frame: &mut Frame, area: Rect, app: &App, title: String, theme: &T
             let top = |v: Option<f64>| v.map_or_else(|| "—".to_string(), pct);
             let mut cells: Vec<Line> = vec![
                 Line::from(mark),
-                Line::raw(s.name.clone()),
+                // The run the other tabs show.
+                if same_run(&s.path, &app.opts.run) {
+                    Line::styled(s.name.clone(), theme.accent())
+                } else {
+                    Line::raw(s.name.clone())
+                },
                 Line::styled(s.status.name(), status_style(theme, s.status)),
             ];
             if wide {
