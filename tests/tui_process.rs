@@ -1,6 +1,7 @@
 //! The dashboard with real processes: training started from it survives it and can
-//! be re-attached; the real binary in tmux switches tabs, searches and restores the
-//! terminal on quit.
+//! be re-attached; a run opened from the Runs tab takes over the workers; the real
+//! binary in tmux switches tabs, searches, compares two runs in the Runs tab, opens
+//! one, and restores the terminal on quit.
 
 mod common;
 
@@ -397,6 +398,23 @@ fn dashboard_in_tmux_searches_and_restores_the_terminal() {
             "2",
         ],
     );
+    // A second run, with another learning rate, for the Runs tab.
+    vitrine(
+        dir,
+        &[
+            "--config",
+            "tiny.toml",
+            "train",
+            "--data",
+            "ds",
+            "--run",
+            "run2",
+            "--max-steps",
+            "2",
+            "--lr",
+            "0.0003",
+        ],
+    );
     vitrine(
         dir,
         &[
@@ -415,7 +433,7 @@ fn dashboard_in_tmux_searches_and_restores_the_terminal() {
         socket: format!("vitrine-test-{}", std::process::id()),
     };
     let script = format!(
-        "cd {} && {BIN} --config tiny.toml dashboard --data ds --run run; echo EXIT=$?; \
+        "cd {} && {BIN} --config tiny.toml dashboard --data ds --run run --runs .; echo EXIT=$?; \
          stty -a | grep -q ' icanon' && echo COOKED; sleep 60",
         dir.display()
     );
@@ -457,6 +475,36 @@ fn dashboard_in_tmux_searches_and_restores_the_terminal() {
             "result {k} missing:\n{screen}"
         );
     }
+    // Runs: both runs listed, both marked, their config diff, then run2 opened.
+    tmux.keys(&["5"]);
+    let screen = tmux.wait_for("run2", wait);
+    assert!(screen.contains("Runs in ."), "{screen}");
+    let row = |name: &str| {
+        screen
+            .lines()
+            .any(|l| l.contains(&format!(" {name} ")) && l.contains("finished"))
+    };
+    assert!(row("run") && row("run2"), "two finished runs:\n{screen}");
+    tmux.keys(&["Space", "j", "Space", "d"]);
+    let screen = tmux.wait_for("Config diff · run vs run2", wait);
+    let screen = if screen.contains("train.lr") {
+        screen
+    } else {
+        tmux.wait_for("train.lr", wait)
+    };
+    assert!(screen.contains("0.0003"), "{screen}");
+    assert!(
+        !screen.contains("train.max_steps"),
+        "only what differs:\n{screen}"
+    );
+    tmux.keys(&["Escape"]);
+    tmux.keys(&["Enter"]);
+    let screen = tmux.wait_for("opened run run2", wait);
+    assert!(
+        screen.contains("run run2"),
+        "the header names the run:\n{screen}"
+    );
+    assert!(screen.contains("Progress"), "the Train tab:\n{screen}");
     tmux.keys(&["?"]);
     tmux.wait_for("Keys (Esc or ? closes)", wait);
     tmux.keys(&["Escape", "q"]);
