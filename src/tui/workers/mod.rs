@@ -63,6 +63,7 @@ impl Outbox {
 
     /// The outbox of the run opened as `generation`, which from now on is the one
     /// shown: the outboxes of earlier runs stop sending.
+    #[must_use]
     pub fn for_run(&self, generation: u64) -> Self {
         self.shown.store(generation, Ordering::SeqCst);
         Self {
