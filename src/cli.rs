@@ -310,6 +310,9 @@ pub struct SearchArgs {
     /// Print the query and result thumbnails inline in the terminal.
     #[arg(long)]
     pub show: bool,
+    /// How `--show` draws: auto | kitty | sixel | iterm2 | halfblocks | off [default: ui.images].
+    #[arg(long, value_name = "MODE", requires = "show")]
+    pub image_mode: Option<crate::config::ImageMode>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

@@ -10,6 +10,7 @@
 //! dashboard; the dashboard follows `RUN/metrics.jsonl` like any other reader.
 
 pub mod app;
+pub mod graphics;
 pub mod keymap;
 pub mod runtime;
 pub mod settings;

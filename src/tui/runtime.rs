@@ -22,13 +22,13 @@ use ratatui::crossterm::terminal::{
     EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
 };
 use ratatui::crossterm::{cursor, execute};
-use ratatui_image::picker::{Picker, ProtocolType};
+use ratatui_image::picker::Picker;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::MissedTickBehavior;
 
 use super::app::{Action, App, AppOptions, Command, WorkerEvent};
+use super::graphics;
 use super::keymap::map_key;
-use super::settings::ImageMode;
 use super::workers::{Outbox, RunWorkers, RunsWorker, Shown, ThumbWorker};
 use crate::config::Config;
 use crate::run::folder::{ControlRequest, RunDir};
@@ -97,38 +97,6 @@ fn restore_terminal() {
     let _ = execute!(std::io::stdout(), LeaveAlternateScreen, cursor::Show);
 }
 
-/// Chooses how thumbnails are drawn: asked of the terminal once (before the event
-/// loop reads stdin), half blocks inside tmux or when it does not answer.
-fn pick_images(mode: ImageMode) -> (Option<Picker>, String) {
-    let in_tmux = std::env::var_os("TMUX").is_some_and(|v| !v.is_empty());
-    let query = || match Picker::from_query_stdio() {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::info!("terminal graphics query failed ({e}); using half blocks");
-            Picker::halfblocks()
-        }
-    };
-    let forced = |t: ProtocolType| {
-        let mut p = query();
-        p.set_protocol_type(t);
-        p
-    };
-    let picker = match mode {
-        ImageMode::Off => None,
-        ImageMode::Halfblocks => Some(Picker::halfblocks()),
-        ImageMode::Auto if in_tmux => Some(Picker::halfblocks()),
-        ImageMode::Auto => Some(query()),
-        ImageMode::Kitty => Some(forced(ProtocolType::Kitty)),
-        ImageMode::Sixel => Some(forced(ProtocolType::Sixel)),
-        ImageMode::Iterm2 => Some(forced(ProtocolType::Iterm2)),
-    };
-    let label = picker.as_ref().map_or_else(
-        || "off".to_string(),
-        |p| format!("{:?}", p.protocol_type()).to_lowercase(),
-    );
-    (picker, label)
-}
-
 /// Runs the dashboard until the user quits. Nothing is printed to the terminal
 /// while it runs; logs go to the log file set up by the caller.
 pub fn run(launch: Launch) -> anyhow::Result<()> {
@@ -157,7 +125,11 @@ pub fn run(launch: Launch) -> anyhow::Result<()> {
         }
     }));
     execute!(std::io::stdout(), EnterAlternateScreen, cursor::Hide)?;
-    let (picker, images_label) = pick_images(launch.config.ui.images);
+    // Asked once, before the event loop reads stdin.
+    let graphics::Graphics {
+        picker,
+        label: images_label,
+    } = graphics::detect(launch.config.ui.images);
     tracing::info!(
         "dashboard on run {} (data {}), thumbnails: {images_label}",
         launch.run.display(),
