@@ -79,3 +79,51 @@ fn a_bad_line_is_skipped_and_the_rest_replays() {
     assert_eq!(follower.poll().expect("poll"), vec![notice(4)]);
     assert_eq!(follower.skipped(), 3);
 }
+
+#[test]
+fn a_started_event_reads_with_and_without_the_device_details() {
+    // As runs wrote it before the device's name and memory were recorded.
+    let old = r#"{"event":"started","run":"demo","device":"cpu","backbone":"resnet18","image_size":32,"batch":16,"epochs":3,"steps_per_epoch":18,"total_steps":54,"start_step":0,"resumed":false,"mining":"batchhard","params":11448768,"trainable_params":11439168,"train_triplets":302,"val_queries":97,"val_gallery":71,"time":1795887304.585161}"#;
+    let event: TrainEvent = serde_json::from_str(old).expect("an old started event");
+    let TrainEvent::Started {
+        device,
+        device_name,
+        device_detail,
+        device_memory_bytes,
+        device_memory_free_bytes,
+        ..
+    } = &event
+    else {
+        panic!("{event:?}")
+    };
+    assert_eq!(device, "cpu");
+    assert!(device_name.is_empty() && device_detail.is_empty());
+    assert_eq!((*device_memory_bytes, *device_memory_free_bytes), (0, None));
+
+    // A new one round-trips through the log with every field.
+    let mut new: serde_json::Value = serde_json::from_str(old).expect("json");
+    new["device"] = "cuda:0".into();
+    new["device_name"] = "NVIDIA H200".into();
+    new["device_detail"] = "compute 9.0".into();
+    new["device_memory_bytes"] = 150_100_000_000u64.into();
+    new["device_memory_free_bytes"] = 149_000_000_000u64.into();
+    let event: TrainEvent = serde_json::from_value(new).expect("a new started event");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("metrics.jsonl");
+    MetricsWriter::append(&path)
+        .expect("open")
+        .write(&event)
+        .expect("write");
+    let read = read_all(&path).expect("read");
+    assert_eq!(read, vec![event]);
+    let TrainEvent::Started {
+        device_name,
+        device_memory_free_bytes,
+        ..
+    } = &read[0]
+    else {
+        panic!("{read:?}")
+    };
+    assert_eq!(device_name, "NVIDIA H200");
+    assert_eq!(*device_memory_free_bytes, Some(149_000_000_000));
+}

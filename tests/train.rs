@@ -186,10 +186,21 @@ fn resume_continues_exactly_where_it_stopped() {
         TrainEvent::Started {
             start_step,
             resumed,
+            device,
+            device_name,
+            device_detail,
+            device_memory_bytes,
             ..
         } => {
             assert_eq!(*start_step, 3);
             assert!(*resumed);
+            // The device is described, not only named.
+            assert_eq!(device, "cpu");
+            assert!(!device_name.is_empty());
+            assert!(device_detail.contains("threads"), "{device_detail}");
+            if cfg!(target_os = "linux") {
+                assert!(*device_memory_bytes > 0);
+            }
         }
         other => panic!("first event {other:?}"),
     }

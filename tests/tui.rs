@@ -212,6 +212,82 @@ fn snapshot_train_tab() {
     }
 }
 
+/// The recorded run as if its `started` event had described its device (the
+/// fixture was written before it did, and draws as it did then).
+fn fixture_events_on(
+    device: &str,
+    name: &str,
+    detail: &str,
+    memory: u64,
+    free: u64,
+) -> Vec<TrainEvent> {
+    let mut events = fixture_events();
+    let TrainEvent::Started {
+        device: d,
+        device_name,
+        device_detail,
+        device_memory_bytes,
+        device_memory_free_bytes,
+        ..
+    } = &mut events[0]
+    else {
+        panic!("the fixture starts with a started event")
+    };
+    *d = device.into();
+    *device_name = name.into();
+    *device_detail = detail.into();
+    *device_memory_bytes = memory;
+    *device_memory_free_bytes = Some(free);
+    events
+}
+
+#[test]
+fn snapshot_train_tab_names_its_device_and_memory() {
+    let gpu = fixture_events_on(
+        "cuda:0",
+        "NVIDIA H200",
+        "compute 9.0",
+        150_110_011_392,
+        149_470_183_424,
+    );
+    let mut app = App::new(options(false));
+    app.update(Action::Worker(WorkerEvent::Train(gpu)));
+    for (w, h) in SIZES {
+        let t = render(&app, w, h);
+        let text = screen_text(&t);
+        assert!(
+            text.contains("cuda:0 · NVIDIA H200 · compute 9.0 · 139.8 GiB (139.2 free)"),
+            "{text}"
+        );
+        insta::assert_snapshot!(format!("train_device_gpu_{w}x{h}"), t.backend());
+    }
+    // A long CPU name: the full line where it fits, without the details where not.
+    let cpu = fixture_events_on(
+        "cpu",
+        "AMD EPYC 7763 64-Core Processor",
+        "2 threads, AVX2+FMA",
+        8_324_000_000,
+        5_100_000_000,
+    );
+    let mut app = App::new(options(false));
+    app.update(Action::Worker(WorkerEvent::Train(cpu)));
+    let wide = screen_text(&render(&app, 160, 48));
+    assert!(
+        wide.contains(
+            "cpu · AMD EPYC 7763 64-Core Processor · 2 threads, AVX2+FMA · 7.8 GiB (4.7 free)"
+        ),
+        "{wide}"
+    );
+    let t = render(&app, 80, 24);
+    let narrow = screen_text(&t);
+    assert!(
+        narrow.contains("cpu · AMD EPYC 7763 64-Core Processor · 7.8 GiB"),
+        "{narrow}"
+    );
+    assert!(!narrow.contains("AVX2"), "{narrow}");
+    insta::assert_snapshot!("train_device_cpu_80x24", t.backend());
+}
+
 #[test]
 fn snapshot_train_tab_full_history_ascii() {
     let mut o = options(false);

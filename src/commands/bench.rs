@@ -227,6 +227,7 @@ fn report(
     phases: Option<&Phases>,
     device: &candle_core::Device,
 ) {
+    let info = device::info(device);
     if args.json {
         let mut obj = serde_json::json!({
             "backbone": args.backbone.to_string(),
@@ -234,6 +235,8 @@ fn report(
             "batch": args.batch,
             "steps": args.steps,
             "device": device::describe(device),
+            "device_name": info.name,
+            "device_memory_bytes": info.memory_bytes,
         });
         obj[key] = serde_json::json!(value);
         if let Some(p) = phases {
@@ -242,12 +245,13 @@ fn report(
         println!("{obj}");
     } else {
         println!(
-            "{what}: {} at {} px, batch {}, {} on {}: {value:.2} {}",
+            "{what}: {} at {} px, batch {}, {} on {} ({}): {value:.2} {}",
             args.backbone,
             args.image_size,
             args.batch,
             args.steps,
             device::describe(device),
+            info.name,
             key.replace("_per_s", "/s")
         );
         if let Some(p) = phases {

@@ -5,6 +5,7 @@ use anyhow::Context;
 use crate::cli::{TrainArgs, TrainOverrides};
 use crate::config::Config;
 use crate::progress::Progress;
+use crate::run::device::DeviceInfo;
 use crate::train::events::TrainEvent;
 use crate::train::trainer::{Control, TrainJob, train};
 
@@ -123,6 +124,10 @@ impl EventPrinter {
             TrainEvent::Started {
                 run,
                 device,
+                device_name,
+                device_detail,
+                device_memory_bytes,
+                device_memory_free_bytes,
                 backbone,
                 image_size,
                 batch,
@@ -158,6 +163,15 @@ impl EventPrinter {
                      {batches}, {loss}, val {val_queries} queries vs {val_gallery} gallery; \
                      steps {start_step}..{total_steps} (warming up)"
                 );
+                let info = DeviceInfo {
+                    name: device_name.clone(),
+                    detail: device_detail.clone(),
+                    memory_bytes: *device_memory_bytes,
+                    memory_free_bytes: *device_memory_free_bytes,
+                };
+                if !info.name.is_empty() {
+                    eprintln!("device {device}: {}", info.summary());
+                }
                 let mut p = Progress::new("train", *total_steps, true);
                 p.set(*start_step, "");
                 self.progress = Some(p);

@@ -4,12 +4,28 @@
 pub use crate::run::checkpoints::CheckpointKind;
 use serde::{Deserialize, Serialize};
 
+// One `started` per process among thousands of steps: its size costs nothing, and
+// boxing it would only make every reader's pattern longer.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum TrainEvent {
     Started {
         run: String,
         device: String,
+        /// The CPU's model or the GPU's name (empty in runs made before it was
+        /// recorded, as are the three below).
+        #[serde(default)]
+        device_name: String,
+        /// CPU: threads and vector instructions; GPU: compute capability.
+        #[serde(default)]
+        device_detail: String,
+        /// RAM for the CPU, device memory for a GPU, in bytes (0 = unknown).
+        #[serde(default)]
+        device_memory_bytes: u64,
+        /// Of which free when the run started.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device_memory_free_bytes: Option<u64>,
         backbone: String,
         image_size: u32,
         /// Triplets per step.

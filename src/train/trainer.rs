@@ -380,9 +380,14 @@ impl<'a> Session<'a> {
             .map(|v| v.elem_count())
             .sum();
         let sampler = &self.data.sampler;
+        let info = device::info(&self.device);
         emit(TrainEvent::Started {
             run: self.run.name(),
             device: device::describe(&self.device),
+            device_name: info.name,
+            device_detail: info.detail,
+            device_memory_bytes: info.memory_bytes,
+            device_memory_free_bytes: info.memory_free_bytes,
             backbone: cfg.model.backbone.to_string(),
             image_size: cfg.model.image_size,
             batch: sampler.units_per_step(),

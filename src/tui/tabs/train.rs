@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 
+use crate::run::device::{DeviceInfo, gib};
 use crate::run::folder::ControlRequest;
 use crate::train::events::{CheckpointKind, NoticeKind, StopReason, TrainEvent};
 
@@ -111,6 +112,8 @@ impl LossSeries {
 pub struct RunInfo {
     pub run: String,
     pub device: String,
+    /// What the device is (empty in logs from before it was recorded).
+    pub device_info: DeviceInfo,
     pub backbone: String,
     pub image_size: u32,
     pub batch: usize,
@@ -128,6 +131,42 @@ pub struct RunInfo {
     pub train_triplets: usize,
     pub val_queries: usize,
     pub val_gallery: usize,
+}
+
+impl RunInfo {
+    /// The device as the Progress panel shows it, longest first (the view takes the
+    /// first that fits): `cuda:0 · NVIDIA H200 · compute 9.0 · 139.8 GiB (139.2 free)`.
+    /// None for logs from before the device was recorded.
+    pub fn device_labels(&self) -> Vec<String> {
+        let i = &self.device_info;
+        if i.name.is_empty() {
+            return Vec::new();
+        }
+        let total = (i.memory_bytes > 0).then(|| gib(i.memory_bytes));
+        let with_free = total.as_ref().map(|t| match i.memory_free_bytes {
+            Some(free) => format!("{t} ({} free)", gib(free).trim_end_matches(" GiB")),
+            None => t.clone(),
+        });
+        let join = |parts: &[Option<&str>]| {
+            parts
+                .iter()
+                .flatten()
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" · ")
+        };
+        let detail = (!i.detail.is_empty()).then_some(i.detail.as_str());
+        vec![
+            join(&[
+                Some(&self.device),
+                Some(&i.name),
+                detail,
+                with_free.as_deref(),
+            ]),
+            join(&[Some(&self.device), Some(&i.name), total.as_deref()]),
+            join(&[Some(&self.device), total.as_deref()]),
+        ]
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -227,6 +266,10 @@ impl TrainState {
             TrainEvent::Started {
                 run,
                 device,
+                device_name,
+                device_detail,
+                device_memory_bytes,
+                device_memory_free_bytes,
                 backbone,
                 image_size,
                 batch,
@@ -250,6 +293,12 @@ impl TrainState {
                 self.info = Some(RunInfo {
                     run: run.clone(),
                     device: device.clone(),
+                    device_info: DeviceInfo {
+                        name: device_name.clone(),
+                        detail: device_detail.clone(),
+                        memory_bytes: *device_memory_bytes,
+                        memory_free_bytes: *device_memory_free_bytes,
+                    },
                     backbone: backbone.clone(),
                     image_size: *image_size,
                     batch: *batch,

@@ -38,7 +38,22 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App, ctx: &mut Ctx) {
 fn draw_progress(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
     let theme = ctx.theme;
     let t = &app.train;
-    let block = panel("Progress", theme);
+    let mut block = panel("Progress", theme);
+    let mut device_in_title = false;
+    if let Some(info) = &t.info {
+        // Corners, " Progress ", a gap and the label's own spaces.
+        let room = usize::from(area.width).saturating_sub(2 + 10 + 1 + 2);
+        if let Some(label) = info
+            .device_labels()
+            .into_iter()
+            .find(|l| l.chars().count() <= room)
+        {
+            block = block.title_top(
+                Line::from(Span::styled(format!(" {label} "), theme.muted())).right_aligned(),
+            );
+            device_in_title = true;
+        }
+    }
     let inner = block.inner(area);
     frame.render_widget(block, area);
     let [bar, line] = Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(inner);
@@ -100,7 +115,7 @@ fn draw_progress(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
             },
         );
     }
-    if let Some(i) = &t.info {
+    if let Some(i) = t.info.as_ref().filter(|_| !device_in_title) {
         push("", i.device.clone());
     }
     if let Some(s) = &t.last {
