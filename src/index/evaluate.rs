@@ -173,9 +173,10 @@ pub fn evaluate(
         let outcomes = eval::query_outcomes(&qt, &gt, &q_items, &g_items, FAILURE_SHOWN)?;
         let q_images: Vec<usize> = q_kept.iter().map(|&k| queries[k]).collect();
         let g_images: Vec<usize> = g_kept.iter().map(|&k| gallery[k]).collect();
+        let categories: Vec<String> = q_images.iter().map(|&q| category_name(&ds, q)).collect();
         (
             job.by_category
-                .then(|| category_scores(&ds, &q_images, &outcomes)),
+                .then(|| category_scores(&categories, &outcomes)),
             (job.failures > 0)
                 .then(|| worst_queries(&ds, &q_images, &g_images, &outcomes, job.failures)),
         )
@@ -239,15 +240,16 @@ fn category_name(ds: &Dataset, image: usize) -> String {
     format!("{}/{}", c.big, c.small)
 }
 
-/// Top-1/top-20 per small category of the queries, worst top-20 (then top-1) first.
-fn category_scores(
-    ds: &Dataset,
-    queries: &[usize],
+/// Top-1/top-20 per small category of the queries (`categories[i]` is query `i`'s,
+/// `BIG/Small`), worst top-20 (then top-1) first. `vitrine eval --by-category` and the
+/// dashboard's failures view both report this.
+pub fn category_scores(
+    categories: &[String],
     outcomes: &[eval::QueryOutcome],
 ) -> Vec<CategoryScore> {
-    let mut per: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
-    for (&q, o) in queries.iter().zip(outcomes) {
-        let e = per.entry(category_name(ds, q)).or_default();
+    let mut per: BTreeMap<&str, (usize, usize, usize)> = BTreeMap::new();
+    for (category, o) in categories.iter().zip(outcomes) {
+        let e = per.entry(category.as_str()).or_default();
         e.0 += 1;
         e.1 += usize::from(o.rank.is_some_and(|r| r <= 1));
         e.2 += usize::from(o.rank.is_some_and(|r| r <= 20));
@@ -255,7 +257,7 @@ fn category_scores(
     let mut scores: Vec<CategoryScore> = per
         .into_iter()
         .map(|(category, (n, t1, t20))| CategoryScore {
-            category,
+            category: category.to_string(),
             queries: n,
             top1: t1 as f64 / n as f64,
             top20: t20 as f64 / n as f64,
@@ -268,6 +270,16 @@ fn category_scores(
             .then_with(|| a.category.cmp(&b.category))
     });
     scores
+}
+
+/// Query positions, worst first: queries whose item has no gallery image, then by
+/// falling rank of the item's best gallery image; ties keep the listing order.
+/// `vitrine eval --failures` lists the start of this order (ranks above 1), the
+/// dashboard's failures view all of it.
+pub fn worst_first(outcomes: &[eval::QueryOutcome]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..outcomes.len()).collect();
+    order.sort_by_key(|&q| outcomes[q].rank.map(std::cmp::Reverse));
+    order
 }
 
 /// The `n` queries whose item ranks lowest (ties: listing order).
@@ -286,15 +298,10 @@ fn worst_queries(
             score: h.score,
         }
     };
-    let mut ranked: Vec<(usize, &eval::QueryOutcome)> = queries
-        .iter()
-        .copied()
-        .zip(outcomes)
-        .filter(|(_, o)| o.rank.is_some_and(|r| r > 1))
-        .collect();
-    ranked.sort_by_key(|(_, o)| std::cmp::Reverse(o.rank));
-    ranked
+    worst_first(outcomes)
         .into_iter()
+        .map(|i| (queries[i], &outcomes[i]))
+        .filter(|(_, o)| o.rank.is_some_and(|r| r > 1))
         .take(n)
         .filter_map(|(q, o)| {
             let (rank, t) = (o.rank?, o.true_hit?);

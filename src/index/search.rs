@@ -173,6 +173,16 @@ impl Searcher {
         self.index.header.dim
     }
 
+    /// The embedder and the run settings it was loaded with.
+    pub fn model(&self) -> &LoadedModel {
+        &self.model
+    }
+
+    /// The gallery's float vectors, one row per entry.
+    pub fn vectors(&self) -> &super::npy::Matrix {
+        self.index.vectors.vectors()
+    }
+
     /// The checkpoint the model was loaded from.
     pub fn checkpoint(&self) -> Option<&Path> {
         self.model.checkpoint.as_deref()
