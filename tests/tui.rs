@@ -9,6 +9,7 @@ use ratatui::backend::TestBackend;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use vitrine::config::Config;
 use vitrine::data::deepfashion::{CategorySummary, SplitCounts, SplitSummary};
+use vitrine::index::evaluate::CategoryScore;
 use vitrine::run::folder::ControlRequest;
 use vitrine::run::settings::diff;
 use vitrine::theme::Theme;
@@ -19,8 +20,9 @@ use vitrine::tui::app::{Action, App, AppOptions, Command, Tab, WorkerEvent};
 use vitrine::tui::keymap::{KEYS, map_key};
 use vitrine::tui::settings::PlotMarker;
 use vitrine::tui::tabs::dataset::{DatasetInfo, ImageInfo, Loadable};
+use vitrine::tui::tabs::failures::{FailureRow, FailuresReport, FailuresUpdate, GalleryHit};
 use vitrine::tui::tabs::runs::{RunCurves, RunEntry, RunsListing};
-use vitrine::tui::tabs::search::{HitInfo, IndexStatus, SearchResults};
+use vitrine::tui::tabs::search::{HitInfo, IndexStatus, ModelLoad, SearchResults};
 use vitrine::tui::tabs::train::{Phase, TrainState};
 use vitrine::tui::tabs::triplets::{TripletRow, TripletScore};
 use vitrine::tui::thumb_cache::Thumb;
@@ -1282,4 +1284,254 @@ fn a_read_only_dashboard_opens_runs_read_only() {
 
 fn text_of_status(app: &App) -> String {
     app.status.clone().unwrap_or_default()
+}
+
+/// Ranks of the fixed failures list (worst first): two items without a gallery image,
+/// then falling ranks, then queries whose item comes first.
+const FAILURE_RANKS: [Option<usize>; 12] = [
+    None,
+    None,
+    Some(97),
+    Some(64),
+    Some(41),
+    Some(20),
+    Some(12),
+    Some(4),
+    Some(2),
+    Some(1),
+    Some(1),
+    Some(1),
+];
+
+fn gallery_hit(item: usize, rank: usize) -> GalleryHit {
+    let img = image(item, "shop_01");
+    GalleryHit {
+        rank,
+        path: img.path,
+        item_id: img.item_id,
+        category: format!("{}/{}", img.big, img.category),
+        score: 0.9 - rank as f32 * 0.004,
+    }
+}
+
+fn failures_report() -> FailuresReport {
+    let queries = dataset().queries;
+    let rows = FAILURE_RANKS
+        .iter()
+        .enumerate()
+        .map(|(i, &rank)| {
+            let query = queries[(i * 7) % queries.len()].clone();
+            let item: usize = query.item_id[3..].parse().expect("item number");
+            let ahead = rank.map_or(5, |r| (r - 1).min(5));
+            FailureRow {
+                query,
+                rank,
+                true_hit: rank.map(|r| GalleryHit {
+                    path: image(item, "shop_01").path,
+                    ..gallery_hit(item, r)
+                }),
+                ahead: (0..ahead)
+                    .map(|k| gallery_hit(300 + i * 5 + k, k + 1))
+                    .collect(),
+            }
+        })
+        .collect();
+    let categories = CATEGORIES
+        .iter()
+        .enumerate()
+        .map(|(i, (big, small))| CategoryScore {
+            category: format!("{big}/{small}"),
+            queries: 3 + i,
+            top1: 0.05 * i as f64,
+            top20: 0.1 * i as f64,
+        })
+        .collect();
+    FailuresReport {
+        rows,
+        categories,
+        gallery: 146,
+        unreadable: 0,
+        seconds: 1.5,
+    }
+}
+
+/// The app on the Search tab with the failures view open and its computation asked;
+/// returns the request's token.
+fn failures_app(images: bool) -> (App, u64) {
+    let mut app = app_with_data(images);
+    app.update(Action::GoTab(Tab::Search));
+    assert!(matches!(
+        map_key(&app, key(KeyCode::Char('f'))),
+        Some(Action::ToggleFailures)
+    ));
+    let commands = app.update(Action::ToggleFailures);
+    let [Command::ComputeFailures { token }] = commands[..] else {
+        panic!("opening the view asks for the failures once: {commands:?}");
+    };
+    (app, token)
+}
+
+#[test]
+fn snapshot_failures_view() {
+    let (mut app, token) = failures_app(false);
+    assert!(
+        app.update(Action::Resize).is_empty(),
+        "asked only once while computing"
+    );
+    app.update(Action::Worker(WorkerEvent::Failures {
+        token,
+        update: FailuresUpdate::Progress {
+            done: 12,
+            total: 30,
+        },
+    }));
+    let t = render(&app, 80, 24);
+    let text = screen_text(&t);
+    assert!(
+        text.contains("computing failures…") && text.contains("12/30 queries"),
+        "{text}"
+    );
+    insta::assert_snapshot!("failures_computing_80x24", t.backend());
+    app.update(Action::Worker(WorkerEvent::Failures {
+        token,
+        update: FailuresUpdate::Done(Ok(failures_report())),
+    }));
+    // An answer to an older request is dropped.
+    app.update(Action::Worker(WorkerEvent::Failures {
+        token: token - 1,
+        update: FailuresUpdate::Done(Err("stale".into())),
+    }));
+    assert!(app.search.failures.report().is_some());
+    app.update(Action::Down);
+    app.update(Action::Down);
+    let row = app.search.failures.selected_row().expect("row").clone();
+    assert_eq!(row.rank, Some(97));
+    for (w, h) in SIZES {
+        let t = render(&app, w, h);
+        let text = screen_text(&t);
+        assert!(
+            text.contains("Rank 97: not in the top 20") && text.contains(&row.query.item_id),
+            "{text}"
+        );
+        insta::assert_snapshot!(format!("failures_{w}x{h}"), t.backend());
+    }
+    // The per-category table, worst top-20 first.
+    assert!(matches!(
+        map_key(&app, key(KeyCode::Char('c'))),
+        Some(Action::ToggleCategories)
+    ));
+    app.update(Action::ToggleCategories);
+    for (w, h) in SIZES {
+        let t = render(&app, w, h);
+        assert!(screen_text(&t).contains("first (10)"));
+        insta::assert_snapshot!(format!("failures_categories_{w}x{h}"), t.backend());
+    }
+    // A long table says which part it shows, and scrolls.
+    let mut long = failures_report();
+    long.categories = (0..40)
+        .map(|i| CategoryScore {
+            category: format!("BIG/Small_{i:02}"),
+            queries: 2,
+            top1: 0.0,
+            top20: f64::from(i) / 40.0,
+        })
+        .collect();
+    let mut scrolled = app_with_data(false);
+    scrolled.update(Action::GoTab(Tab::Search));
+    let t = scrolled.update(Action::ToggleFailures);
+    let [Command::ComputeFailures { token: t }] = t[..] else {
+        panic!("{t:?}")
+    };
+    scrolled.update(Action::Worker(WorkerEvent::Failures {
+        token: t,
+        update: FailuresUpdate::Done(Ok(long)),
+    }));
+    scrolled.update(Action::ToggleCategories);
+    let text = screen_text(&render(&scrolled, 80, 24));
+    assert!(text.contains("worst first · 1–18 of 40"), "{text}");
+    scrolled.update(Action::End);
+    let text = screen_text(&render(&scrolled, 80, 24));
+    assert!(
+        text.contains("23–40 of 40")
+            && text.contains("BIG/Small_39")
+            && !text.contains("BIG/Small_21"),
+        "{text}"
+    );
+    // Esc closes the table, then Enter searches the selected query as usual.
+    app.update(Action::Back);
+    assert!(app.search.failures.open && !app.search.failures.categories);
+    let commands = app.update(Action::Enter);
+    assert_eq!(
+        commands,
+        vec![Command::Search {
+            path: row.query.path.clone(),
+            item: Some(row.query.item_id.clone()),
+        }]
+    );
+    assert!(!app.search.failures.open);
+    assert_eq!(app.search.queries[app.search.selected].path, row.query.path);
+    // `f` again: the same report, not asked again; Esc goes back.
+    assert!(app.update(Action::ToggleFailures).is_empty());
+    assert!(app.search.failures.open);
+    app.update(Action::Back);
+    assert!(!app.search.failures.open);
+    // A rebuilt index makes the report stale: asked again when the view opens.
+    app.update(Action::Worker(WorkerEvent::Index(IndexStatus::Building {
+        done: 1,
+        total: 2,
+    })));
+    app.update(Action::Worker(WorkerEvent::Index(IndexStatus::Ready {
+        count: 150,
+    })));
+    assert!(app.search.failures.report().is_none());
+    let commands = app.update(Action::ToggleFailures);
+    assert!(
+        matches!(commands[..], [Command::ComputeFailures { token: t }] if t > token),
+        "{commands:?}"
+    );
+}
+
+#[test]
+fn failures_view_asks_for_the_query_its_item_and_the_five_ahead() {
+    let (mut app, token) = failures_app(true);
+    app.update(Action::Worker(WorkerEvent::Failures {
+        token,
+        update: FailuresUpdate::Done(Ok(failures_report())),
+    }));
+    for _ in 0..3 {
+        app.update(Action::Down);
+    }
+    let row = app.search.failures.selected_row().expect("row").clone();
+    let mut t = Terminal::new(TestBackend::new(80, 24)).expect("terminal");
+    let mut wanted = Vec::new();
+    t.draw(|f| wanted = views::draw(f, &app, &Theme::default()))
+        .expect("draw");
+    let paths: Vec<PathBuf> = wanted.iter().map(|k| k.path.clone()).collect();
+    let mut expected = vec![row.query.path.clone()];
+    expected.extend(row.true_hit.iter().map(|h| h.path.clone()));
+    expected.extend(row.ahead.iter().map(|h| h.path.clone()));
+    assert_eq!(expected.len(), 7);
+    assert_eq!(paths, expected);
+    assert_eq!(app.update(Action::NeedThumbs(wanted)).len(), 7);
+}
+
+#[test]
+fn snapshot_search_while_the_model_loads() {
+    let mut app = app_with_data(false);
+    app.update(Action::GoTab(Tab::Search));
+    app.update(Action::Worker(WorkerEvent::Model(ModelLoad::Loading)));
+    assert!(screen_text(&render(&app, 80, 24)).contains("loading model and index…"));
+    // A search asked now goes to the worker, which runs it after the load.
+    let commands = app.update(Action::Enter);
+    assert!(matches!(commands[..], [Command::Search { .. }]));
+    assert!(app.search.waiting_for_model());
+    let t = render(&app, 80, 24);
+    assert!(screen_text(&t).contains("loading model and index… · the search waits for it"));
+    insta::assert_snapshot!("search_loading_80x24", t.backend());
+    app.update(Action::Worker(WorkerEvent::Model(ModelLoad::Ready {
+        seconds: 0.9,
+    })));
+    assert!(!app.search.waiting_for_model());
+    let text = screen_text(&render(&app, 160, 48));
+    assert!(text.contains("ready (loaded in 0.9 s)"), "{text}");
 }

@@ -10,8 +10,9 @@ use crate::run::settings::SettingDiff;
 use crate::train::events::TrainEvent;
 use crate::tui::settings::PlotMarker;
 use crate::tui::tabs::dataset::{DatasetInfo, Loadable};
+use crate::tui::tabs::failures::FailuresUpdate;
 use crate::tui::tabs::runs::{RunsListing, RunsState, same_run};
-use crate::tui::tabs::search::{GRID_COLS, IndexStatus, SearchResults, SearchState};
+use crate::tui::tabs::search::{GRID_COLS, IndexStatus, ModelLoad, SearchResults, SearchState};
 use crate::tui::tabs::train::{Outcome, TrainState, TrainerStatus};
 use crate::tui::tabs::triplets::{ScoreStatus, TripletScore, TripletsState};
 use crate::tui::thumb_cache::{Thumb, ThumbCache, ThumbKey, ThumbSlot};
@@ -87,7 +88,14 @@ pub enum WorkerEvent {
     },
     ScoresFailed(String),
     Index(IndexStatus),
+    /// The search worker loading its model and index.
+    Model(ModelLoad),
     Search(Result<SearchResults, String>),
+    /// The failures computation asked as `token`.
+    Failures {
+        token: u64,
+        update: FailuresUpdate,
+    },
     Thumb(ThumbKey, Result<Thumb, String>),
     /// The runs folder listed, with each run's curves.
     Runs(Result<RunsListing, String>),
@@ -149,6 +157,10 @@ pub enum Action {
     ToggleMark,
     /// `d` on the Runs tab: the config diff of two runs.
     Diff,
+    /// `f` on the Search tab: the failures view.
+    ToggleFailures,
+    /// `c` in the failures view: the per-category table.
+    ToggleCategories,
     StartInput,
     Input(char),
     InputBackspace,
@@ -171,6 +183,10 @@ pub enum Command {
         item: Option<String>,
     },
     ScoreTriplets,
+    /// Rank every test query's item with the search model and index (request `token`).
+    ComputeFailures {
+        token: u64,
+    },
     LoadThumb(ThumbKey),
     /// List the runs folder now, and every few seconds from then on.
     WatchRuns(PathBuf),
@@ -360,6 +376,16 @@ impl App {
                         }
                         Err(msg) => self.say(msg),
                     }
+                }
+            }
+            Action::ToggleFailures => {
+                if self.tab == Tab::Search {
+                    self.search.failures.toggle();
+                }
+            }
+            Action::ToggleCategories => {
+                if self.tab == Tab::Search {
+                    self.search.failures.toggle_categories();
                 }
             }
             Action::StartInput => {
@@ -585,9 +611,14 @@ impl App {
                 if let IndexStatus::Failed(e) = &status {
                     self.say(format!("index: {e}"));
                 }
+                if matches!(status, IndexStatus::Ready { .. }) && status != self.index {
+                    self.search.failures.index_changed();
+                }
                 self.index = status;
             }
+            WorkerEvent::Model(load) => self.search.model_event(load),
             WorkerEvent::Search(result) => self.search.answered(result),
+            WorkerEvent::Failures { token, update } => self.search.failures.apply(token, update),
             WorkerEvent::Thumb(key, result) => self.thumbs.arrived(key, result),
             WorkerEvent::Runs(listing) => self.runs.listed(listing),
             WorkerEvent::RunsDiff { a, b, rows } => self.runs.diff_arrived(&a, &b, rows),
@@ -609,8 +640,9 @@ impl App {
     }
 
     /// Work that follows from the state: score the triplets under the newest
-    /// checkpoint while the Triplets tab is open; list the runs folder when the Runs tab
-    /// opens (the worker starts the first time and keeps it fresh from then on).
+    /// checkpoint while the Triplets tab is open; rank the test queries when the
+    /// failures view is open on an index not ranked yet; list the runs folder when the
+    /// Runs tab opens (the worker starts the first time and keeps it fresh from then on).
     fn housekeeping(&mut self, before: Tab, out: &mut Vec<Command>) {
         if self.tab == Tab::Runs && (!self.runs.watching || before != Tab::Runs) {
             self.runs.watching = true;
@@ -618,6 +650,12 @@ impl App {
         }
         if self.tab == Tab::Triplets && self.triplets.ask_scores(self.train.latest_checkpoint()) {
             out.push(Command::ScoreTriplets);
+        }
+        if self.tab == Tab::Search {
+            let index_ready = matches!(self.index, IndexStatus::Ready { .. });
+            if let Some(token) = self.search.ask_failures(index_ready) {
+                out.push(Command::ComputeFailures { token });
+            }
         }
     }
 }

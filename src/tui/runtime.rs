@@ -203,6 +203,10 @@ impl Executor {
                 self.run.index().search(path, item);
                 Vec::new()
             }
+            Command::ComputeFailures { token } => {
+                self.run.index().failures(token, app.search.queries.clone());
+                Vec::new()
+            }
             Command::ScoreTriplets => {
                 self.run.score(app.triplets.rows.clone());
                 Vec::new()

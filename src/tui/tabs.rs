@@ -4,6 +4,7 @@
 //! them and is still the only caller: every change goes through `App::update`.
 
 pub mod dataset;
+pub mod failures;
 pub mod runs;
 pub mod search;
 pub mod train;

@@ -3,6 +3,7 @@
 //! collected in [`Frame`]-independent order so the runtime can ask a worker for them.
 
 pub mod dataset;
+pub mod failures;
 pub mod help;
 pub mod runs;
 pub mod search;
@@ -188,10 +189,17 @@ fn draw_footer(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
             ],
             Tab::Dataset => &[("t", "train"), ("i", "index")],
             Tab::Triplets => &[("j/k", "move"), ("f", "filter"), ("o", "hardest")],
+            Tab::Search if app.search.failures.open => &[
+                ("j/k", "move"),
+                ("Enter", "search it"),
+                ("c", "categories"),
+                ("Esc", "back"),
+            ],
             Tab::Search => &[
                 ("Enter", "search"),
                 ("/", "path"),
                 ("arrows", "move"),
+                ("f", "failures"),
                 ("Esc", "back"),
             ],
             Tab::Runs => &[

@@ -9,9 +9,13 @@ use ratatui::widgets::{Clear, Paragraph, Row, Table, Wrap};
 
 use super::{Ctx, centered, clip, ellipsize, file_label, panel, thumb};
 use crate::tui::app::App;
-use crate::tui::tabs::search::{Focus, GRID_COLS, IndexStatus, TOP_K};
+use crate::tui::tabs::search::{Focus, GRID_COLS, IndexStatus, ModelLoad, TOP_K};
 
 pub fn draw(frame: &mut Frame, area: Rect, app: &App, ctx: &mut Ctx) {
+    if app.search.failures.open {
+        super::failures::draw(frame, area, app, ctx);
+        return;
+    }
     let left_w = if area.width >= 120 { 44 } else { 26 };
     let [left, right] =
         Layout::horizontal([Constraint::Length(left_w), Constraint::Min(40)]).areas(area);
@@ -115,9 +119,43 @@ fn draw_left(frame: &mut Frame, area: Rect, app: &App, ctx: &mut Ctx) {
     }
 }
 
-fn index_line(app: &App, ctx: &Ctx) -> Span<'static> {
+/// The index and whether the search worker has it (with its model) in memory.
+fn index_line(app: &App, ctx: &Ctx) -> Vec<Span<'static>> {
     let theme = ctx.theme;
-    match &app.index {
+    if let IndexStatus::Ready { count } = &app.index {
+        let count = format!("index: {count} gallery images");
+        return match &app.search.model {
+            // A search asked meanwhile waits for this load (the query panel shows it).
+            ModelLoad::Loading if app.search.pending.is_some() => vec![Span::styled(
+                "loading model and index… · the search waits for it",
+                theme.warning(),
+            )],
+            ModelLoad::Loading => vec![
+                Span::styled(count, theme.muted()),
+                Span::styled(" · loading model and index…", theme.warning()),
+            ],
+            ModelLoad::Ready { seconds } => vec![
+                Span::styled(count, theme.muted()),
+                Span::styled(
+                    format!(" · ready (loaded in {seconds:.1} s)"),
+                    theme.success(),
+                ),
+                Span::styled(
+                    format!(" · thumbnails: {}", app.opts.images_label),
+                    theme.muted(),
+                ),
+            ],
+            ModelLoad::Failed(e) => vec![
+                Span::styled(count, theme.muted()),
+                Span::styled(format!(" · cannot load: {e}"), theme.error()),
+            ],
+            ModelLoad::Idle => vec![Span::styled(
+                format!("{count} · thumbnails: {}", app.opts.images_label),
+                theme.muted(),
+            )],
+        };
+    }
+    vec![match &app.index {
         IndexStatus::Unknown => Span::styled("index: checking…", theme.muted()),
         IndexStatus::Missing => Span::styled("no index yet: press i to build it", theme.warning()),
         IndexStatus::Building { done, total } if *total > 0 => Span::styled(
@@ -125,15 +163,9 @@ fn index_line(app: &App, ctx: &Ctx) -> Span<'static> {
             theme.warning(),
         ),
         IndexStatus::Building { .. } => Span::styled("building the index…", theme.warning()),
-        IndexStatus::Ready { count } => Span::styled(
-            format!(
-                "index: {count} gallery images · thumbnails: {}",
-                app.opts.images_label
-            ),
-            theme.muted(),
-        ),
+        IndexStatus::Ready { .. } => Span::raw(""),
         IndexStatus::Failed(e) => Span::styled(format!("index: {e}"), theme.error()),
-    }
+    }]
 }
 
 fn draw_results(frame: &mut Frame, area: Rect, app: &App, ctx: &mut Ctx) {
@@ -160,8 +192,8 @@ fn draw_results(frame: &mut Frame, area: Rect, app: &App, ctx: &mut Ctx) {
     let inner = block.inner(area);
     frame.render_widget(block, area);
     let [status, grid] = Layout::vertical([Constraint::Length(1), Constraint::Min(4)]).areas(inner);
-    let mut line = vec![index_line(app, ctx)];
-    if let Some(p) = &s.pending {
+    let mut line = index_line(app, ctx);
+    if let Some(p) = s.pending.as_ref().filter(|_| !s.waiting_for_model()) {
         line.push(Span::styled(
             format!(" · searching {}…", file_label(p)),
             theme.warning(),

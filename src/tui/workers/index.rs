@@ -1,19 +1,23 @@
-//! The search index: its state on disk, building it, and searching it.
+//! The search index: its state on disk, building it, and searching it; the failures
+//! view's computation starts here too, with the model and index already in memory.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::failures::{FailuresJob, spawn_failures};
 use super::{Outbox, spawn};
 use crate::config::Config;
 use crate::index::{CheckpointChoice, Searcher};
 use crate::run::CheckpointKind;
 use crate::run::folder::RunDir;
 use crate::tui::app::WorkerEvent;
-use crate::tui::tabs::search::{HitInfo, IndexStatus, SearchResults, TOP_K};
+use crate::tui::tabs::dataset::ImageInfo;
+use crate::tui::tabs::failures::FailuresUpdate;
+use crate::tui::tabs::search::{HitInfo, IndexStatus, ModelLoad, SearchResults, TOP_K};
 
 /// Which checkpoint an index is built from: `best`, else `last`.
 pub fn index_checkpoint(run: &Path) -> Option<CheckpointChoice> {
@@ -43,11 +47,15 @@ enum Request {
     /// does not wait for them.
     Warm,
     Search(PathBuf, Option<String>),
+    /// Rank every test query for the failures view.
+    Failures(FailuresJob),
 }
 
 /// Searches and index builds, one thread each; a build makes the searcher reopen.
 /// Whenever an index is ready (found at start, or just built) the searcher is opened
-/// in the background.
+/// in the background, saying so ([`WorkerEvent::Model`]); requests that arrive
+/// meanwhile wait for it. The failures view's computation gets a thread of its own
+/// with the same searcher.
 pub struct IndexWorker {
     searches: Sender<Request>,
     generation: Arc<AtomicU64>,
@@ -95,6 +103,26 @@ impl IndexWorker {
             self.out.send(WorkerEvent::Search(Err(
                 "the search worker has stopped (see the log); restart the dashboard".into(),
             )));
+        }
+    }
+
+    /// Ranks `queries` for the failures view (request `token`) once the model and
+    /// index are in memory; a newer request cancels an older one.
+    pub fn failures(&self, token: u64, queries: Vec<ImageInfo>) {
+        let job = FailuresJob {
+            token,
+            queries,
+            data: self.config.data.clone(),
+            batch: self.config.index.batch,
+        };
+        if self.searches.send(Request::Failures(job)).is_err() {
+            tracing::error!("the search thread is gone");
+            self.out.send(WorkerEvent::Failures {
+                token,
+                update: FailuresUpdate::Done(Err(
+                    "the search worker has stopped (see the log); restart the dashboard".into(),
+                )),
+            });
         }
     }
 
@@ -169,40 +197,61 @@ fn open_searcher(run: &Path) -> Result<Searcher, String> {
 }
 
 fn search_loop(run: &Path, rx: &Receiver<Request>, generation: &AtomicU64, out: &Outbox) {
-    let mut searcher: Option<(u64, Searcher)> = None;
-    while let Ok(mut request) = rx.recv() {
-        // Only the newest search matters (a warm-up never hides one).
-        while let Ok(newer) = rx.try_recv() {
-            if matches!(newer, Request::Search(..)) || matches!(request, Request::Warm) {
-                request = newer;
+    let mut searcher: Option<(u64, Arc<Searcher>)> = None;
+    let mut running_failures: Option<Arc<AtomicBool>> = None;
+    while let Ok(first) = rx.recv() {
+        // Everything already asked: only the newest search and the newest failures
+        // request matter (a warm-up never hides one).
+        let (mut search, mut failures) = (None, None);
+        for request in std::iter::once(first).chain(rx.try_iter()) {
+            match request {
+                Request::Warm => {}
+                Request::Search(path, item) => search = Some((path, item)),
+                Request::Failures(job) => failures = Some(job),
             }
         }
         let started = Instant::now();
         let gen_now = generation.load(Ordering::SeqCst);
         if searcher.as_ref().is_none_or(|(g, _)| *g != gen_now) {
-            searcher = match open_searcher(run) {
+            searcher = None;
+            if !out.send(WorkerEvent::Model(ModelLoad::Loading)) {
+                return;
+            }
+            match open_searcher(run) {
                 Ok(s) => {
-                    tracing::info!(
-                        "search model and index loaded in {:.2} s",
-                        started.elapsed().as_secs_f64()
-                    );
-                    Some((gen_now, s))
+                    let seconds = started.elapsed().as_secs_f64();
+                    tracing::info!("search model and index loaded in {seconds:.2} s");
+                    out.send(WorkerEvent::Model(ModelLoad::Ready { seconds }));
+                    searcher = Some((gen_now, Arc::new(s)));
                 }
                 Err(e) => {
-                    // A warm-up that fails says nothing: the search that follows will.
-                    if matches!(request, Request::Search(..))
-                        && !out.send(WorkerEvent::Search(Err(e)))
-                    {
+                    tracing::warn!("cannot load the search model and index: {e}");
+                    out.send(WorkerEvent::Model(ModelLoad::Failed(e.clone())));
+                    if let Some(job) = failures {
+                        out.send(WorkerEvent::Failures {
+                            token: job.token,
+                            update: FailuresUpdate::Done(Err(e.clone())),
+                        });
+                    }
+                    if search.is_some() && !out.send(WorkerEvent::Search(Err(e))) {
                         return;
                     }
                     continue;
                 }
-            };
+            }
         }
-        let Request::Search(path, item) = request else {
+        let Some((_, s)) = &searcher else { continue };
+        if let Some(job) = failures {
+            if let Some(older) = running_failures.take() {
+                older.store(true, Ordering::Relaxed);
+            }
+            let cancel = Arc::new(AtomicBool::new(false));
+            running_failures = Some(Arc::clone(&cancel));
+            spawn_failures(Arc::clone(s), job, cancel, out.clone());
+        }
+        let Some((path, item)) = search else {
             continue;
         };
-        let Some((_, s)) = &searcher else { continue };
         let result = s
             .search_image(&path, TOP_K)
             .map(|hits| SearchResults {

@@ -1,12 +1,14 @@
 //! Background work for the dashboard, one file per worker, each on its own thread(s)
 //! and reporting typed [`WorkerEvent`]s: following the run's `metrics.jsonl` and lock
 //! ([`follow`]), reading the dataset ([`dataset`]), scoring triplets under the newest
-//! checkpoint ([`scoring`]), building the index and searching it ([`index`]),
-//! decoding thumbnails ([`thumbs`]), starting the trainer process ([`trainer`]), listing
-//! the runs folder ([`runs`]). The workers of the run the dashboard shows start and
-//! stop together ([`run`]). The UI thread never waits on any of them.
+//! checkpoint ([`scoring`]), building the index and searching it ([`index`]), ranking
+//! every test query for the failures view ([`failures`]), decoding thumbnails
+//! ([`thumbs`]), starting the trainer process ([`trainer`]), listing the runs folder
+//! ([`runs`]). The workers of the run the dashboard shows start and stop together
+//! ([`run`]). The UI thread never waits on any of them.
 
 pub mod dataset;
+pub mod failures;
 pub mod follow;
 pub mod index;
 pub mod run;
