@@ -435,3 +435,101 @@ fn per_category_scores_and_failures_agree_with_the_totals() {
     assert!(plain.by_category.is_none() && plain.failures.is_none());
     assert_eq!(plain.top_k, r.top_k);
 }
+
+/// The dashboard's search worker on an indexed run: it loads the model and index once
+/// (a search asked during that load waits for it), and its failures computation lists
+/// the test queries worst first exactly as `eval --failures` and `--by-category` do.
+#[test]
+fn the_dashboards_failures_worker_orders_queries_like_eval_failures() {
+    use std::time::{Duration, Instant};
+    use vitrine::tui::app::WorkerEvent;
+    use vitrine::tui::tabs::failures::FailuresUpdate;
+    use vitrine::tui::tabs::search::ModelLoad;
+    use vitrine::tui::workers::dataset::read_dataset;
+    use vitrine::tui::workers::{IndexWorker, Outbox};
+
+    let t = trained();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let run = tmp.path().join("run");
+    copy_run(&t.run, &run);
+    let job = IndexJob {
+        run: run.clone(),
+        checkpoint: CheckpointChoice::Best,
+        gallery: Gallery::Dataset {
+            root: t.data.clone(),
+            protocol: GalleryProtocol::Test,
+        },
+        settings: t.config.index.clone(),
+        data: t.config.data.clone(),
+    };
+    build::build(&job, &mut |_, _| {}).expect("index");
+    let mut eval = eval_job(t, Some(CheckpointChoice::Best));
+    eval.run = run.clone();
+    eval.by_category = true;
+    eval.failures = 100_000;
+    let expected = evaluate(&eval, &mut |_, _, _| {}).expect("eval");
+    let queries = read_dataset(&t.data, GalleryProtocol::Test, 0)
+        .expect("dataset")
+        .queries;
+
+    let (out, mut rx) = Outbox::channel();
+    let worker = IndexWorker::spawn(run.clone(), t.data.clone(), t.config.clone(), out);
+    worker.search(queries[0].path.clone(), Some(queries[0].item_id.clone()));
+    worker.failures(7, queries.clone());
+    let (mut loads, mut ready, mut search, mut report) = (0, 0, None, None);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while search.is_none() || report.is_none() {
+        assert!(Instant::now() < deadline, "no answer from the worker");
+        let Ok(event) = rx.try_recv() else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        match event {
+            WorkerEvent::Model(ModelLoad::Loading) => loads += 1,
+            WorkerEvent::Model(ModelLoad::Ready { .. }) => ready += 1,
+            WorkerEvent::Model(ModelLoad::Failed(e)) => panic!("load failed: {e}"),
+            WorkerEvent::Search(r) => search = Some(r.expect("search")),
+            WorkerEvent::Failures {
+                token,
+                update: FailuresUpdate::Done(r),
+            } => {
+                assert_eq!(token, 7);
+                report = Some(r.expect("failures"));
+            }
+            _ => {}
+        }
+    }
+    assert_eq!((loads, ready), (1, 1), "the model and index load once");
+    assert_eq!(search.expect("search").hits.len(), 20);
+    let report = report.expect("report");
+    assert_eq!(report.rows.len(), expected.queries);
+    assert_eq!(report.gallery, expected.gallery);
+    // Worst first: falling rank (no query here lacks a gallery image).
+    assert!(
+        report
+            .rows
+            .windows(2)
+            .all(|w| w[0].rank.is_none() || w[0].rank >= w[1].rank),
+        "worst first"
+    );
+    // The rows ranked below 1 are `eval --failures`, in the same order.
+    let failing: Vec<_> = report
+        .rows
+        .iter()
+        .filter(|r| r.rank.is_some_and(|k| k > 1))
+        .collect();
+    let listed = expected.failures.as_ref().expect("failures");
+    assert!(!listed.is_empty(), "a few steps of training leave failures");
+    assert_eq!(failing.len(), listed.len());
+    for (row, f) in failing.iter().zip(listed) {
+        assert_eq!(row.query.path.display().to_string(), f.query);
+        assert_eq!(row.rank, Some(f.rank));
+        let true_hit = row.true_hit.as_ref().expect("true image");
+        assert_eq!(true_hit.item_id, f.true_image.item_id);
+        assert!((true_hit.score - f.true_image.score).abs() < 1e-5);
+        let ahead: Vec<&str> = row.ahead.iter().map(|h| h.item_id.as_str()).collect();
+        let beaten: Vec<&str> = f.beaten_by.iter().map(|h| h.item_id.as_str()).collect();
+        assert_eq!(ahead, beaten);
+    }
+    assert_eq!(Some(&report.categories), expected.by_category.as_ref());
+}

@@ -475,6 +475,12 @@ fn dashboard_in_tmux_searches_and_restores_the_terminal() {
             "result {k} missing:\n{screen}"
         );
     }
+    // The failures view ranks every test query in the background, worst first.
+    tmux.keys(&["f"]);
+    let screen = tmux.wait_for("Failures, worst first", wait);
+    assert!(screen.contains("queries: top-1"), "{screen}");
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("Test queries", wait);
     // Runs: both runs listed, both marked, their config diff, then run2 opened.
     tmux.keys(&["5"]);
     let screen = tmux.wait_for("run2", wait);
