@@ -56,10 +56,14 @@ pub fn spawn_failures(
         let mut progress = |done: usize, total: usize| {
             if last_sent.elapsed() >= Duration::from_millis(100) {
                 last_sent = Instant::now();
-                out.send(WorkerEvent::Failures {
+                let sent = out.send(WorkerEvent::Failures {
                     token,
                     update: FailuresUpdate::Progress { done, total },
                 });
+                // The UI is gone or shows another run: nobody waits for the answer.
+                if !sent {
+                    cancel.store(true, Ordering::Relaxed);
+                }
             }
         };
         let result = rank_queries(
