@@ -28,13 +28,24 @@ pub struct RunCurves {
 pub struct CurveBuilder {
     ema: f64,
     ema_n: i32,
+    /// From the run's `started` event: places a validation made mid-epoch.
+    steps_per_epoch: usize,
     curves: RunCurves,
 }
 
 impl CurveBuilder {
     pub fn apply(&mut self, e: &TrainEvent) {
         match e {
-            TrainEvent::Started { resumed: false, .. } => *self = Self::default(),
+            TrainEvent::Started {
+                resumed,
+                steps_per_epoch,
+                ..
+            } => {
+                if !resumed {
+                    *self = Self::default();
+                }
+                self.steps_per_epoch = *steps_per_epoch;
+            }
             TrainEvent::Step { step, loss, .. } => {
                 let y = f64::from(*loss);
                 if y.is_finite() {
@@ -44,14 +55,35 @@ impl CurveBuilder {
                     self.curves.loss.push((*step as f64, debiased));
                 }
             }
+            // The untrained model at epoch 0, and the validation a run makes when it
+            // stops mid-epoch at its fraction of an epoch: a run cut short by a step
+            // or time limit still has a curve, as its row has a best value.
+            TrainEvent::Baseline { val_top20, .. } => self.val_point(0.0, *val_top20),
             TrainEvent::Epoch {
                 epoch, val_top20, ..
-            } if val_top20.is_finite() => {
-                let x = *epoch as f64;
-                self.curves.val_top20.retain(|p| p.0 != x);
-                self.curves.val_top20.push((x, *val_top20));
+            } => self.val_point(*epoch as f64, *val_top20),
+            TrainEvent::Validated {
+                step,
+                epoch,
+                val_top20,
+                ..
+            } => {
+                let x = match self.steps_per_epoch {
+                    0 => *epoch as f64,
+                    n => *step as f64 / n as f64,
+                };
+                self.val_point(x, *val_top20);
             }
             _ => {}
+        }
+    }
+
+    fn val_point(&mut self, x: f64, y: f64) {
+        if y.is_finite() {
+            let points = &mut self.curves.val_top20;
+            points.retain(|p| p.0 != x);
+            let at = points.partition_point(|p| p.0 < x);
+            points.insert(at, (x, y));
         }
     }
 
@@ -298,6 +330,58 @@ mod tests {
         let c = curves_of(&[step(1, 2.0), step(2, 0.0)]);
         assert!((c.loss[0].1 - 2.0).abs() < 1e-9);
         assert!(c.loss[1].1 < 2.0 && c.loss[1].1 > 0.0);
+    }
+
+    fn started(steps_per_epoch: usize, resumed: bool) -> TrainEvent {
+        serde_json::from_value(serde_json::json!({
+            "event": "started", "run": "r", "device": "cpu", "backbone": "resnet18",
+            "image_size": 64, "batch": 16, "epochs": 5, "steps_per_epoch": steps_per_epoch,
+            "total_steps": 5 * steps_per_epoch, "start_step": 0, "resumed": resumed,
+            "mining": "batchhard", "params": 1, "trainable_params": 1,
+            "train_triplets": 1, "val_queries": 1, "val_gallery": 1, "time": 0.0,
+        }))
+        .expect("a started event")
+    }
+
+    fn validation(step: Option<usize>, epoch: usize, top20: f64) -> TrainEvent {
+        let mut v = serde_json::json!({
+            "event": "epoch", "step": step.unwrap_or(epoch * 100), "epoch": epoch,
+            "train_loss": 1.0, "val_loss": 0.5, "val_top1": top20 / 2.0, "val_top20": top20,
+            "val_map_at_r": 0.1, "seconds": 1.0,
+        });
+        if step.is_some() {
+            v["event"] = "validated".into();
+        }
+        serde_json::from_value(v).expect("a validation event")
+    }
+
+    #[test]
+    fn val_curve_has_the_baseline_and_validations_made_mid_epoch_in_order() {
+        let baseline = TrainEvent::Baseline {
+            val_loss: 0.6,
+            val_top1: 0.01,
+            val_top20: 0.05,
+            val_map_at_r: 0.01,
+        };
+        // A run stopped at step 60 of 100 per epoch, then resumed to the end of
+        // epoch 2; an Epoch event for epoch 1 arrives after the stop's validation.
+        let events = [
+            started(100, false),
+            baseline,
+            validation(Some(60), 1, 0.2),
+            started(100, true),
+            validation(None, 2, 0.4),
+            validation(None, 1, 0.3),
+        ];
+        let c = curves_of(&events);
+        assert_eq!(
+            c.val_top20,
+            vec![(0.0, 0.05), (0.6, 0.2), (1.0, 0.3), (2.0, 0.4)]
+        );
+        // A fresh start forgets the earlier run's points.
+        let mut more = events.to_vec();
+        more.push(started(100, false));
+        assert!(curves_of(&more).val_top20.is_empty());
     }
 
     #[test]
