@@ -275,6 +275,12 @@ pub fn panel<'a>(title: impl Into<Line<'a>>, theme: &Theme) -> Block<'a> {
 }
 
 /// A `w`×`h` rectangle in the middle of `area` (clamped to it).
+/// First row of a list window of `visible` rows that keeps `selected` in view (the
+/// window scrolls only once the selection passes its last row).
+pub fn scroll_offset(selected: usize, visible: usize) -> usize {
+    (selected + 1).saturating_sub(visible.max(1))
+}
+
 pub fn centered(area: Rect, w: u16, h: u16) -> Rect {
     let w = w.min(area.width);
     let h = h.min(area.height);
@@ -369,4 +375,18 @@ pub fn clip(s: &str, w: usize) -> String {
 /// `12.3%`
 pub fn pct(x: f64) -> String {
     format!("{:.1}%", x * 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_window_scrolls_only_past_its_last_row() {
+        assert_eq!(scroll_offset(0, 5), 0);
+        assert_eq!(scroll_offset(4, 5), 0);
+        assert_eq!(scroll_offset(5, 5), 1);
+        assert_eq!(scroll_offset(9, 5), 5);
+        assert_eq!(scroll_offset(3, 0), 3);
+    }
 }

@@ -9,7 +9,7 @@ use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Paragraph, Row, Table, Wrap};
 
-use super::{Ctx, clip, panel, pct, thumb};
+use super::{Ctx, clip, panel, pct, scroll_offset, thumb};
 use crate::index::evaluate::FAILURE_SHOWN;
 use crate::theme::Theme;
 use crate::tui::app::App;
@@ -131,11 +131,7 @@ fn draw_list(
     let theme = ctx.theme;
     let f = &app.search.failures;
     let visible = area.height.saturating_sub(2) as usize;
-    let offset = if visible == 0 || f.selected < visible {
-        0
-    } else {
-        f.selected + 1 - visible
-    };
+    let offset = scroll_offset(f.selected, visible);
     let w = area.width.saturating_sub(2) as usize;
     let rows: Vec<Row> = report
         .rows
@@ -346,11 +342,7 @@ fn draw_categories(
     let f = &app.search.failures;
     let visible = area.height.saturating_sub(4) as usize;
     // The window follows the selected row, as in the list.
-    let first = if visible == 0 || f.category < visible {
-        0
-    } else {
-        f.category + 1 - visible
-    };
+    let first = scroll_offset(f.category, visible);
     let shown = cats.len().saturating_sub(first).min(visible);
     let head = if wide {
         format!("Per small category, worst top-{TOP_K} first")

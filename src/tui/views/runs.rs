@@ -11,7 +11,7 @@ use ratatui::widgets::{
     Axis, Chart, Clear, Dataset, GraphType, LegendPosition, Paragraph, Row, Table, Wrap,
 };
 
-use super::{Ctx, centered, clip, panel, pct};
+use super::{Ctx, centered, clip, panel, pct, scroll_offset};
 use crate::theme::Theme;
 use crate::train::runs::{RunStatus, RunSummary};
 use crate::tui::app::App;
@@ -122,11 +122,7 @@ fn draw_table(frame: &mut Frame, area: Rect, app: &App, title: String, theme: &T
     let r = &app.runs;
     let wide = area.width >= 120;
     let visible = area.height.saturating_sub(3) as usize;
-    let offset = if visible == 0 || r.selected < visible {
-        0
-    } else {
-        r.selected + 1 - visible
-    };
+    let offset = scroll_offset(r.selected, visible);
     let rows: Vec<Row> = r
         .runs
         .iter()

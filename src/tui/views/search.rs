@@ -7,7 +7,7 @@ use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Clear, Paragraph, Row, Table, Wrap};
 
-use super::{Ctx, centered, clip, ellipsize, file_label, panel, thumb};
+use super::{Ctx, centered, clip, ellipsize, file_label, panel, scroll_offset, thumb};
 use crate::tui::app::App;
 use crate::tui::tabs::search::{Focus, GRID_COLS, IndexStatus, ModelLoad, TOP_K};
 
@@ -48,11 +48,7 @@ fn draw_left(frame: &mut Frame, area: Rect, app: &App, ctx: &mut Ctx) {
         );
     }
     let visible = list.height.saturating_sub(2) as usize;
-    let offset = if visible == 0 || s.selected < visible {
-        0
-    } else {
-        s.selected + 1 - visible
-    };
+    let offset = scroll_offset(s.selected, visible);
     let name_w = list.width.saturating_sub(4) as usize;
     let rows: Vec<Row> = s
         .queries

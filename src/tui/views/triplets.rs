@@ -7,7 +7,7 @@ use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Paragraph, Row, Table};
 
-use super::{Ctx, ellipsize, panel, thumb};
+use super::{Ctx, ellipsize, panel, scroll_offset, thumb};
 use crate::tui::app::App;
 use crate::tui::tabs::dataset::{ImageInfo, Loadable};
 use crate::tui::tabs::triplets::ScoreStatus;
@@ -140,11 +140,7 @@ fn draw_list(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
         t.rows.len()
     );
     let visible = area.height.saturating_sub(3) as usize;
-    let offset = if visible == 0 || t.selected < visible {
-        0
-    } else {
-        t.selected + 1 - visible
-    };
+    let offset = scroll_offset(t.selected, visible);
     let wide = area.width >= 120;
     let rows: Vec<Row> = t
         .view
