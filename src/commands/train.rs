@@ -5,7 +5,6 @@ use anyhow::Context;
 use crate::cli::{TrainArgs, TrainOverrides};
 use crate::config::Config;
 use crate::progress::Progress;
-use crate::run::device::DeviceInfo;
 use crate::train::events::TrainEvent;
 use crate::train::trainer::{Control, TrainJob, train};
 
@@ -124,10 +123,6 @@ impl EventPrinter {
             TrainEvent::Started {
                 run,
                 device,
-                device_name,
-                device_detail,
-                device_memory_bytes,
-                device_memory_free_bytes,
                 backbone,
                 image_size,
                 batch,
@@ -163,12 +158,7 @@ impl EventPrinter {
                      {batches}, {loss}, val {val_queries} queries vs {val_gallery} gallery; \
                      steps {start_step}..{total_steps} (warming up)"
                 );
-                let info = DeviceInfo {
-                    name: device_name.clone(),
-                    detail: device_detail.clone(),
-                    memory_bytes: *device_memory_bytes,
-                    memory_free_bytes: *device_memory_free_bytes,
-                };
+                let info = event.device_info().unwrap_or_default();
                 if !info.name.is_empty() {
                     eprintln!("device {device}: {}", info.summary());
                 }

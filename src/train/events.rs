@@ -4,6 +4,8 @@
 pub use crate::run::checkpoints::CheckpointKind;
 use serde::{Deserialize, Serialize};
 
+use crate::run::device::DeviceInfo;
+
 // One `started` per process among thousands of steps: its size costs nothing, and
 // boxing it would only make every reader's pattern longer.
 #[allow(clippy::large_enum_variant)]
@@ -201,6 +203,25 @@ impl TrainEvent {
     /// Whether the run ended with this event.
     pub fn is_terminal(&self) -> bool {
         matches!(self, TrainEvent::Done { .. } | TrainEvent::Failed { .. })
+    }
+
+    /// The device a `started` event records (empty in runs made before it was).
+    pub fn device_info(&self) -> Option<DeviceInfo> {
+        match self {
+            TrainEvent::Started {
+                device_name,
+                device_detail,
+                device_memory_bytes,
+                device_memory_free_bytes,
+                ..
+            } => Some(DeviceInfo {
+                name: device_name.clone(),
+                detail: device_detail.clone(),
+                memory_bytes: *device_memory_bytes,
+                memory_free_bytes: *device_memory_free_bytes,
+            }),
+            _ => None,
+        }
     }
 }
 

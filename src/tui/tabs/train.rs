@@ -266,10 +266,6 @@ impl TrainState {
             TrainEvent::Started {
                 run,
                 device,
-                device_name,
-                device_detail,
-                device_memory_bytes,
-                device_memory_free_bytes,
                 backbone,
                 image_size,
                 batch,
@@ -293,12 +289,7 @@ impl TrainState {
                 self.info = Some(RunInfo {
                     run: run.clone(),
                     device: device.clone(),
-                    device_info: DeviceInfo {
-                        name: device_name.clone(),
-                        detail: device_detail.clone(),
-                        memory_bytes: *device_memory_bytes,
-                        memory_free_bytes: *device_memory_free_bytes,
-                    },
+                    device_info: event.device_info().unwrap_or_default(),
                     backbone: backbone.clone(),
                     image_size: *image_size,
                     batch: *batch,
