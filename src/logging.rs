@@ -1,6 +1,7 @@
 //! Logging goes to a file (the dashboard owns the terminal); headless commands
-//! also echo warnings to stderr.
+//! also echo warnings to stderr, in colour only when stderr is a terminal.
 
+use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -34,7 +35,11 @@ pub fn init(file: Option<&Path>, echo_stderr: bool) -> std::io::Result<()> {
             .with_ansi(false)
             .with_writer(f.with_max_level(tracing::Level::INFO))
             .try_init(),
-        None if echo_stderr => builder.with_writer(stderr).try_init(),
+        // Escape codes would litter a log file or a pipe (`2> err.txt`, CI logs).
+        None if echo_stderr => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(stderr)
+            .try_init(),
         None => return Ok(()),
     };
     // A second init (tests) keeps the first subscriber.
