@@ -52,6 +52,25 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The one-line message of an error and its causes, joined by ": " as anyhow's `{:#}`
+/// does, but without a cause its parent already quotes: library errors print their
+/// source in their own message (`cannot read config file F: No such file…`) for
+/// readers that show one level, and the chain would repeat it.
+pub fn error_message(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 /// Opens the dataset named by `--data` (or `data.root`), echoing its warnings.
 fn open_dataset(config: &Config, args: &DataArgs) -> anyhow::Result<Dataset> {
     let root = args
@@ -78,5 +97,27 @@ fn set_threads(threads: usize) {
         let _ = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build_global();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_message;
+
+    #[test]
+    fn a_cause_the_message_already_quotes_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let read = crate::config::ConfigError::Read {
+            path: "cfg.toml".into(),
+            source: io,
+        };
+        let err = anyhow::Error::new(read).context("loading settings");
+        assert_eq!(
+            error_message(&err),
+            "loading settings: cannot read config file cfg.toml: no such file"
+        );
+        // Causes the message does not quote are kept, as `{:#}` keeps them.
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_message(&plain), format!("{plain:#}"));
     }
 }

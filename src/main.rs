@@ -26,7 +26,7 @@ fn main() -> ExitCode {
             // Errors quote paths and file contents: no raw control characters.
             eprintln!(
                 "error: {}",
-                vitrine::printable::escape_lines(&format!("{e:#}"))
+                vitrine::printable::escape_lines(&vitrine::commands::error_message(&e))
             );
             ExitCode::FAILURE
         }
