@@ -29,12 +29,18 @@ fn pixels(lo: u32, hi: u32) -> clap::builder::RangedI64ValueParser<u32> {
 /// product is checked again there).
 const MAX_VECTORS: usize = 100_000_000;
 
+/// What `vitrine --help` says about exit codes (README: "Commands" says the same).
+pub const EXIT_STATUS: &str = "Exit status: 0 on success (a run stopped by Ctrl-C included), \
+1 when a command fails (the message names the file, line or config key at fault), \
+2 for a usage error (unknown flag or command, a missing or out-of-range value).";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "vitrine",
     version,
     about = "Consumer-to-shop image retrieval with deep metric learning, in the terminal",
-    long_about = None
+    long_about = None,
+    after_help = EXIT_STATUS
 )]
 pub struct Cli {
     /// Settings file overriding the built-in defaults (see config.toml for every key).
@@ -250,8 +256,9 @@ fn parse_mining(s: &str) -> Result<Mining, String> {
 pub enum BenchCommand {
     /// Loader throughput: decode + crop + resize + normalise, images/s.
     Load(BenchLoadArgs),
-    /// Training throughput on random inputs: forward + backward + AdamW, triplets/s,
-    /// and the seconds per step each phase took.
+    /// Training throughput on random inputs (the original's offline triplets: forward +
+    /// backward + AdamW), triplets/s and images/s (3 per triplet), and the seconds per
+    /// step each phase took.
     Train(BenchModelArgs),
     /// Forward-only embedding throughput on random inputs, images/s.
     Embed(BenchModelArgs),

@@ -358,7 +358,14 @@ impl Config {
             crate::data::synth::MAX_ITEMS,
             "",
         )?;
-        within("synth.size", self.synth.size, 32, 1024, " pixels")?;
+        // The generator's own range, the one `synth --size` accepts.
+        within(
+            "synth.size",
+            self.synth.size,
+            crate::data::synth::MIN_SIZE,
+            crate::data::synth::MAX_SIZE,
+            " pixels",
+        )?;
         let m = &self.model;
         within(
             "model.image_size",
