@@ -219,6 +219,7 @@ fn random_batch(n: usize, size: u32, device: &candle_core::Device) -> anyhow::Re
 }
 
 /// One JSON line or a sentence, with the figure under `key` and, for training, the
+/// images per second (3 per triplet: the unit the trainer and `embed` report) and the
 /// mean seconds per step of each phase.
 fn report(
     args: &BenchModelArgs,
@@ -227,6 +228,7 @@ fn report(
     phases: Option<&Phases>,
     device: &candle_core::Device,
 ) {
+    let images_per_s = (key == "triplets_per_s").then_some(3.0 * value);
     let info = device::info(device);
     if args.json {
         let mut obj = serde_json::json!({
@@ -239,20 +241,24 @@ fn report(
             "device_memory_bytes": info.memory_bytes,
         });
         obj[key] = serde_json::json!(value);
+        if let Some(images) = images_per_s {
+            obj["images_per_s"] = serde_json::json!(images);
+        }
         if let Some(p) = phases {
             obj["seconds_per_step"] = phases_json(p, args.steps);
         }
         println!("{obj}");
     } else {
         println!(
-            "{what}: {} at {} px, batch {}, {} on {} ({}): {value:.2} {}",
+            "{what}: {} at {} px, batch {}, {} on {} ({}): {value:.2} {}{}",
             args.backbone,
             args.image_size,
             args.batch,
             args.steps,
             device::describe(device),
             info.name,
-            key.replace("_per_s", "/s")
+            key.replace("_per_s", "/s"),
+            images_per_s.map_or_else(String::new, |i| format!(" ({i:.1} images/s)"))
         );
         if let Some(p) = phases {
             let m = phases_json(p, args.steps);
