@@ -12,6 +12,26 @@ use serde::{Deserialize, Serialize};
 /// The k of DeepFashion's top-k accuracy that vitrine reports.
 pub const REPORTED_K: [usize; 5] = [1, 5, 10, 20, 50];
 
+/// What a person must know when the gallery holds no more images than some reported
+/// k: top-k then cannot miss (a query's item is found whenever it has a gallery image
+/// at all), so a 100% there says nothing about the ranking. `None` for larger
+/// galleries.
+pub fn saturation_note(gallery: usize, ks: &[usize]) -> Option<String> {
+    let saturated: Vec<String> = ks
+        .iter()
+        .filter(|&&k| gallery <= k)
+        .map(|k| format!("top-{k}"))
+        .collect();
+    if saturated.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "the gallery holds only {gallery} images, so {} count{} every query whose item has a gallery image (no ranking can miss)",
+        saturated.join(", "),
+        if saturated.len() == 1 { "s" } else { "" }
+    ))
+}
+
 /// Queries scored per GEMM block (bounds the score matrix held at once).
 const QUERY_BLOCK: usize = 1024;
 
@@ -248,6 +268,24 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gallery_no_larger_than_k_gets_a_note_naming_the_k_that_cannot_miss() {
+        let note = saturation_note(12, &REPORTED_K).expect("12 images");
+        assert!(
+            note.contains("only 12 images") && note.contains("top-20, top-50 count"),
+            "{note}"
+        );
+        assert!(!note.contains("top-10"), "{note}");
+        let note = saturation_note(20, &REPORTED_K).expect("20 images");
+        assert!(note.contains("top-20, top-50"), "{note}");
+        let note = saturation_note(21, &REPORTED_K).expect("21 images");
+        assert!(
+            note.contains("top-50 counts") && !note.contains("top-20"),
+            "{note}"
+        );
+        assert_eq!(saturation_note(51, &REPORTED_K), None);
+    }
 
     #[test]
     fn query_outcomes_rank_the_true_item_like_the_exact_ranking() {

@@ -4,6 +4,7 @@ use anyhow::Context;
 
 use crate::cli::EvalArgs;
 use crate::config::Config;
+use crate::eval::saturation_note;
 use crate::index::evaluate::{EvalJob, EvalReport, INDEX_RECALL_K, evaluate};
 use crate::printable::escape_controls;
 use crate::progress::Progress;
@@ -100,12 +101,19 @@ fn render(r: &EvalReport) -> String {
         .map(|(k, v)| format!("top-{k} {:.1}%", v * 100.0))
         .collect();
     let _ = writeln!(out, "{}", ks.join("  "));
+    let reported: Vec<usize> = top.iter().map(|(k, _)| *k).collect();
+    if let Some(note) = saturation_note(r.gallery, &reported) {
+        let _ = writeln!(out, "note: {note}");
+    }
     let _ = writeln!(out, "MAP@R {:.4}", r.map_at_r);
-    let _ = writeln!(
-        out,
-        "index: HNSW + re-rank finds {:.2}% of the exact top-{INDEX_RECALL_K}",
-        r.index_recall_at_k * 100.0
-    );
+    if let Some(recall) = r.index_recall_at_k {
+        let _ = writeln!(
+            out,
+            "search check: HNSW + re-rank, on a graph built for this evaluation (not RUN/index), \
+             finds {:.2}% of the exact top-{INDEX_RECALL_K}",
+            recall * 100.0
+        );
+    }
     if let Some(cats) = &r.by_category {
         let width = cats
             .iter()

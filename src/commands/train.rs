@@ -158,6 +158,10 @@ impl EventPrinter {
                      {batches}, {loss}, val {val_queries} queries vs {val_gallery} gallery; \
                      steps {start_step}..{total_steps} (warming up)"
                 );
+                // Validation reports top-1 and top-20.
+                if let Some(note) = crate::eval::saturation_note(*val_gallery, &[1, 20]) {
+                    eprintln!("note: validation: {note}");
+                }
                 let info = event.device_info().unwrap_or_default();
                 if !info.name.is_empty() {
                     eprintln!("device {device}: {}", info.summary());
