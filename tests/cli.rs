@@ -10,6 +10,7 @@ use std::process::{Command, Output, Stdio};
 use clap::Parser;
 use vitrine::cli::Cli;
 use vitrine::config::Config;
+use vitrine::data::deepfashion::{Dataset, GalleryProtocol, LoadOptions};
 use vitrine::data::synth::{MAX_SIZE, MIN_SIZE};
 
 fn vitrine(args: &[&str]) -> Output {
@@ -144,10 +145,8 @@ fn bench_train_reports_images_per_second_beside_triplets() {
 #[test]
 fn a_gallery_smaller_than_20_gets_a_note_and_raw_pixels_no_search_check() {
     let data = common::synth_dataset(12, 32);
-    let ds = vitrine::data::deepfashion::Dataset::open(&data, Default::default()).expect("ds");
-    let gallery = ds
-        .gallery(vitrine::data::deepfashion::GalleryProtocol::Test)
-        .len();
+    let ds = Dataset::open(&data, LoadOptions::default()).expect("ds");
+    let gallery = ds.gallery(GalleryProtocol::Test).len();
     assert!(gallery < 20, "the test needs a small gallery: {gallery}");
     let out = vitrine(&["eval", "--raw-pixels", "--data", text(&data)]);
     assert!(out.status.success(), "{}", stderr(&out));
