@@ -322,11 +322,12 @@ def provenance_files(rows: list[dict], args, provenance: dict) -> dict[str, str]
 
 def main() -> None:
     ap = dataset.parser(__doc__, "benches/crossartist/README.md", "data/xartist")
-    ap.add_argument("--packages", type=Path, help="folder holding the 13 pinned tarballs (offline; "
+    ap.add_argument("--packages", type=Path, metavar="DIR", help="folder holding the 13 pinned tarballs (offline; "
                     "default: `npm pack` them into --cache)")
     ap.add_argument("--shop", choices=sorted(BY_PREFIX), default="tabler", help="library of the shop image "
                     "(default: %(default)s)")
-    dataset.add_common_arguments(ap, "vitrine-crossartist", MIN_CONSUMERS)
+    dataset.add_common_arguments(ap, "vitrine-crossartist", MIN_CONSUMERS, "each by a different library",
+                                 "per library, 4 drawings at --size and at 64 px, 3 consumer photos")
     args = ap.parse_args()
     dataset.check_common_arguments(ap, args, MIN_CONSUMERS)
     start = time.monotonic()

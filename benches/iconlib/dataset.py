@@ -46,17 +46,20 @@ def parser(doc: str, readme: str, example: str) -> argparse.ArgumentParser:
     return ap
 
 
-def add_common_arguments(ap: argparse.ArgumentParser, cache: str, max_consumers: int) -> None:
-    """The options every builder has (the set's shape, reproducibility, the build itself)."""
+def add_common_arguments(ap: argparse.ArgumentParser, cache: str, max_consumers: int, differ: str,
+                         sheet: str) -> None:
+    """The options every builder has (the set's shape, reproducibility, the build itself).
+    `differ`: how an item's consumer images differ; `sheet`: what the contact sheet shows."""
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
                     / cache, help="where `npm pack` puts tarballs (default: %(default)s)")
     ap.add_argument("--size", type=int, default=128, help="image side in px (default: %(default)s)")
-    ap.add_argument("--seed", type=int, default=7, help="seed of splits, styles and images (default: %(default)s)")
-    ap.add_argument("--consumer-per-item", type=int, default=3, help="consumer images per item, each "
-                    f"in a different style (1-{max_consumers}, default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=7,
+                    help="seed of splits, consumer choices and images (default: %(default)s)")
+    ap.add_argument("--consumer-per-item", type=int, default=3, help=f"consumer images per item, {differ} "
+                    f"(1-{max_consumers}, default: %(default)s)")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes; output does not depend on it")
     ap.add_argument("--force", action="store_true", help="replace an existing non-empty --out")
-    ap.add_argument("--contact", type=Path, help="also save a contact sheet PNG")
+    ap.add_argument("--contact", type=Path, metavar="PNG", help=f"also save a contact sheet: {sheet}")
 
 
 def check_common_arguments(ap: argparse.ArgumentParser, args, max_consumers: int) -> None:

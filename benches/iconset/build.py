@@ -127,7 +127,8 @@ def main() -> None:
     ap = dataset.parser(__doc__, "benches/iconset/README.md", "data/icons")
     ap.add_argument("--package", type=Path, help=f"{PACKAGE.tarball} (default: `npm pack` it into --cache)")
     ap.add_argument("--shop-style", choices=STYLES, default="regular", help="style of the shop image")
-    dataset.add_common_arguments(ap, "vitrine-iconset", len(STYLES) - 1)
+    dataset.add_common_arguments(ap, "vitrine-iconset", len(STYLES) - 1, "each in a different style",
+                                 "12 items, shop | consumers | consumers at 64 px")
     args = ap.parse_args()
     dataset.check_common_arguments(ap, args, len(STYLES) - 1)
     start = time.monotonic()
