@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The quality table of README's "Benchmark: real artwork": raw pixels, the untrained
+# The quality tables of README's "Benchmark: real artwork": raw pixels, the untrained
 # network, then each recipe trained for the same wall-clock budget and evaluated on the
-# test split (DeepFashion's protocol), one after another on this machine.
+# test split (DeepFashion's protocol), one after another on this machine. One script for
+# both sets: the phosphor set and the cross-artist set share the recipes.
 #
 #   benches/iconset/bench.sh DATA [BUDGET] [RECIPE ...]
 #
-# DATA: a set made by build.py (e.g. data/icons). BUDGET: --time-limit (default 10m).
+# DATA: a set made by benches/iconset/build.py (e.g. data/icons) or
+# benches/crossartist/build.py (e.g. data/xartist). BUDGET: --time-limit (default 10m).
 # RECIPE: files under benches/iconset/recipes/ (default: all of them); `default` is
-# config.toml's defaults. Runs go to target/iconset-bench/<recipe>/ (replaced).
+# config.toml's defaults. Runs go to target/bench/<DATA's name>/<recipe>/ (replaced).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 data=${1:?usage: bench.sh DATA [BUDGET] [RECIPE ...]}
@@ -20,7 +22,7 @@ if [ ${#recipes[@]} -eq 0 ]; then
 fi
 cargo build --release --locked --quiet
 bin=target/release/vitrine
-out=target/iconset-bench
+out="target/bench/$(basename "$data")"
 mkdir -p "$out"
 row() { # name seconds eval.json
     python3 - "$@" <<'PY'
