@@ -101,10 +101,14 @@ fn render(r: &EvalReport) -> String {
         .collect();
     let _ = writeln!(out, "{}", ks.join("  "));
     let _ = writeln!(out, "MAP@R {:.4}", r.map_at_r);
+    let top = |k: &str| r.index_top_k.get(k).copied().unwrap_or(f64::NAN) * 100.0;
     let _ = writeln!(
         out,
-        "index: HNSW + re-rank finds {:.2}% of the exact top-{INDEX_RECALL_K}",
-        r.index_recall_at_k * 100.0
+        "index ({}): HNSW + re-rank finds {:.2}% of the exact top-{INDEX_RECALL_K}; its own top-1 {:.1}%, top-20 {:.1}%",
+        escape_controls(&r.index_backend),
+        r.index_recall_at_k * 100.0,
+        top("1"),
+        top("20")
     );
     if let Some(cats) = &r.by_category {
         let width = cats

@@ -14,7 +14,10 @@ use super::model::{CheckpointChoice, load_model};
 use super::npy::Matrix;
 use super::rerank::{VectorIndex, recall_at_k};
 use super::search::params_of;
-use super::store::build_graph;
+use super::postgres::gallery::LiveVersion;
+use super::postgres::{PgError, PgGallery, PgUrl, record};
+use super::store::{SourceRecord, build_graph};
+use crate::run::folder::RunDir;
 use crate::config::{DataConfig, IndexConfig};
 use crate::data::deepfashion::{Dataset, GalleryProtocol, LoadOptions, Split};
 use crate::data::loader::{ImageSpec, LoaderConfig, Prefetcher};
@@ -88,6 +91,12 @@ pub struct EvalReport {
     pub map_at_r: f64,
     /// Mean share of the exact top-20 that the HNSW + re-rank search returns.
     pub index_recall_at_k: f64,
+    /// Top-k accuracy (k up to 20) of the index's own results: what `search` would
+    /// find for these queries.
+    pub index_top_k: BTreeMap<String, f64>,
+    /// The index measured: `in-process HNSW` (built on this gallery), or the run's
+    /// gallery in PostgreSQL when RUN/index/ holds this gallery with these weights.
+    pub index_backend: String,
     /// The checkpoint file, or `untrained`.
     pub model: String,
     pub fingerprint: String,
@@ -183,32 +192,56 @@ pub fn evaluate(
     } else {
         (None, None)
     };
-    // The index: built on this gallery, searched with these queries.
-    let params = GraphParams {
-        m: job.settings.m,
-        ef_construction: job.settings.ef_construction,
+    let exact: Vec<Vec<usize>> = eval::exact_top_k(&qt, &gt, INDEX_RECALL_K)?
+        .into_iter()
+        .map(|hits| hits.into_iter().map(|h| h.index).collect())
+        .collect();
+    // The index: the run's gallery in PostgreSQL when it is this one, else a graph
+    // built on this gallery; searched with these queries.
+    let fingerprint = model.as_ref().map(|m| m.fingerprint.as_str());
+    let g_paths: Vec<String> = g_kept
+        .iter()
+        .map(|&k| super::build::absolute(&ds.spec(gallery[k]).path).to_string_lossy().into_owned())
+        .collect();
+    let (approx, index_backend) = match postgres_gallery(job, fingerprint, gv.cols)? {
+        Some(pg) => {
+            let backend = format!("PostgreSQL {} at {}", pg.table(), pg.url().shown());
+            let fingerprint = fingerprint.unwrap_or_default();
+            (search_postgres(&pg, &qv, &g_paths, &job.settings, fingerprint)?, backend)
+        }
+        None => {
+            let params = GraphParams {
+                m: job.settings.m,
+                ef_construction: job.settings.ef_construction,
+            };
+            let (_hnsw, graph, _) = build_graph(&gv, params, 64)?;
+            let index = VectorIndex::new(gv, graph);
+            let search = params_of(&job.settings);
+            let approx = qv
+                .iter_rows()
+                .map(|q| {
+                    index
+                        .search(q, INDEX_RECALL_K, search)
+                        .iter()
+                        .map(|h| h.index)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            (approx, "in-process HNSW".to_string())
+        }
     };
-    let (_hnsw, graph, _) = build_graph(&gv, params, 64)?;
-    let index = VectorIndex::new(gv, graph);
-    let search = params_of(&job.settings);
-    let mut approx = Vec::with_capacity(qv.rows);
-    let mut exact = Vec::with_capacity(qv.rows);
-    for q in qv.iter_rows() {
-        approx.push(
-            index
-                .search(q, INDEX_RECALL_K, search)
+    let index_top_k = REPORTED_K
+        .iter()
+        .filter(|&&k| k <= INDEX_RECALL_K)
+        .map(|&k| {
+            let found = approx
                 .iter()
-                .map(|h| h.index)
-                .collect::<Vec<_>>(),
-        );
-        exact.push(
-            index
-                .exact(q, INDEX_RECALL_K)
-                .iter()
-                .map(|h| h.index)
-                .collect::<Vec<_>>(),
-        );
-    }
+                .zip(&q_items)
+                .filter(|(hits, item)| hits.iter().take(k).any(|&g| g_items.get(g) == Some(item)))
+                .count();
+            (k.to_string(), found as f64 / approx.len().max(1) as f64)
+        })
+        .collect();
     Ok(EvalReport {
         protocol: job.protocol.name().into(),
         queries: retrieval.queries,
@@ -220,6 +253,8 @@ pub fn evaluate(
             .collect(),
         map_at_r: retrieval.map_at_r,
         index_recall_at_k: recall_at_k(&approx, &exact, INDEX_RECALL_K),
+        index_top_k,
+        index_backend,
         model: match &model {
             Some(m) => m
                 .checkpoint
@@ -233,6 +268,81 @@ pub fn evaluate(
         by_category,
         failures,
     })
+}
+
+/// The run's gallery in PostgreSQL, when `RUN/index/` records one embedded from this
+/// job's dataset and protocol with these weights (`fingerprint`); `None` otherwise
+/// (the in-process index is measured instead).
+fn postgres_gallery(
+    job: &EvalJob,
+    fingerprint: Option<&str>,
+    dim: usize,
+) -> Result<Option<PgGallery>, BuildError> {
+    let Some(fingerprint) = fingerprint else {
+        return Ok(None);
+    };
+    let dir = RunDir::new(&job.run).index_dir();
+    let Some(record) = record::read(&dir)? else {
+        return Ok(None);
+    };
+    let this = SourceRecord::Dataset {
+        root: super::build::absolute(&job.data).to_string_lossy().into_owned(),
+        protocol: job.protocol.name().into(),
+    };
+    if record.fingerprint != fingerprint || record.dim != dim || record.sources != [this] {
+        tracing::info!(
+            "{}: another gallery or other weights than this evaluation's; measuring an in-process index instead",
+            dir.join(record::RECORD_FILE).display()
+        );
+        return Ok(None);
+    }
+    let what = dir.join(record::RECORD_FILE).display().to_string();
+    let url = PgUrl::resolve(&record.url, &what)?;
+    let pg = PgGallery::open(url, &record)?;
+    check_live(&pg, &pg.live(), fingerprint, dim)?;
+    Ok(Some(pg))
+}
+
+/// Whether `live` (a version of `pg`) holds vectors of these weights.
+fn check_live(pg: &PgGallery, live: &LiveVersion, fingerprint: &str, dim: usize) -> Result<(), PgError> {
+    if live.fingerprint != fingerprint || live.dim != dim {
+        return Err(PgError::Stale {
+            url: pg.url().shown(),
+            table: pg.table().to_string(),
+            version: live.version,
+            index: live.fingerprint.clone(),
+            model: fingerprint.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Each query through PostgreSQL (HNSW shortlist + exact re-rank), its hits as
+/// positions in this evaluation's gallery (`usize::MAX` for a row it lacks).
+fn search_postgres(
+    pg: &PgGallery,
+    queries: &Matrix,
+    g_paths: &[String],
+    settings: &IndexConfig,
+    fingerprint: &str,
+) -> Result<Vec<Vec<usize>>, PgError> {
+    let position: std::collections::HashMap<&str, usize> = g_paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.as_str(), i))
+        .collect();
+    let dim = queries.cols;
+    let accept = |l: &LiveVersion| check_live(pg, l, fingerprint, dim);
+    queries
+        .iter_rows()
+        .map(|q| {
+            let hits = pg.search(q, INDEX_RECALL_K, params_of(settings), &accept)?;
+            Ok(hits
+                .iter()
+                .map(|h| position.get(h.path.as_str()).copied().unwrap_or(usize::MAX))
+                .collect())
+        })
+        .collect()
 }
 
 fn category_name(ds: &Dataset, image: usize) -> String {
