@@ -5,8 +5,7 @@
 mod choices;
 
 pub use choices::{
-    DeviceChoice, ImageMode, IndexBackend, PlotMarker, Schedule, parse_device,
-    redact_pg_url,
+    DeviceChoice, ImageMode, IndexBackend, PlotMarker, Schedule, parse_device, redact_pg_url,
 };
 
 use std::path::{Path, PathBuf};
@@ -508,7 +507,10 @@ pub const MAX_TABLE_NAME: usize = 48;
 /// `index.pg_url` / `--pg-url`: `env:NAME` or a `postgres://` / `postgresql://` URL.
 pub fn check_pg_url(url: &str) -> Result<(), String> {
     if let Some(name) = url.strip_prefix("env:") {
-        let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        let ok = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !ok {
             return Err(format!(

@@ -88,8 +88,11 @@ fn base() -> &'static Base {
 /// A run folder at `run` with `config` and seeded weights as its last checkpoint.
 fn made_run(run: &Path, config: &Config, seed: u64) -> PathBuf {
     std::fs::create_dir_all(run.join("checkpoints")).expect("mkdir");
-    std::fs::write(run.join("config.toml"), toml::to_string(config).expect("toml"))
-        .expect("config");
+    std::fs::write(
+        run.join("config.toml"),
+        toml::to_string(config).expect("toml"),
+    )
+    .expect("config");
     let (_, varmap) =
         Embedder::seeded(config.model.embedder(), &candle_core::Device::Cpu, seed).expect("model");
     checkpoint::save(&varmap, &run.join("checkpoints/last.safetensors")).expect("save");
@@ -214,8 +217,14 @@ fn search_eval_and_failures_through_postgres_match_the_in_process_index() {
             a.search_vector(&v, 20).expect("local"),
             p.search_vector(&v, 20).expect("pg"),
         );
-        let paths = |h: &[vitrine::index::SearchHit]| h.iter().map(|h| h.path.clone()).collect::<Vec<_>>();
-        assert_eq!(paths(&x), paths(&y), "HNSW + re-rank, query {}", q.display());
+        let paths =
+            |h: &[vitrine::index::SearchHit]| h.iter().map(|h| h.path.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            paths(&x),
+            paths(&y),
+            "HNSW + re-rank, query {}",
+            q.display()
+        );
         for (h, g) in x.iter().zip(&y) {
             assert!((h.score - g.score).abs() < 1e-6, "{h:?} {g:?}");
         }
@@ -261,7 +270,11 @@ fn search_eval_and_failures_through_postgres_match_the_in_process_index() {
     };
     let (x, y) = (eval(&local), eval(&pg));
     assert_eq!(x.index_backend, "in-process HNSW");
-    assert!(y.index_backend.starts_with("PostgreSQL"), "{}", y.index_backend);
+    assert!(
+        y.index_backend.starts_with("PostgreSQL"),
+        "{}",
+        y.index_backend
+    );
     assert_eq!(x.top_k, y.top_k);
     for k in ["1", "20"] {
         assert!(
@@ -387,7 +400,10 @@ fn two_shards_and_finalize_equal_one_job() {
     // A shard loaded twice is refused, not duplicated.
     let again = load::index(&job(&sharded), &target(&ts), Some(two), &mut |_, _| {});
     assert!(
-        matches!(again, Err(build::BuildError::Postgres(PgError::ShardDone { .. }))),
+        matches!(
+            again,
+            Err(build::BuildError::Postgres(PgError::ShardDone { .. }))
+        ),
         "{again:?}"
     );
     let done = load::finalize(&sharded, &target(&ts)).expect("finalize");
@@ -444,7 +460,9 @@ fn with_password(url: &str, password: &str) -> String {
 fn password_of(url: &str) -> String {
     let rest = url.split_once("://").expect("scheme").1;
     let user = rest.rsplit_once('@').expect("user@host").0;
-    user.split_once(':').map(|(_, p)| p.to_string()).unwrap_or_default()
+    user.split_once(':')
+        .map(|(_, p)| p.to_string())
+        .unwrap_or_default()
 }
 
 /// A URL naming another database of the same server.
@@ -462,8 +480,17 @@ fn server_and_table_errors_are_one_line_exit_1_and_never_drop_user_data() {
     let secret = password_of(&url);
     let index = |pg_url: &str, table: &str| {
         vitrine(&[
-            "index", "--run", s(&run), "--data", s(&b.data), "--backend", "postgres", "--pg-url",
-            pg_url, "--table", table,
+            "index",
+            "--run",
+            s(&run),
+            "--data",
+            s(&b.data),
+            "--backend",
+            "postgres",
+            "--pg-url",
+            pg_url,
+            "--table",
+            table,
         ])
     };
     // Nothing listening.
@@ -474,22 +501,30 @@ fn server_and_table_errors_are_one_line_exit_1_and_never_drop_user_data() {
     let down = format!("postgres://vitrine:{secret}@127.0.0.1:{port}/vitrine_test");
     assert_refused(
         &index(&down, "vt_x"),
-        &[&format!("cannot reach PostgreSQL at postgres://vitrine@127.0.0.1:{port}/vitrine_test")],
+        &[&format!(
+            "cannot reach PostgreSQL at postgres://vitrine@127.0.0.1:{port}/vitrine_test"
+        )],
         &secret,
     );
     // A wrong password.
     let wrong = with_password(&url, "not-the-password");
-    assert_refused(&index(&wrong, "vt_x"), &["refused the login"], "not-the-password");
+    assert_refused(
+        &index(&wrong, "vt_x"),
+        &["refused the login"],
+        "not-the-password",
+    );
     // A database without pgvector.
     let db = format!("vt_noext_{}", std::process::id());
     let mut c = admin(&url);
-    c.batch_execute(&format!("CREATE DATABASE {db}")).expect("create database");
+    c.batch_execute(&format!("CREATE DATABASE {db}"))
+        .expect("create database");
     assert_refused(
         &index(&with_database(&url, &db), "vt_x"),
         &["CREATE EXTENSION vector"],
         &secret,
     );
-    c.batch_execute(&format!("DROP DATABASE {db}")).expect("drop database");
+    c.batch_execute(&format!("DROP DATABASE {db}"))
+        .expect("drop database");
     // A table of the same name that vitrine did not make: refused, and untouched.
     let foreign = table("foreign");
     c.batch_execute(&format!(
@@ -508,7 +543,8 @@ fn server_and_table_errors_are_one_line_exit_1_and_never_drop_user_data() {
     assert_eq!(kept, "mine");
     // Also a foreign `_versions` table.
     let t = table("errors");
-    c.batch_execute(&format!("CREATE TABLE {t}_versions (x int)")).expect("user table");
+    c.batch_execute(&format!("CREATE TABLE {t}_versions (x int)"))
+        .expect("user table");
     assert_refused(&index(&url, &t), &[&format!("{t}_versions in ")], &secret);
     c.batch_execute(&format!("DROP TABLE {t}_versions; DROP TABLE {foreign}"))
         .expect("cleanup");
@@ -522,7 +558,15 @@ fn server_and_table_errors_are_one_line_exit_1_and_never_drop_user_data() {
     assert!(search(&run).status.success());
     let other = copy_run(&b.other, tmp.path(), "other");
     let out = vitrine(&[
-        "index", "--run", s(&other), "--data", s(&b.data), "--backend", "postgres", "--table", &t,
+        "index",
+        "--run",
+        s(&other),
+        "--data",
+        s(&b.data),
+        "--backend",
+        "postgres",
+        "--table",
+        &t,
     ]);
     assert!(out.status.success(), "{}", text(&out));
     assert_refused(&search(&run), &["made by other weights", &t], &secret);
@@ -532,7 +576,11 @@ fn server_and_table_errors_are_one_line_exit_1_and_never_drop_user_data() {
     config.model.embedding_dim = 24;
     let wide = made_run(&tmp.path().join("wide"), &config, 42);
     load::index(&job(&wide), &target(&t), None, &mut |_, _| {}).expect("index wide");
-    assert_refused(&search(&run), &["holds 24-d vectors", "embeds 16-d"], &secret);
+    assert_refused(
+        &search(&run),
+        &["holds 24-d vectors", "embeds 16-d"],
+        &secret,
+    );
     // Finalize with nothing being loaded, then a missing server for search.
     let err = load::finalize(&run, &target(&t)).expect_err("nothing to finalize");
     assert!(err.to_string().contains("no version being loaded"), "{err}");
@@ -557,7 +605,10 @@ fn a_lost_connection_fails_one_search_and_the_next_reconnects() {
     // PGPASSWORD, and without it the login is refused.
     let record = std::fs::read_to_string(run.join("index/postgres.json")).expect("record");
     let secret = password_of(&url);
-    assert!(!record.contains(&secret) && record.contains(&app), "{record}");
+    assert!(
+        !record.contains(&secret) && record.contains(&app),
+        "{record}"
+    );
     let search = |password: Option<&str>| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitrine"));
         cmd.args(["search", "--run", s(&run), s(&queries()[0])]);
@@ -574,8 +625,8 @@ fn a_lost_connection_fails_one_search_and_the_next_reconnects() {
     // The connection of an open gallery is cut by the server.
     let record: vitrine::index::postgres::PgRecord =
         serde_json::from_str(&record).expect("record json");
-    let gallery = vitrine::index::postgres::PgGallery::open(target.url.clone(), &record)
-        .expect("open");
+    let gallery =
+        vitrine::index::postgres::PgGallery::open(target.url.clone(), &record).expect("open");
     let v: Vec<f32> = (0..16).map(|i| (i as f32).sin()).collect();
     let params = vitrine::index::SearchParams::default();
     let accept = |_: &vitrine::index::postgres::gallery::LiveVersion| Ok(());
@@ -595,9 +646,14 @@ fn a_lost_connection_fails_one_search_and_the_next_reconnects() {
         .expect_err("the connection is gone");
     let shown = err.to_string();
     assert!(matches!(err, PgError::Lost { .. }), "{shown}");
-    assert!(shown.contains("127.0.0.1") && !shown.contains(&secret), "{shown}");
+    assert!(
+        shown.contains("127.0.0.1") && !shown.contains(&secret),
+        "{shown}"
+    );
     assert_eq!(shown.lines().count(), 1, "{shown}");
-    let hits = gallery.search(&v, 20, params, &accept).expect("reconnected");
+    let hits = gallery
+        .search(&v, 20, params, &accept)
+        .expect("reconnected");
     assert_eq!(hits.len(), record.count.min(20));
     drop_gallery(&url, &t);
 }

@@ -72,9 +72,8 @@ fn search(config: &Config, args: &crate::cli::BenchSearchArgs) -> anyhow::Result
     })?;
     let pg_report = match &pg {
         Some(target) => Some(
-            postgres_bench(target, &base, &queries, &opts, &report, json).with_context(|| {
-                format!("benchmarking {} in {}", target.table, target.url)
-            })?,
+            postgres_bench(target, &base, &queries, &opts, &report, json)
+                .with_context(|| format!("benchmarking {} in {}", target.table, target.url))?,
         ),
         None => None,
     };
@@ -137,7 +136,8 @@ fn postgres_bench(
     use crate::index::benchmark::{default_efs, normalized};
     let (base, queries) = (normalized(base), normalized(queries));
     let dev = candle_core::Device::Cpu;
-    let tensor = |m: &crate::index::npy::Matrix| Tensor::from_slice(&m.data, (m.rows, m.cols), &dev);
+    let tensor =
+        |m: &crate::index::npy::Matrix| Tensor::from_slice(&m.data, (m.rows, m.cols), &dev);
     let truth: Vec<Vec<usize>> =
         crate::eval::exact_top_k(&tensor(&queries)?, &tensor(&base)?, report.k)?
             .into_iter()

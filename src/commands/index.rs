@@ -16,7 +16,9 @@ pub fn run(config: &Config, args: &IndexArgs) -> anyhow::Result<()> {
         return postgres(config, args, backend);
     }
     if args.pg_url.is_some() || args.table.is_some() {
-        anyhow::bail!("--pg-url and --table need --backend postgres (or index.backend = \"postgres\")");
+        anyhow::bail!(
+            "--pg-url and --table need --backend postgres (or index.backend = \"postgres\")"
+        );
     }
     let mut data = config.data.clone();
     data.strict |= args.strict;
@@ -88,9 +90,8 @@ fn postgres(config: &Config, args: &IndexArgs, backend: IndexBackend) -> anyhow:
     }
     let target = pg_target(&config.index, args.pg_url.as_deref(), args.table.as_deref())?;
     let report = if args.finalize {
-        load::finalize(&args.run, &target).with_context(|| {
-            format!("finalising {} in {}", target.table, target.url)
-        })?
+        load::finalize(&args.run, &target)
+            .with_context(|| format!("finalising {} in {}", target.table, target.url))?
     } else {
         let mut data = config.data.clone();
         data.strict |= args.strict;
@@ -137,7 +138,11 @@ fn print_pg_report(r: &PgIndexReport) {
             r.added, r.version, r.table, r.url, r.embed_seconds, r.copy_seconds
         );
     }
-    let done: Vec<String> = r.shards_done.iter().map(|s| format!("{s}/{}", r.shards)).collect();
+    let done: Vec<String> = r
+        .shards_done
+        .iter()
+        .map(|s| format!("{s}/{}", r.shards))
+        .collect();
     if r.live {
         println!(
             "version {} of {} is live: {} vectors of {} dims (HNSW build {:.1} s{}), weights {} ({}); recorded in {}",
@@ -154,7 +159,9 @@ fn print_pg_report(r: &PgIndexReport) {
             },
             r.fingerprint,
             r.checkpoint,
-            r.dir.as_deref().map_or_else(String::new, |d| d.display().to_string())
+            r.dir
+                .as_deref()
+                .map_or_else(String::new, |d| d.display().to_string())
         );
     } else {
         println!(

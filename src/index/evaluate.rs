@@ -12,17 +12,17 @@ use serde::Serialize;
 use super::build::{BuildError, embed_to_matrix};
 use super::model::{CheckpointChoice, load_model};
 use super::npy::Matrix;
-use super::rerank::{VectorIndex, recall_at_k};
-use super::search::params_of;
 use super::postgres::gallery::LiveVersion;
 use super::postgres::{PgError, PgGallery, PgUrl, record};
+use super::rerank::{VectorIndex, recall_at_k};
+use super::search::params_of;
 use super::store::{SourceRecord, build_graph};
-use crate::run::folder::RunDir;
 use crate::config::{DataConfig, IndexConfig};
 use crate::data::deepfashion::{Dataset, GalleryProtocol, LoadOptions, Split};
 use crate::data::loader::{ImageSpec, LoaderConfig, Prefetcher};
 use crate::eval::{self, REPORTED_K};
 use crate::index::hnsw::GraphParams;
+use crate::run::folder::RunDir;
 
 /// The k at which the index is compared with exact search.
 pub const INDEX_RECALL_K: usize = 20;
@@ -201,13 +201,20 @@ pub fn evaluate(
     let fingerprint = model.as_ref().map(|m| m.fingerprint.as_str());
     let g_paths: Vec<String> = g_kept
         .iter()
-        .map(|&k| super::build::absolute(&ds.spec(gallery[k]).path).to_string_lossy().into_owned())
+        .map(|&k| {
+            super::build::absolute(&ds.spec(gallery[k]).path)
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     let (approx, index_backend) = match postgres_gallery(job, fingerprint, gv.cols)? {
         Some(pg) => {
             let backend = format!("PostgreSQL {} at {}", pg.table(), pg.url().shown());
             let fingerprint = fingerprint.unwrap_or_default();
-            (search_postgres(&pg, &qv, &g_paths, &job.settings, fingerprint)?, backend)
+            (
+                search_postgres(&pg, &qv, &g_paths, &job.settings, fingerprint)?,
+                backend,
+            )
         }
         None => {
             let params = GraphParams {
@@ -286,7 +293,9 @@ fn postgres_gallery(
         return Ok(None);
     };
     let this = SourceRecord::Dataset {
-        root: super::build::absolute(&job.data).to_string_lossy().into_owned(),
+        root: super::build::absolute(&job.data)
+            .to_string_lossy()
+            .into_owned(),
         protocol: job.protocol.name().into(),
     };
     if record.fingerprint != fingerprint || record.dim != dim || record.sources != [this] {
@@ -304,7 +313,12 @@ fn postgres_gallery(
 }
 
 /// Whether `live` (a version of `pg`) holds vectors of these weights.
-fn check_live(pg: &PgGallery, live: &LiveVersion, fingerprint: &str, dim: usize) -> Result<(), PgError> {
+fn check_live(
+    pg: &PgGallery,
+    live: &LiveVersion,
+    fingerprint: &str,
+    dim: usize,
+) -> Result<(), PgError> {
     if live.fingerprint != fingerprint || live.dim != dim {
         return Err(PgError::Stale {
             url: pg.url().shown(),

@@ -64,7 +64,9 @@ pub enum PgError {
         "{relation} in {url} was not made by vitrine (it has no vitrine comment): refusing to use or drop it; pick another name with --table or [index] table"
     )]
     Foreign { url: String, relation: String },
-    #[error("{table} in {url} has no live gallery: index one with `vitrine index --backend postgres`")]
+    #[error(
+        "{table} in {url} has no live gallery: index one with `vitrine index --backend postgres`"
+    )]
     NoLive { url: String, table: String },
     #[error(
         "version {version} of {table} in {url} holds {index}-d vectors but this model embeds {model}-d"

@@ -336,9 +336,7 @@ impl Searcher {
                 entries: &index.entries,
                 vectors: index.vectors.vectors(),
             }),
-            Gallery::Postgres(pg) => Ok(GalleryView::Shared(
-                pg.0.rows(&|live| self.accept(live))?,
-            )),
+            Gallery::Postgres(pg) => Ok(GalleryView::Shared(pg.0.rows(&|live| self.accept(live))?)),
         }
     }
 

@@ -12,7 +12,9 @@ use serde::Serialize;
 
 use super::connect::{connect, error};
 use super::gallery::{MAX_EF_SEARCH, PgGallery};
-use super::load::{PgTarget, VersionMeta, build_hnsw, open_version, refused, swap_live, vector_type};
+use super::load::{
+    PgTarget, VersionMeta, build_hnsw, open_version, refused, swap_live, vector_type,
+};
 use super::record::{FORMAT, PgRecord};
 use super::schema::{self, Names};
 use super::{PgError, PgUrl};
@@ -61,7 +63,10 @@ pub fn run(
         .map_err(|e| error(url, &e))?
         .get(0);
     schema::ensure_versions(&mut client, &names, &url.shown()).map_err(refused(url))?;
-    let (m, ef_construction) = (m.clamp(2, 100) as i32, ef_construction.clamp(2 * m.clamp(2, 100), 1000) as i32);
+    let (m, ef_construction) = (
+        m.clamp(2, 100) as i32,
+        ef_construction.clamp(2 * m.clamp(2, 100), 1000) as i32,
+    );
     let meta = VersionMeta {
         fingerprint: "bench".into(),
         checkpoint: String::new(),
@@ -191,7 +196,14 @@ fn copy(
             names.data(version)
         ))
         .map_err(sql)?;
-    let types = [Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT, Type::INT4, vector];
+    let types = [
+        Type::INT8,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT4,
+        vector,
+    ];
     let mut writer = BinaryCopyInWriter::new(sink, &types);
     let empty = String::new();
     for (i, row) in base.iter_rows().enumerate() {
@@ -202,7 +214,10 @@ fn copy(
     }
     writer.finish().map_err(sql)?;
     tx.execute(
-        &format!("UPDATE {} SET rows = $2, shards_done = '{{1}}' WHERE version = $1", names.versions()),
+        &format!(
+            "UPDATE {} SET rows = $2, shards_done = '{{1}}' WHERE version = $1",
+            names.versions()
+        ),
         &[&version, &(base.rows as i64)],
     )
     .map_err(sql)?;

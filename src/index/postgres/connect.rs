@@ -13,9 +13,7 @@ const MIN_PGVECTOR: (u32, u32) = (0, 5);
 /// Connects to `url` and checks that its database has pgvector (0.5 or newer).
 pub fn connect(url: &PgUrl) -> Result<Client, PgError> {
     let config = url.config()?;
-    let mut client = config
-        .connect(NoTls)
-        .map_err(|e| connect_error(url, &e))?;
+    let mut client = config.connect(NoTls).map_err(|e| connect_error(url, &e))?;
     let version: Option<String> = client
         .query_opt(
             "SELECT extversion FROM pg_extension WHERE extname = 'vector'",
@@ -82,18 +80,30 @@ fn connect_error(url: &PgUrl, e: &postgres::Error) -> PgError {
     // Before the login codes: a server that only accepts TLS answers "no pg_hba.conf
     // entry … SSL off" with an authorization code.
     if message.contains("TLS") || message.contains("SSL off") || message.contains("encryption") {
-        return PgError::Tls { url: shown, message };
+        return PgError::Tls {
+            url: shown,
+            message,
+        };
     }
     if code == Some(&SqlState::INVALID_PASSWORD)
         || code == Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
         || message.contains("password missing")
     {
-        return PgError::Auth { url: shown, message };
+        return PgError::Auth {
+            url: shown,
+            message,
+        };
     }
     if e.as_db_error().is_some() {
-        return PgError::Server { url: shown, message };
+        return PgError::Server {
+            url: shown,
+            message,
+        };
     }
-    PgError::Unreachable { url: shown, message }
+    PgError::Unreachable {
+        url: shown,
+        message,
+    }
 }
 
 /// An error of a statement on an open connection: a lost connection says so.

@@ -116,7 +116,10 @@ impl PgGallery {
         &self,
         f: impl FnOnce(&mut Conn) -> Result<T, postgres::Error>,
     ) -> Result<T, PgError> {
-        let mut guard = self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
             *guard = None;
             let client = connect(&self.url)?;
@@ -202,9 +205,7 @@ impl PgGallery {
         let q_inv = inv_norm(q);
         let mut hits = Vec::with_capacity(rows.len());
         for row in rows {
-            let v: pgvector::Vector = row
-                .try_get(5)
-                .map_err(|e| error(&self.url, &e))?;
+            let v: pgvector::Vector = row.try_get(5).map_err(|e| error(&self.url, &e))?;
             let id: i64 = row.get(1);
             hits.push(SearchHit {
                 rank: 0,
@@ -260,7 +261,10 @@ impl PgGallery {
         &self,
         accept: &dyn Fn(&LiveVersion) -> Result<(), PgError>,
     ) -> Result<Arc<GalleryRows>, PgError> {
-        let mut cached = self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cached = self
+            .rows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let view = self.names.view().to_string();
         let rows = self.with_conn(|c| {
             c.client.query(
@@ -345,7 +349,10 @@ fn read_live(client: &mut Client, names: &Names, url: &PgUrl) -> Result<LiveVers
         })
 }
 
-fn read_live_row(client: &mut Client, names: &Names) -> Result<Option<LiveVersion>, postgres::Error> {
+fn read_live_row(
+    client: &mut Client,
+    names: &Names,
+) -> Result<Option<LiveVersion>, postgres::Error> {
     let row = client.query_opt(
         &format!(
             "SELECT version, fingerprint, checkpoint, dim, rows FROM {} WHERE state = 'live'",

@@ -20,7 +20,9 @@ use super::record::{self, PgRecord};
 use super::schema::{self, CheckError, Names};
 use super::{PgError, PgUrl};
 use crate::config::IndexConfig;
-use crate::index::build::{BuildError, IndexJob, absolute, collect, embed_to_matrix, loader_config, now};
+use crate::index::build::{
+    BuildError, IndexJob, absolute, collect, embed_to_matrix, loader_config, now,
+};
 use crate::index::model::load_model;
 use crate::index::store::{self, Entry, SourceRecord};
 use crate::run::folder::RunDir;
@@ -447,7 +449,10 @@ pub(super) fn open_version(
     }
     let version: i32 = tx
         .query_one(
-            &format!("SELECT coalesce(max(version), 0) + 1 FROM {}", names.versions()),
+            &format!(
+                "SELECT coalesce(max(version), 0) + 1 FROM {}",
+                names.versions()
+            ),
             &[],
         )
         .map_err(sql)?
@@ -474,7 +479,8 @@ pub(super) fn open_version(
         ],
     )
     .map_err(sql)?;
-    schema::create_data(&mut tx, names, version, meta.dim as usize, &shown).map_err(refused(url))?;
+    schema::create_data(&mut tx, names, version, meta.dim as usize, &shown)
+        .map_err(refused(url))?;
     tx.commit().map_err(sql)?;
     Ok(version)
 }
@@ -594,7 +600,14 @@ fn go_live(
         )
         .map_err(sql)?;
     let (rows, dim, m, ef): (i64, i32, i32, i32) = (row.get(0), row.get(1), row.get(2), row.get(3));
-    let build_seconds = build_hnsw(client, names, url, version, (rows as usize, dim as usize), (m, ef))?;
+    let build_seconds = build_hnsw(
+        client,
+        names,
+        url,
+        version,
+        (rows as usize, dim as usize),
+        (m, ef),
+    )?;
     swap_live(client, names, url, version)?;
     // Searches already running on a retired table finish first (DROP waits for them);
     // new ones read the view, which shows the new version.

@@ -74,11 +74,10 @@ impl PgUrl {
     /// The client configuration: the URL, `PGPASSWORD` when the URL has no password,
     /// a 10 s connect timeout unless the URL sets one, and vitrine's name.
     pub fn config(&self) -> Result<postgres::Config, PgError> {
-        let mut config: postgres::Config =
-            self.secret.parse().map_err(|e| PgError::BadUrl {
-                setting: self.shown(),
-                message: format!("{e}"),
-            })?;
+        let mut config: postgres::Config = self.secret.parse().map_err(|e| PgError::BadUrl {
+            setting: self.shown(),
+            message: format!("{e}"),
+        })?;
         if config.get_password().is_none()
             && let Ok(p) = std::env::var("PGPASSWORD")
         {
