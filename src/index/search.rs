@@ -374,7 +374,9 @@ impl Searcher {
     pub fn search_vector(&self, v: &[f32], k: usize) -> Result<Vec<SearchHit>, SearchError> {
         self.check_dim(v)?;
         match &self.gallery {
-            Gallery::Local(index) => Ok(self.hits(index, &index.vectors.search(v, k, self.params))),
+            Gallery::Local(index) => {
+                Ok(Self::hits(index, &index.vectors.search(v, k, self.params)))
+            }
             Gallery::Postgres(pg) => Ok(pg.0.search(v, k, self.params, &|l| self.accept(l))?),
         }
     }
@@ -384,7 +386,7 @@ impl Searcher {
     pub fn search_exact(&self, v: &[f32], k: usize) -> Result<Vec<SearchHit>, SearchError> {
         self.check_dim(v)?;
         match &self.gallery {
-            Gallery::Local(index) => Ok(self.hits(index, &index.vectors.exact(v, k))),
+            Gallery::Local(index) => Ok(Self::hits(index, &index.vectors.exact(v, k))),
             Gallery::Postgres(pg) => Ok(pg.0.exact(v, k, &|l| self.accept(l))?),
         }
     }
@@ -402,7 +404,7 @@ impl Searcher {
         Ok(())
     }
 
-    fn hits(&self, index: &Index, hits: &[Hit]) -> Vec<SearchHit> {
+    fn hits(index: &Index, hits: &[Hit]) -> Vec<SearchHit> {
         hits.iter()
             .enumerate()
             .filter_map(|(r, h)| {
