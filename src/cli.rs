@@ -71,7 +71,8 @@ pub enum Command {
     /// Throughput benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// Embed a gallery with a run's checkpoint and write RUN/index/ (HNSW + vectors).
+    /// Embed a gallery with a run's checkpoint into RUN/index/ (HNSW + vectors) or
+    /// into PostgreSQL with pgvector (--backend postgres; sharded with --shard/--finalize).
     Index(IndexArgs),
     /// Nearest gallery images of a query image (HNSW shortlist + exact re-rank).
     Search(SearchArgs),
@@ -279,9 +280,27 @@ pub struct IndexArgs {
     /// Index every image under this folder tree instead of a dataset's gallery.
     #[arg(long, value_name = "DIR")]
     pub images: Option<PathBuf>,
-    /// Append the images under DIR to the existing index (no rebuild).
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["data", "images", "gallery"])]
+    /// Append the images under DIR to the existing local index (no rebuild).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["data", "images", "gallery", "shard", "finalize"])]
     pub add: Option<PathBuf>,
+    /// Where the gallery goes: local (RUN/index/) | postgres [default: index.backend].
+    #[arg(long)]
+    pub backend: Option<crate::config::IndexBackend>,
+    /// PostgreSQL URL, or env:NAME to read it from that variable (RUN/index/ then
+    /// records the name, never a password) [default: index.pg_url].
+    #[arg(long, value_name = "URL")]
+    pub pg_url: Option<String>,
+    /// The gallery's name in PostgreSQL [default: index.table].
+    #[arg(long, value_name = "NAME")]
+    pub table: Option<String>,
+    /// Embed only the I-th of N slices of the gallery into the version being loaded
+    /// (one job per machine or GPU); --finalize makes it live once all are in.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<crate::index::postgres::Shard>,
+    /// Build the HNSW index of the version the shards loaded, make it live and record
+    /// it in RUN/index/ (refused, naming them, while shards are missing).
+    #[arg(long, conflicts_with_all = ["data", "images", "gallery", "shard", "checkpoint", "strict"])]
+    pub finalize: bool,
     /// auto (best, else last) | best | last | PATH to a .safetensors file.
     #[arg(long, default_value = "auto")]
     pub checkpoint: crate::index::CheckpointChoice,
@@ -381,6 +400,17 @@ pub struct BenchSearchArgs {
     /// Also time hnsw_rs's own search on the same graph.
     #[arg(long)]
     pub hnsw_rs: bool,
+    /// Also measure a backend beside the in-process index: postgres (load, HNSW
+    /// build, recall and latency through pgvector) [default: local only].
+    #[arg(long)]
+    pub backend: Option<crate::config::IndexBackend>,
+    /// PostgreSQL URL or env:NAME for --backend postgres [default: index.pg_url].
+    #[arg(long, value_name = "URL")]
+    pub pg_url: Option<String>,
+    /// Table the benchmark loads (dropped at the end; refused if vitrine did not
+    /// create it).
+    #[arg(long, value_name = "NAME", default_value = "vitrine_bench")]
+    pub table: String,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,

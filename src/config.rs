@@ -4,7 +4,9 @@
 
 mod choices;
 
-pub use choices::{DeviceChoice, ImageMode, PlotMarker, Schedule, parse_device};
+pub use choices::{
+    DeviceChoice, ImageMode, IndexBackend, PlotMarker, Schedule, parse_device, redact_pg_url,
+};
 
 use std::path::{Path, PathBuf};
 
@@ -217,6 +219,14 @@ pub struct IndexConfig {
     pub ef_search: usize,
     /// Images embedded per batch.
     pub batch: usize,
+    /// Where `vitrine index` puts the gallery: `RUN/index/` or PostgreSQL.
+    pub backend: IndexBackend,
+    /// The PostgreSQL connection string, or `env:NAME` to read it from the environment
+    /// variable NAME (so that no password is written into a config or run folder).
+    pub pg_url: String,
+    /// The gallery's name in PostgreSQL: a view of that name shows the live version,
+    /// `<table>_v<N>` hold the versions, `<table>_versions` describes them.
+    pub table: String,
 }
 
 impl Default for IndexConfig {
@@ -227,6 +237,9 @@ impl Default for IndexConfig {
             shortlist: 0,
             ef_search: 0,
             batch: 64,
+            backend: IndexBackend::Local,
+            pg_url: "env:VITRINE_PG_URL".into(),
+            table: "vitrine_gallery".into(),
         }
     }
 }
@@ -480,11 +493,64 @@ impl Config {
             " (0 = the shortlist)",
         )?;
         within("index.batch", i.batch, 1, MAX_BATCH, " images")?;
+        if let Err(e) = check_pg_url(&i.pg_url) {
+            return fail("index.pg_url", &e);
+        }
+        if let Err(e) = check_table_name(&i.table) {
+            return fail("index.table", &e);
+        }
         if self.ui.theme.trim().is_empty() {
             return fail("ui.theme", "must name a theme (e.g. default)");
         }
         within("ui.fps", self.ui.fps, 1, 60, " frames per second")?;
         Ok(())
+    }
+}
+
+/// Longest `index.table`: PostgreSQL cuts names at 63 bytes, and vitrine appends
+/// `_versions` or `_v<N>`.
+pub const MAX_TABLE_NAME: usize = 48;
+
+/// `index.pg_url` / `--pg-url`: `env:NAME` or a `postgres://` / `postgresql://` URL.
+pub fn check_pg_url(url: &str) -> Result<(), String> {
+    if let Some(name) = url.strip_prefix("env:") {
+        let ok = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(format!(
+                "`{url}`: env: must be followed by an environment variable name (letters, digits, _)"
+            ));
+        }
+        return Ok(());
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(());
+    }
+    Err(format!(
+        "`{}`: expected postgres://user@host:port/database or env:NAME (an environment variable holding it)",
+        redact_pg_url(url)
+    ))
+}
+
+/// `index.table` / `--table`: a lower-case SQL name vitrine can extend.
+pub fn check_table_name(name: &str) -> Result<(), String> {
+    let ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.len() <= MAX_TABLE_NAME;
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}`: expected a lower-case name of letters, digits and _ (at most {MAX_TABLE_NAME}, not starting with a digit)"
+        ))
     }
 }
 

@@ -1,7 +1,9 @@
 //! The gallery index: embedding images with a trained embedder, the HNSW graph
 //! (hnsw_rs) and its exact re-rank, the `RUN/index/` folder, the [`search::Searcher`]
-//! the CLI and the dashboard query, and DeepFashion evaluation of a run.
+//! the CLI and the dashboard query, and DeepFashion evaluation of a run. A gallery can
+//! also live in PostgreSQL with pgvector ([`postgres`]); [`backend`] picks where.
 
+pub mod backend;
 pub mod benchmark;
 pub mod build;
 pub mod clustered;
@@ -10,6 +12,7 @@ pub mod hnsw;
 pub mod hnsw_dump;
 pub mod model;
 pub mod npy;
+pub mod postgres;
 pub mod rerank;
 pub mod search;
 pub mod store;

@@ -391,7 +391,7 @@ fn cli_index_search_and_eval_print_json_and_fail_cleanly() {
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(
         report.contains(
-            "search check: HNSW + re-rank, on a graph built for this evaluation (not RUN/index)"
+            "search check: in-process HNSW, on a graph built for this evaluation (not RUN/index)"
         ),
         "{report}"
     );

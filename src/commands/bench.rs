@@ -49,6 +49,15 @@ fn search(config: &Config, args: &crate::cli::BenchSearchArgs) -> anyhow::Result
         hnsw_rs: args.hnsw_rs,
     };
     let json = args.json;
+    // Resolved before the (long) in-process part: a bad URL fails at once.
+    let pg = match args.backend {
+        Some(crate::config::IndexBackend::Postgres) => Some(crate::index::backend::pg_target(
+            &config.index,
+            args.pg_url.as_deref(),
+            Some(&args.table),
+        )?),
+        _ => None,
+    };
     let report = benchmark::run(&base, &queries, &opts, &mut |line| {
         if !json {
             eprintln!("{line}");
@@ -61,8 +70,19 @@ fn search(config: &Config, args: &crate::cli::BenchSearchArgs) -> anyhow::Result
             args.base.display()
         )
     })?;
+    let pg_report = match &pg {
+        Some(target) => Some(
+            postgres_bench(target, &base, &queries, &opts, &report, json)
+                .with_context(|| format!("benchmarking {} in {}", target.table, target.url))?,
+        ),
+        None => None,
+    };
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        let mut value = serde_json::to_value(&report)?;
+        if let Some(p) = &pg_report {
+            value["postgres"] = serde_json::to_value(p)?;
+        }
+        println!("{value}");
     } else {
         println!(
             "n {} dim {} queries {} k {} (m {}, ef_construction {}, {} threads): build {:.2} s, exact scan {:.0} q/s",
@@ -76,22 +96,72 @@ fn search(config: &Config, args: &crate::cli::BenchSearchArgs) -> anyhow::Result
             report.build_s,
             report.exact_qps
         );
+        if let Some(p) = &pg_report {
+            println!(
+                "postgres: {} at {} ({}): load {:.2} s (binary COPY), HNSW build {:.2} s (m {}, ef_construction {})",
+                p.table, p.url, p.server, p.load_s, p.build_s, p.m, p.ef_construction
+            );
+        }
         println!(
-            "{:<8} {:>6} {:>9} {:>10} {:>10}",
+            "{:<8} {:>6} {:>9} {:>10} {:>14} {:>8} {:>8}",
             "engine",
             "ef",
             "shortlist",
             format!("recall@{}", report.k),
-            "q/s (1 thread)"
+            "q/s (1 client)",
+            "p50 ms",
+            "p99 ms"
         );
-        for r in &report.runs {
+        let pg_runs = pg_report.iter().flat_map(|p| &p.runs);
+        for r in report.runs.iter().chain(pg_runs) {
             println!(
-                "{:<8} {:>6} {:>9} {:>10.4} {:>10.0}",
-                r.engine, r.ef, r.shortlist, r.recall_at_k, r.qps
+                "{:<8} {:>6} {:>9} {:>10.4} {:>14.0} {:>8.3} {:>8.3}",
+                r.engine, r.ef, r.shortlist, r.recall_at_k, r.qps, r.p50_ms, r.p99_ms
             );
         }
     }
     Ok(())
+}
+
+/// The PostgreSQL half of `bench search --backend postgres`: same vectors, same
+/// exact truth, same beam widths.
+fn postgres_bench(
+    target: &crate::index::postgres::PgTarget,
+    base: &crate::index::npy::Matrix,
+    queries: &crate::index::npy::Matrix,
+    opts: &crate::index::benchmark::SearchBench,
+    report: &crate::index::benchmark::SearchBenchReport,
+    json: bool,
+) -> anyhow::Result<crate::index::postgres::bench::PgBenchReport> {
+    use crate::index::benchmark::{default_efs, normalized};
+    let (base, queries) = (normalized(base), normalized(queries));
+    let dev = candle_core::Device::Cpu;
+    let tensor =
+        |m: &crate::index::npy::Matrix| Tensor::from_slice(&m.data, (m.rows, m.cols), &dev);
+    let truth: Vec<Vec<usize>> =
+        crate::eval::exact_top_k(&tensor(&queries)?, &tensor(&base)?, report.k)?
+            .into_iter()
+            .map(|hits| hits.into_iter().map(|h| h.index).collect())
+            .collect();
+    let efs = if opts.efs.is_empty() {
+        default_efs(report.k)
+    } else {
+        opts.efs.clone()
+    };
+    Ok(crate::index::postgres::bench::run(
+        target,
+        &base,
+        &queries,
+        &truth,
+        report.k,
+        &efs,
+        (opts.params.m, opts.params.ef_construction),
+        &mut |line| {
+            if !json {
+                eprintln!("{line}");
+            }
+        },
+    )?)
 }
 
 /// Most `f32` values `bench vectors` makes in one matrix (4 GiB).

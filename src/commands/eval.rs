@@ -106,12 +106,23 @@ fn render(r: &EvalReport) -> String {
         let _ = writeln!(out, "note: {note}");
     }
     let _ = writeln!(out, "MAP@R {:.4}", r.map_at_r);
-    if let Some(recall) = r.index_recall_at_k {
+    if let (Some(recall), Some(top_k), Some(backend)) =
+        (r.index_recall_at_k, &r.index_top_k, &r.index_backend)
+    {
+        let top = |k: &str| top_k.get(k).copied().unwrap_or(f64::NAN) * 100.0;
+        let graph = if backend == "in-process HNSW" {
+            ", on a graph built for this evaluation (not RUN/index)"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
-            "search check: HNSW + re-rank, on a graph built for this evaluation (not RUN/index), \
-             finds {:.2}% of the exact top-{INDEX_RECALL_K}",
-            recall * 100.0
+            "search check: {}{graph}: HNSW + re-rank finds {:.2}% of the exact top-{INDEX_RECALL_K}; \
+             its own top-1 {:.1}%, top-20 {:.1}%",
+            escape_controls(backend),
+            recall * 100.0,
+            top("1"),
+            top("20")
         );
     }
     if let Some(cats) = &r.by_category {

@@ -3,12 +3,23 @@
 use anyhow::Context;
 
 use crate::cli::IndexArgs;
-use crate::config::Config;
+use crate::config::{Config, IndexBackend};
+use crate::index::backend::pg_target;
 use crate::index::build::{self, Gallery, IndexJob, IndexReport};
+use crate::index::postgres::load::{self, PgIndexReport};
 use crate::index::store::SourceRecord;
 use crate::progress::Progress;
 
 pub fn run(config: &Config, args: &IndexArgs) -> anyhow::Result<()> {
+    let backend = args.backend.unwrap_or(config.index.backend);
+    if backend == IndexBackend::Postgres || args.finalize || args.shard.is_some() {
+        return postgres(config, args, backend);
+    }
+    if args.pg_url.is_some() || args.table.is_some() {
+        anyhow::bail!(
+            "--pg-url and --table need --backend postgres (or index.backend = \"postgres\")"
+        );
+    }
     let mut data = config.data.clone();
     data.strict |= args.strict;
     let mut bar: Option<Progress> = None;
@@ -34,24 +45,7 @@ pub fn run(config: &Config, args: &IndexArgs) -> anyhow::Result<()> {
             )
         })?
     } else {
-        let gallery = match &args.images {
-            Some(dir) => Gallery::Folder(dir.clone()),
-            None => Gallery::Dataset {
-                root: args
-                    .data
-                    .clone()
-                    .unwrap_or_else(|| config.data.root.clone()),
-                protocol: args.gallery.unwrap_or(config.data.gallery),
-            },
-        };
-        let job = IndexJob {
-            run: args.run.clone(),
-            checkpoint: args.checkpoint.clone(),
-            gallery,
-            settings: config.index.clone(),
-            data,
-        };
-        build::build(&job, &mut progress)
+        build::build(&job(config, args, data), &mut progress)
             .with_context(|| format!("indexing for run {}", args.run.display()))?
     };
     if args.json {
@@ -60,6 +54,124 @@ pub fn run(config: &Config, args: &IndexArgs) -> anyhow::Result<()> {
         print_report(&report);
     }
     Ok(())
+}
+
+fn job(config: &Config, args: &IndexArgs, data: crate::config::DataConfig) -> IndexJob {
+    let gallery = match &args.images {
+        Some(dir) => Gallery::Folder(dir.clone()),
+        None => Gallery::Dataset {
+            root: args
+                .data
+                .clone()
+                .unwrap_or_else(|| config.data.root.clone()),
+            protocol: args.gallery.unwrap_or(config.data.gallery),
+        },
+    };
+    IndexJob {
+        run: args.run.clone(),
+        checkpoint: args.checkpoint.clone(),
+        gallery,
+        settings: config.index.clone(),
+        data,
+    }
+}
+
+/// `--backend postgres`: the whole gallery, one shard, or `--finalize`.
+fn postgres(config: &Config, args: &IndexArgs, backend: IndexBackend) -> anyhow::Result<()> {
+    if backend != IndexBackend::Postgres {
+        anyhow::bail!(
+            "--shard and --finalize load into PostgreSQL: add --backend postgres (or set index.backend = \"postgres\")"
+        );
+    }
+    if args.add.is_some() {
+        anyhow::bail!(
+            "--add extends the local index; for a gallery in PostgreSQL index it again (the new version replaces the live one without interrupting searches)"
+        );
+    }
+    let target = pg_target(&config.index, args.pg_url.as_deref(), args.table.as_deref())?;
+    let report = if args.finalize {
+        load::finalize(&args.run, &target)
+            .with_context(|| format!("finalising {} in {}", target.table, target.url))?
+    } else {
+        let mut data = config.data.clone();
+        data.strict |= args.strict;
+        let mut bar: Option<Progress> = None;
+        let json = args.json;
+        let mut progress = |done: usize, total: usize| {
+            bar.get_or_insert_with(|| Progress::new("embed", total, !json))
+                .set(done, "");
+        };
+        let what = args
+            .shard
+            .map_or_else(String::new, |s| format!(" (shard {s})"));
+        load::index(&job(config, args, data), &target, args.shard, &mut progress).with_context(
+            || {
+                format!(
+                    "indexing for run {} into {} at {}{what}",
+                    args.run.display(),
+                    target.table,
+                    target.url
+                )
+            },
+        )?
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_pg_report(&report);
+    }
+    Ok(())
+}
+
+fn print_pg_report(r: &PgIndexReport) {
+    if r.unreadable > 0 {
+        println!("{} unreadable images skipped (see the log)", r.unreadable);
+    }
+    if let Some(shard) = &r.shard {
+        println!(
+            "shard {shard}: {} rows added to version {} of {} at {} (embedding {:.1} s, copy {:.1} s)",
+            r.added, r.version, r.table, r.url, r.embed_seconds, r.copy_seconds
+        );
+    } else if r.added > 0 {
+        println!(
+            "{} rows loaded into version {} of {} at {} (embedding {:.1} s, copy {:.1} s)",
+            r.added, r.version, r.table, r.url, r.embed_seconds, r.copy_seconds
+        );
+    }
+    let done: Vec<String> = r
+        .shards_done
+        .iter()
+        .map(|s| format!("{s}/{}", r.shards))
+        .collect();
+    if r.live {
+        println!(
+            "version {} of {} is live: {} vectors of {} dims (HNSW build {:.1} s{}), weights {} ({}); recorded in {}",
+            r.version,
+            r.table,
+            r.count,
+            r.dim,
+            r.build_seconds,
+            if r.dropped.is_empty() {
+                String::new()
+            } else {
+                let v: Vec<String> = r.dropped.iter().map(ToString::to_string).collect();
+                format!(", dropped version {}", v.join(", "))
+            },
+            r.fingerprint,
+            r.checkpoint,
+            r.dir
+                .as_deref()
+                .map_or_else(String::new, |d| d.display().to_string())
+        );
+    } else {
+        println!(
+            "version {} holds {} rows from shards {} of {}; run the others, then `vitrine index --run RUN --backend postgres --finalize`",
+            r.version,
+            r.count,
+            done.join(", "),
+            r.shards
+        );
+    }
 }
 
 fn print_report(r: &IndexReport) {

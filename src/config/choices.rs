@@ -38,6 +38,103 @@ pub enum Schedule {
     Cosine,
 }
 
+/// `index.backend`: where `vitrine index` puts the gallery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexBackend {
+    /// `RUN/index/`: the vectors and an HNSW graph, searched in-process.
+    #[default]
+    Local,
+    /// A versioned table in PostgreSQL with pgvector's HNSW index.
+    Postgres,
+}
+
+impl IndexBackend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+impl fmt::Display for IndexBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for IndexBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "local" => Ok(Self::Local),
+            "postgres" => Ok(Self::Postgres),
+            _ => Err(format!("unknown backend `{s}`: expected local or postgres")),
+        }
+    }
+}
+
+/// A PostgreSQL connection string without its password: the password of a URL's user
+/// part (`postgres://user:secret@host` → `postgres://user@host`) and every `password`
+/// parameter (`?password=…`, `password=… host=…`) are cut. What vitrine shows and
+/// writes into run folders; `env:NAME` comes back unchanged.
+pub fn redact_pg_url(url: &str) -> String {
+    if url.starts_with("env:") {
+        return url.to_string();
+    }
+    let mut out = url.to_string();
+    // The user part of a URL: between `://` and the last `@` (a password may hold an
+    // unescaped `/` or `?`; cutting too much is harmless, too little is not).
+    if let Some(scheme_end) = out.find("://") {
+        let rest = &out[scheme_end + 3..];
+        if let Some(at) = rest.rfind('@') {
+            let user = &rest[..at];
+            if let Some(colon) = user.find(':') {
+                let cut = scheme_end + 3 + colon..scheme_end + 3 + at;
+                out.replace_range(cut, "");
+            }
+        }
+    }
+    // `password=…` as a URL parameter or a key=value pair (quoted or not).
+    let mut redacted = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(at) = find_password_key(rest) {
+        redacted.push_str(&rest[..at]);
+        let value = &rest[at + "password=".len()..];
+        let end = if let Some(quoted) = value.strip_prefix('\'') {
+            quoted.find('\'').map_or(value.len(), |e| e + 2)
+        } else {
+            value.find(['&', ' ']).unwrap_or(value.len())
+        };
+        rest = &value[end..];
+        // Drop the separator before it too, so no empty parameter is left behind.
+        if redacted.ends_with('&') || redacted.ends_with(' ') {
+            redacted.pop();
+        } else if redacted.ends_with('?') && rest.starts_with('&') {
+            rest = &rest[1..];
+        }
+    }
+    redacted.push_str(rest);
+    if redacted.ends_with('?') {
+        redacted.pop();
+    }
+    redacted
+}
+
+/// Where a `password=` key starts (at the start, or after `?`, `&` or a space).
+fn find_password_key(s: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = s[from..].find("password=") {
+        let at = from + i;
+        if at == 0 || matches!(s.as_bytes()[at - 1], b'?' | b'&' | b' ') {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
 /// How thumbnails reach the terminal (`ui.images`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -115,6 +212,43 @@ impl FromStr for PlotMarker {
             _ => Err(format!(
                 "unknown plot marker `{s}`: expected braille or ascii"
             )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod pg_url_tests {
+    use super::redact_pg_url;
+
+    #[test]
+    fn passwords_never_survive_redaction() {
+        for (url, shown) in [
+            (
+                "postgres://app:s3cr3t@db:5432/shop",
+                "postgres://app@db:5432/shop",
+            ),
+            (
+                "postgresql://app:p%40ss@10.0.0.1/shop?sslmode=disable",
+                "postgresql://app@10.0.0.1/shop?sslmode=disable",
+            ),
+            (
+                "postgres://app@db/shop?password=s3cr3t&application_name=x",
+                "postgres://app@db/shop?application_name=x",
+            ),
+            (
+                "postgres://app@db/shop?application_name=x&password=s3cr3t",
+                "postgres://app@db/shop?application_name=x",
+            ),
+            ("postgres://db/shop?password=s3cr3t", "postgres://db/shop"),
+            (
+                "host=db user=app password='s 3cr3t' dbname=shop",
+                "host=db user=app dbname=shop",
+            ),
+            ("postgres://app@db/shop", "postgres://app@db/shop"),
+            ("postgres://app:pa/ss?@db/shop", "postgres://app@db/shop"),
+            ("env:VITRINE_PG_URL", "env:VITRINE_PG_URL"),
+        ] {
+            assert_eq!(redact_pg_url(url), shown, "{url}");
         }
     }
 }

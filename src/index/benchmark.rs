@@ -49,6 +49,19 @@ pub struct SearchRun {
     pub recall_at_k: f64,
     /// Queries per second on one thread.
     pub qps: f64,
+    /// Median and 99th-percentile latency of one query, milliseconds.
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// The `q`-quantile (0..=1) of `values` (sorted here), nearest rank.
+pub fn quantile(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -165,13 +178,25 @@ pub fn run(
         }
         let mut measure =
             |engine: &str, shortlist: usize, search: &dyn Fn(&[f32]) -> Vec<usize>| {
-                let (found, secs) = timed(|| queries.iter_rows().map(search).collect::<Vec<_>>());
+                let mut ms = Vec::with_capacity(queries.rows);
+                let (found, secs) = timed(|| {
+                    queries
+                        .iter_rows()
+                        .map(|q| {
+                            let (hits, s) = timed(|| search(q));
+                            ms.push(s * 1e3);
+                            hits
+                        })
+                        .collect::<Vec<_>>()
+                });
                 let run = SearchRun {
                     engine: engine.into(),
                     ef,
                     shortlist,
                     recall_at_k: recall_at_k(&found, &truth, k),
                     qps: queries.rows as f64 / secs.max(1e-9),
+                    p50_ms: quantile(&mut ms, 0.5),
+                    p99_ms: quantile(&mut ms, 0.99),
                 };
                 progress(&format!(
                     "{engine} ef {ef}: recall@{k} {:.4}, {:.0} queries/s",

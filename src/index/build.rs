@@ -52,6 +52,8 @@ pub enum BuildError {
     },
     #[error("model error: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Postgres(#[from] super::postgres::PgError),
 }
 
 /// What to index.
@@ -99,12 +101,12 @@ pub struct IndexReport {
     pub source: SourceRecord,
 }
 
-fn absolute(p: &Path) -> PathBuf {
+pub(crate) fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// The images of a gallery with their entries (ids still to assign).
-fn collect(
+pub(crate) fn collect(
     gallery: &Gallery,
     data: &DataConfig,
 ) -> Result<(Vec<ImageSpec>, Vec<Entry>, SourceRecord), BuildError> {
@@ -187,7 +189,7 @@ fn collect(
     }
 }
 
-fn loader_config(model: &LoadedModel, data: &DataConfig) -> LoaderConfig {
+pub(crate) fn loader_config(model: &LoadedModel, data: &DataConfig) -> LoaderConfig {
     LoaderConfig {
         size: model.config.model.image_size,
         crop: data.crop,
@@ -252,7 +254,7 @@ fn ef_check(settings: &IndexConfig) -> usize {
     settings.ef_search.max(settings.shortlist).max(64)
 }
 
-fn now() -> f64 {
+pub(crate) fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())

@@ -14,14 +14,17 @@ use serde::Serialize;
 use super::build::{BuildError, embed_to_matrix};
 use super::model::{CheckpointChoice, load_model};
 use super::npy::Matrix;
+use super::postgres::gallery::LiveVersion;
+use super::postgres::{PgError, PgGallery, PgUrl, record};
 use super::rerank::{VectorIndex, recall_at_k};
 use super::search::params_of;
-use super::store::build_graph;
+use super::store::{SourceRecord, build_graph};
 use crate::config::{DataConfig, IndexConfig};
 use crate::data::deepfashion::{Dataset, GalleryProtocol, LoadOptions, Split};
 use crate::data::loader::{ImageSpec, LoaderConfig, Prefetcher};
 use crate::eval::{self, REPORTED_K};
 use crate::index::hnsw::GraphParams;
+use crate::run::folder::RunDir;
 
 /// The k at which the index is compared with exact search.
 pub const INDEX_RECALL_K: usize = 20;
@@ -88,9 +91,16 @@ pub struct EvalReport {
     /// first k.
     pub top_k: BTreeMap<String, f64>,
     pub map_at_r: f64,
-    /// Mean share of the exact top-20 that HNSW + re-rank returns, on a graph built
-    /// for this evaluation; `None` (null) for raw pixels, which nothing searches.
+    /// Mean share of the exact top-20 that the HNSW + re-rank search returns; `None`
+    /// (null) for raw pixels, which nothing searches.
     pub index_recall_at_k: Option<f64>,
+    /// Top-k accuracy (k up to 20) of the index's own results: what `search` would
+    /// find for these queries.
+    pub index_top_k: Option<BTreeMap<String, f64>>,
+    /// The index measured: `in-process HNSW` (a graph built on this gallery for this
+    /// evaluation), or the run's gallery in PostgreSQL when RUN/index/ holds this
+    /// gallery with these weights.
+    pub index_backend: Option<String>,
     /// The checkpoint file, or `untrained`.
     pub model: String,
     pub fingerprint: String,
@@ -186,9 +196,68 @@ pub fn evaluate(
     } else {
         (None, None)
     };
-    let index_recall_at_k = match &model {
-        Some(_) => Some(search_recall(&qv, gv, &job.settings)?),
-        None => None,
+    // Raw pixels are never searched: no index to check.
+    let index = if model.is_some() {
+        let exact: Vec<Vec<usize>> = eval::exact_top_k(&qt, &gt, INDEX_RECALL_K)?
+            .into_iter()
+            .map(|hits| hits.into_iter().map(|h| h.index).collect())
+            .collect();
+        // The index: the run's gallery in PostgreSQL when it is this one, else a graph
+        // built on this gallery; searched with these queries.
+        let fingerprint = model.as_ref().map(|m| m.fingerprint.as_str());
+        let g_paths: Vec<String> = g_kept
+            .iter()
+            .map(|&k| {
+                super::build::absolute(&ds.spec(gallery[k]).path)
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        let (approx, index_backend) = match postgres_gallery(job, fingerprint, gv.cols)? {
+            Some(pg) => {
+                let backend = format!("PostgreSQL {} at {}", pg.table(), pg.url().shown());
+                let fingerprint = fingerprint.unwrap_or_default();
+                (
+                    search_postgres(&pg, &qv, &g_paths, &job.settings, fingerprint)?,
+                    backend,
+                )
+            }
+            None => {
+                let params = GraphParams {
+                    m: job.settings.m,
+                    ef_construction: job.settings.ef_construction,
+                };
+                let (_hnsw, graph, _) = build_graph(&gv, params, 64)?;
+                let index = VectorIndex::new(gv, graph);
+                let search = params_of(&job.settings);
+                let approx = qv
+                    .iter_rows()
+                    .map(|q| {
+                        index
+                            .search(q, INDEX_RECALL_K, search)
+                            .iter()
+                            .map(|h| h.index)
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                (approx, "in-process HNSW".to_string())
+            }
+        };
+        let index_top_k = REPORTED_K
+            .iter()
+            .filter(|&&k| k <= INDEX_RECALL_K)
+            .map(|&k| {
+                let found = approx
+                    .iter()
+                    .zip(&q_items)
+                    .filter(|(hits, item)| hits.iter().take(k).any(|&g| g_items.get(g) == Some(item)))
+                    .count();
+                (k.to_string(), found as f64 / approx.len().max(1) as f64)
+            })
+            .collect();
+        Some((recall_at_k(&approx, &exact, INDEX_RECALL_K), index_top_k, index_backend))
+    } else {
+        None
     };
     Ok(EvalReport {
         protocol: job.protocol.name().into(),
@@ -200,7 +269,9 @@ pub fn evaluate(
             .map(|(k, v)| (k.to_string(), *v))
             .collect(),
         map_at_r: retrieval.map_at_r,
-        index_recall_at_k,
+        index_recall_at_k: index.as_ref().map(|i| i.0),
+        index_top_k: index.as_ref().map(|i| i.1.clone()),
+        index_backend: index.map(|i| i.2),
         model: match &model {
             Some(m) => m
                 .checkpoint
@@ -216,39 +287,86 @@ pub fn evaluate(
     })
 }
 
-/// Recall@[`INDEX_RECALL_K`] of HNSW + re-rank against exact search, on a graph
-/// built on `gallery` with `settings` and searched with every query.
-fn search_recall(
-    queries: &Matrix,
-    gallery: Matrix,
-    settings: &IndexConfig,
-) -> Result<f64, BuildError> {
-    let params = GraphParams {
-        m: settings.m,
-        ef_construction: settings.ef_construction,
+/// The run's gallery in PostgreSQL, when `RUN/index/` records one embedded from this
+/// job's dataset and protocol with these weights (`fingerprint`); `None` otherwise
+/// (the in-process index is measured instead).
+fn postgres_gallery(
+    job: &EvalJob,
+    fingerprint: Option<&str>,
+    dim: usize,
+) -> Result<Option<PgGallery>, BuildError> {
+    let Some(fingerprint) = fingerprint else {
+        return Ok(None);
     };
-    let (_hnsw, graph, _) = build_graph(&gallery, params, 64)?;
-    let index = VectorIndex::new(gallery, graph);
-    let search = params_of(settings);
-    let mut approx = Vec::with_capacity(queries.rows);
-    let mut exact = Vec::with_capacity(queries.rows);
-    for q in queries.iter_rows() {
-        approx.push(
-            index
-                .search(q, INDEX_RECALL_K, search)
-                .iter()
-                .map(|h| h.index)
-                .collect::<Vec<_>>(),
+    let dir = RunDir::new(&job.run).index_dir();
+    let Some(record) = record::read(&dir)? else {
+        return Ok(None);
+    };
+    let this = SourceRecord::Dataset {
+        root: super::build::absolute(&job.data)
+            .to_string_lossy()
+            .into_owned(),
+        protocol: job.protocol.name().into(),
+    };
+    if record.fingerprint != fingerprint || record.dim != dim || record.sources != [this] {
+        tracing::info!(
+            "{}: another gallery or other weights than this evaluation's; measuring an in-process index instead",
+            dir.join(record::RECORD_FILE).display()
         );
-        exact.push(
-            index
-                .exact(q, INDEX_RECALL_K)
-                .iter()
-                .map(|h| h.index)
-                .collect::<Vec<_>>(),
-        );
+        return Ok(None);
     }
-    Ok(recall_at_k(&approx, &exact, INDEX_RECALL_K))
+    let what = dir.join(record::RECORD_FILE).display().to_string();
+    let url = PgUrl::resolve(&record.url, &what)?;
+    let pg = PgGallery::open(url, &record)?;
+    check_live(&pg, &pg.live(), fingerprint, dim)?;
+    Ok(Some(pg))
+}
+
+/// Whether `live` (a version of `pg`) holds vectors of these weights.
+fn check_live(
+    pg: &PgGallery,
+    live: &LiveVersion,
+    fingerprint: &str,
+    dim: usize,
+) -> Result<(), PgError> {
+    if live.fingerprint != fingerprint || live.dim != dim {
+        return Err(PgError::Stale {
+            url: pg.url().shown(),
+            table: pg.table().to_string(),
+            version: live.version,
+            index: live.fingerprint.clone(),
+            model: fingerprint.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Each query through PostgreSQL (HNSW shortlist + exact re-rank), its hits as
+/// positions in this evaluation's gallery (`usize::MAX` for a row it lacks).
+fn search_postgres(
+    pg: &PgGallery,
+    queries: &Matrix,
+    g_paths: &[String],
+    settings: &IndexConfig,
+    fingerprint: &str,
+) -> Result<Vec<Vec<usize>>, PgError> {
+    let position: std::collections::HashMap<&str, usize> = g_paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.as_str(), i))
+        .collect();
+    let dim = queries.cols;
+    let accept = |l: &LiveVersion| check_live(pg, l, fingerprint, dim);
+    queries
+        .iter_rows()
+        .map(|q| {
+            let hits = pg.search(q, INDEX_RECALL_K, params_of(settings), &accept)?;
+            Ok(hits
+                .iter()
+                .map(|h| position.get(h.path.as_str()).copied().unwrap_or(usize::MAX))
+                .collect())
+        })
+        .collect()
 }
 
 fn category_name(ds: &Dataset, image: usize) -> String {

@@ -1,13 +1,19 @@
 //! [`Searcher`]: a run's index plus the embedder that made it. A query image is
 //! embedded, the HNSW graph gives a shortlist, exact cosine re-ranks it, and the top k
 //! come back as [`SearchHit`]s. The dashboard and `vitrine search` both use it.
+//! Where the gallery lives is what `RUN/index/` records: the in-process index, or a
+//! table in PostgreSQL ([`super::postgres`]) searched the same way.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::model::{CheckpointChoice, LoadedModel, ModelError, load_model};
+use super::npy::Matrix;
+use super::postgres::gallery::{GalleryRows, LiveVersion};
+use super::postgres::{PgError, PgGallery, PgRecord, PgUrl, record};
 use super::rerank::SearchParams;
 use super::store::{self, Entry, Index, IndexError, IndexHeader};
 use crate::config::IndexConfig;
@@ -40,6 +46,8 @@ pub enum SearchError {
     Query(#[from] LoadError),
     #[error("embedding the query failed: {0}")]
     Embed(#[from] candle_core::Error),
+    #[error(transparent)]
+    Postgres(#[from] PgError),
 }
 
 /// An index built with other weights than the checkpoint asked for.
@@ -68,12 +76,47 @@ pub struct SearchHit {
     pub category: String,
 }
 
+/// Where the searched gallery lives.
+#[derive(Debug)]
+enum Gallery {
+    /// `RUN/index/` loaded into memory.
+    Local(Index),
+    /// A table in PostgreSQL (`RUN/index/postgres.json`).
+    Postgres(Box<(PgGallery, PgRecord)>),
+}
+
+/// The gallery's rows and vectors, borrowed from memory or read from PostgreSQL once.
+pub enum GalleryView<'a> {
+    Borrowed {
+        entries: &'a [Entry],
+        vectors: &'a Matrix,
+    },
+    Shared(Arc<GalleryRows>),
+}
+
+impl GalleryView<'_> {
+    pub fn entries(&self) -> &[Entry] {
+        match self {
+            Self::Borrowed { entries, .. } => entries,
+            Self::Shared(rows) => &rows.entries,
+        }
+    }
+
+    /// One row per entry.
+    pub fn vectors(&self) -> &Matrix {
+        match self {
+            Self::Borrowed { vectors, .. } => vectors,
+            Self::Shared(rows) => &rows.vectors,
+        }
+    }
+}
+
 /// A loaded index with its embedder.
 #[derive(Debug)]
 pub struct Searcher {
     run: PathBuf,
     model: LoadedModel,
-    index: Index,
+    gallery: Gallery,
     loader: LoaderConfig,
     params: SearchParams,
 }
@@ -84,6 +127,9 @@ impl Searcher {
     /// settings come from the run's `[index]` section (see [`Self::with_settings`]).
     pub fn open(run: &Path, checkpoint: &CheckpointChoice) -> Result<Self, SearchError> {
         let dir = RunDir::new(run).index_dir();
+        if let Some(record) = record::read(&dir)? {
+            return Self::open_postgres(run, checkpoint, dir, record);
+        }
         let header = store::read_header(&dir)?;
         // `auto` means the weights the index was built with, while they exist.
         let recorded = PathBuf::from(&header.checkpoint);
@@ -117,6 +163,10 @@ impl Searcher {
             })));
         }
         let index = store::load(&dir)?;
+        Ok(Self::new(run, model, Gallery::Local(index)))
+    }
+
+    fn new(run: &Path, model: LoadedModel, gallery: Gallery) -> Self {
         let loader = LoaderConfig {
             size: model.config.model.image_size,
             crop: false,
@@ -125,13 +175,89 @@ impl Searcher {
             max_pixels: model.config.data.max_image_pixels,
         };
         let params = params_of(&model.config.index);
-        Ok(Self {
+        Self {
             run: run.to_path_buf(),
             model,
-            index,
+            gallery,
             loader,
             params,
-        })
+        }
+    }
+
+    /// A run whose gallery is in PostgreSQL: the record's weights must be the model's,
+    /// and so must those of the version live in the database now.
+    fn open_postgres(
+        run: &Path,
+        checkpoint: &CheckpointChoice,
+        dir: PathBuf,
+        record: PgRecord,
+    ) -> Result<Self, SearchError> {
+        let recorded = PathBuf::from(&record.checkpoint);
+        let checkpoint = match checkpoint {
+            CheckpointChoice::Auto if !record.checkpoint.is_empty() && recorded.is_file() => {
+                &CheckpointChoice::Path(recorded)
+            }
+            c => c,
+        };
+        let model = load_model(run, Some(checkpoint))?;
+        let model_dim = model.embedder.config().embedding_dim;
+        if record.dim != model_dim {
+            return Err(SearchError::Dimension {
+                dir,
+                run: run.to_path_buf(),
+                index: record.dim,
+                model: model_dim,
+            });
+        }
+        if record.fingerprint != model.fingerprint {
+            return Err(SearchError::Stale(Box::new(StaleIndex {
+                dir,
+                run: run.to_path_buf(),
+                index: record.fingerprint,
+                index_checkpoint: record.checkpoint,
+                model: model.fingerprint.clone(),
+                checkpoint: model
+                    .checkpoint
+                    .as_deref()
+                    .map_or_else(|| checkpoint.to_string(), |p| p.display().to_string()),
+            })));
+        }
+        let what = dir.join(record::RECORD_FILE).display().to_string();
+        let url = PgUrl::resolve(&record.url, &what)?;
+        let gallery = PgGallery::open(url, &record)?;
+        let searcher = Self::new(run, model, Gallery::Postgres(Box::new((gallery, record))));
+        if let Gallery::Postgres(pg) = &searcher.gallery {
+            searcher.accept(&pg.0.live())?;
+        }
+        Ok(searcher)
+    }
+
+    /// Whether a live version in PostgreSQL holds this model's vectors.
+    fn accept(&self, live: &LiveVersion) -> Result<(), PgError> {
+        let Gallery::Postgres(pg) = &self.gallery else {
+            return Ok(());
+        };
+        let (url, table) = (pg.0.url().shown(), pg.0.table().to_string());
+        let model_dim = self.model.embedder.config().embedding_dim;
+        if live.dim != model_dim {
+            return Err(PgError::Dimension {
+                url,
+                table,
+                version: live.version,
+                index: live.dim,
+                model: model_dim,
+            });
+        }
+        if live.fingerprint != self.model.fingerprint {
+            return Err(PgError::Stale {
+                url,
+                table,
+                version: live.version,
+                index: live.fingerprint.clone(),
+                model: self.model.fingerprint.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Uses `settings`' shortlist and beam width.
@@ -153,24 +279,48 @@ impl Searcher {
         &self.run
     }
 
-    pub fn header(&self) -> &IndexHeader {
-        &self.index.header
+    /// The local index's header (`None` for a gallery in PostgreSQL).
+    pub fn header(&self) -> Option<&IndexHeader> {
+        match &self.gallery {
+            Gallery::Local(index) => Some(&index.header),
+            Gallery::Postgres(_) => None,
+        }
     }
 
-    pub fn entries(&self) -> &[Entry] {
-        &self.index.entries
+    /// The PostgreSQL record of the gallery (`None` for the local index).
+    pub fn postgres(&self) -> Option<&PgRecord> {
+        match &self.gallery {
+            Gallery::Local(_) => None,
+            Gallery::Postgres(pg) => Some(&pg.1),
+        }
+    }
+
+    /// Where the gallery lives, in words (URL without password).
+    pub fn backend(&self) -> String {
+        match &self.gallery {
+            Gallery::Local(_) => "in-process HNSW".into(),
+            Gallery::Postgres(pg) => {
+                format!("PostgreSQL {} at {}", pg.0.table(), pg.0.url().shown())
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.index.entries.len()
+        match &self.gallery {
+            Gallery::Local(index) => index.entries.len(),
+            Gallery::Postgres(pg) => pg.0.live().rows,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.index.entries.is_empty()
+        self.len() == 0
     }
 
     pub fn dim(&self) -> usize {
-        self.index.header.dim
+        match &self.gallery {
+            Gallery::Local(index) => index.header.dim,
+            Gallery::Postgres(pg) => pg.1.dim,
+        }
     }
 
     /// The embedder and the run settings it was loaded with.
@@ -178,9 +328,16 @@ impl Searcher {
         &self.model
     }
 
-    /// The gallery's float vectors, one row per entry.
-    pub fn vectors(&self) -> &super::npy::Matrix {
-        self.index.vectors.vectors()
+    /// The gallery's entries and float vectors (one row per entry); from PostgreSQL
+    /// they are read on the first call and kept.
+    pub fn rows(&self) -> Result<GalleryView<'_>, SearchError> {
+        match &self.gallery {
+            Gallery::Local(index) => Ok(GalleryView::Borrowed {
+                entries: &index.entries,
+                vectors: index.vectors.vectors(),
+            }),
+            Gallery::Postgres(pg) => Ok(GalleryView::Shared(pg.0.rows(&|live| self.accept(live))?)),
+        }
     }
 
     /// The checkpoint the model was loaded from.
@@ -216,13 +373,22 @@ impl Searcher {
     /// The `k` nearest gallery images of an embedding (HNSW shortlist + exact re-rank).
     pub fn search_vector(&self, v: &[f32], k: usize) -> Result<Vec<SearchHit>, SearchError> {
         self.check_dim(v)?;
-        Ok(self.hits(&self.index.vectors.search(v, k, self.params)))
+        match &self.gallery {
+            Gallery::Local(index) => {
+                Ok(Self::hits(index, &index.vectors.search(v, k, self.params)))
+            }
+            Gallery::Postgres(pg) => Ok(pg.0.search(v, k, self.params, &|l| self.accept(l))?),
+        }
     }
 
-    /// The exact `k` nearest gallery images of an embedding (full scan).
+    /// The exact `k` nearest gallery images of an embedding (full scan; in SQL for a
+    /// gallery in PostgreSQL).
     pub fn search_exact(&self, v: &[f32], k: usize) -> Result<Vec<SearchHit>, SearchError> {
         self.check_dim(v)?;
-        Ok(self.hits(&self.index.vectors.exact(v, k)))
+        match &self.gallery {
+            Gallery::Local(index) => Ok(Self::hits(index, &index.vectors.exact(v, k))),
+            Gallery::Postgres(pg) => Ok(pg.0.exact(v, k, &|l| self.accept(l))?),
+        }
     }
 
     fn check_dim(&self, v: &[f32]) -> Result<(), SearchError> {
@@ -238,11 +404,11 @@ impl Searcher {
         Ok(())
     }
 
-    fn hits(&self, hits: &[Hit]) -> Vec<SearchHit> {
+    fn hits(index: &Index, hits: &[Hit]) -> Vec<SearchHit> {
         hits.iter()
             .enumerate()
             .filter_map(|(r, h)| {
-                let e = self.index.entries.get(h.index)?;
+                let e = index.entries.get(h.index)?;
                 Some(SearchHit {
                     rank: r + 1,
                     id: h.index,

@@ -88,7 +88,10 @@ pub fn model_hash(config: &Config) -> String {
 
 /// The run's `config.toml` text.
 fn config_toml(config: &Config) -> Result<String, TrainError> {
-    toml::to_string(config).map_err(|e| {
+    // A PostgreSQL password given in a config file never lands in the run folder.
+    let mut config = config.clone();
+    config.index.pg_url = crate::config::redact_pg_url(&config.index.pg_url);
+    toml::to_string(&config).map_err(|e| {
         TrainError::Setting(format!(
             "the settings cannot be saved as the run's config.toml ({e}); paths in them must be valid UTF-8"
         ))

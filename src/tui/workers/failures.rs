@@ -146,8 +146,9 @@ pub fn rank_queries(
     if cancel.load(Ordering::Relaxed) {
         return Ok(None);
     }
-    let entries = searcher.entries();
-    let gallery = searcher.vectors();
+    // From memory, or read from PostgreSQL once (kept by the searcher).
+    let rows = searcher.rows().map_err(|e| e.to_string())?;
+    let (entries, gallery) = (rows.entries(), rows.vectors());
     // Item ids as labels (an item of the queries only gets one the gallery lacks).
     let kept_queries: Vec<&ImageInfo> = kept.iter().map(|&i| &queries[i]).collect();
     let mut labels: HashMap<&str, usize> = HashMap::new();

@@ -34,8 +34,8 @@ pub fn index_checkpoint(run: &Path) -> Option<CheckpointChoice> {
 /// The index's state on disk.
 pub fn index_status(run: &Path) -> IndexStatus {
     let dir = crate::index::store::readable_dir(&RunDir::new(run).index_dir());
-    match crate::index::store::read_header(&dir) {
-        Ok(h) => IndexStatus::Ready { count: h.count },
+    match crate::index::backend::read(&dir) {
+        Ok(r) => IndexStatus::Ready { count: r.count() },
         Err(_) if !dir.exists() => IndexStatus::Missing,
         Err(e) => IndexStatus::Failed(format!("{e} (press i to rebuild)")),
     }
@@ -161,18 +161,16 @@ impl IndexWorker {
                 }
             };
             let started = Instant::now();
-            match crate::index::build::build(&job, &mut progress) {
-                Ok(report) => {
+            // Into the backend the settings name (`index.backend`).
+            match crate::index::backend::build_configured(&job, &mut progress) {
+                Ok(count) => {
                     tracing::info!(
-                        "index of {} built: {} images in {:.1} s",
+                        "index of {} built: {count} images in {:.1} s",
                         run.display(),
-                        report.count,
                         started.elapsed().as_secs_f64()
                     );
                     generation.fetch_add(1, Ordering::SeqCst);
-                    out.send(WorkerEvent::Index(IndexStatus::Ready {
-                        count: report.count,
-                    }));
+                    out.send(WorkerEvent::Index(IndexStatus::Ready { count }));
                     let _ = warm.send(Request::Warm);
                 }
                 Err(e) => {
@@ -186,12 +184,12 @@ impl IndexWorker {
 
 fn open_searcher(run: &Path) -> Result<Searcher, String> {
     let dir = crate::index::store::readable_dir(&RunDir::new(run).index_dir());
-    let header = crate::index::store::read_header(&dir)
+    let recorded = crate::index::backend::read(&dir)
         .map_err(|e| format!("{e} (press i to build the index)"))?;
-    let choice = if header.checkpoint.is_empty() {
+    let choice = if recorded.checkpoint().is_empty() {
         index_checkpoint(run).unwrap_or_default()
     } else {
-        CheckpointChoice::Path(PathBuf::from(&header.checkpoint))
+        CheckpointChoice::Path(PathBuf::from(recorded.checkpoint()))
     };
     Searcher::open(run, &choice).map_err(|e| e.to_string())
 }
