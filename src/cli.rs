@@ -80,6 +80,37 @@ pub enum Command {
     Eval(EvalArgs),
     /// The runs in a folder: status, recipe, steps, best val top-1/top-20, duration.
     Runs(RunsArgs),
+    /// Pretrained weights from the Hugging Face Hub: pull into its cache, list it.
+    #[command(subcommand)]
+    Weights(WeightsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WeightsCommand {
+    /// Download a Hub repo's model.safetensors into the Hugging Face cache (HF_HOME),
+    /// sha256-verified, and print its path; `model.pretrained = "hf:REPO"` then
+    /// trains from it without the network. Honours HF_ENDPOINT, HF_HOME,
+    /// HF_HUB_CACHE, HF_TOKEN and HF_HUB_OFFLINE.
+    Pull(WeightsPullArgs),
+    /// The weights in the Hugging Face cache (what `hf:REPO` can name offline).
+    List(WeightsListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WeightsPullArgs {
+    /// OWNER/NAME[@REVISION], e.g. timm/resnet50.a1_in1k or timm/resnet18.a1_in1k@main.
+    #[arg(value_name = "REPO[@REV]", value_parser = crate::weights::HubRef::parse)]
+    pub repo: crate::weights::HubRef,
+    /// Print the result as JSON (no progress).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WeightsListArgs {
+    /// Print JSON (one array).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -229,6 +260,11 @@ pub struct TrainOverrides {
     /// Random seed [default: train.seed].
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Backbone weights to start from: a .safetensors file, or hf:OWNER/NAME[@REV]
+    /// from the Hugging Face cache (`vitrine weights pull` fetches it)
+    /// [default: model.pretrained].
+    #[arg(long, value_name = "PATH|hf:REPO")]
+    pub pretrained: Option<PathBuf>,
 }
 
 fn parse_backbone(s: &str) -> Result<Backbone, String> {

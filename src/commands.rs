@@ -11,6 +11,7 @@ mod splits;
 mod synth;
 mod train;
 mod watch;
+mod weights;
 
 use anyhow::Context;
 
@@ -49,6 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Search(args)) => search::run(&config, &args),
         Some(Command::Eval(args)) => eval::run(&config, &args),
         Some(Command::Runs(args)) => runs::run(&config, &args),
+        Some(Command::Weights(cmd)) => weights::run(&cmd),
     }
 }
 

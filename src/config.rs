@@ -77,7 +77,8 @@ pub struct ModelConfig {
     pub train_from_stage: usize,
     /// BatchNorm on the embedding before its L2 normalisation.
     pub bnneck: bool,
-    /// Empty: random initialisation.
+    /// Empty: random initialisation; a safetensors file, or `hf:OWNER/NAME[@REV]`
+    /// (resolved from the Hugging Face cache, never downloaded here).
     pub pretrained: PathBuf,
 }
 
@@ -396,6 +397,9 @@ impl Config {
         )?;
         if !(0.0..1.0).contains(&m.dropout) {
             return fail("model.dropout", "must be in [0, 1)");
+        }
+        if let Err(e) = crate::weights::Pretrained::parse(&m.pretrained) {
+            return fail("model.pretrained", &e);
         }
         if m.train_from_stage > 6 {
             return fail(

@@ -22,3 +22,4 @@ pub mod run;
 pub mod theme;
 pub mod train;
 pub mod tui;
+pub mod weights;

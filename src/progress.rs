@@ -1,5 +1,6 @@
 //! Progress for long headless work: a redrawn bar on a terminal, plain lines
-//! (about every 10% or 10 s) when stderr is a pipe or a file.
+//! (about every 10% or 10 s) when stderr is a pipe or a file. Counts are items, or
+//! bytes shown in kB/MB/GB ([`Progress::bytes`]).
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -12,6 +13,9 @@ pub struct Progress {
     last_line_pct: usize,
     tty: bool,
     enabled: bool,
+    bytes: bool,
+    /// Whether the terminal line ends without a newline (a bar still drawn).
+    open_line: bool,
 }
 
 impl Progress {
@@ -26,6 +30,40 @@ impl Progress {
             last_line_pct: 0,
             tty: std::io::stderr().is_terminal(),
             enabled,
+            bytes: false,
+            open_line: false,
+        }
+    }
+
+    /// A progress of `total` bytes: counts and rates in kB, MB or GB.
+    pub fn bytes(label: &str, total: u64, enabled: bool) -> Self {
+        let mut p = Self::new(label, usize::try_from(total).unwrap_or(usize::MAX), enabled);
+        p.bytes = true;
+        p
+    }
+
+    /// Ends a bar that stopped short of its total with a newline, so the next line
+    /// is not written over it.
+    pub fn end(&mut self) {
+        if self.open_line {
+            self.open_line = false;
+            let _ = writeln!(std::io::stderr().lock());
+        }
+    }
+
+    fn amount(&self, n: f64) -> String {
+        if self.bytes {
+            fmt_bytes(n)
+        } else {
+            format!("{n:.0}")
+        }
+    }
+
+    fn rate(&self, per_s: f64) -> String {
+        if self.bytes {
+            fmt_bytes(per_s)
+        } else {
+            format!("{per_s:.1}")
         }
     }
 
@@ -53,17 +91,18 @@ impl Progress {
             let filled = (done.min(self.total) * width) / self.total;
             let _ = write!(
                 err,
-                "\r\x1b[2K{} [{}{}] {:>3}% {}/{} {:.1}/s ETA {} {}",
+                "\r\x1b[2K{} [{}{}] {:>3}% {}/{} {}/s ETA {} {}",
                 self.label,
                 "#".repeat(filled),
                 " ".repeat(width - filled),
                 pct,
-                done,
-                self.total,
-                rate,
+                self.amount(done as f64),
+                self.amount(self.total as f64),
+                self.rate(rate),
                 fmt_secs(eta),
                 extra
             );
+            self.open_line = !finished;
             if finished {
                 let _ = writeln!(err);
             }
@@ -75,13 +114,33 @@ impl Progress {
             self.last_line_pct = pct - pct % 10;
             let _ = writeln!(
                 err,
-                "{}: {done}/{} ({pct}%) {rate:.1}/s ETA {} {extra}",
+                "{}: {}/{} ({pct}%) {}/s ETA {} {extra}",
                 self.label,
-                self.total,
+                self.amount(done as f64),
+                self.amount(self.total as f64),
+                self.rate(rate),
                 fmt_secs(eta)
             );
         }
     }
+}
+
+/// `512 B`, `46.8 MB`, `1.2 GB` (decimal units, as the Hub shows sizes).
+pub fn fmt_bytes(n: f64) -> String {
+    const UNITS: [&str; 4] = ["kB", "MB", "GB", "TB"];
+    if !n.is_finite() {
+        return "?".into();
+    }
+    if n < 1000.0 {
+        return format!("{n:.0} B");
+    }
+    let mut v = n / 1000.0;
+    let mut unit = 0;
+    while v >= 1000.0 && unit + 1 < UNITS.len() {
+        v /= 1000.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
 }
 
 /// `1h02m`, `3m04s`, `12s`, or `?` for unknown.

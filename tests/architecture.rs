@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
         "eval",
         "block_reuse",
     ],
-    &["data"],
+    &["data", "weights"],
     &["model"],
     &["config"],
     &["run"],

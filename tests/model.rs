@@ -767,8 +767,11 @@ fn pretrained_torchvision_backbone_loads_and_mismatches_are_listed() {
             missing,
             unexpected,
             mis_shaped,
+            hint,
         } => {
             assert_eq!(path, bad);
+            // Still a resnet18's blocks: no other backbone to suggest.
+            assert_eq!(hint, None);
             assert_eq!(missing, vec!["layer3.1.conv2.weight"]);
             assert_eq!(unexpected, vec!["layer5.0.conv1.weight"]);
             assert_eq!(

@@ -46,6 +46,9 @@ pub fn apply_overrides(config: &Config, o: &TrainOverrides) -> anyhow::Result<Co
     if let Some(v) = o.seed {
         c.train.seed = v;
     }
+    if let Some(v) = &o.pretrained {
+        c.model.pretrained.clone_from(v);
+    }
     c.validate()
         .map_err(|(key, reason)| anyhow::anyhow!("command-line value for `{key}`: {reason}"))?;
     Ok(c)
@@ -137,6 +140,7 @@ impl EventPrinter {
                 loss,
                 mining,
                 sampler,
+                pretrained,
                 ..
             } => {
                 self.epochs = *epochs;
@@ -165,6 +169,12 @@ impl EventPrinter {
                 let info = event.device_info().unwrap_or_default();
                 if !info.name.is_empty() {
                     eprintln!("device {device}: {}", info.summary());
+                }
+                if let Some(w) = pretrained {
+                    eprintln!(
+                        "weights: {} backbone tensors from {} ({})",
+                        w.tensors, w.source, w.file
+                    );
                 }
                 let mut p = Progress::new("train", *total_steps, true);
                 p.set(*start_step, "");

@@ -21,6 +21,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 
 use super::embedder::sorted_vars;
+use super::resnet::Backbone;
 use crate::fsutil::{fnv1a64, write_bytes_atomic};
 
 /// How many names per list [`CheckpointError::Mismatch`]'s message shows.
@@ -41,7 +42,7 @@ pub enum CheckpointError {
         name: String,
         dtype: String,
     },
-    #[error("{}: {}", path.display(), mismatch_message(missing, unexpected, mis_shaped))]
+    #[error("{}: {}{}", path.display(), mismatch_message(missing, unexpected, mis_shaped), hint.as_deref().map(|h| format!("; {h}")).unwrap_or_default())]
     Mismatch {
         path: PathBuf,
         /// Model variables the file lacks.
@@ -50,6 +51,9 @@ pub enum CheckpointError {
         unexpected: Vec<String>,
         /// `(name, shape in the file, shape in the model)`.
         mis_shaped: Vec<(String, Vec<usize>, Vec<usize>)>,
+        /// The file's ResNet when it is not the model's (boxed: keeps the error
+        /// small enough to return by value).
+        hint: Option<Box<OtherResnet>>,
     },
     #[error("{}: {source}", path.display())]
     Tensor {
@@ -201,11 +205,17 @@ fn load(varmap: &VarMap, path: &Path, backbone_only: bool) -> Result<LoadReport,
         .cloned()
         .collect();
     if !(missing.is_empty() && unexpected.is_empty() && mis_shaped.is_empty()) {
+        let hint = architecture_hint(
+            in_file.keys().map(String::as_str),
+            wanted.iter().map(|(n, _)| n.as_str()),
+        )
+        .map(Box::new);
         return Err(CheckpointError::Mismatch {
             path: path.to_owned(),
             missing,
             unexpected,
             mis_shaped,
+            hint,
         });
     }
     for (name, (_, dtype)) in &in_file {
@@ -237,6 +247,92 @@ fn load(varmap: &VarMap, path: &Path, backbone_only: bool) -> Result<LoadReport,
     }
     report.loaded = values.len();
     Ok(report)
+}
+
+/// The ResNet a set of torchvision/timm tensor names describes: blocks per stage
+/// (`layerS.B.…`) and whether they are bottlenecks (which have a `conv3`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResnetShape {
+    pub blocks: [usize; 4],
+    pub bottleneck: bool,
+}
+
+impl ResnetShape {
+    /// `None` when no name is a `layer1`..`layer4` block's.
+    pub fn of<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<Self> {
+        let mut shape = Self {
+            blocks: [0; 4],
+            bottleneck: false,
+        };
+        for name in names {
+            let mut parts = name.split('.');
+            let (Some(stage), Some(block), Some(part)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let (Some(Ok(stage)), Ok(block)) = (
+                stage.strip_prefix("layer").map(str::parse::<usize>),
+                block.parse::<usize>(),
+            ) else {
+                continue;
+            };
+            if (1..=4).contains(&stage) {
+                shape.blocks[stage - 1] = shape.blocks[stage - 1].max(block + 1);
+                shape.bottleneck |= part == "conv3";
+            }
+        }
+        (shape.blocks != [0; 4]).then_some(shape)
+    }
+
+    /// The backbone of that shape, if vitrine has it.
+    pub fn backbone(self) -> Option<Backbone> {
+        [Backbone::Resnet18, Backbone::Resnet34, Backbone::Resnet50]
+            .into_iter()
+            .find(|b| b.layers() == self.blocks && b.bottleneck() == self.bottleneck)
+    }
+}
+
+/// A file that holds another ResNet than the model; shown as what to change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OtherResnet {
+    pub file: ResnetShape,
+    pub model: Option<Backbone>,
+}
+
+impl std::fmt::Display for OtherResnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let model = self.model.map_or("different one", Backbone::as_str);
+        match self.file.backbone() {
+            Some(b) => write!(
+                f,
+                "the file holds a {b} backbone, the model a {model}: set model.backbone = \"{b}\" (or --backbone {b})"
+            ),
+            None => write!(
+                f,
+                "the file holds a ResNet with {:?} {} blocks per stage, which is none of resnet18, resnet34, resnet50",
+                self.file.blocks,
+                if self.file.bottleneck {
+                    "bottleneck"
+                } else {
+                    "basic"
+                }
+            ),
+        }
+    }
+}
+
+/// The file's ResNet when it differs from the model's; `None` when the shapes
+/// agree (a broken or foreign file: the listed names say more).
+fn architecture_hint<'a>(
+    file: impl IntoIterator<Item = &'a str>,
+    model: impl IntoIterator<Item = &'a str>,
+) -> Option<OtherResnet> {
+    let file = ResnetShape::of(file)?;
+    let model = ResnetShape::of(model);
+    (Some(file) != model).then(|| OtherResnet {
+        file,
+        model: model.and_then(ResnetShape::backbone),
+    })
 }
 
 /// A content fingerprint of `varmap`: 16 hex digits of FNV-1a over the sorted
@@ -305,4 +401,62 @@ pub fn fingerprint_file(path: &Path) -> Result<String, CheckpointError> {
         source,
     })?;
     Ok(format!("{:016x}", fnv1a64(&bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// torchvision's names of a ResNet's blocks.
+    fn names(blocks: [usize; 4], bottleneck: bool) -> Vec<String> {
+        let mut out = vec!["conv1.weight".to_owned(), "fc.weight".to_owned()];
+        for (s, &n) in blocks.iter().enumerate() {
+            for b in 0..n {
+                let convs = if bottleneck { 3 } else { 2 };
+                for c in 1..=convs {
+                    out.push(format!("layer{}.{b}.conv{c}.weight", s + 1));
+                    out.push(format!("layer{}.{b}.bn{c}.running_var", s + 1));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_resnet_a_file_holds_is_named_when_it_is_not_the_models() {
+        let of = |b: [usize; 4], neck| ResnetShape::of(names(b, neck).iter().map(String::as_str));
+        for backbone in [Backbone::Resnet18, Backbone::Resnet34, Backbone::Resnet50] {
+            let shape = of(backbone.layers(), backbone.bottleneck()).expect("shape");
+            assert_eq!(shape.backbone(), Some(backbone));
+        }
+        let r18 = names([2, 2, 2, 2], false);
+        let r50 = names([3, 4, 6, 3], true);
+        let hint = architecture_hint(
+            r50.iter().map(String::as_str),
+            r18.iter().map(String::as_str),
+        )
+        .expect("a hint")
+        .to_string();
+        assert!(
+            hint.contains("resnet50 backbone, the model a resnet18")
+                && hint.contains("model.backbone = \"resnet50\""),
+            "{hint}"
+        );
+        let r101 = names([3, 4, 23, 3], true);
+        let hint = architecture_hint(
+            r101.iter().map(String::as_str),
+            r50.iter().map(String::as_str),
+        )
+        .expect("a hint")
+        .to_string();
+        assert!(hint.contains("[3, 4, 23, 3] bottleneck"), "{hint}");
+        assert_eq!(
+            architecture_hint(
+                r18.iter().map(String::as_str),
+                r18.iter().map(String::as_str)
+            ),
+            None
+        );
+        assert_eq!(ResnetShape::of(["conv1.weight", "fc.bias"]), None);
+    }
 }

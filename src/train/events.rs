@@ -6,6 +6,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::run::device::DeviceInfo;
 
+/// Pretrained weights a run started from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PretrainedWeights {
+    /// As `model.pretrained` names them: a path, or `hf:OWNER/NAME[@REVISION]`.
+    pub source: String,
+    /// The file read (for a Hub repo, its snapshot in the Hugging Face cache).
+    pub file: String,
+    /// Backbone tensors set from it.
+    pub tensors: usize,
+}
+
 // One `started` per process among thousands of steps: its size costs nothing, and
 // boxing it would only make every reader's pattern longer.
 #[allow(clippy::large_enum_variant)]
@@ -54,6 +65,10 @@ pub enum TrainEvent {
         train_triplets: usize,
         val_queries: usize,
         val_gallery: usize,
+        /// The weights the backbone started from (`None`: random initialisation, or
+        /// a resumed run, whose checkpoint holds every weight).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pretrained: Option<PretrainedWeights>,
         /// Seconds since the Unix epoch.
         time: f64,
     },

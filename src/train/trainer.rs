@@ -14,7 +14,7 @@ use candle_nn::VarMap;
 
 use super::checkpoint_policy::CheckpointPolicy;
 use super::collapse::{CollapseChange, CollapseMonitor, StepSignals};
-use super::events::{CheckpointKind, NoticeKind, StopReason, TrainEvent};
+use super::events::{CheckpointKind, NoticeKind, PretrainedWeights, StopReason, TrainEvent};
 use super::metrics_log::{MetricsError, MetricsWriter};
 use super::optim::learning_rate_at;
 use super::rate::RateMeter;
@@ -39,6 +39,7 @@ use crate::run::checkpoints::{
 };
 use crate::run::device;
 use crate::run::folder::{ControlRequest, RunDir, RunError, RunLock};
+use crate::weights::{HubCache, Pretrained, WeightsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -52,6 +53,8 @@ pub enum TrainError {
     Metrics(#[from] MetricsError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error(transparent)]
@@ -84,6 +87,22 @@ pub use crate::run::checkpoints::{CHECKPOINT_FORMAT, CheckpointMeta, sidecar_pat
 pub fn model_hash(config: &Config) -> String {
     let text = toml::to_string(&config.model.embedder()).unwrap_or_default();
     format!("{:016x}", fnv1a64(text.as_bytes()))
+}
+
+/// `model.pretrained` as `(what it names, the file)`: a path as it is, a Hub repo
+/// from the Hugging Face cache (verified, no network; the error names the command
+/// that fetches it).
+fn pretrained_file(config: &Config) -> Result<Option<(String, PathBuf)>, TrainError> {
+    let source = Pretrained::parse(&config.model.pretrained)
+        .map_err(|e| TrainError::Setting(format!("model.pretrained: {e}")))?;
+    Ok(match source {
+        None => None,
+        Some(Pretrained::File(path)) => Some((path.display().to_string(), path)),
+        Some(Pretrained::Hub(r)) => {
+            let found = HubCache::from_env()?.resolve(&r)?;
+            Some((Pretrained::Hub(r).to_string(), found.path))
+        }
+    })
 }
 
 /// The run's `config.toml` text.
@@ -208,24 +227,42 @@ struct Session<'a> {
     /// When this process started the run (the time limit counts from here).
     started: Instant,
     collapse: CollapseMonitor,
+    /// What the backbone was loaded from, for the started event.
+    pretrained: Option<PretrainedWeights>,
 }
 
 impl<'a> Session<'a> {
     fn start(job: &'a TrainJob, run: &'a RunDir) -> Result<Self, TrainError> {
         let cfg = &job.config;
+        // First, before any data is read: weights that are not there (a Hub repo
+        // not pulled yet) fail the run at once, as a `failed` event the dashboard
+        // shows. A resumed run's checkpoint holds every weight, so it needs none.
+        let pretrained = if job.resume {
+            None
+        } else {
+            pretrained_file(cfg)?
+        };
         let choice = parse_device(&cfg.train.device).map_err(TrainError::Setting)?;
         let device = device::select(choice)
             .map_err(|e| TrainError::Setting(format!("train.device: {e}")))?;
         let data = prepare_data(job)?;
         let (model, varmap) = Embedder::seeded(cfg.model.embedder(), &device, cfg.train.seed)?;
-        if !cfg.model.pretrained.as_os_str().is_empty() {
-            let report = checkpoint::load_pretrained_backbone(&varmap, &cfg.model.pretrained)?;
-            tracing::info!(
-                "loaded {} pretrained tensors from {}",
-                report.loaded,
-                cfg.model.pretrained.display()
-            );
-        }
+        let pretrained = match pretrained {
+            Some((source, file)) => {
+                let report = checkpoint::load_pretrained_backbone(&varmap, &file)?;
+                tracing::info!(
+                    "loaded {} pretrained tensors from {source} ({})",
+                    report.loaded,
+                    file.display()
+                );
+                Some(PretrainedWeights {
+                    source,
+                    file: file.display().to_string(),
+                    tensors: report.loaded,
+                })
+            }
+            None => None,
+        };
         let criterion = Criterion::new(
             cfg.loss,
             data.classes,
@@ -253,6 +290,7 @@ impl<'a> Session<'a> {
             validation_seconds: 0.0,
             started: Instant::now(),
             collapse: CollapseMonitor::default(),
+            pretrained,
         };
         let last = run.checkpoint(CheckpointKind::Last);
         if job.resume {
@@ -412,6 +450,7 @@ impl<'a> Session<'a> {
             train_triplets: sampler.units_per_epoch(),
             val_queries: self.data.val_queries.len(),
             val_gallery: self.data.val_gallery.len(),
+            pretrained: self.pretrained.clone(),
             time: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
