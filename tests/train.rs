@@ -295,6 +295,22 @@ fn a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
     let (_, varmap) =
         Embedder::seeded(cfg.model.embedder(), &candle_core::Device::Cpu, 0).expect("model");
     checkpoint::load_full(&varmap, &last).expect("the kept checkpoint loads");
+    assert!(err.to_string().contains("last.safetensors"), "{err}");
+
+    // Before any checkpoint exists, the message promises none.
+    cfg.train.checkpoint_every = 0;
+    let fresh = TrainJob {
+        run: tmp.path().join("fresh"),
+        config: cfg,
+        ..job
+    };
+    let (result, _) = run_collect(&fresh, &Control::new());
+    let msg = result.expect_err("must stop").to_string();
+    assert!(
+        msg.contains("before any checkpoint was written") && !msg.contains("is kept"),
+        "{msg}"
+    );
+    assert!(!RunDir::new(&fresh.run).checkpoint(CheckpointKind::Last).exists());
 }
 
 #[test]

@@ -62,11 +62,16 @@ pub enum TrainError {
     Model(#[from] candle_core::Error),
     #[error("invalid setting: {0}")]
     Setting(String),
-    #[error("the {what} became {value} at step {step}; stopped, the last good checkpoint is kept")]
+    #[error("the {what} became {value} at step {step}; stopped, {}", match checkpoint {
+        Some(p) => format!("the last good checkpoint is kept ({})", p.display()),
+        None => "before any checkpoint was written".into(),
+    })]
     NonFinite {
         step: usize,
         what: &'static str,
         value: f32,
+        /// The run's `last` checkpoint, when it has one.
+        checkpoint: Option<PathBuf>,
     },
     #[error("cannot resume {}: {reason}", run.display())]
     Resume { run: PathBuf, reason: String },
@@ -575,6 +580,8 @@ impl<'a> Session<'a> {
                 step: self.step,
                 what,
                 value,
+                checkpoint: Some(self.run.checkpoint(CheckpointKind::Last))
+                    .filter(|p| p.is_file()),
             },
             StepError::Model(e) => TrainError::Model(e),
         })?;
