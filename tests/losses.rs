@@ -274,8 +274,8 @@ fn losses_stay_finite_in_f32_over_their_whole_setting_ranges() {
         });
         // Per anchor one positive and two negatives, all at cosine 1.
         let (a, b, l) = (2.0, f64::from(beta), f64::from(base));
-        let expected = ln1p_sum_exp(&[-a * (1.0 - l)]) / a
-            + ln1p_sum_exp(&[b * (1.0 - l), b * (1.0 - l)]) / b;
+        let expected =
+            ln1p_sum_exp(&[-a * (1.0 - l)]) / a + ln1p_sum_exp(&[b * (1.0 - l), b * (1.0 - l)]) / b;
         assert!(
             (got - expected).abs() < 1e-4 * expected,
             "β {beta}, λ {base}: {got} vs {expected}"
@@ -289,7 +289,10 @@ fn losses_stay_finite_in_f32_over_their_whole_setting_ranges() {
     let got = finite_in_f32(&x, &|x| {
         proxy_anchor_loss(x, &proxies, &[1, 0, 2], 1000.0, 1.0).expect("loss")
     });
-    assert!(got > 100.0, "every image sits on another item's proxy: {got}");
+    assert!(
+        got > 100.0,
+        "every image sits on another item's proxy: {got}"
+    );
     // The smallest temperature allowed.
     finite_in_f32(&x, &|x| {
         norm_softmax_loss(x, &proxies, &[1, 0, 2], 0.001).expect("loss")

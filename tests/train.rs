@@ -310,7 +310,11 @@ fn a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
         msg.contains("before any checkpoint was written") && !msg.contains("is kept"),
         "{msg}"
     );
-    assert!(!RunDir::new(&fresh.run).checkpoint(CheckpointKind::Last).exists());
+    assert!(
+        !RunDir::new(&fresh.run)
+            .checkpoint(CheckpointKind::Last)
+            .exists()
+    );
 }
 
 #[test]

@@ -580,8 +580,7 @@ impl<'a> Session<'a> {
                 step: self.step,
                 what,
                 value,
-                checkpoint: Some(self.run.checkpoint(CheckpointKind::Last))
-                    .filter(|p| p.is_file()),
+                checkpoint: Some(self.run.checkpoint(CheckpointKind::Last)).filter(|p| p.is_file()),
             },
             StepError::Model(e) => TrainError::Model(e),
         })?;
