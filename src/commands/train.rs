@@ -242,6 +242,9 @@ impl EventPrinter {
 /// A validation's figures. The val loss needs a val query whose item has a shop image
 /// and whose small category has another item in the val gallery; without one, say so.
 fn val_text(loss: f32, top1: f64, top20: f64, map_at_r: f64) -> String {
+    if !(top1.is_finite() && top20.is_finite()) {
+        return "no validation (the dataset has no val split)".into();
+    }
     let loss = if loss.is_finite() {
         format!("val loss {loss:.4}")
     } else {

@@ -520,9 +520,10 @@ impl<'a> Session<'a> {
                 f32::NAN
             },
             val_loss: val.as_ref().map_or(f32::NAN, |v| v.1),
-            val_top1: val.as_ref().map_or(0.0, |v| v.0.at(1)),
-            val_top20: val.as_ref().map_or(0.0, |v| v.0.at(20)),
-            val_map_at_r: val.as_ref().map_or(0.0, |v| v.0.map_at_r),
+            // No val split: NaN, written `null` ("none"), not a 0% that looks measured.
+            val_top1: val.as_ref().map_or(f64::NAN, |v| v.0.at(1)),
+            val_top20: val.as_ref().map_or(f64::NAN, |v| v.0.at(20)),
+            val_map_at_r: val.as_ref().map_or(f64::NAN, |v| v.0.map_at_r),
             seconds: epoch_start.elapsed().as_secs_f64(),
         })?;
         self.epoch += 1;
