@@ -62,7 +62,7 @@ fn search(config: &Config, args: &crate::cli::BenchSearchArgs) -> anyhow::Result
         )
     })?;
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        println!("{}", crate::printable::json(&report)?);
     } else {
         println!(
             "n {} dim {} queries {} k {} (m {}, ef_construction {}, {} threads): build {:.2} s, exact scan {:.0} q/s",

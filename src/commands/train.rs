@@ -4,6 +4,7 @@ use anyhow::Context;
 
 use crate::cli::{TrainArgs, TrainOverrides};
 use crate::config::Config;
+use crate::printable::{escape_controls, escape_lines};
 use crate::progress::Progress;
 use crate::train::events::TrainEvent;
 use crate::train::trainer::{Control, TrainJob, train};
@@ -77,7 +78,7 @@ pub fn run_job(job: &TrainJob, json: bool) -> anyhow::Result<()> {
     let mut printer = EventPrinter::new(!json);
     let outcome = train(job, &control, &mut |event| {
         if json {
-            if let Ok(line) = serde_json::to_string(event) {
+            if let Ok(line) = crate::printable::json(event) {
                 println!("{line}");
             }
         } else {
@@ -88,7 +89,7 @@ pub fn run_job(job: &TrainJob, json: bool) -> anyhow::Result<()> {
     if !json {
         eprintln!(
             "run {}: {} at step {}; best val top-20 {}",
-            job.run.display(),
+            escape_controls(&job.run.display().to_string()),
             outcome.reason.describe(),
             outcome.step,
             outcome
@@ -153,14 +154,21 @@ impl EventPrinter {
                 } else {
                     format!("{loss} loss")
                 };
+                // Settings and paths come from files and the command line: escaped.
+                let text = |s: &str| escape_controls(s).into_owned();
                 eprintln!(
-                    "training {run}: {backbone} at {image_size} px on {device}, {trainable_params} trainable parameters, \
-                     {batches}, {loss}, val {val_queries} queries vs {val_gallery} gallery; \
-                     steps {start_step}..{total_steps} (warming up)"
+                    "training {}: {} at {image_size} px on {}, {trainable_params} trainable parameters, \
+                     {}, {}, val {val_queries} queries vs {val_gallery} gallery; \
+                     steps {start_step}..{total_steps} (warming up)",
+                    text(run),
+                    text(backbone),
+                    text(device),
+                    text(&batches),
+                    text(&loss),
                 );
                 let info = event.device_info().unwrap_or_default();
                 if !info.name.is_empty() {
-                    eprintln!("device {device}: {}", info.summary());
+                    eprintln!("device {}: {}", text(device), text(&info.summary()));
                 }
                 let mut p = Progress::new("train", *total_steps, true);
                 p.set(*start_step, "");
@@ -227,7 +235,9 @@ impl EventPrinter {
             TrainEvent::Checkpoint { kind, path, .. } => {
                 tracing::info!("checkpoint {kind:?} written to {path}");
             }
-            TrainEvent::Notice { message, .. } => eprintln!("\nnote: {message}"),
+            TrainEvent::Notice { message, .. } => {
+                eprintln!("\nnote: {}", escape_lines(message));
+            }
             TrainEvent::Done { .. } => {}
             // The error itself is reported once, by the caller.
             TrainEvent::Failed { .. } => {
