@@ -137,6 +137,10 @@ pub struct DashboardArgs {
     /// Theme: default | light | high-contrast | NAME | PATH.toml [default: ui.theme].
     #[arg(long)]
     pub theme: Option<String>,
+    /// Device for the index and search models: auto | cpu | cuda:N [default: the run's train.device,
+    /// or the CPU where this build or machine has no GPU].
+    #[arg(long, value_parser = crate::config::parse_device)]
+    pub device: Option<crate::config::DeviceChoice>,
 }
 
 #[derive(Debug, Args)]
@@ -153,6 +157,10 @@ pub struct WatchArgs {
     /// Theme: default | light | high-contrast | NAME | PATH.toml [default: ui.theme].
     #[arg(long)]
     pub theme: Option<String>,
+    /// Device for the index and search models: auto | cpu | cuda:N [default: the run's train.device,
+    /// or the CPU where this build or machine has no GPU].
+    #[arg(long, value_parser = crate::config::parse_device)]
+    pub device: Option<crate::config::DeviceChoice>,
 }
 
 #[derive(Debug, Args)]
@@ -346,6 +354,10 @@ pub struct IndexArgs {
     /// Missing image files are an error instead of skipped [default: data.strict].
     #[arg(long)]
     pub strict: bool,
+    /// Device for the model: auto | cpu | cuda:N [default: the run's train.device,
+    /// or the CPU where this build or machine has no GPU].
+    #[arg(long, value_parser = crate::config::parse_device)]
+    pub device: Option<crate::config::DeviceChoice>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -375,6 +387,10 @@ pub struct SearchArgs {
     /// How `--show` draws: auto | kitty | sixel | iterm2 | halfblocks | off [default: ui.images].
     #[arg(long, value_name = "MODE", requires = "show")]
     pub image_mode: Option<crate::config::ImageMode>,
+    /// Device for the model: auto | cpu | cuda:N [default: the run's train.device,
+    /// or the CPU where this build or machine has no GPU].
+    #[arg(long, value_parser = crate::config::parse_device)]
+    pub device: Option<crate::config::DeviceChoice>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -406,6 +422,10 @@ pub struct EvalArgs {
     /// Also list the N worst queries: their item's rank and the images ranked ahead.
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub failures: u32,
+    /// Device for the model: auto | cpu | cuda:N [default: the run's train.device,
+    /// or the CPU where this build or machine has no GPU].
+    #[arg(long, value_parser = crate::config::parse_device)]
+    pub device: Option<crate::config::DeviceChoice>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

@@ -30,6 +30,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         crate::logging::init(log, true).context("cannot open the log file")?;
     }
     let config = Config::load(cli.config.as_deref())?;
+    // `--device` of the commands that run a trained run's model: for every model this
+    // process loads (the dashboard's workers included).
+    if let Some(choice) = match &cli.command {
+        Some(Command::Index(a)) => a.device,
+        Some(Command::Search(a)) => a.device,
+        Some(Command::Eval(a)) => a.device,
+        Some(Command::Dashboard(a)) => a.device,
+        Some(Command::Watch(a)) => a.device,
+        _ => None,
+    } {
+        crate::run::device::set_inference_device(choice);
+    }
     match cli.command {
         None => demo::run(
             &config,

@@ -271,16 +271,25 @@ impl Default for UiConfig {
     }
 }
 
+/// The largest config file read (the full commented default is about 10 KiB).
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// A config file's text: a regular file of at most [`MAX_CONFIG_BYTES`] (a run's
+/// `config.toml` is read by `watch` and the dashboard, whatever the folder holds).
+fn read_config_file(path: &Path) -> Result<String, ConfigError> {
+    crate::fsutil::read_small_text(path, MAX_CONFIG_BYTES).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 impl Config {
     /// The built-in defaults, or those overridden by the file at `path`.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let Some(path) = path else {
             return Ok(Self::default());
         };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = read_config_file(path)?;
         Self::from_toml_str(&text, &path.display().to_string())
     }
 
@@ -307,10 +316,7 @@ impl Config {
     /// trained without it: such a key takes its old meaning (no BNNeck), not today's
     /// default, so their checkpoints keep loading.
     pub fn load_run(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = read_config_file(path)?;
         let mut config = Self::from_toml_str(&text, &path.display().to_string())?;
         let has_model_key = |key: &str| {
             toml::from_str::<toml::Table>(&text)

@@ -215,6 +215,64 @@ pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_atomic(path, |w| w.write_all(bytes))
 }
 
+/// Opens `path` for reading only if it is a regular file. A FIFO (named pipe) would
+/// block in `open()` until a writer came, a device could stream forever: both are
+/// refused as "not a regular file". On Linux the open itself does not block
+/// (`O_NONBLOCK`, no effect on regular files) and the check is on the opened handle,
+/// so a file swapped in between cannot slip past it.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    open_regular_with(OpenOptions::new().read(true), path)
+}
+
+/// [`open_regular`] with other options (a lock file opened to write, created).
+pub fn open_regular_with(opts: &mut OpenOptions, path: &Path) -> io::Result<File> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        const O_NONBLOCK: i32 = 0o4000;
+        opts.custom_flags(O_NONBLOCK);
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    if fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(not_regular());
+    }
+    let file = opts.open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(not_regular());
+    }
+    Ok(file)
+}
+
+fn not_regular() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "not a regular file (a named pipe, device or folder)",
+    )
+}
+
+/// The whole of a small regular file (a config, a control file): refused when it is
+/// not a regular file ([`open_regular`]) or holds more than `max` bytes, so a link to
+/// `/dev/zero` or a huge file cannot exhaust memory.
+pub fn read_small(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = open_regular(path)?;
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// [`read_small`] as UTF-8 text.
+pub fn read_small_text(path: &Path, max: u64) -> io::Result<String> {
+    String::from_utf8(read_small(path, max)?)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
 /// A stable 64-bit FNV-1a hash, used for fingerprints of configs and weights.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -275,6 +333,20 @@ mod tests {
         }
         assert_eq!(remove_stale_temps(dir.path()), 1);
         assert!(!dead.exists() && live.exists() && other.exists());
+    }
+
+    #[test]
+    fn small_reads_take_regular_files_within_their_cap_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("c.toml");
+        fs::write(&p, b"abc").expect("write");
+        assert_eq!(read_small(&p, 3).expect("read"), b"abc");
+        let e = read_small(&p, 2).expect_err("too large");
+        assert!(e.to_string().contains("larger than 2 bytes"), "{e}");
+        assert!(read_small(dir.path(), 10).is_err(), "a folder");
+        // A device that never ends is not read at all.
+        let e = read_small(Path::new("/dev/zero"), 10).expect_err("a device");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
     }
 
     #[test]

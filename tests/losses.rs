@@ -231,3 +231,98 @@ fn criterion_reports_pair_geometry_for_every_loss() {
     let mean = (0.6 + 0.8 + 0.0 + 0.96 + 0.8 + 0.6) / 6.0;
     assert!((f64::from(mean_pairwise_cosine(&flat, 2)) - mean).abs() < 1e-6);
 }
+
+/// `ln(1 + Σ e^{xᵢ})` in f64 without overflow.
+fn ln1p_sum_exp(xs: &[f64]) -> f64 {
+    let top = xs.iter().copied().fold(0.0, f64::max);
+    top + ((-top).exp() + xs.iter().map(|x| (x - top).exp()).sum::<f64>()).ln()
+}
+
+/// Loss and gradient of `f` on `x` in f32 (the training dtype): both finite.
+fn finite_in_f32(x: &Tensor, f: &dyn Fn(&Tensor) -> LossStats) -> f64 {
+    let var = Var::from_tensor(&x.to_dtype(DType::F32).expect("f32")).expect("var");
+    let stats = f(var.as_tensor());
+    let loss = value(&stats.loss);
+    let grad = stats.loss.backward().expect("backward");
+    let g: Vec<f32> = grad
+        .get(var.as_tensor())
+        .expect("gradient")
+        .flatten_all()
+        .expect("flat")
+        .to_vec1()
+        .expect("vec");
+    assert!(
+        loss.is_finite() && g.iter().all(|v| v.is_finite()),
+        "loss {loss}, gradient {g:?}"
+    );
+    loss
+}
+
+#[test]
+fn losses_stay_finite_in_f32_over_their_whole_setting_ranges() {
+    // Identical embeddings, the worst case: every cosine is 1, every pair is mined.
+    let same = rows(&[[0.6, 0.8]; 4]);
+    for (beta, base) in [(200.0, 0.5), (100.0, 0.0), (1000.0, 0.0), (50.0, 0.5)] {
+        let p = MsParams {
+            alpha: 2.0,
+            beta,
+            base,
+            epsilon: 0.1,
+        };
+        let got = finite_in_f32(&same, &|x| {
+            multi_similarity_loss(x, &FOUR_LABELS, p).expect("loss")
+        });
+        // Per anchor one positive and two negatives, all at cosine 1.
+        let (a, b, l) = (2.0, f64::from(beta), f64::from(base));
+        let expected =
+            ln1p_sum_exp(&[-a * (1.0 - l)]) / a + ln1p_sum_exp(&[b * (1.0 - l), b * (1.0 - l)]) / b;
+        assert!(
+            (got - expected).abs() < 1e-4 * expected,
+            "β {beta}, λ {base}: {got} vs {expected}"
+        );
+    }
+    // Proxy-anchor at its largest scale and margin, with an image on its proxy.
+    let proxies = rows(&[[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+        .to_dtype(DType::F32)
+        .expect("f32");
+    let x = rows(&[[1.0, 0.0], [0.6, 0.8], [1.0, 0.0]]);
+    let got = finite_in_f32(&x, &|x| {
+        proxy_anchor_loss(x, &proxies, &[1, 0, 2], 1000.0, 1.0).expect("loss")
+    });
+    assert!(
+        got > 100.0,
+        "every image sits on another item's proxy: {got}"
+    );
+    // The smallest temperature allowed.
+    finite_in_f32(&x, &|x| {
+        norm_softmax_loss(x, &proxies, &[1, 0, 2], 0.001).expect("loss")
+    });
+}
+
+#[test]
+fn loss_settings_out_of_range_name_the_key_and_the_range() {
+    for (key, value) in [
+        ("ms_beta", "2000.0"),
+        ("ms_alpha", "0.0"),
+        ("proxy_alpha", "1e9"),
+        ("temperature", "1e-40"),
+        ("temperature", "100.0"),
+    ] {
+        let text = format!("[loss]\n{key} = {value}\n");
+        let err = vitrine::config::Config::from_toml_str(&text, "user.toml")
+            .expect_err(&format!("{key} = {value}"));
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("loss.{key}")) && msg.contains("must be between"),
+            "{msg}"
+        );
+    }
+    // What the papers use, and the values once reported to NaN, are valid.
+    for text in [
+        "[loss]\nms_beta = 200.0\n",
+        "[loss]\nms_beta = 100.0\nms_base = 0.0\n",
+        "[loss]\ntemperature = 0.05\nproxy_alpha = 32.0\n",
+    ] {
+        assert!(vitrine::config::Config::from_toml_str(text, "user.toml").is_ok());
+    }
+}

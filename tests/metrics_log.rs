@@ -127,3 +127,76 @@ fn a_started_event_reads_with_and_without_the_device_details() {
     assert_eq!(device_name, "NVIDIA H200");
     assert_eq!(*device_memory_free_bytes, Some(149_000_000_000));
 }
+
+#[test]
+fn an_over_long_line_is_skipped_and_a_big_file_is_read_in_bounded_polls() {
+    use vitrine::train::metrics_log::{MAX_LINE, MAX_POLL_BYTES};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("metrics.jsonl");
+    let line = |e: &TrainEvent| serde_json::to_string(e).expect("json") + "\n";
+    // A line past the limit, then events; the long line never sits in memory whole.
+    let long = "x".repeat(MAX_LINE + 10) + "\n";
+    std::fs::write(&path, [line(&notice(1)), long, line(&notice(2))].concat()).expect("write");
+    let mut follower = MetricsFollower::new(&path);
+    assert_eq!(follower.poll().expect("poll"), vec![notice(1), notice(2)]);
+    assert_eq!(follower.skipped(), 1);
+    // More than one poll's worth: each poll stops at its budget, none loses an event.
+    let many = (0..)
+        .map(|i| line(&notice(i)))
+        .scan(0u64, |size, l| {
+            *size += l.len() as u64;
+            (*size < 2 * MAX_POLL_BYTES + 1000).then_some(l)
+        })
+        .collect::<Vec<_>>();
+    std::fs::write(&path, many.concat()).expect("write");
+    let mut follower = MetricsFollower::new(&path);
+    let mut seen = Vec::new();
+    let mut polls = 0;
+    loop {
+        seen.extend(follower.poll().expect("poll"));
+        polls += 1;
+        if follower.caught_up() {
+            break;
+        }
+    }
+    assert!(polls >= 3, "{polls} polls");
+    assert_eq!(seen.len(), many.len());
+    assert_eq!(seen.last(), Some(&notice(many.len() - 1)));
+}
+
+#[test]
+fn a_replaced_log_is_read_again_from_its_start() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("metrics.jsonl");
+    let line = |e: &TrainEvent| serde_json::to_string(e).expect("json") + "\n";
+    std::fs::write(&path, [line(&notice(1)), line(&notice(2))].concat()).expect("write");
+    let mut follower = MetricsFollower::new(&path);
+    assert_eq!(follower.poll().expect("poll").len(), 2);
+    // Another run's log renamed over it, as long and longer: another inode.
+    let other = tmp.path().join("other.jsonl");
+    let replacement = [line(&notice(7)), line(&notice(8)), line(&notice(9))].concat();
+    std::fs::write(&other, &replacement).expect("write");
+    std::fs::rename(&other, &path).expect("rename");
+    assert_eq!(
+        follower.poll().expect("poll"),
+        vec![notice(7), notice(8), notice(9)]
+    );
+    assert_eq!(follower.restarts(), 1);
+    // Rewritten in place (same inode), as long: told by its first line.
+    let same_size = [line(&notice(4)), line(&notice(5)), line(&notice(6))].concat();
+    assert_eq!(same_size.len(), replacement.len());
+    std::fs::write(&path, &same_size).expect("rewrite");
+    assert_eq!(
+        follower.poll().expect("poll"),
+        vec![notice(4), notice(5), notice(6)]
+    );
+    assert_eq!(follower.restarts(), 2);
+    // Appends are no replacement.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open");
+    f.write_all(line(&notice(10)).as_bytes()).expect("append");
+    assert_eq!(follower.poll().expect("poll"), vec![notice(10)]);
+    assert_eq!(follower.restarts(), 2);
+}

@@ -3,7 +3,9 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use vitrine::run::folder::{RunDir, RunError};
 
@@ -26,7 +28,8 @@ fn lock_race_child() {
             std::thread::sleep(Duration::from_millis(1500));
             drop(lock);
         }
-        Err(RunError::Locked { pid, .. }) => println!("RACE LOST to {pid}"),
+        Err(RunError::Locked { pid: Some(pid), .. }) => println!("RACE LOST to {pid}"),
+        Err(RunError::Locked { pid: None, .. }) => println!("RACE LOST to an unnamed holder"),
         Err(e) => println!("RACE ERROR {e}"),
     }
 }
@@ -102,4 +105,70 @@ fn of_many_processes_racing_for_a_stale_lock_exactly_one_wins() {
         "{outputs:#?}"
     );
     assert_eq!(run.locked_by(), None, "released when the winner exits");
+}
+
+#[test]
+fn observers_probing_the_lock_never_refuse_the_only_trainer() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run = RunDir::new(&tmp.path().join("run"));
+    run.create().expect("create");
+    let stop = Arc::new(AtomicBool::new(false));
+    // Readers (`runs`, `watch`, the dashboard) probing as fast as they can; flock
+    // locks belong to open files, so threads race exactly as processes do.
+    let observers: Vec<_> = (0..3)
+        .map(|_| {
+            let (run, stop) = (run.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut seen = std::collections::BTreeSet::new();
+                while !stop.load(Ordering::Relaxed) {
+                    seen.insert(run.locked_by());
+                }
+                seen
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    for i in 0..150 {
+        match run.lock() {
+            Ok(lock) => drop(lock),
+            Err(e) => failures.push(format!("start {i}: {e}")),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let me = Some(std::process::id());
+    for o in observers {
+        let seen = o.join().expect("observer");
+        assert!(seen.iter().all(|p| p.is_none() || *p == me), "{seen:?}");
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+}
+
+#[test]
+fn a_named_pipe_as_the_lock_is_neither_waited_on_nor_taken() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run = RunDir::new(&tmp.path().join("run"));
+    run.create().expect("create");
+    let lock = run.root.join("lock");
+    if !Command::new("mkfifo")
+        .arg(&lock)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        println!("skipped: no mkfifo");
+        return;
+    }
+    // On threads with a deadline: a regression blocks in open() instead of failing.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let probe = run.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send((probe.locked_by(), probe.lock().map(drop).map_err(|e| e.to_string())));
+    });
+    let (holder, taken) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the lock probe hung on a named pipe");
+    assert_eq!(holder, None);
+    let err = taken.expect_err("a pipe is no lock file");
+    assert!(err.contains("lock") && err.contains("not a regular file"), "{err}");
 }

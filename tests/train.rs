@@ -295,6 +295,26 @@ fn a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
     let (_, varmap) =
         Embedder::seeded(cfg.model.embedder(), &candle_core::Device::Cpu, 0).expect("model");
     checkpoint::load_full(&varmap, &last).expect("the kept checkpoint loads");
+    assert!(err.to_string().contains("last.safetensors"), "{err}");
+
+    // Before any checkpoint exists, the message promises none.
+    cfg.train.checkpoint_every = 0;
+    let fresh = TrainJob {
+        run: tmp.path().join("fresh"),
+        config: cfg,
+        ..job
+    };
+    let (result, _) = run_collect(&fresh, &Control::new());
+    let msg = result.expect_err("must stop").to_string();
+    assert!(
+        msg.contains("before any checkpoint was written") && !msg.contains("is kept"),
+        "{msg}"
+    );
+    assert!(
+        !RunDir::new(&fresh.run)
+            .checkpoint(CheckpointKind::Last)
+            .exists()
+    );
 }
 
 #[test]
@@ -431,18 +451,38 @@ fn index_works_right_after_a_max_steps_run() {
     );
 
     // A dataset without a val split never validates: no best, and `auto` takes last.
+    // Its epoch ends with val figures of none (`null`), which `runs` shows as "—".
     let noval = tmp.path().join("noval");
     common::copy_dir(&data, &noval);
     let partition = noval.join("Eval/list_eval_partition.txt");
     let text = std::fs::read_to_string(&partition).expect("read");
     std::fs::write(&partition, text.replace(" val\n", " train\n")).expect("write");
+    let mut one_epoch = cfg.clone();
+    one_epoch.train.max_steps = 0;
+    one_epoch.train.epochs = 1;
     let job = TrainJob {
         data: noval.clone(),
-        ..self::job(&noval, &tmp.path().join("run2"), cfg.clone())
+        ..self::job(&noval, &tmp.path().join("runs/noval"), one_epoch)
     };
     let (result, events) = run_collect(&job, &Control::new());
     result.expect("train");
     assert!(validated(&events).is_none());
+    let epoch = events
+        .iter()
+        .find(|e| matches!(e, TrainEvent::Epoch { .. }))
+        .expect("an epoch ended");
+    let json = serde_json::to_value(epoch).expect("json");
+    for key in ["val_top1", "val_top20", "val_map_at_r"] {
+        assert!(json[key].is_null(), "{key}: {json}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["runs", "--dir"])
+        .arg(tmp.path().join("runs"))
+        .output()
+        .expect("vitrine runs");
+    let table = String::from_utf8_lossy(&out.stdout);
+    let row = table.lines().find(|l| l.starts_with("noval")).expect("row");
+    assert!(row.contains('—') && !row.contains('%'), "{table}");
     match events.last() {
         Some(TrainEvent::Done { best_val_top20, .. }) => assert!(best_val_top20.is_nan()),
         other => panic!("{other:?}"),

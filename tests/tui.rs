@@ -925,6 +925,17 @@ fn collapse_warning_partial_validation_and_no_validation() {
     let mut app = App::new(options(false));
     app.update(Action::Worker(WorkerEvent::Train(vec![
         started,
+        // An epoch of a dataset without a val split: its val figures are none.
+        TrainEvent::Epoch {
+            epoch: 0,
+            step: 3,
+            train_loss: 0.5,
+            val_loss: f32::NAN,
+            val_top1: f64::NAN,
+            val_top20: f64::NAN,
+            val_map_at_r: f64::NAN,
+            seconds: 3.0,
+        },
         TrainEvent::Done {
             step: 3,
             epoch: 0,
@@ -936,6 +947,14 @@ fn collapse_warning_partial_validation_and_no_validation() {
     let text = screen_text(&render(&app, 160, 48));
     assert!(text.contains("no validation ran"), "{text}");
     assert!(!text.contains("best val top-20 0.0%"), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.contains("│epoch 1 "))
+        .expect("epoch row");
+    assert!(
+        row.contains('—') && !row.contains("NaN") && !row.contains('*'),
+        "{text}"
+    );
 }
 
 #[test]

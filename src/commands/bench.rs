@@ -82,7 +82,7 @@ fn search(config: &Config, args: &crate::cli::BenchSearchArgs) -> anyhow::Result
         if let Some(p) = &pg_report {
             value["postgres"] = serde_json::to_value(p)?;
         }
-        println!("{value}");
+        println!("{}", crate::printable::json(&value)?);
     } else {
         println!(
             "n {} dim {} queries {} k {} (m {}, ef_construction {}, {} threads): build {:.2} s, exact scan {:.0} q/s",

@@ -41,7 +41,7 @@ pub fn run(config: &Config, args: &EvalArgs) -> anyhow::Result<()> {
                 crate::data::deepfashion::GalleryProtocol::Test => "the test split",
                 crate::data::deepfashion::GalleryProtocol::ValTest => "the val and test splits",
             },
-            job.data.display()
+            escape_controls(&job.data.display().to_string())
         );
     }
     let mut bars: Vec<(String, Progress)> = Vec::new();
@@ -62,7 +62,7 @@ pub fn run(config: &Config, args: &EvalArgs) -> anyhow::Result<()> {
         }
     })?;
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        println!("{}", crate::printable::json(&report)?);
     } else {
         print!("{}", render(&report));
     }
@@ -73,9 +73,14 @@ fn render(r: &EvalReport) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     if r.fingerprint.is_empty() {
-        let _ = writeln!(out, "model {}", r.model);
+        let _ = writeln!(out, "model {}", escape_controls(&r.model));
     } else {
-        let _ = writeln!(out, "model {} (weights {})", r.model, r.fingerprint);
+        let _ = writeln!(
+            out,
+            "model {} (weights {})",
+            escape_controls(&r.model),
+            r.fingerprint
+        );
     }
     let _ = writeln!(
         out,

@@ -5,6 +5,7 @@ use anyhow::Context;
 use crate::cli::IndexArgs;
 use crate::config::{Config, IndexBackend};
 use crate::index::backend::pg_target;
+use crate::printable::escape_controls;
 use crate::index::build::{self, Gallery, IndexJob, IndexReport};
 use crate::index::postgres::load::{self, PgIndexReport};
 use crate::index::store::SourceRecord;
@@ -49,7 +50,7 @@ pub fn run(config: &Config, args: &IndexArgs) -> anyhow::Result<()> {
             .with_context(|| format!("indexing for run {}", args.run.display()))?
     };
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        println!("{}", crate::printable::json(&report)?);
     } else {
         print_report(&report);
     }
@@ -181,7 +182,7 @@ fn print_report(r: &IndexReport) {
         }
         SourceRecord::Folder { root } => format!("every image under {root}"),
     };
-    println!("gallery: {source}");
+    println!("gallery: {}", escape_controls(&source));
     if r.already_indexed > 0 {
         println!("{} images were already in the index", r.already_indexed);
     }
@@ -190,7 +191,7 @@ fn print_report(r: &IndexReport) {
     }
     println!(
         "index {}: {} vectors of {} dims ({} added; embedding {:.1} s, graph {:.1} s, self-recall {:.4}), weights {} ({})",
-        r.dir.display(),
+        escape_controls(&r.dir.display().to_string()),
         r.count,
         r.dim,
         r.added,
@@ -198,6 +199,6 @@ fn print_report(r: &IndexReport) {
         r.graph_seconds,
         r.self_recall,
         r.fingerprint,
-        r.checkpoint
+        escape_controls(&r.checkpoint)
     );
 }

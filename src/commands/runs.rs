@@ -8,7 +8,7 @@ use anyhow::Context;
 use crate::cli::RunsArgs;
 use crate::config::Config;
 use crate::printable::escape_controls;
-use crate::train::runs::{self, RunSummary};
+use crate::train::runs::{self, RunStatus, RunSummary};
 
 pub fn run(config: &Config, args: &RunsArgs) -> anyhow::Result<()> {
     let dir = args.dir.clone().unwrap_or_else(|| {
@@ -21,16 +21,28 @@ pub fn run(config: &Config, args: &RunsArgs) -> anyhow::Result<()> {
     });
     let list =
         runs::list(&dir).with_context(|| format!("cannot list runs in {}", dir.display()))?;
+    for r in &list {
+        if r.path_not_utf8 {
+            eprintln!(
+                "note: the name of run folder {} is not UTF-8; each invalid byte is shown as U+FFFD",
+                escape_controls(&r.path.to_string_lossy())
+            );
+        }
+        if let (RunStatus::Unreadable, Some(why)) = (r.status, &r.message) {
+            eprintln!(
+                "note: run {} is unreadable: {}",
+                escape_controls(&r.name),
+                escape_controls(why)
+            );
+        }
+    }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        println!("{}", crate::printable::json_pretty(&list)?);
         return Ok(());
     }
     if list.is_empty() {
-        eprintln!(
-            "no runs in {} (train one with `vitrine train --run {}/NAME`)",
-            dir.display(),
-            dir.display()
-        );
+        let dir = escape_controls(&dir.display().to_string()).into_owned();
+        eprintln!("no runs in {dir} (train one with `vitrine train --run {dir}/NAME`)");
         return Ok(());
     }
     println!("{}", table(&list));
@@ -67,13 +79,14 @@ pub fn table(list: &[RunSummary]) -> String {
         .iter()
         .map(|r| {
             vec![
+                // Every text field comes from the run's files: escaped, never raw.
                 escape_controls(&r.name).into_owned(),
                 r.status.name().to_string(),
-                r.backbone.clone(),
+                escape_controls(&r.backbone).into_owned(),
                 r.image_size.to_string(),
-                r.loss.clone(),
+                escape_controls(&r.loss).into_owned(),
                 if r.loss == "triplet" {
-                    r.mining.clone()
+                    escape_controls(&r.mining).into_owned()
                 } else {
                     "—".into()
                 },

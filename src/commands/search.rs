@@ -49,7 +49,7 @@ pub fn run(config: &Config, args: &SearchArgs) -> anyhow::Result<()> {
             })).collect::<Vec<_>>(),
             "ms": ms,
         });
-        println!("{out}");
+        println!("{}", crate::printable::json(&out)?);
     } else {
         // Paths come from entries.json and the command line: escaped, never raw.
         println!(

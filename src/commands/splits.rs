@@ -1,5 +1,6 @@
 use crate::cli::SplitsArgs;
 use crate::config::Config;
+use crate::printable::escape_controls;
 use crate::data::deepfashion::{Split, SplitSummary};
 
 pub fn run(config: &Config, args: &SplitsArgs) -> anyhow::Result<()> {
@@ -7,7 +8,7 @@ pub fn run(config: &Config, args: &SplitsArgs) -> anyhow::Result<()> {
     let protocol = args.gallery.unwrap_or(config.data.gallery);
     let summary = ds.summary(protocol);
     if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        println!("{}", crate::printable::json(&summary)?);
     } else {
         print!("{}", render_table(&summary));
     }
@@ -53,7 +54,12 @@ pub fn render_table(s: &SplitSummary) -> String {
         let _ = writeln!(
             out,
             "{:<12} {:<16} {:>6} {:>6} {:>6} {:>6}",
-            c.big, c.small, c.items, c.per_split.train, c.per_split.val, c.per_split.test
+            escape_controls(&c.big),
+            escape_controls(&c.small),
+            c.items,
+            c.per_split.train,
+            c.per_split.val,
+            c.per_split.test
         );
     }
     out

@@ -14,7 +14,7 @@ pub fn run(config: &Config, args: &SynthArgs) -> anyhow::Result<()> {
     };
     let report = write(&opts, &out, !args.json)?;
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        println!("{}", crate::printable::json(&report)?);
     } else {
         let images = report.consumer_images + report.shop_images;
         println!(

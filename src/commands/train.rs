@@ -4,6 +4,7 @@ use anyhow::Context;
 
 use crate::cli::{TrainArgs, TrainOverrides};
 use crate::config::Config;
+use crate::printable::{escape_controls, escape_lines};
 use crate::progress::Progress;
 use crate::train::events::TrainEvent;
 use crate::train::trainer::{Control, TrainJob, train};
@@ -80,7 +81,7 @@ pub fn run_job(job: &TrainJob, json: bool) -> anyhow::Result<()> {
     let mut printer = EventPrinter::new(!json);
     let outcome = train(job, &control, &mut |event| {
         if json {
-            if let Ok(line) = serde_json::to_string(event) {
+            if let Ok(line) = crate::printable::json(event) {
                 println!("{line}");
             }
         } else {
@@ -91,7 +92,7 @@ pub fn run_job(job: &TrainJob, json: bool) -> anyhow::Result<()> {
     if !json {
         eprintln!(
             "run {}: {} at step {}; best val top-20 {}",
-            job.run.display(),
+            escape_controls(&job.run.display().to_string()),
             outcome.reason.describe(),
             outcome.step,
             outcome
@@ -157,10 +158,17 @@ impl EventPrinter {
                 } else {
                     format!("{loss} loss")
                 };
+                // Settings and paths come from files and the command line: escaped.
+                let text = |s: &str| escape_controls(s).into_owned();
                 eprintln!(
-                    "training {run}: {backbone} at {image_size} px on {device}, {trainable_params} trainable parameters, \
-                     {batches}, {loss}, val {val_queries} queries vs {val_gallery} gallery; \
-                     steps {start_step}..{total_steps} (warming up)"
+                    "training {}: {} at {image_size} px on {}, {trainable_params} trainable parameters, \
+                     {}, {}, val {val_queries} queries vs {val_gallery} gallery; \
+                     steps {start_step}..{total_steps} (warming up)",
+                    text(run),
+                    text(backbone),
+                    text(device),
+                    text(&batches),
+                    text(&loss),
                 );
                 // Validation reports top-1 and top-20.
                 if let Some(note) = crate::eval::saturation_note(*val_gallery, &[1, 20]) {
@@ -168,7 +176,7 @@ impl EventPrinter {
                 }
                 let info = event.device_info().unwrap_or_default();
                 if !info.name.is_empty() {
-                    eprintln!("device {device}: {}", info.summary());
+                    eprintln!("device {}: {}", text(device), text(&info.summary()));
                 }
                 if let Some(w) = pretrained {
                     eprintln!(
@@ -241,7 +249,9 @@ impl EventPrinter {
             TrainEvent::Checkpoint { kind, path, .. } => {
                 tracing::info!("checkpoint {kind:?} written to {path}");
             }
-            TrainEvent::Notice { message, .. } => eprintln!("\nnote: {message}"),
+            TrainEvent::Notice { message, .. } => {
+                eprintln!("\nnote: {}", escape_lines(message));
+            }
             TrainEvent::Done { .. } => {}
             // The error itself is reported once, by the caller.
             TrainEvent::Failed { .. } => {
@@ -256,6 +266,9 @@ impl EventPrinter {
 /// A validation's figures. The val loss needs a val query whose item has a shop image
 /// and whose small category has another item in the val gallery; without one, say so.
 fn val_text(loss: f32, top1: f64, top20: f64, map_at_r: f64) -> String {
+    if !(top1.is_finite() && top20.is_finite()) {
+        return "no validation (the dataset has no val split)".into();
+    }
     let loss = if loss.is_finite() {
         format!("val loss {loss:.4}")
     } else {

@@ -11,6 +11,7 @@ use anyhow::Context;
 use super::dashboard::{Opening, open};
 use crate::cli::WatchArgs;
 use crate::config::Config;
+use crate::printable;
 use crate::run::folder::RunDir;
 use crate::train::metrics_log::MetricsFollower;
 
@@ -58,10 +59,13 @@ fn follow_lines(dir: &RunDir) -> anyhow::Result<()> {
         let events = follower.poll()?;
         let mut ended = false;
         for e in &events {
-            writeln!(out, "{}", serde_json::to_string(e)?)?;
+            writeln!(out, "{}", printable::json(e)?)?;
             ended = e.is_terminal();
         }
         out.flush()?;
+        if !follower.caught_up() {
+            continue;
+        }
         if (ended || events.is_empty()) && dir.locked_by().is_none() {
             return Ok(());
         }

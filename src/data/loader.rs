@@ -80,37 +80,7 @@ impl Batch {
     }
 }
 
-/// Opens `path` for reading only if it is a regular file. A FIFO (named pipe) would
-/// block in `open()` until a writer came, a device could stream forever: both are
-/// refused as "not a regular file". On Linux the open itself does not block
-/// (`O_NONBLOCK`, no effect on regular files) and the check is on the opened handle,
-/// so a file swapped in between cannot slip past it.
-pub fn open_regular(path: &Path) -> io::Result<File> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.read(true);
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        const O_NONBLOCK: i32 = 0o4000;
-        opts.custom_flags(O_NONBLOCK);
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    if !std::fs::metadata(path)?.is_file() {
-        return Err(not_regular());
-    }
-    let file = opts.open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(not_regular());
-    }
-    Ok(file)
-}
-
-fn not_regular() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        "not a regular file (a named pipe, device or folder)",
-    )
-}
+pub use crate::fsutil::open_regular;
 
 /// An image decoder on `path` (through [`open_regular`]), its format guessed from
 /// the content, else from the extension, as `image::ImageReader::open` does.

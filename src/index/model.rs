@@ -29,6 +29,8 @@ pub enum ModelError {
     Checkpoint(#[from] CheckpointError),
     #[error("{}: train.device: {message}", config.display())]
     Device { config: PathBuf, message: String },
+    #[error("--device: {0}")]
+    DeviceFlag(device::DeviceError),
     #[error("model error: {0}")]
     Model(#[from] candle_core::Error),
 }
@@ -127,15 +129,22 @@ pub fn load_model(
 ) -> Result<LoadedModel, ModelError> {
     let config = run_config(run)?;
     let dir = RunDir::new(run);
+    // The device it was trained on, or `--device`, or the CPU where there is no GPU.
     let device = device::parse_device(&config.train.device)
         .map_err(|message| ModelError::Device {
             config: dir.config(),
             message,
         })
-        .and_then(|choice| {
-            device::select(choice).map_err(|e| ModelError::Device {
-                config: dir.config(),
-                message: e.to_string(),
+        .and_then(|trained_on| {
+            device::select_for_inference(trained_on).map_err(|e| {
+                if device::inference_device().is_some() {
+                    ModelError::DeviceFlag(e)
+                } else {
+                    ModelError::Device {
+                        config: dir.config(),
+                        message: e.to_string(),
+                    }
+                }
             })
         })?;
     let (embedder, varmap) = Embedder::seeded(config.model.embedder(), &device, config.train.seed)?;

@@ -131,7 +131,9 @@ impl LossConfig {
         }
     }
 
-    /// Range checks; the dotted key at fault and why.
+    /// Range checks; the dotted key at fault and why. The scales and the temperature
+    /// are bounded where the losses stay finite and meaningful in f32 (the papers use
+    /// α = 2, β = 50, proxy α = 32, temperature 0.05).
     pub fn validate(&self) -> std::result::Result<(), (String, String)> {
         let positive = |key: &str, v: f64| {
             if v > 0.0 && v.is_finite() {
@@ -143,11 +145,21 @@ impl LossConfig {
                 ))
             }
         };
-        positive("temperature", f64::from(self.temperature))?;
-        positive("proxy_alpha", f64::from(self.proxy_alpha))?;
+        let between = |key: &str, v: f32, (lo, hi): (f32, f32)| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err((
+                    format!("loss.{key}"),
+                    format!("must be between {lo} and {hi}"),
+                ))
+            }
+        };
+        between("temperature", self.temperature, TEMPERATURE_RANGE)?;
+        between("proxy_alpha", self.proxy_alpha, SCALE_RANGE)?;
         positive("proxy_lr_scale", self.proxy_lr_scale)?;
-        positive("ms_alpha", f64::from(self.ms_alpha))?;
-        positive("ms_beta", f64::from(self.ms_beta))?;
+        between("ms_alpha", self.ms_alpha, SCALE_RANGE)?;
+        between("ms_beta", self.ms_beta, SCALE_RANGE)?;
         positive("margin", f64::from(self.margin))?;
         for (key, v) in [
             ("proxy_margin", self.proxy_margin),
@@ -161,6 +173,12 @@ impl LossConfig {
         Ok(())
     }
 }
+
+/// `loss.temperature`: logits of at most `2 / 0.001 = 2000`.
+pub const TEMPERATURE_RANGE: (f32, f32) = (0.001, 10.0);
+/// `loss.ms_alpha`, `loss.ms_beta`, `loss.proxy_alpha`: exponents of at most
+/// `1000 · 2`, which the log-sum-exp in the losses keeps finite.
+pub const SCALE_RANGE: (f32, f32) = (0.01, 1000.0);
 
 /// The loss of one batch and what it was made of.
 #[derive(Debug, Clone)]
@@ -317,6 +335,20 @@ impl Criterion {
             ..stats
         })
     }
+}
+
+/// `ln(1 + Σ_j mask_j·e^{z_j})` along `dim` (the sum removed), without overflow for
+/// any finite `z`: masked-out entries are pushed far below zero before `exp` (a
+/// masked `e^{z} = ∞` would give `0·∞ = NaN`), and the largest term, the `1` as
+/// `e^0` among them, is taken out first (log-sum-exp). The shift is detached: the
+/// value does not depend on it, so neither does the gradient.
+pub(crate) fn log1p_masked_sum_exp(z: &Tensor, mask: &Tensor, dim: usize) -> Result<Tensor> {
+    // 0 where kept, −1e30 where masked (finite in f32, and e^{−1e30} = 0).
+    let off = (mask.affine(1.0, -1.0)? * 1e30)?;
+    let z = ((z * mask)? + off)?;
+    let top = z.max_keepdim(dim)?.maximum(0.0)?.detach();
+    let terms = z.broadcast_sub(&top)?.exp()?.sum_keepdim(dim)?;
+    ((terms + top.neg()?.exp()?)?.log()? + top)?.squeeze(dim)
 }
 
 /// Detached f32 copy of `(N, D)` rows and `D`.

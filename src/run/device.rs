@@ -10,6 +10,8 @@
 //! system's loader stops the program before it starts, naming the library. What is
 //! left to explain here is what the driver answers once it is there.
 
+use std::sync::{Once, OnceLock};
+
 use candle_core::{DType, Device, Tensor};
 
 pub use crate::config::{DeviceChoice, parse_device};
@@ -41,6 +43,63 @@ pub fn select(choice: DeviceChoice) -> Result<Device, DeviceError> {
             other => other,
         },
     }
+}
+
+/// `--device` of `index`, `eval`, `search`, `watch` and `dashboard`: where this
+/// process runs models, whatever the run was trained on. Set once, at the binary's
+/// edge, before any model loads.
+static INFERENCE_DEVICE: OnceLock<DeviceChoice> = OnceLock::new();
+
+/// Records `--device` for every model this process loads (the first call wins).
+pub fn set_inference_device(choice: DeviceChoice) {
+    let _ = INFERENCE_DEVICE.set(choice);
+}
+
+/// The `--device` given to this process, if any.
+pub fn inference_device() -> Option<DeviceChoice> {
+    INFERENCE_DEVICE.get().copied()
+}
+
+/// The device a run's model runs on for embedding and search: `--device` when
+/// given (strictly: a device that cannot be used is an error), else the run's
+/// `train.device`, with the CPU in its place when this build has no GPU support or
+/// this machine no GPU, so that a run trained on a GPU stays usable anywhere. The
+/// fall back is said once per process.
+pub fn select_for_inference(trained_on: DeviceChoice) -> Result<Device, DeviceError> {
+    match inference_device() {
+        Some(choice) => select(choice),
+        None => fall_back_to_cpu(trained_on, select(trained_on)),
+    }
+}
+
+/// `selected` (the device the run was trained on), or the CPU when that failed only
+/// because this build or machine has no GPU.
+fn fall_back_to_cpu(
+    trained_on: DeviceChoice,
+    selected: Result<Device, DeviceError>,
+) -> Result<Device, DeviceError> {
+    static SAID: Once = Once::new();
+    let why = match &selected {
+        Err(DeviceError::NotBuilt(_)) => {
+            Some("this vitrine was built without GPU support".to_string())
+        }
+        Err(DeviceError::Cuda { reason, .. }) if no_gpu(reason) => Some(reason.clone()),
+        _ => None,
+    };
+    let Some(why) = why else {
+        return selected;
+    };
+    let name = match trained_on {
+        DeviceChoice::Cuda(n) => format!("cuda:{n}"),
+        DeviceChoice::Auto => "auto".into(),
+        DeviceChoice::Cpu => "cpu".into(),
+    };
+    SAID.call_once(|| {
+        tracing::warn!(
+            "the run was trained on {name}, which cannot be used here ({why}); running its model on the CPU (--device chooses)"
+        );
+    });
+    Ok(Device::Cpu)
 }
 
 /// Opens `cuda:n` and runs one small computation on it (a kernel from Candle's PTX
@@ -286,6 +345,36 @@ mod tests {
                 "{text}"
             );
             assert!(matches!(select(DeviceChoice::Auto), Ok(Device::Cpu)));
+        }
+    }
+
+    #[test]
+    fn inference_falls_back_to_the_cpu_only_where_there_is_no_gpu() {
+        let not_built = Err(DeviceError::NotBuilt(0));
+        assert!(matches!(
+            fall_back_to_cpu(DeviceChoice::Cuda(0), not_built),
+            Ok(Device::Cpu)
+        ));
+        let no_driver = Err(DeviceError::Cuda {
+            ordinal: 0,
+            reason: explain("DriverError(CUDA_ERROR_NO_DEVICE, \"none\")", None),
+        });
+        assert!(matches!(
+            fall_back_to_cpu(DeviceChoice::Cuda(0), no_driver),
+            Ok(Device::Cpu)
+        ));
+        // A GPU that is there but fails stays an error: 100 times slower is no fix.
+        let broken = Err(DeviceError::Cuda {
+            ordinal: 0,
+            reason: explain("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"oom\")", None),
+        });
+        assert!(fall_back_to_cpu(DeviceChoice::Cuda(0), broken).is_err());
+        // Without --device, a CPU build runs a GPU-trained run's model on the CPU.
+        if !cfg!(feature = "cuda") && inference_device().is_none() {
+            assert!(matches!(
+                select_for_inference(DeviceChoice::Cuda(0)),
+                Ok(Device::Cpu)
+            ));
         }
     }
 

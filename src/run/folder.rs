@@ -2,15 +2,19 @@
 //! `checkpoints/{last,best}.safetensors` with JSON sidecars, `index/`, the log, and a
 //! lock file so two trainers never write one run.
 
+use std::fs::File;
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::checkpoints::CheckpointKind;
+use crate::fsutil;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("run {} is being written by another trainer (pid {pid}); stop it first or choose another --run", run.display())]
-    Locked { run: PathBuf, pid: u32 },
+    #[error("run {} is being written by another trainer{}; stop it first or choose another --run", run.display(), pid.map_or_else(String::new, |p| format!(" (pid {p})")))]
+    Locked { run: PathBuf, pid: Option<u32> },
     #[error("run {}: {source}", run.display())]
     Io { run: PathBuf, source: io::Error },
 }
@@ -77,9 +81,10 @@ impl RunDir {
         crate::fsutil::write_bytes_atomic(&self.control(), text.as_bytes())
     }
 
-    /// The pending request in the control file (absent = run).
+    /// The pending request in the control file (absent, unreadable or not a regular
+    /// file = run; a named pipe is never waited on).
     pub fn read_control(&self) -> ControlRequest {
-        match std::fs::read_to_string(self.control())
+        match fsutil::read_small_text(&self.control(), 64)
             .as_deref()
             .map(str::trim)
         {
@@ -89,7 +94,8 @@ impl RunDir {
         }
     }
 
-    fn lock_path(&self) -> PathBuf {
+    /// The lock file (see [`Self::lock`]).
+    pub fn lock_path(&self) -> PathBuf {
         self.root.join("lock")
     }
 
@@ -100,18 +106,47 @@ impl RunDir {
         })
     }
 
-    /// PID of the live process holding the lock, if any. The OS lock decides; the
-    /// file's content only names the holder.
+    /// PID of the live trainer holding the lock, if any. The OS lock decides; the
+    /// file's content only names the holder. The probe is a shared lock held for an
+    /// instant, which a starting trainer waits out (see [`Self::lock`]). A holder
+    /// that never writes its PID is not a vitrine trainer (`flock RUN/lock …`):
+    /// reported as none, with a warning, never as PID 0.
     pub fn locked_by(&self) -> Option<u32> {
-        let file = std::fs::File::open(self.lock_path()).ok()?;
-        match file.try_lock_shared() {
-            // Nobody holds it (the shared lock is released as `file` closes).
-            Ok(()) => None,
-            Err(std::fs::TryLockError::WouldBlock) => Some(holder_pid(&self.lock_path())),
-            Err(std::fs::TryLockError::Error(e)) => {
-                tracing::warn!("cannot query the lock of run {}: {e}", self.root.display());
-                None
+        let file = match fsutil::open_regular(&self.lock_path()) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                // A named pipe or device: no trainer can hold it (`runs` says why).
+                tracing::debug!("{}: {e}", self.lock_path().display());
+                return None;
             }
+        };
+        let deadline = Instant::now() + PID_WAIT;
+        loop {
+            match file.try_lock_shared() {
+                // Nobody holds it (the shared lock is released as `file` closes).
+                Ok(()) => return None,
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    // Held: the trainer writes its PID right after taking the lock, and
+                    // empties the file right before letting it go; probe again until
+                    // either shows.
+                    if let Some(pid) = written_pid(&file) {
+                        return Some(pid);
+                    }
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    tracing::warn!("cannot query the lock of run {}: {e}", self.root.display());
+                    return None;
+                }
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    "{} is locked by a process that wrote no PID in {PID_WAIT:?} (not a vitrine trainer)",
+                    self.lock_path().display()
+                );
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 
@@ -126,23 +161,19 @@ impl RunDir {
             run: self.root.clone(),
             source,
         };
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(RunError::Locked {
-                    run: self.root.clone(),
-                    pid: holder_pid(&path),
-                });
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
-        }
+        let mut file = fsutil::open_regular_with(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false),
+            &path,
+        )
+        .map_err(|e| RunError::Io {
+            run: self.root.clone(),
+            source: io::Error::new(e.kind(), format!("{}: {e}", path.display())),
+        })?;
+        self.take(&file)?;
         file.set_len(0)
             .and_then(|()| write!(file, "{}", std::process::id()))
             .and_then(|()| file.flush())
@@ -151,19 +182,76 @@ impl RunDir {
     }
 }
 
-/// The PID written in a held lock file; the holder writes it right after taking the
-/// lock, so a reader arriving in between waits a moment. 0 when it never appears.
-fn holder_pid(path: &Path) -> u32 {
-    for _ in 0..50 {
-        if let Some(pid) = std::fs::read_to_string(path)
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-        {
-            return pid;
+/// How long a reader waits for the holder of a lock to write its PID.
+const PID_WAIT: Duration = Duration::from_secs(1);
+/// How long a starting trainer waits out readers probing the lock: each holds its
+/// shared lock for microseconds, so only a flood of them could last this long.
+const READERS_WAIT: Duration = Duration::from_secs(2);
+
+impl RunDir {
+    /// Takes `file`'s exclusive lock. An exclusive lock is refused while a reader
+    /// probes with its shared one ([`Self::locked_by`]), so a refusal is told apart:
+    /// if a shared lock can be had, only readers were there and the trainer tries
+    /// again; if not, a trainer holds the run.
+    fn take(&self, file: &File) -> Result<(), RunError> {
+        let io_err = |source| RunError::Io {
+            run: self.root.clone(),
+            source,
+        };
+        let deadline = Instant::now() + READERS_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(()),
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
+            }
+            match file.try_lock_shared() {
+                Ok(()) => file.unlock().map_err(io_err)?,
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(RunError::Locked {
+                        run: self.root.clone(),
+                        pid: holder_pid(file),
+                    });
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
+            }
+            if Instant::now() >= deadline {
+                return Err(RunError::Locked {
+                    run: self.root.clone(),
+                    pid: None,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
-        std::thread::sleep(std::time::Duration::from_millis(2));
     }
-    0
+}
+
+/// The PID in a lock file (read from the open handle: no second open, at most a
+/// few bytes); `None` when empty, not a number, or 0.
+fn written_pid(file: &File) -> Option<u32> {
+    let mut buf = [0u8; 24];
+    let n = file.read_at(&mut buf, 0).ok()?;
+    std::str::from_utf8(&buf[..n])
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&pid| pid != 0)
+}
+
+/// The PID of a trainer that holds the lock: it writes it right after taking the
+/// lock, so a reader arriving in between waits a moment (`None` if it never shows).
+fn holder_pid(file: &File) -> Option<u32> {
+    let deadline = Instant::now() + PID_WAIT;
+    loop {
+        if let Some(pid) = written_pid(file) {
+            return Some(pid);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -112,7 +112,9 @@ pub enum TrainEvent {
         #[serde(deserialize_with = "nan_if_null::f64")]
         elapsed_s: f64,
     },
-    /// End of an epoch, with validation on the val split.
+    /// End of an epoch, with validation on the val split. The val figures are NaN
+    /// (`null`) when the dataset has no val split (logs written before that record
+    /// 0.0 there).
     Epoch {
         epoch: usize,
         step: usize,

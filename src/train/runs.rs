@@ -1,14 +1,16 @@
 //! A runs folder at a glance: one [`RunSummary`] per run folder below it, read from
 //! the run's lock (is a trainer alive?), control file (paused?), `config.toml`
 //! (the recipe) and `metrics.jsonl` (progress and results). Reading never blocks or
-//! changes a run, so it is safe while runs train.
+//! changes a run, so it is safe while runs train; a run folder is untrusted input
+//! (regular files only, bounded reads: see `metrics_log`), and one that cannot be
+//! read is listed as unreadable, with the reason, never dropped.
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use super::events::{StopReason, TrainEvent};
-use super::metrics_log::read_all;
+use super::metrics_log::{MetricsError, fold_events};
 use crate::run::folder::{ControlRequest, RunDir};
 
 /// Where a run stands.
@@ -27,6 +29,9 @@ pub enum RunStatus {
     Interrupted,
     /// A run folder with no events yet.
     New,
+    /// Its `metrics.jsonl` cannot be read (not a regular file, no permission): the
+    /// reason is the summary's message.
+    Unreadable,
 }
 
 impl RunStatus {
@@ -38,6 +43,7 @@ impl RunStatus {
             Self::Failed => "failed",
             Self::Interrupted => "interrupted",
             Self::New => "new",
+            Self::Unreadable => "unreadable",
         }
     }
 }
@@ -46,7 +52,12 @@ impl RunStatus {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunSummary {
     pub name: String,
+    /// Written lossily (U+FFFD for each invalid byte) where the folder's name is not
+    /// UTF-8; `path_not_utf8` then says so.
+    #[serde(serialize_with = "lossy_path")]
     pub path: PathBuf,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub path_not_utf8: bool,
     pub status: RunStatus,
     /// PID of the live trainer.
     pub pid: Option<u32>,
@@ -63,56 +74,68 @@ pub struct RunSummary {
     pub seconds: f64,
     /// Last change of `metrics.jsonl`, seconds since the Unix epoch.
     pub updated: Option<f64>,
-    /// The failure's message, for a failed run.
+    /// The failure's message, for a failed run; why it cannot be read, for an
+    /// unreadable one.
     pub message: Option<String>,
 }
 
-/// Whether `dir` looks like a run folder.
+fn lossy_path<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&path.to_string_lossy())
+}
+
+/// Whether `dir` looks like a run folder (a `metrics.jsonl` of any kind counts: a
+/// named pipe there makes an unreadable run, not no run).
 pub fn is_run(dir: &Path) -> bool {
     let run = RunDir::new(dir);
-    run.metrics().is_file() || run.config().is_file() && dir.join("checkpoints").is_dir()
+    run.metrics().symlink_metadata().is_ok()
+        || run.config().is_file() && dir.join("checkpoints").is_dir()
 }
 
 /// The run folders directly below `dir`, by name.
 pub fn list(dir: &Path) -> std::io::Result<Vec<RunSummary>> {
+    Ok(run_dirs(dir)?.iter().map(|d| summarize(d)).collect())
+}
+
+/// The paths of the run folders directly below `dir`, sorted.
+pub fn run_dirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.is_dir() && is_run(p))
         .collect();
     dirs.sort();
-    Ok(dirs.iter().map(|d| summarize(d)).collect())
+    Ok(dirs)
 }
 
-/// The summary of the run in `dir` (a run that cannot be read shows as `New`).
-pub fn summarize(dir: &Path) -> RunSummary {
-    let run = RunDir::new(dir);
-    let events = read_all(&run.metrics()).unwrap_or_default();
-    let mut s = RunSummary {
-        name: run.name(),
-        path: dir.to_path_buf(),
-        status: RunStatus::New,
-        pid: run.locked_by(),
-        backbone: String::new(),
-        image_size: 0,
-        loss: String::new(),
-        mining: String::new(),
-        step: 0,
-        total_steps: 0,
-        best_val_top1: None,
-        best_val_top20: None,
-        seconds: 0.0,
-        updated: std::fs::metadata(run.metrics())
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_secs_f64()),
-        message: None,
-    };
-    let mut best: Option<(f64, f64)> = None;
-    let mut last_terminal = None;
-    let mut process_seconds = 0.0;
-    for e in &events {
+/// What a run's events say, folded one event at a time (so a log is never held
+/// whole, and a follower can keep folding as the run grows).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventSummary {
+    backbone: String,
+    image_size: u32,
+    loss: String,
+    mining: String,
+    step: usize,
+    total_steps: usize,
+    /// Best `(top-1, top-20)` by top-20.
+    best: Option<(f64, f64)>,
+    /// Seconds of the processes before the latest one.
+    seconds: f64,
+    process_seconds: f64,
+    /// The latest `done` or `failed`, unless a process started after it.
+    last_terminal: Option<Terminal>,
+    events: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Terminal {
+    Done(StopReason),
+    Failed(String),
+}
+
+impl EventSummary {
+    pub fn apply(&mut self, e: &TrainEvent) {
+        self.events += 1;
         match e {
             TrainEvent::Started {
                 backbone,
@@ -123,21 +146,21 @@ pub fn summarize(dir: &Path) -> RunSummary {
                 start_step,
                 ..
             } => {
-                s.backbone.clone_from(backbone);
-                s.image_size = *image_size;
-                s.loss.clone_from(loss);
-                s.mining.clone_from(mining);
-                s.total_steps = *total_steps;
-                s.step = s.step.max(*start_step);
-                s.seconds += process_seconds;
-                process_seconds = 0.0;
-                last_terminal = None;
+                self.backbone.clone_from(backbone);
+                self.image_size = *image_size;
+                self.loss.clone_from(loss);
+                self.mining.clone_from(mining);
+                self.total_steps = *total_steps;
+                self.step = self.step.max(*start_step);
+                self.seconds += self.process_seconds;
+                self.process_seconds = 0.0;
+                self.last_terminal = None;
             }
             TrainEvent::Step {
                 step, elapsed_s, ..
             } => {
-                s.step = *step;
-                process_seconds = *elapsed_s;
+                self.step = *step;
+                self.process_seconds = *elapsed_s;
             }
             TrainEvent::Epoch {
                 val_top1,
@@ -148,38 +171,94 @@ pub fn summarize(dir: &Path) -> RunSummary {
                 val_top1,
                 val_top20,
                 ..
-            } if val_top20.is_finite() && best.is_none_or(|(_, b)| *val_top20 > b) => {
-                best = Some((*val_top1, *val_top20));
+            } if val_top20.is_finite() && self.best.is_none_or(|(_, b)| *val_top20 > b) => {
+                self.best = Some((*val_top1, *val_top20));
             }
-            TrainEvent::Done { seconds, .. } => {
-                process_seconds = *seconds;
-                last_terminal = Some(e);
+            TrainEvent::Done {
+                seconds, reason, ..
+            } => {
+                self.process_seconds = *seconds;
+                self.last_terminal = Some(Terminal::Done(*reason));
             }
-            TrainEvent::Failed { .. } => last_terminal = Some(e),
+            TrainEvent::Failed { message, .. } => {
+                self.last_terminal = Some(Terminal::Failed(message.clone()));
+            }
             _ => {}
         }
     }
-    s.seconds += process_seconds;
-    s.best_val_top1 = best.map(|b| b.0);
-    s.best_val_top20 = best.map(|b| b.1);
+}
+
+/// Why the run's lock or control file cannot be read, when one is there but is not
+/// a regular file (a named pipe would have hung every reader).
+fn not_regular(run: &RunDir) -> Option<String> {
+    [run.lock_path(), run.control()]
+        .into_iter()
+        .find(|p| p.symlink_metadata().is_ok() && !p.is_file())
+        .map(|p| format!("{}: not a regular file (a named pipe, device or folder)", p.display()))
+}
+
+/// The summary of the run in `dir`.
+pub fn summarize(dir: &Path) -> RunSummary {
+    let mut events = EventSummary::default();
+    let read = fold_events(&RunDir::new(dir).metrics(), |e| events.apply(&e));
+    let unreadable = match read {
+        Err(MetricsError::Io { source, .. }) if source.kind() != std::io::ErrorKind::NotFound => {
+            Some(source.to_string())
+        }
+        _ => None,
+    };
+    summary_of(dir, &events, unreadable)
+}
+
+/// The summary of the run in `dir` from its folded events, with what its lock and
+/// control file say now; `unreadable` is why its metrics cannot be read, if so.
+pub fn summary_of(dir: &Path, events: &EventSummary, unreadable: Option<String>) -> RunSummary {
+    let run = RunDir::new(dir);
+    let e = events;
+    let mut s = RunSummary {
+        name: run.name(),
+        path: dir.to_path_buf(),
+        path_not_utf8: dir.to_str().is_none(),
+        status: RunStatus::New,
+        pid: run.locked_by(),
+        backbone: e.backbone.clone(),
+        image_size: e.image_size,
+        loss: e.loss.clone(),
+        mining: e.mining.clone(),
+        step: e.step,
+        total_steps: e.total_steps,
+        best_val_top1: e.best.map(|b| b.0),
+        best_val_top20: e.best.map(|b| b.1),
+        seconds: e.seconds + e.process_seconds,
+        updated: std::fs::metadata(run.metrics())
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs_f64()),
+        message: None,
+    };
     s.status = if s.pid.is_some() {
         if run.read_control() == ControlRequest::Pause {
             RunStatus::Paused
         } else {
             RunStatus::Training
         }
+    } else if let Some(why) = unreadable
+        .map(|reason| format!("{}: {reason}", run.metrics().display()))
+        .or_else(|| not_regular(&run))
+    {
+        s.message = Some(why);
+        RunStatus::Unreadable
     } else {
-        match last_terminal {
-            Some(TrainEvent::Done { reason, .. }) => match reason {
-                StopReason::Interrupted => RunStatus::Interrupted,
-                _ => RunStatus::Finished,
-            },
-            Some(TrainEvent::Failed { message, .. }) => {
+        match &e.last_terminal {
+            Some(Terminal::Done(StopReason::Interrupted)) => RunStatus::Interrupted,
+            Some(Terminal::Done(_)) => RunStatus::Finished,
+            Some(Terminal::Failed(message)) => {
                 s.message = Some(message.clone());
                 RunStatus::Failed
             }
-            _ if events.is_empty() => RunStatus::New,
-            _ => RunStatus::Interrupted,
+            None if e.events == 0 => RunStatus::New,
+            None => RunStatus::Interrupted,
         }
     };
     s

@@ -65,11 +65,16 @@ pub enum TrainError {
     Model(#[from] candle_core::Error),
     #[error("invalid setting: {0}")]
     Setting(String),
-    #[error("the {what} became {value} at step {step}; stopped, the last good checkpoint is kept")]
+    #[error("the {what} became {value} at step {step}; stopped, {}", match checkpoint {
+        Some(p) => format!("the last good checkpoint is kept ({})", p.display()),
+        None => "before any checkpoint was written".into(),
+    })]
     NonFinite {
         step: usize,
         what: &'static str,
         value: f32,
+        /// The run's `last` checkpoint, when it has one.
+        checkpoint: Option<PathBuf>,
     },
     #[error("cannot resume {}: {reason}", run.display())]
     Resume { run: PathBuf, reason: String },
@@ -557,9 +562,10 @@ impl<'a> Session<'a> {
                 f32::NAN
             },
             val_loss: val.as_ref().map_or(f32::NAN, |v| v.1),
-            val_top1: val.as_ref().map_or(0.0, |v| v.0.at(1)),
-            val_top20: val.as_ref().map_or(0.0, |v| v.0.at(20)),
-            val_map_at_r: val.as_ref().map_or(0.0, |v| v.0.map_at_r),
+            // No val split: NaN, written `null` ("none"), not a 0% that looks measured.
+            val_top1: val.as_ref().map_or(f64::NAN, |v| v.0.at(1)),
+            val_top20: val.as_ref().map_or(f64::NAN, |v| v.0.at(20)),
+            val_map_at_r: val.as_ref().map_or(f64::NAN, |v| v.0.map_at_r),
             seconds: epoch_start.elapsed().as_secs_f64(),
         })?;
         self.epoch += 1;
@@ -617,6 +623,7 @@ impl<'a> Session<'a> {
                 step: self.step,
                 what,
                 value,
+                checkpoint: Some(self.run.checkpoint(CheckpointKind::Last)).filter(|p| p.is_file()),
             },
             StepError::Model(e) => TrainError::Model(e),
         })?;

@@ -372,9 +372,13 @@ pub fn clip(s: &str, w: usize) -> String {
     format!("{head}…")
 }
 
-/// `12.3%`
+/// `12.3%`; `—` for a figure that was not measured (NaN: no val split).
 pub fn pct(x: f64) -> String {
-    format!("{:.1}%", x * 100.0)
+    if x.is_finite() {
+        format!("{:.1}%", x * 100.0)
+    } else {
+        "—".into()
+    }
 }
 
 #[cfg(test)]

@@ -9,9 +9,9 @@
 //! detached similarities; the loss is then taken from the differentiable matrix
 //! through 0/1 masks.
 
-use candle_core::{D, Result, Tensor};
+use candle_core::{Result, Tensor};
 
-use super::{LossStats, host_rows};
+use super::{LossStats, host_rows, log1p_masked_sum_exp};
 
 /// α, β, λ and ε of the loss and its miner.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -39,13 +39,10 @@ pub fn multi_similarity_loss(
     let mask = |m: Vec<f32>| Tensor::from_vec(m, (n, n), device)?.to_dtype(sim.dtype());
     let (pos, neg) = (mask(pos)?, mask(neg)?);
     let shifted = (&sim - f64::from(p.base))?;
-    // exp(β·(S − λ)) ≤ e^{β/2} for unit vectors: finite in f32 for β up to ~170.
+    // β·(S − λ) reaches 2β: e^{2β} overflows f32 from β ≈ 45 (λ = 0), hence the
+    // masked log-sum-exp.
     let side = |scale: f64, m: &Tensor, inv: f64| -> Result<Tensor> {
-        ((&shifted * scale)?.exp()? * m)?
-            .sum(D::Minus1)?
-            .affine(1.0, 1.0)?
-            .log()?
-            .affine(inv, 0.0)
+        log1p_masked_sum_exp(&(&shifted * scale)?, m, 1)?.affine(inv, 0.0)
     };
     let alpha = f64::from(p.alpha);
     let beta = f64::from(p.beta);

@@ -2,6 +2,7 @@
 //! [`crate::train::runs`]), their curves, the selected row, the runs marked for the
 //! overlaid charts (space), and the config diff of two runs (`d`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::moved;
@@ -23,14 +24,19 @@ pub struct RunCurves {
 }
 
 /// Folds a run's events into its curves, incrementally (the same bias-corrected EMA
-/// as the Train tab's smoothed loss).
+/// as the Train tab's smoothed loss). Each event costs O(log n) at most, so a log
+/// of n events builds in O(n log n) however its events are ordered, and the loss
+/// curve keeps a bounded number of points however long the run.
 #[derive(Debug, Clone, Default)]
 pub struct CurveBuilder {
     ema: f64,
     ema_n: i32,
     /// From the run's `started` event: places a validation made mid-epoch.
     steps_per_epoch: usize,
-    curves: RunCurves,
+    loss: Decimated,
+    /// Val top-20 by x (epochs): a later validation at the same x replaces the
+    /// earlier one.
+    val_top20: BTreeMap<OrderedX, f64>,
 }
 
 impl CurveBuilder {
@@ -52,7 +58,7 @@ impl CurveBuilder {
                     self.ema = SMOOTHING * self.ema + (1.0 - SMOOTHING) * y;
                     self.ema_n = self.ema_n.saturating_add(1);
                     let debiased = self.ema / (1.0 - SMOOTHING.powi(self.ema_n));
-                    self.curves.loss.push((*step as f64, debiased));
+                    self.loss.push((*step as f64, debiased));
                 }
             }
             // The untrained model at epoch 0, and the validation a run makes when it
@@ -80,19 +86,91 @@ impl CurveBuilder {
 
     fn val_point(&mut self, x: f64, y: f64) {
         if y.is_finite() {
-            let points = &mut self.curves.val_top20;
-            points.retain(|p| p.0 != x);
-            let at = points.partition_point(|p| p.0 < x);
-            points.insert(at, (x, y));
+            self.val_top20.insert(OrderedX(x), y);
         }
     }
 
-    /// The curves, the loss decimated to at most [`MAX_POINTS`] (the last point kept).
+    /// The curves, each decimated to at most [`MAX_POINTS`] (the last point kept).
     pub fn curves(&self) -> RunCurves {
+        let val: Vec<(f64, f64)> = self.val_top20.iter().map(|(x, y)| (x.0, *y)).collect();
         RunCurves {
-            loss: decimate(&self.curves.loss, MAX_POINTS),
-            val_top20: self.curves.val_top20.clone(),
+            loss: decimate(&self.loss.points(), MAX_POINTS),
+            val_top20: decimate(&val, MAX_POINTS),
         }
+    }
+}
+
+/// An x coordinate ordered by `total_cmp` (a map key; x is never NaN here).
+#[derive(Debug, Clone, Copy)]
+struct OrderedX(f64);
+
+impl PartialEq for OrderedX {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+
+impl Eq for OrderedX {}
+
+impl PartialOrd for OrderedX {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrderedX {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// A growing series kept to at most `2 · MAX_POINTS` points: when full, every other
+/// point goes and the stride doubles (Burn's full-history buffer); the newest point
+/// is always kept.
+#[derive(Debug, Clone)]
+struct Decimated {
+    points: Vec<(f64, f64)>,
+    stride: usize,
+    seen: usize,
+    last: Option<(f64, f64)>,
+}
+
+impl Default for Decimated {
+    fn default() -> Self {
+        Self {
+            points: Vec::new(),
+            stride: 1,
+            seen: 0,
+            last: None,
+        }
+    }
+}
+
+impl Decimated {
+    fn push(&mut self, p: (f64, f64)) {
+        if self.seen.is_multiple_of(self.stride) {
+            self.points.push(p);
+            if self.points.len() >= 2 * MAX_POINTS {
+                let mut i = 0;
+                self.points.retain(|_| {
+                    i += 1;
+                    i % 2 == 1
+                });
+                self.stride *= 2;
+            }
+        }
+        self.seen += 1;
+        self.last = Some(p);
+    }
+
+    fn points(&self) -> Vec<(f64, f64)> {
+        let mut out = self.points.clone();
+        if let Some(last) = self.last
+            && out.last() != Some(&last)
+        {
+            out.push(last);
+        }
+        out
     }
 }
 
@@ -382,6 +460,31 @@ mod tests {
         let mut more = events.to_vec();
         more.push(started(100, false));
         assert!(curves_of(&more).val_top20.is_empty());
+    }
+
+    #[test]
+    fn curves_of_a_long_crafted_log_build_in_near_linear_time() {
+        // Validations arriving in falling order were an insertion at the front each
+        // (O(n²): minutes for this many); a long run keeps a bounded loss curve.
+        let n = 200_000;
+        let started = std::time::Instant::now();
+        let mut b = CurveBuilder::default();
+        for i in (0..n).rev() {
+            b.apply(&validation(None, i, 0.5));
+        }
+        for i in 0..n {
+            b.apply(&step(i, 1.0));
+        }
+        let c = b.curves();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(c.val_top20.len() <= MAX_POINTS + 1 && c.loss.len() <= MAX_POINTS + 1);
+        assert_eq!(c.val_top20.first().map(|p| p.0), Some(0.0));
+        assert_eq!(c.val_top20.last().map(|p| p.0), Some((n - 1) as f64));
+        assert!(b.loss.points.len() <= 2 * MAX_POINTS, "{}", b.loss.points.len());
     }
 
     #[test]

@@ -522,6 +522,8 @@ impl TrainState {
         self.epochs
             .iter()
             .filter_map(|r| r.epoch.map(|e| (e, r.top20)))
+            // NaN (no val split) is no result, though `total_cmp` ranks it highest.
+            .filter(|(_, top20)| top20.is_finite())
             .max_by(|a, b| a.1.total_cmp(&b.1))
     }
 

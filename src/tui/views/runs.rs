@@ -12,6 +12,7 @@ use ratatui::widgets::{
 };
 
 use super::{Ctx, centered, clip, panel, pct, scroll_offset};
+use crate::printable::escape_controls;
 use crate::theme::Theme;
 use crate::train::runs::{RunStatus, RunSummary};
 use crate::tui::app::App;
@@ -38,7 +39,7 @@ fn status_style(theme: &Theme, s: RunStatus) -> Style {
         RunStatus::Training => theme.success(),
         RunStatus::Paused => theme.warning(),
         RunStatus::Finished => theme.accent(),
-        RunStatus::Failed => theme.error(),
+        RunStatus::Failed | RunStatus::Unreadable => theme.error(),
         RunStatus::Interrupted | RunStatus::New => theme.muted(),
     }
 }
@@ -74,16 +75,22 @@ pub fn ago(updated: Option<f64>, now: f64) -> String {
 
 fn loss_label(s: &RunSummary) -> String {
     if s.loss == "triplet" && !s.mining.is_empty() {
-        format!("triplet/{}", s.mining)
+        format!("triplet/{}", shown(&s.mining))
     } else {
-        s.loss.clone()
+        shown(&s.loss)
     }
+}
+
+/// Text from a run's files as drawn: control characters escaped (ratatui would drop
+/// them silently; escaped, a crafted name shows what it holds).
+fn shown(s: &str) -> String {
+    escape_controls(s).into_owned()
 }
 
 pub fn draw(frame: &mut Frame, area: Rect, app: &App, ctx: &mut Ctx) {
     let theme = ctx.theme;
     let r = &app.runs;
-    let title = format!("Runs in {}", r.dir.display());
+    let title = format!("Runs in {}", shown(&r.dir.display().to_string()));
     let message = if let Some(e) = &r.error {
         Some(Line::styled(e.clone(), theme.error()))
     } else if !r.loaded {
@@ -145,32 +152,32 @@ fn draw_table(frame: &mut Frame, area: Rect, app: &App, title: String, theme: &T
                 Line::from(mark),
                 // The run the other tabs show.
                 if same_run(&s.path, &app.opts.run) {
-                    Line::styled(s.name.clone(), theme.accent())
+                    Line::styled(shown(&s.name), theme.accent())
                 } else {
-                    Line::raw(s.name.clone())
+                    Line::raw(shown(&s.name))
                 },
                 Line::styled(s.status.name(), status_style(theme, s.status)),
             ];
             if wide {
                 cells.extend([
-                    Line::raw(s.backbone.clone()),
+                    Line::raw(shown(&s.backbone)),
                     Line::raw(if s.image_size > 0 {
                         s.image_size.to_string()
                     } else {
                         "—".into()
                     }),
-                    Line::raw(s.loss.clone()),
+                    Line::raw(shown(&s.loss)),
                     Line::raw(if s.loss == "triplet" {
-                        s.mining.clone()
+                        shown(&s.mining)
                     } else {
                         "—".into()
                     }),
                 ]);
             } else {
                 let model = if s.image_size > 0 {
-                    format!("{}@{}", s.backbone, s.image_size)
+                    format!("{}@{}", shown(&s.backbone), s.image_size)
                 } else {
-                    s.backbone.clone()
+                    shown(&s.backbone)
                 };
                 cells.extend([Line::raw(model), Line::raw(clip(&loss_label(s), 10))]);
             }
@@ -245,14 +252,17 @@ fn draw_table(frame: &mut Frame, area: Rect, app: &App, title: String, theme: &T
 /// The selected run under the table: its folder, its trainer, why it failed.
 fn detail<'a>(s: &RunSummary, theme: &Theme) -> Line<'a> {
     let mut spans = vec![Span::styled(
-        format!(" {}", s.path.display()),
+        format!(" {}", shown(&s.path.display().to_string())),
         theme.muted(),
     )];
     if let Some(pid) = s.pid {
         spans.push(Span::styled(format!(" · pid {pid}"), theme.success()));
     }
     if let Some(m) = &s.message {
-        spans.push(Span::styled(format!(" · {}", clip(m, 60)), theme.error()));
+        spans.push(Span::styled(
+            format!(" · {}", clip(&shown(m), 60)),
+            theme.error(),
+        ));
     }
     spans.push(Span::raw(" "));
     Line::from(spans)
@@ -322,7 +332,7 @@ fn draw_loss(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
         .iter()
         .map(|(i, e)| {
             Dataset::default()
-                .name(e.summary.name.clone())
+                .name(shown(&e.summary.name))
                 .marker(marker(app))
                 .graph_type(GraphType::Line)
                 .style(Style::default().fg(run_colour(theme, *i)))
@@ -396,7 +406,11 @@ fn draw_val(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
 }
 
 fn draw_diff(frame: &mut Frame, area: Rect, d: &DiffView, theme: &Theme) {
-    let title = format!("Config diff · {} vs {} (Esc closes)", d.a, d.b);
+    let title = format!(
+        "Config diff · {} vs {} (Esc closes)",
+        shown(&d.a),
+        shown(&d.b)
+    );
     let w = area.width.saturating_sub(4).min(110);
     let block = panel(title, theme).border_style(theme.border_focused());
     let rows = match &d.rows {
@@ -450,7 +464,7 @@ fn draw_diff(frame: &mut Frame, area: Rect, d: &DiffView, theme: &Theme) {
                 Constraint::Fill(1),
             ],
         )
-        .header(Row::new(vec!["key", d.a.as_str(), d.b.as_str()]).style(theme.title()))
+        .header(Row::new(vec!["key".to_string(), shown(&d.a), shown(&d.b)]).style(theme.title()))
         .block(block),
         popup,
     );

@@ -97,7 +97,8 @@ fn follow(run: &RunDir, out: &Outbox, stop: &AtomicBool) {
                 return;
             }
         }
-        if !wait(&notices, &run.root) {
+        // A long log replays in bounded reads, one after another without waiting.
+        if follower.caught_up() && !wait(&notices, &run.root) {
             // The watch broke (folder removed, notification queue lost): set it up again.
             watcher = None;
         }

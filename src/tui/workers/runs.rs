@@ -1,8 +1,8 @@
 //! The Runs tab's worker, started when the tab is first opened: every
-//! [`EVERY`] (or at once on request) it lists the runs folder with
-//! [`crate::train::runs::list`] and each run's curves, reading a run's
-//! `metrics.jsonl` again only when its size or modification time changed (the curves
-//! then follow the file incrementally); it also answers config diffs.
+//! [`EVERY`] (or at once on request) it lists the runs folder and each run's curves,
+//! reading a run's `metrics.jsonl` only when its size or modification time changed,
+//! and then only its new lines (summary and curves are folded incrementally; a
+//! replaced file starts them over); it also answers config diffs.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::{Outbox, spawn};
 use crate::run::folder::{ControlRequest, RunDir};
 use crate::run::settings::{self, SettingDiff};
-use crate::train::metrics_log::MetricsFollower;
-use crate::train::runs::{self, RunSummary};
+use crate::train::metrics_log::{MetricsError, MetricsFollower};
+use crate::train::runs::{self, EventSummary, RunSummary};
 use crate::tui::app::WorkerEvent;
 use crate::tui::tabs::runs::{CurveBuilder, RunEntry, RunsListing};
 
@@ -67,12 +67,55 @@ fn key_of(dir: &Path) -> Key {
     }
 }
 
+/// A run's events folded so far, following its `metrics.jsonl` by offset: a change
+/// reads only the new lines, and a replaced file starts the fold over.
 struct Cached {
     /// `None` until first read.
     key: Option<Key>,
     summary: Option<RunSummary>,
     follower: MetricsFollower,
+    /// The follower's restarts already folded in.
+    restarts: usize,
+    events: EventSummary,
     curves: CurveBuilder,
+}
+
+impl Cached {
+    fn new(dir: &Path) -> Self {
+        Self {
+            key: None,
+            summary: None,
+            follower: MetricsFollower::new(&RunDir::new(dir).metrics()),
+            restarts: 0,
+            events: EventSummary::default(),
+            curves: CurveBuilder::default(),
+        }
+    }
+
+    /// Folds the new events in (all of them, in bounded reads); why the file cannot
+    /// be read, if so.
+    fn follow(&mut self) -> Option<String> {
+        loop {
+            match self.follower.poll() {
+                Ok(events) => {
+                    if self.follower.restarts() != self.restarts {
+                        self.restarts = self.follower.restarts();
+                        self.events = EventSummary::default();
+                        self.curves = CurveBuilder::default();
+                    }
+                    for e in &events {
+                        self.events.apply(e);
+                        self.curves.apply(e);
+                    }
+                    if self.follower.caught_up() {
+                        return None;
+                    }
+                }
+                Err(MetricsError::Io { source, .. }) => return Some(source.to_string()),
+                Err(e) => return Some(e.to_string()),
+            }
+        }
+    }
 }
 
 /// The folder's runs, from the cache where nothing changed.
@@ -83,39 +126,19 @@ pub struct Lister {
 
 impl Lister {
     pub fn list(&mut self, dir: &Path) -> Result<RunsListing, String> {
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.is_dir() && runs::is_run(p))
-            .collect();
-        dirs.sort();
+        let dirs =
+            runs::run_dirs(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
         self.cache.retain(|p, _| dirs.contains(p));
         let mut out = Vec::with_capacity(dirs.len());
         for d in dirs {
             let key = key_of(&d);
-            let c = self.cache.entry(d.clone()).or_insert_with(|| Cached {
-                key: None,
-                summary: None,
-                follower: MetricsFollower::new(&RunDir::new(&d).metrics()),
-                curves: CurveBuilder::default(),
-            });
+            let c = self
+                .cache
+                .entry(d.clone())
+                .or_insert_with(|| Cached::new(&d));
             if c.key.as_ref() != Some(&key) {
-                let shrunk = c
-                    .key
-                    .as_ref()
-                    .and_then(|k| k.len)
-                    .zip(key.len)
-                    .is_some_and(|(a, b)| b < a);
-                if shrunk {
-                    c.follower = MetricsFollower::new(&RunDir::new(&d).metrics());
-                    c.curves = CurveBuilder::default();
-                }
-                c.summary = Some(runs::summarize(&d));
-                match c.follower.poll() {
-                    Ok(events) => events.iter().for_each(|e| c.curves.apply(e)),
-                    Err(e) => tracing::debug!("{}: {e}", d.display()),
-                }
+                let unreadable = c.follow();
+                c.summary = Some(runs::summary_of(&d, &c.events, unreadable));
                 c.key = Some(key);
             }
             if let Some(summary) = &c.summary {
@@ -192,10 +215,14 @@ mod tests {
     }
 
     fn append(run: &Path, events: &[TrainEvent]) {
+        append_to(&run.join("metrics.jsonl"), events);
+    }
+
+    fn append_to(path: &Path, events: &[TrainEvent]) {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(run.join("metrics.jsonl"))
+            .open(path)
             .expect("metrics");
         for e in events {
             writeln!(f, "{}", serde_json::to_string(e).expect("json")).expect("write");
@@ -229,6 +256,55 @@ mod tests {
         assert_eq!(l.runs[0].curves.loss.len(), 3);
         assert_eq!(l.runs[0].summary.step, 3);
         assert_eq!(l.runs[1].curves.loss.len(), 1);
+
+        // `a` replaced by another run's log at least as long (renamed over it, then
+        // rewritten in place): its curves and summary are the new log's alone.
+        let other = dir.path().join("other.jsonl");
+        let replacement: Vec<TrainEvent> = (10..14).map(|i| step(i, 4.0)).collect();
+        append_to(&other, &replacement);
+        std::fs::rename(&other, a.join("metrics.jsonl")).expect("rename");
+        let l = lister.list(dir.path()).expect("listing");
+        assert_eq!(l.runs[0].curves.loss.len(), 4);
+        assert_eq!(l.runs[0].curves.loss[0].0, 10.0);
+        assert_eq!(l.runs[0].summary.step, 13);
+        let in_place: Vec<TrainEvent> = (20..24).map(|i| step(i, 4.0)).collect();
+        let metrics = a.join("metrics.jsonl");
+        let old_len = std::fs::metadata(&metrics).expect("meta").len();
+        std::fs::write(&metrics, "").expect("truncate");
+        append_to(&metrics, &in_place);
+        assert_eq!(std::fs::metadata(&metrics).expect("meta").len(), old_len);
+        let l = lister.list(dir.path()).expect("listing");
+        let xs: Vec<f64> = l.runs[0].curves.loss.iter().map(|p| p.0).collect();
+        assert_eq!(xs, [20.0, 21.0, 22.0, 23.0]);
+
+        // Named pipes as the control file and the log of a third run: listed as
+        // unreadable, on a thread with a deadline so a regression fails, not hangs.
+        let c = dir.path().join("c");
+        std::fs::create_dir(&c).expect("run dir");
+        let fifos = ["control", "metrics.jsonl"].iter().all(|f| {
+            std::process::Command::new("mkfifo")
+                .arg(c.join(f))
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        if fifos {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let root = dir.path().to_path_buf();
+            std::thread::spawn(move || {
+                let mut lister = Lister::default();
+                let _ = tx.send(lister.list(&root));
+            });
+            let l = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("the Runs tab hung on a named pipe")
+                .expect("listing");
+            let row = &l.runs[2].summary;
+            assert_eq!(row.status, RunStatus::Unreadable);
+            assert!(
+                row.message.as_deref().is_some_and(|m| m.contains("not a regular file")),
+                "{row:?}"
+            );
+        }
 
         let ca = Config::default();
         let mut cb = ca.clone();
