@@ -62,9 +62,9 @@ fn search(config: &Config, args: &crate::cli::BenchSearchArgs) -> anyhow::Result
         )
     })?;
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        crate::output::line(&serde_json::to_string(&report)?)?;
     } else {
-        println!(
+        crate::output::line(&format!(
             "n {} dim {} queries {} k {} (m {}, ef_construction {}, {} threads): build {:.2} s, exact scan {:.0} q/s",
             report.n,
             report.dim,
@@ -75,20 +75,20 @@ fn search(config: &Config, args: &crate::cli::BenchSearchArgs) -> anyhow::Result
             report.threads,
             report.build_s,
             report.exact_qps
-        );
-        println!(
+        ))?;
+        crate::output::line(&format!(
             "{:<8} {:>6} {:>9} {:>10} {:>10}",
             "engine",
             "ef",
             "shortlist",
             format!("recall@{}", report.k),
             "q/s (1 thread)"
-        );
+        ))?;
         for r in &report.runs {
-            println!(
+            crate::output::line(&format!(
                 "{:<8} {:>6} {:>9} {:>10.4} {:>10.0}",
                 r.engine, r.ef, r.shortlist, r.recall_at_k, r.qps
-            );
+            ))?;
         }
     }
     Ok(())
@@ -125,22 +125,22 @@ fn vectors(args: &crate::cli::BenchVectorsArgs) -> anyhow::Result<()> {
     };
     let base = vectors(&spec, args.n, 0);
     npy::save(&args.out, &base).with_context(|| format!("writing {}", args.out.display()))?;
-    println!(
+    crate::output::line(&format!(
         "{}: {} × {} ({} clusters)",
         args.out.display(),
         args.n,
         args.dim,
         args.clusters
-    );
+    ))?;
     if let Some(q) = &args.queries_out {
         let queries = vectors(&spec, args.queries, 1);
         npy::save(q, &queries).with_context(|| format!("writing {}", q.display()))?;
-        println!(
+        crate::output::line(&format!(
             "{}: {} × {} queries from the same clusters",
             q.display(),
             args.queries,
             args.dim
-        );
+        ))?;
     }
     Ok(())
 }
@@ -184,15 +184,15 @@ fn load(config: &Config, args: &BenchLoadArgs) -> anyhow::Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let per_s = n as f64 / secs.max(1e-9);
     if args.json {
-        println!(
+        crate::output::line(&format!(
             "{}",
             serde_json::json!({"images_per_s": per_s, "images": n, "failed": failed, "image_size": cfg.size, "seconds": secs})
-        );
+        ))?;
     } else {
-        println!(
+        crate::output::line(&format!(
             "loader: {n} images at {} px in {secs:.2} s = {per_s:.0} images/s ({failed} unreadable)",
             cfg.size
-        );
+        ))?;
     }
     Ok(())
 }
@@ -226,7 +226,7 @@ fn report(
     (key, value): (&str, f64),
     phases: Option<&Phases>,
     device: &candle_core::Device,
-) {
+) -> anyhow::Result<()> {
     let info = device::info(device);
     if args.json {
         let mut obj = serde_json::json!({
@@ -242,9 +242,9 @@ fn report(
         if let Some(p) = phases {
             obj["seconds_per_step"] = phases_json(p, args.steps);
         }
-        println!("{obj}");
+        crate::output::line(&obj.to_string())?;
     } else {
-        println!(
+        crate::output::line(&format!(
             "{what}: {} at {} px, batch {}, {} on {} ({}): {value:.2} {}",
             args.backbone,
             args.image_size,
@@ -253,17 +253,18 @@ fn report(
             device::describe(device),
             info.name,
             key.replace("_per_s", "/s")
-        );
+        ))?;
         if let Some(p) = phases {
             let m = phases_json(p, args.steps);
-            println!(
+            crate::output::line(&format!(
                 "  per step: forward + loss {:.3} s, backward {:.3} s, optimizer {:.3} s",
                 m["forward"].as_f64().unwrap_or(f64::NAN),
                 m["backward"].as_f64().unwrap_or(f64::NAN),
                 m["optimizer"].as_f64().unwrap_or(f64::NAN)
-            );
+            ))?;
         }
     }
+    Ok(())
 }
 
 /// Mean seconds per step of each phase, as JSON.
@@ -332,7 +333,7 @@ fn train(config: &Config, args: &BenchModelArgs) -> anyhow::Result<()> {
     };
     let per_s = timed_rate(args, step)?;
     let per_s = ("triplets_per_s", per_s);
-    report(args, "bench train", per_s, Some(&phases), &device);
+    report(args, "bench train", per_s, Some(&phases), &device)?;
     Ok(())
 }
 
@@ -349,6 +350,6 @@ fn embed(config: &Config, args: &BenchModelArgs) -> anyhow::Result<()> {
         Ok(())
     };
     let per_s = timed_rate(args, step)?;
-    report(args, "bench embed", ("images_per_s", per_s), None, &device);
+    report(args, "bench embed", ("images_per_s", per_s), None, &device)?;
     Ok(())
 }

@@ -9,7 +9,9 @@ use crate::index::store::SourceRecord;
 use crate::progress::Progress;
 
 pub fn run(config: &Config, args: &IndexArgs) -> anyhow::Result<()> {
-    let mut data = config.data.clone();
+    // The run's dataset and loader settings unless --data names another dataset.
+    let run_data = super::RunData::of(config, &args.run, args.data.as_deref());
+    let mut data = run_data.settings.clone();
     data.strict |= args.strict;
     let mut bar: Option<Progress> = None;
     let json = args.json;
@@ -36,13 +38,13 @@ pub fn run(config: &Config, args: &IndexArgs) -> anyhow::Result<()> {
     } else {
         let gallery = match &args.images {
             Some(dir) => Gallery::Folder(dir.clone()),
-            None => Gallery::Dataset {
-                root: args
-                    .data
-                    .clone()
-                    .unwrap_or_else(|| config.data.root.clone()),
-                protocol: args.gallery.unwrap_or(config.data.gallery),
-            },
+            None => {
+                run_data.check(&args.run)?;
+                Gallery::Dataset {
+                    root: run_data.root.clone(),
+                    protocol: args.gallery.unwrap_or(config.data.gallery),
+                }
+            }
         };
         let job = IndexJob {
             run: args.run.clone(),
@@ -55,28 +57,34 @@ pub fn run(config: &Config, args: &IndexArgs) -> anyhow::Result<()> {
             .with_context(|| format!("indexing for run {}", args.run.display()))?
     };
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        crate::output::line(&serde_json::to_string(&report)?)?;
     } else {
-        print_report(&report);
+        print_report(&report)?;
     }
     Ok(())
 }
 
-fn print_report(r: &IndexReport) {
+fn print_report(r: &IndexReport) -> anyhow::Result<()> {
     let source = match &r.source {
         SourceRecord::Dataset { root, protocol } => {
             format!("protocol {protocol}: the de-duplicated shop images of {root}")
         }
         SourceRecord::Folder { root } => format!("every image under {root}"),
     };
-    println!("gallery: {source}");
+    crate::output::line(&format!("gallery: {source}"))?;
     if r.already_indexed > 0 {
-        println!("{} images were already in the index", r.already_indexed);
+        crate::output::line(&format!(
+            "{} images were already in the index",
+            r.already_indexed
+        ))?;
     }
     if r.unreadable > 0 {
-        println!("{} unreadable images skipped (see the log)", r.unreadable);
+        crate::output::line(&format!(
+            "{} unreadable images skipped (see the log)",
+            r.unreadable
+        ))?;
     }
-    println!(
+    crate::output::line(&format!(
         "index {}: {} vectors of {} dims ({} added; embedding {:.1} s, graph {:.1} s, self-recall {:.4}), weights {} ({})",
         r.dir.display(),
         r.count,
@@ -87,5 +95,6 @@ fn print_report(r: &IndexReport) {
         r.self_recall,
         r.fingerprint,
         r.checkpoint
-    );
+    ))?;
+    Ok(())
 }

@@ -22,7 +22,7 @@ pub fn run(config: &Config, args: &RunsArgs) -> anyhow::Result<()> {
     let list =
         runs::list(&dir).with_context(|| format!("cannot list runs in {}", dir.display()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        crate::output::line(&serde_json::to_string_pretty(&list)?)?;
         return Ok(());
     }
     if list.is_empty() {
@@ -33,7 +33,7 @@ pub fn run(config: &Config, args: &RunsArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    println!("{}", table(&list));
+    crate::output::line(&table(&list))?;
     Ok(())
 }
 

@@ -7,9 +7,9 @@ pub fn run(config: &Config, args: &SplitsArgs) -> anyhow::Result<()> {
     let protocol = args.gallery.unwrap_or(config.data.gallery);
     let summary = ds.summary(protocol);
     if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        crate::output::line(&serde_json::to_string(&summary)?)?;
     } else {
-        print!("{}", render_table(&summary));
+        crate::output::text(&render_table(&summary))?;
     }
     Ok(())
 }
