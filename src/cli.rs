@@ -43,7 +43,8 @@ pub const EXIT_STATUS: &str = "Exit status: 0 on success (a run stopped by Ctrl-
     after_help = EXIT_STATUS
 )]
 pub struct Cli {
-    /// Settings file overriding the built-in defaults (see config.toml for every key).
+    /// Settings file overriding the built-in defaults (see config.toml for every key);
+    /// `train --resume` uses the run's own RUN/config.toml instead.
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Append logs to this file.
@@ -125,7 +126,8 @@ pub struct DemoArgs {
 
 #[derive(Debug, Args)]
 pub struct DashboardArgs {
-    /// Dataset root [default: data.root].
+    /// Dataset root [default: the run's dataset (data.root in RUN/config.toml), else
+    /// data.root].
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// Run folder to show, follow and train [default: train.run].
@@ -194,7 +196,8 @@ pub struct SynthArgs {
 
 #[derive(Debug, Args)]
 pub struct DataArgs {
-    /// Dataset root in the DeepFashion Consumer-to-shop layout [default: data.root].
+    /// Dataset root in the DeepFashion Consumer-to-shop layout [default: data.root; on a
+    /// run (`eval --run`, `train --resume`): the run's dataset].
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// Missing image files are an error instead of skipped [default: data.strict].
@@ -221,7 +224,9 @@ pub struct TrainArgs {
     /// Run folder (checkpoints, metrics.jsonl, config.toml) [default: train.run].
     #[arg(long, value_name = "DIR")]
     pub run: Option<PathBuf>,
-    /// Continue the run from its last checkpoint (weights, optimizer, position).
+    /// Continue the run from its last checkpoint (weights, optimizer, position, time
+    /// budget) with its own settings (RUN/config.toml, not --config); flags given here
+    /// change them, each change printed and recorded in RUN/metrics.jsonl.
     #[arg(long)]
     pub resume: bool,
     #[command(flatten)]
@@ -243,7 +248,9 @@ pub struct TrainOverrides {
     /// [default: train.epochs].
     #[arg(long, value_parser = sizes(1, MAX_EPOCHS))]
     pub epochs: Option<usize>,
-    /// Triplets per step [default: train.batch].
+    /// Batch size in the sampler's unit: items per step with P×K batches
+    /// (train.pk_items; each brings train.pk_images images), triplets per step with the
+    /// triplet sampler (train.batch) [default: train.pk_items or train.batch].
     #[arg(long, value_parser = sizes(2, MAX_BATCH))]
     pub batch: Option<usize>,
     /// Stop after this many optimizer steps in total [default: train.max_steps].
@@ -318,7 +325,8 @@ pub struct IndexArgs {
     /// Run folder (its config.toml gives the model; the index goes to RUN/index/).
     #[arg(long, value_name = "DIR")]
     pub run: PathBuf,
-    /// Dataset root whose gallery to index [default: data.root].
+    /// Dataset root whose gallery to index [default: the run's dataset (data.root in
+    /// RUN/config.toml)].
     #[arg(long, value_name = "DIR", conflicts_with = "images")]
     pub data: Option<PathBuf>,
     /// Index every image under this folder tree instead of a dataset's gallery.

@@ -42,27 +42,36 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     } {
         crate::run::device::set_inference_device(choice);
     }
-    match cli.command {
+    let result = dispatch(&cli, &config, log);
+    // A reader that closed stdout has all it wanted: a clean stop, not an error.
+    match result {
+        Err(e) if crate::output::is_closed(e.as_ref()) => Ok(()),
+        other => other,
+    }
+}
+
+fn dispatch(cli: &Cli, config: &Config, log: Option<&std::path::Path>) -> anyhow::Result<()> {
+    match &cli.command {
         None => demo::run(
-            &config,
+            config,
             &crate::cli::DemoArgs {
                 dir: None,
                 theme: None,
             },
             log,
         ),
-        Some(Command::Demo(args)) => demo::run(&config, &args, log),
-        Some(Command::Dashboard(args)) => dashboard::run(&config, &args, log),
-        Some(Command::Watch(args)) => watch::run(&config, &args, log),
-        Some(Command::Synth(args)) => synth::run(&config, &args),
-        Some(Command::Splits(args)) => splits::run(&config, &args),
-        Some(Command::Train(args)) => train::run(&config, &args),
-        Some(Command::Bench(cmd)) => bench::run(&config, &cmd),
-        Some(Command::Index(args)) => index::run(&config, &args),
-        Some(Command::Search(args)) => search::run(&config, &args),
-        Some(Command::Eval(args)) => eval::run(&config, &args),
-        Some(Command::Runs(args)) => runs::run(&config, &args),
-        Some(Command::Weights(cmd)) => weights::run(&cmd),
+        Some(Command::Demo(args)) => demo::run(config, args, log),
+        Some(Command::Dashboard(args)) => dashboard::run(config, args, log),
+        Some(Command::Watch(args)) => watch::run(config, args, log),
+        Some(Command::Synth(args)) => synth::run(config, args),
+        Some(Command::Splits(args)) => splits::run(config, args),
+        Some(Command::Train(args)) => train::run(config, cli.config.as_deref(), args),
+        Some(Command::Bench(cmd)) => bench::run(config, cmd),
+        Some(Command::Index(args)) => index::run(config, args),
+        Some(Command::Search(args)) => search::run(config, args),
+        Some(Command::Eval(args)) => eval::run(config, args),
+        Some(Command::Runs(args)) => runs::run(config, args),
+        Some(Command::Weights(cmd)) => weights::run(cmd),
     }
 }
 
@@ -102,6 +111,59 @@ fn open_dataset(config: &Config, args: &DataArgs) -> anyhow::Result<Dataset> {
         tracing::warn!("{w}");
     }
     Ok(ds)
+}
+
+/// Where a command on a run finds its dataset.
+struct RunData {
+    /// `--data`, else the dataset the run trained on, else `data.root`.
+    root: std::path::PathBuf,
+    /// The run's loader settings (crop, image limits), else the configured ones.
+    settings: crate::config::DataConfig,
+    /// Whether `root` came from the run's `config.toml`.
+    from_run: bool,
+}
+
+impl RunData {
+    /// The dataset of a command on `run` (`index`, `eval`, the dashboard, `watch`).
+    fn of(config: &Config, run: &std::path::Path, flag: Option<&std::path::Path>) -> Self {
+        let saved = crate::run::settings::load(run).ok();
+        let settings = saved
+            .as_ref()
+            .map_or_else(|| config.data.clone(), |c| c.data.clone());
+        match (flag, saved) {
+            (Some(root), _) => Self {
+                root: root.to_path_buf(),
+                settings,
+                from_run: false,
+            },
+            (None, Some(saved)) => Self {
+                root: saved.data.root,
+                settings,
+                from_run: true,
+            },
+            (None, None) => Self {
+                root: config.data.root.clone(),
+                settings,
+                from_run: false,
+            },
+        }
+    }
+
+    /// A run's dataset that is not (or no longer) where the run trained on it is named
+    /// with the way out (`--data`), not with a hint to make a new one there.
+    fn check(&self, run: &std::path::Path) -> anyhow::Result<()> {
+        let partition = self.root.join(crate::data::deepfashion::PARTITION_FILE);
+        if self.from_run && !partition.is_file() {
+            anyhow::bail!(
+                "run {} trained on the dataset at {} (data.root in {}), which is not there: {} is missing; pass --data DIR to use the dataset where it is now",
+                run.display(),
+                self.root.display(),
+                crate::run::folder::RunDir::new(run).config().display(),
+                partition.display()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Caps the global rayon pool (decode, Candle's CPU kernels); 0 keeps one per core.

@@ -273,6 +273,12 @@ pub fn read_small_text(path: &Path, max: u64) -> io::Result<String> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 
+/// `p` made absolute against the current directory (not resolving links), as a
+/// settings file must name paths that still hold from another folder.
+pub fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
 /// A stable 64-bit FNV-1a hash, used for fingerprints of configs and weights.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

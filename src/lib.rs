@@ -15,6 +15,7 @@ pub mod fsutil;
 pub mod index;
 pub mod logging;
 pub mod model;
+pub mod output;
 pub mod printable;
 pub mod progress;
 pub mod rng;

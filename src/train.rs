@@ -1,6 +1,7 @@
 //! Training: the worker that turns a dataset into checkpoints, the typed events it
 //! emits, the append-only metrics log any process can follow, and the optimiser.
 
+pub mod budget;
 pub mod checkpoint_policy;
 pub mod collapse;
 pub mod events;
@@ -8,6 +9,7 @@ pub mod job;
 pub mod metrics_log;
 pub mod optim;
 mod rate;
+pub mod resume;
 pub mod runs;
 pub mod step;
 pub mod trainer;

@@ -12,6 +12,7 @@ const LAYERS: &[&[&str]] = &[
         "fsutil",
         "rng",
         "printable",
+        "output",
         "progress",
         "logging",
         "eval",

@@ -381,7 +381,9 @@ fn a_time_limit_stops_with_a_validation_and_checkpoints() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut cfg = common::tiny_train_config();
     cfg.train.epochs = 10_000;
-    cfg.train.time_limit = "3s".into();
+    // Room for a step beside the reserve (a validation, a step, two writes) on a
+    // loaded machine.
+    cfg.train.time_limit = "5s".into();
     let job = job(&data, &tmp.path().join("run"), cfg);
     let (result, events) = run_collect(&job, &Control::new());
     let outcome = result.expect("a time limit is a normal end");
@@ -626,4 +628,281 @@ fn settings_that_cannot_be_saved_are_refused_before_the_run_is_touched() {
     assert!(events.is_empty());
     let run = RunDir::new(&job.run);
     assert!(!run.config().exists() && !run.metrics().exists());
+}
+
+fn steps_of(events: &[TrainEvent]) -> Vec<(usize, usize, f64)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Step {
+                step, epoch, lr, ..
+            } => Some((*step, *epoch, *lr)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Issue 25 item 5: the step limit is checked before the first step, so a run resumed
+/// at its limit trains (and validates) no more.
+#[test]
+fn a_run_resumed_at_its_max_steps_does_no_step() {
+    let data = common::synth_dataset(60, 64);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cfg = common::tiny_train_config();
+    cfg.train.max_steps = 2;
+    cfg.train.epochs = 5;
+    let first = job(&data, &tmp.path().join("run"), cfg);
+    assert_eq!(
+        run_collect(&first, &Control::new()).0.expect("train").step,
+        2
+    );
+    let resumed = TrainJob {
+        resume: true,
+        ..first.clone()
+    };
+    let (r, events) = run_collect(&resumed, &Control::new());
+    let outcome = r.expect("resume");
+    assert_eq!((outcome.reason, outcome.step), (StopReason::MaxSteps, 2));
+    assert!(steps_of(&events).is_empty(), "{events:?}");
+    assert!(
+        !events.iter().any(|e| matches!(
+            e,
+            TrainEvent::Validated { .. } | TrainEvent::Epoch { .. } | TrainEvent::Checkpoint { .. }
+        )),
+        "it validated and wrote at step 2 already: {events:?}"
+    );
+}
+
+/// Issue 25 item 11: one convention, from 0, in every event and sidecar; a run resumed
+/// after an epoch's end goes on with the next epoch.
+#[test]
+fn epochs_count_from_zero_in_events_and_checkpoints() {
+    let data = common::synth_dataset(60, 64);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cfg = common::tiny_train_config();
+    cfg.train.epochs = 2;
+    let first = job(&data, &tmp.path().join("run"), cfg.clone());
+    let (r, events) = run_collect(&first, &Control::new());
+    assert_eq!(r.expect("train").reason, StopReason::Finished);
+    let ends: Vec<(usize, usize)> = events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Epoch { epoch, step, .. } => Some((*epoch, *step)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ends.iter().map(|e| e.0).collect::<Vec<_>>(), [0, 1]);
+    for e in &events {
+        match e {
+            TrainEvent::Checkpoint { epoch, step, .. } => {
+                let end = ends.iter().find(|end| end.1 == *step).expect("epoch end");
+                assert_eq!(*epoch, end.0, "checkpoint at step {step}");
+            }
+            TrainEvent::Step { epoch, step, .. } => assert!(*epoch <= 1, "step {step}"),
+            TrainEvent::Done { epoch, .. } => assert_eq!(*epoch, 1),
+            _ => {}
+        }
+    }
+    let run = RunDir::new(&first.run);
+    let best = read_meta(&run.checkpoint(CheckpointKind::Best)).expect("best.json");
+    assert!(ends.contains(&(best.epoch, best.step)), "{best:?}");
+    let last = read_meta(&run.checkpoint(CheckpointKind::Last)).expect("last.json");
+    assert_eq!((last.epoch, last.epoch_done), (1, true));
+    // A third epoch: it starts at epoch 2, with nothing of epoch 1 redone.
+    let mut more = cfg;
+    more.train.epochs = 3;
+    let resumed = TrainJob {
+        config: more,
+        resume: true,
+        ..first.clone()
+    };
+    let (r, events) = run_collect(&resumed, &Control::new());
+    r.expect("resume");
+    let steps = steps_of(&events);
+    assert!(
+        !steps.is_empty() && steps.iter().all(|s| s.1 == 2),
+        "{steps:?}"
+    );
+    assert_eq!(steps[0].0, ends[1].1 + 1);
+}
+
+/// Issue 22 item 7: the time budget, the elapsed time, the schedule position and the
+/// reserve are in the checkpoint: a run stopped early and resumed continues the
+/// schedule (no restart at full learning rate) and the seconds it spent, and a run
+/// resumed with its budget spent trains no more.
+#[test]
+fn a_time_limited_run_resumed_continues_its_budget() {
+    use vitrine::train::resume::Carried;
+    let data = common::synth_dataset(60, 64);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cfg = common::tiny_train_config();
+    cfg.train.epochs = 10_000;
+    cfg.train.time_limit = "10m".into();
+    cfg.train.warmup_steps = 0;
+    let first = job(&data, &tmp.path().join("run"), cfg);
+    let last = RunDir::new(&first.run).checkpoint(CheckpointKind::Last);
+    let budget = || Carried::of(&read_meta(&last).expect("meta")).budget;
+    // Stopped (as Ctrl-C stops it) after `steps` steps of this process.
+    let stopped_after = |job: &TrainJob, step: usize| {
+        let control = Control::new();
+        let stop = control.clone();
+        let mut events = Vec::new();
+        let outcome = train(job, &control, &mut |e| {
+            if matches!(e, TrainEvent::Step { step: s, .. } if *s == step) {
+                stop.request_stop();
+            }
+            events.push(e.clone());
+        })
+        .expect("train");
+        (outcome, events)
+    };
+    let (outcome, events) = stopped_after(&first, 2);
+    assert_eq!(outcome.reason, StopReason::Interrupted);
+    let (_, _, lr_before) = *steps_of(&events).last().expect("steps");
+    let spent = budget();
+    assert!(
+        spent.elapsed_s > 0.0 && spent.validation_s > 0.0 && spent.step_s > 0.0,
+        "{spent:?}"
+    );
+    assert!(spent.checkpoint_s > 0.0 && spent.schedule_progress > 0.0);
+
+    let resumed = TrainJob {
+        resume: true,
+        ..first.clone()
+    };
+    let (outcome, events) = stopped_after(&resumed, 3);
+    assert_eq!(outcome.step, 3);
+    let (_, _, lr_after) = *steps_of(&events).first().expect("a step after the resume");
+    assert!(
+        lr_after <= lr_before,
+        "the schedule restarted: lr {lr_before} at step 2, {lr_after} at step 3"
+    );
+    let later = budget();
+    assert!(
+        later.elapsed_s > spent.elapsed_s && later.schedule_progress >= spent.schedule_progress,
+        "the budget restarted: {spent:?} then {later:?}"
+    );
+
+    // A checkpoint whose budget is spent but for the end's reserve: no more steps,
+    // the run ends at once on its time limit.
+    let sidecar = vitrine::run::checkpoints::sidecar_path(&last);
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&sidecar).expect("read")).expect("json");
+    meta["trainer"]["budget"]["elapsed_s"] = serde_json::json!(600.0 - later.reserve_s());
+    std::fs::write(&sidecar, serde_json::to_vec(&meta).expect("json")).expect("write");
+    let (r, events) = run_collect(&resumed, &Control::new());
+    let outcome = r.expect("resume");
+    assert_eq!((outcome.reason, outcome.step), (StopReason::TimeLimit, 3));
+    assert!(steps_of(&events).is_empty(), "{events:?}");
+}
+
+/// Issue 25 items 2 and 3: the saved settings name this run and its dataset by
+/// absolute paths, never the configured `train.run`.
+#[test]
+fn a_run_saves_its_own_paths() {
+    let data = common::synth_dataset(60, 64);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cfg = common::tiny_train_config();
+    cfg.train.max_steps = 1;
+    cfg.train.run = "runs/demo".into();
+    cfg.data.root = "d".into();
+    let run = tmp.path().join("t4");
+    let (r, _) = run_collect(&job(&data, &run, cfg), &Control::new());
+    r.expect("train");
+    let saved = vitrine::run::settings::load(&run).expect("config.toml");
+    assert_eq!(saved.train.run, run);
+    assert_eq!(saved.data.root, data);
+    assert!(saved.train.run.is_absolute() && saved.data.root.is_absolute());
+}
+
+/// Issue 25 item 8 (and 2): a dataset that cannot be read leaves no run folder
+/// behind, and logs nothing into an existing run resumed on it.
+#[test]
+fn a_dataset_that_cannot_be_read_leaves_no_run() {
+    let data = common::synth_dataset(60, 64);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cfg = common::tiny_train_config();
+    cfg.train.max_steps = 1;
+    let run = tmp.path().join("t4");
+    run_collect(&job(&data, &run, cfg.clone()), &Control::new())
+        .0
+        .expect("train");
+    let missing = tmp.path().join("no-such-data");
+    let fresh = tmp.path().join("fresh");
+    let (r, events) = run_collect(&job(&missing, &fresh, cfg.clone()), &Control::new());
+    assert!(matches!(r, Err(TrainError::Dataset(_))), "{r:?}");
+    assert!(
+        events.is_empty() && !fresh.exists(),
+        "a run folder was made"
+    );
+    // Nor is a failure logged into an existing run resumed on a mistyped --data.
+    let log_before = std::fs::read(RunDir::new(&run).metrics()).expect("metrics");
+    let resumed = TrainJob {
+        data: missing,
+        resume: true,
+        ..job(&data, &run, cfg)
+    };
+    assert!(run_collect(&resumed, &Control::new()).0.is_err());
+    assert_eq!(
+        std::fs::read(RunDir::new(&run).metrics()).expect("metrics"),
+        log_before
+    );
+}
+
+/// Issue 22 item 8: the collapse monitor is carried in the checkpoint; a resumed run
+/// says again that it is collapsing, so the dashboard (which drops an earlier
+/// process's warning on `started`) shows the state of this one.
+#[test]
+fn a_collapse_in_progress_is_carried_over_a_resume() {
+    use vitrine::train::collapse::{CollapseMonitor, StepSignals, WINDOW};
+    use vitrine::train::events::NoticeKind;
+    let data = common::synth_dataset(60, 64);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cfg = common::tiny_train_config();
+    cfg.train.max_steps = 1;
+    let first = job(&data, &tmp.path().join("run"), cfg.clone());
+    run_collect(&first, &Control::new()).0.expect("train");
+    // The sidecar as a run that collapsed before its checkpoint would have written it.
+    let mut monitor = CollapseMonitor::default();
+    for _ in 0..WINDOW {
+        monitor.observe(StepSignals {
+            spread: 0.99,
+            d_ap: 0.1,
+            d_an: 0.1,
+            loss: 0.5,
+            margin: None,
+        });
+    }
+    let sidecar = vitrine::run::checkpoints::sidecar_path(
+        &RunDir::new(&first.run).checkpoint(CheckpointKind::Last),
+    );
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&sidecar).expect("read")).expect("json");
+    meta["trainer"]["collapse"] = serde_json::to_value(&monitor).expect("monitor");
+    std::fs::write(&sidecar, serde_json::to_vec(&meta).expect("json")).expect("write");
+    let mut more = cfg;
+    more.train.max_steps = 2;
+    let resumed = TrainJob {
+        config: more,
+        resume: true,
+        ..first.clone()
+    };
+    let (r, events) = run_collect(&resumed, &Control::new());
+    r.expect("resume");
+    let warned = events.iter().position(|e| {
+        matches!(
+            e,
+            TrainEvent::Notice {
+                kind: Some(NoticeKind::Collapse),
+                ..
+            }
+        )
+    });
+    let first_step = events
+        .iter()
+        .position(|e| matches!(e, TrainEvent::Step { .. }));
+    assert!(
+        warned.is_some() && warned < first_step,
+        "no collapse notice at the start: {events:?}"
+    );
 }

@@ -82,9 +82,9 @@ fn search(config: &Config, args: &crate::cli::BenchSearchArgs) -> anyhow::Result
         if let Some(p) = &pg_report {
             value["postgres"] = serde_json::to_value(p)?;
         }
-        println!("{}", crate::printable::json(&value)?);
+        crate::output::line(&crate::printable::json(&value)?)?;
     } else {
-        println!(
+        crate::output::line(&format!(
             "n {} dim {} queries {} k {} (m {}, ef_construction {}, {} threads): build {:.2} s, exact scan {:.0} q/s",
             report.n,
             report.dim,
@@ -95,14 +95,14 @@ fn search(config: &Config, args: &crate::cli::BenchSearchArgs) -> anyhow::Result
             report.threads,
             report.build_s,
             report.exact_qps
-        );
+        ))?;
         if let Some(p) = &pg_report {
-            println!(
+            crate::output::line(&format!(
                 "postgres: {} at {} ({}): load {:.2} s (binary COPY), HNSW build {:.2} s (m {}, ef_construction {})",
                 p.table, p.url, p.server, p.load_s, p.build_s, p.m, p.ef_construction
-            );
+            ))?;
         }
-        println!(
+        crate::output::line(&format!(
             "{:<8} {:>6} {:>9} {:>10} {:>14} {:>8} {:>8}",
             "engine",
             "ef",
@@ -111,13 +111,13 @@ fn search(config: &Config, args: &crate::cli::BenchSearchArgs) -> anyhow::Result
             "q/s (1 client)",
             "p50 ms",
             "p99 ms"
-        );
+        ))?;
         let pg_runs = pg_report.iter().flat_map(|p| &p.runs);
         for r in report.runs.iter().chain(pg_runs) {
-            println!(
+            crate::output::line(&format!(
                 "{:<8} {:>6} {:>9} {:>10.4} {:>14.0} {:>8.3} {:>8.3}",
                 r.engine, r.ef, r.shortlist, r.recall_at_k, r.qps, r.p50_ms, r.p99_ms
-            );
+            ))?;
         }
     }
     Ok(())
@@ -195,22 +195,22 @@ fn vectors(args: &crate::cli::BenchVectorsArgs) -> anyhow::Result<()> {
     };
     let base = vectors(&spec, args.n, 0);
     npy::save(&args.out, &base).with_context(|| format!("writing {}", args.out.display()))?;
-    println!(
+    crate::output::line(&format!(
         "{}: {} × {} ({} clusters)",
         args.out.display(),
         args.n,
         args.dim,
         args.clusters
-    );
+    ))?;
     if let Some(q) = &args.queries_out {
         let queries = vectors(&spec, args.queries, 1);
         npy::save(q, &queries).with_context(|| format!("writing {}", q.display()))?;
-        println!(
+        crate::output::line(&format!(
             "{}: {} × {} queries from the same clusters",
             q.display(),
             args.queries,
             args.dim
-        );
+        ))?;
     }
     Ok(())
 }
@@ -254,15 +254,15 @@ fn load(config: &Config, args: &BenchLoadArgs) -> anyhow::Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let per_s = n as f64 / secs.max(1e-9);
     if args.json {
-        println!(
+        crate::output::line(&format!(
             "{}",
             serde_json::json!({"images_per_s": per_s, "images": n, "failed": failed, "image_size": cfg.size, "seconds": secs})
-        );
+        ))?;
     } else {
-        println!(
+        crate::output::line(&format!(
             "loader: {n} images at {} px in {secs:.2} s = {per_s:.0} images/s ({failed} unreadable)",
             cfg.size
-        );
+        ))?;
     }
     Ok(())
 }
@@ -297,7 +297,7 @@ fn report(
     (key, value): (&str, f64),
     phases: Option<&Phases>,
     device: &candle_core::Device,
-) {
+) -> anyhow::Result<()> {
     let images_per_s = (key == "triplets_per_s").then_some(3.0 * value);
     let info = device::info(device);
     if args.json {
@@ -317,9 +317,9 @@ fn report(
         if let Some(p) = phases {
             obj["seconds_per_step"] = phases_json(p, args.steps);
         }
-        println!("{obj}");
+        crate::output::line(&obj.to_string())?;
     } else {
-        println!(
+        crate::output::line(&format!(
             "{what}: {} at {} px, batch {}, {} on {} ({}): {value:.2} {}{}",
             args.backbone,
             args.image_size,
@@ -329,17 +329,18 @@ fn report(
             info.name,
             key.replace("_per_s", "/s"),
             images_per_s.map_or_else(String::new, |i| format!(" ({i:.1} images/s)"))
-        );
+        ))?;
         if let Some(p) = phases {
             let m = phases_json(p, args.steps);
-            println!(
+            crate::output::line(&format!(
                 "  per step: forward + loss {:.3} s, backward {:.3} s, optimizer {:.3} s",
                 m["forward"].as_f64().unwrap_or(f64::NAN),
                 m["backward"].as_f64().unwrap_or(f64::NAN),
                 m["optimizer"].as_f64().unwrap_or(f64::NAN)
-            );
+            ))?;
         }
     }
+    Ok(())
 }
 
 /// Mean seconds per step of each phase, as JSON.
@@ -408,7 +409,7 @@ fn train(config: &Config, args: &BenchModelArgs) -> anyhow::Result<()> {
     };
     let per_s = timed_rate(args, step)?;
     let per_s = ("triplets_per_s", per_s);
-    report(args, "bench train", per_s, Some(&phases), &device);
+    report(args, "bench train", per_s, Some(&phases), &device)?;
     Ok(())
 }
 
@@ -425,6 +426,6 @@ fn embed(config: &Config, args: &BenchModelArgs) -> anyhow::Result<()> {
         Ok(())
     };
     let per_s = timed_rate(args, step)?;
-    report(args, "bench embed", ("images_per_s", per_s), None, &device);
+    report(args, "bench embed", ("images_per_s", per_s), None, &device)?;
     Ok(())
 }

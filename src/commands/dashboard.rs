@@ -11,11 +11,9 @@ use crate::theme::Theme;
 use crate::tui::Launch;
 
 pub fn run(config: &Config, args: &DashboardArgs, log: Option<&Path>) -> anyhow::Result<()> {
-    let data = args
-        .data
-        .clone()
-        .unwrap_or_else(|| config.data.root.clone());
     let run = args.run.clone().unwrap_or_else(|| config.train.run.clone());
+    // The run's dataset when it has trained, as `watch`, `index` and `eval` do.
+    let data = super::RunData::of(config, &run, args.data.as_deref()).root;
     open(
         config,
         data,

@@ -99,8 +99,10 @@ fn headless(config: &Config, dir: &Path) -> anyhow::Result<()> {
             run.root.display()
         );
     }
+    // A resumed run continues with its own settings, as `train --resume` does.
+    let config = super::train::base_settings(config, &run.root, resume)?;
     let job = TrainJob {
-        config: config.clone(),
+        config,
         data: dir.to_path_buf(),
         run: run.root,
         resume,

@@ -10,9 +10,23 @@ use crate::printable::escape_controls;
 use crate::progress::Progress;
 
 pub fn run(config: &Config, args: &EvalArgs) -> anyhow::Result<()> {
-    let mut loader = config.data.clone();
-    loader.strict |= args.data.strict;
     let run = args.run.clone().unwrap_or_default();
+    // A run's own dataset and loader settings unless --data names another dataset.
+    let run_data = match &args.run {
+        Some(run) => super::RunData::of(config, run, args.data.data.as_deref()),
+        None => super::RunData {
+            root: args
+                .data
+                .data
+                .clone()
+                .unwrap_or_else(|| config.data.root.clone()),
+            settings: config.data.clone(),
+            from_run: false,
+        },
+    };
+    run_data.check(&run)?;
+    let mut loader = run_data.settings.clone();
+    loader.strict |= args.data.strict;
     let raw_pixels = args.raw_pixels.then(|| {
         // The run's own input size when there is a run, else the configured one.
         crate::index::model::run_config(&run)
@@ -20,11 +34,7 @@ pub fn run(config: &Config, args: &EvalArgs) -> anyhow::Result<()> {
     });
     let job = EvalJob {
         run: run.clone(),
-        data: args
-            .data
-            .data
-            .clone()
-            .unwrap_or_else(|| config.data.root.clone()),
+        data: run_data.root.clone(),
         protocol: args.gallery.unwrap_or(config.data.gallery),
         checkpoint: (!args.untrained).then(|| args.checkpoint.clone()),
         raw_pixels,
@@ -62,9 +72,9 @@ pub fn run(config: &Config, args: &EvalArgs) -> anyhow::Result<()> {
         }
     })?;
     if args.json {
-        println!("{}", crate::printable::json(&report)?);
+        crate::output::line(&crate::printable::json(&report)?)?;
     } else {
-        print!("{}", render(&report));
+        crate::output::text(&render(&report))?;
     }
     Ok(())
 }

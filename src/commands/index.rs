@@ -21,7 +21,9 @@ pub fn run(config: &Config, args: &IndexArgs) -> anyhow::Result<()> {
             "--pg-url and --table need --backend postgres (or index.backend = \"postgres\")"
         );
     }
-    let mut data = config.data.clone();
+    // The run's dataset and loader settings unless --data names another dataset.
+    let run_data = super::RunData::of(config, &args.run, args.data.as_deref());
+    let mut data = run_data.settings.clone();
     data.strict |= args.strict;
     let mut bar: Option<Progress> = None;
     let json = args.json;
@@ -46,35 +48,40 @@ pub fn run(config: &Config, args: &IndexArgs) -> anyhow::Result<()> {
             )
         })?
     } else {
-        build::build(&job(config, args, data), &mut progress)
+        build::build(&job(config, args, &run_data, data)?, &mut progress)
             .with_context(|| format!("indexing for run {}", args.run.display()))?
     };
     if args.json {
-        println!("{}", crate::printable::json(&report)?);
+        crate::output::line(&crate::printable::json(&report)?)?;
     } else {
-        print_report(&report);
+        print_report(&report)?;
     }
     Ok(())
 }
 
-fn job(config: &Config, args: &IndexArgs, data: crate::config::DataConfig) -> IndexJob {
+fn job(
+    config: &Config,
+    args: &IndexArgs,
+    run_data: &super::RunData,
+    data: crate::config::DataConfig,
+) -> anyhow::Result<IndexJob> {
     let gallery = match &args.images {
         Some(dir) => Gallery::Folder(dir.clone()),
-        None => Gallery::Dataset {
-            root: args
-                .data
-                .clone()
-                .unwrap_or_else(|| config.data.root.clone()),
-            protocol: args.gallery.unwrap_or(config.data.gallery),
-        },
+        None => {
+            run_data.check(&args.run)?;
+            Gallery::Dataset {
+                root: run_data.root.clone(),
+                protocol: args.gallery.unwrap_or(config.data.gallery),
+            }
+        }
     };
-    IndexJob {
+    Ok(IndexJob {
         run: args.run.clone(),
         checkpoint: args.checkpoint.clone(),
         gallery,
         settings: config.index.clone(),
         data,
-    }
+    })
 }
 
 /// `--backend postgres`: the whole gallery, one shard, or `--finalize`.
@@ -94,7 +101,8 @@ fn postgres(config: &Config, args: &IndexArgs, backend: IndexBackend) -> anyhow:
         load::finalize(&args.run, &target)
             .with_context(|| format!("finalising {} in {}", target.table, target.url))?
     } else {
-        let mut data = config.data.clone();
+        let run_data = super::RunData::of(config, &args.run, args.data.as_deref());
+        let mut data = run_data.settings.clone();
         data.strict |= args.strict;
         let mut bar: Option<Progress> = None;
         let json = args.json;
@@ -105,7 +113,7 @@ fn postgres(config: &Config, args: &IndexArgs, backend: IndexBackend) -> anyhow:
         let what = args
             .shard
             .map_or_else(String::new, |s| format!(" (shard {s})"));
-        load::index(&job(config, args, data), &target, args.shard, &mut progress).with_context(
+        load::index(&job(config, args, &run_data, data)?, &target, args.shard, &mut progress).with_context(
             || {
                 format!(
                     "indexing for run {} into {} at {}{what}",
@@ -117,7 +125,7 @@ fn postgres(config: &Config, args: &IndexArgs, backend: IndexBackend) -> anyhow:
         )?
     };
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        crate::output::line(&crate::printable::json(&report)?)?;
     } else {
         print_pg_report(&report);
     }
@@ -175,21 +183,27 @@ fn print_pg_report(r: &PgIndexReport) {
     }
 }
 
-fn print_report(r: &IndexReport) {
+fn print_report(r: &IndexReport) -> anyhow::Result<()> {
     let source = match &r.source {
         SourceRecord::Dataset { root, protocol } => {
             format!("protocol {protocol}: the de-duplicated shop images of {root}")
         }
         SourceRecord::Folder { root } => format!("every image under {root}"),
     };
-    println!("gallery: {}", escape_controls(&source));
+    crate::output::line(&format!("gallery: {}", escape_controls(&source)))?;
     if r.already_indexed > 0 {
-        println!("{} images were already in the index", r.already_indexed);
+        crate::output::line(&format!(
+            "{} images were already in the index",
+            r.already_indexed
+        ))?;
     }
     if r.unreadable > 0 {
-        println!("{} unreadable images skipped (see the log)", r.unreadable);
+        crate::output::line(&format!(
+            "{} unreadable images skipped (see the log)",
+            r.unreadable
+        ))?;
     }
-    println!(
+    crate::output::line(&format!(
         "index {}: {} vectors of {} dims ({} added; embedding {:.1} s, graph {:.1} s, self-recall {:.4}), weights {} ({})",
         escape_controls(&r.dir.display().to_string()),
         r.count,
@@ -200,5 +214,6 @@ fn print_report(r: &IndexReport) {
         r.self_recall,
         r.fingerprint,
         escape_controls(&r.checkpoint)
-    );
+    ))?;
+    Ok(())
 }

@@ -37,7 +37,7 @@ pub fn run(config: &Config, args: &RunsArgs) -> anyhow::Result<()> {
         }
     }
     if args.json {
-        println!("{}", crate::printable::json_pretty(&list)?);
+        crate::output::line(&crate::printable::json_pretty(&list)?)?;
         return Ok(());
     }
     if list.is_empty() {
@@ -45,7 +45,7 @@ pub fn run(config: &Config, args: &RunsArgs) -> anyhow::Result<()> {
         eprintln!("no runs in {dir} (train one with `vitrine train --run {dir}/NAME`)");
         return Ok(());
     }
-    println!("{}", table(&list));
+    crate::output::line(&table(&list))?;
     Ok(())
 }
 

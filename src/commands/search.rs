@@ -49,10 +49,10 @@ pub fn run(config: &Config, args: &SearchArgs) -> anyhow::Result<()> {
             })).collect::<Vec<_>>(),
             "ms": ms,
         });
-        println!("{}", crate::printable::json(&out)?);
+        crate::output::line(&crate::printable::json(&out)?)?;
     } else {
         // Paths come from entries.json and the command line: escaped, never raw.
-        println!(
+        crate::output::line(&format!(
             "{} nearest of {} gallery images to {} ({}, {ms:.1} ms):",
             hits.len(),
             searcher.len(),
@@ -62,16 +62,16 @@ pub fn run(config: &Config, args: &SearchArgs) -> anyhow::Result<()> {
             } else {
                 "HNSW + re-rank"
             }
-        );
+        ))?;
         for h in &hits {
-            println!(
+            crate::output::line(&format!(
                 "{:>3}  {:.4}  {:<14} {:<22} {}",
                 h.rank,
                 h.score,
                 escape_controls(&h.item_id),
                 escape_controls(&h.category),
                 escape_controls(&h.path)
-            );
+            ))?;
         }
     }
     if args.show {

@@ -8,9 +8,9 @@ pub fn run(config: &Config, args: &SplitsArgs) -> anyhow::Result<()> {
     let protocol = args.gallery.unwrap_or(config.data.gallery);
     let summary = ds.summary(protocol);
     if args.json {
-        println!("{}", crate::printable::json(&summary)?);
+        crate::output::line(&crate::printable::json(&summary)?)?;
     } else {
-        print!("{}", render_table(&summary));
+        crate::output::text(&render_table(&summary))?;
     }
     Ok(())
 }

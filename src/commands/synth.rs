@@ -14,10 +14,10 @@ pub fn run(config: &Config, args: &SynthArgs) -> anyhow::Result<()> {
     };
     let report = write(&opts, &out, !args.json)?;
     if args.json {
-        println!("{}", crate::printable::json(&report)?);
+        crate::output::line(&crate::printable::json(&report)?)?;
     } else {
         let images = report.consumer_images + report.shop_images;
-        println!(
+        crate::output::line(&format!(
             "wrote {} items ({} consumer + {} shop images, {} pairs) to {} in {:.2} s ({:.0} images/s)",
             report.items,
             report.consumer_images,
@@ -26,7 +26,7 @@ pub fn run(config: &Config, args: &SynthArgs) -> anyhow::Result<()> {
             out.display(),
             report.seconds,
             images as f64 / report.seconds.max(1e-9)
-        );
+        ))?;
     }
     Ok(())
 }

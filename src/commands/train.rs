@@ -1,3 +1,4 @@
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use anyhow::Context;
@@ -5,7 +6,11 @@ use anyhow::Context;
 use crate::cli::{TrainArgs, TrainOverrides};
 use crate::config::Config;
 use crate::printable::{escape_controls, escape_lines};
+use crate::data::sampler::SamplerKind;
+use crate::output::{self, OutputError, note};
 use crate::progress::Progress;
+use crate::run::folder::RunDir;
+use crate::run::settings;
 use crate::train::events::TrainEvent;
 use crate::train::trainer::{Control, TrainJob, train};
 
@@ -21,9 +26,6 @@ pub fn apply_overrides(config: &Config, o: &TrainOverrides) -> anyhow::Result<Co
     if let Some(v) = o.epochs {
         c.train.epochs = v;
     }
-    if let Some(v) = o.batch {
-        c.train.batch = v;
-    }
     if let Some(v) = o.max_steps {
         c.train.max_steps = v;
     }
@@ -37,6 +39,13 @@ pub fn apply_overrides(config: &Config, o: &TrainOverrides) -> anyhow::Result<Co
         // Asking for a miner asks for the loss it belongs to.
         c.loss.kind = crate::model::LossKind::Triplet;
         c.loss.mining = v;
+    }
+    if let Some(v) = o.batch {
+        // The batch in the unit of the sampler the (final) loss and miner use.
+        match c.sampler() {
+            SamplerKind::Triplets => c.train.batch = v,
+            _ => c.train.pk_items = v,
+        }
     }
     if let Some(v) = &o.time_limit {
         c.train.time_limit.clone_from(v);
@@ -55,23 +64,77 @@ pub fn apply_overrides(config: &Config, o: &TrainOverrides) -> anyhow::Result<Co
     Ok(c)
 }
 
-pub fn run(config: &Config, args: &TrainArgs) -> anyhow::Result<()> {
-    let mut config = apply_overrides(config, &args.overrides)?;
-    // The run's config.toml then names the dataset it trained on (`vitrine watch`).
+/// The settings a run trains with: a new run takes the configuration (built-in
+/// defaults and `--config`); a resumed one its own `RUN/config.toml`, which only
+/// command-line flags change.
+pub fn base_settings(config: &Config, run: &Path, resume: bool) -> anyhow::Result<Config> {
+    if !resume {
+        return Ok(config.clone());
+    }
+    settings::load(run).with_context(|| format!("cannot resume {}", run.display()))
+}
+
+pub fn run(config: &Config, config_file: Option<&Path>, args: &TrainArgs) -> anyhow::Result<()> {
+    let run = match &args.run {
+        Some(run) => run.clone(),
+        None => {
+            let run = config.train.run.clone();
+            refuse_another_runs_config(config_file, &run)?;
+            run
+        }
+    };
+    let base = base_settings(config, &run, args.resume)?;
+    let mut config = apply_overrides(&base, &args.overrides)?;
+    // The run's config.toml then names the dataset it trained on (`index`, `watch`).
     if let Some(data) = &args.data.data {
         config.data.root.clone_from(data);
     }
+    config.data.strict |= args.data.strict;
     let job = TrainJob {
         data: config.data.root.clone(),
-        run: args.run.clone().unwrap_or_else(|| config.train.run.clone()),
+        run,
         resume: args.resume,
         config,
     };
     run_job(&job, args.json)
 }
 
-/// Runs a training job in the foreground; Ctrl-C (or SIGTERM) finishes the current
-/// step, writes a checkpoint and exits successfully.
+/// A run's own `config.toml` passed as `--config` names that run in `train.run`; one
+/// copied from another run names the other one, which must not be written.
+fn refuse_another_runs_config(config_file: Option<&Path>, run: &Path) -> anyhow::Result<()> {
+    let Some(file) = config_file else {
+        return Ok(());
+    };
+    let Some(folder) = file.parent().map(|p| {
+        if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        }
+    }) else {
+        return Ok(());
+    };
+    let is_run = file.file_name().is_some_and(|n| n == "config.toml")
+        && RunDir::new(folder).metrics().is_file();
+    let same = |a: &Path, b: &Path| {
+        let canon =
+            |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| crate::fsutil::absolute(p));
+        canon(a) == canon(b)
+    };
+    if is_run && !same(folder, run) {
+        anyhow::bail!(
+            "{} is the settings file of run {}, but its train.run names {}: pass --run {} to train that run",
+            file.display(),
+            folder.display(),
+            run.display(),
+            folder.display()
+        );
+    }
+    Ok(())
+}
+
+/// Runs a training job in the foreground; Ctrl-C (or SIGTERM), and a closed stdout
+/// under `--json`, finish the current step, write a checkpoint and exit successfully.
 pub fn run_job(job: &TrainJob, json: bool) -> anyhow::Result<()> {
     super::set_threads(job.config.train.threads);
     let control = Control::new();
@@ -79,18 +142,28 @@ pub fn run_job(job: &TrainJob, json: bool) -> anyhow::Result<()> {
     // A second handler in one process (tests) is refused; the first one still works.
     let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     let mut printer = EventPrinter::new(!json);
+    let mut stdout_error: Option<OutputError> = None;
     let outcome = train(job, &control, &mut |event| {
-        if json {
-            if let Ok(line) = crate::printable::json(event) {
-                println!("{line}");
-            }
-        } else {
+        if !json {
             printer.print(event);
+            return;
+        }
+        if stdout_error.is_some() {
+            return;
+        }
+        let Ok(line) = crate::printable::json(event) else {
+            return;
+        };
+        if let Err(e) = output::line(&line) {
+            // Nobody reads the events any more: stop as Ctrl-C would.
+            tracing::info!("{e}; stopping the run with a checkpoint");
+            control.request_stop();
+            stdout_error = Some(e);
         }
     })
     .with_context(|| format!("training run {}", job.run.display()))?;
     if !json {
-        eprintln!(
+        note(&format!(
             "run {}: {} at step {}; best val top-20 {}",
             escape_controls(&job.run.display().to_string()),
             outcome.reason.describe(),
@@ -98,9 +171,13 @@ pub fn run_job(job: &TrainJob, json: bool) -> anyhow::Result<()> {
             outcome
                 .best_val_top20
                 .map_or_else(|| "n/a".into(), |v| format!("{:.1}%", v * 100.0))
-        );
+        ));
     }
-    Ok(())
+    match stdout_error {
+        Some(OutputError::Io(e)) => Err(OutputError::Io(e))
+            .with_context(|| format!("training run {} stopped", job.run.display())),
+        _ => Ok(()),
+    }
 }
 
 /// Human-readable progress for a terminal or a log file.
@@ -160,7 +237,7 @@ impl EventPrinter {
                 };
                 // Settings and paths come from files and the command line: escaped.
                 let text = |s: &str| escape_controls(s).into_owned();
-                eprintln!(
+                note(&format!(
                     "training {}: {} at {image_size} px on {}, {trainable_params} trainable parameters, \
                      {}, {}, val {val_queries} queries vs {val_gallery} gallery; \
                      steps {start_step}..{total_steps} (warming up)",
@@ -169,20 +246,22 @@ impl EventPrinter {
                     text(device),
                     text(&batches),
                     text(&loss),
-                );
+                ));
                 // Validation reports top-1 and top-20.
-                if let Some(note) = crate::eval::saturation_note(*val_gallery, &[1, 20]) {
-                    eprintln!("note: validation: {note}");
+                if let Some(saturation) = crate::eval::saturation_note(*val_gallery, &[1, 20]) {
+                    note(&format!("note: validation: {saturation}"));
                 }
                 let info = event.device_info().unwrap_or_default();
                 if !info.name.is_empty() {
-                    eprintln!("device {}: {}", text(device), text(&info.summary()));
+                    note(&format!("device {}: {}", text(device), text(&info.summary())));
                 }
                 if let Some(w) = pretrained {
-                    eprintln!(
+                    note(&format!(
                         "weights: {} backbone tensors from {} ({})",
-                        w.tensors, w.source, w.file
-                    );
+                        w.tensors,
+                        text(&w.source),
+                        text(&w.file)
+                    ));
                 }
                 let mut p = Progress::new("train", *total_steps, true);
                 p.set(*start_step, "");
@@ -218,10 +297,10 @@ impl EventPrinter {
                 val_map_at_r,
                 seconds,
                 ..
-            } => eprintln!(
+            } => note(&format!(
                 "\nstopped at step {step}, validated: {} ({seconds:.0} s)",
                 val_text(*val_loss, *val_top1, *val_top20, *val_map_at_r)
-            ),
+            )),
             TrainEvent::Epoch {
                 epoch,
                 train_loss,
@@ -231,36 +310,55 @@ impl EventPrinter {
                 val_map_at_r,
                 seconds,
                 ..
-            } => eprintln!(
-                "\nepoch {}/{}: train loss {train_loss:.4}, {} ({seconds:.0} s)",
-                epoch + 1,
-                self.epochs,
-                val_text(*val_loss, *val_top1, *val_top20, *val_map_at_r)
-            ),
+            } => note(&format!(
+                "\n{} ({seconds:.0} s)",
+                epoch_text(
+                    *epoch,
+                    self.epochs,
+                    *train_loss,
+                    &val_text(*val_loss, *val_top1, *val_top20, *val_map_at_r)
+                )
+            )),
             TrainEvent::Baseline {
                 val_loss,
                 val_top1,
                 val_top20,
                 val_map_at_r,
-            } => eprintln!(
+            } => note(&format!(
                 "untrained: {}",
                 val_text(*val_loss, *val_top1, *val_top20, *val_map_at_r)
-            ),
+            )),
             TrainEvent::Checkpoint { kind, path, .. } => {
                 tracing::info!("checkpoint {kind:?} written to {path}");
             }
-            TrainEvent::Notice { message, .. } => {
-                eprintln!("\nnote: {}", escape_lines(message));
+            TrainEvent::Notice { message, .. } => note(&format!("\nnote: {}", escape_lines(message))),
+            TrainEvent::SettingsChanged { changes, .. } => {
+                let list: Vec<String> = changes.iter().map(ToString::to_string).collect();
+                note(&format!(
+                    "resumed with changed settings (recorded in metrics.jsonl): {}",
+                    escape_controls(&list.join(", "))
+                ));
             }
             TrainEvent::Done { .. } => {}
             // The error itself is reported once, by the caller.
             TrainEvent::Failed { .. } => {
                 if self.progress.is_some() {
-                    eprintln!();
+                    note("");
                 }
             }
         }
     }
+}
+
+/// An epoch's line; `epoch` counts from 0 as in the events, people count from 1. A
+/// NaN train loss is an epoch that had no step left to train (resumed at its end).
+fn epoch_text(epoch: usize, epochs: usize, train_loss: f32, val: &str) -> String {
+    let loss = if train_loss.is_finite() {
+        format!("{train_loss:.4}")
+    } else {
+        "—".to_string()
+    };
+    format!("epoch {}/{epochs}: train loss {loss}, {val}", epoch + 1)
 }
 
 /// A validation's figures. The val loss needs a val query whose item has a shop image
@@ -280,4 +378,46 @@ fn val_text(loss: f32, top1: f64, top20: f64, map_at_r: f64) -> String {
         top1 * 100.0,
         top20 * 100.0
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_counts_the_samplers_unit() {
+        let config = Config::default();
+        let batch = TrainOverrides {
+            batch: Some(6),
+            ..TrainOverrides::default()
+        };
+        // P×K (the default sampler): items per batch.
+        let pk = apply_overrides(&config, &batch).expect("valid");
+        assert_eq!((pk.train.pk_items, pk.train.batch), (6, config.train.batch));
+        // The original's triplets: triplets per batch.
+        let triplets = apply_overrides(
+            &config,
+            &TrainOverrides {
+                mining: Some(crate::model::Mining::Offline),
+                ..batch
+            },
+        )
+        .expect("valid");
+        assert_eq!(
+            (triplets.train.batch, triplets.train.pk_items),
+            (6, config.train.pk_items)
+        );
+    }
+
+    #[test]
+    fn an_epoch_without_steps_prints_a_dash() {
+        assert_eq!(
+            epoch_text(0, 10, f32::NAN, "val …"),
+            "epoch 1/10: train loss —, val …"
+        );
+        assert_eq!(
+            epoch_text(2, 10, 0.25, "val …"),
+            "epoch 3/10: train loss 0.2500, val …"
+        );
+    }
 }

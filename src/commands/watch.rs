@@ -2,7 +2,7 @@
 //! terminal: the dashboard (it replays `metrics.jsonl` from the start, then follows
 //! it). Elsewhere: every event as a JSON line on stdout until the run ends.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Duration;
 
@@ -54,15 +54,14 @@ pub fn run(config: &Config, args: &WatchArgs, log: Option<&Path>) -> anyhow::Res
 /// holds the run; returns when the run ended and no trainer is left.
 fn follow_lines(dir: &RunDir) -> anyhow::Result<()> {
     let mut follower = MetricsFollower::new(&dir.metrics());
-    let mut out = std::io::stdout().lock();
     loop {
         let events = follower.poll()?;
         let mut ended = false;
         for e in &events {
-            writeln!(out, "{}", printable::json(e)?)?;
+            // A closed stdout ends the watch cleanly (`watch RUN | head -1`).
+            crate::output::line(&printable::json(e)?)?;
             ended = e.is_terminal();
         }
-        out.flush()?;
         if !follower.caught_up() {
             continue;
         }

@@ -16,6 +16,7 @@ use crate::config::{DataConfig, IndexConfig};
 use crate::data::deepfashion::{Dataset, DatasetError, GalleryProtocol, LoadOptions};
 use crate::data::folder::scan_images;
 use crate::data::loader::{ImageSpec, LoaderConfig};
+use crate::fsutil::absolute;
 use crate::model::embed_files::{EmbedError, embed_images};
 use crate::run::folder::RunDir;
 
@@ -99,10 +100,6 @@ pub struct IndexReport {
     /// The checkpoint file the vectors were embedded with.
     pub checkpoint: String,
     pub source: SourceRecord,
-}
-
-pub(crate) fn absolute(p: &Path) -> PathBuf {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// The images of a gallery with their entries (ids still to assign).

@@ -208,7 +208,7 @@ pub fn evaluate(
         let g_paths: Vec<String> = g_kept
             .iter()
             .map(|&k| {
-                super::build::absolute(&ds.spec(gallery[k]).path)
+                crate::fsutil::absolute(&ds.spec(gallery[k]).path)
                     .to_string_lossy()
                     .into_owned()
             })
@@ -303,7 +303,7 @@ fn postgres_gallery(
         return Ok(None);
     };
     let this = SourceRecord::Dataset {
-        root: super::build::absolute(&job.data)
+        root: crate::fsutil::absolute(&job.data)
             .to_string_lossy()
             .into_owned(),
         protocol: job.protocol.name().into(),

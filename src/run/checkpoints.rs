@@ -20,7 +20,9 @@ use crate::eval::Retrieval;
 use crate::fsutil::{self, Staged};
 use crate::model::checkpoint;
 
-pub const CHECKPOINT_FORMAT: u32 = 1;
+/// 2: `epoch` is the epoch of the newest step (as in every event) and `epoch_done`
+/// says whether its end was reached; in format 1 `epoch` was the epoch to resume in.
+pub const CHECKPOINT_FORMAT: u32 = 2;
 
 /// The run's two checkpoints: the newest (`last`, which resumes) and the best by
 /// val top-20 (`best`).
@@ -46,9 +48,13 @@ pub const OPTIM_STEP: &str = "optim.step";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointMeta {
     pub format: u32,
-    /// Epoch in progress (0-based) and triplets of it already trained.
+    /// Epoch of the newest step, counted from 0 as in every event, and the sampler's
+    /// units (triplets or items) of it already trained.
     pub epoch: usize,
     pub epoch_position: usize,
+    /// The epoch's end (its validation) is done: a resume starts the next epoch.
+    #[serde(default)]
+    pub epoch_done: bool,
     /// Optimizer steps done.
     pub step: usize,
     pub best_val_top20: Option<f64>,
@@ -59,6 +65,10 @@ pub struct CheckpointMeta {
     pub backbone: String,
     pub image_size: u32,
     pub embedding_dim: usize,
+    /// The trainer's own state a resume continues from (time budget, collapse
+    /// monitor, …); its shape belongs to `train/resume.rs`.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub trainer: serde_json::Value,
 }
 
 /// The sidecar JSON of a checkpoint (`last.safetensors` → `last.json`).
@@ -225,6 +235,7 @@ mod tests {
             format: CHECKPOINT_FORMAT,
             epoch: 0,
             epoch_position: 0,
+            epoch_done: false,
             step,
             best_val_top20: None,
             val: None,
@@ -234,6 +245,7 @@ mod tests {
             backbone: "resnet18".into(),
             image_size: 32,
             embedding_dim: 8,
+            trainer: serde_json::Value::Null,
         }
     }
 

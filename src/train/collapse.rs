@@ -5,6 +5,8 @@
 
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
+
 /// Steps a condition must hold before it is reported.
 pub const WINDOW: usize = 50;
 /// Mean cosine above which a batch counts as collapsed (d ≈ 0.45 between unit vectors).
@@ -13,7 +15,7 @@ pub const SPREAD_COLLAPSED: f32 = 0.9;
 pub const SPREAD_RECOVERED: f32 = 0.8;
 
 /// One step's signals.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct StepSignals {
     /// Mean pairwise cosine of the batch's embeddings.
     pub spread: f32,
@@ -36,7 +38,8 @@ pub enum CollapseChange {
 pub const GAP_STUCK: f32 = 0.02;
 pub const GAP_MOVING: f32 = 0.05;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 enum State {
     #[default]
     Healthy,
@@ -47,11 +50,15 @@ enum State {
 }
 
 /// Watches a window of steps; reports entering and leaving a collapse once each, with
-/// hysteresis so a run near a threshold does not flap.
-#[derive(Debug, Clone, Default)]
+/// hysteresis so a run near a threshold does not flap. Saved in checkpoints, so a
+/// resumed run goes on from the same window and state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CollapseMonitor {
     window: VecDeque<StepSignals>,
     state: State,
+    /// What was said when the current collapse began.
+    warning: Option<String>,
 }
 
 impl CollapseMonitor {
@@ -59,7 +66,22 @@ impl CollapseMonitor {
         self.state != State::Healthy
     }
 
+    /// The warning of the collapse in progress, if any.
+    pub fn warning(&self) -> Option<&str> {
+        self.warning.as_deref()
+    }
+
     pub fn observe(&mut self, s: StepSignals) -> Option<CollapseChange> {
+        let change = self.assess(s);
+        match &change {
+            Some(CollapseChange::Collapsed(m)) => self.warning = Some(m.clone()),
+            Some(CollapseChange::Recovered(_)) => self.warning = None,
+            None => {}
+        }
+        change
+    }
+
+    fn assess(&mut self, s: StepSignals) -> Option<CollapseChange> {
         if !s.spread.is_finite() {
             return None;
         }

@@ -1,5 +1,6 @@
 //! What a training worker reports. Events carry scalars and ids, never tensors or
-//! images; each is one JSON line of `metrics.jsonl` (`{"event":"step",...}`).
+//! images; each is one JSON line of `metrics.jsonl` (`{"event":"step",...}`). Every
+//! `epoch` counts from 0: the epoch the newest step belongs to (people see it from 1).
 
 pub use crate::run::checkpoints::CheckpointKind;
 use serde::{Deserialize, Serialize};
@@ -41,7 +42,7 @@ pub enum TrainEvent {
         device_memory_free_bytes: Option<u64>,
         backbone: String,
         image_size: u32,
-        /// Triplets per step.
+        /// The sampler's units per step: items (P×K) or triplets.
         batch: usize,
         epochs: usize,
         steps_per_epoch: usize,
@@ -71,6 +72,12 @@ pub enum TrainEvent {
         pretrained: Option<PretrainedWeights>,
         /// Seconds since the Unix epoch.
         time: f64,
+    },
+    /// A resumed run's settings that differ from the ones it was trained with so far
+    /// (`RUN/config.toml`), changed by command-line flags; right after `started`.
+    SettingsChanged {
+        step: usize,
+        changes: Vec<SettingChange>,
     },
     /// Validation of the untrained model, before the first step of a fresh run: the
     /// baseline every epoch must beat.
@@ -176,6 +183,27 @@ pub enum TrainEvent {
         epoch: usize,
         message: String,
     },
+}
+
+/// One setting a resume changed: its dotted key and TOML values (`None`: absent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingChange {
+    pub key: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+impl std::fmt::Display for SettingChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = |v: &Option<String>| v.clone().unwrap_or_else(|| "(absent)".into());
+        write!(
+            f,
+            "{} {} → {}",
+            self.key,
+            value(&self.from),
+            value(&self.to)
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

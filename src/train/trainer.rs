@@ -5,38 +5,37 @@
 //! It is a library call that blocks its thread; the CLI prints its events and the
 //! dashboard runs it as a separate process and follows `metrics.jsonl`.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 
+use super::budget::{Budget, BudgetState};
 use super::checkpoint_policy::CheckpointPolicy;
 use super::collapse::{CollapseChange, CollapseMonitor, StepSignals};
-use super::events::{CheckpointKind, NoticeKind, PretrainedWeights, StopReason, TrainEvent};
+use super::events::{
+    CheckpointKind, NoticeKind, PretrainedWeights, SettingChange, StopReason, TrainEvent,
+};
 use super::metrics_log::{MetricsError, MetricsWriter};
 use super::optim::learning_rate_at;
 use super::rate::RateMeter;
+use super::resume::{self, Resumed};
 use super::step::{Optimisers, StepError, StepSettings, train_step};
 use super::training_data::{Data, prepare_data};
 use super::validation::{ValidationError, validate};
-use crate::config::Config;
 use crate::config::parse_device;
 use crate::data::deepfashion::DatasetError;
 use crate::data::loader::{LoadError, Prefetcher};
 use crate::data::triplets::TripletError;
 use crate::eval::Retrieval;
-use crate::fsutil::{fnv1a64, write_bytes_atomic};
+use crate::fsutil::write_bytes_atomic;
 use crate::model::checkpoint::{self, CheckpointError};
 use crate::model::embed_files::EmbedError;
 use crate::model::embedder::sorted_vars;
-use crate::model::loss::{LossKind, PROXIES_NAME, mean_pairwise_cosine};
+use crate::model::loss::{LossKind, mean_pairwise_cosine};
 use crate::model::{Criterion, Embedder};
 use crate::rng::Rng;
-use crate::run::checkpoints::{
-    self as checkpoint_set, CheckpointFiles, NewCheckpoint, OPTIM_STEP, Recovery,
-};
 use crate::run::device;
 use crate::run::folder::{ControlRequest, RunDir, RunError, RunLock};
 use crate::weights::{HubCache, Pretrained, WeightsError};
@@ -86,18 +85,13 @@ pub enum TrainError {
 }
 
 pub use super::job::{Control, TrainJob, TrainOutcome};
+pub use super::resume::{model_hash, read_meta};
 pub use crate::run::checkpoints::{CHECKPOINT_FORMAT, CheckpointMeta, sidecar_path};
-
-/// Hash of the settings that shape the weights (a resumed run must match them).
-pub fn model_hash(config: &Config) -> String {
-    let text = toml::to_string(&config.model.embedder()).unwrap_or_default();
-    format!("{:016x}", fnv1a64(text.as_bytes()))
-}
 
 /// `model.pretrained` as `(what it names, the file)`: a path as it is, a Hub repo
 /// from the Hugging Face cache (verified, no network; the error names the command
 /// that fetches it).
-fn pretrained_file(config: &Config) -> Result<Option<(String, PathBuf)>, TrainError> {
+fn pretrained_file(config: &crate::config::Config) -> Result<Option<(String, PathBuf)>, TrainError> {
     let source = Pretrained::parse(&config.model.pretrained)
         .map_err(|e| TrainError::Setting(format!("model.pretrained: {e}")))?;
     Ok(match source {
@@ -111,7 +105,7 @@ fn pretrained_file(config: &Config) -> Result<Option<(String, PathBuf)>, TrainEr
 }
 
 /// The run's `config.toml` text.
-fn config_toml(config: &Config) -> Result<String, TrainError> {
+fn config_toml(config: &crate::config::Config) -> Result<String, TrainError> {
     // A PostgreSQL password given in a config file never lands in the run folder.
     let mut config = config.clone();
     config.index.pg_url = crate::config::redact_pg_url(&config.index.pg_url);
@@ -119,18 +113,6 @@ fn config_toml(config: &Config) -> Result<String, TrainError> {
         TrainError::Setting(format!(
             "the settings cannot be saved as the run's config.toml ({e}); paths in them must be valid UTF-8"
         ))
-    })
-}
-
-pub fn read_meta(checkpoint: &Path) -> Result<CheckpointMeta, TrainError> {
-    let path = sidecar_path(checkpoint);
-    let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|e| TrainError::Resume {
-        run: path,
-        reason: format!("unreadable checkpoint sidecar: {e}"),
     })
 }
 
@@ -142,8 +124,15 @@ pub fn train(
     control: &Control,
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<TrainOutcome, TrainError> {
+    // Settings that cannot be saved (a path that is not UTF-8) are refused before the
+    // run is touched: an empty config.toml would make `index` use the defaults.
+    let settings = resume::run_settings(job);
+    let settings_text = config_toml(&settings)?;
+    // The data, the device and the model are checked before the run folder is made or
+    // written: a mistyped --data leaves no run behind.
+    let mut prepared = Prepared::new(job)?;
     let run = RunDir::new(&job.run);
-    let _lock: RunLock = run.lock()?;
+    let _lock = run.lock()?;
     // Refused before anything is written: the existing run's log stays as it was.
     if !job.resume && run.checkpoint(CheckpointKind::Last).exists() {
         return Err(TrainError::Resume {
@@ -153,9 +142,24 @@ pub fn train(
                     .into(),
         });
     }
-    // Settings that cannot be saved (a path that is not UTF-8) are refused before the
-    // run is touched: an empty config.toml would make `index` use the defaults.
-    config_toml(&job.config)?;
+    let (notices, resumed) = if job.resume {
+        let notices = resume::recover(&run)?;
+        match resume::restore(&run, &settings, &mut prepared) {
+            Ok(r) => (notices, Some(r)),
+            // A refusal leaves the run as it was: nothing it cannot honour is logged.
+            Err(e @ TrainError::Resume { .. }) => return Err(e),
+            Err(e) => {
+                MetricsWriter::append(&run.metrics())?.write(&TrainEvent::Failed {
+                    step: 0,
+                    epoch: 0,
+                    message: e.to_string(),
+                })?;
+                return Err(e);
+            }
+        }
+    } else {
+        (Vec::new(), None)
+    };
     // A request left from an earlier process must not pause or stop this one.
     let _ = std::fs::remove_file(run.control());
     let mut metrics = MetricsWriter::append(&run.metrics())?;
@@ -164,39 +168,16 @@ pub fn train(
         on_event(&event);
         Ok(())
     };
-    if job.resume {
-        for kind in [CheckpointKind::Last, CheckpointKind::Best] {
-            let files = CheckpointFiles::of(&run, kind);
-            let recovery = checkpoint_set::recover(&files).map_err(|source| TrainError::Io {
-                path: files.weights.clone(),
-                source,
-            })?;
-            if let Recovery::RolledBack { step } = recovery {
-                emit(TrainEvent::Notice {
-                    step,
-                    message: format!(
-                        "the {} checkpoint's last write was interrupted; using the complete one of step {step}",
-                        match kind {
-                            CheckpointKind::Last => "last",
-                            CheckpointKind::Best => "best",
-                        }
-                    ),
-                    kind: None,
-                })?;
-            }
-        }
+    for notice in notices {
+        emit(notice)?;
     }
-    let mut state = match Session::start(job, &run) {
-        Ok(s) => s,
-        Err(e) => {
-            emit(TrainEvent::Failed {
-                step: 0,
-                epoch: 0,
-                message: e.to_string(),
-            })?;
-            return Err(e);
+    write_bytes_atomic(&run.config(), settings_text.as_bytes()).map_err(|source| {
+        TrainError::Io {
+            path: run.config(),
+            source,
         }
-    };
+    })?;
+    let mut state = Session::new(job, &run, prepared, resumed);
     let result = state.run(control, &mut emit);
     let _ = std::fs::remove_file(run.control());
     if let Err(e) = &result {
@@ -209,35 +190,20 @@ pub fn train(
     result
 }
 
-/// A training process's state between steps.
-struct Session<'a> {
-    job: &'a TrainJob,
-    run: &'a RunDir,
-    data: Data,
-    device: Device,
-    model: Embedder,
-    varmap: VarMap,
-    optimisers: Optimisers,
-    criterion: Criterion,
-    step: usize,
-    epoch: usize,
-    epoch_position: usize,
-    checkpoints: CheckpointPolicy,
-    last_val: Option<Retrieval>,
-    resumed: bool,
-    /// Step of the newest validation (a stopping run validates unless it just did).
-    validated_at: Option<usize>,
-    /// Seconds the newest validation took: what a time limit keeps in reserve.
-    validation_seconds: f64,
-    /// When this process started the run (the time limit counts from here).
-    started: Instant,
-    collapse: CollapseMonitor,
+/// What a run needs that does not touch its folder: built, and so checked, first.
+pub(super) struct Prepared {
+    pub(super) data: Data,
+    pub(super) device: Device,
+    pub(super) model: Embedder,
+    pub(super) varmap: VarMap,
+    pub(super) optimisers: Optimisers,
+    pub(super) criterion: Criterion,
     /// What the backbone was loaded from, for the started event.
-    pretrained: Option<PretrainedWeights>,
+    pub(super) pretrained: Option<PretrainedWeights>,
 }
 
-impl<'a> Session<'a> {
-    fn start(job: &'a TrainJob, run: &'a RunDir) -> Result<Self, TrainError> {
+impl Prepared {
+    fn new(job: &TrainJob) -> Result<Self, TrainError> {
         let cfg = &job.config;
         // First, before any data is read: weights that are not there (a Hub repo
         // not pulled yet) fail the run at once, as a `failed` event the dashboard
@@ -276,6 +242,67 @@ impl<'a> Session<'a> {
             cfg.train.seed,
         )?;
         let optimisers = Optimisers::new(&model, &varmap, &criterion, cfg.train.weight_decay)?;
+        Ok(Self {
+            data,
+            device,
+            model,
+            varmap,
+            optimisers,
+            criterion,
+            pretrained,
+        })
+    }
+}
+
+/// A training process's state between steps.
+pub(super) struct Session<'a> {
+    pub(super) job: &'a TrainJob,
+    pub(super) run: &'a RunDir,
+    data: Data,
+    pub(super) device: Device,
+    model: Embedder,
+    pub(super) varmap: VarMap,
+    pub(super) optimisers: Optimisers,
+    pub(super) criterion: Criterion,
+    pub(super) step: usize,
+    /// Epoch of the newest step (from 0, as in the events), the sampler's units of it
+    /// done, and whether its end (validation) is done.
+    pub(super) epoch: usize,
+    pub(super) epoch_position: usize,
+    pub(super) epoch_done: bool,
+    pub(super) checkpoints: CheckpointPolicy,
+    pub(super) last_val: Option<Retrieval>,
+    pub(super) resumed: bool,
+    /// Settings a resume changed (recorded once the run has started).
+    pub(super) changes: Vec<SettingChange>,
+    /// Step of the newest validation (a stopping run validates unless it just did).
+    pub(super) validated_at: Option<usize>,
+    /// The time limit over all the run's processes, and the schedule's position.
+    pub(super) budget: Budget,
+    /// When this process started (the events' `elapsed_s` and `seconds`).
+    started: Instant,
+    pub(super) collapse: CollapseMonitor,
+    /// What the backbone was loaded from, for the started event.
+    pretrained: Option<PretrainedWeights>,
+}
+
+impl<'a> Session<'a> {
+    fn new(
+        job: &'a TrainJob,
+        run: &'a RunDir,
+        prepared: Prepared,
+        resumed: Option<Resumed>,
+    ) -> Self {
+        let cfg = &job.config;
+        let Prepared {
+            data,
+            device,
+            model,
+            varmap,
+            optimisers,
+            criterion,
+            pretrained,
+        } = prepared;
         let mut session = Self {
             job,
             run,
@@ -288,87 +315,21 @@ impl<'a> Session<'a> {
             step: 0,
             epoch: 0,
             epoch_position: 0,
+            epoch_done: false,
             checkpoints: CheckpointPolicy::new(cfg.train.checkpoint_every, None),
             last_val: None,
             resumed: false,
+            changes: Vec::new(),
             validated_at: None,
-            validation_seconds: 0.0,
+            budget: Budget::new(cfg.time_limit(), BudgetState::default()),
             started: Instant::now(),
             collapse: CollapseMonitor::default(),
             pretrained,
         };
-        let last = run.checkpoint(CheckpointKind::Last);
-        if job.resume {
-            session.restore(&last)?;
+        if let Some(r) = resumed {
+            session.continue_from(r);
         }
-        write_bytes_atomic(&run.config(), config_toml(cfg)?.as_bytes()).map_err(|source| {
-            TrainError::Io {
-                path: run.config(),
-                source,
-            }
-        })?;
-        Ok(session)
-    }
-
-    fn restore(&mut self, last: &Path) -> Result<(), TrainError> {
-        let run = self.run.root.clone();
-        if !last.exists() {
-            return Err(TrainError::Resume {
-                run,
-                reason: format!("{} does not exist", last.display()),
-            });
-        }
-        let meta = read_meta(last)?;
-        let hash = model_hash(&self.job.config);
-        if meta.config_hash != hash {
-            return Err(TrainError::Resume {
-                run,
-                reason: format!(
-                    "the checkpoint was trained with another model configuration ({} at {} px, {}-d); use the run's own config.toml",
-                    meta.backbone, meta.image_size, meta.embedding_dim
-                ),
-            });
-        }
-        checkpoint::load_full(&self.varmap, last)?;
-        let fp = checkpoint::fingerprint(&self.varmap)?;
-        if fp != meta.fingerprint {
-            return Err(TrainError::Resume {
-                run,
-                reason: "the checkpoint and its .json sidecar disagree (interrupted write?); resume from best.safetensors by copying it over last".into(),
-            });
-        }
-        let optim_path = self.run.optimizer_state();
-        let tensors = match candle_core::safetensors::load(&optim_path, &self.device) {
-            Ok(tensors) if tensors_step(&tensors) == Some(meta.step) => tensors,
-            _ => HashMap::new(),
-        };
-        let restored = self
-            .optimisers
-            .model
-            .load_state(meta.optimizer_t, |name| tensors.get(name).cloned())?;
-        if restored == 0 {
-            tracing::warn!("no matching optimizer state; resuming with fresh Adam moments");
-        }
-        if let (Some(p), Some(opt)) = (self.criterion.proxies(), &mut self.optimisers.proxies) {
-            match tensors.get(PROXIES_NAME) {
-                Some(saved) if saved.dims() == p.dims() => {
-                    p.set(saved)?;
-                    opt.load_state(meta.optimizer_t, |name| tensors.get(name).cloned())?;
-                }
-                _ => tracing::warn!(
-                    "no saved class weights for the {} loss; resuming with fresh ones",
-                    self.criterion.config().kind
-                ),
-            }
-        }
-        self.step = meta.step;
-        self.epoch = meta.epoch;
-        self.epoch_position = meta.epoch_position;
-        self.checkpoints =
-            CheckpointPolicy::new(self.job.config.train.checkpoint_every, meta.best_val_top20);
-        self.last_val = meta.val;
-        self.resumed = true;
-        Ok(())
+        session
     }
 
     fn steps_per_epoch(&self) -> usize {
@@ -383,16 +344,49 @@ impl<'a> Session<'a> {
         }
     }
 
+    fn max_steps_reached(&self) -> bool {
+        let max = self.job.config.train.max_steps;
+        max > 0 && self.step >= max
+    }
+
+    /// Moves past an epoch whose end is done; false when no epoch is left.
+    fn next_epoch(&mut self) -> bool {
+        if self.epoch_done {
+            if self.epoch + 1 >= self.job.config.train.epochs {
+                return false;
+            }
+            self.epoch += 1;
+            self.epoch_position = 0;
+            self.epoch_done = false;
+        }
+        self.epoch < self.job.config.train.epochs
+    }
+
     fn run(
         &mut self,
         control: &Control,
         emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
     ) -> Result<TrainOutcome, TrainError> {
         self.emit_started(emit)?;
+        if !self.changes.is_empty() {
+            emit(TrainEvent::SettingsChanged {
+                step: self.step,
+                changes: self.changes.clone(),
+            })?;
+        }
+        // Every start says where the collapse monitor stands (a reader's warning from
+        // an earlier process is cleared by `started`).
+        if let Some(warning) = self.collapse.warning() {
+            emit(TrainEvent::Notice {
+                step: self.step,
+                message: warning.to_string(),
+                kind: Some(NoticeKind::Collapse),
+            })?;
+        }
         if !self.resumed {
             let t = Instant::now();
             if let Some((v, val_loss)) = self.validate()? {
-                self.validation_seconds = t.elapsed().as_secs_f64();
+                self.budget.record_validation(t.elapsed().as_secs_f64());
                 emit(TrainEvent::Baseline {
                     val_loss,
                     val_top1: v.at(1),
@@ -401,8 +395,22 @@ impl<'a> Session<'a> {
                 })?;
             }
         }
+        if self.job.config.time_limit().is_some() && !self.budget.knows_checkpoint_time() {
+            // Until a write is measured, one is taken to cost what serialising the
+            // weights does (the bulk of it).
+            let t = Instant::now();
+            checkpoint::serialize(&self.varmap)?;
+            self.budget.estimate_checkpoint(t.elapsed().as_secs_f64());
+        }
         let mut rate = RateMeter::default();
-        while self.epoch < self.job.config.train.epochs {
+        while self.next_epoch() {
+            // Checked before any step: a run resumed at its limit trains no more.
+            if self.max_steps_reached() {
+                return self.finish(StopReason::MaxSteps, emit);
+            }
+            if self.budget.out_of_time() {
+                return self.finish(StopReason::TimeLimit, emit);
+            }
             if let Some(reason) = self.run_epoch(control, &mut rate, emit)? {
                 return self.finish(reason, emit);
             }
@@ -506,6 +514,8 @@ impl<'a> Session<'a> {
                 (specs, *seed)
             })
             .collect();
+        // A step's time runs from the end of the previous one: loading counts.
+        let mut tick = Instant::now();
         let mut loader = Prefetcher::spawn_augmented(requests, self.data.loader, cfg.augment)?;
         let (mut loss_sum, mut loss_n) = (0f64, 0usize);
         for (batch, (groups, _)) in loader.by_ref().zip(&batches) {
@@ -516,11 +526,12 @@ impl<'a> Session<'a> {
                     ControlRequest::Pause => {
                         std::thread::sleep(Duration::from_millis(50));
                         rate.pause();
+                        tick = Instant::now();
                     }
                     ControlRequest::Run => break,
                 }
             }
-            if self.out_of_time() {
+            if self.budget.out_of_time() {
                 return Ok(Some(StopReason::TimeLimit));
             }
             if !batch.failed.is_empty() {
@@ -539,23 +550,26 @@ impl<'a> Session<'a> {
                 continue;
             }
             let loss = self.train_step(batch, groups, rate, emit)?;
+            self.budget.record_step(tick.elapsed().as_secs_f64());
             loss_sum += f64::from(loss);
             loss_n += 1;
-            if cfg.train.max_steps > 0 && self.step >= cfg.train.max_steps {
+            if self.max_steps_reached() {
                 return Ok(Some(StopReason::MaxSteps));
             }
             if self.checkpoints.last_due(self.step) {
                 self.save(CheckpointKind::Last, emit)?;
             }
+            tick = Instant::now();
         }
         // An epoch cut short by a dead decoding thread is an error, not an epoch.
         loader.finish()?;
         let t = Instant::now();
         let val = self.validate()?;
-        self.validation_seconds = t.elapsed().as_secs_f64();
+        self.budget.record_validation(t.elapsed().as_secs_f64());
         emit(TrainEvent::Epoch {
             epoch: self.epoch,
             step: self.step,
+            // NaN (`null`): no step of this epoch was left to train.
             train_loss: if loss_n > 0 {
                 (loss_sum / loss_n as f64) as f32
             } else {
@@ -568,8 +582,7 @@ impl<'a> Session<'a> {
             val_map_at_r: val.as_ref().map_or(f64::NAN, |v| v.0.map_at_r),
             seconds: epoch_start.elapsed().as_secs_f64(),
         })?;
-        self.epoch += 1;
-        self.epoch_position = 0;
+        self.epoch_done = true;
         self.keep_if_best(val.map(|v| v.0), emit)?;
         self.save(CheckpointKind::Last, emit)?;
         Ok(None)
@@ -673,31 +686,20 @@ impl<'a> Session<'a> {
 
     /// Warm-up, then the schedule over the run: its steps, or its time limit when that
     /// ends it sooner, so a time-limited cosine run still decays to zero.
-    fn learning_rate(&self) -> f64 {
+    fn learning_rate(&mut self) -> f64 {
         let cfg = &self.job.config;
         let total = self.total_steps();
         let warmup = cfg.train.warmup_steps;
-        let mut progress =
+        let by_steps =
             self.step.saturating_sub(warmup) as f64 / total.saturating_sub(warmup).max(1) as f64;
-        if let Some(limit) = cfg.time_limit() {
-            let budget = (limit.as_secs_f64() - self.validation_seconds).max(1.0);
-            progress = progress.max(self.started.elapsed().as_secs_f64() / budget);
-        }
+        let progress = self.budget.schedule_progress(by_steps, total);
         learning_rate_at(
             cfg.train.lr,
             cfg.train.schedule,
             warmup,
             self.step,
-            progress.min(1.0),
+            progress,
         )
-    }
-
-    /// Whether the time limit leaves no room for another step and the final
-    /// validation (as long as the newest one took).
-    fn out_of_time(&self) -> bool {
-        self.job.config.time_limit().is_some_and(|limit| {
-            self.started.elapsed().as_secs_f64() + self.validation_seconds >= limit.as_secs_f64()
-        })
     }
 
     /// Records `val` as the newest validation and saves `best` when it beats it.
@@ -733,9 +735,13 @@ impl<'a> Session<'a> {
         reason: StopReason,
         emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
     ) -> Result<TrainOutcome, TrainError> {
+        // What a stop does from here is not training: a resumed run gets the budget
+        // this one had left.
+        self.budget.freeze();
         if self.validated_at != Some(self.step) && self.step > 0 {
             let t = Instant::now();
             if let Some((v, val_loss)) = self.validate()? {
+                self.budget.record_validation(t.elapsed().as_secs_f64());
                 emit(TrainEvent::Validated {
                     step: self.step,
                     epoch: self.epoch,
@@ -766,76 +772,6 @@ impl<'a> Session<'a> {
         })
     }
 
-    fn meta(&self) -> Result<CheckpointMeta, TrainError> {
-        let cfg = &self.job.config;
-        Ok(CheckpointMeta {
-            format: CHECKPOINT_FORMAT,
-            epoch: self.epoch,
-            epoch_position: self.epoch_position,
-            step: self.step,
-            best_val_top20: self.checkpoints.best_top20(),
-            val: self.last_val.clone(),
-            optimizer_t: self.optimisers.model.t,
-            fingerprint: checkpoint::fingerprint(&self.varmap)?,
-            config_hash: model_hash(cfg),
-            backbone: cfg.model.backbone.to_string(),
-            image_size: cfg.model.image_size,
-            embedding_dim: cfg.model.embedding_dim,
-        })
-    }
-
-    /// One unit: weights, (for `last`) optimizer moments and class weights, and the
-    /// sidecar, put in place together by [`checkpoint_set::write`].
-    fn save(
-        &mut self,
-        kind: CheckpointKind,
-        emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
-    ) -> Result<(), TrainError> {
-        let files = CheckpointFiles::of(self.run, kind);
-        let path = files.weights.clone();
-        let meta = self.meta()?;
-        let weights = checkpoint::serialize(&self.varmap)?;
-        let optim = if kind == CheckpointKind::Last {
-            // Moments of both optimisers, and the class weights, which live outside
-            // the model: resume needs them, search does not.
-            let mut state = self.optimisers.model.state();
-            if let (Some(p), Some(opt)) = (self.criterion.proxies(), &self.optimisers.proxies) {
-                state.extend(opt.state());
-                state.push((PROXIES_NAME.into(), p.as_tensor().clone()));
-            }
-            let mut tensors: HashMap<String, Tensor> = state
-                .into_iter()
-                .map(|(n, t)| t.to_device(&Device::Cpu).map(|t| (n, t)))
-                .collect::<candle_core::Result<_>>()?;
-            tensors.insert(
-                OPTIM_STEP.into(),
-                Tensor::new(&[self.step as u32], &Device::Cpu)?,
-            );
-            Some(
-                safetensors::tensor::serialize(tensors, None)
-                    .map_err(|e| TrainError::Model(e.into()))?,
-            )
-        } else {
-            None
-        };
-        let new = NewCheckpoint {
-            weights: &weights,
-            optim: optim.as_deref(),
-            meta: &meta,
-        };
-        checkpoint_set::write(&files, &new)
-            .map_err(|(path, source)| TrainError::Io { path, source })?;
-        if kind == CheckpointKind::Last {
-            self.checkpoints.last_written(self.step);
-        }
-        emit(TrainEvent::Checkpoint {
-            step: self.step,
-            epoch: self.epoch,
-            kind,
-            path: path.display().to_string(),
-        })
-    }
-
     /// Val top-k and val loss (eval mode) on the val split; `None` without val pairs.
     fn validate(&self) -> Result<Option<(Retrieval, f32)>, TrainError> {
         crate::fsutil::crash_point("validation");
@@ -850,9 +786,4 @@ impl<'a> Session<'a> {
         )
         .map_err(TrainError::from)
     }
-}
-
-fn tensors_step(tensors: &HashMap<String, Tensor>) -> Option<usize> {
-    let v = tensors.get(OPTIM_STEP)?.to_vec1::<u32>().ok()?;
-    v.first().map(|&s| s as usize)
 }

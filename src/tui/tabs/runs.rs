@@ -61,13 +61,14 @@ impl CurveBuilder {
                     self.loss.push((*step as f64, debiased));
                 }
             }
-            // The untrained model at epoch 0, and the validation a run makes when it
-            // stops mid-epoch at its fraction of an epoch: a run cut short by a step
+            // x counts epochs done: the untrained model at 0, the end of epoch e
+            // (from 0, as events count) at e + 1, and the validation a run makes when
+            // it stops mid-epoch at its fraction of an epoch: a run cut short by a step
             // or time limit still has a curve, as its row has a best value.
             TrainEvent::Baseline { val_top20, .. } => self.val_point(0.0, *val_top20),
             TrainEvent::Epoch {
                 epoch, val_top20, ..
-            } => self.val_point(*epoch as f64, *val_top20),
+            } => self.val_point((*epoch + 1) as f64, *val_top20),
             TrainEvent::Validated {
                 step,
                 epoch,
@@ -423,7 +424,7 @@ mod tests {
 
     fn validation(step: Option<usize>, epoch: usize, top20: f64) -> TrainEvent {
         let mut v = serde_json::json!({
-            "event": "epoch", "step": step.unwrap_or(epoch * 100), "epoch": epoch,
+            "event": "epoch", "step": step.unwrap_or((epoch + 1) * 100), "epoch": epoch,
             "train_loss": 1.0, "val_loss": 0.5, "val_top1": top20 / 2.0, "val_top20": top20,
             "val_map_at_r": 0.1, "seconds": 1.0,
         });
@@ -441,15 +442,16 @@ mod tests {
             val_top20: 0.05,
             val_map_at_r: 0.01,
         };
-        // A run stopped at step 60 of 100 per epoch, then resumed to the end of
-        // epoch 2; an Epoch event for epoch 1 arrives after the stop's validation.
+        // A run stopped at step 60 of 100 per epoch, then resumed to the end of its
+        // second epoch (epochs count from 0 in events); the end of the first arrives
+        // after the stop's validation.
         let events = [
             started(100, false),
             baseline,
-            validation(Some(60), 1, 0.2),
+            validation(Some(60), 0, 0.2),
             started(100, true),
-            validation(None, 2, 0.4),
-            validation(None, 1, 0.3),
+            validation(None, 1, 0.4),
+            validation(None, 0, 0.3),
         ];
         let c = curves_of(&events);
         assert_eq!(

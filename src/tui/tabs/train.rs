@@ -310,6 +310,9 @@ impl TrainState {
                 });
                 self.session_first = None;
                 self.outcome = None;
+                // The new process says again whether the run is collapsing (its monitor
+                // is carried over): a warning of an earlier process is not kept.
+                self.collapse = None;
                 if !*resumed {
                     // A fresh run in the same file starts the curves over.
                     self.loss = LossSeries::default();
@@ -317,7 +320,6 @@ impl TrainState {
                     self.val_loss.clear();
                     self.epochs.clear();
                     self.baseline = None;
-                    self.collapse = None;
                     self.ema = 0.0;
                     self.ema_n = 0;
                 }
@@ -427,6 +429,14 @@ impl TrainState {
                     None => {}
                 }
                 self.notices.push((*step, message.clone()));
+                trim(&mut self.notices);
+            }
+            TrainEvent::SettingsChanged { step, changes } => {
+                let list: Vec<String> = changes.iter().map(ToString::to_string).collect();
+                self.notices.push((
+                    *step,
+                    format!("resumed with changed settings: {}", list.join(", ")),
+                ));
                 trim(&mut self.notices);
             }
             TrainEvent::Validated {
@@ -645,6 +655,35 @@ mod tests {
         assert_eq!(h.last().map(|p| p.0), Some(999.0));
         assert!(s.history_stride() >= 64);
         assert_eq!(s.len(), 1000);
+    }
+
+    fn started(resumed: bool) -> TrainEvent {
+        serde_json::from_value(serde_json::json!({
+            "event": "started", "run": "r", "device": "cpu", "backbone": "resnet18",
+            "image_size": 64, "batch": 16, "epochs": 5, "steps_per_epoch": 10,
+            "total_steps": 50, "start_step": if resumed { 20 } else { 0 }, "resumed": resumed,
+            "mining": "batch_hard", "params": 1, "trainable_params": 1,
+            "train_triplets": 1, "val_queries": 1, "val_gallery": 1, "time": 0.0,
+        }))
+        .expect("a started event")
+    }
+
+    #[test]
+    fn a_resumed_process_says_again_whether_the_run_is_collapsing() {
+        let collapse = |step| TrainEvent::Notice {
+            step,
+            message: "the embeddings are collapsing".into(),
+            kind: Some(NoticeKind::Collapse),
+        };
+        let mut t = TrainState::default();
+        t.apply_all(&[started(false), collapse(12)]);
+        assert!(t.collapse.is_some());
+        // The next process's monitor found the run healthy: no stale warning.
+        t.apply(&started(true));
+        assert!(t.collapse.is_none());
+        // It re-states a collapse still in progress.
+        t.apply(&collapse(20));
+        assert_eq!(t.collapse.as_ref().map(|c| c.0), Some(20));
     }
 
     #[test]

@@ -161,7 +161,9 @@ impl Lister {
 /// The settings that differ between two runs' `config.toml`.
 pub fn config_diff(a: &Path, b: &Path) -> Result<Vec<SettingDiff>, String> {
     let ca = settings::load(a).map_err(|e| e.to_string())?;
-    let cb = settings::load(b).map_err(|e| e.to_string())?;
+    let mut cb = settings::load(b).map_err(|e| e.to_string())?;
+    // Each run's config.toml names the run itself: that is which run, not a setting.
+    cb.train.run.clone_from(&ca.train.run);
     Ok(settings::diff(&ca, &cb))
 }
 
