@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 
+use super::average::WeightAverage;
 use super::checkpoint_policy::CheckpointPolicy;
 use super::collapse::{CollapseChange, CollapseMonitor, StepSignals};
 use super::events::{CheckpointKind, NoticeKind, StopReason, TrainEvent};
@@ -82,7 +83,7 @@ pub use crate::run::checkpoints::{CHECKPOINT_FORMAT, CheckpointMeta, sidecar_pat
 
 /// Hash of the settings that shape the weights (a resumed run must match them).
 pub fn model_hash(config: &Config) -> String {
-    let text = toml::to_string(&config.model.embedder()).unwrap_or_default();
+    let text = toml::to_string(&config.model.embedder().weights_shape()).unwrap_or_default();
     format!("{:016x}", fnv1a64(text.as_bytes()))
 }
 
@@ -204,7 +205,11 @@ struct Session<'a> {
     validation_seconds: f64,
     /// When this process started the run (the time limit counts from here).
     started: Instant,
+    /// Seconds after `started` when the newest epoch-end validation ended.
+    validated_seconds: Option<f64>,
     collapse: CollapseMonitor,
+    /// The weights' moving average (`train.ema`), which validation and checkpoints use.
+    average: Option<WeightAverage>,
 }
 
 impl<'a> Session<'a> {
@@ -249,11 +254,16 @@ impl<'a> Session<'a> {
             validated_at: None,
             validation_seconds: 0.0,
             started: Instant::now(),
+            validated_seconds: None,
             collapse: CollapseMonitor::default(),
+            average: None,
         };
         let last = run.checkpoint(CheckpointKind::Last);
         if job.resume {
             session.restore(&last)?;
+        }
+        if cfg.train.ema > 0.0 && session.average.is_none() {
+            session.average = Some(WeightAverage::new(&session.varmap, cfg.train.ema)?);
         }
         write_bytes_atomic(&run.config(), config_toml(cfg)?.as_bytes()).map_err(|source| {
             TrainError::Io {
@@ -302,6 +312,16 @@ impl<'a> Session<'a> {
             .load_state(meta.optimizer_t, |name| tensors.get(name).cloned())?;
         if restored == 0 {
             tracing::warn!("no matching optimizer state; resuming with fresh Adam moments");
+        }
+        // The weights file holds the average; the live weights resume training.
+        if self.job.config.train.ema > 0.0 {
+            let mut average = WeightAverage::new(&self.varmap, self.job.config.train.ema)?;
+            if !average.restore_live(|name| tensors.get(name).cloned())? {
+                tracing::warn!(
+                    "no saved live weights; training resumes from the checkpoint's weights"
+                );
+            }
+            self.average = Some(average);
         }
         if let (Some(p), Some(opt)) = (self.criterion.proxies(), &mut self.optimisers.proxies) {
             match tensors.get(PROXIES_NAME) {
@@ -503,9 +523,16 @@ impl<'a> Session<'a> {
         }
         // An epoch cut short by a dead decoding thread is an error, not an epoch.
         loader.finish()?;
-        let t = Instant::now();
-        let val = self.validate()?;
-        self.validation_seconds = t.elapsed().as_secs_f64();
+        let validating = self.validation_due();
+        let val = if validating {
+            let t = Instant::now();
+            let val = self.validate()?;
+            self.validation_seconds = t.elapsed().as_secs_f64();
+            self.validated_seconds = Some(self.started.elapsed().as_secs_f64());
+            val
+        } else {
+            None
+        };
         emit(TrainEvent::Epoch {
             epoch: self.epoch,
             step: self.step,
@@ -522,9 +549,30 @@ impl<'a> Session<'a> {
         })?;
         self.epoch += 1;
         self.epoch_position = 0;
-        self.keep_if_best(val.map(|v| v.0), emit)?;
+        if validating {
+            self.keep_if_best(val.map(|v| v.0), emit)?;
+        }
         self.save(CheckpointKind::Last, emit)?;
         Ok(None)
+    }
+
+    /// Whether this epoch's end validates: always with `train.validations = 0`, else
+    /// once 1/N of the run's time limit (or, without one, of its steps) has passed
+    /// since the last validation, so the short epochs of a small dataset do not spend
+    /// the run validating.
+    fn validation_due(&self) -> bool {
+        let cfg = &self.job.config.train;
+        if cfg.validations == 0 {
+            return true;
+        }
+        if let Some(limit) = self.job.config.time_limit() {
+            let share = limit.as_secs_f64() / cfg.validations as f64;
+            return self
+                .validated_seconds
+                .is_none_or(|at| self.started.elapsed().as_secs_f64() - at >= share);
+        }
+        let every_steps = self.total_steps().div_ceil(cfg.validations).max(1);
+        self.step - self.validated_at.unwrap_or(0) >= every_steps
     }
 
     /// Forward, loss, backward and update on one loaded batch; returns the loss.
@@ -582,6 +630,9 @@ impl<'a> Session<'a> {
         let (dim, host) = crate::model::loss::host_rows(&report.embeddings)?;
         let spread = mean_pairwise_cosine(&host, dim);
         self.step += 1;
+        if let Some(average) = &mut self.average {
+            average.update(self.step)?;
+        }
         rate.record(batch.n);
         let images_per_s = rate.per_second();
         emit(TrainEvent::Step {
@@ -742,6 +793,27 @@ impl<'a> Session<'a> {
         kind: CheckpointKind,
         emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
     ) -> Result<(), TrainError> {
+        if let Some(average) = &mut self.average {
+            average.swap()?;
+        }
+        let written = self.write_checkpoint(kind);
+        if let Some(average) = &mut self.average {
+            average.swap()?;
+        }
+        let path = written?;
+        if kind == CheckpointKind::Last {
+            self.checkpoints.last_written(self.step);
+        }
+        emit(TrainEvent::Checkpoint {
+            step: self.step,
+            epoch: self.epoch,
+            kind,
+            path: path.display().to_string(),
+        })
+    }
+
+    /// The checkpoint files of [`Self::save`] from the weights the model holds now.
+    fn write_checkpoint(&self, kind: CheckpointKind) -> Result<PathBuf, TrainError> {
         let files = CheckpointFiles::of(self.run, kind);
         let path = files.weights.clone();
         let meta = self.meta()?;
@@ -753,6 +825,9 @@ impl<'a> Session<'a> {
             if let (Some(p), Some(opt)) = (self.criterion.proxies(), &self.optimisers.proxies) {
                 state.extend(opt.state());
                 state.push((PROXIES_NAME.into(), p.as_tensor().clone()));
+            }
+            if let Some(average) = &self.average {
+                state.extend(average.live_state());
             }
             let mut tensors: HashMap<String, Tensor> = state
                 .into_iter()
@@ -776,19 +851,23 @@ impl<'a> Session<'a> {
         };
         checkpoint_set::write(&files, &new)
             .map_err(|(path, source)| TrainError::Io { path, source })?;
-        if kind == CheckpointKind::Last {
-            self.checkpoints.last_written(self.step);
-        }
-        emit(TrainEvent::Checkpoint {
-            step: self.step,
-            epoch: self.epoch,
-            kind,
-            path: path.display().to_string(),
-        })
+        Ok(path)
     }
 
-    /// Val top-k and val loss (eval mode) on the val split; `None` without val pairs.
-    fn validate(&self) -> Result<Option<(Retrieval, f32)>, TrainError> {
+    /// Val top-k and val loss (eval mode) on the val split, of the weights' average
+    /// when there is one; `None` without val pairs.
+    fn validate(&mut self) -> Result<Option<(Retrieval, f32)>, TrainError> {
+        if let Some(average) = &mut self.average {
+            average.swap()?;
+        }
+        let result = self.validate_current();
+        if let Some(average) = &mut self.average {
+            average.swap()?;
+        }
+        result
+    }
+
+    fn validate_current(&self) -> Result<Option<(Retrieval, f32)>, TrainError> {
         crate::fsutil::crash_point("validation");
         validate(
             &self.model,
