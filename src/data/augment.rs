@@ -55,10 +55,10 @@ impl Default for AugmentConfig {
             hue: 0.1,
             grayscale: 0.1,
             blur: 0.2,
-            rotate: 0.0,
-            shrink: 0.0,
+            rotate: 25.0,
+            shrink: 0.3,
             morph: 0.0,
-            invert: 0.0,
+            invert: 0.3,
         }
     }
 }

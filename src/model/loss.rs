@@ -109,7 +109,7 @@ impl Default for LossConfig {
         Self {
             kind: LossKind::NormSoftmax,
             temperature: 0.05,
-            softmax_margin: 0.0,
+            softmax_margin: 0.1,
             proxy_alpha: 32.0,
             proxy_margin: 0.1,
             proxy_lr_scale: 100.0,
