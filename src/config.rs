@@ -77,6 +77,9 @@ pub struct ModelConfig {
     pub train_from_stage: usize,
     /// BatchNorm on the embedding before its L2 normalisation.
     pub bnneck: bool,
+    /// Embed each image and its mirror image and average them (index, search,
+    /// evaluation and validation; never training).
+    pub flip_average: bool,
     /// Empty: random initialisation; a safetensors file, or `hf:OWNER/NAME[@REV]`
     /// (resolved from the Hugging Face cache, never downloaded here).
     pub pretrained: PathBuf,
@@ -91,6 +94,7 @@ impl Default for ModelConfig {
             dropout: 0.1,
             train_from_stage: 0,
             bnneck: true,
+            flip_average: false,
             pretrained: PathBuf::new(),
         }
     }
@@ -104,6 +108,7 @@ impl ModelConfig {
             dropout: self.dropout,
             train_from_stage: self.train_from_stage,
             bnneck: self.bnneck,
+            flip_average: self.flip_average,
         }
     }
 }
@@ -125,6 +130,9 @@ pub struct TrainConfig {
     pub schedule: Schedule,
     pub warmup_steps: usize,
     pub grad_clip: f64,
+    /// Decay of the weights' moving average that validation and checkpoints use
+    /// (0 = off: the live weights).
+    pub ema: f64,
     pub device: String,
     pub seed: u64,
     pub max_steps: usize,
@@ -132,6 +140,9 @@ pub struct TrainConfig {
     pub time_limit: String,
     pub checkpoint_every: usize,
     pub val_queries: usize,
+    /// At most about this many epoch-end validations a run, spread over its steps or
+    /// its time limit (0 = every epoch).
+    pub validations: usize,
     pub threads: usize,
 }
 
@@ -150,12 +161,14 @@ impl Default for TrainConfig {
             schedule: Schedule::Cosine,
             warmup_steps: 50,
             grad_clip: 0.0,
+            ema: 0.995,
             device: "auto".into(),
             seed: 42,
             max_steps: 0,
             time_limit: String::new(),
             checkpoint_every: 100,
             val_queries: 0,
+            validations: 20,
             threads: 0,
         }
     }
@@ -475,6 +488,9 @@ impl Config {
         self.augment.validate()?;
         if !(t.grad_clip >= 0.0 && t.grad_clip.is_finite()) {
             return fail("train.grad_clip", "must be zero (off) or positive");
+        }
+        if !(0.0..1.0).contains(&t.ema) {
+            return fail("train.ema", "must be at least 0 (off) and below 1");
         }
         if let Err(e) = parse_device(&t.device) {
             return fail("train.device", &e);

@@ -7,6 +7,7 @@ pub mod collapse;
 pub mod events;
 pub mod job;
 pub mod metrics_log;
+pub mod average;
 pub mod optim;
 mod rate;
 pub mod resume;

@@ -63,6 +63,7 @@ fn cfg(backbone: Backbone, train_from_stage: usize) -> EmbedderConfig {
         dropout: 0.0,
         train_from_stage,
         bnneck: false,
+        flip_average: false,
     }
 }
 

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use vitrine::model::loss::{
     Criterion, LossConfig, LossKind, Mining, TripletLoss, mean_pairwise_cosine,
-    multi_similarity_loss, norm_softmax_loss, proxy_anchor_loss,
+    multi_similarity_loss, norm_softmax_loss, norm_softmax_margin_loss, proxy_anchor_loss,
 };
 use vitrine::model::loss::{LossStats, MsParams};
 
@@ -136,6 +136,30 @@ fn norm_softmax_gradient_reaches_embeddings_and_proxies() {
     let e = rows(&x);
     check_gradient(&proxies, &|p| {
         norm_softmax_loss(&e, p, &[0, 1, 2], 0.2).expect("loss")
+    });
+}
+
+#[test]
+fn norm_softmax_margin_value_by_hand() {
+    let proxies = rows(&[[1.0, 0.0], [0.0, 1.0]]);
+    let x = rows(&[[1.0, 0.0], [0.6, 0.8]]);
+    // Margin 0.2 at temperature 0.1 takes 2 off each row's own logit: row 0 [8, 0],
+    // row 1 [6, 6].
+    let stats = norm_softmax_margin_loss(&x, &proxies, &[0, 1], 0.1, 0.2).expect("loss");
+    let expected = f64::midpoint(ln1p_exp(-8.0), ln1p_exp(0.0));
+    assert!(
+        (value(&stats.loss) - expected).abs() < 1e-6,
+        "{} vs {expected}",
+        value(&stats.loss)
+    );
+    // The margin shapes the loss, not which rows count as misranked.
+    assert_eq!(stats.active, 0.0);
+    let plain = norm_softmax_margin_loss(&x, &proxies, &[0, 1], 0.1, 0.0).expect("loss");
+    let reference = norm_softmax_loss(&x, &proxies, &[0, 1], 0.1).expect("loss");
+    assert_eq!(value(&plain.loss), value(&reference.loss));
+    let p = rows(&[[0.9, 0.3], [-0.2, 1.1], [0.5, -0.7]]);
+    check_gradient(&[[1.0, 0.1], [0.6, 0.8], [0.3, -0.9]], &|x| {
+        norm_softmax_margin_loss(x, &p, &[0, 1, 2], 0.2, 0.1).expect("loss")
     });
 }
 

@@ -905,4 +905,43 @@ fn a_collapse_in_progress_is_carried_over_a_resume() {
         warned.is_some() && warned < first_step,
         "no collapse notice at the start: {events:?}"
     );
+
+#[test]
+fn validations_are_spread_over_the_run_and_it_still_ends_validated() {
+    let data = common::synth_dataset(60, 64);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cfg = common::tiny_train_config();
+    cfg.train.epochs = 8;
+    cfg.train.validations = 2;
+    let job = job(&data, &tmp.path().join("run"), cfg.clone());
+    let (result, events) = run_collect(&job, &Control::new());
+    let outcome = result.expect("train");
+    let epochs: Vec<(usize, bool)> = events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Epoch { step, val_loss, .. } => Some((*step, val_loss.is_finite())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(epochs.len(), 8);
+    let n_validated = epochs.iter().filter(|e| e.1).count();
+    // Once half the steps have passed: about twice, not at each of the 8 epochs.
+    assert!((1..=3).contains(&n_validated), "{epochs:?}");
+    // The run still validates where it stops, so `best` exists.
+    let final_validated =
+        epochs.last().is_some_and(|e| e.1) || validated(&events).map(|v| v.0) == Some(outcome.step);
+    assert!(final_validated, "{epochs:?}");
+    let run = RunDir::new(&job.run);
+    assert!(read_meta(&run.checkpoint(CheckpointKind::Best)).is_ok());
+
+    // `validations = 0` validates every epoch.
+    cfg.train.validations = 0;
+    let job = self::job(&data, &tmp.path().join("every"), cfg);
+    let (result, events) = run_collect(&job, &Control::new());
+    result.expect("train");
+    let every = events
+        .iter()
+        .filter(|e| matches!(e, TrainEvent::Epoch { val_loss, .. } if val_loss.is_finite()))
+        .count();
+    assert_eq!(every, 8);
 }

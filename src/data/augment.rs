@@ -1,6 +1,7 @@
 //! Training-time augmentation, drawn per image from a seeded stream so a resumed run
-//! sees the same images: random resized crop, horizontal flip, colour jitter
-//! (brightness, contrast, saturation, hue), random greyscale and Gaussian blur.
+//! sees the same images: random resized crop, rotation and shrink, thicker or thinner
+//! strokes, horizontal flip, colour jitter (brightness, contrast, saturation, hue),
+//! inversion, random greyscale and Gaussian blur.
 //! Validation, indexing and search never augment.
 //!
 //! The crop is taken before the resize (no extra pixels are decoded); everything else
@@ -32,6 +33,16 @@ pub struct AugmentConfig {
     pub grayscale: f32,
     /// Probability of a Gaussian blur (σ up to 1.2 px at 64 px, scaled with size).
     pub blur: f32,
+    /// Largest rotation, in degrees either way (0 = none).
+    pub rotate: f32,
+    /// Largest shrink of the picture about its centre, as a share of its side (0 = none);
+    /// the border is filled from the picture's edge.
+    pub shrink: f32,
+    /// Probability of a 3×3 minimum or maximum filter (either, equally likely): dark
+    /// strokes on a light ground get thicker or thinner, as another hand draws them.
+    pub morph: f32,
+    /// Probability of inverting the colours (light ink on a dark ground).
+    pub invert: f32,
 }
 
 impl Default for AugmentConfig {
@@ -44,6 +55,10 @@ impl Default for AugmentConfig {
             hue: 0.1,
             grayscale: 0.1,
             blur: 0.2,
+            rotate: 25.0,
+            shrink: 0.3,
+            morph: 0.0,
+            invert: 0.3,
         }
     }
 }
@@ -71,6 +86,20 @@ impl AugmentConfig {
         unit("jitter", self.jitter, 0.0)?;
         unit("grayscale", self.grayscale, 0.0)?;
         unit("blur", self.blur, 0.0)?;
+        unit("morph", self.morph, 0.0)?;
+        unit("invert", self.invert, 0.0)?;
+        if !(0.0..=0.9).contains(&self.shrink) {
+            return Err((
+                "augment.shrink".into(),
+                "must be between 0 and 0.9".into(),
+            ));
+        }
+        if !(0.0..=180.0).contains(&self.rotate) {
+            return Err((
+                "augment.rotate".into(),
+                "must be between 0 and 180 (degrees)".into(),
+            ));
+        }
         if !(0.0..=0.5).contains(&self.hue) {
             return Err(("augment.hue".into(), "must be between 0 and 0.5".into()));
         }
@@ -100,10 +129,36 @@ pub fn resized_crop(img: &RgbImage, size: u32, cfg: &AugmentConfig, rng: &mut Rn
     image::imageops::resize(img, size, size, FilterType::Triangle)
 }
 
-/// Flip, colour jitter, greyscale and blur on `[0, 1]` CHW planes of `size`².
+/// Rotation and shrink, stroke filters, flip, colour jitter, inversion, greyscale and
+/// blur on `[0, 1]` CHW planes of `size`². Each kind draws from `rng` only when it is
+/// on, so turning one on leaves the others' draws of a run as they were.
 pub fn photometric(chw: &mut [f32], size: usize, cfg: &AugmentConfig, rng: &mut Rng) {
     let plane = size * size;
     debug_assert_eq!(chw.len(), 3 * plane);
+    if cfg.rotate > 0.0 || cfg.shrink > 0.0 {
+        let degrees = if cfg.rotate > 0.0 {
+            rng.range_f32(-cfg.rotate, cfg.rotate)
+        } else {
+            0.0
+        };
+        let scale = if cfg.shrink > 0.0 {
+            rng.range_f32(1.0 - cfg.shrink, 1.0)
+        } else {
+            1.0
+        };
+        let mut tmp = vec![0f32; plane];
+        for p in chw.chunks_exact_mut(plane) {
+            rotate_scale(p, &mut tmp, size, degrees, scale);
+            p.copy_from_slice(&tmp);
+        }
+    }
+    if cfg.morph > 0.0 && rng.chance(cfg.morph) {
+        let thicker_dark = rng.chance(0.5);
+        let mut tmp = vec![0f32; plane];
+        for p in chw.chunks_exact_mut(plane) {
+            extremum_3x3(p, &mut tmp, size, thicker_dark);
+        }
+    }
     if rng.chance(cfg.flip) {
         for row in chw.chunks_exact_mut(size) {
             row.reverse();
@@ -116,6 +171,11 @@ pub fn photometric(chw: &mut [f32], size: usize, cfg: &AugmentConfig, rng: &mut 
         let saturation = rng.range_f32(1.0 - j, 1.0 + j);
         let hue = rng.range_f32(-cfg.hue, cfg.hue);
         jitter(chw, plane, brightness, contrast, saturation, hue);
+    }
+    if cfg.invert > 0.0 && rng.chance(cfg.invert) {
+        for v in chw.iter_mut() {
+            *v = 1.0 - *v;
+        }
     }
     if rng.chance(cfg.grayscale) {
         let (r, rest) = chw.split_at_mut(plane);
@@ -175,6 +235,53 @@ fn jitter(chw: &mut [f32], plane: usize, brightness: f32, contrast: f32, sat: f3
             px[1].clamp(0.0, 1.0),
             px[2].clamp(0.0, 1.0),
         );
+    }
+}
+
+/// `dst` = `src` rotated by `degrees` and scaled by `scale` about the centre, sampled
+/// bilinearly with the edges replicated outside the picture.
+fn rotate_scale(src: &[f32], dst: &mut [f32], size: usize, degrees: f32, scale: f32) {
+    let (sin, cos) = degrees.to_radians().sin_cos();
+    let c = size as f32 / 2.0;
+    let last = size as f32 - 1.0;
+    let at = |x: usize, y: usize| src[y * size + x];
+    for y in 0..size {
+        for x in 0..size {
+            // Inverse map: which source point lands on this output pixel's centre.
+            let (u, v) = (x as f32 + 0.5 - c, y as f32 + 0.5 - c);
+            let sx = ((cos * u + sin * v) / scale + c - 0.5).clamp(0.0, last);
+            let sy = ((-sin * u + cos * v) / scale + c - 0.5).clamp(0.0, last);
+            let (x0, y0) = (sx.floor() as usize, sy.floor() as usize);
+            let (x1, y1) = ((x0 + 1).min(size - 1), (y0 + 1).min(size - 1));
+            let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
+            let top = at(x0, y0) * (1.0 - fx) + at(x1, y0) * fx;
+            let bottom = at(x0, y1) * (1.0 - fx) + at(x1, y1) * fx;
+            dst[y * size + x] = top * (1.0 - fy) + bottom * fy;
+        }
+    }
+}
+
+/// A 3×3 minimum (`min = true`: dark strokes grow) or maximum filter of one plane, in
+/// place, as two separable passes through `tmp`.
+fn extremum_3x3(p: &mut [f32], tmp: &mut [f32], size: usize, min: bool) {
+    let pick = |a: f32, b: f32| if min { a.min(b) } else { a.max(b) };
+    for pass in 0..2 {
+        let (src, dst): (&[f32], &mut [f32]) = if pass == 0 { (&*p, &mut *tmp) } else { (&*tmp, &mut *p) };
+        // Rows first, then columns; neighbours past the edge are the edge itself.
+        let (along, across) = if pass == 0 { (1, size) } else { (size, 1) };
+        for line in 0..size {
+            for i in 0..size {
+                let at = |j: usize| src[line * across + j * along];
+                let mut v = at(i);
+                if i > 0 {
+                    v = pick(v, at(i - 1));
+                }
+                if i + 1 < size {
+                    v = pick(v, at(i + 1));
+                }
+                dst[line * across + i * along] = v;
+            }
+        }
     }
 }
 
@@ -249,5 +356,59 @@ mod tests {
         let after: f32 = flat.iter().sum();
         assert!((before - after).abs() < 0.05, "{before} {after}");
         assert!(flat[27] < 1.0 && flat[27] > 0.25);
+    }
+
+    #[test]
+    fn rotation_by_a_quarter_turn_moves_pixels_exactly_and_none_is_identity() {
+        let size = 6;
+        let src: Vec<f32> = (0..size * size).map(|i| i as f32).collect();
+        let mut same = vec![0f32; size * size];
+        rotate_scale(&src, &mut same, size, 0.0, 1.0);
+        assert_eq!(same, src);
+        let mut turned = vec![0f32; size * size];
+        rotate_scale(&src, &mut turned, size, 90.0, 1.0);
+        for y in 0..size {
+            for x in 0..size {
+                let want = src[(size - 1 - x) * size + y];
+                assert!((turned[y * size + x] - want).abs() < 1e-3, "({x},{y})");
+            }
+        }
+        // Shrunk by half: the centre keeps its value, the corner takes the edge's.
+        let mut small = vec![0f32; size * size];
+        rotate_scale(&src, &mut small, size, 0.0, 0.5);
+        assert!(small[0] >= src[0] && small[0] <= src[size + 1]);
+    }
+
+    #[test]
+    fn stroke_filters_grow_and_shrink_a_dark_dot() {
+        let size = 7;
+        let mut dot = vec![1f32; size * size];
+        dot[3 * size + 3] = 0.0;
+        let mut tmp = vec![0f32; size * size];
+        let mut thick = dot.clone();
+        extremum_3x3(&mut thick, &mut tmp, size, true);
+        assert_eq!(thick.iter().filter(|v| **v == 0.0).count(), 9);
+        assert_eq!(thick[2 * size + 2], 0.0);
+        let mut thin = dot.clone();
+        extremum_3x3(&mut thin, &mut tmp, size, false);
+        assert!(thin.iter().all(|v| *v == 1.0));
+    }
+
+    #[test]
+    fn inversion_alone_turns_ink_light() {
+        let base: Vec<f32> = (0..3 * 64).map(|i| (i % 13) as f32 / 12.0).collect();
+        let cfg = AugmentConfig {
+            invert: 1.0,
+            jitter: 0.0,
+            hue: 0.0,
+            grayscale: 0.0,
+            blur: 0.0,
+            ..AugmentConfig::default()
+        };
+        let mut out = base.clone();
+        photometric(&mut out, 8, &cfg, &mut Rng::new(9));
+        for (x, y) in base.iter().zip(&out) {
+            assert!((x + y - 1.0).abs() < 1e-6);
+        }
     }
 }

@@ -41,6 +41,11 @@ pub struct EmbedderConfig {
     /// off, so runs made before it existed keep their configuration hash.
     #[serde(skip_serializing_if = "is_false")]
     pub bnneck: bool,
+    /// At inference, the embedding of the image and of its mirror image, averaged.
+    /// Changes no weight, so it is left out of the configuration hash (see
+    /// [`EmbedderConfig::weights_shape`]).
+    #[serde(skip_serializing_if = "is_false")]
+    pub flip_average: bool,
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)]
@@ -58,11 +63,21 @@ impl Default for EmbedderConfig {
             dropout: 0.5,
             train_from_stage: 5,
             bnneck: false,
+            flip_average: false,
         }
     }
 }
 
 impl EmbedderConfig {
+    /// The settings that shape or train the weights, without the inference-only ones:
+    /// what a checkpoint must match to be resumed.
+    pub fn weights_shape(&self) -> Self {
+        Self {
+            flip_average: false,
+            ..*self
+        }
+    }
+
     fn resnet(&self) -> ResNetConfig {
         ResNetConfig {
             backbone: self.backbone,
@@ -185,9 +200,19 @@ impl Embedder {
         groups
     }
 
-    /// Eval-mode embedding (running BatchNorm statistics, no dropout).
+    /// Eval-mode embedding (running BatchNorm statistics, no dropout); with
+    /// `flip_average` the mean of the image's and its mirror image's embeddings, made
+    /// unit again.
     pub fn embed(&self, xs: &Tensor) -> Result<Tensor> {
-        self.forward_t(xs, false)
+        let ys = self.forward_t(xs, false)?;
+        if !self.cfg.flip_average {
+            return Ok(ys);
+        }
+        let width = xs.dim(3)?;
+        let reversed: Vec<u32> = (0..width as u32).rev().collect();
+        let reversed = Tensor::from_vec(reversed, width, xs.device())?;
+        let mirrored = self.forward_t(&xs.index_select(&reversed, 3)?, false)?;
+        l2_normalize(&(ys + mirrored)?)
     }
 }
 

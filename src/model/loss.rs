@@ -23,7 +23,7 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 pub use pairs::{MsParams, multi_similarity_loss};
-pub use proxy::{norm_softmax_loss, proxy_anchor_loss};
+pub use proxy::{norm_softmax_loss, norm_softmax_margin_loss, proxy_anchor_loss};
 pub use triplet::{
     Mining, Triplet, TripletLoss, mine_batch_hard, mine_semi_hard, offline_triplet_loss,
     online_triplet_loss, pairwise_distances,
@@ -86,6 +86,8 @@ pub struct LossConfig {
     pub kind: LossKind,
     /// `norm_softmax`: logits are cosines divided by this.
     pub temperature: f32,
+    /// `norm_softmax`: additive margin on each image's own-class cosine (CosFace).
+    pub softmax_margin: f32,
     /// `proxy_anchor`: scale α and margin δ.
     pub proxy_alpha: f32,
     pub proxy_margin: f32,
@@ -107,6 +109,7 @@ impl Default for LossConfig {
         Self {
             kind: LossKind::NormSoftmax,
             temperature: 0.05,
+            softmax_margin: 0.1,
             proxy_alpha: 32.0,
             proxy_margin: 0.1,
             proxy_lr_scale: 100.0,
@@ -163,6 +166,7 @@ impl LossConfig {
         positive("margin", f64::from(self.margin))?;
         for (key, v) in [
             ("proxy_margin", self.proxy_margin),
+            ("softmax_margin", self.softmax_margin),
             ("ms_base", self.ms_base),
             ("ms_epsilon", self.ms_epsilon),
         ] {
@@ -315,7 +319,13 @@ impl Criterion {
                 },
             )?,
             (LossKind::NormSoftmax, Some(p)) => {
-                norm_softmax_loss(embeddings, p.as_tensor(), classes, c.temperature)?
+                norm_softmax_margin_loss(
+                    embeddings,
+                    p.as_tensor(),
+                    classes,
+                    c.temperature,
+                    c.softmax_margin,
+                )?
             }
             (LossKind::ProxyAnchor, Some(p)) => proxy_anchor_loss(
                 embeddings,

@@ -11,6 +11,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::average::WeightAverage;
 use super::budget::{Budget, BudgetState};
 use super::checkpoint_policy::CheckpointPolicy;
 use super::collapse::CollapseMonitor;
@@ -41,6 +42,9 @@ pub struct Carried {
     /// Step of the newest validation (a stop validates unless it just did).
     #[serde(deserialize_with = "or_default")]
     pub validated_at: Option<usize>,
+    /// Budget seconds when the newest epoch-end validation ended.
+    #[serde(deserialize_with = "or_default")]
+    pub validated_s: Option<f64>,
 }
 
 /// A piece that cannot be read (a damaged sidecar) starts afresh, as in a checkpoint
@@ -91,7 +95,7 @@ impl Position {
 
 /// Hash of the settings that shape the weights (a resumed run must match them).
 pub fn model_hash(config: &Config) -> String {
-    let text = toml::to_string(&config.model.embedder()).unwrap_or_default();
+    let text = toml::to_string(&config.model.embedder().weights_shape()).unwrap_or_default();
     format!("{:016x}", fnv1a64(text.as_bytes()))
 }
 
@@ -279,6 +283,14 @@ pub(super) fn restore(
             ),
         }
     }
+    // The weights file holds the average; the live weights resume training.
+    if wanted.train.ema > 0.0 {
+        let mut average = WeightAverage::new(&prepared.varmap, wanted.train.ema)?;
+        if !average.restore_live(|name| tensors.get(name).cloned())? {
+            tracing::warn!("no saved live weights; training resumes from the checkpoint's weights");
+        }
+        prepared.average = Some(average);
+    }
     Ok(Resumed {
         position: Position::of(&meta),
         carried: Carried::of(&meta),
@@ -299,6 +311,7 @@ impl Session<'_> {
             budget: self.budget.state(),
             collapse: self.collapse.clone(),
             validated_at: self.validated_at,
+            validated_s: self.validated_s,
         }
     }
 
@@ -314,6 +327,7 @@ impl Session<'_> {
         self.checkpoints.last_written(r.meta.step);
         self.last_val = r.meta.val;
         self.validated_at = r.carried.validated_at;
+        self.validated_s = r.carried.validated_s;
         self.budget = Budget::new(cfg.time_limit(), r.carried.budget);
         self.collapse = r.carried.collapse;
         self.changes = r.changes;
@@ -348,6 +362,9 @@ impl Session<'_> {
             state.extend(opt.state());
             state.push((PROXIES_NAME.into(), p.as_tensor().clone()));
         }
+        if let Some(average) = &self.average {
+            state.extend(average.live_state());
+        }
         let mut tensors: HashMap<String, Tensor> = state
             .into_iter()
             .map(|(n, t)| t.to_device(&Device::Cpu).map(|t| (n, t)))
@@ -357,6 +374,20 @@ impl Session<'_> {
             Tensor::new(&[self.step as u32], &Device::Cpu)?,
         );
         safetensors::tensor::serialize(tensors, None).map_err(|e| TrainError::Model(e.into()))
+    }
+
+    /// The sidecar, the weights and (for `last`) the optimizer state, as they are now.
+    fn serialize(
+        &self,
+        kind: CheckpointKind,
+    ) -> Result<(CheckpointMeta, Vec<u8>, Option<Vec<u8>>), TrainError> {
+        let meta = self.meta()?;
+        let weights = checkpoint::serialize(&self.varmap)?;
+        let optim = match kind {
+            CheckpointKind::Last => Some(self.optimizer_state()?),
+            CheckpointKind::Best => None,
+        };
+        Ok((meta, weights, optim))
     }
 
     /// One unit: weights, (for `last`) optimizer state, and the sidecar, put in place
@@ -369,12 +400,12 @@ impl Session<'_> {
         let t = Instant::now();
         let files = CheckpointFiles::of(self.run, kind);
         let path = files.weights.clone();
-        let meta = self.meta()?;
-        let weights = checkpoint::serialize(&self.varmap)?;
-        let optim = match kind {
-            CheckpointKind::Last => Some(self.optimizer_state()?),
-            CheckpointKind::Best => None,
-        };
+        // The weights file holds the average (what validation measured); `last` keeps
+        // the live weights beside the optimizer state.
+        self.swap_average()?;
+        let serialized = self.serialize(kind);
+        self.swap_average()?;
+        let (meta, weights, optim) = serialized?;
         let new = NewCheckpoint {
             weights: &weights,
             optim: optim.as_deref(),

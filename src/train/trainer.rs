@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 
+use super::average::WeightAverage;
 use super::budget::{Budget, BudgetState};
 use super::checkpoint_policy::CheckpointPolicy;
 use super::collapse::{CollapseChange, CollapseMonitor, StepSignals};
@@ -177,7 +178,7 @@ pub fn train(
             source,
         }
     })?;
-    let mut state = Session::new(job, &run, prepared, resumed);
+    let mut state = Session::new(job, &run, prepared, resumed)?;
     let result = state.run(control, &mut emit);
     let _ = std::fs::remove_file(run.control());
     if let Err(e) = &result {
@@ -200,6 +201,8 @@ pub(super) struct Prepared {
     pub(super) criterion: Criterion,
     /// What the backbone was loaded from, for the started event.
     pub(super) pretrained: Option<PretrainedWeights>,
+    /// The weights' moving average (`train.ema`), set by a resume that restored one.
+    pub(super) average: Option<WeightAverage>,
 }
 
 impl Prepared {
@@ -250,6 +253,7 @@ impl Prepared {
             optimisers,
             criterion,
             pretrained,
+            average: None,
         })
     }
 }
@@ -284,6 +288,11 @@ pub(super) struct Session<'a> {
     pub(super) collapse: CollapseMonitor,
     /// What the backbone was loaded from, for the started event.
     pretrained: Option<PretrainedWeights>,
+    /// Budget seconds (over the run's processes) when the newest epoch-end
+    /// validation ended: `train.validations` spreads them over a time limit.
+    pub(super) validated_s: Option<f64>,
+    /// The weights' moving average (`train.ema`), which validation and checkpoints use.
+    pub(super) average: Option<WeightAverage>,
 }
 
 impl<'a> Session<'a> {
@@ -292,7 +301,7 @@ impl<'a> Session<'a> {
         run: &'a RunDir,
         prepared: Prepared,
         resumed: Option<Resumed>,
-    ) -> Self {
+    ) -> Result<Self, TrainError> {
         let cfg = &job.config;
         let Prepared {
             data,
@@ -302,6 +311,7 @@ impl<'a> Session<'a> {
             optimisers,
             criterion,
             pretrained,
+            average,
         } = prepared;
         let mut session = Self {
             job,
@@ -325,11 +335,16 @@ impl<'a> Session<'a> {
             started: Instant::now(),
             collapse: CollapseMonitor::default(),
             pretrained,
+            validated_s: None,
+            average,
         };
         if let Some(r) = resumed {
             session.continue_from(r);
         }
-        session
+        if cfg.train.ema > 0.0 && session.average.is_none() {
+            session.average = Some(WeightAverage::new(&session.varmap, cfg.train.ema)?);
+        }
+        Ok(session)
     }
 
     fn steps_per_epoch(&self) -> usize {
@@ -563,9 +578,16 @@ impl<'a> Session<'a> {
         }
         // An epoch cut short by a dead decoding thread is an error, not an epoch.
         loader.finish()?;
-        let t = Instant::now();
-        let val = self.validate()?;
-        self.budget.record_validation(t.elapsed().as_secs_f64());
+        let validating = self.validation_due();
+        let val = if validating {
+            let t = Instant::now();
+            let val = self.validate()?;
+            self.budget.record_validation(t.elapsed().as_secs_f64());
+            self.validated_s = Some(self.budget.elapsed());
+            val
+        } else {
+            None
+        };
         emit(TrainEvent::Epoch {
             epoch: self.epoch,
             step: self.step,
@@ -576,16 +598,38 @@ impl<'a> Session<'a> {
                 f32::NAN
             },
             val_loss: val.as_ref().map_or(f32::NAN, |v| v.1),
-            // No val split: NaN, written `null` ("none"), not a 0% that looks measured.
+            // No val split, or no validation due: NaN, written `null` ("none"), not a
+            // 0% that looks measured.
             val_top1: val.as_ref().map_or(f64::NAN, |v| v.0.at(1)),
             val_top20: val.as_ref().map_or(f64::NAN, |v| v.0.at(20)),
             val_map_at_r: val.as_ref().map_or(f64::NAN, |v| v.0.map_at_r),
             seconds: epoch_start.elapsed().as_secs_f64(),
         })?;
         self.epoch_done = true;
-        self.keep_if_best(val.map(|v| v.0), emit)?;
+        if validating {
+            self.keep_if_best(val.map(|v| v.0), emit)?;
+        }
         self.save(CheckpointKind::Last, emit)?;
         Ok(None)
+    }
+
+    /// Whether this epoch's end validates: always with `train.validations = 0`, else
+    /// once 1/N of the run's time limit (or, without one, of its steps) has passed
+    /// since the last validation, so the short epochs of a small dataset do not spend
+    /// the run validating.
+    fn validation_due(&self) -> bool {
+        let cfg = &self.job.config.train;
+        if cfg.validations == 0 {
+            return true;
+        }
+        if let Some(limit) = self.job.config.time_limit() {
+            let share = limit.as_secs_f64() / cfg.validations as f64;
+            return self
+                .validated_s
+                .is_none_or(|at| self.budget.elapsed() - at >= share);
+        }
+        let every_steps = self.total_steps().div_ceil(cfg.validations).max(1);
+        self.step - self.validated_at.unwrap_or(0) >= every_steps
     }
 
     /// Forward, loss, backward and update on one loaded batch; returns the loss.
@@ -644,6 +688,12 @@ impl<'a> Session<'a> {
         let (dim, host) = crate::model::loss::host_rows(&report.embeddings)?;
         let spread = mean_pairwise_cosine(&host, dim);
         self.step += 1;
+        if let Some(average) = &mut self.average {
+            average.update(self.step)?;
+        }
+        if let Some(average) = &mut self.average {
+            average.update(self.step)?;
+        }
         rate.record(batch.n);
         let images_per_s = rate.per_second();
         emit(TrainEvent::Step {
@@ -772,8 +822,25 @@ impl<'a> Session<'a> {
         })
     }
 
-    /// Val top-k and val loss (eval mode) on the val split; `None` without val pairs.
-    fn validate(&self) -> Result<Option<(Retrieval, f32)>, TrainError> {
+    /// Val top-k and val loss (eval mode) on the val split, of the weights' average
+    /// when there is one; `None` without val pairs.
+    fn validate(&mut self) -> Result<Option<(Retrieval, f32)>, TrainError> {
+        self.swap_average()?;
+        let result = self.validate_current();
+        self.swap_average()?;
+        result
+    }
+
+    /// Exchanges the model's weights and their average (if any): once to evaluate or
+    /// save the average, once more to go back to training.
+    pub(super) fn swap_average(&mut self) -> Result<(), TrainError> {
+        if let Some(average) = &mut self.average {
+            average.swap()?;
+        }
+        Ok(())
+    }
+
+    fn validate_current(&self) -> Result<Option<(Retrieval, f32)>, TrainError> {
         crate::fsutil::crash_point("validation");
         validate(
             &self.model,

@@ -46,8 +46,31 @@ pub fn norm_softmax_loss(
     classes: &[u32],
     temperature: f32,
 ) -> Result<LossStats> {
+    norm_softmax_margin_loss(embeddings, proxies, classes, temperature, 0.0)
+}
+
+/// [`norm_softmax_loss`] with an additive cosine margin (CosFace: Wang et al. 2018):
+/// each row's own-class cosine counts `margin` less, so an image must be nearer its
+/// item than every other item by at least that much before its loss stops pushing.
+pub fn norm_softmax_margin_loss(
+    embeddings: &Tensor,
+    proxies: &Tensor,
+    classes: &[u32],
+    temperature: f32,
+    margin: f32,
+) -> Result<LossStats> {
     let cos = cosines(embeddings, proxies, classes)?;
-    let logits = (&cos / f64::from(temperature))?;
+    let shifted = if margin > 0.0 {
+        let (n, c) = cos.dims2()?;
+        let mut own = vec![0f32; n * c];
+        for (i, &k) in classes.iter().enumerate() {
+            own[i * c + k as usize] = margin;
+        }
+        (&cos - Tensor::from_vec(own, (n, c), cos.device())?)?
+    } else {
+        cos.clone()
+    };
+    let logits = (&shifted / f64::from(temperature))?;
     let log_p = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let target = Tensor::from_vec(classes.to_vec(), classes.len(), embeddings.device())?;
     let loss = candle_nn::loss::nll(&log_p, &target)?;
