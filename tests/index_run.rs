@@ -260,8 +260,9 @@ fn add_matches_a_full_rebuild() {
     build::build(&folder_job(&full, &images), &mut |_, _| {}).expect("index all");
     let a = Searcher::open(&inc, &CheckpointChoice::Last).expect("open inc");
     let b = Searcher::open(&full, &CheckpointChoice::Last).expect("open full");
-    let mut pa: Vec<&str> = a.entries().iter().map(|e| e.path.as_str()).collect();
-    let mut pb: Vec<&str> = b.entries().iter().map(|e| e.path.as_str()).collect();
+    let (ra, rb) = (a.rows().expect("rows"), b.rows().expect("rows"));
+    let mut pa: Vec<&str> = ra.entries().iter().map(|e| e.path.as_str()).collect();
+    let mut pb: Vec<&str> = rb.entries().iter().map(|e| e.path.as_str()).collect();
     pa.sort_unstable();
     pb.sort_unstable();
     assert_eq!(pa, pb);

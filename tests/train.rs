@@ -905,6 +905,7 @@ fn a_collapse_in_progress_is_carried_over_a_resume() {
         warned.is_some() && warned < first_step,
         "no collapse notice at the start: {events:?}"
     );
+}
 
 #[test]
 fn validations_are_spread_over_the_run_and_it_still_ends_validated() {

@@ -997,6 +997,7 @@ fn run_summary(name: &str, status: RunStatus, loss: &str, step: usize) -> RunSum
         seconds: step as f64 * 1.7,
         updated: Some(1_700_000_000.0 - step as f64),
         message: None,
+        path_not_utf8: false,
     }
 }
 

@@ -29,6 +29,7 @@ fn resnet18_safetensors() -> (Vec<u8>, HashMap<String, Tensor>) {
         dropout: 0.0,
         train_from_stage: 0,
         bnneck: false,
+        flip_average: false,
     };
     let (_, varmap) = Embedder::seeded(cfg, &Device::Cpu, 5).expect("model");
     let mut tensors: HashMap<String, Tensor> = varmap

@@ -243,7 +243,7 @@ pub fn evaluate(
                 (approx, "in-process HNSW".to_string())
             }
         };
-        let index_top_k = REPORTED_K
+        let index_top_k: BTreeMap<String, f64> = REPORTED_K
             .iter()
             .filter(|&&k| k <= INDEX_RECALL_K)
             .map(|&k| {

@@ -117,10 +117,16 @@ pub fn run_settings(job: &TrainJob) -> Config {
     let mut c = job.config.clone();
     c.train.run = absolute(&job.run);
     c.data.root = absolute(&job.data);
-    if !c.model.pretrained.as_os_str().is_empty() {
-        c.model.pretrained = absolute(&c.model.pretrained);
-    }
+    c.model.pretrained = absolute_weights(&c.model.pretrained);
     c
+}
+
+/// A pretrained weights file made absolute; empty and `hf:REPO` stay as they are.
+fn absolute_weights(setting: &Path) -> std::path::PathBuf {
+    match crate::weights::Pretrained::parse(setting) {
+        Ok(Some(crate::weights::Pretrained::File(path))) => absolute(&path),
+        _ => setting.to_path_buf(),
+    }
 }
 
 /// The settings of `wanted` that differ from the run's `saved` ones. Paths compare
@@ -130,9 +136,7 @@ pub fn changes(saved: &Config, wanted: &Config) -> Vec<SettingChange> {
     let mut saved = saved.clone();
     saved.train.run.clone_from(&wanted.train.run);
     saved.data.root = absolute(&saved.data.root);
-    if !saved.model.pretrained.as_os_str().is_empty() {
-        saved.model.pretrained = absolute(&saved.model.pretrained);
-    }
+    saved.model.pretrained = absolute_weights(&saved.model.pretrained);
     settings::diff(&saved, wanted)
         .into_iter()
         .map(|d| SettingChange {
@@ -491,6 +495,7 @@ mod tests {
             },
             collapse: monitor,
             validated_at: Some(40),
+            validated_s: Some(9.5),
         };
         let mut m = meta(2, 0, 0);
         m.trainer = serde_json::to_value(&carried).expect("json");

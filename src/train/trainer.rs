@@ -38,7 +38,7 @@ use crate::model::loss::{LossKind, mean_pairwise_cosine};
 use crate::model::{Criterion, Embedder};
 use crate::rng::Rng;
 use crate::run::device;
-use crate::run::folder::{ControlRequest, RunDir, RunError, RunLock};
+use crate::run::folder::{ControlRequest, RunDir, RunError};
 use crate::weights::{HubCache, Pretrained, WeightsError};
 
 #[derive(Debug, thiserror::Error)]

@@ -20,9 +20,8 @@ use super::record::{self, PgRecord};
 use super::schema::{self, CheckError, Names};
 use super::{PgError, PgUrl};
 use crate::config::IndexConfig;
-use crate::index::build::{
-    BuildError, IndexJob, absolute, collect, embed_to_matrix, loader_config, now,
-};
+use crate::fsutil::absolute;
+use crate::index::build::{BuildError, IndexJob, collect, embed_to_matrix, loader_config, now};
 use crate::index::model::load_model;
 use crate::index::store::{self, Entry, SourceRecord};
 use crate::run::folder::RunDir;
