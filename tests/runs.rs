@@ -164,6 +164,8 @@ struct Expected {
     last_step: usize,
     losses: usize,
     epochs: usize,
+    /// Points of the val curve: the baseline and each validated epoch.
+    val_points: usize,
     best_top1: Option<f64>,
     best_top20: Option<f64>,
 }
@@ -174,6 +176,7 @@ fn expected(run: &Path) -> Expected {
         last_step: 0,
         losses: 0,
         epochs: 0,
+        val_points: 0,
         best_top1: None,
         best_top20: None,
     };
@@ -183,12 +186,15 @@ fn expected(run: &Path) -> Expected {
                 e.last_step = *step;
                 e.losses += usize::from(loss.is_finite());
             }
+            // The untrained model is the curve's first point.
+            TrainEvent::Baseline { .. } => e.val_points += 1,
             TrainEvent::Epoch {
                 val_top1,
                 val_top20,
                 ..
             } => {
                 e.epochs += 1;
+                e.val_points += usize::from(val_top20.is_finite());
                 if e.best_top20.is_none_or(|b| *val_top20 > b) {
                     e.best_top1 = Some(*val_top1);
                     e.best_top20 = Some(*val_top20);
@@ -251,7 +257,7 @@ fn two_recorded_runs_compare_in_the_runs_tab() {
             entry.curves.loss.last().map(|p| p.0),
             Some(want.last_step as f64)
         );
-        assert_eq!(entry.curves.val_top20.len(), want.epochs);
+        assert_eq!(entry.curves.val_top20.len(), want.val_points);
         assert_eq!(
             entry.curves.val_top20.iter().map(|p| p.1).reduce(f64::max),
             want.best_top20

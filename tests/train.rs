@@ -920,7 +920,9 @@ fn validations_are_spread_over_the_run_and_it_still_ends_validated() {
     let epochs: Vec<(usize, bool)> = events
         .iter()
         .filter_map(|e| match e {
-            TrainEvent::Epoch { step, val_loss, .. } => Some((*step, val_loss.is_finite())),
+            TrainEvent::Epoch {
+                step, val_top20, ..
+            } => Some((*step, val_top20.is_finite())),
             _ => None,
         })
         .collect();
@@ -942,7 +944,7 @@ fn validations_are_spread_over_the_run_and_it_still_ends_validated() {
     result.expect("train");
     let every = events
         .iter()
-        .filter(|e| matches!(e, TrainEvent::Epoch { val_loss, .. } if val_loss.is_finite()))
+        .filter(|e| matches!(e, TrainEvent::Epoch { val_top20, .. } if val_top20.is_finite()))
         .count();
     assert_eq!(every, 8);
 }

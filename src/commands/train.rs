@@ -185,6 +185,8 @@ struct EventPrinter {
     progress: Option<Progress>,
     enabled: bool,
     epochs: usize,
+    /// Whether the run has val queries (an epoch without figures was not due one).
+    validates: bool,
 }
 
 impl EventPrinter {
@@ -193,6 +195,7 @@ impl EventPrinter {
             progress: None,
             enabled,
             epochs: 0,
+            validates: false,
         }
     }
 
@@ -222,6 +225,7 @@ impl EventPrinter {
                 ..
             } => {
                 self.epochs = *epochs;
+                self.validates = *val_queries > 0;
                 let batches = if sampler == "pk" {
                     format!(
                         "{train_triplets} items/epoch in P×K batches of {batch} items × {} images",
@@ -316,7 +320,12 @@ impl EventPrinter {
                     *epoch,
                     self.epochs,
                     *train_loss,
-                    &val_text(*val_loss, *val_top1, *val_top20, *val_map_at_r)
+                    &if self.validates && !val_top20.is_finite() {
+                        "not validated (train.validations spreads validations over the run)"
+                            .to_string()
+                    } else {
+                        val_text(*val_loss, *val_top1, *val_top20, *val_map_at_r)
+                    }
                 )
             )),
             TrainEvent::Baseline {

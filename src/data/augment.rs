@@ -399,6 +399,8 @@ mod tests {
         let base: Vec<f32> = (0..3 * 64).map(|i| (i % 13) as f32 / 12.0).collect();
         let cfg = AugmentConfig {
             invert: 1.0,
+            rotate: 0.0,
+            shrink: 0.0,
             jitter: 0.0,
             hue: 0.0,
             grayscale: 0.0,

@@ -44,7 +44,9 @@ impl WeightAverage {
         debug_assert!(!self.swapped);
         let d = self.decay.min((1.0 + step as f64) / (10.0 + step as f64));
         for (_, var, avg) in &mut self.pairs {
-            *avg = (avg.affine(d, 0.0)? + var.as_tensor().affine(1.0 - d, 0.0)?)?;
+            // avg + (1 − d)(w − avg): a weight that does not move (a frozen stage)
+            // keeps its average exactly.
+            *avg = (&*avg + (var.as_tensor() - &*avg)?.affine(1.0 - d, 0.0)?)?;
         }
         Ok(())
     }

@@ -66,7 +66,7 @@ pub fn norm_softmax_margin_loss(
         for (i, &k) in classes.iter().enumerate() {
             own[i * c + k as usize] = margin;
         }
-        (&cos - Tensor::from_vec(own, (n, c), cos.device())?)?
+        (&cos - Tensor::from_vec(own, (n, c), cos.device())?.to_dtype(cos.dtype())?)?
     } else {
         cos.clone()
     };

@@ -484,8 +484,9 @@ mod tests {
             started.elapsed()
         );
         assert!(c.val_top20.len() <= MAX_POINTS + 1 && c.loss.len() <= MAX_POINTS + 1);
-        assert_eq!(c.val_top20.first().map(|p| p.0), Some(0.0));
-        assert_eq!(c.val_top20.last().map(|p| p.0), Some((n - 1) as f64));
+        // Epoch e (from 0) ends at x = e + 1.
+        assert_eq!(c.val_top20.first().map(|p| p.0), Some(1.0));
+        assert_eq!(c.val_top20.last().map(|p| p.0), Some(n as f64));
         assert!(b.loss.points.len() <= 2 * MAX_POINTS, "{}", b.loss.points.len());
     }
 

@@ -407,7 +407,10 @@ impl TrainState {
                     top20: *val_top20,
                     map_at_r: *val_map_at_r,
                 });
-                self.val_loss.push((*step as f64, f64::from(*val_loss)));
+                // An epoch not due a validation (`train.validations`) has no point.
+                if val_loss.is_finite() {
+                    self.val_loss.push((*step as f64, f64::from(*val_loss)));
+                }
             }
             TrainEvent::Checkpoint {
                 step,
