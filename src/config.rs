@@ -161,7 +161,7 @@ impl Default for TrainConfig {
             schedule: Schedule::Cosine,
             warmup_steps: 50,
             grad_clip: 0.0,
-            ema: 0.995,
+            ema: 0.0,
             device: "auto".into(),
             seed: 42,
             max_steps: 0,

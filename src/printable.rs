@@ -90,8 +90,12 @@ mod tests {
 
     #[test]
     fn json_output_escapes_every_control_and_stays_the_same_json() {
-        let value = serde_json::json!({"name": "a\u{1b}]0;x\u{7}b\u{7f}\u{9b}2J\u{85}é", "n": [1, 2]});
-        for text in [json(&value).expect("json"), json_pretty(&value).expect("json")] {
+        let value =
+            serde_json::json!({"name": "a\u{1b}]0;x\u{7}b\u{7f}\u{9b}2J\u{85}é", "n": [1, 2]});
+        for text in [
+            json(&value).expect("json"),
+            json_pretty(&value).expect("json"),
+        ] {
             assert!(
                 !text.chars().any(|c| c.is_control() && c != '\n'),
                 "{text:?}"

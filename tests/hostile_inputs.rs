@@ -424,10 +424,18 @@ fn runs_and_watch_escape_every_text_field_from_a_run() {
         "evil",
         &(started_line(title, "triplet", "\u{9b}31mbatch_hard") + &format!("{failed}\n")),
     );
-    crafted_run(&runs, "loss", &started_line("resnet18", "\u{1b}c\u{7f}", ""));
+    crafted_run(
+        &runs,
+        "loss",
+        &started_line("resnet18", "\u{1b}c\u{7f}", ""),
+    );
     let out = vitrine(&["runs", "--dir", text(&runs)]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     no_raw_controls("runs", &stdout);
     no_raw_controls("runs (stderr)", &String::from_utf8_lossy(&out.stderr));
     for shown in ["\\x1b]0;pwned\\x07", "\\x9b31mbatch_hard", "\\x1bc\\x7f"] {
@@ -440,10 +448,18 @@ fn runs_and_watch_escape_every_text_field_from_a_run() {
     let v: serde_json::Value = serde_json::from_str(&stdout).expect("json");
     assert_eq!(v[0]["backbone"], title);
     assert_eq!(v[0]["status"], "failed");
-    assert!(v[0]["message"].as_str().is_some_and(|m| m.contains('\u{9b}')));
+    assert!(
+        v[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains('\u{9b}'))
+    );
     // `watch` off a terminal: the events as JSON lines, as safe.
     let out = vitrine(&["watch", text(&evil)]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     no_raw_controls("watch", &stdout);
     assert_eq!(stdout.lines().count(), 2, "{stdout}");
@@ -568,7 +584,11 @@ fn a_run_folder_named_in_invalid_utf8_is_listed_lossily_with_the_others() {
     assert_eq!(rows.len(), 2, "{v}");
     assert_eq!(rows[0]["name"], "a");
     assert_eq!(rows[1]["path_not_utf8"], true, "{v}");
-    assert!(rows[1]["path"].as_str().is_some_and(|p| p.ends_with("b\u{fffd}\u{fffd}")));
+    assert!(
+        rows[1]["path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("b\u{fffd}\u{fffd}"))
+    );
     let out = vitrine_os(&[os(&["runs", "--dir"]), vec![runs.into()]].concat());
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
@@ -583,8 +603,11 @@ fn a_gpu_trained_run_indexes_and_searches_on_a_cpu_build() {
     let (run, weights) = tiny_run(tmp.path());
     let config = run.join("config.toml");
     let text_of = std::fs::read_to_string(&config).expect("config");
-    std::fs::write(&config, text_of.replace("device = \"cpu\"", "device = \"cuda:0\""))
-        .expect("config");
+    std::fs::write(
+        &config,
+        text_of.replace("device = \"cpu\"", "device = \"cuda:0\""),
+    )
+    .expect("config");
     let gallery = tmp.path().join("gallery");
     jpeg(&gallery.join("a.jpg"), [200, 30, 30]);
     jpeg(&gallery.join("b.jpg"), [30, 200, 30]);
@@ -616,20 +639,41 @@ fn a_gpu_trained_run_indexes_and_searches_on_a_cpu_build() {
     let out = call(index_args(None));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert_eq!(stderr.matches("running its model on the CPU").count(), 1, "{stderr}");
+    assert_eq!(
+        stderr.matches("running its model on the CPU").count(),
+        1,
+        "{stderr}"
+    );
     let query = gallery.join("a.jpg");
     let out = vitrine(&["search", "--run", text(&run), text(&query), "--k", "2"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // --device asks strictly: a GPU this build cannot use is an error naming the flag.
     let out = call(index_args(Some("cuda:0")));
     fails_naming(&out, "--device");
     let out = call(index_args(Some("cpu")));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && !stderr.contains("on the CPU"), "{stderr}");
+    assert!(
+        out.status.success() && !stderr.contains("on the CPU"),
+        "{stderr}"
+    );
     let out = vitrine(&[
-        "search", "--run", text(&run), text(&query), "--device", "cpu", "--json",
+        "search",
+        "--run",
+        text(&run),
+        text(&query),
+        "--device",
+        "cpu",
+        "--json",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Every command that runs a run's model has the flag (parsed before any terminal
     // is touched: a bad value is a usage error).
     for cmd in ["dashboard", "watch", "eval"] {
@@ -640,6 +684,9 @@ fn a_gpu_trained_run_indexes_and_searches_on_a_cpu_build() {
         let out = vitrine(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{cmd}: {stderr}");
-        assert!(stderr.contains("--device") && stderr.contains("cuda:N"), "{cmd}: {stderr}");
+        assert!(
+            stderr.contains("--device") && stderr.contains("cuda:N"),
+            "{cmd}: {stderr}"
+        );
     }
 }

@@ -283,10 +283,7 @@ fn search_eval_and_failures_through_postgres_match_the_in_process_index() {
         y.index_top_k.clone().expect("index top-k"),
     );
     for k in ["1", "20"] {
-        assert!(
-            (xk[k] - yk[k]).abs() <= 0.005,
-            "top-{k}: {x:?} {y:?}"
-        );
+        assert!((xk[k] - yk[k]).abs() <= 0.005, "top-{k}: {x:?} {y:?}");
     }
     assert!(
         y.index_recall_at_k.is_some_and(|r| r >= 0.99),

@@ -142,7 +142,11 @@ fn observers_probing_the_lock_never_refuse_the_only_trainer() {
         assert!(seen.iter().all(|p| p.is_none() || *p == me), "{seen:?}");
     }
     assert!(failures.is_empty(), "{failures:#?}");
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -163,12 +167,18 @@ fn a_named_pipe_as_the_lock_is_neither_waited_on_nor_taken() {
     let (tx, rx) = std::sync::mpsc::channel();
     let probe = run.clone();
     std::thread::spawn(move || {
-        let _ = tx.send((probe.locked_by(), probe.lock().map(drop).map_err(|e| e.to_string())));
+        let _ = tx.send((
+            probe.locked_by(),
+            probe.lock().map(drop).map_err(|e| e.to_string()),
+        ));
     });
     let (holder, taken) = rx
         .recv_timeout(Duration::from_secs(10))
         .expect("the lock probe hung on a named pipe");
     assert_eq!(holder, None);
     let err = taken.expect_err("a pipe is no lock file");
-    assert!(err.contains("lock") && err.contains("not a regular file"), "{err}");
+    assert!(
+        err.contains("lock") && err.contains("not a regular file"),
+        "{err}"
+    );
 }

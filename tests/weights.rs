@@ -521,7 +521,10 @@ fn pulled_weights_are_verified_cached_and_train_offline() {
             && stderr.contains("not in the Hugging Face cache"),
         "{stderr}"
     );
-    assert!(!other_run.exists(), "a run that cannot start leaves no folder");
+    assert!(
+        !other_run.exists(),
+        "a run that cannot start leaves no folder"
+    );
     let out = vitrine(
         &hf_home,
         &endpoint,

@@ -5,10 +5,10 @@ use anyhow::Context;
 use crate::cli::IndexArgs;
 use crate::config::{Config, IndexBackend};
 use crate::index::backend::pg_target;
-use crate::printable::escape_controls;
 use crate::index::build::{self, Gallery, IndexJob, IndexReport};
 use crate::index::postgres::load::{self, PgIndexReport};
 use crate::index::store::SourceRecord;
+use crate::printable::escape_controls;
 use crate::progress::Progress;
 
 pub fn run(config: &Config, args: &IndexArgs) -> anyhow::Result<()> {
@@ -65,14 +65,13 @@ fn job(
     run_data: &super::RunData,
     data: crate::config::DataConfig,
 ) -> anyhow::Result<IndexJob> {
-    let gallery = match &args.images {
-        Some(dir) => Gallery::Folder(dir.clone()),
-        None => {
-            run_data.check(&args.run)?;
-            Gallery::Dataset {
-                root: run_data.root.clone(),
-                protocol: args.gallery.unwrap_or(config.data.gallery),
-            }
+    let gallery = if let Some(dir) = &args.images {
+        Gallery::Folder(dir.clone())
+    } else {
+        run_data.check(&args.run)?;
+        Gallery::Dataset {
+            root: run_data.root.clone(),
+            protocol: args.gallery.unwrap_or(config.data.gallery),
         }
     };
     Ok(IndexJob {
@@ -113,16 +112,20 @@ fn postgres(config: &Config, args: &IndexArgs, backend: IndexBackend) -> anyhow:
         let what = args
             .shard
             .map_or_else(String::new, |s| format!(" (shard {s})"));
-        load::index(&job(config, args, &run_data, data)?, &target, args.shard, &mut progress).with_context(
-            || {
-                format!(
-                    "indexing for run {} into {} at {}{what}",
-                    args.run.display(),
-                    target.table,
-                    target.url
-                )
-            },
-        )?
+        load::index(
+            &job(config, args, &run_data, data)?,
+            &target,
+            args.shard,
+            &mut progress,
+        )
+        .with_context(|| {
+            format!(
+                "indexing for run {} into {} at {}{what}",
+                args.run.display(),
+                target.table,
+                target.url
+            )
+        })?
     };
     if args.json {
         crate::output::line(&crate::printable::json(&report)?)?;

@@ -1,7 +1,7 @@
 use crate::cli::SplitsArgs;
 use crate::config::Config;
-use crate::printable::escape_controls;
 use crate::data::deepfashion::{Split, SplitSummary};
+use crate::printable::escape_controls;
 
 pub fn run(config: &Config, args: &SplitsArgs) -> anyhow::Result<()> {
     let ds = super::open_dataset(config, &args.data)?;

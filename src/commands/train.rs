@@ -5,9 +5,9 @@ use anyhow::Context;
 
 use crate::cli::{TrainArgs, TrainOverrides};
 use crate::config::Config;
-use crate::printable::{escape_controls, escape_lines};
 use crate::data::sampler::SamplerKind;
 use crate::output::{self, OutputError, note};
+use crate::printable::{escape_controls, escape_lines};
 use crate::progress::Progress;
 use crate::run::folder::RunDir;
 use crate::run::settings;
@@ -75,13 +75,12 @@ pub fn base_settings(config: &Config, run: &Path, resume: bool) -> anyhow::Resul
 }
 
 pub fn run(config: &Config, config_file: Option<&Path>, args: &TrainArgs) -> anyhow::Result<()> {
-    let run = match &args.run {
-        Some(run) => run.clone(),
-        None => {
-            let run = config.train.run.clone();
-            refuse_another_runs_config(config_file, &run)?;
-            run
-        }
+    let run = if let Some(run) = &args.run {
+        run.clone()
+    } else {
+        let run = config.train.run.clone();
+        refuse_another_runs_config(config_file, &run)?;
+        run
     };
     let base = base_settings(config, &run, args.resume)?;
     let mut config = apply_overrides(&base, &args.overrides)?;
@@ -257,7 +256,11 @@ impl EventPrinter {
                 }
                 let info = event.device_info().unwrap_or_default();
                 if !info.name.is_empty() {
-                    note(&format!("device {}: {}", text(device), text(&info.summary())));
+                    note(&format!(
+                        "device {}: {}",
+                        text(device),
+                        text(&info.summary())
+                    ));
                 }
                 if let Some(w) = pretrained {
                     note(&format!(
@@ -340,7 +343,9 @@ impl EventPrinter {
             TrainEvent::Checkpoint { kind, path, .. } => {
                 tracing::info!("checkpoint {kind:?} written to {path}");
             }
-            TrainEvent::Notice { message, .. } => note(&format!("\nnote: {}", escape_lines(message))),
+            TrainEvent::Notice { message, .. } => {
+                note(&format!("\nnote: {}", escape_lines(message)));
+            }
             TrainEvent::SettingsChanged { changes, .. } => {
                 let list: Vec<String> = changes.iter().map(ToString::to_string).collect();
                 note(&format!(

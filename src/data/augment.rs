@@ -89,10 +89,7 @@ impl AugmentConfig {
         unit("morph", self.morph, 0.0)?;
         unit("invert", self.invert, 0.0)?;
         if !(0.0..=0.9).contains(&self.shrink) {
-            return Err((
-                "augment.shrink".into(),
-                "must be between 0 and 0.9".into(),
-            ));
+            return Err(("augment.shrink".into(), "must be between 0 and 0.9".into()));
         }
         if !(0.0..=180.0).contains(&self.rotate) {
             return Err((
@@ -266,7 +263,11 @@ fn rotate_scale(src: &[f32], dst: &mut [f32], size: usize, degrees: f32, scale: 
 fn extremum_3x3(p: &mut [f32], tmp: &mut [f32], size: usize, min: bool) {
     let pick = |a: f32, b: f32| if min { a.min(b) } else { a.max(b) };
     for pass in 0..2 {
-        let (src, dst): (&[f32], &mut [f32]) = if pass == 0 { (&*p, &mut *tmp) } else { (&*tmp, &mut *p) };
+        let (src, dst): (&[f32], &mut [f32]) = if pass == 0 {
+            (&*p, &mut *tmp)
+        } else {
+            (&*tmp, &mut *p)
+        };
         // Rows first, then columns; neighbours past the edge are the edge itself.
         let (along, across) = if pass == 0 { (1, size) } else { (size, 1) };
         for line in 0..size {

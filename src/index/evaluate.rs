@@ -213,35 +213,33 @@ pub fn evaluate(
                     .into_owned()
             })
             .collect();
-        let (approx, index_backend) = match postgres_gallery(job, fingerprint, gv.cols)? {
-            Some(pg) => {
-                let backend = format!("PostgreSQL {} at {}", pg.table(), pg.url().shown());
-                let fingerprint = fingerprint.unwrap_or_default();
-                (
-                    search_postgres(&pg, &qv, &g_paths, &job.settings, fingerprint)?,
-                    backend,
-                )
-            }
-            None => {
-                let params = GraphParams {
-                    m: job.settings.m,
-                    ef_construction: job.settings.ef_construction,
-                };
-                let (_hnsw, graph, _) = build_graph(&gv, params, 64)?;
-                let index = VectorIndex::new(gv, graph);
-                let search = params_of(&job.settings);
-                let approx = qv
-                    .iter_rows()
-                    .map(|q| {
-                        index
-                            .search(q, INDEX_RECALL_K, search)
-                            .iter()
-                            .map(|h| h.index)
-                            .collect::<Vec<_>>()
-                    })
-                    .collect();
-                (approx, "in-process HNSW".to_string())
-            }
+        let (approx, index_backend) = if let Some(pg) = postgres_gallery(job, fingerprint, gv.cols)?
+        {
+            let backend = format!("PostgreSQL {} at {}", pg.table(), pg.url().shown());
+            let fingerprint = fingerprint.unwrap_or_default();
+            (
+                search_postgres(&pg, &qv, &g_paths, &job.settings, fingerprint)?,
+                backend,
+            )
+        } else {
+            let params = GraphParams {
+                m: job.settings.m,
+                ef_construction: job.settings.ef_construction,
+            };
+            let (_hnsw, graph, _) = build_graph(&gv, params, 64)?;
+            let index = VectorIndex::new(gv, graph);
+            let search = params_of(&job.settings);
+            let approx = qv
+                .iter_rows()
+                .map(|q| {
+                    index
+                        .search(q, INDEX_RECALL_K, search)
+                        .iter()
+                        .map(|h| h.index)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            (approx, "in-process HNSW".to_string())
         };
         let index_top_k: BTreeMap<String, f64> = REPORTED_K
             .iter()
@@ -250,12 +248,18 @@ pub fn evaluate(
                 let found = approx
                     .iter()
                     .zip(&q_items)
-                    .filter(|(hits, item)| hits.iter().take(k).any(|&g| g_items.get(g) == Some(item)))
+                    .filter(|(hits, item)| {
+                        hits.iter().take(k).any(|&g| g_items.get(g) == Some(item))
+                    })
                     .count();
                 (k.to_string(), found as f64 / approx.len().max(1) as f64)
             })
             .collect();
-        Some((recall_at_k(&approx, &exact, INDEX_RECALL_K), index_top_k, index_backend))
+        Some((
+            recall_at_k(&approx, &exact, INDEX_RECALL_K),
+            index_top_k,
+            index_backend,
+        ))
     } else {
         None
     };

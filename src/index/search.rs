@@ -78,6 +78,8 @@ pub struct SearchHit {
 
 /// Where the searched gallery lives.
 #[derive(Debug)]
+// One per searcher, built once: boxing the in-memory index would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Gallery {
     /// `RUN/index/` loaded into memory.
     Local(Index),

@@ -71,6 +71,7 @@ impl Default for EmbedderConfig {
 impl EmbedderConfig {
     /// The settings that shape or train the weights, without the inference-only ones:
     /// what a checkpoint must match to be resumed.
+    #[must_use]
     pub fn weights_shape(&self) -> Self {
         Self {
             flip_average: false,

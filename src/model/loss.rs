@@ -109,7 +109,7 @@ impl Default for LossConfig {
         Self {
             kind: LossKind::NormSoftmax,
             temperature: 0.05,
-            softmax_margin: 0.1,
+            softmax_margin: 0.0,
             proxy_alpha: 32.0,
             proxy_margin: 0.1,
             proxy_lr_scale: 100.0,
@@ -318,15 +318,13 @@ impl Criterion {
                     epsilon: c.ms_epsilon,
                 },
             )?,
-            (LossKind::NormSoftmax, Some(p)) => {
-                norm_softmax_margin_loss(
-                    embeddings,
-                    p.as_tensor(),
-                    classes,
-                    c.temperature,
-                    c.softmax_margin,
-                )?
-            }
+            (LossKind::NormSoftmax, Some(p)) => norm_softmax_margin_loss(
+                embeddings,
+                p.as_tensor(),
+                classes,
+                c.temperature,
+                c.softmax_margin,
+            )?,
             (LossKind::ProxyAnchor, Some(p)) => proxy_anchor_loss(
                 embeddings,
                 p.as_tensor(),

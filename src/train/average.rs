@@ -104,42 +104,52 @@ mod tests {
         let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         let w = vb
             .get_with_hints(3, "w", candle_nn::Init::Const(f64::from(value)))
-            .unwrap();
+            .expect("tensor op");
         drop(w);
         varmap
     }
 
     fn value(varmap: &VarMap) -> f32 {
-        sorted_vars(varmap)[0].1.as_tensor().to_vec1::<f32>().unwrap()[0]
+        sorted_vars(varmap)[0]
+            .1
+            .as_tensor()
+            .to_vec1::<f32>()
+            .expect("tensor op")[0]
     }
 
     #[test]
     fn the_average_lags_the_live_weights_and_swaps_back() {
         let varmap = varmap_with(0.0);
-        let mut avg = WeightAverage::new(&varmap, 0.5).unwrap();
+        let mut avg = WeightAverage::new(&varmap, 0.5).expect("tensor op");
         let var = sorted_vars(&varmap)[0].1.clone();
-        var.set(&Tensor::new(&[1f32, 1.0, 1.0], &Device::Cpu).unwrap())
-            .unwrap();
+        var.set(&Tensor::new(&[1f32, 1.0, 1.0], &Device::Cpu).expect("tensor op"))
+            .expect("tensor op");
         // Step 1: decay min(0.5, 2/11) = 0.1818…: the average moves most of the way.
-        avg.update(1).unwrap();
-        avg.swap().unwrap();
+        avg.update(1).expect("tensor op");
+        avg.swap().expect("tensor op");
         let averaged = value(&varmap);
         assert!((averaged - (1.0 - 2.0 / 11.0)).abs() < 1e-6, "{averaged}");
-        assert_eq!(avg.live_state()[0].1.to_vec1::<f32>().unwrap(), [1.0; 3]);
-        avg.swap().unwrap();
+        assert_eq!(
+            avg.live_state()[0].1.to_vec1::<f32>().expect("tensor op"),
+            [1.0; 3]
+        );
+        avg.swap().expect("tensor op");
         assert_eq!(value(&varmap), 1.0);
     }
 
     #[test]
     fn restoring_puts_the_live_weights_back_and_keeps_the_loaded_average() {
         let varmap = varmap_with(0.25);
-        let mut avg = WeightAverage::new(&varmap, 0.9).unwrap();
-        let live = Tensor::new(&[2f32, 2.0, 2.0], &Device::Cpu).unwrap();
-        assert!(!avg.restore_live(|_| None).unwrap());
+        let mut avg = WeightAverage::new(&varmap, 0.9).expect("tensor op");
+        let live = Tensor::new(&[2f32, 2.0, 2.0], &Device::Cpu).expect("tensor op");
+        assert!(!avg.restore_live(|_| None).expect("tensor op"));
         assert_eq!(value(&varmap), 0.25);
-        assert!(avg.restore_live(|n| (n == "live.w").then(|| live.clone())).unwrap());
+        assert!(
+            avg.restore_live(|n| (n == "live.w").then(|| live.clone()))
+                .expect("tensor op")
+        );
         assert_eq!(value(&varmap), 2.0);
-        avg.swap().unwrap();
+        avg.swap().expect("tensor op");
         assert_eq!(value(&varmap), 0.25);
     }
 }

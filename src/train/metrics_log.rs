@@ -204,7 +204,10 @@ impl MetricsFollower {
             || meta.len() < self.offset
             || self.first_line_changed(&file).map_err(io_err)?;
         if replaced {
-            tracing::info!("{} was replaced; reading it from the start", self.path.display());
+            tracing::info!(
+                "{} was replaced; reading it from the start",
+                self.path.display()
+            );
             *self = Self {
                 skipped: self.skipped,
                 restarts: self.restarts + 1,

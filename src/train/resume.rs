@@ -207,6 +207,9 @@ pub(super) fn recover(run: &RunDir) -> Result<Vec<TrainEvent>, TrainError> {
     Ok(notices)
 }
 
+/// A checkpoint's sidecar, weights and optimizer state, serialized.
+type Serialized = (CheckpointMeta, Vec<u8>, Option<Vec<u8>>);
+
 /// What a resumed session continues from.
 pub(super) struct Resumed {
     pub(super) meta: CheckpointMeta,
@@ -381,10 +384,7 @@ impl Session<'_> {
     }
 
     /// The sidecar, the weights and (for `last`) the optimizer state, as they are now.
-    fn serialize(
-        &self,
-        kind: CheckpointKind,
-    ) -> Result<(CheckpointMeta, Vec<u8>, Option<Vec<u8>>), TrainError> {
+    fn serialize(&self, kind: CheckpointKind) -> Result<Serialized, TrainError> {
         let meta = self.meta()?;
         let weights = checkpoint::serialize(&self.varmap)?;
         let optim = match kind {

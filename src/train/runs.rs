@@ -194,7 +194,12 @@ fn not_regular(run: &RunDir) -> Option<String> {
     [run.lock_path(), run.control()]
         .into_iter()
         .find(|p| p.symlink_metadata().is_ok() && !p.is_file())
-        .map(|p| format!("{}: not a regular file (a named pipe, device or folder)", p.display()))
+        .map(|p| {
+            format!(
+                "{}: not a regular file (a named pipe, device or folder)",
+                p.display()
+            )
+        })
 }
 
 /// The summary of the run in `dir`.

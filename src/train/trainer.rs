@@ -92,7 +92,9 @@ pub use crate::run::checkpoints::{CHECKPOINT_FORMAT, CheckpointMeta, sidecar_pat
 /// `model.pretrained` as `(what it names, the file)`: a path as it is, a Hub repo
 /// from the Hugging Face cache (verified, no network; the error names the command
 /// that fetches it).
-fn pretrained_file(config: &crate::config::Config) -> Result<Option<(String, PathBuf)>, TrainError> {
+fn pretrained_file(
+    config: &crate::config::Config,
+) -> Result<Option<(String, PathBuf)>, TrainError> {
     let source = Pretrained::parse(&config.model.pretrained)
         .map_err(|e| TrainError::Setting(format!("model.pretrained: {e}")))?;
     Ok(match source {

@@ -106,8 +106,7 @@ impl PgGallery {
     pub fn live(&self) -> LiveVersion {
         self.live
             .lock()
-            .map(|l| l.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+            .map_or_else(|p| p.into_inner().clone(), |l| l.clone())
     }
 
     /// Runs `f` on the connection, connecting first when there is none; a lost

@@ -487,7 +487,11 @@ mod tests {
         // Epoch e (from 0) ends at x = e + 1.
         assert_eq!(c.val_top20.first().map(|p| p.0), Some(1.0));
         assert_eq!(c.val_top20.last().map(|p| p.0), Some(n as f64));
-        assert!(b.loss.points.len() <= 2 * MAX_POINTS, "{}", b.loss.points.len());
+        assert!(
+            b.loss.points.len() <= 2 * MAX_POINTS,
+            "{}",
+            b.loss.points.len()
+        );
     }
 
     #[test]

@@ -303,7 +303,9 @@ mod tests {
             let row = &l.runs[2].summary;
             assert_eq!(row.status, RunStatus::Unreadable);
             assert!(
-                row.message.as_deref().is_some_and(|m| m.contains("not a regular file")),
+                row.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("not a regular file")),
                 "{row:?}"
             );
         }
