@@ -130,25 +130,28 @@ fn postgres(config: &Config, args: &IndexArgs, backend: IndexBackend) -> anyhow:
     if args.json {
         crate::output::line(&crate::printable::json(&report)?)?;
     } else {
-        print_pg_report(&report);
+        print_pg_report(&report)?;
     }
     Ok(())
 }
 
-fn print_pg_report(r: &PgIndexReport) {
+fn print_pg_report(r: &PgIndexReport) -> anyhow::Result<()> {
     if r.unreadable > 0 {
-        println!("{} unreadable images skipped (see the log)", r.unreadable);
+        crate::output::line(&format!(
+            "{} unreadable images skipped (see the log)",
+            r.unreadable
+        ))?;
     }
     if let Some(shard) = &r.shard {
-        println!(
+        crate::output::line(&format!(
             "shard {shard}: {} rows added to version {} of {} at {} (embedding {:.1} s, copy {:.1} s)",
             r.added, r.version, r.table, r.url, r.embed_seconds, r.copy_seconds
-        );
+        ))?;
     } else if r.added > 0 {
-        println!(
+        crate::output::line(&format!(
             "{} rows loaded into version {} of {} at {} (embedding {:.1} s, copy {:.1} s)",
             r.added, r.version, r.table, r.url, r.embed_seconds, r.copy_seconds
-        );
+        ))?;
     }
     let done: Vec<String> = r
         .shards_done
@@ -156,7 +159,7 @@ fn print_pg_report(r: &PgIndexReport) {
         .map(|s| format!("{s}/{}", r.shards))
         .collect();
     if r.live {
-        println!(
+        crate::output::line(&format!(
             "version {} of {} is live: {} vectors of {} dims (HNSW build {:.1} s{}), weights {} ({}); recorded in {}",
             r.version,
             r.table,
@@ -170,20 +173,22 @@ fn print_pg_report(r: &PgIndexReport) {
                 format!(", dropped version {}", v.join(", "))
             },
             r.fingerprint,
-            r.checkpoint,
+            escape_controls(&r.checkpoint),
             r.dir
                 .as_deref()
-                .map_or_else(String::new, |d| d.display().to_string())
-        );
+                .map_or_else(String::new, |d| escape_controls(&d.display().to_string())
+                    .into_owned())
+        ))?;
     } else {
-        println!(
+        crate::output::line(&format!(
             "version {} holds {} rows from shards {} of {}; run the others, then `vitrine index --run RUN --backend postgres --finalize`",
             r.version,
             r.count,
             done.join(", "),
             r.shards
-        );
+        ))?;
     }
+    Ok(())
 }
 
 fn print_report(r: &IndexReport) -> anyhow::Result<()> {

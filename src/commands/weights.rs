@@ -37,7 +37,7 @@ fn pull_command(args: &WeightsPullArgs) -> anyhow::Result<()> {
         let mut value = entry_json(w);
         value["downloaded"] = pulled.downloaded.into();
         value["offline"] = pulled.offline.clone().into();
-        println!("{value}");
+        crate::output::line(&crate::printable::json(&value)?)?;
         return Ok(());
     }
     if let Some(why) = &pulled.offline {
@@ -60,7 +60,9 @@ fn pull_command(args: &WeightsPullArgs) -> anyhow::Result<()> {
         "train from it: --pretrained hf:{} (or model.pretrained = \"hf:{}\")",
         w.repo, w.repo
     );
-    println!("{}", w.path.display());
+    crate::output::line(&crate::printable::escape_controls(
+        &w.path.display().to_string(),
+    ))?;
     Ok(())
 }
 
@@ -69,7 +71,7 @@ fn list_command(args: &WeightsListArgs) -> anyhow::Result<()> {
     let list = cache.list();
     if args.json {
         let values: Vec<_> = list.iter().map(entry_json).collect();
-        println!("{}", serde_json::to_string_pretty(&values)?);
+        crate::output::line(&crate::printable::json_pretty(&values)?)?;
         return Ok(());
     }
     if list.is_empty() {
@@ -85,13 +87,13 @@ fn list_command(args: &WeightsListArgs) -> anyhow::Result<()> {
         .max()
         .unwrap_or(0);
     for w in &list {
-        println!(
+        crate::output::line(&format!(
             "{:<width$}  {:<8}  {:>9}  {}",
             format!("hf:{}", w.repo),
             short(&w.commit),
             fmt_bytes(w.size as f64),
-            w.path.display()
-        );
+            crate::printable::escape_controls(&w.path.display().to_string())
+        ))?;
     }
     Ok(())
 }
