@@ -21,16 +21,8 @@ pub fn run(config: &Config, args: &IndexArgs) -> anyhow::Result<()> {
             "--pg-url and --table need --backend postgres (or index.backend = \"postgres\")"
         );
     }
-    // The run's dataset and loader settings unless --data names another dataset.
-    let run_data = super::RunData::of(config, &args.run, args.data.as_deref());
-    let mut data = run_data.settings.clone();
-    data.strict |= args.strict;
-    let mut bar: Option<Progress> = None;
-    let json = args.json;
-    let mut progress = |done: usize, total: usize| {
-        bar.get_or_insert_with(|| Progress::new("embed", total, !json))
-            .set(done, "");
-    };
+    let (run_data, data) = gallery_data(config, args);
+    let mut progress = embed_progress(args.json);
     let report = if let Some(dir) = &args.add {
         build::add(
             &args.run,
@@ -57,6 +49,23 @@ pub fn run(config: &Config, args: &IndexArgs) -> anyhow::Result<()> {
         print_report(&report)?;
     }
     Ok(())
+}
+
+/// The run's dataset and loader settings unless --data names another dataset.
+fn gallery_data(config: &Config, args: &IndexArgs) -> (super::RunData, crate::config::DataConfig) {
+    let run_data = super::RunData::of(config, &args.run, args.data.as_deref());
+    let mut data = run_data.settings.clone();
+    data.strict |= args.strict;
+    (run_data, data)
+}
+
+/// The embedding progress bar (none under --json), made at the first report.
+fn embed_progress(json: bool) -> impl FnMut(usize, usize) {
+    let mut bar: Option<Progress> = None;
+    move |done, total| {
+        bar.get_or_insert_with(|| Progress::new("embed", total, !json))
+            .set(done, "");
+    }
 }
 
 fn job(
@@ -100,15 +109,8 @@ fn postgres(config: &Config, args: &IndexArgs, backend: IndexBackend) -> anyhow:
         load::finalize(&args.run, &target)
             .with_context(|| format!("finalising {} in {}", target.table, target.url))?
     } else {
-        let run_data = super::RunData::of(config, &args.run, args.data.as_deref());
-        let mut data = run_data.settings.clone();
-        data.strict |= args.strict;
-        let mut bar: Option<Progress> = None;
-        let json = args.json;
-        let mut progress = |done: usize, total: usize| {
-            bar.get_or_insert_with(|| Progress::new("embed", total, !json))
-                .set(done, "");
-        };
+        let (run_data, data) = gallery_data(config, args);
+        let mut progress = embed_progress(args.json);
         let what = args
             .shard
             .map_or_else(String::new, |s| format!(" (shard {s})"));

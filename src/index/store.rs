@@ -145,7 +145,7 @@ pub fn content_hash(bytes: &[u8]) -> u64 {
     h
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> IndexError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> IndexError + '_ {
     move |source| IndexError::Io {
         path: path.to_path_buf(),
         source,
@@ -319,19 +319,25 @@ pub fn write(
         let _ = fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    // Swap: the old index stays complete under `index.old` until the new one is in.
+    swap_in(&tmp, dir, &old, parent)?;
+    Ok(header)
+}
+
+/// Puts the complete folder `tmp` in place of `dir` (in `parent`): the old one stays
+/// whole under `old` until the new one is in, so a crash leaves one or the other.
+pub(crate) fn swap_in(tmp: &Path, dir: &Path, old: &Path, parent: &Path) -> Result<(), IndexError> {
     if old.exists() {
-        fs::remove_dir_all(&old).map_err(io_err(&old))?;
+        fs::remove_dir_all(old).map_err(io_err(old))?;
     }
     if dir.exists() {
-        fs::rename(dir, &old).map_err(io_err(dir))?;
+        fs::rename(dir, old).map_err(io_err(dir))?;
     }
-    fs::rename(&tmp, dir).map_err(io_err(dir))?;
+    fs::rename(tmp, dir).map_err(io_err(dir))?;
     crate::fsutil::sync_dir(parent).map_err(io_err(parent))?;
     if old.exists() {
-        let _ = fs::remove_dir_all(&old);
+        let _ = fs::remove_dir_all(old);
     }
-    Ok(header)
+    Ok(())
 }
 
 /// Reads and checks `dir/header.json` (or the `.old` fallback).

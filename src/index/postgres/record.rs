@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::index::store::{IndexError, SourceRecord};
+use crate::index::store::{IndexError, SourceRecord, io_err};
 
 pub const RECORD_FILE: &str = "postgres.json";
 pub const FORMAT: u32 = 1;
@@ -35,13 +35,6 @@ pub struct PgRecord {
     pub ef_construction: usize,
     /// Seconds since the Unix epoch.
     pub created: f64,
-}
-
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> IndexError + '_ {
-    move |source| IndexError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {
@@ -108,16 +101,5 @@ pub fn write(dir: &Path, record: &PgRecord) -> Result<(), IndexError> {
         let _ = fs::remove_dir_all(&tmp);
         return Err(io_err(&path)(e));
     }
-    if old.exists() {
-        fs::remove_dir_all(&old).map_err(io_err(&old))?;
-    }
-    if dir.exists() {
-        fs::rename(dir, &old).map_err(io_err(dir))?;
-    }
-    fs::rename(&tmp, dir).map_err(io_err(dir))?;
-    crate::fsutil::sync_dir(parent).map_err(io_err(parent))?;
-    if old.exists() {
-        let _ = fs::remove_dir_all(&old);
-    }
-    Ok(())
+    crate::index::store::swap_in(&tmp, dir, &old, parent)
 }
