@@ -6,9 +6,10 @@
 
 use std::collections::VecDeque;
 
+use crate::run::CheckpointKind;
 use crate::run::device::{DeviceInfo, gib};
 use crate::run::folder::ControlRequest;
-use crate::train::events::{CheckpointKind, NoticeKind, StopReason, TrainEvent};
+use crate::train::events::{NoticeKind, StopReason, TrainEvent};
 
 /// Points kept in the recent window.
 pub const RECENT_POINTS: usize = 1000;
