@@ -13,7 +13,6 @@ pub mod app;
 pub mod graphics;
 pub mod keymap;
 pub mod runtime;
-pub mod settings;
 pub mod tabs;
 pub mod thumb_cache;
 pub mod views;

@@ -18,7 +18,7 @@ use vitrine::train::metrics_log::{MetricsFollower, read_all};
 use vitrine::train::runs::{RunStatus, RunSummary};
 use vitrine::tui::app::{Action, App, AppOptions, Command, Tab, WorkerEvent};
 use vitrine::tui::keymap::{KEYS, map_key};
-use vitrine::tui::settings::PlotMarker;
+use vitrine::config::PlotMarker;
 use vitrine::tui::tabs::dataset::{DatasetInfo, ImageInfo, Loadable};
 use vitrine::tui::tabs::failures::{FailureRow, FailuresReport, FailuresUpdate, GalleryHit};
 use vitrine::tui::tabs::runs::{RunCurves, RunEntry, RunsListing};

@@ -16,7 +16,7 @@ use crate::printable::escape_controls;
 use crate::theme::Theme;
 use crate::train::runs::{RunStatus, RunSummary};
 use crate::tui::app::App;
-use crate::tui::settings::PlotMarker;
+use crate::config::PlotMarker;
 use crate::tui::tabs::runs::{DiffView, RunEntry, same_run};
 
 /// The colour of the `i`-th marked run, from the theme's chart and state colours.

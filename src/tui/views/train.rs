@@ -16,7 +16,7 @@ use super::{Ctx, panel, pct};
 use crate::run::CheckpointKind;
 use crate::run::folder::ControlRequest;
 use crate::tui::app::App;
-use crate::tui::settings::PlotMarker;
+use crate::config::PlotMarker;
 use crate::tui::tabs::train::{Outcome, Phase, format_duration};
 
 pub fn draw(frame: &mut Frame, area: Rect, app: &App, ctx: &mut Ctx) {

@@ -9,7 +9,7 @@ use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{IndexWorker, Outbox, run_config, spawn_dataset, spawn_follower, spawn_scorer};
+use super::{IndexWorker, Outbox, spawn_dataset, spawn_follower, spawn_scorer};
 use crate::config::Config;
 use crate::run::settings::{self, RunSettingsError};
 use crate::tui::app::WorkerEvent;
@@ -76,7 +76,9 @@ impl RunWorkers {
         let out = out.for_run(generation);
         let stop = Arc::new(AtomicBool::new(false));
         spawn_follower(&shown.run, out.clone(), Arc::clone(&stop));
-        let seed = run_config(&shown.run, &shown.config).train.seed;
+        let seed = settings::load_or_fallback(&shown.run, &shown.config)
+            .train
+            .seed;
         spawn_dataset(
             shown.data.clone(),
             shown.config.data.gallery,
