@@ -13,7 +13,7 @@ use super::{IndexWorker, Outbox, spawn_dataset, spawn_follower, spawn_scorer};
 use crate::config::Config;
 use crate::run::settings::{self, RunSettingsError};
 use crate::tui::app::WorkerEvent;
-use crate::tui::tabs::triplets::TripletRow;
+use crate::tui::tabs::dataset::TripletRow;
 
 /// The run the dashboard shows: its folder, its dataset, and the settings its index,
 /// scoring and a training started with `t` use.

@@ -14,8 +14,8 @@ use crate::run::CheckpointKind;
 use crate::run::folder::RunDir;
 use crate::run::settings;
 use crate::tui::app::WorkerEvent;
-use crate::tui::tabs::dataset::ImageInfo;
-use crate::tui::tabs::triplets::{TripletRow, TripletScore};
+use crate::tui::tabs::dataset::{ImageInfo, TripletRow};
+use crate::tui::tabs::triplets::TripletScore;
 
 /// Scores triplet rows with the run's newest checkpoint (`last`), or the untrained
 /// weights when it has none: unit embeddings, Euclidean d(a,p), d(a,n) and
