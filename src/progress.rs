@@ -5,6 +5,8 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
+use crate::printable::duration;
+
 pub struct Progress {
     label: String,
     total: usize,
@@ -99,7 +101,7 @@ impl Progress {
                 self.amount(done as f64),
                 self.amount(self.total as f64),
                 self.rate(rate),
-                fmt_secs(eta),
+                duration(eta),
                 extra
             );
             self.open_line = !finished;
@@ -119,7 +121,7 @@ impl Progress {
                 self.amount(done as f64),
                 self.amount(self.total as f64),
                 self.rate(rate),
-                fmt_secs(eta)
+                duration(eta)
             );
         }
     }
@@ -141,19 +143,4 @@ pub fn fmt_bytes(n: f64) -> String {
         unit += 1;
     }
     format!("{v:.1} {}", UNITS[unit])
-}
-
-/// `1h02m`, `3m04s`, `12s`, or `?` for unknown.
-pub fn fmt_secs(s: f64) -> String {
-    if !s.is_finite() {
-        return "?".into();
-    }
-    let s = s.round() as u64;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
-    } else if s >= 60 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{s}s")
-    }
 }

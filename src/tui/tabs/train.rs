@@ -636,11 +636,6 @@ fn trim<T>(v: &mut Vec<T>) {
     }
 }
 
-/// `1h02m`, `4m05s`, `12s`.
-pub fn format_duration(seconds: f64) -> String {
-    crate::progress::fmt_secs(seconds.max(0.0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -688,12 +683,5 @@ mod tests {
         // It re-states a collapse still in progress.
         t.apply(&collapse(20));
         assert_eq!(t.collapse.as_ref().map(|c| c.0), Some(20));
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(format_duration(5.2), "5s");
-        assert_eq!(format_duration(245.0), "4m05s");
-        assert_eq!(format_duration(3725.0), "1h02m");
     }
 }
