@@ -12,8 +12,8 @@ use std::sync::OnceLock;
 
 use vitrine::index::store::{self, IndexHeader};
 use vitrine::model::checkpoint;
+use vitrine::run::CheckpointKind;
 use vitrine::run::folder::RunDir;
-use vitrine::train::events::CheckpointKind;
 use vitrine::train::trainer::read_meta;
 
 fn vitrine(args: &[&str], env: &[(&str, &str)]) -> Output {

@@ -15,13 +15,14 @@ use super::average::WeightAverage;
 use super::budget::{Budget, BudgetState};
 use super::checkpoint_policy::CheckpointPolicy;
 use super::collapse::CollapseMonitor;
-use super::events::{CheckpointKind, SettingChange, TrainEvent};
+use super::events::{SettingChange, TrainEvent};
 use super::job::TrainJob;
 use super::trainer::{Prepared, Session, TrainError};
 use crate::config::Config;
 use crate::fsutil::{absolute, fnv1a64};
 use crate::model::checkpoint;
 use crate::model::loss::PROXIES_NAME;
+use crate::run::CheckpointKind;
 use crate::run::checkpoints::{
     self as checkpoint_set, CHECKPOINT_FORMAT, CheckpointFiles, CheckpointMeta, NewCheckpoint,
     OPTIM_STEP, Recovery, sidecar_path,

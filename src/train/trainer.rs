@@ -15,9 +15,7 @@ use super::average::WeightAverage;
 use super::budget::{Budget, BudgetState};
 use super::checkpoint_policy::CheckpointPolicy;
 use super::collapse::{CollapseChange, CollapseMonitor, StepSignals};
-use super::events::{
-    CheckpointKind, NoticeKind, PretrainedWeights, SettingChange, StopReason, TrainEvent,
-};
+use super::events::{NoticeKind, PretrainedWeights, SettingChange, StopReason, TrainEvent};
 use super::metrics_log::{MetricsError, MetricsWriter};
 use super::optim::learning_rate_at;
 use super::rate::RateMeter;
@@ -37,6 +35,7 @@ use crate::model::embedder::sorted_vars;
 use crate::model::loss::{LossKind, mean_pairwise_cosine};
 use crate::model::{Criterion, Embedder};
 use crate::rng::Rng;
+use crate::run::CheckpointKind;
 use crate::run::device;
 use crate::run::folder::{ControlRequest, RunDir, RunError};
 use crate::weights::{HubCache, Pretrained, WeightsError};

@@ -6,9 +6,10 @@
 
 use std::collections::VecDeque;
 
+use crate::run::CheckpointKind;
 use crate::run::device::{DeviceInfo, gib};
 use crate::run::folder::ControlRequest;
-use crate::train::events::{CheckpointKind, NoticeKind, StopReason, TrainEvent};
+use crate::train::events::{NoticeKind, StopReason, TrainEvent};
 
 /// Points kept in the recent window.
 pub const RECENT_POINTS: usize = 1000;
@@ -635,11 +636,6 @@ fn trim<T>(v: &mut Vec<T>) {
     }
 }
 
-/// `1h02m`, `4m05s`, `12s`.
-pub fn format_duration(seconds: f64) -> String {
-    crate::progress::fmt_secs(seconds.max(0.0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -687,12 +683,5 @@ mod tests {
         // It re-states a collapse still in progress.
         t.apply(&collapse(20));
         assert_eq!(t.collapse.as_ref().map(|c| c.0), Some(20));
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(format_duration(5.2), "5s");
-        assert_eq!(format_duration(245.0), "4m05s");
-        assert_eq!(format_duration(3725.0), "1h02m");
     }
 }
