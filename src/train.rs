@@ -5,6 +5,7 @@ pub mod average;
 pub mod budget;
 pub mod checkpoint_policy;
 pub mod collapse;
+pub mod error;
 pub mod events;
 pub mod job;
 pub mod metrics_log;

@@ -7,9 +7,10 @@ use vitrine::data::loader::LoaderConfig;
 use vitrine::model::Embedder;
 use vitrine::model::checkpoint;
 use vitrine::run::folder::{ControlRequest, RunDir};
+use vitrine::train::error::TrainError;
 use vitrine::train::events::{CheckpointKind, StopReason, TrainEvent};
 use vitrine::train::metrics_log::read_all;
-use vitrine::train::trainer::{Control, TrainError, TrainJob, read_meta, train};
+use vitrine::train::trainer::{Control, TrainJob, read_meta, train};
 use vitrine::train::validation::validate;
 
 fn job(data: &Path, run: &Path, config: vitrine::config::Config) -> TrainJob {

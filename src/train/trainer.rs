@@ -15,75 +15,29 @@ use super::average::WeightAverage;
 use super::budget::{Budget, BudgetState};
 use super::checkpoint_policy::CheckpointPolicy;
 use super::collapse::{CollapseChange, CollapseMonitor, StepSignals};
+use super::error::TrainError;
 use super::events::{
     CheckpointKind, NoticeKind, PretrainedWeights, SettingChange, StopReason, TrainEvent,
 };
-use super::metrics_log::{MetricsError, MetricsWriter};
+use super::metrics_log::MetricsWriter;
 use super::optim::learning_rate_at;
 use super::rate::RateMeter;
 use super::resume::{self, Resumed};
 use super::step::{Optimisers, StepError, StepSettings, train_step};
 use super::training_data::{Data, prepare_data};
-use super::validation::{ValidationError, validate};
+use super::validation::validate;
 use crate::config::parse_device;
-use crate::data::deepfashion::DatasetError;
-use crate::data::loader::{LoadError, Prefetcher};
-use crate::data::triplets::TripletError;
+use crate::data::loader::Prefetcher;
 use crate::eval::Retrieval;
 use crate::fsutil::write_bytes_atomic;
-use crate::model::checkpoint::{self, CheckpointError};
-use crate::model::embed_files::EmbedError;
+use crate::model::checkpoint;
 use crate::model::embedder::sorted_vars;
 use crate::model::loss::{LossKind, mean_pairwise_cosine};
 use crate::model::{Criterion, Embedder};
 use crate::rng::Rng;
 use crate::run::device;
-use crate::run::folder::{ControlRequest, RunDir, RunError};
-use crate::weights::{HubCache, Pretrained, WeightsError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    #[error(transparent)]
-    Dataset(#[from] DatasetError),
-    #[error(transparent)]
-    Triplets(#[from] TripletError),
-    #[error(transparent)]
-    Run(#[from] RunError),
-    #[error(transparent)]
-    Metrics(#[from] MetricsError),
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    #[error(transparent)]
-    Weights(#[from] WeightsError),
-    #[error(transparent)]
-    Load(#[from] LoadError),
-    #[error(transparent)]
-    Embed(#[from] EmbedError),
-    #[error(transparent)]
-    Validation(#[from] ValidationError),
-    #[error("model error: {0}")]
-    Model(#[from] candle_core::Error),
-    #[error("invalid setting: {0}")]
-    Setting(String),
-    #[error("the {what} became {value} at step {step}; stopped, {}", match checkpoint {
-        Some(p) => format!("the last good checkpoint is kept ({})", p.display()),
-        None => "before any checkpoint was written".into(),
-    })]
-    NonFinite {
-        step: usize,
-        what: &'static str,
-        value: f32,
-        /// The run's `last` checkpoint, when it has one.
-        checkpoint: Option<PathBuf>,
-    },
-    #[error("cannot resume {}: {reason}", run.display())]
-    Resume { run: PathBuf, reason: String },
-    #[error("cannot write {}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
+use crate::run::folder::{ControlRequest, RunDir};
+use crate::weights::{HubCache, Pretrained};
 
 pub use super::job::{Control, TrainJob, TrainOutcome};
 pub use super::resume::{model_hash, read_meta};

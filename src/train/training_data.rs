@@ -2,8 +2,8 @@
 //! the batch sampler, the training classes (proxy losses), the val split's queries
 //! and gallery, and the loader's settings.
 
+use super::error::TrainError;
 use super::job::TrainJob;
-use super::trainer::TrainError;
 use crate::data::deepfashion::{Dataset, LoadOptions, Source, Split};
 use crate::data::loader::LoaderConfig;
 use crate::data::sampler::{self, BatchSampler, PkConfig, PkSampler, SamplerKind};
