@@ -19,6 +19,7 @@ use super::error::TrainError;
 use super::events::{
     CheckpointKind, NoticeKind, PretrainedWeights, SettingChange, StopReason, TrainEvent,
 };
+use super::job::{Control, TrainJob, TrainOutcome};
 use super::metrics_log::MetricsWriter;
 use super::optim::learning_rate_at;
 use super::rate::RateMeter;
@@ -38,10 +39,6 @@ use crate::rng::Rng;
 use crate::run::device;
 use crate::run::folder::{ControlRequest, RunDir};
 use crate::weights::{HubCache, Pretrained};
-
-pub use super::job::{Control, TrainJob, TrainOutcome};
-pub use super::resume::{model_hash, read_meta};
-pub use crate::run::checkpoints::{CHECKPOINT_FORMAT, CheckpointMeta, sidecar_path};
 
 /// `model.pretrained` as `(what it names, the file)`: a path as it is, a Hub repo
 /// from the Hugging Face cache (verified, no network; the error names the command
