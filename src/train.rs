@@ -13,6 +13,7 @@ pub mod optim;
 mod rate;
 pub mod resume;
 pub mod runs;
+mod session;
 pub mod step;
 pub mod trainer;
 mod training_data;

@@ -18,7 +18,7 @@ use super::collapse::CollapseMonitor;
 use super::error::TrainError;
 use super::events::{CheckpointKind, SettingChange, TrainEvent};
 use super::job::TrainJob;
-use super::trainer::{Prepared, Session};
+use super::session::{Prepared, Session};
 use crate::config::Config;
 use crate::fsutil::{absolute, fnv1a64};
 use crate::model::checkpoint;

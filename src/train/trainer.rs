@@ -5,58 +5,28 @@
 //! It is a library call that blocks its thread; the CLI prints its events and the
 //! dashboard runs it as a separate process and follows `metrics.jsonl`.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use candle_core::{Device, Tensor};
-use candle_nn::VarMap;
+use candle_core::Tensor;
 
-use super::average::WeightAverage;
-use super::budget::{Budget, BudgetState};
-use super::checkpoint_policy::CheckpointPolicy;
-use super::collapse::{CollapseChange, CollapseMonitor, StepSignals};
+use super::collapse::{CollapseChange, StepSignals};
 use super::error::TrainError;
-use super::events::{
-    CheckpointKind, NoticeKind, PretrainedWeights, SettingChange, StopReason, TrainEvent,
-};
+use super::events::{CheckpointKind, NoticeKind, StopReason, TrainEvent};
 use super::job::{Control, TrainJob, TrainOutcome};
 use super::metrics_log::MetricsWriter;
 use super::optim::learning_rate_at;
 use super::rate::RateMeter;
-use super::resume::{self, Resumed};
-use super::step::{Optimisers, StepError, StepSettings, train_step};
-use super::training_data::{Data, prepare_data};
+use super::resume;
+use super::session::{Prepared, Session};
+use super::step::{StepError, StepSettings, train_step};
 use super::validation::validate;
-use crate::config::parse_device;
 use crate::data::loader::Prefetcher;
 use crate::eval::Retrieval;
 use crate::fsutil::write_bytes_atomic;
 use crate::model::checkpoint;
-use crate::model::embedder::sorted_vars;
 use crate::model::loss::{LossKind, mean_pairwise_cosine};
-use crate::model::{Criterion, Embedder};
 use crate::rng::Rng;
-use crate::run::device;
 use crate::run::folder::{ControlRequest, RunDir};
-use crate::weights::{HubCache, Pretrained};
-
-/// `model.pretrained` as `(what it names, the file)`: a path as it is, a Hub repo
-/// from the Hugging Face cache (verified, no network; the error names the command
-/// that fetches it).
-fn pretrained_file(
-    config: &crate::config::Config,
-) -> Result<Option<(String, PathBuf)>, TrainError> {
-    let source = Pretrained::parse(&config.model.pretrained)
-        .map_err(|e| TrainError::Setting(format!("model.pretrained: {e}")))?;
-    Ok(match source {
-        None => None,
-        Some(Pretrained::File(path)) => Some((path.display().to_string(), path)),
-        Some(Pretrained::Hub(r)) => {
-            let found = HubCache::from_env()?.resolve(&r)?;
-            Some((Pretrained::Hub(r).to_string(), found.path))
-        }
-    })
-}
 
 /// The run's `config.toml` text.
 fn config_toml(config: &crate::config::Config) -> Result<String, TrainError> {
@@ -131,7 +101,10 @@ pub fn train(
             source,
         }
     })?;
-    let mut state = Session::new(job, &run, prepared, resumed)?;
+    let mut state = Session::new(job, &run, prepared)?;
+    if let Some(r) = resumed {
+        state.continue_from(r);
+    }
     let result = state.run(control, &mut emit);
     let _ = std::fs::remove_file(run.control());
     if let Err(e) = &result {
@@ -144,174 +117,7 @@ pub fn train(
     result
 }
 
-/// What a run needs that does not touch its folder: built, and so checked, first.
-pub(super) struct Prepared {
-    pub(super) data: Data,
-    pub(super) device: Device,
-    pub(super) model: Embedder,
-    pub(super) varmap: VarMap,
-    pub(super) optimisers: Optimisers,
-    pub(super) criterion: Criterion,
-    /// What the backbone was loaded from, for the started event.
-    pub(super) pretrained: Option<PretrainedWeights>,
-    /// The weights' moving average (`train.ema`), set by a resume that restored one.
-    pub(super) average: Option<WeightAverage>,
-}
-
-impl Prepared {
-    fn new(job: &TrainJob) -> Result<Self, TrainError> {
-        let cfg = &job.config;
-        // First, before any data is read: weights that are not there (a Hub repo
-        // not pulled yet) fail the run at once, as a `failed` event the dashboard
-        // shows. A resumed run's checkpoint holds every weight, so it needs none.
-        let pretrained = if job.resume {
-            None
-        } else {
-            pretrained_file(cfg)?
-        };
-        let choice = parse_device(&cfg.train.device).map_err(TrainError::Setting)?;
-        let device = device::select(choice)
-            .map_err(|e| TrainError::Setting(format!("train.device: {e}")))?;
-        let data = prepare_data(job)?;
-        let (model, varmap) = Embedder::seeded(cfg.model.embedder(), &device, cfg.train.seed)?;
-        let pretrained = match pretrained {
-            Some((source, file)) => {
-                let report = checkpoint::load_pretrained_backbone(&varmap, &file)?;
-                tracing::info!(
-                    "loaded {} pretrained tensors from {source} ({})",
-                    report.loaded,
-                    file.display()
-                );
-                Some(PretrainedWeights {
-                    source,
-                    file: file.display().to_string(),
-                    tensors: report.loaded,
-                })
-            }
-            None => None,
-        };
-        let criterion = Criterion::new(
-            cfg.loss,
-            data.classes,
-            cfg.model.embedding_dim,
-            &device,
-            cfg.train.seed,
-        )?;
-        let optimisers = Optimisers::new(&model, &varmap, &criterion, cfg.train.weight_decay)?;
-        Ok(Self {
-            data,
-            device,
-            model,
-            varmap,
-            optimisers,
-            criterion,
-            pretrained,
-            average: None,
-        })
-    }
-}
-
-/// A training process's state between steps.
-pub(super) struct Session<'a> {
-    pub(super) job: &'a TrainJob,
-    pub(super) run: &'a RunDir,
-    data: Data,
-    pub(super) device: Device,
-    model: Embedder,
-    pub(super) varmap: VarMap,
-    pub(super) optimisers: Optimisers,
-    pub(super) criterion: Criterion,
-    pub(super) step: usize,
-    /// Epoch of the newest step (from 0, as in the events), the sampler's units of it
-    /// done, and whether its end (validation) is done.
-    pub(super) epoch: usize,
-    pub(super) epoch_position: usize,
-    pub(super) epoch_done: bool,
-    pub(super) checkpoints: CheckpointPolicy,
-    pub(super) last_val: Option<Retrieval>,
-    pub(super) resumed: bool,
-    /// Settings a resume changed (recorded once the run has started).
-    pub(super) changes: Vec<SettingChange>,
-    /// Step of the newest validation (a stopping run validates unless it just did).
-    pub(super) validated_at: Option<usize>,
-    /// The time limit over all the run's processes, and the schedule's position.
-    pub(super) budget: Budget,
-    /// When this process started (the events' `elapsed_s` and `seconds`).
-    started: Instant,
-    pub(super) collapse: CollapseMonitor,
-    /// What the backbone was loaded from, for the started event.
-    pretrained: Option<PretrainedWeights>,
-    /// Budget seconds (over the run's processes) when the newest epoch-end
-    /// validation ended: `train.validations` spreads them over a time limit.
-    pub(super) validated_s: Option<f64>,
-    /// The weights' moving average (`train.ema`), which validation and checkpoints use.
-    pub(super) average: Option<WeightAverage>,
-}
-
 impl<'a> Session<'a> {
-    fn new(
-        job: &'a TrainJob,
-        run: &'a RunDir,
-        prepared: Prepared,
-        resumed: Option<Resumed>,
-    ) -> Result<Self, TrainError> {
-        let cfg = &job.config;
-        let Prepared {
-            data,
-            device,
-            model,
-            varmap,
-            optimisers,
-            criterion,
-            pretrained,
-            average,
-        } = prepared;
-        let mut session = Self {
-            job,
-            run,
-            data,
-            device,
-            model,
-            varmap,
-            optimisers,
-            criterion,
-            step: 0,
-            epoch: 0,
-            epoch_position: 0,
-            epoch_done: false,
-            checkpoints: CheckpointPolicy::new(cfg.train.checkpoint_every, None),
-            last_val: None,
-            resumed: false,
-            changes: Vec::new(),
-            validated_at: None,
-            budget: Budget::new(cfg.time_limit(), BudgetState::default()),
-            started: Instant::now(),
-            collapse: CollapseMonitor::default(),
-            pretrained,
-            validated_s: None,
-            average,
-        };
-        if let Some(r) = resumed {
-            session.continue_from(r);
-        }
-        if cfg.train.ema > 0.0 && session.average.is_none() {
-            session.average = Some(WeightAverage::new(&session.varmap, cfg.train.ema)?);
-        }
-        Ok(session)
-    }
-
-    fn steps_per_epoch(&self) -> usize {
-        self.data.sampler.steps_per_epoch()
-    }
-
-    fn total_steps(&self) -> usize {
-        let all = self.steps_per_epoch() * self.job.config.train.epochs;
-        match self.job.config.train.max_steps {
-            0 => all,
-            m => m.min(all),
-        }
-    }
-
     fn max_steps_reached(&self) -> bool {
         let max = self.job.config.train.max_steps;
         max > 0 && self.step >= max
@@ -384,58 +190,6 @@ impl<'a> Session<'a> {
             }
         }
         self.finish(StopReason::Finished, emit)
-    }
-
-    fn emit_started(
-        &self,
-        emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
-    ) -> Result<(), TrainError> {
-        let cfg = &self.job.config;
-        let params: usize = sorted_vars(&self.varmap)
-            .iter()
-            .map(|(_, v)| v.elem_count())
-            .sum();
-        let trainable_params: usize = self
-            .optimisers
-            .trainable
-            .iter()
-            .map(|v| v.elem_count())
-            .sum();
-        let sampler = &self.data.sampler;
-        let info = device::info(&self.device);
-        emit(TrainEvent::Started {
-            run: self.run.name(),
-            device: device::describe(&self.device),
-            device_name: info.name,
-            device_detail: info.detail,
-            device_memory_bytes: info.memory_bytes,
-            device_memory_free_bytes: info.memory_free_bytes,
-            backbone: cfg.model.backbone.to_string(),
-            image_size: cfg.model.image_size,
-            batch: sampler.units_per_step(),
-            epochs: cfg.train.epochs,
-            steps_per_epoch: self.steps_per_epoch(),
-            total_steps: self.total_steps(),
-            start_step: self.step,
-            resumed: self.resumed,
-            loss: cfg.loss.kind.to_string(),
-            // The config spelling (`batch_hard`), not the Rust variant name.
-            mining: serde_json::to_value(cfg.loss.mining)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
-            sampler: cfg.sampler().as_str().to_string(),
-            batch_images: sampler.images_per_step(),
-            params,
-            trainable_params,
-            train_triplets: sampler.units_per_epoch(),
-            val_queries: self.data.val_queries.len(),
-            val_gallery: self.data.val_gallery.len(),
-            pretrained: self.pretrained.clone(),
-            time: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64()),
-        })
     }
 
     /// The batches of the current epoch from the current position, each with its
@@ -782,15 +536,6 @@ impl<'a> Session<'a> {
         let result = self.validate_current();
         self.swap_average()?;
         result
-    }
-
-    /// Exchanges the model's weights and their average (if any): once to evaluate or
-    /// save the average, once more to go back to training.
-    pub(super) fn swap_average(&mut self) -> Result<(), TrainError> {
-        if let Some(average) = &mut self.average {
-            average.swap()?;
-        }
-        Ok(())
     }
 
     fn validate_current(&self) -> Result<Option<(Retrieval, f32)>, TrainError> {
