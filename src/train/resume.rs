@@ -397,11 +397,7 @@ impl Session<'_> {
 
     /// One unit: weights, (for `last`) optimizer state, and the sidecar, put in place
     /// together by [`checkpoint_set::write`].
-    pub(super) fn save(
-        &mut self,
-        kind: CheckpointKind,
-        emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
-    ) -> Result<(), TrainError> {
+    pub(super) fn save(&mut self, kind: CheckpointKind) -> Result<(), TrainError> {
         let t = Instant::now();
         let files = CheckpointFiles::of(self.run, kind);
         let path = files.weights.clone();
@@ -422,7 +418,7 @@ impl Session<'_> {
             self.checkpoints.last_written(self.step);
         }
         self.budget.record_checkpoint(t.elapsed().as_secs_f64());
-        emit(TrainEvent::Checkpoint {
+        self.emit(TrainEvent::Checkpoint {
             step: self.step,
             epoch: self.epoch,
             kind,

@@ -15,6 +15,7 @@ use super::collapse::CollapseMonitor;
 use super::error::TrainError;
 use super::events::{PretrainedWeights, SettingChange, TrainEvent};
 use super::job::TrainJob;
+use super::metrics_log::MetricsWriter;
 use super::step::Optimisers;
 use super::training_data::{Data, prepare_data};
 use crate::config::parse_device;
@@ -111,10 +112,31 @@ impl Prepared {
     }
 }
 
+/// Where a run's events go: appended to its `metrics.jsonl`, then handed to the
+/// caller.
+pub(super) struct EventSink<'a> {
+    metrics: MetricsWriter,
+    on_event: &'a mut dyn FnMut(&TrainEvent),
+}
+
+impl<'a> EventSink<'a> {
+    pub(super) fn new(metrics: MetricsWriter, on_event: &'a mut dyn FnMut(&TrainEvent)) -> Self {
+        Self { metrics, on_event }
+    }
+
+    pub(super) fn emit(&mut self, event: TrainEvent) -> Result<(), TrainError> {
+        self.metrics.write(&event)?;
+        (self.on_event)(&event);
+        Ok(())
+    }
+}
+
 /// A training process's state between steps.
 pub(super) struct Session<'a> {
     pub(super) job: &'a TrainJob,
     pub(super) run: &'a RunDir,
+    /// Where every event goes ([`Session::emit`]).
+    sink: EventSink<'a>,
     pub(super) data: Data,
     pub(super) device: Device,
     pub(super) model: Embedder,
@@ -155,6 +177,7 @@ impl<'a> Session<'a> {
         job: &'a TrainJob,
         run: &'a RunDir,
         prepared: Prepared,
+        sink: EventSink<'a>,
     ) -> Result<Self, TrainError> {
         let cfg = &job.config;
         let Prepared {
@@ -170,6 +193,7 @@ impl<'a> Session<'a> {
         let mut session = Self {
             job,
             run,
+            sink,
             data,
             device,
             model,
@@ -198,6 +222,11 @@ impl<'a> Session<'a> {
         Ok(session)
     }
 
+    /// Records `event` in the run's log and hands it to the caller.
+    pub(super) fn emit(&mut self, event: TrainEvent) -> Result<(), TrainError> {
+        self.sink.emit(event)
+    }
+
     pub(super) fn steps_per_epoch(&self) -> usize {
         self.data.sampler.steps_per_epoch()
     }
@@ -210,10 +239,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    pub(super) fn emit_started(
-        &self,
-        emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
-    ) -> Result<(), TrainError> {
+    pub(super) fn emit_started(&mut self) -> Result<(), TrainError> {
         let cfg = &self.job.config;
         let params: usize = sorted_vars(&self.varmap)
             .iter()
@@ -227,7 +253,7 @@ impl<'a> Session<'a> {
             .sum();
         let sampler = &self.data.sampler;
         let info = device::info(&self.device);
-        emit(TrainEvent::Started {
+        self.emit(TrainEvent::Started {
             run: self.run.name(),
             device: device::describe(&self.device),
             device_name: info.name,

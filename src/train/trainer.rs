@@ -17,7 +17,7 @@ use super::metrics_log::MetricsWriter;
 use super::optim::learning_rate_at;
 use super::rate::RateMeter;
 use super::resume;
-use super::session::{Prepared, Session};
+use super::session::{EventSink, Prepared, Session};
 use super::step::{StepError, StepSettings, train_step};
 use super::validation::validate;
 use crate::data::loader::Prefetcher;
@@ -86,14 +86,9 @@ pub fn train(
     };
     // A request left from an earlier process must not pause or stop this one.
     let _ = std::fs::remove_file(run.control());
-    let mut metrics = MetricsWriter::append(&run.metrics())?;
-    let mut emit = |event: TrainEvent| -> Result<(), TrainError> {
-        metrics.write(&event)?;
-        on_event(&event);
-        Ok(())
-    };
+    let mut sink = EventSink::new(MetricsWriter::append(&run.metrics())?, on_event);
     for notice in notices {
-        emit(notice)?;
+        sink.emit(notice)?;
     }
     write_bytes_atomic(&run.config(), settings_text.as_bytes()).map_err(|source| {
         TrainError::Io {
@@ -101,14 +96,14 @@ pub fn train(
             source,
         }
     })?;
-    let mut state = Session::new(job, &run, prepared)?;
+    let mut state = Session::new(job, &run, prepared, sink)?;
     if let Some(r) = resumed {
         state.continue_from(r);
     }
-    let result = state.run(control, &mut emit);
+    let result = state.run(control);
     let _ = std::fs::remove_file(run.control());
     if let Err(e) = &result {
-        emit(TrainEvent::Failed {
+        state.emit(TrainEvent::Failed {
             step: state.step,
             epoch: state.epoch,
             message: e.to_string(),
@@ -136,14 +131,10 @@ impl<'a> Session<'a> {
         self.epoch < self.job.config.train.epochs
     }
 
-    fn run(
-        &mut self,
-        control: &Control,
-        emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
-    ) -> Result<TrainOutcome, TrainError> {
-        self.emit_started(emit)?;
+    fn run(&mut self, control: &Control) -> Result<TrainOutcome, TrainError> {
+        self.emit_started()?;
         if !self.changes.is_empty() {
-            emit(TrainEvent::SettingsChanged {
+            self.emit(TrainEvent::SettingsChanged {
                 step: self.step,
                 changes: self.changes.clone(),
             })?;
@@ -151,7 +142,7 @@ impl<'a> Session<'a> {
         // Every start says where the collapse monitor stands (a reader's warning from
         // an earlier process is cleared by `started`).
         if let Some(warning) = self.collapse.warning() {
-            emit(TrainEvent::Notice {
+            self.emit(TrainEvent::Notice {
                 step: self.step,
                 message: warning.to_string(),
                 kind: Some(NoticeKind::Collapse),
@@ -161,7 +152,7 @@ impl<'a> Session<'a> {
             let t = Instant::now();
             if let Some((v, val_loss)) = self.validate()? {
                 self.budget.record_validation(t.elapsed().as_secs_f64());
-                emit(TrainEvent::Baseline {
+                self.emit(TrainEvent::Baseline {
                     val_loss,
                     val_top1: v.at(1),
                     val_top20: v.at(20),
@@ -180,16 +171,16 @@ impl<'a> Session<'a> {
         while self.next_epoch() {
             // Checked before any step: a run resumed at its limit trains no more.
             if self.max_steps_reached() {
-                return self.finish(StopReason::MaxSteps, emit);
+                return self.finish(StopReason::MaxSteps);
             }
             if self.budget.out_of_time() {
-                return self.finish(StopReason::TimeLimit, emit);
+                return self.finish(StopReason::TimeLimit);
             }
-            if let Some(reason) = self.run_epoch(control, &mut rate, emit)? {
-                return self.finish(reason, emit);
+            if let Some(reason) = self.run_epoch(control, &mut rate)? {
+                return self.finish(reason);
             }
         }
-        self.finish(StopReason::Finished, emit)
+        self.finish(StopReason::Finished)
     }
 
     /// The batches of the current epoch from the current position, each with its
@@ -220,7 +211,6 @@ impl<'a> Session<'a> {
         &mut self,
         control: &Control,
         rate: &mut RateMeter,
-        emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
     ) -> Result<Option<StopReason>, TrainError> {
         let cfg = &self.job.config;
         let epoch_start = Instant::now();
@@ -257,7 +247,7 @@ impl<'a> Session<'a> {
                 return Ok(Some(StopReason::TimeLimit));
             }
             if !batch.failed.is_empty() {
-                emit(TrainEvent::Notice {
+                self.emit(TrainEvent::Notice {
                     step: self.step,
                     message: format!(
                         "skipped {} unreadable images (first: {})",
@@ -271,7 +261,7 @@ impl<'a> Session<'a> {
             if batch.kept.len() < 2 {
                 continue;
             }
-            let loss = self.train_step(batch, groups, rate, emit)?;
+            let loss = self.train_step(batch, groups, rate)?;
             self.budget.record_step(tick.elapsed().as_secs_f64());
             loss_sum += f64::from(loss);
             loss_n += 1;
@@ -279,7 +269,7 @@ impl<'a> Session<'a> {
                 return Ok(Some(StopReason::MaxSteps));
             }
             if self.checkpoints.last_due(self.step) {
-                self.save(CheckpointKind::Last, emit)?;
+                self.save(CheckpointKind::Last)?;
             }
             tick = Instant::now();
         }
@@ -295,7 +285,7 @@ impl<'a> Session<'a> {
         } else {
             None
         };
-        emit(TrainEvent::Epoch {
+        self.emit(TrainEvent::Epoch {
             epoch: self.epoch,
             step: self.step,
             // NaN (`null`): no step of this epoch was left to train.
@@ -314,9 +304,9 @@ impl<'a> Session<'a> {
         })?;
         self.epoch_done = true;
         if validating {
-            self.keep_if_best(val.map(|v| v.0), emit)?;
+            self.keep_if_best(val.map(|v| v.0))?;
         }
-        self.save(CheckpointKind::Last, emit)?;
+        self.save(CheckpointKind::Last)?;
         Ok(None)
     }
 
@@ -345,7 +335,6 @@ impl<'a> Session<'a> {
         batch: crate::data::loader::Batch,
         groups: &[Vec<usize>],
         rate: &mut RateMeter,
-        emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
     ) -> Result<f32, TrainError> {
         let cfg = &self.job.config;
         let members = groups.first().map_or(0, Vec::len);
@@ -403,7 +392,7 @@ impl<'a> Session<'a> {
         }
         rate.record(batch.n);
         let images_per_s = rate.per_second();
-        emit(TrainEvent::Step {
+        self.emit(TrainEvent::Step {
             step: self.step,
             epoch: self.epoch,
             loss,
@@ -432,7 +421,7 @@ impl<'a> Session<'a> {
                 CollapseChange::Recovered(m) => (m, NoticeKind::CollapseCleared),
             };
             tracing::warn!("{message}");
-            emit(TrainEvent::Notice {
+            self.emit(TrainEvent::Notice {
                 step: self.step,
                 message,
                 kind: Some(kind),
@@ -460,16 +449,12 @@ impl<'a> Session<'a> {
     }
 
     /// Records `val` as the newest validation and saves `best` when it beats it.
-    fn keep_if_best(
-        &mut self,
-        val: Option<Retrieval>,
-        emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
-    ) -> Result<(), TrainError> {
+    fn keep_if_best(&mut self, val: Option<Retrieval>) -> Result<(), TrainError> {
         self.validated_at = Some(self.step);
         let improved = self.checkpoints.improves_best(val.as_ref());
         self.last_val = val;
         if improved {
-            self.save(CheckpointKind::Best, emit)?;
+            self.save(CheckpointKind::Best)?;
         }
         Ok(())
     }
@@ -487,11 +472,7 @@ impl<'a> Session<'a> {
 
     /// Ends the run: a run stopped between epochs validates once (so `best` exists
     /// and `vitrine index` works right away), then writes `last`.
-    fn finish(
-        &mut self,
-        reason: StopReason,
-        emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
-    ) -> Result<TrainOutcome, TrainError> {
+    fn finish(&mut self, reason: StopReason) -> Result<TrainOutcome, TrainError> {
         // What a stop does from here is not training: a resumed run gets the budget
         // this one had left.
         self.budget.freeze();
@@ -499,7 +480,7 @@ impl<'a> Session<'a> {
             let t = Instant::now();
             if let Some((v, val_loss)) = self.validate()? {
                 self.budget.record_validation(t.elapsed().as_secs_f64());
-                emit(TrainEvent::Validated {
+                self.emit(TrainEvent::Validated {
                     step: self.step,
                     epoch: self.epoch,
                     val_loss,
@@ -508,13 +489,13 @@ impl<'a> Session<'a> {
                     val_map_at_r: v.map_at_r,
                     seconds: t.elapsed().as_secs_f64(),
                 })?;
-                self.keep_if_best(Some(v), emit)?;
+                self.keep_if_best(Some(v))?;
             }
         }
         if self.checkpoints.last_missing(self.step) {
-            self.save(CheckpointKind::Last, emit)?;
+            self.save(CheckpointKind::Last)?;
         }
-        emit(TrainEvent::Done {
+        self.emit(TrainEvent::Done {
             step: self.step,
             epoch: self.epoch,
             reason,
