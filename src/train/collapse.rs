@@ -7,6 +7,9 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use super::events::{NoticeKind, TrainEvent};
+use crate::model::loss::{LossConfig, LossKind};
+
 /// Steps a condition must hold before it is reported.
 pub const WINDOW: usize = 50;
 /// Mean cosine above which a batch counts as collapsed (d ≈ 0.45 between unit vectors).
@@ -24,6 +27,14 @@ pub struct StepSignals {
     /// The loss, and the triplet margin when the loss is a triplet hinge.
     pub loss: f32,
     pub margin: Option<f32>,
+}
+
+impl StepSignals {
+    /// The margin the stuck check holds the loss to: a triplet hinge's, none for a
+    /// soft margin or another loss.
+    pub fn hinge_margin(loss: &LossConfig) -> Option<f32> {
+        (loss.kind == LossKind::Triplet && !loss.soft_margin).then_some(loss.margin)
+    }
 }
 
 /// What changed.
@@ -79,6 +90,21 @@ impl CollapseMonitor {
             None => {}
         }
         change
+    }
+
+    /// [`Self::observe`], a change said as the notice a run emits at `step` (and
+    /// logs as a warning).
+    pub fn notice(&mut self, step: usize, s: StepSignals) -> Option<TrainEvent> {
+        let (message, kind) = match self.observe(s)? {
+            CollapseChange::Collapsed(m) => (m, NoticeKind::Collapse),
+            CollapseChange::Recovered(m) => (m, NoticeKind::CollapseCleared),
+        };
+        tracing::warn!("{message}");
+        Some(TrainEvent::Notice {
+            step,
+            message,
+            kind: Some(kind),
+        })
     }
 
     fn assess(&mut self, s: StepSignals) -> Option<CollapseChange> {

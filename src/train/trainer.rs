@@ -7,9 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use candle_core::Tensor;
-
-use super::collapse::{CollapseChange, StepSignals};
+use super::collapse::StepSignals;
 use super::error::TrainError;
 use super::events::{CheckpointKind, NoticeKind, StopReason, TrainEvent};
 use super::job::{Control, TrainJob, TrainOutcome};
@@ -19,12 +17,13 @@ use super::rate::RateMeter;
 use super::resume;
 use super::session::{EventSink, Prepared, Session};
 use super::step::{StepError, StepSettings, train_step};
+use super::training_data::BatchTensors;
 use super::validation::validate;
 use crate::data::loader::Prefetcher;
 use crate::eval::Retrieval;
 use crate::fsutil::write_bytes_atomic;
 use crate::model::checkpoint;
-use crate::model::loss::{LossKind, mean_pairwise_cosine};
+use crate::model::loss::mean_pairwise_cosine;
 use crate::rng::Rng;
 use crate::run::folder::{ControlRequest, RunDir};
 
@@ -337,22 +336,9 @@ impl<'a> Session<'a> {
         rate: &mut RateMeter,
     ) -> Result<f32, TrainError> {
         let cfg = &self.job.config;
-        let members = groups.first().map_or(0, Vec::len);
-        // Member-major, as the loader lays the batch out.
-        let images: Vec<usize> = (0..members)
-            .flat_map(|m| batch.kept.iter().map(move |&k| groups[k][m]))
-            .collect();
-        let labels: Vec<u64> = images
-            .iter()
-            .map(|&i| self.data.ds.images[i].item as u64)
-            .collect();
-        let classes: Vec<u32> = images
-            .iter()
-            .map(|&i| self.data.class_of[self.data.ds.images[i].item])
-            .collect();
-        let side = batch.size as usize;
-        let x = Tensor::from_vec(batch.data, batch.n * 3 * side * side, &self.device)?
-            .reshape((batch.n, 3, side, side))?;
+        let n = batch.n;
+        let BatchTensors { x, labels, classes } =
+            self.data.batch_tensors(batch, groups, &self.device)?;
         let lr = self.learning_rate();
         self.model
             .set_dropout_stream(cfg.train.seed, self.step as u64);
@@ -390,7 +376,7 @@ impl<'a> Session<'a> {
         if let Some(average) = &mut self.average {
             average.update(self.step)?;
         }
-        rate.record(batch.n);
+        rate.record(n);
         let images_per_s = rate.per_second();
         self.emit(TrainEvent::Step {
             step: self.step,
@@ -406,26 +392,15 @@ impl<'a> Session<'a> {
             images_per_s: Some(images_per_s),
             elapsed_s: self.started.elapsed().as_secs_f64(),
         })?;
-        let margin = (cfg.loss.kind == LossKind::Triplet && !cfg.loss.soft_margin)
-            .then_some(cfg.loss.margin);
-        let change = self.collapse.observe(StepSignals {
+        let signals = StepSignals {
             spread,
             d_ap: stats.mean_ap,
             d_an: stats.mean_an,
             loss,
-            margin,
-        });
-        if let Some(change) = change {
-            let (message, kind) = match change {
-                CollapseChange::Collapsed(m) => (m, NoticeKind::Collapse),
-                CollapseChange::Recovered(m) => (m, NoticeKind::CollapseCleared),
-            };
-            tracing::warn!("{message}");
-            self.emit(TrainEvent::Notice {
-                step: self.step,
-                message,
-                kind: Some(kind),
-            })?;
+            margin: StepSignals::hinge_margin(&cfg.loss),
+        };
+        if let Some(notice) = self.collapse.notice(self.step, signals) {
+            self.emit(notice)?;
         }
         Ok(loss)
     }
