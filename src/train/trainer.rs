@@ -56,33 +56,7 @@ pub fn train(
     let mut prepared = Prepared::new(job)?;
     let run = RunDir::new(&job.run);
     let _lock = run.lock()?;
-    // Refused before anything is written: the existing run's log stays as it was.
-    if !job.resume && run.checkpoint(CheckpointKind::Last).exists() {
-        return Err(TrainError::Resume {
-            run: run.root.clone(),
-            reason:
-                "it already has checkpoints: pass --resume to continue it, or choose a new --run"
-                    .into(),
-        });
-    }
-    let (notices, resumed) = if job.resume {
-        let notices = resume::recover(&run)?;
-        match resume::restore(&run, &settings, &mut prepared) {
-            Ok(r) => (notices, Some(r)),
-            // A refusal leaves the run as it was: nothing it cannot honour is logged.
-            Err(e @ TrainError::Resume { .. }) => return Err(e),
-            Err(e) => {
-                MetricsWriter::append(&run.metrics())?.write(&TrainEvent::Failed {
-                    step: 0,
-                    epoch: 0,
-                    message: e.to_string(),
-                })?;
-                return Err(e);
-            }
-        }
-    } else {
-        (Vec::new(), None)
-    };
+    let (notices, resumed) = resume::begin(job, &run, &settings, &mut prepared)?;
     // A request left from an earlier process must not pause or stop this one.
     let _ = std::fs::remove_file(run.control());
     let mut sink = EventSink::new(MetricsWriter::append(&run.metrics())?, on_event);
