@@ -180,6 +180,43 @@ mod tests {
     }
 
     #[test]
+    fn a_change_is_said_as_a_notice_of_its_step() {
+        let mut m = CollapseMonitor::default();
+        let notices: Vec<_> = (0..WINDOW)
+            .filter_map(|i| m.notice(i + 1, step(0.99, 0.1, 0.1, 0.5)))
+            .collect();
+        assert!(
+            matches!(&notices[..], [TrainEvent::Notice { step, kind: Some(NoticeKind::Collapse), .. }] if *step == WINDOW),
+            "{notices:?}"
+        );
+        let cleared = (0..WINDOW).find_map(|i| m.notice(i, step(0.2, 0.3, 0.9, 0.2)));
+        assert!(
+            matches!(
+                cleared,
+                Some(TrainEvent::Notice {
+                    kind: Some(NoticeKind::CollapseCleared),
+                    ..
+                })
+            ),
+            "{cleared:?}"
+        );
+    }
+
+    #[test]
+    fn only_a_triplet_hinge_has_a_margin() {
+        let mut loss = LossConfig {
+            kind: LossKind::Triplet,
+            ..LossConfig::default()
+        };
+        assert_eq!(StepSignals::hinge_margin(&loss), Some(loss.margin));
+        loss.soft_margin = true;
+        assert_eq!(StepSignals::hinge_margin(&loss), None);
+        loss.soft_margin = false;
+        loss.kind = LossKind::NormSoftmax;
+        assert_eq!(StepSignals::hinge_margin(&loss), None);
+    }
+
+    #[test]
     fn a_stuck_loss_near_the_threshold_does_not_flap() {
         let mut m = CollapseMonitor::default();
         let mut said = Vec::new();

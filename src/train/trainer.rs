@@ -85,7 +85,7 @@ pub fn train(
     result
 }
 
-impl<'a> Session<'a> {
+impl Session<'_> {
     fn max_steps_reached(&self) -> bool {
         let max = self.job.config.train.max_steps;
         max > 0 && self.step >= max
