@@ -15,7 +15,7 @@ use vitrine::model::checkpoint;
 use vitrine::run::folder::RunDir;
 use vitrine::train::events::TrainEvent;
 use vitrine::train::metrics_log::read_all;
-use vitrine::train::trainer::read_meta;
+use vitrine::train::resume::read_meta;
 
 fn train(data: &Path, run: &Path, config: &Path, resume: bool, hang_at: Option<&str>) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitrine"));

@@ -8,9 +8,12 @@ use vitrine::model::Embedder;
 use vitrine::model::checkpoint;
 use vitrine::run::CheckpointKind;
 use vitrine::run::folder::{ControlRequest, RunDir};
+use vitrine::train::error::TrainError;
 use vitrine::train::events::{StopReason, TrainEvent};
+use vitrine::train::job::{Control, TrainJob, TrainOutcome};
 use vitrine::train::metrics_log::read_all;
-use vitrine::train::trainer::{Control, TrainError, TrainJob, read_meta, train};
+use vitrine::train::resume::read_meta;
+use vitrine::train::trainer::train;
 use vitrine::train::validation::validate;
 
 fn job(data: &Path, run: &Path, config: vitrine::config::Config) -> TrainJob {
@@ -25,10 +28,7 @@ fn job(data: &Path, run: &Path, config: vitrine::config::Config) -> TrainJob {
 fn run_collect(
     job: &TrainJob,
     control: &Control,
-) -> (
-    Result<vitrine::train::trainer::TrainOutcome, TrainError>,
-    Vec<TrainEvent>,
-) {
+) -> (Result<TrainOutcome, TrainError>, Vec<TrainEvent>) {
     let mut events = Vec::new();
     let r = train(job, control, &mut |e| events.push(e.clone()));
     (r, events)

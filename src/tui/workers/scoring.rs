@@ -42,7 +42,7 @@ fn score(run: &Path, fallback: &Config, rows: &[TripletRow], out: &Outbox) -> Re
     let last = RunDir::new(run).checkpoint(CheckpointKind::Last);
     let weights = if last.is_file() {
         checkpoint::load_full(&varmap, &last).map_err(|e| e.to_string())?;
-        match crate::train::trainer::read_meta(&last) {
+        match crate::train::resume::read_meta(&last) {
             Ok(meta) => format!("checkpoint last (step {})", meta.step),
             Err(_) => "checkpoint last".to_string(),
         }
