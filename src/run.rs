@@ -8,5 +8,3 @@ pub mod checkpoints;
 pub mod device;
 pub mod folder;
 pub mod settings;
-
-pub use folder::{CheckpointKind, RunDir};

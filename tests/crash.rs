@@ -118,7 +118,7 @@ fn a_run_killed_at_any_moment_resumes_and_finishes() {
         assert!(!reached(&mut child, &run));
     }
     // The finished run: consistent checkpoints that load, and a log that replays.
-    let last = RunDir::new(&run).checkpoint(vitrine::run::CheckpointKind::Last);
+    let last = RunDir::new(&run).checkpoint(vitrine::run::folder::CheckpointKind::Last);
     let meta = read_meta(&last).expect("sidecar");
     assert_eq!(
         meta.fingerprint,

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 
 use vitrine::index::store::{self, IndexHeader};
 use vitrine::model::checkpoint;
-use vitrine::run::CheckpointKind;
+use vitrine::run::folder::CheckpointKind;
 use vitrine::run::folder::RunDir;
 use vitrine::train::resume::read_meta;
 

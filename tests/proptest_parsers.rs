@@ -21,7 +21,7 @@ use vitrine::data::deepfashion::{
     PARTITION_HEADER, Source, Split, parse_partition,
 };
 use vitrine::index::npy::{self, MAGIC, Matrix};
-use vitrine::run::CheckpointKind;
+use vitrine::run::folder::CheckpointKind;
 use vitrine::train::events::{NoticeKind, StopReason, TrainEvent};
 use vitrine::train::metrics_log::{MetricsFollower, MetricsWriter, read_all};
 

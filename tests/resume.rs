@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use vitrine::run::CheckpointKind;
+use vitrine::run::folder::CheckpointKind;
 use vitrine::run::folder::RunDir;
 use vitrine::train::events::{StopReason, TrainEvent};
 use vitrine::train::metrics_log::read_all;

@@ -6,7 +6,7 @@ use vitrine::data::deepfashion::{Dataset, LoadOptions, Source, Split};
 use vitrine::data::loader::LoaderConfig;
 use vitrine::model::Embedder;
 use vitrine::model::checkpoint;
-use vitrine::run::CheckpointKind;
+use vitrine::run::folder::CheckpointKind;
 use vitrine::run::folder::{ControlRequest, RunDir};
 use vitrine::train::error::TrainError;
 use vitrine::train::events::{StopReason, TrainEvent};
@@ -954,4 +954,45 @@ fn validations_are_spread_over_the_run_and_it_still_ends_validated() {
         .filter(|e| matches!(e, TrainEvent::Epoch { val_top20, .. } if val_top20.is_finite()))
         .count();
     assert_eq!(every, 8);
+}
+
+#[test]
+fn the_weight_average_takes_each_step_once() {
+    let data = common::synth_dataset(60, 32);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cfg = common::tiny_train_config();
+    cfg.train.max_steps = 1;
+    cfg.train.ema = 0.9;
+    let job = job(&data, &tmp.path().join("run"), cfg.clone());
+    let (result, _) = run_collect(&job, &Control::new());
+    result.expect("train");
+    let cpu = candle_core::Device::Cpu;
+    let run = RunDir::new(&job.run);
+    // The checkpoint holds the average, last.optim the live weights after step 1.
+    let average = candle_core::safetensors::load(run.checkpoint(CheckpointKind::Last), &cpu)
+        .expect("checkpoint");
+    let live = candle_core::safetensors::load(run.optimizer_state(), &cpu).expect("optim");
+    let (_, init) = Embedder::seeded(cfg.model.embedder(), &cpu, cfg.train.seed).expect("init");
+    let init = init.data().lock().expect("varmap");
+    // One update after step 1: avg = w0 + (1 − d)(w1 − w0), d = min(ema, 2/11).
+    let d = 0.9f64.min(2.0 / 11.0);
+    let mut checked = 0;
+    for (name, var) in init.iter() {
+        let (Some(avg), Some(w1)) = (average.get(name), live.get(&format!("live.{name}"))) else {
+            continue;
+        };
+        let w0 = var.as_tensor();
+        let moved = (w1 - w0).expect("sub").abs().expect("abs");
+        let moved = moved.max_all().expect("max").to_scalar::<f32>().expect("scalar");
+        if moved < 1e-4 {
+            continue;
+        }
+        let want = (w0 + (w1 - w0).expect("sub").affine(1.0 - d, 0.0).expect("affine"))
+            .expect("add");
+        let err = (avg - want).expect("sub").abs().expect("abs");
+        let err = err.max_all().expect("max").to_scalar::<f32>().expect("scalar");
+        assert!(err < 1e-5 * (1.0 + moved), "{name}: off by {err} (moved {moved})");
+        checked += 1;
+    }
+    assert!(checked > 0, "no weight moved in the step");
 }

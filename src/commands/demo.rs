@@ -8,7 +8,7 @@ use crate::cli::{DataArgs, DemoArgs};
 use crate::config::Config;
 use crate::data::deepfashion::PARTITION_FILE;
 use crate::data::synth::SynthOptions;
-use crate::run::CheckpointKind;
+use crate::run::folder::CheckpointKind;
 use crate::run::folder::RunDir;
 use crate::train::events::{StopReason, TrainEvent};
 use crate::train::job::TrainJob;

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::run::CheckpointKind;
+use crate::run::folder::CheckpointKind;
 use crate::run::device::DeviceInfo;
 
 /// Pretrained weights a run started from.

@@ -25,7 +25,7 @@ use crate::fsutil::write_bytes_atomic;
 use crate::model::checkpoint;
 use crate::model::loss::mean_pairwise_cosine;
 use crate::rng::Rng;
-use crate::run::CheckpointKind;
+use crate::run::folder::CheckpointKind;
 use crate::run::folder::{ControlRequest, RunDir};
 
 /// The run's `config.toml` text.
@@ -345,9 +345,6 @@ impl Session<'_> {
         let (dim, host) = crate::model::loss::host_rows(&report.embeddings)?;
         let spread = mean_pairwise_cosine(&host, dim);
         self.step += 1;
-        if let Some(average) = &mut self.average {
-            average.update(self.step)?;
-        }
         if let Some(average) = &mut self.average {
             average.update(self.step)?;
         }

@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 
-use crate::run::CheckpointKind;
+use crate::run::folder::CheckpointKind;
 use crate::run::device::{DeviceInfo, gib};
 use crate::run::folder::ControlRequest;
 use crate::train::events::{NoticeKind, StopReason, TrainEvent};

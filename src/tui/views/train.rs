@@ -15,7 +15,7 @@ use ratatui::widgets::{
 use super::{Ctx, panel, pct};
 use crate::config::PlotMarker;
 use crate::printable::duration;
-use crate::run::CheckpointKind;
+use crate::run::folder::CheckpointKind;
 use crate::run::folder::ControlRequest;
 use crate::tui::app::App;
 use crate::tui::tabs::train::{Outcome, Phase};

@@ -12,7 +12,7 @@ use super::failures::{FailuresJob, spawn_failures};
 use super::{Outbox, spawn};
 use crate::config::Config;
 use crate::index::{CheckpointChoice, Searcher};
-use crate::run::CheckpointKind;
+use crate::run::folder::CheckpointKind;
 use crate::run::folder::RunDir;
 use crate::tui::app::WorkerEvent;
 use crate::tui::tabs::dataset::ImageInfo;

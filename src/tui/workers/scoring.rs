@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::data::loader::{ImageSpec, LoaderConfig};
 use crate::model::Embedder;
 use crate::model::checkpoint;
-use crate::run::CheckpointKind;
+use crate::run::folder::CheckpointKind;
 use crate::run::folder::RunDir;
 use crate::run::settings;
 use crate::tui::app::WorkerEvent;

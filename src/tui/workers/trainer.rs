@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 
 use crate::config::Config;
-use crate::run::CheckpointKind;
+use crate::run::folder::CheckpointKind;
 use crate::run::folder::RunDir;
 
 /// Starts `vitrine train` for the run as a detached process: its own process group
