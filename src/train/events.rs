@@ -284,3 +284,47 @@ mod nan_if_null {
         Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::TrainEvent;
+
+    /// One line of every event kind, as the trainer writes them: field names and
+    /// order are the `metrics.jsonl` format, which old logs and other readers rely on.
+    const LINES: &[&str] = &[
+        r#"{"event":"started","run":"r","device":"cuda:0","device_name":"NVIDIA H200","device_detail":"compute 9.0","device_memory_bytes":150110011392,"device_memory_free_bytes":149470183424,"backbone":"resnet50","image_size":224,"batch":32,"epochs":10,"steps_per_epoch":100,"total_steps":1000,"start_step":0,"resumed":false,"loss":"norm_softmax","mining":"batch_hard","sampler":"pk","batch_images":128,"params":25000000,"trainable_params":15000000,"train_triplets":3200,"val_queries":200,"val_gallery":198,"pretrained":{"source":"hf:timm/resnet50","file":"/cache/model.safetensors","tensors":320},"time":1795887304.585161}"#,
+        r#"{"event":"started","run":"r","device":"cpu","device_name":"","device_detail":"","device_memory_bytes":0,"backbone":"resnet18","image_size":64,"batch":16,"epochs":5,"steps_per_epoch":10,"total_steps":50,"start_step":20,"resumed":true,"loss":"triplet","mining":"batch_hard","sampler":"triplets","batch_images":48,"params":1,"trainable_params":1,"train_triplets":1,"val_queries":0,"val_gallery":0,"time":0.0}"#,
+        r#"{"event":"settings_changed","step":20,"changes":[{"key":"train.lr","from":"0.001","to":"0.0001"},{"key":"train.seed","from":null,"to":"7"}]}"#,
+        r#"{"event":"baseline","val_loss":0.5,"val_top1":0.125,"val_top20":0.25,"val_map_at_r":0.0625}"#,
+        r#"{"event":"baseline","val_loss":null,"val_top1":null,"val_top20":null,"val_map_at_r":null}"#,
+        r#"{"event":"step","step":1,"epoch":0,"loss":7.5,"active":1.0,"d_ap":0.5,"d_an":0.75,"lr":0.001,"grad_norm":2.5,"spread":0.25,"triplets_per_s":10.5,"images_per_s":31.5,"elapsed_s":2.0}"#,
+        r#"{"event":"step","step":2,"epoch":0,"loss":null,"active":null,"d_ap":null,"d_an":null,"lr":null,"grad_norm":null,"triplets_per_s":null,"elapsed_s":null}"#,
+        r#"{"event":"epoch","epoch":0,"step":100,"train_loss":3.25,"val_loss":0.5,"val_top1":0.125,"val_top20":0.525,"val_map_at_r":0.0625,"seconds":60.5}"#,
+        r#"{"event":"epoch","epoch":1,"step":200,"train_loss":null,"val_loss":null,"val_top1":null,"val_top20":null,"val_map_at_r":null,"seconds":null}"#,
+        r#"{"event":"validated","step":250,"epoch":2,"val_loss":0.5,"val_top1":0.125,"val_top20":0.5,"val_map_at_r":0.0625,"seconds":3.5}"#,
+        r#"{"event":"validated","step":250,"epoch":2,"val_loss":null,"val_top1":null,"val_top20":null,"val_map_at_r":null,"seconds":null}"#,
+        r#"{"event":"checkpoint","step":100,"epoch":0,"kind":"best","path":"runs/r/checkpoints/best.safetensors"}"#,
+        r#"{"event":"notice","step":5,"message":"the embeddings are collapsing","kind":"collapse"}"#,
+        r#"{"event":"notice","step":6,"message":"plain"}"#,
+        r#"{"event":"done","step":1000,"epoch":9,"reason":"time_limit","best_val_top20":0.525,"seconds":600.0}"#,
+        r#"{"event":"done","step":3,"epoch":0,"reason":"max_steps","best_val_top20":null,"seconds":1.5}"#,
+        r#"{"event":"failed","step":3,"epoch":0,"message":"out of memory"}"#,
+    ];
+
+    #[test]
+    fn every_event_kind_writes_back_byte_for_byte() {
+        for line in LINES {
+            let event: TrainEvent = serde_json::from_str(line).expect(line);
+            assert_eq!(serde_json::to_string(&event).expect("json"), *line);
+        }
+    }
+
+    #[test]
+    fn null_figures_read_as_nan() {
+        let event: TrainEvent = serde_json::from_str(LINES[8]).expect("an epoch line");
+        let json = serde_json::to_value(&event).expect("json");
+        assert!(json["val_top20"].is_null() && json["train_loss"].is_null());
+        let debug = format!("{event:?}");
+        assert_eq!(debug.matches("NaN").count(), 6, "{debug}");
+    }
+}
