@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use vitrine::run::folder::RunDir;
-use vitrine::train::events::{CheckpointKind, StopReason, TrainEvent};
+use vitrine::train::events::{CheckpointKind, RunStarted, StopReason, TrainEvent};
 use vitrine::train::metrics_log::read_all;
 use vitrine::train::trainer::read_meta;
 
@@ -75,14 +75,14 @@ fn started(events: &[TrainEvent]) -> (u32, String, String, usize, usize) {
     events
         .iter()
         .find_map(|e| match e {
-            TrainEvent::Started {
+            TrainEvent::Started(RunStarted {
                 image_size,
                 loss,
                 mining,
                 batch,
                 batch_images,
                 ..
-            } => Some((
+            }) => Some((
                 *image_size,
                 loss.clone(),
                 mining.clone(),

@@ -13,7 +13,7 @@ use vitrine::index::evaluate::CategoryScore;
 use vitrine::run::folder::ControlRequest;
 use vitrine::run::settings::diff;
 use vitrine::theme::Theme;
-use vitrine::train::events::TrainEvent;
+use vitrine::train::events::{RunStarted, TrainEvent, ValMetrics};
 use vitrine::train::metrics_log::{MetricsFollower, read_all};
 use vitrine::train::runs::{RunStatus, RunSummary};
 use vitrine::tui::app::{Action, App, AppOptions, Command, Tab, WorkerEvent};
@@ -224,14 +224,14 @@ fn fixture_events_on(
     free: u64,
 ) -> Vec<TrainEvent> {
     let mut events = fixture_events();
-    let TrainEvent::Started {
+    let TrainEvent::Started(RunStarted {
         device: d,
         device_name,
         device_detail,
         device_memory_bytes,
         device_memory_free_bytes,
         ..
-    } = &mut events[0]
+    }) = &mut events[0]
     else {
         panic!("the fixture starts with a started event")
     };
@@ -304,7 +304,7 @@ fn snapshot_train_tab_full_history_ascii() {
 fn snapshot_train_warming_up() {
     let mut app = App::new(options(false));
     let events: Vec<TrainEvent> = fixture_events().into_iter().take(2).collect();
-    assert!(matches!(events[0], TrainEvent::Started { .. }));
+    assert!(matches!(events[0], TrainEvent::Started(_)));
     app.update(Action::Worker(WorkerEvent::Train(events)));
     app.update(Action::Worker(WorkerEvent::Trainer {
         pid: Some(4242),
@@ -775,20 +775,15 @@ fn replay_of_recorded_metrics_drives_the_train_view() {
     let epochs: Vec<_> = events
         .iter()
         .filter_map(|e| match e {
-            TrainEvent::Epoch {
-                epoch,
-                val_top1,
-                val_top20,
-                ..
-            } => Some((*epoch, *val_top1, *val_top20)),
+            TrainEvent::Epoch { epoch, val, .. } => Some((*epoch, val.val_top1, val.val_top20)),
             _ => None,
         })
         .collect();
-    let TrainEvent::Started {
+    let TrainEvent::Started(RunStarted {
         total_steps,
         epochs: n_epochs,
         ..
-    } = &events[0]
+    }) = &events[0]
     else {
         panic!("the file starts with `started`");
     };
@@ -802,7 +797,7 @@ fn replay_of_recorded_metrics_drives_the_train_view() {
     assert_eq!(state.epochs.len(), epochs.len());
     for (row, (e, top1, top20)) in state.epochs.iter().zip(&epochs) {
         assert_eq!(row.epoch, Some(*e));
-        assert_eq!((row.top1, row.top20), (*top1, *top20));
+        assert_eq!((row.val.val_top1, row.val.val_top20), (*top1, *top20));
     }
     let best = epochs
         .iter()
@@ -899,10 +894,12 @@ fn collapse_warning_partial_validation_and_no_validation() {
     events.push(TrainEvent::Validated {
         step: 61,
         epoch: 3,
-        val_loss: 0.41,
-        val_top1: 0.2,
-        val_top20: 0.987,
-        val_map_at_r: 0.2,
+        val: ValMetrics {
+            val_loss: 0.41,
+            val_top1: 0.2,
+            val_top20: 0.987,
+            val_map_at_r: 0.2,
+        },
         seconds: 1.0,
     });
     events.push(TrainEvent::Done {
@@ -930,10 +927,7 @@ fn collapse_warning_partial_validation_and_no_validation() {
             epoch: 0,
             step: 3,
             train_loss: 0.5,
-            val_loss: f32::NAN,
-            val_top1: f64::NAN,
-            val_top20: f64::NAN,
-            val_map_at_r: f64::NAN,
+            val: ValMetrics::NONE,
             seconds: 3.0,
         },
         TrainEvent::Done {
@@ -1160,7 +1154,7 @@ fn second_run_events(name: &str, steps: usize) -> Vec<TrainEvent> {
         .take_while(|e| !matches!(e, TrainEvent::Step { step, .. } if *step > steps))
         .map(|mut e| {
             match &mut e {
-                TrainEvent::Started { run, .. } => *run = name.into(),
+                TrainEvent::Started(RunStarted { run, .. }) => *run = name.into(),
                 TrainEvent::Checkpoint { path, .. } => {
                     *path = path.replace("runs/demo/", &format!("runs/{name}/"));
                 }

@@ -18,61 +18,107 @@ pub struct PretrainedWeights {
     pub tensors: usize,
 }
 
+/// What a training process says first: the run, its recipe, its data and its
+/// device. A resumed run's every process says it again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunStarted {
+    pub run: String,
+    pub device: String,
+    /// The CPU's model or the GPU's name (empty in runs made before it was
+    /// recorded, as are the three below).
+    #[serde(default)]
+    pub device_name: String,
+    /// CPU: threads and vector instructions; GPU: compute capability.
+    #[serde(default)]
+    pub device_detail: String,
+    /// RAM for the CPU, device memory for a GPU, in bytes (0 = unknown).
+    #[serde(default)]
+    pub device_memory_bytes: u64,
+    /// Of which free when the run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_memory_free_bytes: Option<u64>,
+    pub backbone: String,
+    pub image_size: u32,
+    /// The sampler's units per step: items (P×K) or triplets.
+    pub batch: usize,
+    pub epochs: usize,
+    pub steps_per_epoch: usize,
+    pub total_steps: usize,
+    /// First step this process runs (non-zero when resumed).
+    pub start_step: usize,
+    pub resumed: bool,
+    /// `loss.kind` (`triplet` in runs made before there was a choice).
+    #[serde(default = "triplet")]
+    pub loss: String,
+    /// `loss.mining`; only meaningful for the triplet loss.
+    pub mining: String,
+    /// The batch sampler: `pk` or `triplets`.
+    #[serde(default)]
+    pub sampler: String,
+    /// Images per step.
+    #[serde(default)]
+    pub batch_images: usize,
+    pub params: usize,
+    pub trainable_params: usize,
+    pub train_triplets: usize,
+    pub val_queries: usize,
+    pub val_gallery: usize,
+    /// The weights the backbone started from (`None`: random initialisation, or
+    /// a resumed run, whose checkpoint holds every weight).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<PretrainedWeights>,
+    /// Seconds since the Unix epoch.
+    pub time: f64,
+}
+
+impl RunStarted {
+    /// The device it records (empty in runs made before it was).
+    pub fn device_info(&self) -> DeviceInfo {
+        DeviceInfo {
+            name: self.device_name.clone(),
+            detail: self.device_detail.clone(),
+            memory_bytes: self.device_memory_bytes,
+            memory_free_bytes: self.device_memory_free_bytes,
+        }
+    }
+}
+
+/// A validation's figures on the val split. NaN (written `null`) where nothing was
+/// measured: no val split, no validation due, no val query with a triplet.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ValMetrics {
+    #[serde(deserialize_with = "nan_if_null::f32")]
+    pub val_loss: f32,
+    #[serde(deserialize_with = "nan_if_null::f64")]
+    pub val_top1: f64,
+    #[serde(deserialize_with = "nan_if_null::f64")]
+    pub val_top20: f64,
+    #[serde(deserialize_with = "nan_if_null::f64")]
+    pub val_map_at_r: f64,
+}
+
+impl ValMetrics {
+    /// No validation ran.
+    pub const NONE: Self = Self {
+        val_loss: f32::NAN,
+        val_top1: f64::NAN,
+        val_top20: f64::NAN,
+        val_map_at_r: f64::NAN,
+    };
+
+    /// Whether retrieval was measured (an epoch not due a validation was not).
+    pub fn measured(&self) -> bool {
+        self.val_top20.is_finite()
+    }
+}
+
 // One `started` per process among thousands of steps: its size costs nothing, and
 // boxing it would only make every reader's pattern longer.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum TrainEvent {
-    Started {
-        run: String,
-        device: String,
-        /// The CPU's model or the GPU's name (empty in runs made before it was
-        /// recorded, as are the three below).
-        #[serde(default)]
-        device_name: String,
-        /// CPU: threads and vector instructions; GPU: compute capability.
-        #[serde(default)]
-        device_detail: String,
-        /// RAM for the CPU, device memory for a GPU, in bytes (0 = unknown).
-        #[serde(default)]
-        device_memory_bytes: u64,
-        /// Of which free when the run started.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        device_memory_free_bytes: Option<u64>,
-        backbone: String,
-        image_size: u32,
-        /// The sampler's units per step: items (P×K) or triplets.
-        batch: usize,
-        epochs: usize,
-        steps_per_epoch: usize,
-        total_steps: usize,
-        /// First step this process runs (non-zero when resumed).
-        start_step: usize,
-        resumed: bool,
-        /// `loss.kind` (`triplet` in runs made before there was a choice).
-        #[serde(default = "triplet")]
-        loss: String,
-        /// `loss.mining`; only meaningful for the triplet loss.
-        mining: String,
-        /// The batch sampler: `pk` or `triplets`.
-        #[serde(default)]
-        sampler: String,
-        /// Images per step.
-        #[serde(default)]
-        batch_images: usize,
-        params: usize,
-        trainable_params: usize,
-        train_triplets: usize,
-        val_queries: usize,
-        val_gallery: usize,
-        /// The weights the backbone started from (`None`: random initialisation, or
-        /// a resumed run, whose checkpoint holds every weight).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pretrained: Option<PretrainedWeights>,
-        /// Seconds since the Unix epoch.
-        time: f64,
-    },
+    Started(RunStarted),
     /// A resumed run's settings that differ from the ones it was trained with so far
     /// (`RUN/config.toml`), changed by command-line flags; right after `started`.
     SettingsChanged {
@@ -81,16 +127,7 @@ pub enum TrainEvent {
     },
     /// Validation of the untrained model, before the first step of a fresh run: the
     /// baseline every epoch must beat.
-    Baseline {
-        #[serde(deserialize_with = "nan_if_null::f32")]
-        val_loss: f32,
-        #[serde(deserialize_with = "nan_if_null::f64")]
-        val_top1: f64,
-        #[serde(deserialize_with = "nan_if_null::f64")]
-        val_top20: f64,
-        #[serde(deserialize_with = "nan_if_null::f64")]
-        val_map_at_r: f64,
-    },
+    Baseline(ValMetrics),
     Step {
         step: usize,
         epoch: usize,
@@ -127,14 +164,8 @@ pub enum TrainEvent {
         step: usize,
         #[serde(deserialize_with = "nan_if_null::f32")]
         train_loss: f32,
-        #[serde(deserialize_with = "nan_if_null::f32")]
-        val_loss: f32,
-        #[serde(deserialize_with = "nan_if_null::f64")]
-        val_top1: f64,
-        #[serde(deserialize_with = "nan_if_null::f64")]
-        val_top20: f64,
-        #[serde(deserialize_with = "nan_if_null::f64")]
-        val_map_at_r: f64,
+        #[serde(flatten)]
+        val: ValMetrics,
         #[serde(deserialize_with = "nan_if_null::f64")]
         seconds: f64,
     },
@@ -143,14 +174,8 @@ pub enum TrainEvent {
     Validated {
         step: usize,
         epoch: usize,
-        #[serde(deserialize_with = "nan_if_null::f32")]
-        val_loss: f32,
-        #[serde(deserialize_with = "nan_if_null::f64")]
-        val_top1: f64,
-        #[serde(deserialize_with = "nan_if_null::f64")]
-        val_top20: f64,
-        #[serde(deserialize_with = "nan_if_null::f64")]
-        val_map_at_r: f64,
+        #[serde(flatten)]
+        val: ValMetrics,
         #[serde(deserialize_with = "nan_if_null::f64")]
         seconds: f64,
     },
@@ -253,18 +278,7 @@ impl TrainEvent {
     /// The device a `started` event records (empty in runs made before it was).
     pub fn device_info(&self) -> Option<DeviceInfo> {
         match self {
-            TrainEvent::Started {
-                device_name,
-                device_detail,
-                device_memory_bytes,
-                device_memory_free_bytes,
-                ..
-            } => Some(DeviceInfo {
-                name: device_name.clone(),
-                detail: device_detail.clone(),
-                memory_bytes: *device_memory_bytes,
-                memory_free_bytes: *device_memory_free_bytes,
-            }),
+            TrainEvent::Started(s) => Some(s.device_info()),
             _ => None,
         }
     }

@@ -16,7 +16,8 @@ use super::budget::{Budget, BudgetState};
 use super::checkpoint_policy::CheckpointPolicy;
 use super::collapse::{CollapseChange, CollapseMonitor, StepSignals};
 use super::events::{
-    CheckpointKind, NoticeKind, PretrainedWeights, SettingChange, StopReason, TrainEvent,
+    CheckpointKind, NoticeKind, PretrainedWeights, RunStarted, SettingChange, StopReason,
+    TrainEvent, ValMetrics,
 };
 use super::metrics_log::{MetricsError, MetricsWriter};
 use super::optim::learning_rate_at;
@@ -404,12 +405,12 @@ impl<'a> Session<'a> {
             let t = Instant::now();
             if let Some((v, val_loss)) = self.validate()? {
                 self.budget.record_validation(t.elapsed().as_secs_f64());
-                emit(TrainEvent::Baseline {
+                emit(TrainEvent::Baseline(ValMetrics {
                     val_loss,
                     val_top1: v.at(1),
                     val_top20: v.at(20),
                     val_map_at_r: v.map_at_r,
-                })?;
+                }))?;
             }
         }
         if self.job.config.time_limit().is_some() && !self.budget.knows_checkpoint_time() {
@@ -452,7 +453,7 @@ impl<'a> Session<'a> {
             .sum();
         let sampler = &self.data.sampler;
         let info = device::info(&self.device);
-        emit(TrainEvent::Started {
+        emit(TrainEvent::Started(RunStarted {
             run: self.run.name(),
             device: device::describe(&self.device),
             device_name: info.name,
@@ -484,7 +485,7 @@ impl<'a> Session<'a> {
             time: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
-        })
+        }))
     }
 
     /// The batches of the current epoch from the current position, each with its
@@ -599,12 +600,14 @@ impl<'a> Session<'a> {
             } else {
                 f32::NAN
             },
-            val_loss: val.as_ref().map_or(f32::NAN, |v| v.1),
             // No val split, or no validation due: NaN, written `null` ("none"), not a
             // 0% that looks measured.
-            val_top1: val.as_ref().map_or(f64::NAN, |v| v.0.at(1)),
-            val_top20: val.as_ref().map_or(f64::NAN, |v| v.0.at(20)),
-            val_map_at_r: val.as_ref().map_or(f64::NAN, |v| v.0.map_at_r),
+            val: val.as_ref().map_or(ValMetrics::NONE, |v| ValMetrics {
+                val_loss: v.1,
+                val_top1: v.0.at(1),
+                val_top20: v.0.at(20),
+                val_map_at_r: v.0.map_at_r,
+            }),
             seconds: epoch_start.elapsed().as_secs_f64(),
         })?;
         self.epoch_done = true;
@@ -797,10 +800,12 @@ impl<'a> Session<'a> {
                 emit(TrainEvent::Validated {
                     step: self.step,
                     epoch: self.epoch,
-                    val_loss,
-                    val_top1: v.at(1),
-                    val_top20: v.at(20),
-                    val_map_at_r: v.map_at_r,
+                    val: ValMetrics {
+                        val_loss,
+                        val_top1: v.at(1),
+                        val_top20: v.at(20),
+                        val_map_at_r: v.map_at_r,
+                    },
                     seconds: t.elapsed().as_secs_f64(),
                 })?;
                 self.keep_if_best(Some(v), emit)?;

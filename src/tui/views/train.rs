@@ -17,7 +17,7 @@ use crate::run::CheckpointKind;
 use crate::run::folder::ControlRequest;
 use crate::tui::app::App;
 use crate::tui::settings::PlotMarker;
-use crate::tui::tabs::train::{Outcome, Phase, format_duration};
+use crate::tui::tabs::train::{Outcome, Phase, device_labels, format_duration};
 
 pub fn draw(frame: &mut Frame, area: Rect, app: &App, ctx: &mut Ctx) {
     let [progress, middle, log] = Layout::vertical([
@@ -43,8 +43,7 @@ fn draw_progress(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
     if let Some(info) = &t.info {
         // Corners, " Progress ", a gap and the label's own spaces.
         let room = usize::from(area.width).saturating_sub(2 + 10 + 1 + 2);
-        if let Some(label) = info
-            .device_labels()
+        if let Some(label) = device_labels(info)
             .into_iter()
             .find(|l| l.chars().count() <= room)
         {
@@ -193,10 +192,11 @@ fn draw_chart(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
     let x0 = points.first().map_or(0.0, |p| p.0);
     let x1 = points.last().map_or(1.0, |p| p.0).max(x0 + 1.0);
     let val: Vec<(f64, f64)> = t
-        .val_loss
+        .baseline
         .iter()
-        .copied()
-        .filter(|p| p.0 >= x0 && p.0 <= x1)
+        .chain(&t.epochs)
+        .map(|r| (r.step as f64, f64::from(r.val.val_loss)))
+        .filter(|p| p.1.is_finite() && p.0 >= x0 && p.0 <= x1)
         .collect();
     let (lo, hi) = points
         .iter()
@@ -297,9 +297,9 @@ fn draw_stats(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
         rows.push(
             Row::new(vec![
                 "untrained".to_string(),
-                pct(b.top1),
-                pct(b.top20),
-                loss_text(b.val_loss),
+                pct(b.val.val_top1),
+                pct(b.val.val_top20),
+                loss_text(b.val.val_loss),
             ])
             .style(theme.muted()),
         );
@@ -317,9 +317,9 @@ fn draw_stats(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
                 } else {
                     format!("epoch {}{mark}", e + 1)
                 },
-                pct(r.top1),
-                pct(r.top20),
-                loss_text(r.val_loss),
+                pct(r.val.val_top1),
+                pct(r.val.val_top20),
+                loss_text(r.val.val_loss),
             ])
             .style(if Some(e) == best {
                 theme.success()
