@@ -316,6 +316,114 @@ fn snapshot_train_warming_up() {
     insta::assert_snapshot!("train_warming_up_80x24", t.backend());
 }
 
+/// A run like the one that showed the problem: a normalised-softmax train loss
+/// (7.99 → 3.3) beside a triplet val loss (≈ 0.5) that shares no axis with it, and
+/// val top-k measured on a gallery a third the size of the test one.
+fn softmax_run_events() -> Vec<TrainEvent> {
+    let started = serde_json::from_value(serde_json::json!({
+        "event": "started", "run": "softmax", "device": "cpu", "backbone": "resnet18",
+        "image_size": 64, "batch": 16, "epochs": 6, "steps_per_epoch": 100,
+        "total_steps": 600, "start_step": 0, "resumed": false, "loss": "norm_softmax",
+        "mining": "batch_hard", "sampler": "pk", "batch_images": 64, "params": 11_000_000,
+        "trainable_params": 8_000_000, "train_triplets": 1600, "val_queries": 200,
+        "val_gallery": 198, "time": 0.0,
+    }))
+    .expect("a started event");
+    let val = |loss: f32, top1: f64, top20: f64| ValMetrics {
+        val_loss: loss,
+        val_top1: top1,
+        val_top20: top20,
+        val_map_at_r: top1,
+    };
+    let mut events = vec![started, TrainEvent::Baseline(val(0.52, 0.051, 0.303))];
+    // Validations spread over the run: epochs 2 and 4 were not due one (NaN).
+    let epochs = [
+        val(0.51, 0.081, 0.384),
+        ValMetrics::NONE,
+        val(0.49, 0.121, 0.471),
+        ValMetrics::NONE,
+        val(0.50, 0.147, 0.512),
+        val(0.48, 0.158, 0.525),
+    ];
+    for (epoch, val) in epochs.into_iter().enumerate() {
+        for i in 1..=100 {
+            let step = epoch * 100 + i;
+            let x = step as f64;
+            let loss = 3.3 + 4.69 * (-x / 150.0).exp() + 0.25 * (x * 0.7).sin();
+            events.push(TrainEvent::Step {
+                step,
+                epoch,
+                loss: loss as f32,
+                active: 0.9,
+                d_ap: 0.6,
+                d_an: 0.9,
+                lr: 1e-4,
+                grad_norm: 2.0,
+                spread: Some(0.3),
+                triplets_per_s: 40.0,
+                images_per_s: Some(120.0),
+                elapsed_s: x,
+            });
+        }
+        events.push(TrainEvent::Epoch {
+            epoch,
+            step: (epoch + 1) * 100,
+            train_loss: 3.5,
+            val,
+            seconds: 100.0,
+        });
+    }
+    events.push(TrainEvent::Done {
+        step: 600,
+        epoch: 5,
+        reason: vitrine::train::events::StopReason::TimeLimit,
+        best_val_top20: 0.525,
+        seconds: 600.0,
+    });
+    events
+}
+
+/// The Train tab draws validation on a chart of its own (val top-20 and top-1 by
+/// step, the untrained model's as reference lines) and says how large the val
+/// gallery is against the test gallery.
+#[test]
+fn snapshot_train_validation_chart_and_gallery_sizes() {
+    let mut app = App::new(options(false));
+    app.update(Action::Worker(WorkerEvent::Train(softmax_run_events())));
+    // Epochs without a validation put no point on the chart.
+    let steps: Vec<f64> = app.train.val_top20.iter().map(|p| p.0).collect();
+    assert_eq!(steps, [100.0, 300.0, 500.0, 600.0]);
+    let mut data = dataset();
+    data.summary.shop.val = 198;
+    data.summary.gallery = 561;
+    app.update(Action::Worker(WorkerEvent::Dataset(Box::new(Ok(data)))));
+    for (w, h) in SIZES {
+        let t = render(&app, w, h);
+        let text = screen_text(&t);
+        assert!(text.contains("Val retrieval"), "{text}");
+        // Shares on their own axis (52.5% best, padded); the loss axis is not
+        // stretched down to the val loss (≈ 0.5).
+        assert!(text.contains("│54.9%│"), "{text}");
+        assert!(text.contains("│2.89│") && !text.contains("│0."), "{text}");
+        if w >= 120 {
+            assert!(text.contains("val gallery 198 images (test 561)"), "{text}");
+            assert!(text.contains("smaller gallery"), "{text}");
+        } else {
+            assert!(text.contains("gallery val 198 · test 561"), "{text}");
+        }
+        insta::assert_snapshot!(format!("train_validation_{w}x{h}"), t.backend());
+    }
+    // A dataset that is not the run's (another val split) gives the val size alone.
+    let mut other = dataset();
+    other.summary.gallery = 561;
+    app.update(Action::Worker(WorkerEvent::Dataset(Box::new(Ok(other)))));
+    let text = screen_text(&render(&app, 80, 24));
+    assert!(
+        text.contains("val gallery 198 images") && !text.contains("561"),
+        "{text}"
+    );
+}
+
 #[test]
 fn snapshot_dataset_tab() {
     let mut app = app_with_data(false);

@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 
+use crate::data::deepfashion::SplitSummary;
 use crate::run::device::gib;
 use crate::run::folder::ControlRequest;
 use crate::train::events::{
@@ -231,6 +232,18 @@ pub struct ValRow {
     pub step: usize,
     pub train_loss: Option<f32>,
     pub val: ValMetrics,
+}
+
+/// The gallery validation ranks against beside the one evaluation ranks against:
+/// top-k on a smaller gallery reads higher, so val top-20 overstates test top-20.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GallerySizes {
+    /// Shop images of the val split (from the run's `started` event).
+    pub val: usize,
+    /// The evaluation protocol (`test`, `val+test`) and its gallery's size, when the
+    /// dataset the dashboard read is the run's (its val split has as many shop
+    /// images).
+    pub eval: Option<(String, usize)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -499,6 +512,19 @@ impl TrainState {
             .max_by(|a, b| a.1.total_cmp(&b.1))
     }
 
+    /// The run's val gallery against `dataset`'s evaluation gallery; `None` for a
+    /// run without validation.
+    pub fn gallery_sizes(&self, dataset: Option<&SplitSummary>) -> Option<GallerySizes> {
+        let info = self.info.as_ref().filter(|i| i.val_queries > 0)?;
+        let eval = dataset
+            .filter(|d| d.shop.val == info.val_gallery)
+            .map(|d| (d.protocol.clone(), d.gallery));
+        Some(GallerySizes {
+            val: info.val_gallery,
+            eval,
+        })
+    }
+
     /// Step of the newest checkpoint written.
     pub fn latest_checkpoint(&self) -> Option<usize> {
         self.checkpoints.last().map(|c| c.0)
@@ -646,6 +672,77 @@ mod tests {
         // It re-states a collapse still in progress.
         t.apply(&collapse(20));
         assert_eq!(t.collapse.as_ref().map(|c| c.0), Some(20));
+    }
+
+    #[test]
+    fn the_smoother_is_a_debiased_ema_that_skips_non_finite_values() {
+        let mut s = Smoother::default();
+        assert_eq!(s.push(2.0), Some(2.0));
+        assert_eq!(s.push(f64::NAN), None);
+        let second = s.push(0.0).expect("finite");
+        // (0.9·0.2 + 0.1·0) / (1 − 0.81)
+        assert!((second - 0.18 / 0.19).abs() < 1e-12, "{second}");
+    }
+
+    fn epoch(epoch: usize, top20: f64) -> TrainEvent {
+        serde_json::from_value(serde_json::json!({
+            "event": "epoch", "epoch": epoch, "step": (epoch + 1) * 10, "train_loss": 1.0,
+            "val_loss": if top20.is_finite() { Some(0.5) } else { None },
+            "val_top1": if top20.is_finite() { Some(top20 / 2.0) } else { None },
+            "val_top20": if top20.is_finite() { Some(top20) } else { None },
+            "val_map_at_r": null, "seconds": 1.0,
+        }))
+        .expect("an epoch event")
+    }
+
+    #[test]
+    fn the_val_curves_have_a_point_per_validation_and_none_for_epochs_without() {
+        let mut t = TrainState::default();
+        t.apply_all(&[
+            started(false),
+            epoch(0, 0.4),
+            epoch(1, f64::NAN),
+            epoch(2, 0.6),
+        ]);
+        assert_eq!(t.val_top20, [(10.0, 0.4), (30.0, 0.6)]);
+        assert_eq!(t.val_top1, [(10.0, 0.2), (30.0, 0.3)]);
+        assert_eq!(t.epochs.len(), 3, "every epoch has its row");
+        // A resumed process keeps them; a fresh run starts over.
+        t.apply(&started(true));
+        assert_eq!(t.val_top20.len(), 2);
+        t.apply(&started(false));
+        assert!(t.val_top20.is_empty() && t.val_top1.is_empty());
+    }
+
+    #[test]
+    fn the_eval_gallery_is_named_only_for_the_runs_own_dataset() {
+        use crate::data::deepfashion::SplitCounts;
+        let mut t = TrainState::default();
+        assert_eq!(t.gallery_sizes(None), None);
+        t.apply(&started(false));
+        let summary = |val_shop| SplitSummary {
+            protocol: "test".into(),
+            pairs: SplitCounts::default(),
+            items: SplitCounts::default(),
+            consumer: SplitCounts::default(),
+            shop: SplitCounts {
+                train: 0,
+                val: val_shop,
+                test: 561,
+            },
+            query: 0,
+            gallery: 561,
+            images: 0,
+            missing: 0,
+            dropped_pairs: 0,
+            categories: Vec::new(),
+        };
+        // The fixture's run has 1 val gallery image.
+        let same = t.gallery_sizes(Some(&summary(1))).expect("validates");
+        assert_eq!(same.val, 1);
+        assert_eq!(same.eval, Some(("test".to_string(), 561)));
+        let other = t.gallery_sizes(Some(&summary(198))).expect("validates");
+        assert_eq!(other.eval, None);
     }
 
     #[test]
