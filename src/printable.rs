@@ -4,6 +4,9 @@
 //! recolour or clear the user's terminal. Every command prints file-derived text
 //! through [`escape_controls`] (or [`json`] for `--json`); the dashboard draws through
 //! ratatui, whose buffer drops control characters, and escapes them to show them.
+//!
+//! Times for a person, the same in the commands and the dashboard: [`duration`]
+//! (`3m04s`) and how long ago something was ([`ago`], [`ago_exact`]).
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -73,9 +76,63 @@ pub fn escape_lines(s: &str) -> Cow<'_, str> {
     )
 }
 
+/// A length of time: `1h02m`, `3m04s` or `12s`, rounded to the second (a negative
+/// one is `0s`); `?` where it is not a number.
+pub fn duration(seconds: f64) -> String {
+    if !seconds.is_finite() {
+        return "?".into();
+    }
+    let s = seconds.round().max(0.0) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// How long before `now` the time `then` was (both in seconds since the Unix epoch),
+/// in its largest unit: `12s ago`, `5m ago`, `3h ago`, `2d ago`; `—` where unknown.
+pub fn ago(then: Option<f64>, now: f64) -> String {
+    let Some(t) = then else {
+        return "—".into();
+    };
+    let d = (now - t).max(0.0) as u64;
+    match d {
+        0..60 => format!("{d}s ago"),
+        60..3600 => format!("{}m ago", d / 60),
+        3600..86400 => format!("{}h ago", d / 3600),
+        _ => format!("{}d ago", d / 86400),
+    }
+}
+
+/// [`ago`] as a [`duration`]: `12s ago`, `5m04s ago`, `50h02m ago`; `—` where
+/// unknown.
+pub fn ago_exact(then: Option<f64>, now: f64) -> String {
+    then.map_or_else(|| "—".into(), |t| format!("{} ago", duration(now - t)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_and_ages_read_the_same_everywhere() {
+        assert_eq!(duration(5.2), "5s");
+        assert_eq!(duration(59.6), "1m00s");
+        assert_eq!(duration(245.0), "4m05s");
+        assert_eq!(duration(3725.0), "1h02m");
+        assert_eq!(duration(-3.0), "0s");
+        assert_eq!(duration(f64::NAN), "?");
+        assert_eq!(duration(f64::INFINITY), "?");
+        assert_eq!(ago(None, 100.0), "—");
+        assert_eq!(ago(Some(88.0), 100.0), "12s ago");
+        assert_eq!(ago(Some(0.0), 330.0), "5m ago");
+        assert_eq!(ago(Some(0.0), 3.0 * 86400.0), "3d ago");
+        assert_eq!(ago(Some(200.0), 100.0), "0s ago");
+        assert_eq!(ago_exact(Some(0.0), 304.0), "5m04s ago");
+        assert_eq!(ago_exact(Some(0.0), 50.0 * 3600.0 + 120.0), "50h02m ago");
+        assert_eq!(ago_exact(None, 1.0), "—");
+    }
 
     #[test]
     fn control_characters_are_escaped_and_the_rest_kept() {

@@ -1,127 +1,179 @@
-//! Progress for long headless work: a redrawn bar on a terminal, plain lines
-//! (about every 10% or 10 s) when stderr is a pipe or a file. Counts are items, or
-//! bytes shown in kB/MB/GB ([`Progress::bytes`]).
+//! Progress for long headless work: an `indicatif` bar on a terminal, plain lines
+//! (about every 10% or 10 s) when stderr is a pipe or a file, where indicatif draws
+//! nothing at all. Counts are items, or bytes shown in kB/MB/GB ([`Progress::bytes`]).
 
-use std::io::{IsTerminal, Write};
+use std::io::{IsTerminal, Write as _};
 use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressState, ProgressStyle};
+
+use crate::printable::duration;
 
 pub struct Progress {
     label: String,
     total: usize,
-    start: Instant,
-    last_draw: Instant,
-    last_line_pct: usize,
-    tty: bool,
-    enabled: bool,
     bytes: bool,
-    /// Whether the terminal line ends without a newline (a bar still drawn).
-    open_line: bool,
+    out: Output,
+}
+
+enum Output {
+    /// `enabled = false`: nothing.
+    Silent,
+    /// stderr is a terminal: indicatif redraws the bar in place.
+    Bar(ProgressBar),
+    /// stderr is a pipe or a file: a plain line now and then.
+    Lines(Lines),
+}
+
+struct Lines {
+    start: Instant,
+    last_line: Instant,
+    last_line_pct: usize,
 }
 
 impl Progress {
     /// `enabled = false` makes it silent (e.g. under `--json`).
     pub fn new(label: &str, total: usize, enabled: bool) -> Self {
-        let now = Instant::now();
-        Self {
-            label: label.to_string(),
-            total: total.max(1),
-            start: now,
-            last_draw: now.checked_sub(Duration::from_secs(60)).unwrap_or(now),
-            last_line_pct: 0,
-            tty: std::io::stderr().is_terminal(),
-            enabled,
-            bytes: false,
-            open_line: false,
-        }
+        Self::with_unit(label, total, enabled, false)
     }
 
     /// A progress of `total` bytes: counts and rates in kB, MB or GB.
     pub fn bytes(label: &str, total: u64, enabled: bool) -> Self {
-        let mut p = Self::new(label, usize::try_from(total).unwrap_or(usize::MAX), enabled);
-        p.bytes = true;
-        p
+        let total = usize::try_from(total).unwrap_or(usize::MAX);
+        Self::with_unit(label, total, enabled, true)
     }
 
-    /// Ends a bar that stopped short of its total with a newline, so the next line
-    /// is not written over it.
-    pub fn end(&mut self) {
-        if self.open_line {
-            self.open_line = false;
-            let _ = writeln!(std::io::stderr().lock());
-        }
-    }
-
-    fn amount(&self, n: f64) -> String {
-        if self.bytes {
-            fmt_bytes(n)
+    fn with_unit(label: &str, total: usize, enabled: bool, bytes: bool) -> Self {
+        let total = total.max(1);
+        let out = if !enabled {
+            Output::Silent
+        } else if std::io::stderr().is_terminal() {
+            Output::Bar(bar(label, total, bytes))
         } else {
-            format!("{n:.0}")
-        }
-    }
-
-    fn rate(&self, per_s: f64) -> String {
-        if self.bytes {
-            fmt_bytes(per_s)
-        } else {
-            format!("{per_s:.1}")
-        }
-    }
-
-    pub fn set(&mut self, done: usize, extra: &str) {
-        if !self.enabled {
-            return;
-        }
-        let now = Instant::now();
-        let pct = done * 100 / self.total;
-        let finished = done >= self.total;
-        let elapsed = self.start.elapsed().as_secs_f64();
-        let rate = done as f64 / elapsed.max(1e-9);
-        let eta = if done > 0 {
-            (self.total - done.min(self.total)) as f64 / rate
-        } else {
-            f64::NAN
+            let now = Instant::now();
+            Output::Lines(Lines {
+                start: now,
+                last_line: now.checked_sub(Duration::from_secs(60)).unwrap_or(now),
+                last_line_pct: 0,
+            })
         };
-        let mut err = std::io::stderr().lock();
-        if self.tty {
-            if !finished && now.duration_since(self.last_draw) < Duration::from_millis(100) {
-                return;
-            }
-            self.last_draw = now;
-            let width = 30;
-            let filled = (done.min(self.total) * width) / self.total;
-            let _ = write!(
-                err,
-                "\r\x1b[2K{} [{}{}] {:>3}% {}/{} {}/s ETA {} {}",
-                self.label,
-                "#".repeat(filled),
-                " ".repeat(width - filled),
-                pct,
-                self.amount(done as f64),
-                self.amount(self.total as f64),
-                self.rate(rate),
-                fmt_secs(eta),
-                extra
-            );
-            self.open_line = !finished;
-            if finished {
-                let _ = writeln!(err);
-            }
-        } else if finished
-            || pct >= self.last_line_pct + 10
-            || now.duration_since(self.last_draw) >= Duration::from_secs(10)
-        {
-            self.last_draw = now;
-            self.last_line_pct = pct - pct % 10;
-            let _ = writeln!(
-                err,
-                "{}: {}/{} ({pct}%) {}/s ETA {} {extra}",
-                self.label,
-                self.amount(done as f64),
-                self.amount(self.total as f64),
-                self.rate(rate),
-                fmt_secs(eta)
-            );
+        Self {
+            label: label.to_string(),
+            total,
+            bytes,
+            out,
         }
+    }
+
+    /// Ends a bar that stopped short of its total, leaving it drawn as it is, so the
+    /// next line is not written over it.
+    pub fn end(&mut self) {
+        if let Output::Bar(b) = &self.out
+            && !b.is_finished()
+        {
+            b.abandon();
+        }
+    }
+
+    /// `done` of the total so far; `extra` is shown after the figures.
+    pub fn set(&mut self, done: usize, extra: &str) {
+        match &mut self.out {
+            Output::Silent => {}
+            Output::Bar(b) => {
+                b.set_message(extra.to_string());
+                // Parallel workers may report out of order; going back would reset
+                // indicatif's rate estimate.
+                b.set_position(b.position().max(done as u64));
+                if done >= self.total {
+                    b.finish();
+                }
+            }
+            Output::Lines(lines) => {
+                let now = Instant::now();
+                let pct = done * 100 / self.total;
+                let finished = done >= self.total;
+                if !(finished
+                    || pct >= lines.last_line_pct + 10
+                    || now.duration_since(lines.last_line) >= Duration::from_secs(10))
+                {
+                    return;
+                }
+                lines.last_line = now;
+                lines.last_line_pct = pct - pct % 10;
+                let rate = done as f64 / lines.start.elapsed().as_secs_f64().max(1e-9);
+                let eta = if done > 0 {
+                    (self.total - done.min(self.total)) as f64 / rate
+                } else {
+                    f64::NAN
+                };
+                let _ = writeln!(
+                    std::io::stderr().lock(),
+                    "{}: {}/{} ({pct}%) {}/s ETA {} {extra}",
+                    self.label,
+                    amount(self.bytes, done as f64),
+                    amount(self.bytes, self.total as f64),
+                    rate_text(self.bytes, rate),
+                    duration(eta)
+                );
+            }
+        }
+    }
+}
+
+/// The terminal bar: `label [####      ]  40% 40/100 12.5/s ETA 5s extra`, redrawn
+/// by indicatif (at most 20 times a second); a bar dropped short of its total stays
+/// as it was drawn.
+fn bar(label: &str, total: usize, bytes: bool) -> ProgressBar {
+    let style = ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {percent:>3}% {done}/{total} {rate}/s ETA {left} {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("# ")
+    .with_key(
+        "done",
+        move |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = w.write_str(&amount(bytes, s.pos() as f64));
+        },
+    )
+    .with_key(
+        "total",
+        move |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = w.write_str(&amount(bytes, s.len().unwrap_or(0) as f64));
+        },
+    )
+    .with_key(
+        "rate",
+        move |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = w.write_str(&rate_text(bytes, s.per_sec()));
+        },
+    )
+    .with_key("left", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+        let left = if s.pos() == 0 {
+            f64::NAN
+        } else {
+            s.eta().as_secs_f64()
+        };
+        let _ = w.write_str(&duration(left));
+    });
+    ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr())
+        .with_style(style)
+        .with_prefix(label.to_string())
+        .with_finish(ProgressFinish::Abandon)
+}
+
+fn amount(bytes: bool, n: f64) -> String {
+    if bytes {
+        fmt_bytes(n)
+    } else {
+        format!("{n:.0}")
+    }
+}
+
+fn rate_text(bytes: bool, per_s: f64) -> String {
+    if bytes {
+        fmt_bytes(per_s)
+    } else {
+        format!("{per_s:.1}")
     }
 }
 
@@ -141,19 +193,4 @@ pub fn fmt_bytes(n: f64) -> String {
         unit += 1;
     }
     format!("{v:.1} {}", UNITS[unit])
-}
-
-/// `1h02m`, `3m04s`, `12s`, or `?` for unknown.
-pub fn fmt_secs(s: f64) -> String {
-    if !s.is_finite() {
-        return "?".into();
-    }
-    let s = s.round() as u64;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
-    } else if s >= 60 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{s}s")
-    }
 }

@@ -9,5 +9,4 @@ pub mod device;
 pub mod folder;
 pub mod settings;
 
-pub use checkpoints::CheckpointKind;
-pub use folder::RunDir;
+pub use folder::{CheckpointKind, RunDir};

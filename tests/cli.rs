@@ -199,3 +199,32 @@ fn training_notes_a_val_gallery_smaller_than_20() {
         "{err}"
     );
 }
+
+#[test]
+fn progress_on_a_pipe_is_plain_lines() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out_dir = tmp.path().join("synth");
+    let out = vitrine(&[
+        "synth",
+        "--out",
+        text(&out_dir),
+        "--items",
+        "40",
+        "--size",
+        &MIN_SIZE.to_string(),
+    ]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    // No bar drawn: no carriage returns, no escape codes, whole lines only.
+    assert!(!err.contains('\r') && !err.contains('\x1b'), "{err:?}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("synth: ")).collect();
+    let last = "synth: 40/40 (100%) ";
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.starts_with(last) && l.contains("/s ETA ")),
+        "{err}"
+    );
+    // About every 10% (and every 10 s): one line per tenth, plus the first.
+    assert!((2..=12).contains(&lines.len()), "{err}");
+}

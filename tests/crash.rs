@@ -15,7 +15,7 @@ use vitrine::model::checkpoint;
 use vitrine::run::folder::RunDir;
 use vitrine::train::events::TrainEvent;
 use vitrine::train::metrics_log::read_all;
-use vitrine::train::trainer::read_meta;
+use vitrine::train::resume::read_meta;
 
 fn train(data: &Path, run: &Path, config: &Path, resume: bool, hang_at: Option<&str>) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitrine"));
@@ -118,7 +118,7 @@ fn a_run_killed_at_any_moment_resumes_and_finishes() {
         assert!(!reached(&mut child, &run));
     }
     // The finished run: consistent checkpoints that load, and a log that replays.
-    let last = RunDir::new(&run).checkpoint(vitrine::train::events::CheckpointKind::Last);
+    let last = RunDir::new(&run).checkpoint(vitrine::run::CheckpointKind::Last);
     let meta = read_meta(&last).expect("sidecar");
     assert_eq!(
         meta.fingerprint,

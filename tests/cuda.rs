@@ -31,8 +31,9 @@ use vitrine::model::{Backbone, Criterion, Embedder, EmbedderConfig, LossConfig, 
 use vitrine::rng::Rng;
 use vitrine::run::device;
 use vitrine::train::events::{RunStarted, TrainEvent};
+use vitrine::train::job::{Control, TrainJob};
 use vitrine::train::step::{Optimisers, StepSettings, train_step};
-use vitrine::train::trainer::{Control, TrainJob, train};
+use vitrine::train::trainer::train;
 
 const CPU: Device = Device::Cpu;
 

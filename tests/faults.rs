@@ -12,9 +12,9 @@ use std::sync::OnceLock;
 
 use vitrine::index::store::{self, IndexHeader};
 use vitrine::model::checkpoint;
+use vitrine::run::CheckpointKind;
 use vitrine::run::folder::RunDir;
-use vitrine::train::events::CheckpointKind;
-use vitrine::train::trainer::read_meta;
+use vitrine::train::resume::read_meta;
 
 fn vitrine(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitrine"));

@@ -14,7 +14,8 @@ use vitrine::index::evaluate::{EvalJob, evaluate};
 use vitrine::index::store::IndexError;
 use vitrine::index::{CheckpointChoice, SearchError, Searcher};
 use vitrine::model::{Embedder, checkpoint};
-use vitrine::train::trainer::{Control, TrainJob, train};
+use vitrine::train::job::{Control, TrainJob};
+use vitrine::train::trainer::train;
 
 struct Trained {
     data: PathBuf,

@@ -21,7 +21,8 @@ use vitrine::data::deepfashion::{
     PARTITION_HEADER, Source, Split, parse_partition,
 };
 use vitrine::index::npy::{self, MAGIC, Matrix};
-use vitrine::train::events::{CheckpointKind, NoticeKind, StopReason, TrainEvent};
+use vitrine::run::CheckpointKind;
+use vitrine::train::events::{NoticeKind, StopReason, TrainEvent};
 use vitrine::train::metrics_log::{MetricsFollower, MetricsWriter, read_all};
 
 const CASES: u32 = 256;

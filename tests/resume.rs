@@ -7,10 +7,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use vitrine::run::CheckpointKind;
 use vitrine::run::folder::RunDir;
-use vitrine::train::events::{CheckpointKind, RunStarted, StopReason, TrainEvent};
+use vitrine::train::events::{RunStarted, StopReason, TrainEvent};
 use vitrine::train::metrics_log::read_all;
-use vitrine::train::trainer::read_meta;
+use vitrine::train::resume::read_meta;
 
 /// Small and quick: P×K batches of 2 images per item, checkpoints only at the end.
 const SMALL: &str = "[train]\npk_images = 2\ncheckpoint_every = 0\nwarmup_steps = 0\nepochs = 1\ndevice = \"cpu\"\n[data]\nworkers = 1\n";

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
 use vitrine::run::folder::{ControlRequest, RunDir};
 use vitrine::train::events::{TrainEvent, ValMetrics};
+use vitrine::train::job::{Control, TrainJob};
 use vitrine::train::metrics_log::read_all;
 use vitrine::train::runs::{RunStatus, RunSummary, list, summarize};
-use vitrine::train::trainer::{Control, TrainJob, train};
+use vitrine::train::trainer::train;
 use vitrine::tui::app::{Action, App, AppOptions, Command as AppCommand, Tab, WorkerEvent};
 use vitrine::tui::workers::{Outbox, RunsWorker};
 

@@ -6,10 +6,14 @@ use vitrine::data::deepfashion::{Dataset, LoadOptions, Source, Split};
 use vitrine::data::loader::LoaderConfig;
 use vitrine::model::Embedder;
 use vitrine::model::checkpoint;
+use vitrine::run::CheckpointKind;
 use vitrine::run::folder::{ControlRequest, RunDir};
-use vitrine::train::events::{CheckpointKind, RunStarted, StopReason, TrainEvent, ValMetrics};
+use vitrine::train::error::TrainError;
+use vitrine::train::events::{RunStarted, StopReason, TrainEvent, ValMetrics};
+use vitrine::train::job::{Control, TrainJob, TrainOutcome};
 use vitrine::train::metrics_log::read_all;
-use vitrine::train::trainer::{Control, TrainError, TrainJob, read_meta, train};
+use vitrine::train::resume::read_meta;
+use vitrine::train::trainer::train;
 use vitrine::train::validation::validate;
 
 fn job(data: &Path, run: &Path, config: vitrine::config::Config) -> TrainJob {
@@ -24,10 +28,7 @@ fn job(data: &Path, run: &Path, config: vitrine::config::Config) -> TrainJob {
 fn run_collect(
     job: &TrainJob,
     control: &Control,
-) -> (
-    Result<vitrine::train::trainer::TrainOutcome, TrainError>,
-    Vec<TrainEvent>,
-) {
+) -> (Result<TrainOutcome, TrainError>, Vec<TrainEvent>) {
     let mut events = Vec::new();
     let r = train(job, control, &mut |e| events.push(e.clone()));
     (r, events)

@@ -136,10 +136,7 @@ fn training_outlives_the_dashboard_and_can_be_reattached() {
             ..
         })
     ));
-    assert!(
-        dir.checkpoint(vitrine::train::events::CheckpointKind::Last)
-            .is_file()
-    );
+    assert!(dir.checkpoint(vitrine::run::CheckpointKind::Last).is_file());
     assert_eq!(dir.locked_by(), None);
     let log = std::fs::read_to_string(dir.log()).expect("the trainer's log");
     assert!(log.contains("stopped"), "{log}");

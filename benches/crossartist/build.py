@@ -17,7 +17,8 @@ Concepts are matched by name: a library's icon names lose their style suffix (`-
 library and concept is kept (the outline / regular one first), aliases the libraries declare
 count as names, a small table of synonyms (SYNONYMS) joins names that mean the same drawing
 (`house` -> `home`, `close` -> `x`), and a few homonyms (`apple`: fruit or logo) are left out.
-An item needs the shop library and at least 3 others. Categories: Small = the family, the
+An item needs the shop library (with `--shop A,B,...`: one of them, the first
+that draws it giving the shop image) and at least 3 others. Categories: Small = the family, the
 first word of the name (`arrow-up` -> `Arrow`), families of one pooled per BIG; BIG = the
 category tabler's own catalogue gives the concept's tabler drawing (`ARROWS`, `WEATHER`, ...;
 from @tabler/icons 3.48.0), voted per family. Items are split 60/20/20 within each small
@@ -228,9 +229,9 @@ def choose_drawings(icons: dict[str, Icon], aliases: dict[str, str], lib: Librar
     return best
 
 
-def concepts(packages: dict[str, tuple], shop: str, has_ink) -> dict[str, dict[str, str]]:
-    """concept -> {library prefix: icon name} for every concept the shop library and at least
-    MIN_CONSUMERS others draw. A drawing without ink (`has_ink(prefix, icon)` false) does not
+def concepts(packages: dict[str, tuple], shops: list[str], has_ink) -> dict[str, dict[str, str]]:
+    """concept -> {library prefix: icon name} for every concept one of the shop libraries and at
+    least MIN_CONSUMERS others draw. A drawing without ink (`has_ink(prefix, icon)` false) does not
     count. Where two such concepts got the same icon of a library (through aliases), the
     better-ranked one keeps it and the other loses that library."""
     chosen = {p: choose_drawings(icons, aliases, BY_PREFIX[p]) for p, (icons, aliases) in packages.items()}
@@ -240,7 +241,7 @@ def concepts(packages: dict[str, tuple], shop: str, has_ink) -> dict[str, dict[s
             drawn[concept][p] = (key, icon)
     while True:
         items = {c: libs for c, libs in drawn.items()
-                 if shop in libs and len(libs) > MIN_CONSUMERS and c not in HOMONYMS}
+                 if any(s in libs for s in shops) and len(libs) > MIN_CONSUMERS and c not in HOMONYMS}
         lost = [(c, p) for c, libs in items.items() for p, (_, icon) in libs.items() if not has_ink(p, icon)]
         for p in packages:
             claims = defaultdict(list)  # icon -> [(key, concept)]
@@ -290,7 +291,7 @@ def library_sheet(root: Path, rows: list[dict], packages: dict, args, path: Path
     pen = ImageDraw.Draw(sheet)
     for y, lib in enumerate(LIBRARIES):
         p = lib.prefix
-        using = [r for r in rows if p == args.shop or p in r["consumers"]]
+        using = [r for r in rows if p == r["shop"] or p in r["consumers"]]
         picks = [using[round(i * (len(using) - 1) / 3)] for i in range(4)]
         icons = packages[p][0]
         tiles = []
@@ -299,7 +300,7 @@ def library_sheet(root: Path, rows: list[dict], packages: dict, args, path: Path
                 rng = dataset.rng_for(args.seed, 99, y, n)
                 tiles.append(tile(shop_image(icons[r["libraries"][p]].drawing(), rng, size)))
         for r in picks[:3]:
-            name = "shop_01.jpg" if p == args.shop else f"comsumer_{r['consumers'].index(p) + 1:02d}.jpg"
+            name = "shop_01.jpg" if p == r["shop"] else f"comsumer_{r['consumers'].index(p) + 1:02d}.jpg"
             tiles.append(Image.open(dataset.item_folder(root, r) / name))
         pen.text((4, y * step + 4), f"{p}\n{lib.package.version}\n{lib.licence}", fill="black")
         for x, im in enumerate(tiles):
@@ -309,7 +310,7 @@ def library_sheet(root: Path, rows: list[dict], packages: dict, args, path: Path
 
 def provenance_files(rows: list[dict], args, provenance: dict) -> dict[str, str]:
     tsv = ["item_id\tconcept\tbig\tsmall\tsplit\tshop\tconsumer_libraries\tdrawings"]
-    tsv += [f"{r['id']}\t{r['name']}\t{r['big']}\t{r['small']}\t{r['split']}\t{args.shop}:{r['libraries'][args.shop]}"
+    tsv += [f"{r['id']}\t{r['name']}\t{r['big']}\t{r['small']}\t{r['split']}\t{r['shop']}:{r['libraries'][r['shop']]}"
             f"\t{','.join(r['consumers'])}\t{','.join(f'{p}:{i}' for p, i in r['libraries'].items())}" for r in rows]
     readme = {"title": "Cross-artist consumer-to-shop icon benchmark",
               "script": f"benches/crossartist/build.py {SCRIPT_VERSION}",
@@ -324,14 +325,19 @@ def main() -> None:
     ap = dataset.parser(__doc__, "benches/crossartist/README.md", "data/xartist")
     ap.add_argument("--packages", type=Path, metavar="DIR", help="folder holding the 13 pinned tarballs (offline; "
                     "default: `npm pack` them into --cache)")
-    ap.add_argument("--shop", choices=sorted(BY_PREFIX), default="tabler", help="library of the shop image "
-                    "(default: %(default)s)")
+    ap.add_argument("--shop", default="tabler", metavar="LIB[,LIB...]", help="library of the shop image; with "
+                    "several, an item's shop is the first of them that draws it (default: %(default)s)")
     dataset.add_common_arguments(ap, "vitrine-crossartist", MIN_CONSUMERS, "each by a different library",
                                  "per library, 4 drawings at --size and at 64 px, 3 consumer photos")
     args = ap.parse_args()
     dataset.check_common_arguments(ap, args, MIN_CONSUMERS)
     start = time.monotonic()
     out = args.out.resolve()
+    shops = args.shop.split(",")
+    if unknown := [s for s in shops if s not in BY_PREFIX]:
+        ap.error(f"--shop {args.shop}: no library {', '.join(unknown)} (libraries: {', '.join(sorted(BY_PREFIX))})")
+    if len(set(shops)) != len(shops):
+        ap.error(f"--shop {args.shop}: names a library twice")
     dataset.check_out(out, args.force)
     tarballs = fetch_packages(args)
     packages = {lib.prefix: read_library(tarballs[lib.package.name], lib) for lib in LIBRARIES}
@@ -348,7 +354,7 @@ def main() -> None:
                 ink[p, icon] = False
         return ink[p, icon]
 
-    items = concepts(packages, args.shop, has_ink)
+    items = concepts(packages, shops, has_ink)
     rows = dataset.catalogue([(c, big_of(libs, categories)) for c, libs in items.items()])
     dataset.assign_splits(rows, args.seed)
     tmp = dataset.staging(out)
@@ -356,11 +362,12 @@ def main() -> None:
     tasks = []
     for r in rows:
         r["libraries"] = items[r["name"]]
-        others = [p for p in r["libraries"] if p != args.shop]
+        r["shop"] = next(s for s in shops if s in r["libraries"])
+        others = [p for p in r["libraries"] if p != r["shop"]]
         r["consumers"] = dataset.choose(args.seed, r["index"], others, args.consumer_per_item)
         icon = {p: packages[p][0][name] for p, name in r["libraries"].items()}
         tasks.append({"dir": str(dataset.item_folder(tmp, r)), "seed": args.seed, "index": r["index"],
-                      "size": args.size, "shop": icon[args.shop].drawing(),
+                      "size": args.size, "shop": icon[r["shop"]].drawing(),
                       "consumers": [icon[p].drawing() for p in r["consumers"]]})
     dataset.render_all(tasks, args.jobs, start)
 

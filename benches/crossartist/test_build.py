@@ -60,27 +60,35 @@ class Items(unittest.TestCase):
                                   "mdi": ["bell", "kite", "star"], "bi": ["bell"], "ri": ["kite-line"],
                                   "ion": ["moon"], "solar": ["moon-linear"], "heroicons": ["moon"],
                                   "akar-icons": ["moon"]})
-        items = build.concepts(packages, "tabler", lambda p, i: True)
+        items = build.concepts(packages, ["tabler"], lambda p, i: True)
         self.assertEqual(sorted(items), ["bell", "kite"])  # star: 2 others; moon: 4 others, no shop
         self.assertEqual(items["kite"], {"lucide": "kite", "mdi": "kite", "ri": "kite-line", "tabler": "kite"})
+
+    def test_with_several_shop_libraries_any_of_them_makes_an_item(self):
+        packages = self.packages({"tabler": ["bell"], "lucide": ["bell", "moon"], "mdi": ["bell", "moon", "kite"],
+                                  "bi": ["bell", "moon", "kite"], "ri": ["bell-line", "moon-line", "kite-line"],
+                                  "ion": ["kite"]})
+        self.assertEqual(sorted(build.concepts(packages, ["tabler"], lambda p, i: True)), ["bell"])
+        # moon: lucide draws it (a shop library), with 3 others; kite: no shop library draws it
+        self.assertEqual(sorted(build.concepts(packages, ["tabler", "lucide"], lambda p, i: True)), ["bell", "moon"])
 
     def test_drawings_without_ink_do_not_count(self):
         packages = self.packages({p: ["bell"] for p in ("tabler", "lucide", "mdi", "bi")})
         empty = {("bi", "bell")}
-        self.assertEqual(build.concepts(packages, "tabler", lambda p, i: (p, i) not in empty), {})
-        self.assertIn("bell", build.concepts(packages, "tabler", lambda p, i: True))
+        self.assertEqual(build.concepts(packages, ["tabler"], lambda p, i: (p, i) not in empty), {})
+        self.assertIn("bell", build.concepts(packages, ["tabler"], lambda p, i: True))
 
     def test_two_items_never_share_one_drawing(self):
         packages = self.packages({p: ["bell", "bug"] for p in ("tabler", "lucide", "bi", "uil")})
         packages["mdi"] = library(["bell"], {"bug": "bell"})  # an alias: bug is bell in mdi
-        items = build.concepts(packages, "tabler", lambda p, i: True)
+        items = build.concepts(packages, ["tabler"], lambda p, i: True)
         self.assertEqual(items["bell"]["mdi"], "bell")  # its own name keeps it
         self.assertNotIn("mdi", items["bug"])
 
     def test_synonyms_join_and_homonyms_are_left_out(self):
         packages = self.packages({"tabler": ["home", "apple"], "lucide": ["house", "apple"], "bi": ["house", "apple"],
                                   "uil": ["home", "apple"]})
-        items = build.concepts(packages, "tabler", lambda p, i: True)
+        items = build.concepts(packages, ["tabler"], lambda p, i: True)
         self.assertEqual(items["home"], {"bi": "house", "lucide": "house", "tabler": "home", "uil": "home"})
         self.assertNotIn("apple", items)
 

@@ -8,10 +8,11 @@ use crate::cli::{DataArgs, DemoArgs};
 use crate::config::Config;
 use crate::data::deepfashion::PARTITION_FILE;
 use crate::data::synth::SynthOptions;
+use crate::run::CheckpointKind;
 use crate::run::folder::RunDir;
-use crate::train::events::{CheckpointKind, StopReason, TrainEvent};
+use crate::train::events::{StopReason, TrainEvent};
+use crate::train::job::TrainJob;
 use crate::train::metrics_log::read_all;
-use crate::train::trainer::TrainJob;
 use crate::tui::tabs::search::IndexStatus;
 
 /// The built-in synthetic set (made if absent), then on a terminal the dashboard

@@ -29,7 +29,7 @@ pub fn run(config: &Config, args: &EvalArgs) -> anyhow::Result<()> {
     loader.strict |= args.data.strict;
     let raw_pixels = args.raw_pixels.then(|| {
         // The run's own input size when there is a run, else the configured one.
-        crate::index::model::run_config(&run)
+        crate::index::model::run_config_strict(&run)
             .map_or(config.model.image_size, |c| c.model.image_size)
     });
     let job = EvalJob {

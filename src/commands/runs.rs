@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use crate::cli::RunsArgs;
 use crate::config::Config;
-use crate::printable::escape_controls;
+use crate::printable::{ago_exact, duration, escape_controls};
 use crate::train::runs::{self, RunStatus, RunSummary};
 
 pub fn run(config: &Config, args: &RunsArgs) -> anyhow::Result<()> {
@@ -53,28 +53,15 @@ fn pct(v: Option<f64>) -> String {
     v.map_or_else(|| "—".into(), |v| format!("{:.1}%", 100.0 * v))
 }
 
-fn duration(seconds: f64) -> String {
-    let s = seconds.max(0.0) as u64;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-    }
-}
-
-fn ago(updated: Option<f64>) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    updated.map_or_else(|| "—".into(), |t| format!("{} ago", duration(now - t)))
-}
-
 /// The runs as an aligned text table.
 pub fn table(list: &[RunSummary]) -> String {
     let header = [
         "run", "status", "backbone", "px", "loss", "miner", "steps", "top-1", "top-20", "time",
         "updated",
     ];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|r| {
@@ -98,7 +85,7 @@ pub fn table(list: &[RunSummary]) -> String {
                 pct(r.best_val_top1),
                 pct(r.best_val_top20),
                 duration(r.seconds),
-                ago(r.updated),
+                ago_exact(r.updated, now),
             ]
         })
         .collect();

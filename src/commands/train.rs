@@ -12,7 +12,8 @@ use crate::progress::Progress;
 use crate::run::folder::RunDir;
 use crate::run::settings;
 use crate::train::events::{RunStarted, TrainEvent, ValMetrics};
-use crate::train::trainer::{Control, TrainJob, train};
+use crate::train::job::{Control, TrainJob};
+use crate::train::trainer::train;
 
 /// Applies `--backbone`, `--epochs`… over the config, re-validating the result.
 pub fn apply_overrides(config: &Config, o: &TrainOverrides) -> anyhow::Result<Config> {

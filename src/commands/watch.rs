@@ -25,7 +25,7 @@ pub fn run(config: &Config, args: &WatchArgs, log: Option<&Path>) -> anyhow::Res
         );
     }
     // The run's own settings name its dataset (the Dataset and Triplets tabs).
-    let run_config = crate::tui::workers::run_config(&dir.root, config);
+    let run_config = crate::run::settings::load_or_fallback(&dir.root, config);
     if !std::io::stdout().is_terminal() {
         crate::logging::init(log, true).context("cannot open the log file")?;
         return follow_lines(&dir);

@@ -28,8 +28,7 @@ use hnsw_rs::hnsw::Hnsw;
 use hnsw_rs::hnswio::HnswIo;
 use rayon::prelude::*;
 
-/// hnsw_rs's layer count (its dump refuses any other).
-pub(crate) const MAX_LAYERS: usize = 16;
+use super::hnsw_dump::{self, Expected, MAX_LAYERS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {
@@ -151,22 +150,14 @@ pub fn dump(index: &HnswIndex<'_>, dir: &Path, basename: &str) -> Result<String,
         .map_err(|e| err(e.to_string()))
 }
 
-/// Names of the two dump files of `basename`.
-pub fn dump_files(basename: &str) -> [String; 2] {
-    [
-        format!("{basename}.hnsw.graph"),
-        format!("{basename}.hnsw.data"),
-    ]
-}
-
 /// Reloads a dump and hands the index to `f` (the index borrows its loader, so it
 /// lives only inside this call). hnsw_rs's loader trusts its input (it asserts,
 /// sizes allocations from the file, even exits), so it sees only a dump that
-/// [`super::hnsw_dump`] has read and checked against `expected`.
+/// [`read_graph`] has read and checked against `expected`.
 pub fn with_loaded<R>(
     dir: &Path,
     basename: &str,
-    expected: super::hnsw_dump::Expected,
+    expected: Expected,
     f: impl FnOnce(&HnswIndex<'_>) -> R,
 ) -> Result<R, GraphError> {
     let err = |message: String| GraphError::Load {
@@ -174,8 +165,7 @@ pub fn with_loaded<R>(
         basename: basename.to_string(),
         message,
     };
-    super::hnsw_dump::read(dir, basename, expected)
-        .map_err(|(file, m)| err(format!("{file}: {m}")))?;
+    read_graph(dir, basename, expected).map_err(|(file, m)| err(format!("{file}: {m}")))?;
     let mut io = HnswIo::new(dir, basename);
     let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         io.load_hnsw::<f32, UnitCosine>()
@@ -187,6 +177,20 @@ pub fn with_loaded<R>(
         Ok(Err(message)) => Err(err(message)),
         Err(_) => Err(err("malformed dump".into())),
     }
+}
+
+/// Reads and checks the dump `basename` in `dir` ([`hnsw_dump::read`], which trusts
+/// nothing in it) into a searchable [`Graph`]; an error names the file at fault.
+pub fn read_graph(
+    dir: &Path,
+    basename: &str,
+    expected: Expected,
+) -> Result<Graph, (String, String)> {
+    let links = hnsw_dump::read(dir, basename, expected)?;
+    Graph::from_dump(links).map_err(|m| {
+        let [graph_file, _] = hnsw_dump::dump_files(basename);
+        (graph_file, m)
+    })
 }
 
 /// A total order on `f32` scores for the heaps (NaN sorts lowest).
@@ -292,6 +296,17 @@ impl Graph {
         }
         let (top_level, entry) = entry.ok_or("the graph has no nodes")?;
         Self::from_links(n, m, lists, entry, top_level)
+    }
+
+    /// The graph a checked dump holds.
+    pub fn from_dump(links: hnsw_dump::Links) -> Result<Self, String> {
+        Self::from_links(
+            links.nodes,
+            links.m,
+            links.lists,
+            links.entry,
+            links.top_level,
+        )
     }
 
     /// The graph of `n` nodes from `(node id, links per layer from 0)` lists, with

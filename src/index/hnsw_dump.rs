@@ -5,8 +5,8 @@
 //! and raw slices, malformed points hit `assert!`s, and one path calls `exit(1)`. A
 //! hash in the index header catches accidents, not a crafted file. So every index
 //! load reads the graph here, checking every length against the bytes left, every id
-//! against the point count, and every cross-reference; the searchable [`Graph`] is
-//! built from the result. hnsw_rs's loader runs only for `index --add`, and only on a
+//! against the point count, and every cross-reference; the searchable graph
+//! (`hnsw::Graph`) is built from the result. hnsw_rs's loader runs only for `index --add`, and only on a
 //! dump this reader has accepted.
 //!
 //! Layout (from hnsw_rs's `hnswio.rs`):
@@ -25,7 +25,16 @@
 
 use std::path::Path;
 
-use super::hnsw::{Graph, MAX_LAYERS};
+/// hnsw_rs's layer count (its dump refuses any other).
+pub const MAX_LAYERS: usize = 16;
+
+/// Names of the two dump files of `basename`.
+pub fn dump_files(basename: &str) -> [String; 2] {
+    [
+        format!("{basename}.hnsw.graph"),
+        format!("{basename}.hnsw.data"),
+    ]
+}
 
 const MAGIC_DESCR_3: u32 = 0x002a_6771;
 const MAGIC_DESCR_4: u32 = 0x002a_6779;
@@ -152,14 +161,28 @@ pub enum DumpFile {
     Data,
 }
 
-/// Parses and checks a dump held in memory; the graph's adjacency on success.
-pub fn parse(graph: &[u8], data: &[u8], expected: Expected) -> Result<Graph, (DumpFile, String)> {
-    let graph = parse_graph(graph, expected).map_err(|m| (DumpFile::Graph, m))?;
-    check_data(data, &graph.0, expected.dim).map_err(|m| (DumpFile::Data, m))?;
-    graph.1.map_err(|m| (DumpFile::Graph, m))
+/// The adjacency a checked dump holds, by data id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Links {
+    /// The point count.
+    pub nodes: usize,
+    /// hnsw_rs's `max_nb_connection`.
+    pub m: usize,
+    /// Per point: its data id and its neighbours' data ids on layers `0..=its layer`.
+    pub lists: Vec<(usize, Vec<Vec<u32>>)>,
+    /// The entry point's data id and layer.
+    pub entry: u32,
+    pub top_level: usize,
 }
 
-type Parsed = (Vec<Vec<Point>>, Result<Graph, String>);
+/// Parses and checks a dump held in memory; the graph's adjacency on success.
+pub fn parse(graph: &[u8], data: &[u8], expected: Expected) -> Result<Links, (DumpFile, String)> {
+    let (by_layer, links) = parse_graph(graph, expected).map_err(|m| (DumpFile::Graph, m))?;
+    check_data(data, &by_layer, expected.dim).map_err(|m| (DumpFile::Data, m))?;
+    Ok(links)
+}
+
+type Parsed = (Vec<Vec<Point>>, Links);
 
 fn parse_graph(graph: &[u8], expected: Expected) -> Result<Parsed, String> {
     let mut g = Reader::new(graph);
@@ -305,8 +328,14 @@ fn parse_graph(graph: &[u8], expected: Expected) -> Result<Parsed, String> {
             (p.origin, links)
         })
         .collect();
-    let graph = Graph::from_links(nb_point, m, lists, entry as u32, usize::from(el));
-    Ok((by_layer, graph))
+    let links = Links {
+        nodes: nb_point,
+        m,
+        lists,
+        entry: entry as u32,
+        top_level: usize::from(el),
+    };
+    Ok((by_layer, links))
 }
 
 /// The data file: the same points in the same order, each `dim` finite floats.
@@ -347,8 +376,8 @@ fn check_data(data: &[u8], by_layer: &[Vec<Point>], dim: usize) -> Result<(), St
 }
 
 /// Reads and checks the dump `basename` in `dir`; an error names the file at fault.
-pub fn read(dir: &Path, basename: &str, expected: Expected) -> Result<Graph, (String, String)> {
-    let [graph_name, data_name] = super::hnsw::dump_files(basename);
+pub fn read(dir: &Path, basename: &str, expected: Expected) -> Result<Links, (String, String)> {
+    let [graph_name, data_name] = dump_files(basename);
     let read =
         |name: &String| std::fs::read(dir.join(name)).map_err(|e| (name.clone(), e.to_string()));
     parse(&read(&graph_name)?, &read(&data_name)?, expected).map_err(|(file, m)| match file {
@@ -360,7 +389,13 @@ pub fn read(dir: &Path, basename: &str, expected: Expected) -> Result<Graph, (St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::hnsw::{self, GraphParams, Visited};
+    use crate::index::hnsw::{self, Graph, GraphParams, Visited};
+
+    /// [`parse`] into the searchable graph, as [`hnsw::read_graph`] reads files.
+    fn parsed(graph: &[u8], data: &[u8], expected: Expected) -> Result<Graph, (DumpFile, String)> {
+        let links = parse(graph, data, expected)?;
+        Graph::from_dump(links).map_err(|m| (DumpFile::Graph, m))
+    }
 
     /// A real dump of `n` unit vectors of dimension 4.
     fn dump(n: usize) -> (Vec<f32>, Vec<u8>, Vec<u8>) {
@@ -381,7 +416,7 @@ mod tests {
         hnsw::insert_rows(&index, &data, 4, 0, false);
         let dir = tempfile::tempdir().expect("tempdir");
         let base = hnsw::dump(&index, dir.path(), "g").expect("dump");
-        let [g, d] = hnsw::dump_files(&base);
+        let [g, d] = dump_files(&base);
         let read = |f: &str| std::fs::read(dir.path().join(f)).expect("read");
         (data, read(&g), read(&d))
     }
@@ -391,7 +426,7 @@ mod tests {
     #[test]
     fn a_real_dump_reads_into_the_same_graph_as_hnsw_rs_builds() {
         let (data, graph, values) = dump(50);
-        let ours = parse(&graph, &values, EXPECTED).expect("parse");
+        let ours = parsed(&graph, &values, EXPECTED).expect("parse");
         assert_eq!(ours.len(), 50);
         // Every row finds itself through the graph read here.
         let recall = hnsw::self_recall(&ours, &data, 4, 50, 32);
@@ -413,14 +448,14 @@ mod tests {
             Expected { count: 49, dim: 4 },
             Expected { count: 50, dim: 5 },
         ] {
-            let (_, e) = parse(&graph, &values, expected).expect_err("mismatch");
+            let (_, e) = parsed(&graph, &values, expected).expect_err("mismatch");
             assert!(e.contains("dimension"), "{e}");
         }
         // Bad magic.
         let mut bad = graph.clone();
         bad[0] ^= 0xff;
         assert!(
-            parse(&bad, &values, EXPECTED)
+            parsed(&bad, &values, EXPECTED)
                 .expect_err("magic")
                 .1
                 .contains("magic")
@@ -428,13 +463,13 @@ mod tests {
         // Every truncation of either file.
         for cut in (0..graph.len()).step_by(7) {
             assert!(
-                parse(&graph[..cut], &values, EXPECTED).is_err(),
+                parsed(&graph[..cut], &values, EXPECTED).is_err(),
                 "graph cut {cut}"
             );
         }
         for cut in (0..values.len()).step_by(5) {
             assert!(
-                parse(&graph, &values[..cut], EXPECTED).is_err(),
+                parsed(&graph, &values[..cut], EXPECTED).is_err(),
                 "data cut {cut}"
             );
         }
@@ -444,11 +479,11 @@ mod tests {
         let count_at = 4 + 1 + 1 + 8 + 1 + 8;
         let mut huge = graph.clone();
         huge[count_at..count_at + 8].copy_from_slice(&(1u64 << 62).to_ne_bytes());
-        assert!(parse(&huge, &values, EXPECTED).is_err());
+        assert!(parsed(&huge, &values, EXPECTED).is_err());
         let mut wide = values.clone();
         wide[4..12].copy_from_slice(&1_000_000u64.to_ne_bytes());
         assert!(
-            parse(&graph, &wide, EXPECTED).expect_err("dim")
+            parsed(&graph, &wide, EXPECTED).expect_err("dim")
                 == (
                     DumpFile::Data,
                     "the data file has dimension 1000000, the graph 4".into()
@@ -457,7 +492,7 @@ mod tests {
         let mut longer = graph.clone();
         longer.push(0);
         assert!(
-            parse(&longer, &values, EXPECTED)
+            parsed(&longer, &values, EXPECTED)
                 .expect_err("tail")
                 .1
                 .contains("unexpected")
@@ -467,7 +502,7 @@ mod tests {
         for at in 0..graph.len() {
             let mut flipped = graph.clone();
             flipped[at] ^= 0x5a;
-            if let Ok(g) = parse(&flipped, &values, EXPECTED) {
+            if let Ok(g) = parsed(&flipped, &values, EXPECTED) {
                 assert_eq!(g.len(), 50);
             }
         }

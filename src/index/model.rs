@@ -113,8 +113,9 @@ impl fmt::Debug for LoadedModel {
     }
 }
 
-/// The run's `config.toml` (model settings, seed, device).
-pub fn run_config(run: &Path) -> Result<Config, ModelError> {
+/// The run's `config.toml` (model settings, seed, device); strict: an unreadable one
+/// is an error (the lenient reader is [`crate::run::settings::load_or_fallback`]).
+pub fn run_config_strict(run: &Path) -> Result<Config, ModelError> {
     crate::run::settings::load(run).map_err(|e| match e {
         RunSettingsError::NotARun { run } => ModelError::NotARun { run },
         RunSettingsError::Config(e) => ModelError::Config(e),
@@ -127,7 +128,7 @@ pub fn load_model(
     run: &Path,
     checkpoint: Option<&CheckpointChoice>,
 ) -> Result<LoadedModel, ModelError> {
-    let config = run_config(run)?;
+    let config = run_config_strict(run)?;
     let dir = RunDir::new(run);
     // The device it was trained on, or `--device`, or the CPU where there is no GPU.
     let device = device::parse_device(&config.train.device)

@@ -5,6 +5,13 @@
 //! 'shape': (N, D), }`) padded with spaces and ended by `\n` so that the data starts
 //! at a multiple of 64 bytes, then `N·D` little-endian `f32`. Reading also accepts
 //! format 2.0/3.0 (a `u32` header length).
+//!
+//! Written by hand on purpose, not taken from an `.npy` crate: the embeddings file
+//! of an index may come from anywhere, and this reader is hardened against a
+//! hostile one (every length and shape checked against the file's size before any
+//! allocation, no panics on truncation or overflow; `tests/proptest_parsers.rs` and
+//! `tests/hostile_inputs.rs` hold it to that). The format is one small header and
+//! raw `f32`s, so a crate would save little and its checks would be unknown.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};

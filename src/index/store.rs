@@ -286,14 +286,14 @@ pub fn write(
             source: io::Error::other(e),
         })?;
         crate::fsutil::write_bytes_atomic(&entries_path, &json).map_err(io_err(&entries_path))?;
-        for name in hnsw::dump_files(GRAPH_BASENAME) {
+        for name in hnsw_dump::dump_files(GRAPH_BASENAME) {
             let path = tmp.join(name);
             crate::fsutil::fault_write(&path).map_err(io_err(&path))?;
         }
         let basename = hnsw::dump(graph, &tmp, GRAPH_BASENAME)?;
         let mut files = BTreeMap::new();
         let mut names = vec![EMBEDDINGS_FILE.to_string(), ENTRIES_FILE.to_string()];
-        names.extend(hnsw::dump_files(&basename));
+        names.extend(hnsw_dump::dump_files(&basename));
         for name in names {
             let path = tmp.join(&name);
             if let Ok(f) = fs::File::open(&path) {
@@ -381,7 +381,7 @@ pub fn load(dir: &Path) -> Result<Index, IndexError> {
         message,
     };
     let mut wanted = vec![EMBEDDINGS_FILE.to_string(), ENTRIES_FILE.to_string()];
-    wanted.extend(hnsw::dump_files(&header.graph.basename));
+    wanted.extend(hnsw_dump::dump_files(&header.graph.basename));
     for name in &wanted {
         let Some(expected) = header.files.get(name) else {
             return Err(corrupt(HEADER_FILE, format!("no record of {name}")));
@@ -434,7 +434,7 @@ pub fn load(dir: &Path) -> Result<Index, IndexError> {
         count: header.count,
         dim: header.dim,
     };
-    let graph = hnsw_dump::read(&dir, &header.graph.basename, expected)
+    let graph = hnsw::read_graph(&dir, &header.graph.basename, expected)
         .map_err(|(file, m)| corrupt(&file, m))?;
     Ok(Index {
         header,

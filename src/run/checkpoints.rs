@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::folder::RunDir;
+use super::folder::{CheckpointKind, RunDir};
 use crate::eval::Retrieval;
 use crate::fsutil::{self, Staged};
 use crate::model::checkpoint;
@@ -24,23 +24,6 @@ use crate::model::checkpoint;
 /// says whether its end was reached; in format 1 `epoch` was the epoch to resume in.
 pub const CHECKPOINT_FORMAT: u32 = 2;
 
-/// The run's two checkpoints: the newest (`last`, which resumes) and the best by
-/// val top-20 (`best`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CheckpointKind {
-    Last,
-    Best,
-}
-
-impl CheckpointKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Last => "last",
-            Self::Best => "best",
-        }
-    }
-}
 /// The optimizer state's record of its step.
 pub const OPTIM_STEP: &str = "optim.step";
 

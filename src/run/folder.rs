@@ -8,7 +8,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::checkpoints::CheckpointKind;
+use serde::{Deserialize, Serialize};
+
 use crate::fsutil;
 
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +18,24 @@ pub enum RunError {
     Locked { run: PathBuf, pid: Option<u32> },
     #[error("run {}: {source}", run.display())]
     Io { run: PathBuf, source: io::Error },
+}
+
+/// The run's two checkpoints, `checkpoints/{last,best}.safetensors`: the newest
+/// (`last`, which resumes) and the best by val top-20 (`best`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointKind {
+    Last,
+    Best,
+}
+
+impl CheckpointKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Last => "last",
+            Self::Best => "best",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

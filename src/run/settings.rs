@@ -26,9 +26,9 @@ pub fn load(run: &Path) -> Result<Config, RunSettingsError> {
     Ok(Config::load_run(&path)?)
 }
 
-/// The run's settings, else `fallback` (a run not started yet, or unreadable
-/// settings, which are logged).
-pub fn load_or(run: &Path, fallback: &Config) -> Config {
+/// The run's settings, else `fallback`: lenient where [`load`] is strict (a run not
+/// started yet, or unreadable settings, which are logged).
+pub fn load_or_fallback(run: &Path, fallback: &Config) -> Config {
     match load(run) {
         Ok(c) => c,
         Err(RunSettingsError::NotARun { .. }) => fallback.clone(),

@@ -7,6 +7,9 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use super::events::{NoticeKind, TrainEvent};
+use crate::model::loss::{LossConfig, LossKind};
+
 /// Steps a condition must hold before it is reported.
 pub const WINDOW: usize = 50;
 /// Mean cosine above which a batch counts as collapsed (d ≈ 0.45 between unit vectors).
@@ -24,6 +27,14 @@ pub struct StepSignals {
     /// The loss, and the triplet margin when the loss is a triplet hinge.
     pub loss: f32,
     pub margin: Option<f32>,
+}
+
+impl StepSignals {
+    /// The margin the stuck check holds the loss to: a triplet hinge's, none for a
+    /// soft margin or another loss.
+    pub fn hinge_margin(loss: &LossConfig) -> Option<f32> {
+        (loss.kind == LossKind::Triplet && !loss.soft_margin).then_some(loss.margin)
+    }
 }
 
 /// What changed.
@@ -79,6 +90,21 @@ impl CollapseMonitor {
             None => {}
         }
         change
+    }
+
+    /// [`Self::observe`], a change said as the notice a run emits at `step` (and
+    /// logs as a warning).
+    pub fn notice(&mut self, step: usize, s: StepSignals) -> Option<TrainEvent> {
+        let (message, kind) = match self.observe(s)? {
+            CollapseChange::Collapsed(m) => (m, NoticeKind::Collapse),
+            CollapseChange::Recovered(m) => (m, NoticeKind::CollapseCleared),
+        };
+        tracing::warn!("{message}");
+        Some(TrainEvent::Notice {
+            step,
+            message,
+            kind: Some(kind),
+        })
     }
 
     fn assess(&mut self, s: StepSignals) -> Option<CollapseChange> {
@@ -151,6 +177,43 @@ mod tests {
             .collect();
         assert_eq!(changes.len(), 1);
         assert!(matches!(&changes[0], CollapseChange::Collapsed(s) if s.contains("stuck")));
+    }
+
+    #[test]
+    fn a_change_is_said_as_a_notice_of_its_step() {
+        let mut m = CollapseMonitor::default();
+        let notices: Vec<_> = (0..WINDOW)
+            .filter_map(|i| m.notice(i + 1, step(0.99, 0.1, 0.1, 0.5)))
+            .collect();
+        assert!(
+            matches!(&notices[..], [TrainEvent::Notice { step, kind: Some(NoticeKind::Collapse), .. }] if *step == WINDOW),
+            "{notices:?}"
+        );
+        let cleared = (0..WINDOW).find_map(|i| m.notice(i, step(0.2, 0.3, 0.9, 0.2)));
+        assert!(
+            matches!(
+                cleared,
+                Some(TrainEvent::Notice {
+                    kind: Some(NoticeKind::CollapseCleared),
+                    ..
+                })
+            ),
+            "{cleared:?}"
+        );
+    }
+
+    #[test]
+    fn only_a_triplet_hinge_has_a_margin() {
+        let mut loss = LossConfig {
+            kind: LossKind::Triplet,
+            ..LossConfig::default()
+        };
+        assert_eq!(StepSignals::hinge_margin(&loss), Some(loss.margin));
+        loss.soft_margin = true;
+        assert_eq!(StepSignals::hinge_margin(&loss), None);
+        loss.soft_margin = false;
+        loss.kind = LossKind::NormSoftmax;
+        assert_eq!(StepSignals::hinge_margin(&loss), None);
     }
 
     #[test]

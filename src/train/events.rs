@@ -2,9 +2,9 @@
 //! images; each is one JSON line of `metrics.jsonl` (`{"event":"step",...}`). Every
 //! `epoch` counts from 0: the epoch the newest step belongs to (people see it from 1).
 
-pub use crate::run::checkpoints::CheckpointKind;
 use serde::{Deserialize, Serialize};
 
+use crate::run::CheckpointKind;
 use crate::run::device::DeviceInfo;
 
 /// Pretrained weights a run started from.

@@ -2,7 +2,8 @@
 //! optimizer moments ([`Carried`]; a new piece of trainer state to carry over is one
 //! more field there, captured in [`Session::carried`] and taken back in
 //! [`Session::continue_from`]), where in its epoch a run picks up, and which setting
-//! changes a checkpoint can honour.
+//! changes a checkpoint can honour; how a run begins ([`begin`]: a resume repairs and
+//! loads its `last` checkpoint), and how a session saves one ([`Session::save`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,13 +16,16 @@ use super::average::WeightAverage;
 use super::budget::{Budget, BudgetState};
 use super::checkpoint_policy::CheckpointPolicy;
 use super::collapse::CollapseMonitor;
-use super::events::{CheckpointKind, SettingChange, TrainEvent};
+use super::error::TrainError;
+use super::events::{SettingChange, TrainEvent};
 use super::job::TrainJob;
-use super::trainer::{Prepared, Session, TrainError};
+use super::metrics_log::MetricsWriter;
+use super::session::{Prepared, Session};
 use crate::config::Config;
 use crate::fsutil::{absolute, fnv1a64};
 use crate::model::checkpoint;
 use crate::model::loss::PROXIES_NAME;
+use crate::run::CheckpointKind;
 use crate::run::checkpoints::{
     self as checkpoint_set, CHECKPOINT_FORMAT, CheckpointFiles, CheckpointMeta, NewCheckpoint,
     OPTIM_STEP, Recovery, sidecar_path,
@@ -184,8 +188,46 @@ pub fn refuse_unhonourable(
     Ok(())
 }
 
+/// Where a run starts. A new one is refused over existing checkpoints; a resume
+/// repairs checkpoint writes an earlier process left half done (the notices say
+/// which) and loads `last` into `prepared` ([`restore`]). A refusal writes nothing;
+/// a checkpoint that cannot be loaded is logged as the run's `failed` event.
+pub(super) fn begin(
+    job: &TrainJob,
+    run: &RunDir,
+    wanted: &Config,
+    prepared: &mut Prepared,
+) -> Result<(Vec<TrainEvent>, Option<Resumed>), TrainError> {
+    // Refused before anything is written: the existing run's log stays as it was.
+    if !job.resume && run.checkpoint(CheckpointKind::Last).exists() {
+        return Err(TrainError::Resume {
+            run: run.root.clone(),
+            reason:
+                "it already has checkpoints: pass --resume to continue it, or choose a new --run"
+                    .into(),
+        });
+    }
+    if !job.resume {
+        return Ok((Vec::new(), None));
+    }
+    let notices = recover(run)?;
+    match restore(run, wanted, prepared) {
+        Ok(r) => Ok((notices, Some(r))),
+        // A refusal leaves the run as it was: nothing it cannot honour is logged.
+        Err(e @ TrainError::Resume { .. }) => Err(e),
+        Err(e) => {
+            MetricsWriter::append(&run.metrics())?.write(&TrainEvent::Failed {
+                step: 0,
+                epoch: 0,
+                message: e.to_string(),
+            })?;
+            Err(e)
+        }
+    }
+}
+
 /// Repairs checkpoint writes an earlier process left half done; the notices say which.
-pub(super) fn recover(run: &RunDir) -> Result<Vec<TrainEvent>, TrainError> {
+fn recover(run: &RunDir) -> Result<Vec<TrainEvent>, TrainError> {
     let mut notices = Vec::new();
     for kind in [CheckpointKind::Last, CheckpointKind::Best] {
         let files = CheckpointFiles::of(run, kind);
@@ -221,11 +263,7 @@ pub(super) struct Resumed {
 
 /// Loads the run's `last` checkpoint into the prepared model, optimisers and class
 /// weights, after refusing settings it cannot honour. Writes nothing.
-pub(super) fn restore(
-    run: &RunDir,
-    wanted: &Config,
-    prepared: &mut Prepared,
-) -> Result<Resumed, TrainError> {
+fn restore(run: &RunDir, wanted: &Config, prepared: &mut Prepared) -> Result<Resumed, TrainError> {
     let refused = |reason: String| TrainError::Resume {
         run: run.root.clone(),
         reason,
@@ -396,11 +434,7 @@ impl Session<'_> {
 
     /// One unit: weights, (for `last`) optimizer state, and the sidecar, put in place
     /// together by [`checkpoint_set::write`].
-    pub(super) fn save(
-        &mut self,
-        kind: CheckpointKind,
-        emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
-    ) -> Result<(), TrainError> {
+    pub(super) fn save(&mut self, kind: CheckpointKind) -> Result<(), TrainError> {
         let t = Instant::now();
         let files = CheckpointFiles::of(self.run, kind);
         let path = files.weights.clone();
@@ -421,7 +455,7 @@ impl Session<'_> {
             self.checkpoints.last_written(self.step);
         }
         self.budget.record_checkpoint(t.elapsed().as_secs_f64());
-        emit(TrainEvent::Checkpoint {
+        self.emit(TrainEvent::Checkpoint {
             step: self.step,
             epoch: self.epoch,
             kind,

@@ -5,108 +5,28 @@
 //! It is a library call that blocks its thread; the CLI prints its events and the
 //! dashboard runs it as a separate process and follows `metrics.jsonl`.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use candle_core::{Device, Tensor};
-use candle_nn::VarMap;
-
-use super::average::WeightAverage;
-use super::budget::{Budget, BudgetState};
-use super::checkpoint_policy::CheckpointPolicy;
-use super::collapse::{CollapseChange, CollapseMonitor, StepSignals};
-use super::events::{
-    CheckpointKind, NoticeKind, PretrainedWeights, RunStarted, SettingChange, StopReason,
-    TrainEvent, ValMetrics,
-};
-use super::metrics_log::{MetricsError, MetricsWriter};
+use super::collapse::StepSignals;
+use super::error::TrainError;
+use super::events::{NoticeKind, StopReason, TrainEvent, ValMetrics};
+use super::job::{Control, TrainJob, TrainOutcome};
+use super::metrics_log::MetricsWriter;
 use super::optim::learning_rate_at;
 use super::rate::RateMeter;
-use super::resume::{self, Resumed};
-use super::step::{Optimisers, StepError, StepSettings, train_step};
-use super::training_data::{Data, prepare_data};
-use super::validation::{ValidationError, validate};
-use crate::config::parse_device;
-use crate::data::deepfashion::DatasetError;
-use crate::data::loader::{LoadError, Prefetcher};
-use crate::data::triplets::TripletError;
+use super::resume;
+use super::session::{EventSink, Prepared, Session};
+use super::step::{StepError, StepSettings, train_step};
+use super::training_data::BatchTensors;
+use super::validation::validate;
+use crate::data::loader::Prefetcher;
 use crate::eval::Retrieval;
 use crate::fsutil::write_bytes_atomic;
-use crate::model::checkpoint::{self, CheckpointError};
-use crate::model::embed_files::EmbedError;
-use crate::model::embedder::sorted_vars;
-use crate::model::loss::{LossKind, mean_pairwise_cosine};
-use crate::model::{Criterion, Embedder};
+use crate::model::checkpoint;
+use crate::model::loss::mean_pairwise_cosine;
 use crate::rng::Rng;
-use crate::run::device;
-use crate::run::folder::{ControlRequest, RunDir, RunError};
-use crate::weights::{HubCache, Pretrained, WeightsError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    #[error(transparent)]
-    Dataset(#[from] DatasetError),
-    #[error(transparent)]
-    Triplets(#[from] TripletError),
-    #[error(transparent)]
-    Run(#[from] RunError),
-    #[error(transparent)]
-    Metrics(#[from] MetricsError),
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    #[error(transparent)]
-    Weights(#[from] WeightsError),
-    #[error(transparent)]
-    Load(#[from] LoadError),
-    #[error(transparent)]
-    Embed(#[from] EmbedError),
-    #[error(transparent)]
-    Validation(#[from] ValidationError),
-    #[error("model error: {0}")]
-    Model(#[from] candle_core::Error),
-    #[error("invalid setting: {0}")]
-    Setting(String),
-    #[error("the {what} became {value} at step {step}; stopped, {}", match checkpoint {
-        Some(p) => format!("the last good checkpoint is kept ({})", p.display()),
-        None => "before any checkpoint was written".into(),
-    })]
-    NonFinite {
-        step: usize,
-        what: &'static str,
-        value: f32,
-        /// The run's `last` checkpoint, when it has one.
-        checkpoint: Option<PathBuf>,
-    },
-    #[error("cannot resume {}: {reason}", run.display())]
-    Resume { run: PathBuf, reason: String },
-    #[error("cannot write {}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-pub use super::job::{Control, TrainJob, TrainOutcome};
-pub use super::resume::{model_hash, read_meta};
-pub use crate::run::checkpoints::{CHECKPOINT_FORMAT, CheckpointMeta, sidecar_path};
-
-/// `model.pretrained` as `(what it names, the file)`: a path as it is, a Hub repo
-/// from the Hugging Face cache (verified, no network; the error names the command
-/// that fetches it).
-fn pretrained_file(
-    config: &crate::config::Config,
-) -> Result<Option<(String, PathBuf)>, TrainError> {
-    let source = Pretrained::parse(&config.model.pretrained)
-        .map_err(|e| TrainError::Setting(format!("model.pretrained: {e}")))?;
-    Ok(match source {
-        None => None,
-        Some(Pretrained::File(path)) => Some((path.display().to_string(), path)),
-        Some(Pretrained::Hub(r)) => {
-            let found = HubCache::from_env()?.resolve(&r)?;
-            Some((Pretrained::Hub(r).to_string(), found.path))
-        }
-    })
-}
+use crate::run::CheckpointKind;
+use crate::run::folder::{ControlRequest, RunDir};
 
 /// The run's `config.toml` text.
 fn config_toml(config: &crate::config::Config) -> Result<String, TrainError> {
@@ -137,43 +57,12 @@ pub fn train(
     let mut prepared = Prepared::new(job)?;
     let run = RunDir::new(&job.run);
     let _lock = run.lock()?;
-    // Refused before anything is written: the existing run's log stays as it was.
-    if !job.resume && run.checkpoint(CheckpointKind::Last).exists() {
-        return Err(TrainError::Resume {
-            run: run.root.clone(),
-            reason:
-                "it already has checkpoints: pass --resume to continue it, or choose a new --run"
-                    .into(),
-        });
-    }
-    let (notices, resumed) = if job.resume {
-        let notices = resume::recover(&run)?;
-        match resume::restore(&run, &settings, &mut prepared) {
-            Ok(r) => (notices, Some(r)),
-            // A refusal leaves the run as it was: nothing it cannot honour is logged.
-            Err(e @ TrainError::Resume { .. }) => return Err(e),
-            Err(e) => {
-                MetricsWriter::append(&run.metrics())?.write(&TrainEvent::Failed {
-                    step: 0,
-                    epoch: 0,
-                    message: e.to_string(),
-                })?;
-                return Err(e);
-            }
-        }
-    } else {
-        (Vec::new(), None)
-    };
+    let (notices, resumed) = resume::begin(job, &run, &settings, &mut prepared)?;
     // A request left from an earlier process must not pause or stop this one.
     let _ = std::fs::remove_file(run.control());
-    let mut metrics = MetricsWriter::append(&run.metrics())?;
-    let mut emit = |event: TrainEvent| -> Result<(), TrainError> {
-        metrics.write(&event)?;
-        on_event(&event);
-        Ok(())
-    };
+    let mut sink = EventSink::new(MetricsWriter::append(&run.metrics())?, on_event);
     for notice in notices {
-        emit(notice)?;
+        sink.emit(notice)?;
     }
     write_bytes_atomic(&run.config(), settings_text.as_bytes()).map_err(|source| {
         TrainError::Io {
@@ -181,11 +70,14 @@ pub fn train(
             source,
         }
     })?;
-    let mut state = Session::new(job, &run, prepared, resumed)?;
-    let result = state.run(control, &mut emit);
+    let mut state = Session::new(job, &run, prepared, sink)?;
+    if let Some(r) = resumed {
+        state.continue_from(r);
+    }
+    let result = state.run(control);
     let _ = std::fs::remove_file(run.control());
     if let Err(e) = &result {
-        emit(TrainEvent::Failed {
+        state.emit(TrainEvent::Failed {
             step: state.step,
             epoch: state.epoch,
             message: e.to_string(),
@@ -194,174 +86,7 @@ pub fn train(
     result
 }
 
-/// What a run needs that does not touch its folder: built, and so checked, first.
-pub(super) struct Prepared {
-    pub(super) data: Data,
-    pub(super) device: Device,
-    pub(super) model: Embedder,
-    pub(super) varmap: VarMap,
-    pub(super) optimisers: Optimisers,
-    pub(super) criterion: Criterion,
-    /// What the backbone was loaded from, for the started event.
-    pub(super) pretrained: Option<PretrainedWeights>,
-    /// The weights' moving average (`train.ema`), set by a resume that restored one.
-    pub(super) average: Option<WeightAverage>,
-}
-
-impl Prepared {
-    fn new(job: &TrainJob) -> Result<Self, TrainError> {
-        let cfg = &job.config;
-        // First, before any data is read: weights that are not there (a Hub repo
-        // not pulled yet) fail the run at once, as a `failed` event the dashboard
-        // shows. A resumed run's checkpoint holds every weight, so it needs none.
-        let pretrained = if job.resume {
-            None
-        } else {
-            pretrained_file(cfg)?
-        };
-        let choice = parse_device(&cfg.train.device).map_err(TrainError::Setting)?;
-        let device = device::select(choice)
-            .map_err(|e| TrainError::Setting(format!("train.device: {e}")))?;
-        let data = prepare_data(job)?;
-        let (model, varmap) = Embedder::seeded(cfg.model.embedder(), &device, cfg.train.seed)?;
-        let pretrained = match pretrained {
-            Some((source, file)) => {
-                let report = checkpoint::load_pretrained_backbone(&varmap, &file)?;
-                tracing::info!(
-                    "loaded {} pretrained tensors from {source} ({})",
-                    report.loaded,
-                    file.display()
-                );
-                Some(PretrainedWeights {
-                    source,
-                    file: file.display().to_string(),
-                    tensors: report.loaded,
-                })
-            }
-            None => None,
-        };
-        let criterion = Criterion::new(
-            cfg.loss,
-            data.classes,
-            cfg.model.embedding_dim,
-            &device,
-            cfg.train.seed,
-        )?;
-        let optimisers = Optimisers::new(&model, &varmap, &criterion, cfg.train.weight_decay)?;
-        Ok(Self {
-            data,
-            device,
-            model,
-            varmap,
-            optimisers,
-            criterion,
-            pretrained,
-            average: None,
-        })
-    }
-}
-
-/// A training process's state between steps.
-pub(super) struct Session<'a> {
-    pub(super) job: &'a TrainJob,
-    pub(super) run: &'a RunDir,
-    data: Data,
-    pub(super) device: Device,
-    model: Embedder,
-    pub(super) varmap: VarMap,
-    pub(super) optimisers: Optimisers,
-    pub(super) criterion: Criterion,
-    pub(super) step: usize,
-    /// Epoch of the newest step (from 0, as in the events), the sampler's units of it
-    /// done, and whether its end (validation) is done.
-    pub(super) epoch: usize,
-    pub(super) epoch_position: usize,
-    pub(super) epoch_done: bool,
-    pub(super) checkpoints: CheckpointPolicy,
-    pub(super) last_val: Option<Retrieval>,
-    pub(super) resumed: bool,
-    /// Settings a resume changed (recorded once the run has started).
-    pub(super) changes: Vec<SettingChange>,
-    /// Step of the newest validation (a stopping run validates unless it just did).
-    pub(super) validated_at: Option<usize>,
-    /// The time limit over all the run's processes, and the schedule's position.
-    pub(super) budget: Budget,
-    /// When this process started (the events' `elapsed_s` and `seconds`).
-    started: Instant,
-    pub(super) collapse: CollapseMonitor,
-    /// What the backbone was loaded from, for the started event.
-    pretrained: Option<PretrainedWeights>,
-    /// Budget seconds (over the run's processes) when the newest epoch-end
-    /// validation ended: `train.validations` spreads them over a time limit.
-    pub(super) validated_s: Option<f64>,
-    /// The weights' moving average (`train.ema`), which validation and checkpoints use.
-    pub(super) average: Option<WeightAverage>,
-}
-
-impl<'a> Session<'a> {
-    fn new(
-        job: &'a TrainJob,
-        run: &'a RunDir,
-        prepared: Prepared,
-        resumed: Option<Resumed>,
-    ) -> Result<Self, TrainError> {
-        let cfg = &job.config;
-        let Prepared {
-            data,
-            device,
-            model,
-            varmap,
-            optimisers,
-            criterion,
-            pretrained,
-            average,
-        } = prepared;
-        let mut session = Self {
-            job,
-            run,
-            data,
-            device,
-            model,
-            varmap,
-            optimisers,
-            criterion,
-            step: 0,
-            epoch: 0,
-            epoch_position: 0,
-            epoch_done: false,
-            checkpoints: CheckpointPolicy::new(cfg.train.checkpoint_every, None),
-            last_val: None,
-            resumed: false,
-            changes: Vec::new(),
-            validated_at: None,
-            budget: Budget::new(cfg.time_limit(), BudgetState::default()),
-            started: Instant::now(),
-            collapse: CollapseMonitor::default(),
-            pretrained,
-            validated_s: None,
-            average,
-        };
-        if let Some(r) = resumed {
-            session.continue_from(r);
-        }
-        if cfg.train.ema > 0.0 && session.average.is_none() {
-            session.average = Some(WeightAverage::new(&session.varmap, cfg.train.ema)?);
-        }
-        Ok(session)
-    }
-
-    fn steps_per_epoch(&self) -> usize {
-        self.data.sampler.steps_per_epoch()
-    }
-
-    fn total_steps(&self) -> usize {
-        let all = self.steps_per_epoch() * self.job.config.train.epochs;
-        match self.job.config.train.max_steps {
-            0 => all,
-            m => m.min(all),
-        }
-    }
-
+impl Session<'_> {
     fn max_steps_reached(&self) -> bool {
         let max = self.job.config.train.max_steps;
         max > 0 && self.step >= max
@@ -380,14 +105,10 @@ impl<'a> Session<'a> {
         self.epoch < self.job.config.train.epochs
     }
 
-    fn run(
-        &mut self,
-        control: &Control,
-        emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
-    ) -> Result<TrainOutcome, TrainError> {
-        self.emit_started(emit)?;
+    fn run(&mut self, control: &Control) -> Result<TrainOutcome, TrainError> {
+        self.emit_started()?;
         if !self.changes.is_empty() {
-            emit(TrainEvent::SettingsChanged {
+            self.emit(TrainEvent::SettingsChanged {
                 step: self.step,
                 changes: self.changes.clone(),
             })?;
@@ -395,7 +116,7 @@ impl<'a> Session<'a> {
         // Every start says where the collapse monitor stands (a reader's warning from
         // an earlier process is cleared by `started`).
         if let Some(warning) = self.collapse.warning() {
-            emit(TrainEvent::Notice {
+            self.emit(TrainEvent::Notice {
                 step: self.step,
                 message: warning.to_string(),
                 kind: Some(NoticeKind::Collapse),
@@ -405,7 +126,7 @@ impl<'a> Session<'a> {
             let t = Instant::now();
             if let Some((v, val_loss)) = self.validate()? {
                 self.budget.record_validation(t.elapsed().as_secs_f64());
-                emit(TrainEvent::Baseline(ValMetrics {
+                self.emit(TrainEvent::Baseline(ValMetrics {
                     val_loss,
                     val_top1: v.at(1),
                     val_top20: v.at(20),
@@ -424,68 +145,16 @@ impl<'a> Session<'a> {
         while self.next_epoch() {
             // Checked before any step: a run resumed at its limit trains no more.
             if self.max_steps_reached() {
-                return self.finish(StopReason::MaxSteps, emit);
+                return self.finish(StopReason::MaxSteps);
             }
             if self.budget.out_of_time() {
-                return self.finish(StopReason::TimeLimit, emit);
+                return self.finish(StopReason::TimeLimit);
             }
-            if let Some(reason) = self.run_epoch(control, &mut rate, emit)? {
-                return self.finish(reason, emit);
+            if let Some(reason) = self.run_epoch(control, &mut rate)? {
+                return self.finish(reason);
             }
         }
-        self.finish(StopReason::Finished, emit)
-    }
-
-    fn emit_started(
-        &self,
-        emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
-    ) -> Result<(), TrainError> {
-        let cfg = &self.job.config;
-        let params: usize = sorted_vars(&self.varmap)
-            .iter()
-            .map(|(_, v)| v.elem_count())
-            .sum();
-        let trainable_params: usize = self
-            .optimisers
-            .trainable
-            .iter()
-            .map(|v| v.elem_count())
-            .sum();
-        let sampler = &self.data.sampler;
-        let info = device::info(&self.device);
-        emit(TrainEvent::Started(RunStarted {
-            run: self.run.name(),
-            device: device::describe(&self.device),
-            device_name: info.name,
-            device_detail: info.detail,
-            device_memory_bytes: info.memory_bytes,
-            device_memory_free_bytes: info.memory_free_bytes,
-            backbone: cfg.model.backbone.to_string(),
-            image_size: cfg.model.image_size,
-            batch: sampler.units_per_step(),
-            epochs: cfg.train.epochs,
-            steps_per_epoch: self.steps_per_epoch(),
-            total_steps: self.total_steps(),
-            start_step: self.step,
-            resumed: self.resumed,
-            loss: cfg.loss.kind.to_string(),
-            // The config spelling (`batch_hard`), not the Rust variant name.
-            mining: serde_json::to_value(cfg.loss.mining)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
-            sampler: cfg.sampler().as_str().to_string(),
-            batch_images: sampler.images_per_step(),
-            params,
-            trainable_params,
-            train_triplets: sampler.units_per_epoch(),
-            val_queries: self.data.val_queries.len(),
-            val_gallery: self.data.val_gallery.len(),
-            pretrained: self.pretrained.clone(),
-            time: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64()),
-        }))
+        self.finish(StopReason::Finished)
     }
 
     /// The batches of the current epoch from the current position, each with its
@@ -516,7 +185,6 @@ impl<'a> Session<'a> {
         &mut self,
         control: &Control,
         rate: &mut RateMeter,
-        emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
     ) -> Result<Option<StopReason>, TrainError> {
         let cfg = &self.job.config;
         let epoch_start = Instant::now();
@@ -553,7 +221,7 @@ impl<'a> Session<'a> {
                 return Ok(Some(StopReason::TimeLimit));
             }
             if !batch.failed.is_empty() {
-                emit(TrainEvent::Notice {
+                self.emit(TrainEvent::Notice {
                     step: self.step,
                     message: format!(
                         "skipped {} unreadable images (first: {})",
@@ -567,7 +235,7 @@ impl<'a> Session<'a> {
             if batch.kept.len() < 2 {
                 continue;
             }
-            let loss = self.train_step(batch, groups, rate, emit)?;
+            let loss = self.train_step(batch, groups, rate)?;
             self.budget.record_step(tick.elapsed().as_secs_f64());
             loss_sum += f64::from(loss);
             loss_n += 1;
@@ -575,7 +243,7 @@ impl<'a> Session<'a> {
                 return Ok(Some(StopReason::MaxSteps));
             }
             if self.checkpoints.last_due(self.step) {
-                self.save(CheckpointKind::Last, emit)?;
+                self.save(CheckpointKind::Last)?;
             }
             tick = Instant::now();
         }
@@ -591,7 +259,7 @@ impl<'a> Session<'a> {
         } else {
             None
         };
-        emit(TrainEvent::Epoch {
+        self.emit(TrainEvent::Epoch {
             epoch: self.epoch,
             step: self.step,
             // NaN (`null`): no step of this epoch was left to train.
@@ -612,9 +280,9 @@ impl<'a> Session<'a> {
         })?;
         self.epoch_done = true;
         if validating {
-            self.keep_if_best(val.map(|v| v.0), emit)?;
+            self.keep_if_best(val.map(|v| v.0))?;
         }
-        self.save(CheckpointKind::Last, emit)?;
+        self.save(CheckpointKind::Last)?;
         Ok(None)
     }
 
@@ -643,25 +311,11 @@ impl<'a> Session<'a> {
         batch: crate::data::loader::Batch,
         groups: &[Vec<usize>],
         rate: &mut RateMeter,
-        emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
     ) -> Result<f32, TrainError> {
         let cfg = &self.job.config;
-        let members = groups.first().map_or(0, Vec::len);
-        // Member-major, as the loader lays the batch out.
-        let images: Vec<usize> = (0..members)
-            .flat_map(|m| batch.kept.iter().map(move |&k| groups[k][m]))
-            .collect();
-        let labels: Vec<u64> = images
-            .iter()
-            .map(|&i| self.data.ds.images[i].item as u64)
-            .collect();
-        let classes: Vec<u32> = images
-            .iter()
-            .map(|&i| self.data.class_of[self.data.ds.images[i].item])
-            .collect();
-        let side = batch.size as usize;
-        let x = Tensor::from_vec(batch.data, batch.n * 3 * side * side, &self.device)?
-            .reshape((batch.n, 3, side, side))?;
+        let n = batch.n;
+        let BatchTensors { x, labels, classes } =
+            self.data.batch_tensors(batch, groups, &self.device)?;
         let lr = self.learning_rate();
         self.model
             .set_dropout_stream(cfg.train.seed, self.step as u64);
@@ -699,9 +353,9 @@ impl<'a> Session<'a> {
         if let Some(average) = &mut self.average {
             average.update(self.step)?;
         }
-        rate.record(batch.n);
+        rate.record(n);
         let images_per_s = rate.per_second();
-        emit(TrainEvent::Step {
+        self.emit(TrainEvent::Step {
             step: self.step,
             epoch: self.epoch,
             loss,
@@ -715,26 +369,15 @@ impl<'a> Session<'a> {
             images_per_s: Some(images_per_s),
             elapsed_s: self.started.elapsed().as_secs_f64(),
         })?;
-        let margin = (cfg.loss.kind == LossKind::Triplet && !cfg.loss.soft_margin)
-            .then_some(cfg.loss.margin);
-        let change = self.collapse.observe(StepSignals {
+        let signals = StepSignals {
             spread,
             d_ap: stats.mean_ap,
             d_an: stats.mean_an,
             loss,
-            margin,
-        });
-        if let Some(change) = change {
-            let (message, kind) = match change {
-                CollapseChange::Collapsed(m) => (m, NoticeKind::Collapse),
-                CollapseChange::Recovered(m) => (m, NoticeKind::CollapseCleared),
-            };
-            tracing::warn!("{message}");
-            emit(TrainEvent::Notice {
-                step: self.step,
-                message,
-                kind: Some(kind),
-            })?;
+            margin: StepSignals::hinge_margin(&cfg.loss),
+        };
+        if let Some(notice) = self.collapse.notice(self.step, signals) {
+            self.emit(notice)?;
         }
         Ok(loss)
     }
@@ -758,16 +401,12 @@ impl<'a> Session<'a> {
     }
 
     /// Records `val` as the newest validation and saves `best` when it beats it.
-    fn keep_if_best(
-        &mut self,
-        val: Option<Retrieval>,
-        emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
-    ) -> Result<(), TrainError> {
+    fn keep_if_best(&mut self, val: Option<Retrieval>) -> Result<(), TrainError> {
         self.validated_at = Some(self.step);
         let improved = self.checkpoints.improves_best(val.as_ref());
         self.last_val = val;
         if improved {
-            self.save(CheckpointKind::Best, emit)?;
+            self.save(CheckpointKind::Best)?;
         }
         Ok(())
     }
@@ -785,11 +424,7 @@ impl<'a> Session<'a> {
 
     /// Ends the run: a run stopped between epochs validates once (so `best` exists
     /// and `vitrine index` works right away), then writes `last`.
-    fn finish(
-        &mut self,
-        reason: StopReason,
-        emit: &mut dyn FnMut(TrainEvent) -> Result<(), TrainError>,
-    ) -> Result<TrainOutcome, TrainError> {
+    fn finish(&mut self, reason: StopReason) -> Result<TrainOutcome, TrainError> {
         // What a stop does from here is not training: a resumed run gets the budget
         // this one had left.
         self.budget.freeze();
@@ -797,7 +432,7 @@ impl<'a> Session<'a> {
             let t = Instant::now();
             if let Some((v, val_loss)) = self.validate()? {
                 self.budget.record_validation(t.elapsed().as_secs_f64());
-                emit(TrainEvent::Validated {
+                self.emit(TrainEvent::Validated {
                     step: self.step,
                     epoch: self.epoch,
                     val: ValMetrics {
@@ -808,13 +443,13 @@ impl<'a> Session<'a> {
                     },
                     seconds: t.elapsed().as_secs_f64(),
                 })?;
-                self.keep_if_best(Some(v), emit)?;
+                self.keep_if_best(Some(v))?;
             }
         }
         if self.checkpoints.last_missing(self.step) {
-            self.save(CheckpointKind::Last, emit)?;
+            self.save(CheckpointKind::Last)?;
         }
-        emit(TrainEvent::Done {
+        self.emit(TrainEvent::Done {
             step: self.step,
             epoch: self.epoch,
             reason,
@@ -836,15 +471,6 @@ impl<'a> Session<'a> {
         let result = self.validate_current();
         self.swap_average()?;
         result
-    }
-
-    /// Exchanges the model's weights and their average (if any): once to evaluate or
-    /// save the average, once more to go back to training.
-    pub(super) fn swap_average(&mut self) -> Result<(), TrainError> {
-        if let Some(average) = &mut self.average {
-            average.swap()?;
-        }
-        Ok(())
     }
 
     fn validate_current(&self) -> Result<Option<(Retrieval, f32)>, TrainError> {

@@ -1,11 +1,14 @@
 //! The data side of a training run, built once before the first step: the dataset,
 //! the batch sampler, the training classes (proxy losses), the val split's queries
-//! and gallery, and the loader's settings.
+//! and gallery, and the loader's settings; and each loaded batch as the tensors a
+//! step takes.
 
+use candle_core::{Device, Tensor};
+
+use super::error::TrainError;
 use super::job::TrainJob;
-use super::trainer::TrainError;
 use crate::data::deepfashion::{Dataset, LoadOptions, Source, Split};
-use crate::data::loader::LoaderConfig;
+use crate::data::loader::{Batch, LoaderConfig};
 use crate::data::sampler::{self, BatchSampler, PkConfig, PkSampler, SamplerKind};
 use crate::data::triplets::TripletSampler;
 
@@ -79,4 +82,41 @@ pub(super) fn prepare_data(job: &TrainJob) -> Result<Data, TrainError> {
         val_gallery,
         loader,
     })
+}
+
+/// A loaded batch as a step takes it: the images, member-major as the loader lays
+/// the batch out, with each image's item (its label) and training class.
+pub(super) struct BatchTensors {
+    pub(super) x: Tensor,
+    pub(super) labels: Vec<u64>,
+    pub(super) classes: Vec<u32>,
+}
+
+impl Data {
+    /// The images of `batch` (loaded from `groups`, of which it kept some) on
+    /// `device`, with their labels and classes.
+    pub(super) fn batch_tensors(
+        &self,
+        batch: Batch,
+        groups: &[Vec<usize>],
+        device: &Device,
+    ) -> Result<BatchTensors, TrainError> {
+        let members = groups.first().map_or(0, Vec::len);
+        // Member-major, as the loader lays the batch out.
+        let images: Vec<usize> = (0..members)
+            .flat_map(|m| batch.kept.iter().map(move |&k| groups[k][m]))
+            .collect();
+        let labels: Vec<u64> = images
+            .iter()
+            .map(|&i| self.ds.images[i].item as u64)
+            .collect();
+        let classes: Vec<u32> = images
+            .iter()
+            .map(|&i| self.class_of[self.ds.images[i].item])
+            .collect();
+        let side = batch.size as usize;
+        let x = Tensor::from_vec(batch.data, batch.n * 3 * side * side, device)?
+            .reshape((batch.n, 3, side, side))?;
+        Ok(BatchTensors { x, labels, classes })
+    }
 }

@@ -5,10 +5,10 @@
 
 use std::path::PathBuf;
 
+use crate::config::PlotMarker;
 use crate::run::folder::ControlRequest;
 use crate::run::settings::SettingDiff;
 use crate::train::events::TrainEvent;
-use crate::tui::settings::PlotMarker;
 use crate::tui::tabs::dataset::{DatasetInfo, Loadable};
 use crate::tui::tabs::failures::FailuresUpdate;
 use crate::tui::tabs::runs::{RunsListing, RunsState, same_run};

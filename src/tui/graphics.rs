@@ -20,7 +20,7 @@ use ratatui::crossterm::{cursor, queue};
 use ratatui::style::Color;
 use ratatui_image::picker::{Picker, ProtocolType};
 
-use super::settings::ImageMode;
+use crate::config::ImageMode;
 
 /// ratatui-image gives up on a silent terminal after 2 s; a query that took about that
 /// long may still be answered, so the answer is waited for a little before discarding.

@@ -18,13 +18,21 @@ pub struct ImageInfo {
     pub bbox: Option<BBox>,
 }
 
+/// One training triplet of the sampler, as the Triplets tab lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TripletRow {
+    pub anchor: ImageInfo,
+    pub positive: ImageInfo,
+    pub negative: ImageInfo,
+}
+
 /// What the dataset worker reads once.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DatasetInfo {
     pub root: PathBuf,
     pub summary: SplitSummary,
     /// Training triplets (the sampler's first epoch, capped).
-    pub triplets: Vec<super::triplets::TripletRow>,
+    pub triplets: Vec<TripletRow>,
     /// Test consumer images: the standard protocol's queries.
     pub queries: Vec<ImageInfo>,
 }

@@ -7,11 +7,10 @@
 use std::collections::VecDeque;
 
 use crate::data::deepfashion::SplitSummary;
+use crate::run::CheckpointKind;
 use crate::run::device::gib;
 use crate::run::folder::ControlRequest;
-use crate::train::events::{
-    CheckpointKind, NoticeKind, RunStarted, StopReason, TrainEvent, ValMetrics,
-};
+use crate::train::events::{NoticeKind, RunStarted, StopReason, TrainEvent, ValMetrics};
 
 /// Points kept in the recent window.
 pub const RECENT_POINTS: usize = 1000;
@@ -620,11 +619,6 @@ fn trim<T>(v: &mut Vec<T>) {
     }
 }
 
-/// `1h02m`, `4m05s`, `12s`.
-pub fn format_duration(seconds: f64) -> String {
-    crate::progress::fmt_secs(seconds.max(0.0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -743,12 +737,5 @@ mod tests {
         assert_eq!(same.eval, Some(("test".to_string(), 561)));
         let other = t.gallery_sizes(Some(&summary(198))).expect("validates");
         assert_eq!(other.eval, None);
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(format_duration(5.2), "5s");
-        assert_eq!(format_duration(245.0), "4m05s");
-        assert_eq!(format_duration(3725.0), "1h02m");
     }
 }

@@ -1,15 +1,8 @@
 //! The Triplets tab's state: the sampler's training triplets, their distances and
 //! loss under the newest checkpoint, the category filter and the order.
 
-use super::dataset::ImageInfo;
+use super::dataset::TripletRow;
 use super::moved;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TripletRow {
-    pub anchor: ImageInfo,
-    pub positive: ImageInfo,
-    pub negative: ImageInfo,
-}
 
 /// Distances between unit embeddings and the triplet loss under a checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -12,11 +12,11 @@ use ratatui::widgets::{
 };
 
 use super::{Ctx, centered, clip, panel, pct, scroll_offset};
-use crate::printable::escape_controls;
+use crate::config::PlotMarker;
+use crate::printable::{ago, duration, escape_controls};
 use crate::theme::Theme;
 use crate::train::runs::{RunStatus, RunSummary};
 use crate::tui::app::App;
-use crate::tui::settings::PlotMarker;
 use crate::tui::tabs::runs::{DiffView, RunEntry, same_run};
 
 /// The colour of the `i`-th marked run, from the theme's chart and state colours.
@@ -41,35 +41,6 @@ fn status_style(theme: &Theme, s: RunStatus) -> Style {
         RunStatus::Finished => theme.accent(),
         RunStatus::Failed | RunStatus::Unreadable => theme.error(),
         RunStatus::Interrupted | RunStatus::New => theme.muted(),
-    }
-}
-
-/// `1h02m`, `3m20s`, `45s`.
-pub fn duration(seconds: f64) -> String {
-    if !seconds.is_finite() || seconds <= 0.0 {
-        return "—".into();
-    }
-    let s = seconds.round() as u64;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
-    } else if s >= 60 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{s}s")
-    }
-}
-
-/// How long before `now` the run last changed: `12s ago`, `5m ago`, `3h ago`, `2d ago`.
-pub fn ago(updated: Option<f64>, now: f64) -> String {
-    let Some(t) = updated else {
-        return "—".into();
-    };
-    let d = (now - t).max(0.0) as u64;
-    match d {
-        0..60 => format!("{d}s ago"),
-        60..3600 => format!("{}m ago", d / 60),
-        3600..86400 => format!("{}h ago", d / 3600),
-        _ => format!("{}d ago", d / 86400),
     }
 }
 
@@ -185,7 +156,11 @@ fn draw_table(frame: &mut Frame, area: Rect, app: &App, title: String, theme: &T
                 Line::raw(steps),
                 Line::raw(top(s.best_val_top1)),
                 Line::raw(top(s.best_val_top20)),
-                Line::raw(duration(s.seconds)),
+                Line::raw(if s.seconds.is_finite() && s.seconds > 0.0 {
+                    duration(s.seconds)
+                } else {
+                    "—".into()
+                }),
             ]);
             if wide {
                 cells.push(Line::raw(ago(s.updated, r.listed_at)));

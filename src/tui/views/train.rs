@@ -15,14 +15,13 @@ use ratatui::widgets::{
 };
 
 use super::{Ctx, panel, pct};
+use crate::config::PlotMarker;
+use crate::printable::duration;
 use crate::run::CheckpointKind;
 use crate::run::folder::ControlRequest;
 use crate::tui::app::App;
-use crate::tui::settings::PlotMarker;
 use crate::tui::tabs::dataset::Loadable;
-use crate::tui::tabs::train::{
-    GallerySizes, Outcome, Phase, TrainState, device_labels, format_duration,
-};
+use crate::tui::tabs::train::{GallerySizes, Outcome, Phase, TrainState, device_labels};
 
 pub fn draw(frame: &mut Frame, area: Rect, app: &App, ctx: &mut Ctx) {
     let [progress, middle, log] = Layout::vertical([
@@ -87,7 +86,7 @@ fn draw_progress(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
     };
     if let Some(eta) = t.eta_seconds() {
         label.push_str(" · ETA ");
-        label.push_str(&format_duration(eta));
+        label.push_str(&duration(eta));
     }
     match (&t.outcome, app.trainer.control, app.trainer.running()) {
         (_, ControlRequest::Pause, true) => label.push_str(" · paused"),
@@ -671,11 +670,7 @@ fn draw_log(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
             Line::from(vec![
                 Span::styled(format!("step {step:>6} "), theme.muted()),
                 Span::styled(
-                    format!(
-                        "{} after {}: {best}",
-                        reason.describe(),
-                        format_duration(*seconds)
-                    ),
+                    format!("{} after {}: {best}", reason.describe(), duration(*seconds)),
                     theme.success(),
                 ),
             ]),

@@ -7,8 +7,7 @@ use super::{Outbox, spawn};
 use crate::data::deepfashion::{Dataset, GalleryProtocol, LoadOptions, Split};
 use crate::data::triplets::TripletSampler;
 use crate::tui::app::WorkerEvent;
-use crate::tui::tabs::dataset::{DatasetInfo, ImageInfo};
-use crate::tui::tabs::triplets::TripletRow;
+use crate::tui::tabs::dataset::{DatasetInfo, ImageInfo, TripletRow};
 
 /// Triplets the Triplets tab lists (the sampler's first epoch, from the start).
 pub const MAX_TRIPLETS: usize = 1024;

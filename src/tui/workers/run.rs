@@ -9,11 +9,11 @@ use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{IndexWorker, Outbox, run_config, spawn_dataset, spawn_follower, spawn_scorer};
+use super::{IndexWorker, Outbox, spawn_dataset, spawn_follower, spawn_scorer};
 use crate::config::Config;
 use crate::run::settings::{self, RunSettingsError};
 use crate::tui::app::WorkerEvent;
-use crate::tui::tabs::triplets::TripletRow;
+use crate::tui::tabs::dataset::TripletRow;
 
 /// The run the dashboard shows: its folder, its dataset, and the settings its index,
 /// scoring and a training started with `t` use.
@@ -76,7 +76,9 @@ impl RunWorkers {
         let out = out.for_run(generation);
         let stop = Arc::new(AtomicBool::new(false));
         spawn_follower(&shown.run, out.clone(), Arc::clone(&stop));
-        let seed = run_config(&shown.run, &shown.config).train.seed;
+        let seed = settings::load_or_fallback(&shown.run, &shown.config)
+            .train
+            .seed;
         spawn_dataset(
             shown.data.clone(),
             shown.config.data.gallery,

@@ -5,16 +5,17 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
-use super::{Outbox, run_config, spawn};
+use super::{Outbox, spawn};
 use crate::config::Config;
 use crate::data::loader::{ImageSpec, LoaderConfig};
 use crate::model::Embedder;
 use crate::model::checkpoint;
 use crate::run::CheckpointKind;
 use crate::run::folder::RunDir;
+use crate::run::settings;
 use crate::tui::app::WorkerEvent;
-use crate::tui::tabs::dataset::ImageInfo;
-use crate::tui::tabs::triplets::{TripletRow, TripletScore};
+use crate::tui::tabs::dataset::{ImageInfo, TripletRow};
+use crate::tui::tabs::triplets::TripletScore;
 
 /// Scores triplet rows with the run's newest checkpoint (`last`), or the untrained
 /// weights when it has none: unit embeddings, Euclidean d(a,p), d(a,n) and
@@ -34,14 +35,14 @@ pub fn spawn_scorer(run: PathBuf, config: Config, rows: Vec<TripletRow>, out: Ou
 }
 
 fn score(run: &Path, fallback: &Config, rows: &[TripletRow], out: &Outbox) -> Result<(), String> {
-    let cfg = run_config(run, fallback);
+    let cfg = settings::load_or_fallback(run, fallback);
     let device = Device::Cpu;
     let (model, varmap) = Embedder::seeded(cfg.model.embedder(), &device, cfg.train.seed)
         .map_err(|e| e.to_string())?;
     let last = RunDir::new(run).checkpoint(CheckpointKind::Last);
     let weights = if last.is_file() {
         checkpoint::load_full(&varmap, &last).map_err(|e| e.to_string())?;
-        match crate::train::trainer::read_meta(&last) {
+        match crate::train::resume::read_meta(&last) {
             Ok(meta) => format!("checkpoint last (step {})", meta.step),
             Err(_) => "checkpoint last".to_string(),
         }

@@ -119,8 +119,6 @@ fn spawn(
     }
 }
 
-pub use crate::run::settings::load_or as run_config;
-
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, Instant};
