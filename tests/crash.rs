@@ -128,7 +128,7 @@ fn a_run_killed_at_any_moment_resumes_and_finishes() {
     let events = read_all(&RunDir::new(&run).metrics()).expect("metrics replay");
     let started = events
         .iter()
-        .filter(|e| matches!(e, TrainEvent::Started { .. }))
+        .filter(|e| matches!(e, TrainEvent::Started(_)))
         .count();
     assert_eq!(started, starts, "one started event per process");
     assert!(

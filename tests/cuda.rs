@@ -30,7 +30,7 @@ use vitrine::model::checkpoint;
 use vitrine::model::{Backbone, Criterion, Embedder, EmbedderConfig, LossConfig, LossKind, Mining};
 use vitrine::rng::Rng;
 use vitrine::run::device;
-use vitrine::train::events::TrainEvent;
+use vitrine::train::events::{RunStarted, TrainEvent};
 use vitrine::train::job::{Control, TrainJob};
 use vitrine::train::step::{Optimisers, StepSettings, train_step};
 use vitrine::train::trainer::train;
@@ -292,12 +292,12 @@ fn twenty_training_steps_on_the_gpu_lower_the_loss() {
     let mut events = Vec::new();
     let outcome = train(&job, &Control::new(), &mut |e| events.push(e.clone())).expect("train");
     assert_eq!(outcome.step, 20);
-    let Some(TrainEvent::Started {
+    let Some(TrainEvent::Started(RunStarted {
         device,
         device_name,
         device_memory_bytes,
         ..
-    }) = events.first()
+    })) = events.first()
     else {
         panic!("first event {:?}", events.first())
     };

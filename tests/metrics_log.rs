@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use vitrine::train::events::TrainEvent;
+use vitrine::train::events::{RunStarted, TrainEvent};
 use vitrine::train::metrics_log::{MetricsFollower, MetricsWriter, read_all};
 
 fn notice(step: usize) -> TrainEvent {
@@ -85,14 +85,14 @@ fn a_started_event_reads_with_and_without_the_device_details() {
     // As runs wrote it before the device's name and memory were recorded.
     let old = r#"{"event":"started","run":"demo","device":"cpu","backbone":"resnet18","image_size":32,"batch":16,"epochs":3,"steps_per_epoch":18,"total_steps":54,"start_step":0,"resumed":false,"mining":"batchhard","params":11448768,"trainable_params":11439168,"train_triplets":302,"val_queries":97,"val_gallery":71,"time":1795887304.585161}"#;
     let event: TrainEvent = serde_json::from_str(old).expect("an old started event");
-    let TrainEvent::Started {
+    let TrainEvent::Started(RunStarted {
         device,
         device_name,
         device_detail,
         device_memory_bytes,
         device_memory_free_bytes,
         ..
-    } = &event
+    }) = &event
     else {
         panic!("{event:?}")
     };
@@ -116,11 +116,11 @@ fn a_started_event_reads_with_and_without_the_device_details() {
         .expect("write");
     let read = read_all(&path).expect("read");
     assert_eq!(read, vec![event]);
-    let TrainEvent::Started {
+    let TrainEvent::Started(RunStarted {
         device_name,
         device_memory_free_bytes,
         ..
-    } = &read[0]
+    }) = &read[0]
     else {
         panic!("{read:?}")
     };

@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 
 use vitrine::run::folder::CheckpointKind;
 use vitrine::run::folder::RunDir;
-use vitrine::train::events::{StopReason, TrainEvent};
+use vitrine::train::events::{RunStarted, StopReason, TrainEvent};
 use vitrine::train::metrics_log::read_all;
 use vitrine::train::resume::read_meta;
 
@@ -76,14 +76,14 @@ fn started(events: &[TrainEvent]) -> (u32, String, String, usize, usize) {
     events
         .iter()
         .find_map(|e| match e {
-            TrainEvent::Started {
+            TrainEvent::Started(RunStarted {
                 image_size,
                 loss,
                 mining,
                 batch,
                 batch_images,
                 ..
-            } => Some((
+            }) => Some((
                 *image_size,
                 loss.clone(),
                 mining.clone(),

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedReceiver;
 use vitrine::run::folder::{ControlRequest, RunDir};
-use vitrine::train::events::TrainEvent;
+use vitrine::train::events::{TrainEvent, ValMetrics};
 use vitrine::train::job::{Control, TrainJob};
 use vitrine::train::metrics_log::read_all;
 use vitrine::train::runs::{RunStatus, RunSummary, list, summarize};
@@ -188,10 +188,14 @@ fn expected(run: &Path) -> Expected {
                 e.losses += usize::from(loss.is_finite());
             }
             // The untrained model is the curve's first point.
-            TrainEvent::Baseline { .. } => e.val_points += 1,
+            TrainEvent::Baseline(_) => e.val_points += 1,
             TrainEvent::Epoch {
-                val_top1,
-                val_top20,
+                val:
+                    ValMetrics {
+                        val_top1,
+                        val_top20,
+                        ..
+                    },
                 ..
             } => {
                 e.epochs += 1;

@@ -9,7 +9,7 @@ use vitrine::model::checkpoint;
 use vitrine::run::folder::CheckpointKind;
 use vitrine::run::folder::{ControlRequest, RunDir};
 use vitrine::train::error::TrainError;
-use vitrine::train::events::{StopReason, TrainEvent};
+use vitrine::train::events::{RunStarted, StopReason, TrainEvent, ValMetrics};
 use vitrine::train::job::{Control, TrainJob, TrainOutcome};
 use vitrine::train::metrics_log::read_all;
 use vitrine::train::resume::read_meta;
@@ -53,11 +53,11 @@ fn training_beats_the_untrained_model_on_val() {
     let baseline = events
         .iter()
         .find_map(|e| match e {
-            TrainEvent::Baseline {
+            TrainEvent::Baseline(ValMetrics {
                 val_top20,
                 val_map_at_r,
                 ..
-            } => Some((*val_top20, *val_map_at_r)),
+            }) => Some((*val_top20, *val_map_at_r)),
             _ => None,
         })
         .expect("baseline event");
@@ -66,8 +66,12 @@ fn training_beats_the_untrained_model_on_val() {
         .rev()
         .find_map(|e| match e {
             TrainEvent::Epoch {
-                val_top20,
-                val_map_at_r,
+                val:
+                    ValMetrics {
+                        val_top20,
+                        val_map_at_r,
+                        ..
+                    },
                 train_loss,
                 ..
             } => Some((*val_top20, *val_map_at_r, *train_loss)),
@@ -190,7 +194,7 @@ fn resume_continues_exactly_where_it_stopped() {
     let (r, events_b) = run_collect(&resumed, &Control::new());
     assert_eq!(r.expect("resume").step, 5);
     match &events_b[0] {
-        TrainEvent::Started {
+        TrainEvent::Started(RunStarted {
             start_step,
             resumed,
             device,
@@ -198,7 +202,7 @@ fn resume_continues_exactly_where_it_stopped() {
             device_detail,
             device_memory_bytes,
             ..
-        } => {
+        }) => {
             assert_eq!(*start_step, 3);
             assert!(*resumed);
             // The device is described, not only named.
@@ -375,9 +379,7 @@ fn bad_pretrained_weights_are_a_listed_error_and_runs_are_locked() {
 
 fn validated(events: &[TrainEvent]) -> Option<(usize, f64)> {
     events.iter().find_map(|e| match e {
-        TrainEvent::Validated {
-            step, val_top20, ..
-        } => Some((*step, *val_top20)),
+        TrainEvent::Validated { step, val, .. } => Some((*step, val.val_top20)),
         _ => None,
     })
 }
@@ -927,9 +929,7 @@ fn validations_are_spread_over_the_run_and_it_still_ends_validated() {
     let epochs: Vec<(usize, bool)> = events
         .iter()
         .filter_map(|e| match e {
-            TrainEvent::Epoch {
-                step, val_top20, ..
-            } => Some((*step, val_top20.is_finite())),
+            TrainEvent::Epoch { step, val, .. } => Some((*step, val.measured())),
             _ => None,
         })
         .collect();
@@ -951,7 +951,7 @@ fn validations_are_spread_over_the_run_and_it_still_ends_validated() {
     result.expect("train");
     let every = events
         .iter()
-        .filter(|e| matches!(e, TrainEvent::Epoch { val_top20, .. } if val_top20.is_finite()))
+        .filter(|e| matches!(e, TrainEvent::Epoch { val, .. } if val.measured()))
         .count();
     assert_eq!(every, 8);
 }

@@ -14,7 +14,7 @@ use vitrine::index::evaluate::CategoryScore;
 use vitrine::run::folder::ControlRequest;
 use vitrine::run::settings::diff;
 use vitrine::theme::Theme;
-use vitrine::train::events::TrainEvent;
+use vitrine::train::events::{RunStarted, TrainEvent, ValMetrics};
 use vitrine::train::metrics_log::{MetricsFollower, read_all};
 use vitrine::train::runs::{RunStatus, RunSummary};
 use vitrine::tui::app::{Action, App, AppOptions, Command, Tab, WorkerEvent};
@@ -224,14 +224,14 @@ fn fixture_events_on(
     free: u64,
 ) -> Vec<TrainEvent> {
     let mut events = fixture_events();
-    let TrainEvent::Started {
+    let TrainEvent::Started(RunStarted {
         device: d,
         device_name,
         device_detail,
         device_memory_bytes,
         device_memory_free_bytes,
         ..
-    } = &mut events[0]
+    }) = &mut events[0]
     else {
         panic!("the fixture starts with a started event")
     };
@@ -304,7 +304,7 @@ fn snapshot_train_tab_full_history_ascii() {
 fn snapshot_train_warming_up() {
     let mut app = App::new(options(false));
     let events: Vec<TrainEvent> = fixture_events().into_iter().take(2).collect();
-    assert!(matches!(events[0], TrainEvent::Started { .. }));
+    assert!(matches!(events[0], TrainEvent::Started(_)));
     app.update(Action::Worker(WorkerEvent::Train(events)));
     app.update(Action::Worker(WorkerEvent::Trainer {
         pid: Some(4242),
@@ -314,6 +314,114 @@ fn snapshot_train_warming_up() {
     let t = render(&app, 80, 24);
     assert!(screen_text(&t).contains("warming up"));
     insta::assert_snapshot!("train_warming_up_80x24", t.backend());
+}
+
+/// A run like the one that showed the problem: a normalised-softmax train loss
+/// (7.99 → 3.3) beside a triplet val loss (≈ 0.5) that shares no axis with it, and
+/// val top-k measured on a gallery a third the size of the test one.
+fn softmax_run_events() -> Vec<TrainEvent> {
+    let started = serde_json::from_value(serde_json::json!({
+        "event": "started", "run": "softmax", "device": "cpu", "backbone": "resnet18",
+        "image_size": 64, "batch": 16, "epochs": 6, "steps_per_epoch": 100,
+        "total_steps": 600, "start_step": 0, "resumed": false, "loss": "norm_softmax",
+        "mining": "batch_hard", "sampler": "pk", "batch_images": 64, "params": 11_000_000,
+        "trainable_params": 8_000_000, "train_triplets": 1600, "val_queries": 200,
+        "val_gallery": 198, "time": 0.0,
+    }))
+    .expect("a started event");
+    let val = |loss: f32, top1: f64, top20: f64| ValMetrics {
+        val_loss: loss,
+        val_top1: top1,
+        val_top20: top20,
+        val_map_at_r: top1,
+    };
+    let mut events = vec![started, TrainEvent::Baseline(val(0.52, 0.051, 0.303))];
+    // Validations spread over the run: epochs 2 and 4 were not due one (NaN).
+    let epochs = [
+        val(0.51, 0.081, 0.384),
+        ValMetrics::NONE,
+        val(0.49, 0.121, 0.471),
+        ValMetrics::NONE,
+        val(0.50, 0.147, 0.512),
+        val(0.48, 0.158, 0.525),
+    ];
+    for (epoch, val) in epochs.into_iter().enumerate() {
+        for i in 1..=100 {
+            let step = epoch * 100 + i;
+            let x = step as f64;
+            let loss = 3.3 + 4.69 * (-x / 150.0).exp() + 0.25 * (x * 0.7).sin();
+            events.push(TrainEvent::Step {
+                step,
+                epoch,
+                loss: loss as f32,
+                active: 0.9,
+                d_ap: 0.6,
+                d_an: 0.9,
+                lr: 1e-4,
+                grad_norm: 2.0,
+                spread: Some(0.3),
+                triplets_per_s: 40.0,
+                images_per_s: Some(120.0),
+                elapsed_s: x,
+            });
+        }
+        events.push(TrainEvent::Epoch {
+            epoch,
+            step: (epoch + 1) * 100,
+            train_loss: 3.5,
+            val,
+            seconds: 100.0,
+        });
+    }
+    events.push(TrainEvent::Done {
+        step: 600,
+        epoch: 5,
+        reason: vitrine::train::events::StopReason::TimeLimit,
+        best_val_top20: 0.525,
+        seconds: 600.0,
+    });
+    events
+}
+
+/// The Train tab draws validation on a chart of its own (val top-20 and top-1 by
+/// step, the untrained model's as reference lines) and says how large the val
+/// gallery is against the test gallery.
+#[test]
+fn snapshot_train_validation_chart_and_gallery_sizes() {
+    let mut app = App::new(options(false));
+    app.update(Action::Worker(WorkerEvent::Train(softmax_run_events())));
+    // Epochs without a validation put no point on the chart.
+    let steps: Vec<f64> = app.train.val_top20.iter().map(|p| p.0).collect();
+    assert_eq!(steps, [100.0, 300.0, 500.0, 600.0]);
+    let mut data = dataset();
+    data.summary.shop.val = 198;
+    data.summary.gallery = 561;
+    app.update(Action::Worker(WorkerEvent::Dataset(Box::new(Ok(data)))));
+    for (w, h) in SIZES {
+        let t = render(&app, w, h);
+        let text = screen_text(&t);
+        assert!(text.contains("Val retrieval"), "{text}");
+        // Shares on their own axis (52.5% best, padded); the loss axis is not
+        // stretched down to the val loss (≈ 0.5).
+        assert!(text.contains("│54.9%│"), "{text}");
+        assert!(text.contains("│2.89│") && !text.contains("│0."), "{text}");
+        if w >= 120 {
+            assert!(text.contains("val gallery 198 images (test 561)"), "{text}");
+            assert!(text.contains("smaller gallery"), "{text}");
+        } else {
+            assert!(text.contains("gallery val 198 · test 561"), "{text}");
+        }
+        insta::assert_snapshot!(format!("train_validation_{w}x{h}"), t.backend());
+    }
+    // A dataset that is not the run's (another val split) gives the val size alone.
+    let mut other = dataset();
+    other.summary.gallery = 561;
+    app.update(Action::Worker(WorkerEvent::Dataset(Box::new(Ok(other)))));
+    let text = screen_text(&render(&app, 80, 24));
+    assert!(
+        text.contains("val gallery 198 images") && !text.contains("561"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -775,20 +883,15 @@ fn replay_of_recorded_metrics_drives_the_train_view() {
     let epochs: Vec<_> = events
         .iter()
         .filter_map(|e| match e {
-            TrainEvent::Epoch {
-                epoch,
-                val_top1,
-                val_top20,
-                ..
-            } => Some((*epoch, *val_top1, *val_top20)),
+            TrainEvent::Epoch { epoch, val, .. } => Some((*epoch, val.val_top1, val.val_top20)),
             _ => None,
         })
         .collect();
-    let TrainEvent::Started {
+    let TrainEvent::Started(RunStarted {
         total_steps,
         epochs: n_epochs,
         ..
-    } = &events[0]
+    }) = &events[0]
     else {
         panic!("the file starts with `started`");
     };
@@ -802,7 +905,7 @@ fn replay_of_recorded_metrics_drives_the_train_view() {
     assert_eq!(state.epochs.len(), epochs.len());
     for (row, (e, top1, top20)) in state.epochs.iter().zip(&epochs) {
         assert_eq!(row.epoch, Some(*e));
-        assert_eq!((row.top1, row.top20), (*top1, *top20));
+        assert_eq!((row.val.val_top1, row.val.val_top20), (*top1, *top20));
     }
     let best = epochs
         .iter()
@@ -899,10 +1002,12 @@ fn collapse_warning_partial_validation_and_no_validation() {
     events.push(TrainEvent::Validated {
         step: 61,
         epoch: 3,
-        val_loss: 0.41,
-        val_top1: 0.2,
-        val_top20: 0.987,
-        val_map_at_r: 0.2,
+        val: ValMetrics {
+            val_loss: 0.41,
+            val_top1: 0.2,
+            val_top20: 0.987,
+            val_map_at_r: 0.2,
+        },
         seconds: 1.0,
     });
     events.push(TrainEvent::Done {
@@ -930,10 +1035,7 @@ fn collapse_warning_partial_validation_and_no_validation() {
             epoch: 0,
             step: 3,
             train_loss: 0.5,
-            val_loss: f32::NAN,
-            val_top1: f64::NAN,
-            val_top20: f64::NAN,
-            val_map_at_r: f64::NAN,
+            val: ValMetrics::NONE,
             seconds: 3.0,
         },
         TrainEvent::Done {
@@ -1160,7 +1262,7 @@ fn second_run_events(name: &str, steps: usize) -> Vec<TrainEvent> {
         .take_while(|e| !matches!(e, TrainEvent::Step { step, .. } if *step > steps))
         .map(|mut e| {
             match &mut e {
-                TrainEvent::Started { run, .. } => *run = name.into(),
+                TrainEvent::Started(RunStarted { run, .. }) => *run = name.into(),
                 TrainEvent::Checkpoint { path, .. } => {
                     *path = path.replace("runs/demo/", &format!("runs/{name}/"));
                 }

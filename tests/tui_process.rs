@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
 use vitrine::config::Config;
 use vitrine::run::folder::{ControlRequest, RunDir};
-use vitrine::train::events::{StopReason, TrainEvent};
+use vitrine::train::events::{RunStarted, StopReason, TrainEvent};
 use vitrine::train::metrics_log::read_all;
 use vitrine::tui::app::{Action, App, AppOptions, Command as AppCommand, Tab, WorkerEvent};
 use vitrine::tui::tabs::dataset::Loadable;
@@ -217,7 +217,7 @@ fn opening_a_run_moves_the_workers_to_it() {
         .into_iter()
         .take_while(|e| !matches!(e, TrainEvent::Step { step, .. } if *step > 12))
         .map(|mut e| {
-            if let TrainEvent::Started { run, .. } = &mut e {
+            if let TrainEvent::Started(RunStarted { run, .. }) = &mut e {
                 *run = "b".into();
             }
             e

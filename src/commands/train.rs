@@ -11,7 +11,7 @@ use crate::printable::{escape_controls, escape_lines};
 use crate::progress::Progress;
 use crate::run::folder::RunDir;
 use crate::run::settings;
-use crate::train::events::TrainEvent;
+use crate::train::events::{RunStarted, TrainEvent, ValMetrics};
 use crate::train::job::{Control, TrainJob};
 use crate::train::trainer::train;
 
@@ -204,143 +204,34 @@ impl EventPrinter {
             return;
         }
         match event {
-            TrainEvent::Started {
-                run,
-                device,
-                backbone,
-                image_size,
-                batch,
-                batch_images,
-                total_steps,
-                start_step,
-                train_triplets,
-                val_queries,
-                val_gallery,
-                trainable_params,
-                epochs,
-                loss,
-                mining,
-                sampler,
-                pretrained,
-                ..
-            } => {
-                self.epochs = *epochs;
-                self.validates = *val_queries > 0;
-                let batches = if sampler == "pk" {
-                    format!(
-                        "{train_triplets} items/epoch in P×K batches of {batch} items × {} images",
-                        batch_images / (*batch).max(1)
-                    )
-                } else {
-                    format!("{train_triplets} triplets/epoch in batches of {batch}")
-                };
-                let loss = if loss == "triplet" {
-                    format!("triplet loss, {mining} mining")
-                } else {
-                    format!("{loss} loss")
-                };
-                // Settings and paths come from files and the command line: escaped.
-                let text = |s: &str| escape_controls(s).into_owned();
-                note(&format!(
-                    "training {}: {} at {image_size} px on {}, {trainable_params} trainable parameters, \
-                     {}, {}, val {val_queries} queries vs {val_gallery} gallery; \
-                     steps {start_step}..{total_steps} (warming up)",
-                    text(run),
-                    text(backbone),
-                    text(device),
-                    text(&batches),
-                    text(&loss),
-                ));
-                // Validation reports top-1 and top-20.
-                if let Some(saturation) = crate::eval::saturation_note(*val_gallery, &[1, 20]) {
-                    note(&format!("note: validation: {saturation}"));
-                }
-                let info = event.device_info().unwrap_or_default();
-                if !info.name.is_empty() {
-                    note(&format!(
-                        "device {}: {}",
-                        text(device),
-                        text(&info.summary())
-                    ));
-                }
-                if let Some(w) = pretrained {
-                    note(&format!(
-                        "weights: {} backbone tensors from {} ({})",
-                        w.tensors,
-                        text(&w.source),
-                        text(&w.file)
-                    ));
-                }
-                let mut p = Progress::new("train", *total_steps, true);
-                p.set(*start_step, "");
-                self.progress = Some(p);
-            }
-            TrainEvent::Step {
-                step,
-                epoch,
-                loss,
-                active,
-                spread,
-                images_per_s,
-                ..
-            } => {
+            TrainEvent::Started(started) => self.started(started),
+            TrainEvent::Step { step, .. } => {
                 if let Some(p) = &mut self.progress {
-                    p.set(
-                        *step,
-                        &format!(
-                            "epoch {} loss {loss:.4} active {:.0}% cos {:.2} {:.0} img/s",
-                            epoch + 1,
-                            active * 100.0,
-                            spread.unwrap_or(f32::NAN),
-                            images_per_s.unwrap_or(f32::NAN),
-                        ),
-                    );
+                    p.set(*step, &step_text(event));
                 }
             }
             TrainEvent::Validated {
-                step,
-                val_loss,
-                val_top1,
-                val_top20,
-                val_map_at_r,
-                seconds,
-                ..
+                step, val, seconds, ..
             } => note(&format!(
                 "\nstopped at step {step}, validated: {} ({seconds:.0} s)",
-                val_text(*val_loss, *val_top1, *val_top20, *val_map_at_r)
+                val_text(val)
             )),
             TrainEvent::Epoch {
                 epoch,
                 train_loss,
-                val_loss,
-                val_top1,
-                val_top20,
-                val_map_at_r,
+                val,
                 seconds,
                 ..
-            } => note(&format!(
-                "\n{} ({seconds:.0} s)",
-                epoch_text(
-                    *epoch,
-                    self.epochs,
-                    *train_loss,
-                    &if self.validates && !val_top20.is_finite() {
-                        "not validated (train.validations spreads validations over the run)"
-                            .to_string()
-                    } else {
-                        val_text(*val_loss, *val_top1, *val_top20, *val_map_at_r)
-                    }
-                )
-            )),
-            TrainEvent::Baseline {
-                val_loss,
-                val_top1,
-                val_top20,
-                val_map_at_r,
-            } => note(&format!(
-                "untrained: {}",
-                val_text(*val_loss, *val_top1, *val_top20, *val_map_at_r)
-            )),
+            } => {
+                let val = if self.validates && !val.measured() {
+                    "not validated (train.validations spreads validations over the run)".into()
+                } else {
+                    val_text(val)
+                };
+                let line = epoch_text(*epoch, self.epochs, *train_loss, &val);
+                note(&format!("\n{line} ({seconds:.0} s)"));
+            }
+            TrainEvent::Baseline(val) => note(&format!("untrained: {}", val_text(val))),
             TrainEvent::Checkpoint { kind, path, .. } => {
                 tracing::info!("checkpoint {kind:?} written to {path}");
             }
@@ -363,6 +254,101 @@ impl EventPrinter {
             }
         }
     }
+
+    /// The run's description, notes on its validation, device and weights; the
+    /// progress bar from its first step.
+    fn started(&mut self, s: &RunStarted) {
+        self.epochs = s.epochs;
+        self.validates = s.val_queries > 0;
+        note(&started_text(s));
+        // Validation reports top-1 and top-20.
+        if let Some(saturation) = crate::eval::saturation_note(s.val_gallery, &[1, 20]) {
+            note(&format!("note: validation: {saturation}"));
+        }
+        let info = s.device_info();
+        if !info.name.is_empty() {
+            note(&format!(
+                "device {}: {}",
+                text(&s.device),
+                text(&info.summary())
+            ));
+        }
+        if let Some(w) = &s.pretrained {
+            note(&format!(
+                "weights: {} backbone tensors from {} ({})",
+                w.tensors,
+                text(&w.source),
+                text(&w.file)
+            ));
+        }
+        let mut p = Progress::new("train", s.total_steps, true);
+        p.set(s.start_step, "");
+        self.progress = Some(p);
+    }
+}
+
+/// Settings and paths come from files and the command line: escaped.
+fn text(s: &str) -> String {
+    escape_controls(s).into_owned()
+}
+
+/// The line a run starts with: what trains on what, how, and which steps.
+fn started_text(s: &RunStarted) -> String {
+    let RunStarted {
+        batch,
+        train_triplets,
+        ..
+    } = s;
+    let batches = if s.sampler == "pk" {
+        format!(
+            "{train_triplets} items/epoch in P×K batches of {batch} items × {} images",
+            s.batch_images / (*batch).max(1)
+        )
+    } else {
+        format!("{train_triplets} triplets/epoch in batches of {batch}")
+    };
+    let loss = if s.loss == "triplet" {
+        format!("triplet loss, {} mining", s.mining)
+    } else {
+        format!("{} loss", s.loss)
+    };
+    format!(
+        "training {}: {} at {} px on {}, {} trainable parameters, {}, {}, \
+         val {} queries vs {} gallery; steps {}..{} (warming up)",
+        text(&s.run),
+        text(&s.backbone),
+        s.image_size,
+        text(&s.device),
+        s.trainable_params,
+        text(&batches),
+        text(&loss),
+        s.val_queries,
+        s.val_gallery,
+        s.start_step,
+        s.total_steps,
+    )
+}
+
+/// A step's figures beside the progress bar.
+fn step_text(event: &TrainEvent) -> String {
+    let TrainEvent::Step {
+        epoch,
+        loss,
+        active,
+        spread,
+        images_per_s,
+        ..
+    } = event
+    else {
+        return String::new();
+    };
+    format!(
+        "epoch {} loss {loss:.4} active {:.0}% cos {:.2} {:.0} img/s",
+        epoch + 1,
+        active * 100.0,
+        spread.unwrap_or(f32::NAN),
+        images_per_s.unwrap_or(f32::NAN),
+    )
 }
 
 /// An epoch's line; `epoch` counts from 0 as in the events, people count from 1. A
@@ -378,7 +364,13 @@ fn epoch_text(epoch: usize, epochs: usize, train_loss: f32, val: &str) -> String
 
 /// A validation's figures. The val loss needs a val query whose item has a shop image
 /// and whose small category has another item in the val gallery; without one, say so.
-fn val_text(loss: f32, top1: f64, top20: f64, map_at_r: f64) -> String {
+fn val_text(val: &ValMetrics) -> String {
+    let ValMetrics {
+        val_loss: loss,
+        val_top1: top1,
+        val_top20: top20,
+        val_map_at_r: map_at_r,
+    } = *val;
     if !(top1.is_finite() && top20.is_finite()) {
         return "no validation (the dataset has no val split)".into();
     }
@@ -421,6 +413,36 @@ mod tests {
         assert_eq!(
             (triplets.train.batch, triplets.train.pk_items),
             (6, config.train.pk_items)
+        );
+    }
+
+    #[test]
+    fn the_first_line_says_what_trains_how() {
+        let started: RunStarted = serde_json::from_value(serde_json::json!({
+            "run": "r\u{1b}", "device": "cpu", "backbone": "resnet18", "image_size": 64,
+            "batch": 8, "epochs": 5, "steps_per_epoch": 10, "total_steps": 50,
+            "start_step": 20, "resumed": true, "mining": "batch_hard", "sampler": "pk",
+            "batch_images": 32, "params": 2, "trainable_params": 1, "train_triplets": 80,
+            "val_queries": 9, "val_gallery": 7, "time": 0.0,
+        }))
+        .expect("a started event");
+        assert_eq!(
+            started_text(&started),
+            "training r\\x1b: resnet18 at 64 px on cpu, 1 trainable parameters, \
+             80 items/epoch in P×K batches of 8 items × 4 images, \
+             triplet loss, batch_hard mining, val 9 queries vs 7 gallery; \
+             steps 20..50 (warming up)"
+        );
+        let triplets = RunStarted {
+            sampler: "triplets".into(),
+            loss: "norm_softmax".into(),
+            ..started
+        };
+        assert!(
+            started_text(&triplets)
+                .contains(", 80 triplets/epoch in batches of 8, norm_softmax loss, val 9"),
+            "{}",
+            started_text(&triplets)
         );
     }
 

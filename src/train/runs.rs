@@ -137,21 +137,13 @@ impl EventSummary {
     pub fn apply(&mut self, e: &TrainEvent) {
         self.events += 1;
         match e {
-            TrainEvent::Started {
-                backbone,
-                image_size,
-                loss,
-                mining,
-                total_steps,
-                start_step,
-                ..
-            } => {
-                self.backbone.clone_from(backbone);
-                self.image_size = *image_size;
-                self.loss.clone_from(loss);
-                self.mining.clone_from(mining);
-                self.total_steps = *total_steps;
-                self.step = self.step.max(*start_step);
+            TrainEvent::Started(s) => {
+                self.backbone.clone_from(&s.backbone);
+                self.image_size = s.image_size;
+                self.loss.clone_from(&s.loss);
+                self.mining.clone_from(&s.mining);
+                self.total_steps = s.total_steps;
+                self.step = self.step.max(s.start_step);
                 self.seconds += self.process_seconds;
                 self.process_seconds = 0.0;
                 self.last_terminal = None;
@@ -162,17 +154,10 @@ impl EventSummary {
                 self.step = *step;
                 self.process_seconds = *elapsed_s;
             }
-            TrainEvent::Epoch {
-                val_top1,
-                val_top20,
-                ..
-            }
-            | TrainEvent::Validated {
-                val_top1,
-                val_top20,
-                ..
-            } if val_top20.is_finite() && self.best.is_none_or(|(_, b)| *val_top20 > b) => {
-                self.best = Some((*val_top1, *val_top20));
+            TrainEvent::Epoch { val, .. } | TrainEvent::Validated { val, .. }
+                if val.measured() && self.best.is_none_or(|(_, b)| val.val_top20 > b) =>
+            {
+                self.best = Some((val.val_top1, val.val_top20));
             }
             TrainEvent::Done {
                 seconds, reason, ..

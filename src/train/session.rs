@@ -13,7 +13,7 @@ use super::budget::{Budget, BudgetState};
 use super::checkpoint_policy::CheckpointPolicy;
 use super::collapse::CollapseMonitor;
 use super::error::TrainError;
-use super::events::{PretrainedWeights, SettingChange, TrainEvent};
+use super::events::{PretrainedWeights, RunStarted, SettingChange, TrainEvent};
 use super::job::TrainJob;
 use super::metrics_log::MetricsWriter;
 use super::step::Optimisers;
@@ -253,7 +253,7 @@ impl<'a> Session<'a> {
             .sum();
         let sampler = &self.data.sampler;
         let info = device::info(&self.device);
-        self.emit(TrainEvent::Started {
+        self.emit(TrainEvent::Started(RunStarted {
             run: self.run.name(),
             device: device::describe(&self.device),
             device_name: info.name,
@@ -285,7 +285,7 @@ impl<'a> Session<'a> {
             time: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
-        })
+        }))
     }
 
     /// Exchanges the model's weights and their average (if any): once to evaluate or

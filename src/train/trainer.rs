@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::collapse::StepSignals;
 use super::error::TrainError;
-use super::events::{NoticeKind, StopReason, TrainEvent};
+use super::events::{NoticeKind, StopReason, TrainEvent, ValMetrics};
 use super::job::{Control, TrainJob, TrainOutcome};
 use super::metrics_log::MetricsWriter;
 use super::optim::learning_rate_at;
@@ -126,12 +126,12 @@ impl Session<'_> {
             let t = Instant::now();
             if let Some((v, val_loss)) = self.validate()? {
                 self.budget.record_validation(t.elapsed().as_secs_f64());
-                self.emit(TrainEvent::Baseline {
+                self.emit(TrainEvent::Baseline(ValMetrics {
                     val_loss,
                     val_top1: v.at(1),
                     val_top20: v.at(20),
                     val_map_at_r: v.map_at_r,
-                })?;
+                }))?;
             }
         }
         if self.job.config.time_limit().is_some() && !self.budget.knows_checkpoint_time() {
@@ -268,12 +268,14 @@ impl Session<'_> {
             } else {
                 f32::NAN
             },
-            val_loss: val.as_ref().map_or(f32::NAN, |v| v.1),
             // No val split, or no validation due: NaN, written `null` ("none"), not a
             // 0% that looks measured.
-            val_top1: val.as_ref().map_or(f64::NAN, |v| v.0.at(1)),
-            val_top20: val.as_ref().map_or(f64::NAN, |v| v.0.at(20)),
-            val_map_at_r: val.as_ref().map_or(f64::NAN, |v| v.0.map_at_r),
+            val: val.as_ref().map_or(ValMetrics::NONE, |v| ValMetrics {
+                val_loss: v.1,
+                val_top1: v.0.at(1),
+                val_top20: v.0.at(20),
+                val_map_at_r: v.0.map_at_r,
+            }),
             seconds: epoch_start.elapsed().as_secs_f64(),
         })?;
         self.epoch_done = true;
@@ -430,10 +432,12 @@ impl Session<'_> {
                 self.emit(TrainEvent::Validated {
                     step: self.step,
                     epoch: self.epoch,
-                    val_loss,
-                    val_top1: v.at(1),
-                    val_top20: v.at(20),
-                    val_map_at_r: v.map_at_r,
+                    val: ValMetrics {
+                        val_loss,
+                        val_top1: v.at(1),
+                        val_top20: v.at(20),
+                        val_map_at_r: v.map_at_r,
+                    },
                     seconds: t.elapsed().as_secs_f64(),
                 })?;
                 self.keep_if_best(Some(v))?;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::moved;
-use super::train::SMOOTHING;
+use super::train::Smoother;
 use crate::run::settings::SettingDiff;
 use crate::train::events::TrainEvent;
 use crate::train::runs::RunSummary;
@@ -23,14 +23,13 @@ pub struct RunCurves {
     pub val_top20: Vec<(f64, f64)>,
 }
 
-/// Folds a run's events into its curves, incrementally (the same bias-corrected EMA
-/// as the Train tab's smoothed loss). Each event costs O(log n) at most, so a log
+/// Folds a run's events into its curves, incrementally (the loss smoothed by the
+/// Train tab's [`Smoother`]). Each event costs O(log n) at most, so a log
 /// of n events builds in O(n log n) however its events are ordered, and the loss
 /// curve keeps a bounded number of points however long the run.
 #[derive(Debug, Clone, Default)]
 pub struct CurveBuilder {
-    ema: f64,
-    ema_n: i32,
+    smoother: Smoother,
     /// From the run's `started` event: places a validation made mid-epoch.
     steps_per_epoch: usize,
     loss: Decimated,
@@ -42,44 +41,33 @@ pub struct CurveBuilder {
 impl CurveBuilder {
     pub fn apply(&mut self, e: &TrainEvent) {
         match e {
-            TrainEvent::Started {
-                resumed,
-                steps_per_epoch,
-                ..
-            } => {
-                if !resumed {
+            TrainEvent::Started(s) => {
+                if !s.resumed {
                     *self = Self::default();
                 }
-                self.steps_per_epoch = *steps_per_epoch;
+                self.steps_per_epoch = s.steps_per_epoch;
             }
             TrainEvent::Step { step, loss, .. } => {
-                let y = f64::from(*loss);
-                if y.is_finite() {
-                    self.ema = SMOOTHING * self.ema + (1.0 - SMOOTHING) * y;
-                    self.ema_n = self.ema_n.saturating_add(1);
-                    let debiased = self.ema / (1.0 - SMOOTHING.powi(self.ema_n));
-                    self.loss.push((*step as f64, debiased));
+                if let Some(smoothed) = self.smoother.push(f64::from(*loss)) {
+                    self.loss.push((*step as f64, smoothed));
                 }
             }
             // x counts epochs done: the untrained model at 0, the end of epoch e
             // (from 0, as events count) at e + 1, and the validation a run makes when
             // it stops mid-epoch at its fraction of an epoch: a run cut short by a step
             // or time limit still has a curve, as its row has a best value.
-            TrainEvent::Baseline { val_top20, .. } => self.val_point(0.0, *val_top20),
-            TrainEvent::Epoch {
-                epoch, val_top20, ..
-            } => self.val_point((*epoch + 1) as f64, *val_top20),
+            TrainEvent::Baseline(val) => self.val_point(0.0, val.val_top20),
+            TrainEvent::Epoch { epoch, val, .. } => {
+                self.val_point((*epoch + 1) as f64, val.val_top20);
+            }
             TrainEvent::Validated {
-                step,
-                epoch,
-                val_top20,
-                ..
+                step, epoch, val, ..
             } => {
                 let x = match self.steps_per_epoch {
                     0 => *epoch as f64,
                     n => *step as f64 / n as f64,
                 };
-                self.val_point(x, *val_top20);
+                self.val_point(x, val.val_top20);
             }
             _ => {}
         }
@@ -381,6 +369,7 @@ impl RunsState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::events::ValMetrics;
 
     fn step(step: usize, loss: f32) -> TrainEvent {
         TrainEvent::Step {
@@ -436,12 +425,12 @@ mod tests {
 
     #[test]
     fn val_curve_has_the_baseline_and_validations_made_mid_epoch_in_order() {
-        let baseline = TrainEvent::Baseline {
+        let baseline = TrainEvent::Baseline(ValMetrics {
             val_loss: 0.6,
             val_top1: 0.01,
             val_top20: 0.05,
             val_map_at_r: 0.01,
-        };
+        });
         // A run stopped at step 60 of 100 per epoch, then resumed to the end of its
         // second epoch (epochs count from 0 in events); the end of the first arrives
         // after the stop's validation.

@@ -6,10 +6,11 @@
 
 use std::collections::VecDeque;
 
+use crate::data::deepfashion::SplitSummary;
 use crate::run::folder::CheckpointKind;
-use crate::run::device::{DeviceInfo, gib};
+use crate::run::device::gib;
 use crate::run::folder::ControlRequest;
-use crate::train::events::{NoticeKind, StopReason, TrainEvent};
+use crate::train::events::{NoticeKind, RunStarted, StopReason, TrainEvent, ValMetrics};
 
 /// Points kept in the recent window.
 pub const RECENT_POINTS: usize = 1000;
@@ -21,6 +22,28 @@ pub const ETA_WARMUP_STEPS: usize = 5;
 pub const SMOOTHING: f64 = 0.9;
 /// Checkpoint and notice lines kept.
 const LOG_LINES: usize = 50;
+
+/// The train loss smoothed as the Train and Runs tabs draw it: an exponential moving
+/// average with weight [`SMOOTHING`], bias-corrected (Adam's correction) so its first
+/// values are not pulled towards 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Smoother {
+    ema: f64,
+    n: i32,
+}
+
+impl Smoother {
+    /// Folds in `y` and returns the smoothed value; a non-finite `y` is skipped
+    /// (`None`).
+    pub fn push(&mut self, y: f64) -> Option<f64> {
+        if !y.is_finite() {
+            return None;
+        }
+        self.ema = SMOOTHING * self.ema + (1.0 - SMOOTHING) * y;
+        self.n = self.n.saturating_add(1);
+        Some(self.ema / (1.0 - SMOOTHING.powi(self.n)))
+    }
+}
 
 /// A series of `(step, value)` points in two buffers.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,65 +132,38 @@ impl LossSeries {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunInfo {
-    pub run: String,
-    pub device: String,
-    /// What the device is (empty in logs from before it was recorded).
-    pub device_info: DeviceInfo,
-    pub backbone: String,
-    pub image_size: u32,
-    pub batch: usize,
-    pub epochs: usize,
-    pub steps_per_epoch: usize,
-    pub total_steps: usize,
-    pub start_step: usize,
-    pub resumed: bool,
-    pub loss: String,
-    pub mining: String,
-    pub sampler: String,
-    pub batch_images: usize,
-    pub params: usize,
-    pub trainable_params: usize,
-    pub train_triplets: usize,
-    pub val_queries: usize,
-    pub val_gallery: usize,
-}
-
-impl RunInfo {
-    /// The device as the Progress panel shows it, longest first (the view takes the
-    /// first that fits): `cuda:0 · NVIDIA H200 · compute 9.0 · 139.8 GiB (139.2 free)`.
-    /// None for logs from before the device was recorded.
-    pub fn device_labels(&self) -> Vec<String> {
-        let i = &self.device_info;
-        if i.name.is_empty() {
-            return Vec::new();
-        }
-        let total = (i.memory_bytes > 0).then(|| gib(i.memory_bytes));
-        let with_free = total.as_ref().map(|t| match i.memory_free_bytes {
-            Some(free) => format!("{t} ({} free)", gib(free).trim_end_matches(" GiB")),
-            None => t.clone(),
-        });
-        let join = |parts: &[Option<&str>]| {
-            parts
-                .iter()
-                .flatten()
-                .copied()
-                .collect::<Vec<_>>()
-                .join(" · ")
-        };
-        let detail = (!i.detail.is_empty()).then_some(i.detail.as_str());
-        vec![
-            join(&[
-                Some(&self.device),
-                Some(&i.name),
-                detail,
-                with_free.as_deref(),
-            ]),
-            join(&[Some(&self.device), Some(&i.name), total.as_deref()]),
-            join(&[Some(&self.device), total.as_deref()]),
-        ]
+/// The device as the Progress panel shows it, longest first (the view takes the
+/// first that fits): `cuda:0 · NVIDIA H200 · compute 9.0 · 139.8 GiB (139.2 free)`.
+/// None for logs from before the device was recorded.
+pub fn device_labels(info: &RunStarted) -> Vec<String> {
+    let i = info.device_info();
+    if i.name.is_empty() {
+        return Vec::new();
     }
+    let total = (i.memory_bytes > 0).then(|| gib(i.memory_bytes));
+    let with_free = total.as_ref().map(|t| match i.memory_free_bytes {
+        Some(free) => format!("{t} ({} free)", gib(free).trim_end_matches(" GiB")),
+        None => t.clone(),
+    });
+    let join = |parts: &[Option<&str>]| {
+        parts
+            .iter()
+            .flatten()
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" · ")
+    };
+    let detail = (!i.detail.is_empty()).then_some(i.detail.as_str());
+    vec![
+        join(&[
+            Some(&info.device),
+            Some(&i.name),
+            detail,
+            with_free.as_deref(),
+        ]),
+        join(&[Some(&info.device), Some(&i.name), total.as_deref()]),
+        join(&[Some(&info.device), total.as_deref()]),
+    ]
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -188,6 +184,43 @@ pub struct StepInfo {
     pub elapsed_s: f64,
 }
 
+impl StepInfo {
+    /// The figures of a `step` event.
+    fn of(event: &TrainEvent) -> Option<Self> {
+        let TrainEvent::Step {
+            step,
+            epoch,
+            loss,
+            active,
+            d_ap,
+            d_an,
+            lr,
+            grad_norm,
+            spread,
+            triplets_per_s,
+            images_per_s,
+            elapsed_s,
+        } = *event
+        else {
+            return None;
+        };
+        Some(Self {
+            step,
+            epoch,
+            loss,
+            active,
+            d_ap,
+            d_an,
+            lr,
+            grad_norm,
+            spread: spread.unwrap_or(f32::NAN),
+            triplets_per_s,
+            images_per_s: images_per_s.unwrap_or(f32::NAN),
+            elapsed_s,
+        })
+    }
+}
+
 /// Validation of one epoch (or of the untrained model).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ValRow {
@@ -197,10 +230,19 @@ pub struct ValRow {
     pub partial: bool,
     pub step: usize,
     pub train_loss: Option<f32>,
-    pub val_loss: f32,
-    pub top1: f64,
-    pub top20: f64,
-    pub map_at_r: f64,
+    pub val: ValMetrics,
+}
+
+/// The gallery validation ranks against beside the one evaluation ranks against:
+/// top-k on a smaller gallery reads higher, so val top-20 overstates test top-20.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GallerySizes {
+    /// Shop images of the val split (from the run's `started` event).
+    pub val: usize,
+    /// The evaluation protocol (`test`, `val+test`) and its gallery's size, when the
+    /// dataset the dashboard read is the run's (its val split has as many shop
+    /// images).
+    pub eval: Option<(String, usize)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -217,6 +259,31 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// How a `done` or `failed` event ended the run.
+    fn of(event: &TrainEvent) -> Option<Self> {
+        match event {
+            TrainEvent::Done {
+                step,
+                reason,
+                best_val_top20,
+                seconds,
+                ..
+            } => Some(Self::Done {
+                reason: *reason,
+                step: *step,
+                best_val_top20: *best_val_top20,
+                seconds: *seconds,
+            }),
+            TrainEvent::Failed { step, message, .. } => Some(Self::Failed {
+                step: *step,
+                message: message.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// No event yet.
@@ -230,7 +297,8 @@ pub enum Phase {
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct TrainState {
-    pub info: Option<RunInfo>,
+    /// The latest `started` event: the run, its recipe, data and device.
+    pub info: Option<RunStarted>,
     pub baseline: Option<ValRow>,
     pub epochs: Vec<ValRow>,
     pub last: Option<StepInfo>,
@@ -238,10 +306,11 @@ pub struct TrainState {
     pub session_first: Option<StepInfo>,
     pub loss: LossSeries,
     pub smooth: LossSeries,
-    ema: f64,
-    ema_n: i32,
-    /// `(step, val loss)` per epoch.
-    pub val_loss: Vec<(f64, f64)>,
+    smoother: Smoother,
+    /// `(step, val top-1)` of every validation that measured retrieval, oldest first.
+    pub val_top1: Vec<(f64, f64)>,
+    /// `(step, val top-20)`, likewise.
+    pub val_top20: Vec<(f64, f64)>,
     /// `(step, epoch, kind, path)`, newest last.
     pub checkpoints: Vec<(usize, usize, CheckpointKind, String)>,
     /// `(step, message)`, newest last.
@@ -264,154 +333,56 @@ impl TrainState {
     pub fn apply(&mut self, event: &TrainEvent) {
         self.events += 1;
         match event {
-            TrainEvent::Started {
-                run,
-                device,
-                backbone,
-                image_size,
-                batch,
-                epochs,
-                steps_per_epoch,
-                total_steps,
-                start_step,
-                resumed,
-                loss,
-                mining,
-                sampler,
-                batch_images,
-                params,
-                trainable_params,
-                train_triplets,
-                val_queries,
-                val_gallery,
-                ..
-            } => {
-                self.starts += 1;
-                self.info = Some(RunInfo {
-                    run: run.clone(),
-                    device: device.clone(),
-                    device_info: event.device_info().unwrap_or_default(),
-                    backbone: backbone.clone(),
-                    image_size: *image_size,
-                    batch: *batch,
-                    epochs: *epochs,
-                    steps_per_epoch: *steps_per_epoch,
-                    total_steps: *total_steps,
-                    start_step: *start_step,
-                    resumed: *resumed,
-                    loss: loss.clone(),
-                    mining: mining.clone(),
-                    sampler: sampler.clone(),
-                    batch_images: *batch_images,
-                    params: *params,
-                    trainable_params: *trainable_params,
-                    train_triplets: *train_triplets,
-                    val_queries: *val_queries,
-                    val_gallery: *val_gallery,
-                });
-                self.session_first = None;
-                self.outcome = None;
-                // The new process says again whether the run is collapsing (its monitor
-                // is carried over): a warning of an earlier process is not kept.
-                self.collapse = None;
-                if !*resumed {
-                    // A fresh run in the same file starts the curves over.
-                    self.loss = LossSeries::default();
-                    self.smooth = LossSeries::default();
-                    self.val_loss.clear();
-                    self.epochs.clear();
-                    self.baseline = None;
-                    self.ema = 0.0;
-                    self.ema_n = 0;
-                }
+            TrainEvent::Started(started) => self.started(started),
+            TrainEvent::SettingsChanged { step, changes } => {
+                let list: Vec<String> = changes.iter().map(ToString::to_string).collect();
+                let message = format!("resumed with changed settings: {}", list.join(", "));
+                self.notice(*step, message);
             }
-            TrainEvent::Baseline {
-                val_loss,
-                val_top1,
-                val_top20,
-                val_map_at_r,
-            } => {
+            TrainEvent::Baseline(val) => {
                 let step = self.info.as_ref().map_or(0, |i| i.start_step);
                 self.baseline = Some(ValRow {
                     epoch: None,
                     partial: false,
                     step,
                     train_loss: None,
-                    val_loss: *val_loss,
-                    top1: *val_top1,
-                    top20: *val_top20,
-                    map_at_r: *val_map_at_r,
+                    val: *val,
                 });
-                self.val_loss.push((step as f64, f64::from(*val_loss)));
             }
-            TrainEvent::Step {
-                step,
-                epoch,
-                loss,
-                active,
-                d_ap,
-                d_an,
-                lr,
-                grad_norm,
-                spread,
-                triplets_per_s,
-                images_per_s,
-                elapsed_s,
-            } => {
-                let info = StepInfo {
-                    step: *step,
-                    epoch: *epoch,
-                    loss: *loss,
-                    active: *active,
-                    d_ap: *d_ap,
-                    d_an: *d_an,
-                    lr: *lr,
-                    grad_norm: *grad_norm,
-                    spread: spread.unwrap_or(f32::NAN),
-                    triplets_per_s: *triplets_per_s,
-                    images_per_s: images_per_s.unwrap_or(f32::NAN),
-                    elapsed_s: *elapsed_s,
-                };
-                if self.session_first.is_none() {
-                    self.session_first = Some(info);
-                }
-                self.last = Some(info);
-                let x = *step as f64;
-                let y = f64::from(*loss);
-                self.loss.push(x, y);
-                if y.is_finite() {
-                    self.ema = SMOOTHING * self.ema + (1.0 - SMOOTHING) * y;
-                    self.ema_n = self.ema_n.saturating_add(1);
-                    let debiased = self.ema / (1.0 - SMOOTHING.powi(self.ema_n));
-                    self.smooth.push(x, debiased);
+            TrainEvent::Step { .. } => {
+                if let Some(info) = StepInfo::of(event) {
+                    self.stepped(info);
                 }
             }
             TrainEvent::Epoch {
                 epoch,
                 step,
                 train_loss,
-                val_loss,
-                val_top1,
-                val_top20,
-                val_map_at_r,
+                val,
                 ..
             } => {
                 // A stop inside this epoch validated it partially; the full row replaces it.
                 self.epochs.retain(|r| r.epoch != Some(*epoch));
-                self.epochs.push(ValRow {
+                self.validated(ValRow {
                     epoch: Some(*epoch),
                     partial: false,
                     step: *step,
                     train_loss: Some(*train_loss),
-                    val_loss: *val_loss,
-                    top1: *val_top1,
-                    top20: *val_top20,
-                    map_at_r: *val_map_at_r,
+                    val: *val,
                 });
-                // An epoch not due a validation (`train.validations`) has no point.
-                if val_loss.is_finite() {
-                    self.val_loss.push((*step as f64, f64::from(*val_loss)));
-                }
+            }
+            TrainEvent::Validated {
+                step, epoch, val, ..
+            } => {
+                self.epochs
+                    .retain(|r| !(r.partial && r.epoch == Some(*epoch)));
+                self.validated(ValRow {
+                    epoch: Some(*epoch),
+                    partial: true,
+                    step: *step,
+                    train_loss: None,
+                    val: *val,
+                });
             }
             TrainEvent::Checkpoint {
                 step,
@@ -432,61 +403,60 @@ impl TrainState {
                     Some(NoticeKind::CollapseCleared) => self.collapse = None,
                     None => {}
                 }
-                self.notices.push((*step, message.clone()));
-                trim(&mut self.notices);
+                self.notice(*step, message.clone());
             }
-            TrainEvent::SettingsChanged { step, changes } => {
-                let list: Vec<String> = changes.iter().map(ToString::to_string).collect();
-                self.notices.push((
-                    *step,
-                    format!("resumed with changed settings: {}", list.join(", ")),
-                ));
-                trim(&mut self.notices);
-            }
-            TrainEvent::Validated {
-                step,
-                epoch,
-                val_loss,
-                val_top1,
-                val_top20,
-                val_map_at_r,
-                ..
-            } => {
-                self.epochs
-                    .retain(|r| !(r.partial && r.epoch == Some(*epoch)));
-                self.epochs.push(ValRow {
-                    epoch: Some(*epoch),
-                    partial: true,
-                    step: *step,
-                    train_loss: None,
-                    val_loss: *val_loss,
-                    top1: *val_top1,
-                    top20: *val_top20,
-                    map_at_r: *val_map_at_r,
-                });
-                self.val_loss.push((*step as f64, f64::from(*val_loss)));
-            }
-            TrainEvent::Done {
-                step,
-                reason,
-                best_val_top20,
-                seconds,
-                ..
-            } => {
-                self.outcome = Some(Outcome::Done {
-                    reason: *reason,
-                    step: *step,
-                    best_val_top20: *best_val_top20,
-                    seconds: *seconds,
-                });
-            }
-            TrainEvent::Failed { step, message, .. } => {
-                self.outcome = Some(Outcome::Failed {
-                    step: *step,
-                    message: message.clone(),
-                });
+            TrainEvent::Done { .. } | TrainEvent::Failed { .. } => {
+                self.outcome = Outcome::of(event);
             }
         }
+    }
+
+    fn started(&mut self, started: &RunStarted) {
+        self.starts += 1;
+        self.info = Some(started.clone());
+        self.session_first = None;
+        self.outcome = None;
+        // The new process says again whether the run is collapsing (its monitor is
+        // carried over): a warning of an earlier process is not kept.
+        self.collapse = None;
+        if !started.resumed {
+            // A fresh run in the same file starts the curves over.
+            self.loss = LossSeries::default();
+            self.smooth = LossSeries::default();
+            self.smoother = Smoother::default();
+            self.val_top1.clear();
+            self.val_top20.clear();
+            self.epochs.clear();
+            self.baseline = None;
+        }
+    }
+
+    fn stepped(&mut self, info: StepInfo) {
+        if self.session_first.is_none() {
+            self.session_first = Some(info);
+        }
+        self.last = Some(info);
+        let x = info.step as f64;
+        let y = f64::from(info.loss);
+        self.loss.push(x, y);
+        if let Some(smoothed) = self.smoother.push(y) {
+            self.smooth.push(x, smoothed);
+        }
+    }
+
+    fn validated(&mut self, row: ValRow) {
+        // An epoch not due a validation (`train.validations`) has no point.
+        if row.val.measured() {
+            let x = row.step as f64;
+            self.val_top1.push((x, row.val.val_top1));
+            self.val_top20.push((x, row.val.val_top20));
+        }
+        self.epochs.push(row);
+    }
+
+    fn notice(&mut self, step: usize, message: String) {
+        self.notices.push((step, message));
+        trim(&mut self.notices);
     }
 
     pub fn phase(&self) -> Phase {
@@ -535,10 +505,23 @@ impl TrainState {
     pub fn best(&self) -> Option<(usize, f64)> {
         self.epochs
             .iter()
-            .filter_map(|r| r.epoch.map(|e| (e, r.top20)))
+            .filter_map(|r| r.epoch.map(|e| (e, r.val.val_top20)))
             // NaN (no val split) is no result, though `total_cmp` ranks it highest.
             .filter(|(_, top20)| top20.is_finite())
             .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
+    /// The run's val gallery against `dataset`'s evaluation gallery; `None` for a
+    /// run without validation.
+    pub fn gallery_sizes(&self, dataset: Option<&SplitSummary>) -> Option<GallerySizes> {
+        let info = self.info.as_ref().filter(|i| i.val_queries > 0)?;
+        let eval = dataset
+            .filter(|d| d.shop.val == info.val_gallery)
+            .map(|d| (d.protocol.clone(), d.gallery));
+        Some(GallerySizes {
+            val: info.val_gallery,
+            eval,
+        })
     }
 
     /// Step of the newest checkpoint written.
@@ -683,5 +666,76 @@ mod tests {
         // It re-states a collapse still in progress.
         t.apply(&collapse(20));
         assert_eq!(t.collapse.as_ref().map(|c| c.0), Some(20));
+    }
+
+    #[test]
+    fn the_smoother_is_a_debiased_ema_that_skips_non_finite_values() {
+        let mut s = Smoother::default();
+        assert_eq!(s.push(2.0), Some(2.0));
+        assert_eq!(s.push(f64::NAN), None);
+        let second = s.push(0.0).expect("finite");
+        // (0.9·0.2 + 0.1·0) / (1 − 0.81)
+        assert!((second - 0.18 / 0.19).abs() < 1e-12, "{second}");
+    }
+
+    fn epoch(epoch: usize, top20: f64) -> TrainEvent {
+        serde_json::from_value(serde_json::json!({
+            "event": "epoch", "epoch": epoch, "step": (epoch + 1) * 10, "train_loss": 1.0,
+            "val_loss": if top20.is_finite() { Some(0.5) } else { None },
+            "val_top1": if top20.is_finite() { Some(top20 / 2.0) } else { None },
+            "val_top20": if top20.is_finite() { Some(top20) } else { None },
+            "val_map_at_r": null, "seconds": 1.0,
+        }))
+        .expect("an epoch event")
+    }
+
+    #[test]
+    fn the_val_curves_have_a_point_per_validation_and_none_for_epochs_without() {
+        let mut t = TrainState::default();
+        t.apply_all(&[
+            started(false),
+            epoch(0, 0.4),
+            epoch(1, f64::NAN),
+            epoch(2, 0.6),
+        ]);
+        assert_eq!(t.val_top20, [(10.0, 0.4), (30.0, 0.6)]);
+        assert_eq!(t.val_top1, [(10.0, 0.2), (30.0, 0.3)]);
+        assert_eq!(t.epochs.len(), 3, "every epoch has its row");
+        // A resumed process keeps them; a fresh run starts over.
+        t.apply(&started(true));
+        assert_eq!(t.val_top20.len(), 2);
+        t.apply(&started(false));
+        assert!(t.val_top20.is_empty() && t.val_top1.is_empty());
+    }
+
+    #[test]
+    fn the_eval_gallery_is_named_only_for_the_runs_own_dataset() {
+        use crate::data::deepfashion::SplitCounts;
+        let mut t = TrainState::default();
+        assert_eq!(t.gallery_sizes(None), None);
+        t.apply(&started(false));
+        let summary = |val_shop| SplitSummary {
+            protocol: "test".into(),
+            pairs: SplitCounts::default(),
+            items: SplitCounts::default(),
+            consumer: SplitCounts::default(),
+            shop: SplitCounts {
+                train: 0,
+                val: val_shop,
+                test: 561,
+            },
+            query: 0,
+            gallery: 561,
+            images: 0,
+            missing: 0,
+            dropped_pairs: 0,
+            categories: Vec::new(),
+        };
+        // The fixture's run has 1 val gallery image.
+        let same = t.gallery_sizes(Some(&summary(1))).expect("validates");
+        assert_eq!(same.val, 1);
+        assert_eq!(same.eval, Some(("test".to_string(), 561)));
+        let other = t.gallery_sizes(Some(&summary(198))).expect("validates");
+        assert_eq!(other.eval, None);
     }
 }

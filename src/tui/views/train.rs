@@ -1,6 +1,8 @@
 //! The Train tab: progress, the loss chart (recent window or decimated history),
-//! validation per epoch against the untrained baseline, the latest step's figures
-//! and the checkpoint/notice log.
+//! below it val top-20 and top-1 by step against the untrained baseline (their own
+//! chart: the val loss is a triplet loss whatever loss trains, so it shares no axis
+//! with the train loss), validation per epoch with the val gallery's size, the
+//! latest step's figures and the checkpoint/notice log.
 
 use ratatui::Frame;
 use ratatui::buffer::Buffer;
@@ -18,7 +20,8 @@ use crate::printable::duration;
 use crate::run::folder::CheckpointKind;
 use crate::run::folder::ControlRequest;
 use crate::tui::app::App;
-use crate::tui::tabs::train::{Outcome, Phase};
+use crate::tui::tabs::dataset::Loadable;
+use crate::tui::tabs::train::{GallerySizes, Outcome, Phase, TrainState, device_labels};
 
 pub fn draw(frame: &mut Frame, area: Rect, app: &App, ctx: &mut Ctx) {
     let [progress, middle, log] = Layout::vertical([
@@ -29,9 +32,17 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App, ctx: &mut Ctx) {
     .areas(area);
     draw_progress(frame, progress, app, ctx);
     let side = if area.width >= 120 { 44 } else { 32 };
-    let [chart, stats] =
+    let [charts, stats] =
         Layout::horizontal([Constraint::Min(30), Constraint::Length(side)]).areas(middle);
-    draw_chart(frame, chart, app, ctx);
+    if validates(app) {
+        let val_height = (charts.height * 2 / 5).clamp(7, 16);
+        let [loss, val] =
+            Layout::vertical([Constraint::Min(7), Constraint::Length(val_height)]).areas(charts);
+        draw_chart(frame, loss, app, ctx);
+        draw_val_chart(frame, val, app, ctx);
+    } else {
+        draw_chart(frame, charts, app, ctx);
+    }
     draw_stats(frame, stats, app, ctx);
     draw_log(frame, log, app, ctx);
 }
@@ -44,8 +55,7 @@ fn draw_progress(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
     if let Some(info) = &t.info {
         // Corners, " Progress ", a gap and the label's own spaces.
         let room = usize::from(area.width).saturating_sub(2 + 10 + 1 + 2);
-        if let Some(label) = info
-            .device_labels()
+        if let Some(label) = device_labels(info)
             .into_iter()
             .find(|l| l.chars().count() <= room)
         {
@@ -193,15 +203,8 @@ fn draw_chart(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
     };
     let x0 = points.first().map_or(0.0, |p| p.0);
     let x1 = points.last().map_or(1.0, |p| p.0).max(x0 + 1.0);
-    let val: Vec<(f64, f64)> = t
-        .val_loss
-        .iter()
-        .copied()
-        .filter(|p| p.0 >= x0 && p.0 <= x1)
-        .collect();
     let (lo, hi) = points
         .iter()
-        .chain(val.iter())
         .map(|p| p.1)
         .filter(|v| v.is_finite())
         .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
@@ -210,10 +213,7 @@ fn draw_chart(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
     let pad = ((hi - lo) * 0.05).max(1e-3);
     let y0 = (lo - pad).max(0.0).min(hi);
     let y1 = hi + pad;
-    let marker = match app.opts.plot_marker {
-        PlotMarker::Braille => Marker::Braille,
-        PlotMarker::Ascii => Marker::Dot,
-    };
+    let marker = marker(app);
     let datasets = vec![
         Dataset::default()
             .name("train")
@@ -227,12 +227,6 @@ fn draw_chart(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
             .graph_type(GraphType::Line)
             .style(Style::default().fg(theme.train_loss_smooth))
             .data(&smooth),
-        Dataset::default()
-            .name("val")
-            .marker(marker)
-            .graph_type(GraphType::Line)
-            .style(Style::default().fg(theme.val_loss))
-            .data(&val),
     ];
     let chart = Chart::new(datasets)
         .block(block)
@@ -249,23 +243,167 @@ fn draw_chart(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
                 .bounds([y0, y1])
                 .labels([format!("{y0:.2}"), format!("{y1:.2}")]),
         );
+    let glyphs = [(theme.train_loss, "."), (theme.train_loss_smooth, "*")];
+    render_chart(frame, area, app, chart, &glyphs);
+}
+
+fn marker(app: &App) -> Marker {
+    match app.opts.plot_marker {
+        PlotMarker::Braille => Marker::Braille,
+        PlotMarker::Ascii => Marker::Dot,
+    }
+}
+
+/// Draws `chart`, with ASCII `glyphs` by colour in place of the marker under
+/// `ui.plot_marker = "ascii"`.
+fn render_chart(
+    frame: &mut Frame,
+    area: Rect,
+    app: &App,
+    chart: Chart,
+    glyphs: &[(Color, &'static str)],
+) {
     if app.opts.plot_marker == PlotMarker::Ascii {
-        let glyphs = [
-            (theme.train_loss, "."),
-            (theme.train_loss_smooth, "*"),
-            (theme.val_loss, "o"),
-        ];
         frame.render_widget(AsciiChart { chart, glyphs }, area);
     } else {
         frame.render_widget(chart, area);
     }
 }
 
+/// Whether the run validates (its val split has queries), or did.
+fn validates(app: &App) -> bool {
+    let t = &app.train;
+    t.info.as_ref().is_some_and(|i| i.val_queries > 0)
+        || t.baseline.is_some()
+        || !t.val_top20.is_empty()
+}
+
+/// Val top-20 and top-1 by step, with the untrained model's as reference lines: the
+/// metric that matters, on an axis of its own.
+fn draw_val_chart(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
+    let theme = ctx.theme;
+    let t = &app.train;
+    let top20 = theme.val_loss;
+    let top1 = theme.accent;
+    let untrained = theme.muted;
+    let legend = Line::from(vec![
+        Span::styled(" top-20", Style::default().fg(top20)),
+        Span::styled(" top-1", Style::default().fg(top1)),
+        Span::styled(" untrained ", Style::default().fg(untrained)),
+    ]);
+    let title = if area.width >= 70 {
+        "Val retrieval by step"
+    } else {
+        "Val retrieval"
+    };
+    let block = panel(title, theme).title_top(legend.right_aligned());
+    let Some((x0, x1)) = val_x_range(t) else {
+        let inner = block.inner(area);
+        frame.render_widget(block, area);
+        let msg = if t.phase() == Phase::WarmingUp {
+            "validating the untrained model…"
+        } else {
+            "no validation yet"
+        };
+        let y = inner.y + inner.height.saturating_sub(1) / 2;
+        frame.render_widget(
+            Paragraph::new(Line::styled(msg, theme.muted())).alignment(Alignment::Center),
+            Rect::new(inner.x, y, inner.width, inner.height.min(1)),
+        );
+        return;
+    };
+    let flat = |v: f64| {
+        if v.is_finite() {
+            vec![(x0, v), (x1, v)]
+        } else {
+            Vec::new()
+        }
+    };
+    let base = t.baseline.map(|b| b.val);
+    let base20 = base.map(|b| flat(b.val_top20)).unwrap_or_default();
+    let base1 = base.map(|b| flat(b.val_top1)).unwrap_or_default();
+    let (y0, y1) = share_bounds(
+        t.val_top20
+            .iter()
+            .chain(&t.val_top1)
+            .chain(&base20)
+            .chain(&base1)
+            .map(|p| p.1),
+    );
+    let marker = marker(app);
+    let series = |data, colour| {
+        Dataset::default()
+            .marker(marker)
+            .graph_type(GraphType::Line)
+            .style(Style::default().fg(colour))
+            .data(data)
+    };
+    // The reference lines first: the curves are drawn over them.
+    let datasets = vec![
+        series(&base1, untrained),
+        series(&base20, untrained),
+        series(&t.val_top1, top1),
+        series(&t.val_top20, top20),
+    ];
+    let chart = Chart::new(datasets)
+        .block(block)
+        .style(theme.base())
+        .x_axis(
+            Axis::default()
+                .style(theme.muted())
+                .bounds([x0, x1])
+                .labels([format!("{x0:.0}"), format!("step {x1:.0}")]),
+        )
+        .y_axis(
+            Axis::default()
+                .style(theme.muted())
+                .bounds([y0, y1])
+                .labels([pct(y0), pct(y1)]),
+        );
+    let glyphs = [(top20, "o"), (top1, "+"), (untrained, "-")];
+    render_chart(frame, area, app, chart, &glyphs);
+}
+
+/// The steps the val chart spans: from the first validation (the baseline's) to the
+/// newest step; `None` before any validation.
+fn val_x_range(t: &TrainState) -> Option<(f64, f64)> {
+    let first = t
+        .baseline
+        .filter(|b| b.val.measured())
+        .map(|b| b.step as f64)
+        .into_iter()
+        .chain(t.val_top20.first().map(|p| p.0))
+        .reduce(f64::min)?;
+    let last = t
+        .val_top20
+        .last()
+        .map(|p| p.0)
+        .into_iter()
+        .chain(t.last.map(|s| s.step as f64))
+        .fold(first, f64::max);
+    Some((first, last.max(first + 1.0)))
+}
+
+/// Bounds of a chart of shares (0–1): the values padded by 5%, kept within 0–1.
+fn share_bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    if lo > hi {
+        return (0.0, 1.0);
+    }
+    let pad = ((hi - lo) * 0.05).max(0.01);
+    let y0 = (lo - pad).max(0.0);
+    (y0, (hi + pad).min(1.0).max(y0 + 0.01))
+}
+
 /// A chart drawn with one-cell markers, then each series' marker replaced by an
 /// ASCII character (by its colour), for fonts without Braille or bullet glyphs.
 struct AsciiChart<'a> {
     chart: Chart<'a>,
-    glyphs: [(Color, &'static str); 3],
+    glyphs: &'a [(Color, &'static str)],
 }
 
 impl Widget for AsciiChart<'_> {
@@ -292,55 +430,7 @@ fn draw_stats(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
     let t = &app.train;
     let [val_area, step_area] =
         Layout::vertical([Constraint::Min(5), Constraint::Length(9)]).areas(area);
-    let best = t.best().map(|b| b.0);
-    let mut rows: Vec<Row> = Vec::new();
-    if let Some(b) = &t.baseline {
-        rows.push(
-            Row::new(vec![
-                "untrained".to_string(),
-                pct(b.top1),
-                pct(b.top20),
-                loss_text(b.val_loss),
-            ])
-            .style(theme.muted()),
-        );
-    }
-    let visible = val_area.height.saturating_sub(3) as usize;
-    let skip = (t.epochs.len() + rows.len()).saturating_sub(visible);
-    for r in t.epochs.iter().skip(skip) {
-        let e = r.epoch.unwrap_or(0);
-        let mark = if Some(e) == best { " *" } else { "" };
-        rows.push(
-            Row::new(vec![
-                if r.partial {
-                    // Validated when the run stopped inside the epoch.
-                    format!("step {}{mark}", r.step)
-                } else {
-                    format!("epoch {}{mark}", e + 1)
-                },
-                pct(r.top1),
-                pct(r.top20),
-                loss_text(r.val_loss),
-            ])
-            .style(if Some(e) == best {
-                theme.success()
-            } else {
-                theme.base()
-            }),
-        );
-    }
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Length(10),
-            Constraint::Length(6),
-            Constraint::Length(6),
-            Constraint::Min(5),
-        ],
-    )
-    .header(Row::new(vec!["val", "top-1", "top-20", "loss"]).style(theme.title()))
-    .block(panel("Validation", theme));
-    frame.render_widget(table, val_area);
+    draw_validation(frame, val_area, app, ctx);
 
     let lines = match &t.last {
         Some(s) => {
@@ -376,6 +466,144 @@ fn draw_stats(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
         .last
         .map_or_else(|| "Last step".to_string(), |s| format!("Step {}", s.step));
     frame.render_widget(Paragraph::new(lines).block(panel(title, theme)), step_area);
+}
+
+/// Validation per epoch against the untrained model, and how large the val gallery
+/// is against the evaluation's: the whole sentence where the panel has room, the
+/// sizes on its bottom border where not.
+fn draw_validation(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
+    let theme = ctx.theme;
+    let t = &app.train;
+    let dataset = match &app.dataset {
+        Loadable::Ready(d) => Some(&d.summary),
+        _ => None,
+    };
+    let sizes = t.gallery_sizes(dataset);
+    let mut block = panel("Validation", theme);
+    let width = usize::from(area.width.saturating_sub(2));
+    let note = sizes
+        .as_ref()
+        .filter(|_| area.height >= 12)
+        .map(|g| wrap_words(&gallery_sentence(g), width))
+        .unwrap_or_default();
+    if note.is_empty()
+        && let Some(short) = sizes.as_ref().and_then(|g| {
+            gallery_short(g)
+                .into_iter()
+                .find(|s| s.chars().count() + 2 <= width)
+        })
+    {
+        block = block.title_bottom(Span::styled(format!(" {short} "), theme.muted()));
+    }
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let [table_area, note_area] =
+        Layout::vertical([Constraint::Min(1), Constraint::Length(note.len() as u16)]).areas(inner);
+    frame.render_widget(
+        Paragraph::new(
+            note.into_iter()
+                .map(|l| Line::styled(l, theme.muted()))
+                .collect::<Vec<_>>(),
+        ),
+        note_area,
+    );
+    let best = t.best().map(|b| b.0);
+    let mut rows: Vec<Row> = Vec::new();
+    if let Some(b) = &t.baseline {
+        rows.push(
+            Row::new(vec![
+                "untrained".to_string(),
+                pct(b.val.val_top1),
+                pct(b.val.val_top20),
+                loss_text(b.val.val_loss),
+            ])
+            .style(theme.muted()),
+        );
+    }
+    let visible = table_area.height.saturating_sub(1) as usize;
+    let skip = (t.epochs.len() + rows.len()).saturating_sub(visible);
+    for r in t.epochs.iter().skip(skip) {
+        let e = r.epoch.unwrap_or(0);
+        let mark = if Some(e) == best { " *" } else { "" };
+        rows.push(
+            Row::new(vec![
+                if r.partial {
+                    // Validated when the run stopped inside the epoch.
+                    format!("step {}{mark}", r.step)
+                } else {
+                    format!("epoch {}{mark}", e + 1)
+                },
+                pct(r.val.val_top1),
+                pct(r.val.val_top20),
+                loss_text(r.val.val_loss),
+            ])
+            .style(if Some(e) == best {
+                theme.success()
+            } else {
+                theme.base()
+            }),
+        );
+    }
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(10),
+            Constraint::Length(6),
+            Constraint::Length(6),
+            Constraint::Min(5),
+        ],
+    )
+    .header(Row::new(vec!["val", "top-1", "top-20", "loss"]).style(theme.title()));
+    frame.render_widget(table, table_area);
+}
+
+/// `val gallery 198 images (test 561): val top-k reads higher on a smaller gallery`.
+fn gallery_sentence(g: &GallerySizes) -> String {
+    let val = g.val;
+    match &g.eval {
+        Some((protocol, n)) if *n > val => format!(
+            "val gallery {val} images ({protocol} {n}): val top-k reads higher on a \
+             smaller gallery"
+        ),
+        Some((protocol, n)) => format!("val gallery {val} images ({protocol} {n})"),
+        None => format!("val gallery {val} images"),
+    }
+}
+
+/// The sizes alone, longest first.
+fn gallery_short(g: &GallerySizes) -> Vec<String> {
+    let val = g.val;
+    match &g.eval {
+        Some((protocol, n)) => vec![
+            format!("gallery val {val} · {protocol} {n}"),
+            format!("val {val} · {protocol} {n}"),
+        ],
+        None => vec![format!("val gallery {val} images"), format!("val {val}")],
+    }
+}
+
+/// `text` broken at spaces into lines of at most `width` characters (a longer word
+/// is cut).
+fn wrap_words(text: &str, width: usize) -> Vec<String> {
+    let width = width.max(1);
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        let (n, w) = (line.chars().count(), word.chars().count());
+        if n > 0 && n + 1 + w <= width {
+            line.push(' ');
+            line.push_str(word);
+        } else {
+            if n > 0 {
+                lines.push(std::mem::take(&mut line));
+            }
+            line = word.chars().take(width).collect();
+        }
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
 }
 
 fn kv<'a>(theme: &crate::theme::Theme, k: &'a str, v: String) -> Line<'a> {
