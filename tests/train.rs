@@ -983,15 +983,30 @@ fn the_weight_average_takes_each_step_once() {
         };
         let w0 = var.as_tensor();
         let moved = (w1 - w0).expect("sub").abs().expect("abs");
-        let moved = moved.max_all().expect("max").to_scalar::<f32>().expect("scalar");
+        let moved = moved
+            .max_all()
+            .expect("max")
+            .to_scalar::<f32>()
+            .expect("scalar");
         if moved < 1e-4 {
             continue;
         }
-        let want = (w0 + (w1 - w0).expect("sub").affine(1.0 - d, 0.0).expect("affine"))
-            .expect("add");
+        let want = (w0
+            + (w1 - w0)
+                .expect("sub")
+                .affine(1.0 - d, 0.0)
+                .expect("affine"))
+        .expect("add");
         let err = (avg - want).expect("sub").abs().expect("abs");
-        let err = err.max_all().expect("max").to_scalar::<f32>().expect("scalar");
-        assert!(err < 1e-5 * (1.0 + moved), "{name}: off by {err} (moved {moved})");
+        let err = err
+            .max_all()
+            .expect("max")
+            .to_scalar::<f32>()
+            .expect("scalar");
+        assert!(
+            err < 1e-5 * (1.0 + moved),
+            "{name}: off by {err} (moved {moved})"
+        );
         checked += 1;
     }
     assert!(checked > 0, "no weight moved in the step");

@@ -136,7 +136,10 @@ fn training_outlives_the_dashboard_and_can_be_reattached() {
             ..
         })
     ));
-    assert!(dir.checkpoint(vitrine::run::folder::CheckpointKind::Last).is_file());
+    assert!(
+        dir.checkpoint(vitrine::run::folder::CheckpointKind::Last)
+            .is_file()
+    );
     assert_eq!(dir.locked_by(), None);
     let log = std::fs::read_to_string(dir.log()).expect("the trainer's log");
     assert!(log.contains("stopped"), "{log}");

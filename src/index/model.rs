@@ -12,8 +12,8 @@ use candle_nn::VarMap;
 use crate::config::{Config, ConfigError};
 use crate::model::Embedder;
 use crate::model::checkpoint::{self, CheckpointError};
-use crate::run::folder::CheckpointKind;
 use crate::run::device;
+use crate::run::folder::CheckpointKind;
 use crate::run::folder::RunDir;
 use crate::run::settings::RunSettingsError;
 

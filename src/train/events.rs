@@ -4,8 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::run::folder::CheckpointKind;
 use crate::run::device::DeviceInfo;
+use crate::run::folder::CheckpointKind;
 
 /// Pretrained weights a run started from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,11 +25,11 @@ use crate::config::Config;
 use crate::fsutil::{absolute, fnv1a64};
 use crate::model::checkpoint;
 use crate::model::loss::PROXIES_NAME;
-use crate::run::folder::CheckpointKind;
 use crate::run::checkpoints::{
     self as checkpoint_set, CHECKPOINT_FORMAT, CheckpointFiles, CheckpointMeta, NewCheckpoint,
     OPTIM_STEP, Recovery, sidecar_path,
 };
+use crate::run::folder::CheckpointKind;
 use crate::run::folder::RunDir;
 use crate::run::settings;
 

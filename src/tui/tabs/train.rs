@@ -7,8 +7,8 @@
 use std::collections::VecDeque;
 
 use crate::data::deepfashion::SplitSummary;
-use crate::run::folder::CheckpointKind;
 use crate::run::device::gib;
+use crate::run::folder::CheckpointKind;
 use crate::run::folder::ControlRequest;
 use crate::train::events::{NoticeKind, RunStarted, StopReason, TrainEvent, ValMetrics};
 
