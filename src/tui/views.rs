@@ -16,7 +16,7 @@ use ratatui::Frame;
 use ratatui::layout::{Alignment, Constraint, Layout, Rect};
 use ratatui::style::Style;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, BorderType, Borders, Clear, Paragraph, Tabs, Wrap};
+use ratatui::widgets::{Axis, Block, BorderType, Borders, Clear, Paragraph, Tabs, Wrap};
 
 use super::app::{App, Tab};
 use super::thumb_cache::{ThumbKey, ThumbSlot};
@@ -262,6 +262,14 @@ fn draw_quit_prompt(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
 }
 
 /// A bordered block with a title.
+/// A chart axis over `bounds`, labelled at both ends, in the muted style.
+pub fn axis<'a>(theme: &Theme, bounds: [f64; 2], labels: [String; 2]) -> Axis<'a> {
+    Axis::default()
+        .style(theme.muted())
+        .bounds(bounds)
+        .labels(labels)
+}
+
 pub fn panel<'a>(title: impl Into<Line<'a>>, theme: &Theme) -> Block<'a> {
     Block::default()
         .borders(Borders::ALL)

@@ -8,10 +8,10 @@ use ratatui::style::{Color, Style};
 use ratatui::symbols::Marker;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{
-    Axis, Chart, Clear, Dataset, GraphType, LegendPosition, Paragraph, Row, Table, Wrap,
+    Chart, Clear, Dataset, GraphType, LegendPosition, Paragraph, Row, Table, Wrap,
 };
 
-use super::{Ctx, centered, clip, panel, pct, scroll_offset};
+use super::{Ctx, axis, centered, clip, panel, pct, scroll_offset};
 use crate::config::PlotMarker;
 use crate::printable::{ago, duration, escape_controls};
 use crate::theme::Theme;
@@ -319,18 +319,16 @@ fn draw_loss(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
         .style(theme.base())
         .legend_position(Some(LegendPosition::TopRight))
         .hidden_legend_constraints((Constraint::Percentage(70), Constraint::Percentage(70)))
-        .x_axis(
-            Axis::default()
-                .style(theme.muted())
-                .bounds([x0, x1])
-                .labels([format!("{x0:.0}"), format!("step {x1:.0}")]),
-        )
-        .y_axis(
-            Axis::default()
-                .style(theme.muted())
-                .bounds([y0, y1])
-                .labels([format!("{y0:.2}"), format!("{y1:.2}")]),
-        );
+        .x_axis(axis(
+            theme,
+            [x0, x1],
+            [format!("{x0:.0}"), format!("step {x1:.0}")],
+        ))
+        .y_axis(axis(
+            theme,
+            [y0, y1],
+            [format!("{y0:.2}"), format!("{y1:.2}")],
+        ));
     frame.render_widget(chart, area);
 }
 
@@ -365,18 +363,12 @@ fn draw_val(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     let chart = Chart::new(datasets)
         .block(panel(title, theme))
         .style(theme.base())
-        .x_axis(
-            Axis::default()
-                .style(theme.muted())
-                .bounds([0.0, x1])
-                .labels(["0".to_string(), format!("epoch {x1:.0}")]),
-        )
-        .y_axis(
-            Axis::default()
-                .style(theme.muted())
-                .bounds([y0, y1])
-                .labels([pct(y0), pct(y1)]),
-        );
+        .x_axis(axis(
+            theme,
+            [0.0, x1],
+            ["0".to_string(), format!("epoch {x1:.0}")],
+        ))
+        .y_axis(axis(theme, [y0, y1], [pct(y0), pct(y1)]));
     frame.render_widget(chart, area);
 }
 

@@ -10,11 +10,9 @@ use ratatui::layout::{Alignment, Constraint, Layout, Rect};
 use ratatui::style::{Color, Style};
 use ratatui::symbols::Marker;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{
-    Axis, Chart, Dataset, Gauge, GraphType, Paragraph, Row, Table, Widget, Wrap,
-};
+use ratatui::widgets::{Chart, Dataset, Gauge, GraphType, Paragraph, Row, Table, Widget, Wrap};
 
-use super::{Ctx, panel, pct};
+use super::{Ctx, axis, panel, pct};
 use crate::config::PlotMarker;
 use crate::printable::duration;
 use crate::run::folder::CheckpointKind;
@@ -231,18 +229,16 @@ fn draw_chart(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
     let chart = Chart::new(datasets)
         .block(block)
         .style(theme.base())
-        .x_axis(
-            Axis::default()
-                .style(theme.muted())
-                .bounds([x0, x1])
-                .labels([format!("{x0:.0}"), format!("step {x1:.0}")]),
-        )
-        .y_axis(
-            Axis::default()
-                .style(theme.muted())
-                .bounds([y0, y1])
-                .labels([format!("{y0:.2}"), format!("{y1:.2}")]),
-        );
+        .x_axis(axis(
+            theme,
+            [x0, x1],
+            [format!("{x0:.0}"), format!("step {x1:.0}")],
+        ))
+        .y_axis(axis(
+            theme,
+            [y0, y1],
+            [format!("{y0:.2}"), format!("{y1:.2}")],
+        ));
     let glyphs = [(theme.train_loss, "."), (theme.train_loss_smooth, "*")];
     render_chart(frame, area, app, chart, &glyphs);
 }
@@ -348,18 +344,12 @@ fn draw_val_chart(frame: &mut Frame, area: Rect, app: &App, ctx: &Ctx) {
     let chart = Chart::new(datasets)
         .block(block)
         .style(theme.base())
-        .x_axis(
-            Axis::default()
-                .style(theme.muted())
-                .bounds([x0, x1])
-                .labels([format!("{x0:.0}"), format!("step {x1:.0}")]),
-        )
-        .y_axis(
-            Axis::default()
-                .style(theme.muted())
-                .bounds([y0, y1])
-                .labels([pct(y0), pct(y1)]),
-        );
+        .x_axis(axis(
+            theme,
+            [x0, x1],
+            [format!("{x0:.0}"), format!("step {x1:.0}")],
+        ))
+        .y_axis(axis(theme, [y0, y1], [pct(y0), pct(y1)]));
     let glyphs = [(top20, "o"), (top1, "+"), (untrained, "-")];
     render_chart(frame, area, app, chart, &glyphs);
 }
