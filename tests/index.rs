@@ -3,14 +3,17 @@
 
 use std::path::Path;
 
+use vitrine::config::IndexConfig;
 use vitrine::eval::Hit;
 use vitrine::index::clustered::{ClusterSpec, vectors};
 use vitrine::index::hnsw::GraphParams;
 use vitrine::index::npy::{self, Matrix};
 use vitrine::index::rerank::{SearchParams, VectorIndex, recall_at_k};
+use vitrine::index::search::params_for;
 use vitrine::index::store::{
     self, Entry, GraphRecord, IndexError, IndexHeader, SourceRecord, build_graph,
 };
+use vitrine::index::tune;
 
 const PARAMS: GraphParams = GraphParams {
     m: 16,
@@ -114,6 +117,7 @@ fn header(dim: usize) -> IndexHeader {
             m: PARAMS.m,
             ef_construction: PARAMS.ef_construction,
             self_recall: 1.0,
+            search_ef: None,
         },
         files: std::collections::BTreeMap::default(),
         created: 0.0,
@@ -172,6 +176,52 @@ fn index_folder_saves_and_reloads_to_the_same_results() {
         .map(|e| e.expect("e").file_name())
         .collect();
     assert_eq!(siblings, vec![std::ffi::OsString::from("index")]);
+}
+
+#[test]
+fn the_measured_beam_is_stored_and_an_index_without_it_still_loads() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("index");
+    let base = vectors(&spec(32, 60), 1200, 0);
+    // An index from before the measurement: no `search_ef` in its header.
+    write_index(&dir, &base);
+    let text = std::fs::read_to_string(dir.join("header.json")).expect("header");
+    assert!(!text.contains("search_ef"), "{text}");
+    let old = store::load(&dir).expect("an old index loads");
+    assert_eq!(old.header.graph.search_ef, None);
+    let settings = IndexConfig::default();
+    // It searches as before: the shortlist (5 × k) is the beam.
+    let (params, tuned) = params_for(&settings, &old.header);
+    assert_eq!((params.resolve(20), tuned), ((100, 100), None));
+    // A measured beam is written into the header and read back; searches use it
+    // unless index.ef_search is set.
+    let (hnsw, graph, _) = build_graph(&base, PARAMS, 64).expect("build");
+    let choice = tune::choose_ef(
+        &VectorIndex::new(base.clone(), graph),
+        tune::RECALL_K,
+        settings.target_recall,
+        tune::SAMPLE,
+        &mut |_, _| {},
+    )
+    .expect("measure");
+    assert!(choice.reached && choice.recall >= settings.target_recall);
+    assert_eq!(choice.sample, 1000);
+    let mut h = header(base.cols);
+    h.graph.search_ef = Some(choice);
+    store::write(&dir, h, &entries(base.rows), &base, &hnsw).expect("write");
+    let loaded = store::load(&dir).expect("load");
+    assert_eq!(loaded.header.graph.search_ef, Some(choice));
+    let (params, tuned) = params_for(&settings, &loaded.header);
+    assert_eq!(
+        (params.resolve(20), tuned),
+        ((choice.ef, choice.ef), Some(choice))
+    );
+    let fixed = IndexConfig {
+        ef_search: 150,
+        ..IndexConfig::default()
+    };
+    let (params, tuned) = params_for(&fixed, &loaded.header);
+    assert_eq!((params.resolve(20), tuned), ((100, 150), None));
 }
 
 #[test]
