@@ -206,6 +206,13 @@ fn the_measured_beam_is_stored_and_an_index_without_it_still_loads() {
     .expect("measure");
     assert!(choice.reached && choice.recall >= settings.target_recall);
     assert_eq!(choice.sample, 1000);
+    // A row held out is never among its own results.
+    let index = VectorIndex::new(base.clone(), build_graph(&base, PARAMS, 64).expect("b").1);
+    for row in (0..base.rows).step_by(97) {
+        let hits = index.search_row_held_out(row, 20, tune::params_at(choice.ef));
+        assert_eq!(hits.len(), 20);
+        assert!(hits.iter().all(|h| h.index != row), "row {row}");
+    }
     let mut h = header(base.cols);
     h.graph.search_ef = Some(choice);
     store::write(&dir, h, &entries(base.rows), &base, &hnsw).expect("write");

@@ -146,13 +146,20 @@ fn index_then_search_and_the_errors_users_meet() {
     let stored = store::load(&run.join("index")).expect("load");
     assert_eq!(stored.header.graph.search_ef, Some(choice));
     assert!(
-        leave_one_out_recall(&stored.vectors, choice.ef) >= target,
+        held_out_recall(&stored.vectors, choice.ef) >= target,
         "{choice:?}"
     );
     let searcher = Searcher::open(&run, &CheckpointChoice::Best).expect("open");
     assert_eq!(searcher.len(), report.count);
     assert_eq!(searcher.tuned_ef(), Some(choice));
     assert_eq!(searcher.params().resolve(20), (choice.ef, choice.ef));
+    assert!(
+        searcher
+            .beam_label(20)
+            .starts_with(&format!("ef {} measured for recall@20 0.99 (", choice.ef)),
+        "{}",
+        searcher.beam_label(20)
+    );
     // index.ef_search set: it wins over the measured beam.
     let mut fixed = t.config.index.clone();
     fixed.ef_search = 37;
@@ -161,6 +168,7 @@ fn index_then_search_and_the_errors_users_meet() {
         .with_settings(&fixed);
     assert_eq!(overridden.tuned_ef(), None);
     assert_eq!(overridden.params().resolve(20), (100, 100));
+    assert_eq!(overridden.beam_label(20), "ef 100 (index.ef_search)");
     fixed.shortlist = 30;
     let overridden = overridden.with_settings(&fixed);
     assert_eq!(overridden.params().resolve(20), (30, 37));
@@ -346,29 +354,23 @@ fn add_matches_a_full_rebuild() {
 }
 
 /// Recall@20 of `index` searched as [`tune`] measures it (beam `ef`, the whole beam
-/// re-ranked), every row a query left out of its own results, against the exact
-/// scan: an independent check of the measured figure.
-fn leave_one_out_recall(index: &VectorIndex, ef: usize) -> f64 {
+/// re-ranked, every row a query held out of the walk and of its own results)
+/// against the exact scan: an independent check of the measured figure.
+fn held_out_recall(index: &VectorIndex, ef: usize) -> f64 {
     let k = tune::RECALL_K;
-    let without = |id: usize, hits: Vec<vitrine::eval::Hit>| -> Vec<usize> {
-        hits.into_iter()
-            .map(|h| h.index)
-            .filter(|&j| j != id)
-            .take(k)
-            .collect()
+    let ids = |hits: Vec<vitrine::eval::Hit>| -> Vec<usize> {
+        hits.into_iter().map(|h| h.index).collect()
     };
-    let rows = 0..index.len();
-    let found: Vec<Vec<usize>> = rows
-        .clone()
-        .map(|id| {
-            without(
-                id,
-                index.search(index.vectors().row(id), k + 1, tune::params_at(ef)),
-            )
-        })
+    let found: Vec<Vec<usize>> = (0..index.len())
+        .map(|id| ids(index.search_row_held_out(id, k, tune::params_at(ef))))
         .collect();
-    let exact: Vec<Vec<usize>> = rows
-        .map(|id| without(id, index.exact(index.vectors().row(id), k + 1)))
+    let exact: Vec<Vec<usize>> = (0..index.len())
+        .map(|id| {
+            let mut hits = ids(index.exact(index.vectors().row(id), k + 1));
+            hits.retain(|&j| j != id);
+            hits.truncate(k);
+            hits
+        })
         .collect();
     recall_at_k(&found, &exact, k)
 }

@@ -291,6 +291,27 @@ impl Searcher {
         self.tuned
     }
 
+    /// The beam a search for `k` results walks, and where it comes from, in words
+    /// (the dashboard's Search tab).
+    pub fn beam_label(&self, k: usize) -> String {
+        let ef = self.params.resolve(k).1;
+        match (&self.gallery, &self.tuned) {
+            (Gallery::Postgres(_), _) => format!("pgvector ef {ef}"),
+            (Gallery::Local(_), Some(c)) if c.reached => format!(
+                "ef {ef} measured for recall@{} {} ({:.4})",
+                c.k, c.target, c.recall
+            ),
+            (Gallery::Local(_), Some(c)) => format!(
+                "ef {ef}: the widest measured, recall@{} {:.4} < {}",
+                c.k, c.recall, c.target
+            ),
+            (Gallery::Local(_), None) if self.params.ef > 0 => {
+                format!("ef {ef} (index.ef_search)")
+            }
+            (Gallery::Local(_), None) => format!("ef {ef} (the shortlist; not measured)"),
+        }
+    }
+
     pub fn params(&self) -> SearchParams {
         self.params
     }
