@@ -243,7 +243,7 @@ pub fn evaluate(
                         tune::RECALL_K,
                         job.settings.target_recall,
                         tune::SAMPLE,
-                        &mut |_, _| {},
+                        &mut |d, t| progress("recall", d, t),
                     )?)
                 } else {
                     None
