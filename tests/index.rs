@@ -320,3 +320,92 @@ fn npy_files_have_numpy_headers_and_little_endian_values() {
     let err = npy::load(&path).expect_err("bad");
     assert!(err.to_string().contains("m.npy"), "{err}");
 }
+
+#[test]
+fn bench_search_finds_the_first_beam_reaching_each_target() {
+    use vitrine::index::benchmark::{self, SearchBench, default_efs, fine_efs};
+    let grid = fine_efs(20);
+    // The coarse grid's beams stay (figures comparable with earlier runs), with every
+    // 8 from 24 to 128 between them.
+    assert!(
+        default_efs(20).iter().all(|ef| grid.contains(ef)),
+        "{grid:?}"
+    );
+    assert!(
+        (24..=128).step_by(8).all(|ef| grid.contains(&ef)),
+        "{grid:?}"
+    );
+    assert!(grid.windows(2).all(|w| w[0] < w[1]));
+    // Loose clusters and a weak graph: recall@10 climbs over tens of beams.
+    let s = ClusterSpec {
+        spread: 1.0,
+        ..spec(32, 60)
+    };
+    let (base, queries) = (vectors(&s, 3000, 0), vectors(&s, 200, 1));
+    let targets = vec![0.95, 0.98, 0.99];
+    let opts = SearchBench {
+        k: 10,
+        params: GraphParams {
+            m: 8,
+            ef_construction: 24,
+        },
+        efs: Vec::new(),
+        exact_queries: 10,
+        hnsw_rs: false,
+        targets: targets.clone(),
+        index_target: 0.99,
+    };
+    let report = benchmark::run(&base, &queries, &opts, &mut |_| {}).expect("bench");
+    let sweep = fine_efs(10);
+    let recall_at = |ef: usize| {
+        report
+            .runs
+            .iter()
+            .find(|r| r.engine == "vitrine" && r.ef == ef)
+            .map(|r| r.recall_at_k)
+    };
+    assert_eq!(report.first_ef.len(), targets.len());
+    let mut bisected = 0;
+    for f in &report.first_ef {
+        let ef =
+            f.ef.unwrap_or_else(|| panic!("{f:?} not reached: {:?}", report.runs));
+        assert!(recall_at(ef).is_some_and(|r| r >= f.target), "{f:?}");
+        // Measured, not guessed: the beam one narrower was run and fell short.
+        if ef > 10 {
+            let below = recall_at(ef - 1).unwrap_or_else(|| panic!("ef {} not run", ef - 1));
+            assert!(below < f.target, "{f:?}: ef {} reaches {below}", ef - 1);
+            bisected += usize::from(!sweep.contains(&ef) || !sweep.contains(&(ef - 1)));
+        }
+    }
+    assert!(bisected > 0, "no target fell between the grid's beams");
+    // The beam `vitrine index` would choose is among the runs, and the fields of
+    // earlier reports are all there.
+    assert!(recall_at(report.index_ef.ef).is_some());
+    let json = serde_json::to_value(&report).expect("json");
+    for key in [
+        "n",
+        "dim",
+        "queries",
+        "k",
+        "m",
+        "ef_construction",
+        "threads",
+        "build_s",
+        "self_recall",
+        "exact_qps",
+        "runs",
+    ] {
+        assert!(json.get(key).is_some(), "{key} in {json}");
+    }
+    for key in [
+        "engine",
+        "ef",
+        "shortlist",
+        "recall_at_k",
+        "qps",
+        "p50_ms",
+        "p99_ms",
+    ] {
+        assert!(json["runs"][0].get(key).is_some(), "{key}");
+    }
+}
