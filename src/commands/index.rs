@@ -246,7 +246,7 @@ fn print_report(r: &IndexReport) -> anyhow::Result<()> {
 /// One line on the search beam `index` measured.
 pub fn ef_summary(choice: Option<&EfChoice>) -> String {
     let Some(c) = choice else {
-        return "search beam: not measured (the graph could not be read back); searches use index.shortlist unless index.ef_search is set".into();
+        return "search beam: not measured (an index written before vitrine measured it, or a graph that could not be read back); searches use index.shortlist unless index.ef_search is set".into();
     };
     let sample = if c.sample > 0 {
         format!(" on {} gallery images", c.sample)

@@ -99,7 +99,8 @@ pub struct IndexReport {
     pub graph_seconds: f64,
     pub self_recall: f64,
     /// The search beam measured for `index.target_recall` ([`tune::choose_ef`]);
-    /// `None` when the graph could not be read back after `--add`.
+    /// `None` when the graph could not be read back after `--add`, or `--add` found
+    /// nothing new for an index written before the measurement existed.
     pub search_ef: Option<EfChoice>,
     /// Seconds the beam's measurement took.
     pub tune_seconds: f64,
