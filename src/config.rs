@@ -229,8 +229,12 @@ pub struct IndexConfig {
     pub ef_construction: usize,
     /// Graph candidates re-ranked by exact cosine; 0 = 5·k.
     pub shortlist: usize,
-    /// HNSW beam width while searching; 0 = the shortlist.
+    /// HNSW beam width while searching; 0 = the one `vitrine index` measured to reach
+    /// `target_recall` (an index without that measurement: the shortlist).
     pub ef_search: usize,
+    /// Recall@20 against exact search that the beam `vitrine index` chooses must
+    /// reach, in (0, 1].
+    pub target_recall: f64,
     /// Images embedded per batch.
     pub batch: usize,
     /// Where `vitrine index` puts the gallery: `RUN/index/` or PostgreSQL.
@@ -250,6 +254,7 @@ impl Default for IndexConfig {
             ef_construction: 200,
             shortlist: 0,
             ef_search: 0,
+            target_recall: 0.99,
             batch: 64,
             backend: IndexBackend::Local,
             pg_url: "env:VITRINE_PG_URL".into(),
@@ -516,8 +521,18 @@ impl Config {
             i.ef_search,
             0,
             MAX_EF,
-            " (0 = the shortlist)",
+            " (0 = the beam `vitrine index` measured)",
         )?;
+        // Written so that NaN fails too.
+        if !(i.target_recall > 0.0 && i.target_recall <= 1.0) {
+            return fail(
+                "index.target_recall",
+                &format!(
+                    "{} is not a recall above 0 and at most 1 (e.g. 0.99)",
+                    i.target_recall
+                ),
+            );
+        }
         within("index.batch", i.batch, 1, MAX_BATCH, " images")?;
         if let Err(e) = check_pg_url(&i.pg_url) {
             return fail("index.pg_url", &e);

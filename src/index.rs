@@ -16,6 +16,7 @@ pub mod postgres;
 pub mod rerank;
 pub mod search;
 pub mod store;
+pub mod tune;
 
 pub use build::{BuildError, Gallery, IndexJob, IndexReport};
 pub use model::{CheckpointChoice, ModelError};

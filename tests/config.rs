@@ -96,3 +96,31 @@ fn sizes_have_upper_bounds_that_name_the_key() {
     .expect("at the bounds");
     assert_eq!(c.index.ef_search, 100_000);
 }
+
+#[test]
+fn target_recall_is_above_0_and_at_most_1_and_named_when_not() {
+    assert_eq!(Config::default().index.target_recall, 0.99);
+    for bad in ["0.0", "-0.5", "1.01", "nan"] {
+        let text = format!("[index]\ntarget_recall = {bad}\n");
+        let err = Config::from_toml_str(&text, "user.toml").expect_err(bad);
+        match &err {
+            ConfigError::Invalid { key, line, .. } => {
+                assert_eq!(
+                    (key.as_str(), *line),
+                    ("index.target_recall", Some(2)),
+                    "{err}"
+                );
+            }
+            other => panic!("{bad}: unexpected {other:?}"),
+        }
+        assert!(err.to_string().contains("at most 1"), "{err}");
+    }
+    for good in ["1.0", "0.5", "0.999"] {
+        let text = format!("[index]\ntarget_recall = {good}\n");
+        let c = Config::from_toml_str(&text, "user.toml").expect(good);
+        assert_eq!(
+            c.index.target_recall.to_string(),
+            good.trim_end_matches(".0")
+        );
+    }
+}

@@ -3,14 +3,17 @@
 
 use std::path::Path;
 
+use vitrine::config::IndexConfig;
 use vitrine::eval::Hit;
 use vitrine::index::clustered::{ClusterSpec, vectors};
 use vitrine::index::hnsw::GraphParams;
 use vitrine::index::npy::{self, Matrix};
 use vitrine::index::rerank::{SearchParams, VectorIndex, recall_at_k};
+use vitrine::index::search::params_for;
 use vitrine::index::store::{
     self, Entry, GraphRecord, IndexError, IndexHeader, SourceRecord, build_graph,
 };
+use vitrine::index::tune;
 
 const PARAMS: GraphParams = GraphParams {
     m: 16,
@@ -114,6 +117,7 @@ fn header(dim: usize) -> IndexHeader {
             m: PARAMS.m,
             ef_construction: PARAMS.ef_construction,
             self_recall: 1.0,
+            search_ef: None,
         },
         files: std::collections::BTreeMap::default(),
         created: 0.0,
@@ -172,6 +176,59 @@ fn index_folder_saves_and_reloads_to_the_same_results() {
         .map(|e| e.expect("e").file_name())
         .collect();
     assert_eq!(siblings, vec![std::ffi::OsString::from("index")]);
+}
+
+#[test]
+fn the_measured_beam_is_stored_and_an_index_without_it_still_loads() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("index");
+    let base = vectors(&spec(32, 60), 1200, 0);
+    // An index from before the measurement: no `search_ef` in its header.
+    write_index(&dir, &base);
+    let text = std::fs::read_to_string(dir.join("header.json")).expect("header");
+    assert!(!text.contains("search_ef"), "{text}");
+    let old = store::load(&dir).expect("an old index loads");
+    assert_eq!(old.header.graph.search_ef, None);
+    let settings = IndexConfig::default();
+    // It searches as before: the shortlist (5 × k) is the beam.
+    let (params, tuned) = params_for(&settings, &old.header);
+    assert_eq!((params.resolve(20), tuned), ((100, 100), None));
+    // A measured beam is written into the header and read back; searches use it
+    // unless index.ef_search is set.
+    let (hnsw, graph, _) = build_graph(&base, PARAMS, 64).expect("build");
+    let choice = tune::choose_ef(
+        &VectorIndex::new(base.clone(), graph),
+        tune::RECALL_K,
+        settings.target_recall,
+        tune::SAMPLE,
+        &mut |_, _| {},
+    )
+    .expect("measure");
+    assert!(choice.reached && choice.recall >= settings.target_recall);
+    assert_eq!(choice.sample, 1000);
+    // A row held out is never among its own results.
+    let index = VectorIndex::new(base.clone(), build_graph(&base, PARAMS, 64).expect("b").1);
+    for row in (0..base.rows).step_by(97) {
+        let hits = index.search_row_held_out(row, 20, tune::params_at(choice.ef));
+        assert_eq!(hits.len(), 20);
+        assert!(hits.iter().all(|h| h.index != row), "row {row}");
+    }
+    let mut h = header(base.cols);
+    h.graph.search_ef = Some(choice);
+    store::write(&dir, h, &entries(base.rows), &base, &hnsw).expect("write");
+    let loaded = store::load(&dir).expect("load");
+    assert_eq!(loaded.header.graph.search_ef, Some(choice));
+    let (params, tuned) = params_for(&settings, &loaded.header);
+    assert_eq!(
+        (params.resolve(20), tuned),
+        ((choice.ef, choice.ef), Some(choice))
+    );
+    let fixed = IndexConfig {
+        ef_search: 150,
+        ..IndexConfig::default()
+    };
+    let (params, tuned) = params_for(&fixed, &loaded.header);
+    assert_eq!((params.resolve(20), tuned), ((100, 150), None));
 }
 
 #[test]
@@ -262,4 +319,93 @@ fn npy_files_have_numpy_headers_and_little_endian_values() {
     std::fs::write(&path, b"hello").expect("write");
     let err = npy::load(&path).expect_err("bad");
     assert!(err.to_string().contains("m.npy"), "{err}");
+}
+
+#[test]
+fn bench_search_finds_the_first_beam_reaching_each_target() {
+    use vitrine::index::benchmark::{self, SearchBench, default_efs, fine_efs};
+    let grid = fine_efs(20);
+    // The coarse grid's beams stay (figures comparable with earlier runs), with every
+    // 8 from 24 to 128 between them.
+    assert!(
+        default_efs(20).iter().all(|ef| grid.contains(ef)),
+        "{grid:?}"
+    );
+    assert!(
+        (24..=128).step_by(8).all(|ef| grid.contains(&ef)),
+        "{grid:?}"
+    );
+    assert!(grid.windows(2).all(|w| w[0] < w[1]));
+    // Loose clusters and a weak graph: recall@10 climbs over tens of beams.
+    let s = ClusterSpec {
+        spread: 1.0,
+        ..spec(32, 60)
+    };
+    let (base, queries) = (vectors(&s, 3000, 0), vectors(&s, 200, 1));
+    let targets = vec![0.95, 0.98, 0.99];
+    let opts = SearchBench {
+        k: 10,
+        params: GraphParams {
+            m: 8,
+            ef_construction: 24,
+        },
+        efs: Vec::new(),
+        exact_queries: 10,
+        hnsw_rs: false,
+        targets: targets.clone(),
+        index_target: 0.99,
+    };
+    let report = benchmark::run(&base, &queries, &opts, &mut |_| {}).expect("bench");
+    let sweep = fine_efs(10);
+    let recall_at = |ef: usize| {
+        report
+            .runs
+            .iter()
+            .find(|r| r.engine == "vitrine" && r.ef == ef)
+            .map(|r| r.recall_at_k)
+    };
+    assert_eq!(report.first_ef.len(), targets.len());
+    let mut bisected = 0;
+    for f in &report.first_ef {
+        let ef =
+            f.ef.unwrap_or_else(|| panic!("{f:?} not reached: {:?}", report.runs));
+        assert!(recall_at(ef).is_some_and(|r| r >= f.target), "{f:?}");
+        // Measured, not guessed: the beam one narrower was run and fell short.
+        if ef > 10 {
+            let below = recall_at(ef - 1).unwrap_or_else(|| panic!("ef {} not run", ef - 1));
+            assert!(below < f.target, "{f:?}: ef {} reaches {below}", ef - 1);
+            bisected += usize::from(!sweep.contains(&ef) || !sweep.contains(&(ef - 1)));
+        }
+    }
+    assert!(bisected > 0, "no target fell between the grid's beams");
+    // The beam `vitrine index` would choose is among the runs, and the fields of
+    // earlier reports are all there.
+    assert!(recall_at(report.index_ef.ef).is_some());
+    let json = serde_json::to_value(&report).expect("json");
+    for key in [
+        "n",
+        "dim",
+        "queries",
+        "k",
+        "m",
+        "ef_construction",
+        "threads",
+        "build_s",
+        "self_recall",
+        "exact_qps",
+        "runs",
+    ] {
+        assert!(json.get(key).is_some(), "{key} in {json}");
+    }
+    for key in [
+        "engine",
+        "ef",
+        "shortlist",
+        "recall_at_k",
+        "qps",
+        "p50_ms",
+        "p99_ms",
+    ] {
+        assert!(json["runs"][0].get(key).is_some(), "{key}");
+    }
 }

@@ -11,7 +11,9 @@ use vitrine::config::Config;
 use vitrine::data::deepfashion::{Dataset, GalleryProtocol, LoadOptions, Split};
 use vitrine::index::build::{self, Gallery, IndexJob};
 use vitrine::index::evaluate::{EvalJob, evaluate};
-use vitrine::index::store::IndexError;
+use vitrine::index::rerank::{VectorIndex, recall_at_k};
+use vitrine::index::store::{self, IndexError};
+use vitrine::index::tune;
 use vitrine::index::{CheckpointChoice, SearchError, Searcher};
 use vitrine::model::{Embedder, checkpoint};
 use vitrine::train::job::{Control, TrainJob};
@@ -136,8 +138,40 @@ fn index_then_search_and_the_errors_users_meet() {
     let ds = dataset(t);
     assert_eq!(report.count, ds.gallery(GalleryProtocol::Test).len());
     assert!(report.self_recall >= 0.99);
+    // The beam `index` measured: stored, reaching the target, and what searches use.
+    let choice = report.search_ef.expect("measured beam");
+    let target = t.config.index.target_recall;
+    assert!(choice.reached && choice.recall >= target, "{choice:?}");
+    assert_eq!((choice.k, choice.target), (tune::RECALL_K, target));
+    let stored = store::load(&run.join("index")).expect("load");
+    assert_eq!(stored.header.graph.search_ef, Some(choice));
+    assert!(
+        held_out_recall(&stored.vectors, choice.ef) >= target,
+        "{choice:?}"
+    );
     let searcher = Searcher::open(&run, &CheckpointChoice::Best).expect("open");
     assert_eq!(searcher.len(), report.count);
+    assert_eq!(searcher.tuned_ef(), Some(choice));
+    assert_eq!(searcher.params().resolve(20), (choice.ef, choice.ef));
+    assert!(
+        searcher
+            .beam_label(20)
+            .starts_with(&format!("ef {} measured for recall@20 0.99 (", choice.ef)),
+        "{}",
+        searcher.beam_label(20)
+    );
+    // index.ef_search set: it wins over the measured beam.
+    let mut fixed = t.config.index.clone();
+    fixed.ef_search = 37;
+    let overridden = Searcher::open(&run, &CheckpointChoice::Best)
+        .expect("open")
+        .with_settings(&fixed);
+    assert_eq!(overridden.tuned_ef(), None);
+    assert_eq!(overridden.params().resolve(20), (100, 100));
+    assert_eq!(overridden.beam_label(20), "ef 100 (index.ef_search)");
+    fixed.shortlist = 30;
+    let overridden = overridden.with_settings(&fixed);
+    assert_eq!(overridden.params().resolve(20), (30, 37));
     let query = ds.image_path(ds.queries(Split::Test)[0]);
     let hits = searcher.search_image(&query, 20).expect("search");
     assert_eq!(hits.len(), 20);
@@ -319,6 +353,28 @@ fn add_matches_a_full_rebuild() {
     assert!(overlap as f64 >= 0.98 * total as f64, "{overlap}/{total}");
 }
 
+/// Recall@20 of `index` searched as [`tune`] measures it (beam `ef`, the whole beam
+/// re-ranked, every row a query held out of the walk and of its own results)
+/// against the exact scan: an independent check of the measured figure.
+fn held_out_recall(index: &VectorIndex, ef: usize) -> f64 {
+    let k = tune::RECALL_K;
+    let ids = |hits: Vec<vitrine::eval::Hit>| -> Vec<usize> {
+        hits.into_iter().map(|h| h.index).collect()
+    };
+    let found: Vec<Vec<usize>> = (0..index.len())
+        .map(|id| ids(index.search_row_held_out(id, k, tune::params_at(ef))))
+        .collect();
+    let exact: Vec<Vec<usize>> = (0..index.len())
+        .map(|id| {
+            let mut hits = ids(index.exact(index.vectors().row(id), k + 1));
+            hits.retain(|&j| j != id);
+            hits.truncate(k);
+            hits
+        })
+        .collect();
+    recall_at_k(&found, &exact, k)
+}
+
 fn vitrine(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_vitrine"))
         .args(args)
@@ -349,6 +405,10 @@ fn cli_index_search_and_eval_print_json_and_fail_cleanly() {
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(report["count"], ds.gallery(GalleryProtocol::Test).len());
+    let ef = &report["search_ef"];
+    assert!(ef["ef"].as_u64() > Some(0), "{report}");
+    assert!(ef["recall"].as_f64() >= Some(0.99), "{report}");
+    assert_eq!(ef["reached"], true);
     let out = vitrine(&["search", "--run", runs, q, "--k", "5", "--json"]);
     assert!(
         out.status.success(),
@@ -391,6 +451,7 @@ fn cli_index_search_and_eval_print_json_and_fail_cleanly() {
         assert!(v["top_k"][k].is_f64(), "top_k {k}");
     }
     assert!(v["map_at_r"].is_f64() && v["index_recall_at_k"].is_f64());
+    assert!(v["index_ef"].as_u64() > Some(0), "{v}");
     assert!(v["queries"].as_u64() > Some(0) && v["gallery"].as_u64() > Some(0));
     let out = vitrine(&["eval", "--run", runs, "--data", data]);
     assert!(out.status.success());
@@ -399,9 +460,17 @@ fn cli_index_search_and_eval_print_json_and_fail_cleanly() {
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(
         report.contains(
-            "search check: in-process HNSW, on a graph built for this evaluation (not RUN/index)"
+            "search check: in-process HNSW, on a graph built for this evaluation (not RUN/index), beam ef "
         ),
         "{report}"
+    );
+    // The summary names the measured beam.
+    let out = vitrine(&["index", "--run", runs, "--data", data]);
+    assert!(out.status.success());
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        summary.contains("search beam: ef ") && summary.contains("(target 0.99"),
+        "{summary}"
     );
 }
 

@@ -1652,8 +1652,12 @@ fn snapshot_search_while_the_model_loads() {
     insta::assert_snapshot!("search_loading_80x24", t.backend());
     app.update(Action::Worker(WorkerEvent::Model(ModelLoad::Ready {
         seconds: 0.9,
+        beam: "ef 34 measured for recall@20 0.99 (0.9912)".into(),
     })));
     assert!(!app.search.waiting_for_model());
     let text = screen_text(&render(&app, 160, 48));
-    assert!(text.contains("ready (loaded in 0.9 s)"), "{text}");
+    assert!(
+        text.contains("ready (loaded in 0.9 s) · ef 34 measured for recall@20 0.99 (0.9912)"),
+        "{text}"
+    );
 }

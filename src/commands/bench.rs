@@ -47,6 +47,15 @@ fn search(config: &Config, args: &crate::cli::BenchSearchArgs) -> anyhow::Result
         efs: args.ef.clone(),
         exact_queries: args.exact_queries,
         hnsw_rs: args.hnsw_rs,
+        targets: {
+            let mut t: Vec<f64> = benchmark::TARGETS.to_vec();
+            if !t.contains(&config.index.target_recall) {
+                t.push(config.index.target_recall);
+            }
+            t.sort_by(f64::total_cmp);
+            t
+        },
+        index_target: config.index.target_recall,
     };
     let json = args.json;
     // Resolved before the (long) in-process part: a bad URL fails at once.
@@ -119,6 +128,22 @@ fn search(config: &Config, args: &crate::cli::BenchSearchArgs) -> anyhow::Result
                 r.engine, r.ef, r.shortlist, r.recall_at_k, r.qps, r.p50_ms, r.p99_ms
             ))?;
         }
+        for f in &report.first_ef {
+            crate::output::line(&match f.ef {
+                Some(ef) => format!(
+                    "first beam reaching recall@{} {}: ef {ef} ({:.4})",
+                    report.k,
+                    f.target,
+                    f.recall_at_k.unwrap_or(f64::NAN)
+                ),
+                None => format!("no beam measured reaches recall@{} {}", report.k, f.target),
+            })?;
+        }
+        let c = &report.index_ef;
+        crate::output::line(&format!(
+            "`vitrine index` would choose ef {} (recall@{} {:.4} on {} base vectors as queries; target {}, index.target_recall)",
+            c.ef, c.k, c.recall, c.sample, c.target
+        ))?;
     }
     Ok(())
 }

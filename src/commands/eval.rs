@@ -130,6 +130,10 @@ fn render(r: &EvalReport) -> String {
         } else {
             ""
         };
+        let graph = match r.index_ef {
+            Some(ef) => format!("{graph}, beam ef {ef}"),
+            None => graph.to_string(),
+        };
         let _ = writeln!(
             out,
             "search check: {}{graph}: HNSW + re-rank finds {:.2}% of the exact top-{INDEX_RECALL_K}; \

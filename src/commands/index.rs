@@ -8,6 +8,7 @@ use crate::index::backend::pg_target;
 use crate::index::build::{self, Gallery, IndexJob, IndexReport};
 use crate::index::postgres::load::{self, PgIndexReport};
 use crate::index::store::SourceRecord;
+use crate::index::tune::EfChoice;
 use crate::printable::escape_controls;
 use crate::progress::Progress;
 
@@ -23,14 +24,16 @@ pub fn run(config: &Config, args: &IndexArgs) -> anyhow::Result<()> {
     }
     let (run_data, data) = gallery_data(config, args);
     let mut progress = embed_progress(args.json);
+    let mut measure = measure_progress(args.json);
     let report = if let Some(dir) = &args.add {
-        build::add(
+        build::add_reporting(
             &args.run,
             &args.checkpoint,
             dir,
             &config.index,
             &data,
             &mut progress,
+            &mut measure,
         )
         .with_context(|| {
             format!(
@@ -40,7 +43,8 @@ pub fn run(config: &Config, args: &IndexArgs) -> anyhow::Result<()> {
             )
         })?
     } else {
-        build::build(&job(config, args, &run_data, data)?, &mut progress)
+        let job = job(config, args, &run_data, data)?;
+        build::build_reporting(&job, &mut progress, &mut measure)
             .with_context(|| format!("indexing for run {}", args.run.display()))?
     };
     if args.json {
@@ -64,6 +68,16 @@ fn embed_progress(json: bool) -> impl FnMut(usize, usize) {
     let mut bar: Option<Progress> = None;
     move |done, total| {
         bar.get_or_insert_with(|| Progress::new("embed", total, !json))
+            .set(done, "");
+    }
+}
+
+/// The progress of measuring the search beam (none under --json): the exact ranking
+/// of the sampled gallery vectors, then each beam tried.
+fn measure_progress(json: bool) -> impl FnMut(usize, usize) {
+    let mut bar: Option<Progress> = None;
+    move |done, total| {
+        bar.get_or_insert_with(|| Progress::new("recall", total, !json))
             .set(done, "");
     }
 }
@@ -225,5 +239,29 @@ fn print_report(r: &IndexReport) -> anyhow::Result<()> {
         r.fingerprint,
         escape_controls(&r.checkpoint)
     ))?;
+    crate::output::line(&ef_summary(r.search_ef.as_ref()))?;
     Ok(())
+}
+
+/// One line on the search beam `index` measured.
+pub fn ef_summary(choice: Option<&EfChoice>) -> String {
+    let Some(c) = choice else {
+        return "search beam: not measured (an index written before vitrine measured it, or a graph that could not be read back); searches use index.shortlist unless index.ef_search is set".into();
+    };
+    let sample = if c.sample > 0 {
+        format!(" on {} gallery images", c.sample)
+    } else {
+        " (every image is in every result)".to_string()
+    };
+    if c.reached {
+        format!(
+            "search beam: ef {} reaches recall@{} {:.4}{sample} (target {}, index.target_recall); searches use it unless index.ef_search is set",
+            c.ef, c.k, c.recall, c.target
+        )
+    } else {
+        format!(
+            "search beam: even ef {} reaches only recall@{} {:.4}{sample}, short of the target {} (index.target_recall); searches use it unless index.ef_search is set",
+            c.ef, c.k, c.recall, c.target
+        )
+    }
 }

@@ -1,5 +1,9 @@
 //! `vitrine bench search`: build time, exact-scan QPS, and recall@k / single-thread
-//! QPS of HNSW + re-rank at several beam widths, on vectors from `.npy` files.
+//! QPS of HNSW + re-rank at several beam widths, on vectors from `.npy` files. The
+//! default sweep is fine (every 8 up to 128, with the older coarse grid's beams kept
+//! for comparison) and bisected further, so that the first beam reaching each of a
+//! few recall targets is measured, not guessed; beside it, the beam `vitrine index`
+//! would choose on the base vectors ([`super::tune`]).
 
 use std::time::Instant;
 
@@ -10,6 +14,7 @@ use super::hnsw::{GraphParams, HnswIndex};
 use super::npy::Matrix;
 use super::rerank::{SearchParams, VectorIndex, recall_at_k};
 use super::store::{IndexError, build_graph};
+use super::tune;
 use crate::eval::exact_top_k;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +43,24 @@ pub struct SearchBench {
     pub exact_queries: usize,
     /// Also time hnsw_rs's own search on the same graph.
     pub hnsw_rs: bool,
+    /// Recall targets whose first beam is reported (the default sweep is extended
+    /// and bisected down to each).
+    pub targets: Vec<f64>,
+    /// The target `vitrine index` measures its beam for (`index.target_recall`).
+    pub index_target: f64,
+}
+
+/// The recall targets reported besides `index.target_recall`.
+pub const TARGETS: [f64; 4] = [0.9, 0.95, 0.99, 0.995];
+
+/// The first beam of the sweep reaching a recall target.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FirstEf {
+    pub target: f64,
+    /// The narrowest measured beam reaching `target` (`None`: none did).
+    pub ef: Option<usize>,
+    /// Its recall@k.
+    pub recall_at_k: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -79,6 +102,12 @@ pub struct SearchBenchReport {
     /// Single-thread exact scan.
     pub exact_qps: f64,
     pub runs: Vec<SearchRun>,
+    /// The first beam (vitrine engine) reaching each of the targets.
+    pub first_ef: Vec<FirstEf>,
+    /// The beam `vitrine index` would store for these base vectors (its own
+    /// measurement, with base vectors as queries: [`tune::choose_ef`]) for
+    /// `index_target`; its recall on the real queries is among `runs`.
+    pub index_ef: tune::EfChoice,
 }
 
 /// Rows scaled to unit length (zero rows stay zero).
@@ -95,11 +124,40 @@ pub fn normalized(m: &Matrix) -> Matrix {
     out
 }
 
-/// The default sweep of beam widths for `k`.
+/// The coarse sweep of beam widths for `k` (k to 16·k; what the PostgreSQL half of
+/// the benchmark measures, and what earlier versions measured in-process).
 pub fn default_efs(k: usize) -> Vec<usize> {
     [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0]
         .iter()
         .map(|f| ((k as f64 * f).round() as usize).max(1))
+        .collect()
+}
+
+/// The in-process default sweep for `k`: the coarse one's beams plus every 8 from
+/// 16 to 128 (none below k), ascending.
+pub fn fine_efs(k: usize) -> Vec<usize> {
+    let mut efs = default_efs(k);
+    efs.extend((16..=128).step_by(8).filter(|&ef| ef >= k));
+    efs.sort_unstable();
+    efs.dedup();
+    efs
+}
+
+/// The first beam reaching each target among `runs` of the vitrine engine.
+fn first_efs(runs: &[SearchRun], targets: &[f64]) -> Vec<FirstEf> {
+    targets
+        .iter()
+        .map(|&target| {
+            let first = runs
+                .iter()
+                .filter(|r| r.engine == "vitrine" && r.recall_at_k >= target)
+                .min_by_key(|r| r.ef);
+            FirstEf {
+                target,
+                ef: first.map(|r| r.ef),
+                recall_at_k: first.map(|r| r.recall_at_k),
+            }
+        })
         .collect()
 }
 
@@ -161,58 +219,119 @@ pub fn run(
     let exact_qps = ne as f64 / exact_s.max(1e-9);
     progress(&format!("exact scan: {exact_qps:.0} queries/s"));
     let efs = if opts.efs.is_empty() {
-        default_efs(k)
+        fine_efs(k)
     } else {
         opts.efs.clone()
     };
-    let mut runs = Vec::new();
-    for &ef in &efs {
+    let mut runs: Vec<SearchRun> = Vec::new();
+    let measure =
+        |engine: &str, ef: usize, shortlist: usize, search: &dyn Fn(&[f32]) -> Vec<usize>| {
+            for q in queries.iter_rows().take(20) {
+                std::hint::black_box(search(q));
+            }
+            let mut ms = Vec::with_capacity(queries.rows);
+            let (found, secs) = timed(|| {
+                queries
+                    .iter_rows()
+                    .map(|q| {
+                        let (hits, s) = timed(|| search(q));
+                        ms.push(s * 1e3);
+                        hits
+                    })
+                    .collect::<Vec<_>>()
+            });
+            SearchRun {
+                engine: engine.into(),
+                ef,
+                shortlist,
+                recall_at_k: recall_at_k(&found, &truth, k),
+                qps: queries.rows as f64 / secs.max(1e-9),
+                p50_ms: quantile(&mut ms, 0.5),
+                p99_ms: quantile(&mut ms, 0.99),
+            }
+        };
+    let record = |run: SearchRun, runs: &mut Vec<SearchRun>, progress: &mut dyn FnMut(&str)| {
+        progress(&format!(
+            "{} ef {}: recall@{k} {:.4}, {:.0} queries/s",
+            run.engine, run.ef, run.recall_at_k, run.qps
+        ));
+        let recall = run.recall_at_k;
+        runs.push(run);
+        recall
+    };
+    // One run of the vitrine engine per beam (measured once).
+    let vitrine = |ef: usize, runs: &mut Vec<SearchRun>, progress: &mut dyn FnMut(&str)| {
         let ef = ef.max(k);
+        if let Some(r) = runs.iter().find(|r| r.engine == "vitrine" && r.ef == ef) {
+            return r.recall_at_k;
+        }
         let params = SearchParams {
             shortlist: ef,
             ef,
             int8: true,
         };
-        for q in queries.iter_rows().take(20) {
-            std::hint::black_box(index.search(q, k, params));
-        }
-        let mut measure =
-            |engine: &str, shortlist: usize, search: &dyn Fn(&[f32]) -> Vec<usize>| {
-                let mut ms = Vec::with_capacity(queries.rows);
-                let (found, secs) = timed(|| {
-                    queries
-                        .iter_rows()
-                        .map(|q| {
-                            let (hits, s) = timed(|| search(q));
-                            ms.push(s * 1e3);
-                            hits
-                        })
-                        .collect::<Vec<_>>()
-                });
-                let run = SearchRun {
-                    engine: engine.into(),
-                    ef,
-                    shortlist,
-                    recall_at_k: recall_at_k(&found, &truth, k),
-                    qps: queries.rows as f64 / secs.max(1e-9),
-                    p50_ms: quantile(&mut ms, 0.5),
-                    p99_ms: quantile(&mut ms, 0.99),
-                };
-                progress(&format!(
-                    "{engine} ef {ef}: recall@{k} {:.4}, {:.0} queries/s",
-                    run.recall_at_k, run.qps
-                ));
-                runs.push(run);
-            };
-        measure("vitrine", ef, &|q| {
+        let run = measure("vitrine", ef, ef, &|q| {
             index.search(q, k, params).iter().map(|h| h.index).collect()
         });
+        record(run, runs, progress)
+    };
+    for &ef in &efs {
+        vitrine(ef, &mut runs, progress);
         if opts.hnsw_rs {
-            measure("hnsw_rs", k, &|q| {
+            let ef = ef.max(k);
+            let run = measure("hnsw_rs", ef, k, &|q| {
                 hnsw.search(q, k, ef).iter().map(|n| n.d_id).collect()
             });
+            record(run, &mut runs, progress);
         }
     }
+    // What `vitrine index` would choose here, and its recall on the real queries.
+    let index_ef = tune::choose_ef(&index, k, opts.index_target, tune::SAMPLE, &mut |_, _| {})?;
+    progress(&format!(
+        "`vitrine index` would choose ef {} (recall@{k} {:.4} on {} base vectors as queries, target {})",
+        index_ef.ef, index_ef.recall, index_ef.sample, opts.index_target
+    ));
+    vitrine(index_ef.ef, &mut runs, progress);
+    if opts.efs.is_empty() {
+        // Beyond the sweep, double the widest beam until each target is reached (up
+        // to the widest `vitrine index` tries); then bisect the gap below each
+        // target's first beam, so that the first beam reaching it is measured
+        // (recall taken as rising with the beam).
+        let limit = tune::MAX_EF.max(k).min(base.rows);
+        for &target in &opts.targets {
+            while first_efs(&runs, &[target])[0].ef.is_none() {
+                let widest = runs
+                    .iter()
+                    .filter(|r| r.engine == "vitrine")
+                    .map(|r| r.ef)
+                    .max()
+                    .unwrap_or(k);
+                if widest >= limit {
+                    break;
+                }
+                vitrine((2 * widest).min(limit), &mut runs, progress);
+            }
+            let Some(mut hi) = first_efs(&runs, &[target])[0].ef else {
+                continue;
+            };
+            let mut lo = runs
+                .iter()
+                .filter(|r| r.engine == "vitrine" && r.ef < hi)
+                .map(|r| r.ef)
+                .max()
+                .unwrap_or(hi);
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if vitrine(mid, &mut runs, progress) >= target {
+                    hi = mid;
+                } else {
+                    lo = mid;
+                }
+            }
+        }
+    }
+    runs.sort_by(|a, b| a.ef.cmp(&b.ef).then_with(|| b.engine.cmp(&a.engine)));
+    let first_ef = first_efs(&runs, &opts.targets);
     Ok(SearchBenchReport {
         n: base.rows,
         dim: base.cols,
@@ -225,5 +344,7 @@ pub fn run(
         self_recall,
         exact_qps,
         runs,
+        first_ef,
+        index_ef,
     })
 }

@@ -11,7 +11,9 @@ use super::hnsw::{self, Graph, GraphParams};
 use super::hnsw_dump;
 use super::model::{CheckpointChoice, LoadedModel, ModelError, load_model};
 use super::npy::Matrix;
+use super::rerank::VectorIndex;
 use super::store::{self, Entry, GraphRecord, IndexError, IndexHeader, SourceRecord};
+use super::tune::{self, EfChoice};
 use crate::config::{DataConfig, IndexConfig};
 use crate::data::deepfashion::{Dataset, DatasetError, GalleryProtocol, LoadOptions};
 use crate::data::folder::scan_images;
@@ -96,6 +98,12 @@ pub struct IndexReport {
     pub embed_seconds: f64,
     pub graph_seconds: f64,
     pub self_recall: f64,
+    /// The search beam measured for `index.target_recall` ([`tune::choose_ef`]);
+    /// `None` when the graph could not be read back after `--add`, or `--add` found
+    /// nothing new for an index written before the measurement existed.
+    pub search_ef: Option<EfChoice>,
+    /// Seconds the beam's measurement took.
+    pub tune_seconds: f64,
     pub fingerprint: String,
     /// The checkpoint file the vectors were embedded with.
     pub checkpoint: String,
@@ -257,10 +265,47 @@ pub(crate) fn now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// The smallest beam reaching `settings.target_recall` on `vectors` searched
+/// through `graph` (see [`tune`]).
+fn measure_ef(
+    vectors: &Matrix,
+    graph: Graph,
+    settings: &IndexConfig,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<EfChoice, BuildError> {
+    let index = VectorIndex::new(vectors.clone(), graph);
+    let choice = tune::choose_ef(
+        &index,
+        tune::RECALL_K,
+        settings.target_recall,
+        tune::SAMPLE,
+        progress,
+    )?;
+    tracing::info!(
+        "search beam: ef {} gives recall@{} {:.4} on {} gallery vectors (target {})",
+        choice.ef,
+        choice.k,
+        choice.recall,
+        choice.sample,
+        choice.target
+    );
+    Ok(choice)
+}
+
 /// Embeds the job's gallery and writes a new `RUN/index/` (replacing any previous).
 pub fn build(
     job: &IndexJob,
     progress: &mut dyn FnMut(usize, usize),
+) -> Result<IndexReport, BuildError> {
+    build_reporting(job, progress, &mut |_, _| {})
+}
+
+/// [`build`], reporting the embedding to `progress` and the measurement of the
+/// search beam to `measure`.
+pub fn build_reporting(
+    job: &IndexJob,
+    progress: &mut dyn FnMut(usize, usize),
+    measure: &mut dyn FnMut(usize, usize),
 ) -> Result<IndexReport, BuildError> {
     let _lock = store::lock(&RunDir::new(&job.run).index_dir())?;
     let model = load_model(&job.run, Some(&job.checkpoint))?;
@@ -288,9 +333,12 @@ pub fn build(
         .collect();
     let embed_seconds = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let (index, _graph, self_recall) =
+    let (index, graph, self_recall) =
         store::build_graph(&vectors, params(&job.settings), ef_check(&job.settings))?;
     let graph_seconds = t1.elapsed().as_secs_f64();
+    let t2 = Instant::now();
+    let search_ef = measure_ef(&vectors, graph, &job.settings, measure)?;
+    let tune_seconds = t2.elapsed().as_secs_f64();
     let header = IndexHeader {
         format: store::FORMAT,
         dim: vectors.cols,
@@ -310,6 +358,7 @@ pub fn build(
             m: job.settings.m,
             ef_construction: job.settings.ef_construction,
             self_recall,
+            search_ef: Some(search_ef),
         },
         files: std::collections::BTreeMap::default(),
         created: now(),
@@ -326,6 +375,8 @@ pub fn build(
         embed_seconds,
         graph_seconds,
         self_recall,
+        search_ef: header.graph.search_ef,
+        tune_seconds,
         fingerprint: header.fingerprint,
         checkpoint: header.checkpoint,
         source,
@@ -333,8 +384,8 @@ pub fn build(
 }
 
 /// Appends the images under `folder` that the index does not hold yet, inserting them
-/// into the existing graph (no rebuild). The checkpoint must be the one the index was
-/// built with.
+/// into the existing graph (no rebuild), and measures the search beam again. The
+/// checkpoint must be the one the index was built with.
 pub fn add(
     run: &Path,
     checkpoint: &CheckpointChoice,
@@ -342,6 +393,28 @@ pub fn add(
     settings: &IndexConfig,
     data: &DataConfig,
     progress: &mut dyn FnMut(usize, usize),
+) -> Result<IndexReport, BuildError> {
+    add_reporting(
+        run,
+        checkpoint,
+        folder,
+        settings,
+        data,
+        progress,
+        &mut |_, _| {},
+    )
+}
+
+/// [`add`], reporting the embedding to `progress` and the measurement of the search
+/// beam to `measure`.
+pub fn add_reporting(
+    run: &Path,
+    checkpoint: &CheckpointChoice,
+    folder: &Path,
+    settings: &IndexConfig,
+    data: &DataConfig,
+    progress: &mut dyn FnMut(usize, usize),
+    measure: &mut dyn FnMut(usize, usize),
 ) -> Result<IndexReport, BuildError> {
     let dir = RunDir::new(run).index_dir();
     // Held from reading the old index to writing the new one: no lost update.
@@ -385,6 +458,8 @@ pub fn add(
             embed_seconds,
             graph_seconds: 0.0,
             self_recall: old.header.graph.self_recall,
+            search_ef: old.header.graph.search_ef,
+            tune_seconds: 0.0,
             fingerprint: old.header.fingerprint,
             checkpoint: old.header.checkpoint,
             source,
@@ -407,15 +482,29 @@ pub fn add(
         count: old.header.count,
         dim: old.header.dim,
     };
+    let mut tune_seconds = 0.0;
     let written = hnsw::with_loaded(&read_dir, &old.header.graph.basename, expected, |index| {
         hnsw::insert_rows(index, &new_vectors.data, new_vectors.cols, base, true);
-        let recall = Graph::from_hnsw(index).map_or(0.0, |g| {
-            hnsw::self_recall(&g, &all.data, all.cols, 1000, ef_check(settings))
+        let graph = Graph::from_hnsw(index).ok();
+        header.graph.self_recall = graph.as_ref().map_or(0.0, |g| {
+            hnsw::self_recall(g, &all.data, all.cols, 1000, ef_check(settings))
         });
-        header.graph.self_recall = recall;
-        store::write(&dir, header.clone(), &all_entries, &all, index)
+        // The graph grew: the beam is measured again (none recorded, so searches
+        // fall back to the shortlist, if the graph cannot be read back).
+        let t2 = Instant::now();
+        header.graph.search_ef = graph
+            .map(|g| measure_ef(&all, g, settings, measure))
+            .transpose()?;
+        tune_seconds = t2.elapsed().as_secs_f64();
+        Ok::<_, BuildError>(store::write(
+            &dir,
+            header.clone(),
+            &all_entries,
+            &all,
+            index,
+        )?)
     })??;
-    let graph_seconds = t1.elapsed().as_secs_f64();
+    let graph_seconds = t1.elapsed().as_secs_f64() - tune_seconds;
     Ok(IndexReport {
         dir,
         count: written.count,
@@ -426,6 +515,8 @@ pub fn add(
         embed_seconds,
         graph_seconds,
         self_recall: written.graph.self_recall,
+        search_ef: written.graph.search_ef,
+        tune_seconds,
         fingerprint: written.fingerprint,
         checkpoint: written.checkpoint,
         source,

@@ -17,8 +17,9 @@ use super::npy::Matrix;
 use super::postgres::gallery::LiveVersion;
 use super::postgres::{PgError, PgGallery, PgUrl, record};
 use super::rerank::{VectorIndex, recall_at_k};
-use super::search::params_of;
+use super::search::{params_of, params_with};
 use super::store::{SourceRecord, build_graph};
+use super::tune;
 use crate::config::{DataConfig, IndexConfig};
 use crate::data::deepfashion::{Dataset, GalleryProtocol, LoadOptions, Split};
 use crate::data::loader::{ImageSpec, LoaderConfig, Prefetcher};
@@ -101,6 +102,11 @@ pub struct EvalReport {
     /// evaluation), or the run's gallery in PostgreSQL when RUN/index/ holds this
     /// gallery with these weights.
     pub index_backend: Option<String>,
+    /// The beam the in-process search check walked: measured on this gallery as
+    /// `vitrine index` measures it ([`super::tune`]) unless `index.ef_search` is
+    /// set; `None` for a gallery in PostgreSQL and for raw pixels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index_ef: Option<usize>,
     /// The checkpoint file, or `untrained`.
     pub model: String,
     pub fingerprint: String,
@@ -213,34 +219,49 @@ pub fn evaluate(
                     .into_owned()
             })
             .collect();
-        let (approx, index_backend) = if let Some(pg) = postgres_gallery(job, fingerprint, gv.cols)?
-        {
-            let backend = format!("PostgreSQL {} at {}", pg.table(), pg.url().shown());
-            let fingerprint = fingerprint.unwrap_or_default();
-            (
-                search_postgres(&pg, &qv, &g_paths, &job.settings, fingerprint)?,
-                backend,
-            )
-        } else {
-            let params = GraphParams {
-                m: job.settings.m,
-                ef_construction: job.settings.ef_construction,
+        let (approx, index_backend, index_ef) =
+            if let Some(pg) = postgres_gallery(job, fingerprint, gv.cols)? {
+                // PostgreSQL records no measured beam: its settings as they are.
+                let backend = format!("PostgreSQL {} at {}", pg.table(), pg.url().shown());
+                let fingerprint = fingerprint.unwrap_or_default();
+                (
+                    search_postgres(&pg, &qv, &g_paths, &job.settings, fingerprint)?,
+                    backend,
+                    None,
+                )
+            } else {
+                let params = GraphParams {
+                    m: job.settings.m,
+                    ef_construction: job.settings.ef_construction,
+                };
+                let (_hnsw, graph, _) = build_graph(&gv, params, 64)?;
+                let index = VectorIndex::new(gv, graph);
+                // The beam `search` would use on an index of this gallery.
+                let measured = if job.settings.ef_search == 0 {
+                    Some(tune::choose_ef(
+                        &index,
+                        tune::RECALL_K,
+                        job.settings.target_recall,
+                        tune::SAMPLE,
+                        &mut |d, t| progress("recall", d, t),
+                    )?)
+                } else {
+                    None
+                };
+                let (search, _) = params_with(&job.settings, measured.as_ref());
+                let approx = qv
+                    .iter_rows()
+                    .map(|q| {
+                        index
+                            .search(q, INDEX_RECALL_K, search)
+                            .iter()
+                            .map(|h| h.index)
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                let ef = search.resolve(INDEX_RECALL_K).1;
+                (approx, "in-process HNSW".to_string(), Some(ef))
             };
-            let (_hnsw, graph, _) = build_graph(&gv, params, 64)?;
-            let index = VectorIndex::new(gv, graph);
-            let search = params_of(&job.settings);
-            let approx = qv
-                .iter_rows()
-                .map(|q| {
-                    index
-                        .search(q, INDEX_RECALL_K, search)
-                        .iter()
-                        .map(|h| h.index)
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            (approx, "in-process HNSW".to_string())
-        };
         let index_top_k: BTreeMap<String, f64> = REPORTED_K
             .iter()
             .filter(|&&k| k <= INDEX_RECALL_K)
@@ -259,6 +280,7 @@ pub fn evaluate(
             recall_at_k(&approx, &exact, INDEX_RECALL_K),
             index_top_k,
             index_backend,
+            index_ef,
         ))
     } else {
         None
@@ -275,7 +297,8 @@ pub fn evaluate(
         map_at_r: retrieval.map_at_r,
         index_recall_at_k: index.as_ref().map(|i| i.0),
         index_top_k: index.as_ref().map(|i| i.1.clone()),
-        index_backend: index.map(|i| i.2),
+        index_backend: index.as_ref().map(|i| i.2.clone()),
+        index_ef: index.and_then(|i| i.3),
         model: match &model {
             Some(m) => m
                 .checkpoint

@@ -109,6 +109,20 @@ impl VectorIndex {
     /// The graph's `shortlist` best rows for `q` (beam `ef`), best first by the walk's
     /// own measure (a dot product of codes or of vectors).
     pub fn shortlist(&self, q: &[f32], shortlist: usize, ef: usize, int8: bool) -> Vec<u32> {
+        self.shortlist_without(q, shortlist, ef, int8, None)
+    }
+
+    /// [`Self::shortlist`] with row `hidden` taken out of the walk (scored below
+    /// everything, so that it is never stepped on nor returned): a gallery row
+    /// searched as if it were a query the graph had never seen.
+    fn shortlist_without(
+        &self,
+        q: &[f32],
+        shortlist: usize,
+        ef: usize,
+        int8: bool,
+        hidden: Option<u32>,
+    ) -> Vec<u32> {
         let mut visited = self
             .visited
             .lock()
@@ -121,14 +135,26 @@ impl VectorIndex {
             let qc = quantize(q, self.code_scale);
             let codes = &self.codes;
             self.graph.search(
-                |id| dot_i8(&qc, &codes[id as usize * dim..(id as usize + 1) * dim]) as f32,
+                |id| {
+                    if Some(id) == hidden {
+                        f32::NEG_INFINITY
+                    } else {
+                        dot_i8(&qc, &codes[id as usize * dim..(id as usize + 1) * dim]) as f32
+                    }
+                },
                 ef,
                 &mut visited,
             )
         } else {
             let data = &self.vectors.data;
             self.graph.search(
-                |id| dot(q, &data[id as usize * dim..(id as usize + 1) * dim]),
+                |id| {
+                    if Some(id) == hidden {
+                        f32::NEG_INFINITY
+                    } else {
+                        dot(q, &data[id as usize * dim..(id as usize + 1) * dim])
+                    }
+                },
                 ef,
                 &mut visited,
             )
@@ -136,12 +162,39 @@ impl VectorIndex {
         if let Ok(mut pool) = self.visited.lock() {
             pool.push(visited);
         }
+        if let Some(h) = hidden {
+            found.retain(|&(id, _)| id != h);
+        }
         found.truncate(shortlist);
         found.into_iter().map(|(id, _)| id).collect()
     }
 
     /// Top `k` by exact cosine among the HNSW shortlist. `q` must be `dim()` long.
     pub fn search(&self, q: &[f32], k: usize, params: SearchParams) -> Vec<Hit> {
+        self.search_without(q, k, params, None)
+    }
+
+    /// [`Self::search`] of gallery row `row` as a query the graph has never seen: the
+    /// row is out of the walk and of the results (how `vitrine index` measures the
+    /// beam searches need, [`super::tune`]).
+    pub fn search_row_held_out(&self, row: usize, k: usize, params: SearchParams) -> Vec<Hit> {
+        if row >= self.len() {
+            return Vec::new();
+        }
+        let hidden = u32::try_from(row).ok();
+        let mut hits = self.search_without(self.vectors.row(row), k + 1, params, hidden);
+        hits.retain(|h| h.index != row);
+        hits.truncate(k);
+        hits
+    }
+
+    fn search_without(
+        &self,
+        q: &[f32],
+        k: usize,
+        params: SearchParams,
+        hidden: Option<u32>,
+    ) -> Vec<Hit> {
         if k == 0 || self.is_empty() || q.len() != self.dim() {
             return Vec::new();
         }
@@ -150,7 +203,7 @@ impl VectorIndex {
         }
         let (shortlist, ef) = params.resolve(k);
         let q_inv = inv_norm(q);
-        let ids = self.shortlist(q, shortlist, ef, params.int8);
+        let ids = self.shortlist_without(q, shortlist, ef, params.int8, hidden);
         let mut hits: Vec<Hit> = ids
             .into_iter()
             .map(|id| Hit {

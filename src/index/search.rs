@@ -16,6 +16,7 @@ use super::postgres::gallery::{GalleryRows, LiveVersion};
 use super::postgres::{PgError, PgGallery, PgRecord, PgUrl, record};
 use super::rerank::SearchParams;
 use super::store::{self, Entry, Index, IndexError, IndexHeader};
+use super::tune::EfChoice;
 use crate::config::IndexConfig;
 use crate::data::loader::{ImageSpec, LoadError, LoaderConfig, load_image};
 use crate::eval::Hit;
@@ -121,6 +122,8 @@ pub struct Searcher {
     gallery: Gallery,
     loader: LoaderConfig,
     params: SearchParams,
+    /// The index's measured beam, when `params` use it (`index.ef_search` = 0).
+    tuned: Option<EfChoice>,
 }
 
 impl Searcher {
@@ -176,14 +179,16 @@ impl Searcher {
             prefetch: 1,
             max_pixels: model.config.data.max_image_pixels,
         };
-        let params = params_of(&model.config.index);
-        Self {
+        let settings = model.config.index.clone();
+        let searcher = Self {
             run: run.to_path_buf(),
             model,
             gallery,
             loader,
-            params,
-        }
+            params: SearchParams::default(),
+            tuned: None,
+        };
+        searcher.with_settings(&settings)
     }
 
     /// A run whose gallery is in PostgreSQL: the record's weights must be the model's,
@@ -262,15 +267,49 @@ impl Searcher {
         Ok(())
     }
 
-    /// Uses `settings`' shortlist and beam width.
+    /// Uses `settings`' shortlist and beam width; with `ef_search` = 0, the beam the
+    /// local index measured ([`params_for`]). A gallery in PostgreSQL records no
+    /// measured beam: it searches with `settings` as they are (pgvector's
+    /// `hnsw.ef_search` = the shortlist unless `ef_search` is set).
     #[must_use]
     pub fn with_settings(mut self, settings: &IndexConfig) -> Self {
-        self.params = params_of(settings);
+        (self.params, self.tuned) = match &self.gallery {
+            Gallery::Local(index) => params_for(settings, &index.header),
+            Gallery::Postgres(_) => (params_of(settings), None),
+        };
         self
     }
 
     pub fn set_params(&mut self, params: SearchParams) {
         self.params = params;
+        self.tuned = None;
+    }
+
+    /// The beam `vitrine index` measured, when searches use it (the local index
+    /// recorded one and `index.ef_search` is 0).
+    pub fn tuned_ef(&self) -> Option<EfChoice> {
+        self.tuned
+    }
+
+    /// The beam a search for `k` results walks, and where it comes from, in words
+    /// (the dashboard's Search tab).
+    pub fn beam_label(&self, k: usize) -> String {
+        let ef = self.params.resolve(k).1;
+        match (&self.gallery, &self.tuned) {
+            (Gallery::Postgres(_), _) => format!("pgvector ef {ef}"),
+            (Gallery::Local(_), Some(c)) if c.reached => format!(
+                "ef {ef} measured for recall@{} {} ({:.4})",
+                c.k, c.target, c.recall
+            ),
+            (Gallery::Local(_), Some(c)) => format!(
+                "ef {ef}: the widest measured, recall@{} {:.4} < {}",
+                c.k, c.recall, c.target
+            ),
+            (Gallery::Local(_), None) if self.params.ef > 0 => {
+                format!("ef {ef} (index.ef_search)")
+            }
+            (Gallery::Local(_), None) => format!("ef {ef} (the shortlist; not measured)"),
+        }
     }
 
     pub fn params(&self) -> SearchParams {
@@ -424,11 +463,47 @@ impl Searcher {
     }
 }
 
-/// Search settings of an `[index]` section.
+/// Search settings of an `[index]` section as they are (`ef_search` = 0: the
+/// shortlist).
 pub fn params_of(settings: &IndexConfig) -> SearchParams {
     SearchParams {
         shortlist: settings.shortlist,
         ef: settings.ef_search,
         int8: true,
     }
+}
+
+/// Search settings of an `[index]` section for a graph whose beam was measured
+/// (`measured`, from its header or [`super::tune::choose_ef`]): with `ef_search` = 0
+/// the measured beam, the whole of it re-ranked as it was measured unless
+/// `shortlist` is set (the beam never below the shortlist nor `k`); the measured
+/// choice comes back when it is used. `ef_search` set, or nothing measured (an
+/// index from before the measurement): [`params_of`].
+pub fn params_with(
+    settings: &IndexConfig,
+    measured: Option<&EfChoice>,
+) -> (SearchParams, Option<EfChoice>) {
+    match measured {
+        Some(choice) if settings.ef_search == 0 && choice.ef > 0 => (
+            SearchParams {
+                shortlist: if settings.shortlist == 0 {
+                    choice.ef
+                } else {
+                    settings.shortlist
+                },
+                ef: choice.ef,
+                int8: true,
+            },
+            Some(*choice),
+        ),
+        _ => (params_of(settings), None),
+    }
+}
+
+/// [`params_with`] for the local index of `header`.
+pub fn params_for(
+    settings: &IndexConfig,
+    header: &IndexHeader,
+) -> (SearchParams, Option<EfChoice>) {
+    params_with(settings, header.graph.search_ef.as_ref())
 }

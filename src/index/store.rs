@@ -26,6 +26,7 @@ use super::hnsw::{self, Graph, GraphError, GraphParams, HnswIndex};
 use super::hnsw_dump;
 use super::npy::{self, Matrix, NpyError};
 use super::rerank::VectorIndex;
+use super::tune::EfChoice;
 
 pub const FORMAT: u32 = 1;
 pub const HEADER_FILE: &str = "header.json";
@@ -85,6 +86,12 @@ pub struct GraphRecord {
     pub ef_construction: usize,
     /// Share of sampled rows that find themselves first, measured after building.
     pub self_recall: f64,
+    /// The smallest search beam found to reach `index.target_recall` on a sample of
+    /// the gallery ([`super::tune`]); searches use it unless `index.ef_search` is set.
+    /// Absent from indexes built before vitrine measured it: they search with the
+    /// shortlist as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search_ef: Option<EfChoice>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

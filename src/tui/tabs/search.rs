@@ -66,6 +66,9 @@ pub enum ModelLoad {
     Loading,
     Ready {
         seconds: f64,
+        /// The beam searches walk, and where it comes from
+        /// ([`crate::index::Searcher::beam_label`]).
+        beam: String,
     },
     Failed(String),
 }
@@ -284,7 +287,10 @@ mod tests {
         assert_eq!(asked, (query(1).path, Some("id_1".into())));
         assert!(s.waiting_for_model());
         // Loaded: the same search is now running, not asked again.
-        s.model_event(ModelLoad::Ready { seconds: 0.8 });
+        s.model_event(ModelLoad::Ready {
+            seconds: 0.8,
+            beam: "ef 21".into(),
+        });
         assert!(!s.waiting_for_model());
         assert_eq!(s.pending, Some(query(1).path));
         s.answered(Ok(SearchResults {

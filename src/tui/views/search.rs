@@ -130,12 +130,13 @@ fn index_line(app: &App, ctx: &Ctx) -> Vec<Span<'static>> {
                 Span::styled(count, theme.muted()),
                 Span::styled(" · loading model and index…", theme.warning()),
             ],
-            ModelLoad::Ready { seconds } => vec![
+            ModelLoad::Ready { seconds, beam } => vec![
                 Span::styled(count, theme.muted()),
                 Span::styled(
                     format!(" · ready (loaded in {seconds:.1} s)"),
                     theme.success(),
                 ),
+                Span::styled(format!(" · {beam}"), theme.muted()),
                 Span::styled(
                     format!(" · thumbnails: {}", app.opts.images_label),
                     theme.muted(),

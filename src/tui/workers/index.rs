@@ -219,7 +219,8 @@ fn search_loop(run: &Path, rx: &Receiver<Request>, generation: &AtomicU64, out: 
                 Ok(s) => {
                     let seconds = started.elapsed().as_secs_f64();
                     tracing::info!("search model and index loaded in {seconds:.2} s");
-                    out.send(WorkerEvent::Model(ModelLoad::Ready { seconds }));
+                    let beam = s.beam_label(TOP_K);
+                    out.send(WorkerEvent::Model(ModelLoad::Ready { seconds, beam }));
                     searcher = Some((gen_now, Arc::new(s)));
                 }
                 Err(e) => {
