@@ -195,7 +195,7 @@ pub fn read_graph(
 
 /// A total order on `f32` scores for the heaps (NaN sorts lowest).
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Scored(f32, u32);
+pub(crate) struct Scored(pub(crate) f32, pub(crate) u32);
 
 impl Eq for Scored {}
 
@@ -229,7 +229,7 @@ pub struct Visited {
 }
 
 impl Visited {
-    fn start(&mut self, n: usize) {
+    pub(crate) fn start(&mut self, n: usize) {
         if self.tags.len() < n {
             self.tags.resize(n, 0);
         }
@@ -242,7 +242,7 @@ impl Visited {
 
     /// Marks `id`; true when it was not seen before.
     #[inline]
-    fn insert(&mut self, id: u32) -> bool {
+    pub(crate) fn insert(&mut self, id: u32) -> bool {
         let t = &mut self.tags[id as usize];
         if *t == self.current {
             false
@@ -258,6 +258,8 @@ impl Visited {
 #[derive(Debug, Clone, Default)]
 pub struct Graph {
     n: usize,
+    /// Links per node on the upper layers (hnsw_rs's `max_nb_connection`).
+    m: usize,
     /// Layer-0 links: `stride` slots per node, the first holding the count.
     level0: Vec<u32>,
     stride: usize,
@@ -361,6 +363,7 @@ impl Graph {
         }
         Ok(Self {
             n,
+            m,
             level0,
             stride,
             upper,
@@ -384,7 +387,23 @@ impl Graph {
         &self.level0[s + 1..s + 1 + count]
     }
 
-    fn links(&self, id: u32, layer: usize) -> &[u32] {
+    /// Links per node on the upper layers (layer 0 keeps up to `2·m`).
+    pub fn m(&self) -> usize {
+        self.m
+    }
+
+    /// The top layer of node `id` (it has links on layers `0..=level`).
+    pub fn level(&self, id: u32) -> usize {
+        self.upper[id as usize].len()
+    }
+
+    /// The entry point and its layer.
+    pub fn entry(&self) -> (u32, usize) {
+        (self.entry, self.top_level)
+    }
+
+    /// The links of `id` on `layer` (empty above its level).
+    pub fn links(&self, id: u32, layer: usize) -> &[u32] {
         if layer == 0 {
             return self.links0(id);
         }
