@@ -288,8 +288,13 @@ pub fn build(
         .collect();
     let embed_seconds = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let (index, _graph, self_recall) =
-        store::build_graph(&vectors, params(&job.settings), ef_check(&job.settings))?;
+    let built = store::build_graph_with(
+        &vectors,
+        params(&job.settings),
+        ef_check(&job.settings),
+        job.settings.builder,
+    )?;
+    let self_recall = built.self_recall;
     let graph_seconds = t1.elapsed().as_secs_f64();
     let header = IndexHeader {
         format: store::FORMAT,
@@ -315,7 +320,13 @@ pub fn build(
         created: now(),
     };
     let dir = RunDir::new(&job.run).index_dir();
-    let header = store::write(&dir, header, &entries, &vectors, &index)?;
+    let header = store::write(
+        &dir,
+        header,
+        &entries,
+        &vectors,
+        built.source(params(&job.settings)),
+    )?;
     Ok(IndexReport {
         dir,
         count: header.count,
