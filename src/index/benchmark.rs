@@ -9,7 +9,6 @@ use serde::Serialize;
 use hnsw_rs::hnswio::HnswIo;
 
 use super::hnsw::{GraphError, GraphParams, HnswIndex, UnitCosine};
-use super::hnsw_dump;
 use super::npy::Matrix;
 use super::rerank::{SearchParams, VectorIndex, recall_at_k};
 use super::store::{IndexError, build_graph_with};
@@ -168,7 +167,7 @@ pub fn run(
                 }))
             };
             std::fs::create_dir(&dump_dir).map_err(|e| err(e.to_string()))?;
-            let written = hnsw_dump::write(
+            let written = super::hnsw::write_dump(
                 &dump_dir,
                 "graph",
                 &built.graph,

@@ -193,6 +193,28 @@ pub fn read_graph(
     })
 }
 
+/// Writes `graph` over `data` (node `i` is row `i`, `dim` wide) as hnsw_rs's dump
+/// `<basename>.hnsw.graph` + `.hnsw.data` in `dir` ([`hnsw_dump::write`]), which
+/// hnsw_rs loads as an index of [`UnitCosine`].
+pub fn write_dump(
+    dir: &Path,
+    basename: &str,
+    graph: &Graph,
+    data: &[f32],
+    dim: usize,
+    ef_construction: usize,
+) -> std::io::Result<()> {
+    hnsw_dump::write(
+        dir,
+        basename,
+        &graph.to_links(),
+        data,
+        dim,
+        ef_construction,
+        std::any::type_name::<UnitCosine>(),
+    )
+}
+
 /// A total order on `f32` scores for the heaps (NaN sorts lowest).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Scored(pub(crate) f32, pub(crate) u32);
@@ -385,6 +407,25 @@ impl Graph {
         let s = id as usize * self.stride;
         let count = self.level0[s] as usize;
         &self.level0[s + 1..s + 1 + count]
+    }
+
+    /// The adjacency as a dump holds it (every node's links on its layers).
+    pub fn to_links(&self) -> hnsw_dump::Links {
+        let lists = (0..self.n as u32)
+            .map(|id| {
+                let layers = (0..=self.level(id))
+                    .map(|l| self.links(id, l).to_vec())
+                    .collect();
+                (id as usize, layers)
+            })
+            .collect();
+        hnsw_dump::Links {
+            nodes: self.n,
+            m: self.m,
+            lists,
+            entry: self.entry,
+            top_level: self.top_level,
+        }
     }
 
     /// Links per node on the upper layers (layer 0 keeps up to `2·m`).

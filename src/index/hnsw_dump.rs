@@ -25,10 +25,6 @@
 
 use std::path::Path;
 
-use hnsw_rs::anndists::dist::distances::Distance;
-
-use super::hnsw::{Graph, UnitCosine};
-
 /// hnsw_rs's layer count (its dump refuses any other).
 pub const MAX_LAYERS: usize = 16;
 
@@ -390,47 +386,65 @@ pub fn read(dir: &Path, basename: &str, expected: Expected) -> Result<Links, (St
     })
 }
 
-/// Writes `graph` over `data` (node `i` is row `i`, `dim` wide) as hnsw_rs's full
-/// dump (format 4, native byte order): `<basename>.hnsw.graph` and `.hnsw.data` in
-/// `dir`, so that hnsw_rs's own loader reads what vitrine builds. Each list is
-/// written nearest first with its `UnitCosine` distances, as hnsw_rs keeps them;
-/// `ef_construction` is recorded as hnsw_rs records it.
+/// Writes the adjacency `links` over `data` (node `i` is row `i`, `dim` wide, unit
+/// rows) as hnsw_rs's full dump (format 4, native byte order): `<basename>.hnsw.graph`
+/// and `.hnsw.data` in `dir`, so that hnsw_rs's own loader reads what vitrine builds.
+/// Each list is written nearest first with its distances `1 − a·b` (clamped to
+/// `[0, 2]`), as hnsw_rs keeps them; `distance` is the distance type's name (hnsw_rs
+/// records `std::any::type_name` of it), `ef_construction` is recorded as hnsw_rs
+/// records it.
 pub fn write(
     dir: &Path,
     basename: &str,
-    graph: &Graph,
+    links: &Links,
     data: &[f32],
     dim: usize,
     ef_construction: usize,
+    distance: &str,
 ) -> std::io::Result<()> {
     use std::io::{BufWriter, Write};
     let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
-    let n = graph.len();
+    let n = links.nodes;
     if n == 0 || dim == 0 || data.len() != n * dim {
         return Err(invalid(format!(
             "{} values for a graph of {n} nodes of dimension {dim}",
             data.len()
         )));
     }
-    let m = u8::try_from(graph.m())
+    let m = u8::try_from(links.m)
         .ok()
         .filter(|&m| m >= 2)
-        .ok_or_else(|| invalid(format!("m = {} (2..=255)", graph.m())))?;
+        .ok_or_else(|| invalid(format!("m = {} (2..=255)", links.m)))?;
+    // Per node: its links per layer (it sits on the top one).
+    let mut lists: Vec<Option<&Vec<Vec<u32>>>> = vec![None; n];
+    for (id, l) in &links.lists {
+        let slot = lists
+            .get_mut(*id)
+            .ok_or_else(|| invalid(format!("node id {id} is outside 0..{n}")))?;
+        if slot.replace(l).is_some() || l.is_empty() || l.len() > MAX_LAYERS {
+            return Err(invalid(format!("node {id} is listed twice or on no layer")));
+        }
+        if let Some(&bad) = l.iter().flatten().find(|&&nb| nb as usize >= n) {
+            return Err(invalid(format!("a link to node {bad} is outside 0..{n}")));
+        }
+    }
+    let lists: Vec<&Vec<Vec<u32>>> = lists
+        .into_iter()
+        .enumerate()
+        .map(|(id, l)| l.ok_or_else(|| invalid(format!("node {id} is missing"))))
+        .collect::<Result<_, _>>()?;
+    let level = |id: u32| lists[id as usize].len() - 1;
     // hnsw_rs files points layer by layer; a link names the record (layer, rank).
     let mut by_layer: Vec<Vec<u32>> = vec![Vec::new(); MAX_LAYERS];
     let mut rank = vec![0i32; n];
     for id in 0..n as u32 {
-        let level = graph.level(id);
-        if level >= MAX_LAYERS {
-            return Err(invalid(format!("node {id} is on layer {level}")));
-        }
-        rank[id as usize] = by_layer[level].len() as i32;
-        by_layer[level].push(id);
+        rank[id as usize] = by_layer[level(id)].len() as i32;
+        by_layer[level(id)].push(id);
     }
     let row = |id: u32| &data[id as usize * dim..(id as usize + 1) * dim];
     let record = |w: &mut BufWriter<std::fs::File>, id: u32| -> std::io::Result<()> {
         w.write_all(&(id as usize).to_ne_bytes())?;
-        w.write_all(&[graph.level(id) as u8])?;
+        w.write_all(&[level(id) as u8])?;
         w.write_all(&rank[id as usize].to_ne_bytes())
     };
     let name = |w: &mut BufWriter<std::fs::File>, s: &str| -> std::io::Result<()> {
@@ -447,7 +461,7 @@ pub fn write(
     for v in [ef_construction, n, dim] {
         g.write_all(&v.to_ne_bytes())?;
     }
-    name(&mut g, std::any::type_name::<UnitCosine>())?;
+    name(&mut g, distance)?;
     name(&mut g, std::any::type_name::<f32>())?;
     d.write_all(&MAGIC_DATA.to_ne_bytes())?;
     d.write_all(&dim.to_ne_bytes())?;
@@ -461,12 +475,11 @@ pub fn write(
             record(&mut g, id)?;
             for l in 0..MAX_LAYERS {
                 list.clear();
-                list.extend(
-                    graph
-                        .links(id, l)
-                        .iter()
-                        .map(|&nb| (UnitCosine.eval(row(id), row(nb)), nb)),
-                );
+                let layer_links = lists[id as usize].get(l).map_or(&[][..], Vec::as_slice);
+                list.extend(layer_links.iter().map(|&nb| {
+                    let d = 1.0 - vitrine_kernels::dot::dot(row(id), row(nb));
+                    (d.clamp(0.0, 2.0), nb)
+                }));
                 list.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
                 g.write_all(&list.len().to_ne_bytes())?;
                 for &(dist, nb) in &list {
@@ -482,7 +495,13 @@ pub fn write(
             }
         }
     }
-    record(&mut g, graph.entry().0)?;
+    if links.entry as usize >= n || level(links.entry) != links.top_level {
+        return Err(invalid(format!(
+            "entry point {} is not a node of the top layer {}",
+            links.entry, links.top_level
+        )));
+    }
+    record(&mut g, links.entry)?;
     g.into_inner()
         .map_err(std::io::IntoInnerError::into_error)?
         .sync_all()?;

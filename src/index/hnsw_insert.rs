@@ -19,7 +19,7 @@
 //! Similarity is the dot product of the (unit) rows, through the kernels' AVX-512 /
 //! AVX2 [`dot`].
 //!
-//! The result is a [`Graph`]; [`super::hnsw_dump::write`] files it in hnsw_rs's dump
+//! The result is a [`Graph`]; [`super::hnsw::write_dump`] files it in hnsw_rs's dump
 //! format.
 
 use std::cmp::Reverse;

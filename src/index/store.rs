@@ -317,7 +317,7 @@ pub fn write<'a, 'b: 'a>(
                 graph,
                 ef_construction,
             } => {
-                hnsw_dump::write(
+                hnsw::write_dump(
                     &tmp,
                     GRAPH_BASENAME,
                     graph,
