@@ -77,11 +77,6 @@ struct Scratch {
     scores: Vec<f32>,
 }
 
-/// Best first (highest similarity; ties by lower id).
-fn best_first(a: &(f32, u32), b: &(f32, u32)) -> std::cmp::Ordering {
-    Scored(b.0, b.1).cmp(&Scored(a.0, a.1))
-}
-
 impl<'a> Shared<'a> {
     /// An empty graph of `levels.len()` nodes.
     fn new(data: &'a [f32], dim: usize, levels: Vec<u8>, params: GraphParams) -> Self {
@@ -227,7 +222,7 @@ impl<'a> Shared<'a> {
             .into_iter()
             .map(|Reverse(Scored(s, id))| (s, id))
             .collect();
-        out.sort_unstable_by(best_first);
+        out.sort_unstable_by_key(|&(s, id)| Reverse(Scored(s, id)));
         out
     }
 
@@ -299,13 +294,11 @@ impl<'a> Shared<'a> {
             let Ok(mut entry) = self.entry.lock() else {
                 return;
             };
-            match *entry {
-                Some(e) => e,
-                None => {
-                    *entry = Some((id, level));
-                    return;
-                }
-            }
+            let Some(e) = *entry else {
+                *entry = Some((id, level));
+                return;
+            };
+            e
         };
         let q = self.row(id);
         let (ep, top) = start;
