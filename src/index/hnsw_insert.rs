@@ -63,6 +63,11 @@ struct Shared<'a> {
     /// `upper_at[i]`.
     upper: Vec<AtomicU32>,
     upper_at: Vec<usize>,
+    /// The similarity of each link to its node (`f32` bits), beside its slot in
+    /// `level0` / `upper`: the reverse update finds a full list's least similar
+    /// link without computing a distance. Changed and read under the node's lock.
+    sims0: Vec<AtomicU32>,
+    sims_up: Vec<AtomicU32>,
     locks: Vec<Mutex<()>>,
     /// `(node, level)` of the entry point; `None` while the graph is empty.
     entry: Mutex<Option<(u32, usize)>>,
@@ -97,6 +102,8 @@ impl<'a> Shared<'a> {
             levels,
             level0: atomics(n * (1 + 2 * m)),
             upper: atomics(total),
+            sims0: atomics(n * (1 + 2 * m)),
+            sims_up: atomics(total),
             upper_at,
             locks: (0..n).map(|_| Mutex::new(())).collect(),
             entry: Mutex::new(None),
@@ -128,6 +135,19 @@ impl<'a> Shared<'a> {
         }
     }
 
+    /// The similarities beside [`Self::slots`] (the first one unused).
+    fn sims(&self, id: u32, layer: usize) -> &[AtomicU32] {
+        if layer == 0 {
+            let w = 1 + 2 * self.m;
+            let s = id as usize * w;
+            &self.sims0[s..s + w]
+        } else {
+            let w = 1 + self.m;
+            let s = self.upper_at[id as usize] + (layer - 1) * w;
+            &self.sims_up[s..s + w]
+        }
+    }
+
     /// Copies the links of `id` on `layer` into `out` (no lock: see the module notes).
     #[inline]
     fn read(&self, id: u32, layer: usize, out: &mut Vec<u32>) {
@@ -138,11 +158,13 @@ impl<'a> Shared<'a> {
     }
 
     /// Replaces the links of `id` on `layer` (the caller holds `id`'s lock).
-    fn write(&self, id: u32, layer: usize, links: impl ExactSizeIterator<Item = u32>) {
+    fn write(&self, id: u32, layer: usize, links: &[(f32, u32)]) {
         let slots = self.slots(id, layer);
+        let sims = self.sims(id, layer);
         let count = links.len().min(slots.len() - 1);
-        for (slot, link) in slots[1..].iter().zip(links) {
+        for ((slot, sim), &(s, link)) in slots[1..].iter().zip(&sims[1..]).zip(links) {
             slot.store(link, Relaxed);
+            sim.store(s.to_bits(), Relaxed);
         }
         slots[0].store(count as u32, Relaxed);
     }
@@ -267,25 +289,27 @@ impl<'a> Shared<'a> {
             return;
         }
         let slots = self.slots(from, layer);
+        let sims = self.sims(from, layer);
         let count = scratch.links.len();
         if count < self.cap(layer) {
             slots[1 + count].store(to, Relaxed);
+            sims[1 + count].store(s.to_bits(), Relaxed);
             slots[0].store(count as u32 + 1, Relaxed);
             return;
         }
-        let mut scores = std::mem::take(&mut scratch.scores);
-        self.scores(self.row(from), &scratch.links, &mut scores);
-        let worst = scores
+        let worst = scratch
+            .links
             .iter()
-            .zip(&scratch.links)
+            .zip(&sims[1..])
+            .map(|(&l, sim)| Scored(f32::from_bits(sim.load(Relaxed)), l))
             .enumerate()
-            .min_by(|(_, a), (_, b)| Scored(*a.0, *a.1).cmp(&Scored(*b.0, *b.1)));
-        if let Some((at, (&w, _))) = worst
+            .min_by_key(|&(_, sc)| sc);
+        if let Some((at, Scored(w, _))) = worst
             && s > w
         {
             slots[1 + at].store(to, Relaxed);
+            sims[1 + at].store(s.to_bits(), Relaxed);
         }
-        scratch.scores = scores;
     }
 
     fn insert(&self, id: u32, scratch: &mut Scratch) {
@@ -312,7 +336,7 @@ impl<'a> Shared<'a> {
             let found = self.search_layer(q, &entry, layer, scratch);
             self.select(&found, self.cap(layer), &mut chosen, scratch);
             if let Ok(_guard) = self.locks[id as usize].lock() {
-                self.write(id, layer, chosen.iter().map(|&(_, nb)| nb));
+                self.write(id, layer, &chosen);
             }
             for &(s, nb) in &chosen {
                 self.link_back(nb, id, s, layer, scratch);
