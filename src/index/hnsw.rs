@@ -4,8 +4,10 @@
 //! - **Distance**: [`UnitCosine`], `1 − a·b` clamped to `[0, 2]` on unit vectors, with
 //!   the kernels crate's 16-accumulator [`dot`] (hnsw_rs's `DistDot` panics when
 //!   rounding pushes a dot product of unit vectors past 1).
-//! - **Build**: hnsw_rs insertion (parallel on the rayon pool: not deterministic, so
-//!   [`self_recall`] is checked after every build).
+//! - **Build**: `index.builder`: vitrine's own parallel inserter
+//!   ([`super::hnsw_insert`], the default, ~4× faster) or hnsw_rs insertion; both
+//!   parallel on the rayon pool (not deterministic, so [`self_recall`] is checked after
+//!   every build) and both filed in hnsw_rs's dump ([`write_dump`] for vitrine's).
 //! - **Files**: hnsw_rs's own dump (`<basename>.hnsw.graph` + `<basename>.hnsw.data`);
 //!   `file_dump` may choose another basename than asked, so the one it returns is kept.
 //! - **Search**: a reloaded hnsw_rs index borrows its `HnswIo` and searches through
