@@ -466,6 +466,9 @@ pub struct BenchSearchArgs {
     /// Also time hnsw_rs's own search on the same graph.
     #[arg(long)]
     pub hnsw_rs: bool,
+    /// Which code builds the graph: vitrine | hnsw_rs [default: index.builder].
+    #[arg(long)]
+    pub builder: Option<crate::config::IndexBuilder>,
     /// Also measure a backend beside the in-process index: postgres (load, HNSW
     /// build, recall and latency through pgvector) [default: local only].
     #[arg(long)]

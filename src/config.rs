@@ -5,7 +5,8 @@
 mod choices;
 
 pub use choices::{
-    DeviceChoice, ImageMode, IndexBackend, PlotMarker, Schedule, parse_device, redact_pg_url,
+    DeviceChoice, ImageMode, IndexBackend, IndexBuilder, PlotMarker, Schedule, parse_device,
+    redact_pg_url,
 };
 
 use std::path::{Path, PathBuf};
@@ -227,6 +228,8 @@ pub struct IndexConfig {
     pub m: usize,
     /// HNSW beam width while building.
     pub ef_construction: usize,
+    /// Which code builds the HNSW graph: vitrine's parallel inserter or hnsw_rs's.
+    pub builder: IndexBuilder,
     /// Graph candidates re-ranked by exact cosine; 0 = 5·k.
     pub shortlist: usize,
     /// HNSW beam width while searching; 0 = the one `vitrine index` measured to reach
@@ -252,6 +255,7 @@ impl Default for IndexConfig {
         Self {
             m: 16,
             ef_construction: 200,
+            builder: IndexBuilder::Vitrine,
             shortlist: 0,
             ef_search: 0,
             target_recall: 0.99,

@@ -10,6 +10,7 @@ pub mod clustered;
 pub mod evaluate;
 pub mod hnsw;
 pub mod hnsw_dump;
+pub mod hnsw_insert;
 pub mod model;
 pub mod npy;
 pub mod postgres;

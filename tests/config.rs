@@ -124,3 +124,19 @@ fn target_recall_is_above_0_and_at_most_1_and_named_when_not() {
         );
     }
 }
+
+#[test]
+fn the_index_builder_is_vitrine_or_hnsw_rs() {
+    use vitrine::config::IndexBuilder;
+    let c = Config::from_toml_str("[index]\nbuilder = \"hnsw_rs\"\n", "user.toml").expect("parse");
+    assert_eq!(c.index.builder, IndexBuilder::HnswRs);
+    assert_eq!(Config::default().index.builder, IndexBuilder::Vitrine);
+    let err = Config::from_toml_str("[index]\nbuilder = \"hnswlib\"\n", "user.toml")
+        .expect_err("unknown builder")
+        .to_string();
+    assert!(err.contains("user.toml") && err.contains("line 2"), "{err}");
+    assert!(
+        err.contains("`vitrine`") && err.contains("`hnsw_rs`"),
+        "{err}"
+    );
+}

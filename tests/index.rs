@@ -354,6 +354,7 @@ fn bench_search_finds_the_first_beam_reaching_each_target() {
         hnsw_rs: false,
         targets: targets.clone(),
         index_target: 0.99,
+        builder: vitrine::config::IndexBuilder::Vitrine,
     };
     let report = benchmark::run(&base, &queries, &opts, &mut |_| {}).expect("bench");
     let sweep = fine_efs(10);
@@ -408,4 +409,151 @@ fn bench_search_finds_the_first_beam_reaching_each_target() {
     ] {
         assert!(json["runs"][0].get(key).is_some(), "{key}");
     }
+}
+
+/// Recall@20 of the graph alone (no re-rank) at beam `ef`, over `queries`.
+fn graph_recall(
+    graph: &vitrine::index::hnsw::Graph,
+    base: &Matrix,
+    queries: &Matrix,
+    exact: &[Vec<usize>],
+    ef: usize,
+) -> f64 {
+    use vitrine::index::hnsw::{Visited, dot};
+    let mut visited = Visited::default();
+    let approx: Vec<Vec<usize>> = queries
+        .iter_rows()
+        .map(|q| {
+            graph
+                .search(|j| dot(q, base.row(j as usize)), ef, &mut visited)
+                .iter()
+                .take(20)
+                .map(|&(id, _)| id as usize)
+                .collect()
+        })
+        .collect();
+    recall_at_k(&approx, exact, 20)
+}
+
+#[test]
+fn vitrine_builder_matches_hnsw_rs_recall_at_equal_ef() {
+    use vitrine::index::hnsw_insert;
+    // Many small, close clusters: a graph without the diversity heuristic (or with
+    // links dropped) strands whole clusters and loses recall at a small beam.
+    let s = ClusterSpec {
+        dim: 48,
+        clusters: 800,
+        group_size: 40,
+        spread: 0.6,
+        ..ClusterSpec::default()
+    };
+    let base = vectors(&s, 8000, 0);
+    let queries = vectors(&s, 1000, 1);
+    let params = GraphParams {
+        m: 12,
+        ef_construction: 100,
+    };
+    let exact_index = VectorIndex::new(base.clone(), vitrine::index::hnsw::Graph::default());
+    let exact: Vec<Vec<usize>> = queries
+        .iter_rows()
+        .map(|q| ids(&exact_index.exact(q, 20)))
+        .collect();
+    // Parallel builds differ run to run: each builder's recall is the mean of two.
+    let theirs: Vec<_> = (0..2)
+        .map(|_| build_graph(&base, params, 64).expect("hnsw_rs build").1)
+        .collect();
+    let ours: Vec<_> = (0..2)
+        .map(|_| hnsw_insert::build(&base.data, base.cols, params, true).expect("vitrine build"))
+        .collect();
+    assert!(ours.iter().all(|g| g.len() == base.rows));
+    let mean = |graphs: &[vitrine::index::hnsw::Graph], ef: usize| {
+        graphs
+            .iter()
+            .map(|g| graph_recall(g, &base, &queries, &exact, ef))
+            .sum::<f64>()
+            / graphs.len() as f64
+    };
+    let recalls: Vec<(usize, f64, f64)> = [20, 24, 30]
+        .into_iter()
+        .map(|ef| {
+            let (r_theirs, r_ours) = (mean(&theirs, ef), mean(&ours, ef));
+            eprintln!("ef {ef}: recall@20 hnsw_rs {r_theirs:.4}, vitrine {r_ours:.4}");
+            (ef, r_theirs, r_ours)
+        })
+        .collect();
+    for (ef, r_theirs, r_ours) in recalls {
+        assert!(
+            r_ours >= r_theirs - 0.002,
+            "ef {ef}: vitrine's graph reaches recall@20 {r_ours:.4}, hnsw_rs's {r_theirs:.4}"
+        );
+    }
+}
+
+#[test]
+fn a_vitrine_graph_is_written_in_hnsw_rs_format_and_hnsw_rs_loads_it() {
+    use vitrine::config::IndexBuilder;
+    use vitrine::index::hnsw::{self, Graph};
+    use vitrine::index::hnsw_dump::Expected;
+    let s = spec(32, 200);
+    let base = vectors(&s, 3000, 0);
+    let queries = vectors(&s, 100, 1);
+    let built = store::build_graph_with(&base, PARAMS, 64, IndexBuilder::Vitrine).expect("build");
+    assert!(built.hnsw.is_none());
+    assert!(
+        built.self_recall >= 0.99,
+        "self-recall {}",
+        built.self_recall
+    );
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("index");
+    store::write(
+        &dir,
+        header(base.cols),
+        &entries(base.rows),
+        &base,
+        built.source(PARAMS),
+    )
+    .expect("write");
+    // vitrine's own reader gets the same graph back (lists as sets).
+    let loaded = store::load(&dir).expect("load");
+    let sets = |g: &Graph| -> Vec<Vec<Vec<u32>>> {
+        (0..g.len() as u32)
+            .map(|id| {
+                (0..=g.level(id))
+                    .map(|l| {
+                        let mut v = g.links(id, l).to_vec();
+                        v.sort_unstable();
+                        v
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    assert_eq!(sets(loaded.vectors.graph()), sets(&built.graph));
+    assert_eq!(loaded.vectors.graph().entry(), built.graph.entry());
+    // hnsw_rs loads the dump and its own search finds the true neighbours.
+    let index_dir = store::readable_dir(&dir);
+    let expected = Expected {
+        count: base.rows,
+        dim: base.cols,
+    };
+    let exact: Vec<Vec<usize>> = queries
+        .iter_rows()
+        .map(|q| ids(&loaded.vectors.exact(q, 20)))
+        .collect();
+    let (points, approx) =
+        hnsw::with_loaded(&index_dir, &loaded.header.graph.basename, expected, |h| {
+            let approx: Vec<Vec<usize>> = queries
+                .iter_rows()
+                .map(|q| h.search(q, 20, 64).iter().map(|n| n.d_id).collect())
+                .collect();
+            (h.get_nb_point(), approx)
+        })
+        .expect("hnsw_rs loads vitrine's dump");
+    assert_eq!(points, base.rows);
+    let recall = recall_at_k(&approx, &exact, 20);
+    assert!(
+        recall >= 0.98,
+        "hnsw_rs's search of vitrine's graph: recall@20 {recall}"
+    );
 }

@@ -56,6 +56,7 @@ fn search(config: &Config, args: &crate::cli::BenchSearchArgs) -> anyhow::Result
             t
         },
         index_target: config.index.target_recall,
+        builder: args.builder.unwrap_or(config.index.builder),
     };
     let json = args.json;
     // Resolved before the (long) in-process part: a bad URL fails at once.
@@ -94,7 +95,7 @@ fn search(config: &Config, args: &crate::cli::BenchSearchArgs) -> anyhow::Result
         crate::output::line(&crate::printable::json(&value)?)?;
     } else {
         crate::output::line(&format!(
-            "n {} dim {} queries {} k {} (m {}, ef_construction {}, {} threads): build {:.2} s, exact scan {:.0} q/s",
+            "n {} dim {} queries {} k {} (m {}, ef_construction {}, {} threads): build {:.2} s ({}), exact scan {:.0} q/s",
             report.n,
             report.dim,
             report.queries,
@@ -103,6 +104,7 @@ fn search(config: &Config, args: &crate::cli::BenchSearchArgs) -> anyhow::Result
             report.ef_construction,
             report.threads,
             report.build_s,
+            report.builder,
             report.exact_qps
         ))?;
         if let Some(p) = &pg_report {

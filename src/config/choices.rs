@@ -38,6 +38,45 @@ pub enum Schedule {
     Cosine,
 }
 
+/// `index.builder`: which code inserts the HNSW graph (both write hnsw_rs's dump).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IndexBuilder {
+    /// vitrine's own parallel inserter (`index::hnsw_insert`), hnswlib's algorithm.
+    #[default]
+    Vitrine,
+    /// hnsw_rs's insertion.
+    HnswRs,
+}
+
+impl IndexBuilder {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vitrine => "vitrine",
+            Self::HnswRs => "hnsw_rs",
+        }
+    }
+}
+
+impl fmt::Display for IndexBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for IndexBuilder {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "vitrine" => Ok(Self::Vitrine),
+            "hnsw_rs" => Ok(Self::HnswRs),
+            _ => Err(format!(
+                "unknown HNSW builder `{s}`: expected vitrine or hnsw_rs"
+            )),
+        }
+    }
+}
+
 /// `index.backend`: where `vitrine index` puts the gallery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

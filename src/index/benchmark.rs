@@ -10,11 +10,14 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use super::hnsw::{GraphParams, HnswIndex};
+use hnsw_rs::hnswio::HnswIo;
+
+use super::hnsw::{GraphError, GraphParams, HnswIndex, UnitCosine};
 use super::npy::Matrix;
 use super::rerank::{SearchParams, VectorIndex, recall_at_k};
-use super::store::{IndexError, build_graph};
+use super::store::{IndexError, build_graph_with};
 use super::tune;
+use crate::config::IndexBuilder;
 use crate::eval::exact_top_k;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +51,8 @@ pub struct SearchBench {
     pub targets: Vec<f64>,
     /// The target `vitrine index` measures its beam for (`index.target_recall`).
     pub index_target: f64,
+    /// Which code builds the graph.
+    pub builder: IndexBuilder,
 }
 
 /// The recall targets reported besides `index.target_recall`.
@@ -96,7 +101,9 @@ pub struct SearchBenchReport {
     pub m: usize,
     pub ef_construction: usize,
     pub threads: usize,
-    /// hnsw_rs insertion (parallel) + flat copy + self-recall check.
+    /// The graph's builder: `vitrine` (its own inserter) or `hnsw_rs`.
+    pub builder: String,
+    /// Parallel insertion (+ flat copy for hnsw_rs) + self-recall check.
     pub build_s: f64,
     pub self_recall: f64,
     /// Single-thread exact scan.
@@ -194,13 +201,51 @@ pub fn run(
     let base = normalized(base);
     let queries = normalized(queries);
     let k = opts.k.max(1);
-    let (built, build_s) = timed(|| build_graph(&base, opts.params, 64));
-    let (hnsw, graph, self_recall): (HnswIndex<'_>, _, _) = built?;
+    // Declared before the build: a reloaded index borrows its loader.
+    let mut io = None;
+    let (built, build_s) = timed(|| build_graph_with(&base, opts.params, 64, opts.builder));
+    let built = built?;
+    let self_recall = built.self_recall;
     progress(&format!(
-        "built the graph on {} × {} in {build_s:.2} s (self-recall {self_recall:.4})",
-        base.rows, base.cols
+        "built the graph on {} × {} with {} in {build_s:.2} s (self-recall {self_recall:.4})",
+        base.rows, base.cols, opts.builder
     ));
-    let index = VectorIndex::new(base.clone(), graph);
+    // hnsw_rs's own search runs on an hnsw_rs index: the one it built, or vitrine's
+    // graph reloaded by hnsw_rs from its dump.
+    let dump_dir = crate::fsutil::temp_path(&std::env::temp_dir().join("vitrine-bench"));
+    let reloaded: HnswIndex<'_>;
+    let hnsw: Option<&HnswIndex<'_>> = match &built.hnsw {
+        _ if !opts.hnsw_rs => None,
+        Some(h) => Some(h),
+        None => {
+            let err = |e: String| {
+                BenchError::Index(IndexError::Graph(GraphError::Dump {
+                    dir: dump_dir.clone(),
+                    message: e,
+                }))
+            };
+            std::fs::create_dir(&dump_dir).map_err(|e| err(e.to_string()))?;
+            let written = super::hnsw::write_dump(
+                &dump_dir,
+                "graph",
+                &built.graph,
+                &base.data,
+                base.cols,
+                opts.params.ef_construction,
+            );
+            let loaded = match written {
+                Ok(()) => io
+                    .insert(HnswIo::new(&dump_dir, "graph"))
+                    .load_hnsw::<f32, UnitCosine>()
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = std::fs::remove_dir_all(&dump_dir);
+            reloaded = loaded.map_err(err)?;
+            Some(&reloaded)
+        }
+    };
+    let index = VectorIndex::new(base.clone(), built.graph.clone());
     let dev = Device::Cpu;
     let to_tensor = |m: &Matrix| Tensor::from_slice(&m.data, (m.rows, m.cols), &dev);
     let truth: Vec<Vec<usize>> = exact_top_k(&to_tensor(&queries)?, &to_tensor(&base)?, k)?
@@ -277,7 +322,7 @@ pub fn run(
     };
     for &ef in &efs {
         vitrine(ef, &mut runs, progress);
-        if opts.hnsw_rs {
+        if let Some(hnsw) = hnsw {
             let ef = ef.max(k);
             let run = measure("hnsw_rs", ef, k, &|q| {
                 hnsw.search(q, k, ef).iter().map(|n| n.d_id).collect()
@@ -340,6 +385,7 @@ pub fn run(
         m: opts.params.m,
         ef_construction: opts.params.ef_construction,
         threads: rayon::current_num_threads(),
+        builder: opts.builder.name().into(),
         build_s,
         self_recall,
         exact_qps,

@@ -333,11 +333,16 @@ pub fn build_reporting(
         .collect();
     let embed_seconds = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let (index, graph, self_recall) =
-        store::build_graph(&vectors, params(&job.settings), ef_check(&job.settings))?;
+    let built = store::build_graph_with(
+        &vectors,
+        params(&job.settings),
+        ef_check(&job.settings),
+        job.settings.builder,
+    )?;
+    let self_recall = built.self_recall;
     let graph_seconds = t1.elapsed().as_secs_f64();
     let t2 = Instant::now();
-    let search_ef = measure_ef(&vectors, graph, &job.settings, measure)?;
+    let search_ef = measure_ef(&vectors, built.graph.clone(), &job.settings, measure)?;
     let tune_seconds = t2.elapsed().as_secs_f64();
     let header = IndexHeader {
         format: store::FORMAT,
@@ -364,7 +369,13 @@ pub fn build_reporting(
         created: now(),
     };
     let dir = RunDir::new(&job.run).index_dir();
-    let header = store::write(&dir, header, &entries, &vectors, &index)?;
+    let header = store::write(
+        &dir,
+        header,
+        &entries,
+        &vectors,
+        built.source(params(&job.settings)),
+    )?;
     Ok(IndexReport {
         dir,
         count: header.count,

@@ -18,7 +18,7 @@ use super::postgres::gallery::LiveVersion;
 use super::postgres::{PgError, PgGallery, PgUrl, record};
 use super::rerank::{VectorIndex, recall_at_k};
 use super::search::{params_of, params_with};
-use super::store::{SourceRecord, build_graph};
+use super::store::{SourceRecord, build_graph_with};
 use super::tune;
 use crate::config::{DataConfig, IndexConfig};
 use crate::data::deepfashion::{Dataset, GalleryProtocol, LoadOptions, Split};
@@ -234,8 +234,8 @@ pub fn evaluate(
                     m: job.settings.m,
                     ef_construction: job.settings.ef_construction,
                 };
-                let (_hnsw, graph, _) = build_graph(&gv, params, 64)?;
-                let index = VectorIndex::new(gv, graph);
+                let built = build_graph_with(&gv, params, 64, job.settings.builder)?;
+                let index = VectorIndex::new(gv, built.graph);
                 // The beam `search` would use on an index of this gallery.
                 let measured = if job.settings.ef_search == 0 {
                     Some(tune::choose_ef(

@@ -4,8 +4,10 @@
 //! - **Distance**: [`UnitCosine`], `1 − a·b` clamped to `[0, 2]` on unit vectors, with
 //!   the kernels crate's 16-accumulator [`dot`] (hnsw_rs's `DistDot` panics when
 //!   rounding pushes a dot product of unit vectors past 1).
-//! - **Build**: hnsw_rs insertion (parallel on the rayon pool: not deterministic, so
-//!   [`self_recall`] is checked after every build).
+//! - **Build**: `index.builder`: vitrine's own parallel inserter
+//!   ([`super::hnsw_insert`], the default, ~4× faster) or hnsw_rs insertion; both
+//!   parallel on the rayon pool (not deterministic, so [`self_recall`] is checked after
+//!   every build) and both filed in hnsw_rs's dump ([`write_dump`] for vitrine's).
 //! - **Files**: hnsw_rs's own dump (`<basename>.hnsw.graph` + `<basename>.hnsw.data`);
 //!   `file_dump` may choose another basename than asked, so the one it returns is kept.
 //! - **Search**: a reloaded hnsw_rs index borrows its `HnswIo` and searches through
@@ -193,9 +195,31 @@ pub fn read_graph(
     })
 }
 
+/// Writes `graph` over `data` (node `i` is row `i`, `dim` wide) as hnsw_rs's dump
+/// `<basename>.hnsw.graph` + `.hnsw.data` in `dir` ([`hnsw_dump::write`]), which
+/// hnsw_rs loads as an index of [`UnitCosine`].
+pub fn write_dump(
+    dir: &Path,
+    basename: &str,
+    graph: &Graph,
+    data: &[f32],
+    dim: usize,
+    ef_construction: usize,
+) -> std::io::Result<()> {
+    hnsw_dump::write(
+        dir,
+        basename,
+        &graph.to_links(),
+        data,
+        dim,
+        ef_construction,
+        std::any::type_name::<UnitCosine>(),
+    )
+}
+
 /// A total order on `f32` scores for the heaps (NaN sorts lowest).
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Scored(f32, u32);
+pub(crate) struct Scored(pub(crate) f32, pub(crate) u32);
 
 impl Eq for Scored {}
 
@@ -229,7 +253,7 @@ pub struct Visited {
 }
 
 impl Visited {
-    fn start(&mut self, n: usize) {
+    pub(crate) fn start(&mut self, n: usize) {
         if self.tags.len() < n {
             self.tags.resize(n, 0);
         }
@@ -242,7 +266,7 @@ impl Visited {
 
     /// Marks `id`; true when it was not seen before.
     #[inline]
-    fn insert(&mut self, id: u32) -> bool {
+    pub(crate) fn insert(&mut self, id: u32) -> bool {
         let t = &mut self.tags[id as usize];
         if *t == self.current {
             false
@@ -258,6 +282,8 @@ impl Visited {
 #[derive(Debug, Clone, Default)]
 pub struct Graph {
     n: usize,
+    /// Links per node on the upper layers (hnsw_rs's `max_nb_connection`).
+    m: usize,
     /// Layer-0 links: `stride` slots per node, the first holding the count.
     level0: Vec<u32>,
     stride: usize,
@@ -361,6 +387,7 @@ impl Graph {
         }
         Ok(Self {
             n,
+            m,
             level0,
             stride,
             upper,
@@ -384,7 +411,42 @@ impl Graph {
         &self.level0[s + 1..s + 1 + count]
     }
 
-    fn links(&self, id: u32, layer: usize) -> &[u32] {
+    /// The adjacency as a dump holds it (every node's links on its layers).
+    pub fn to_links(&self) -> hnsw_dump::Links {
+        let lists = (0..self.n as u32)
+            .map(|id| {
+                let layers = (0..=self.level(id))
+                    .map(|l| self.links(id, l).to_vec())
+                    .collect();
+                (id as usize, layers)
+            })
+            .collect();
+        hnsw_dump::Links {
+            nodes: self.n,
+            m: self.m,
+            lists,
+            entry: self.entry,
+            top_level: self.top_level,
+        }
+    }
+
+    /// Links per node on the upper layers (layer 0 keeps up to `2·m`).
+    pub fn m(&self) -> usize {
+        self.m
+    }
+
+    /// The top layer of node `id` (it has links on layers `0..=level`).
+    pub fn level(&self, id: u32) -> usize {
+        self.upper[id as usize].len()
+    }
+
+    /// The entry point and its layer.
+    pub fn entry(&self) -> (u32, usize) {
+        (self.entry, self.top_level)
+    }
+
+    /// The links of `id` on `layer` (empty above its level).
+    pub fn links(&self, id: u32, layer: usize) -> &[u32] {
         if layer == 0 {
             return self.links0(id);
         }

@@ -386,6 +386,130 @@ pub fn read(dir: &Path, basename: &str, expected: Expected) -> Result<Links, (St
     })
 }
 
+/// Writes the adjacency `links` over `data` (node `i` is row `i`, `dim` wide, unit
+/// rows) as hnsw_rs's full dump (format 4, native byte order): `<basename>.hnsw.graph`
+/// and `.hnsw.data` in `dir`, so that hnsw_rs's own loader reads what vitrine builds.
+/// Each list is written nearest first with its distances `1 − a·b` (clamped to
+/// `[0, 2]`), as hnsw_rs keeps them; `distance` is the distance type's name (hnsw_rs
+/// records `std::any::type_name` of it), `ef_construction` is recorded as hnsw_rs
+/// records it.
+pub fn write(
+    dir: &Path,
+    basename: &str,
+    links: &Links,
+    data: &[f32],
+    dim: usize,
+    ef_construction: usize,
+    distance: &str,
+) -> std::io::Result<()> {
+    use std::io::{BufWriter, Write};
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    let n = links.nodes;
+    if n == 0 || dim == 0 || data.len() != n * dim {
+        return Err(invalid(format!(
+            "{} values for a graph of {n} nodes of dimension {dim}",
+            data.len()
+        )));
+    }
+    let m = u8::try_from(links.m)
+        .ok()
+        .filter(|&m| m >= 2)
+        .ok_or_else(|| invalid(format!("m = {} (2..=255)", links.m)))?;
+    // Per node: its links per layer (it sits on the top one).
+    let mut lists: Vec<Option<&Vec<Vec<u32>>>> = vec![None; n];
+    for (id, l) in &links.lists {
+        let slot = lists
+            .get_mut(*id)
+            .ok_or_else(|| invalid(format!("node id {id} is outside 0..{n}")))?;
+        if slot.replace(l).is_some() || l.is_empty() || l.len() > MAX_LAYERS {
+            return Err(invalid(format!("node {id} is listed twice or on no layer")));
+        }
+        if let Some(&bad) = l.iter().flatten().find(|&&nb| nb as usize >= n) {
+            return Err(invalid(format!("a link to node {bad} is outside 0..{n}")));
+        }
+    }
+    let lists: Vec<&Vec<Vec<u32>>> = lists
+        .into_iter()
+        .enumerate()
+        .map(|(id, l)| l.ok_or_else(|| invalid(format!("node {id} is missing"))))
+        .collect::<Result<_, _>>()?;
+    let level = |id: u32| lists[id as usize].len() - 1;
+    // hnsw_rs files points layer by layer; a link names the record (layer, rank).
+    let mut by_layer: Vec<Vec<u32>> = vec![Vec::new(); MAX_LAYERS];
+    let mut rank = vec![0i32; n];
+    for id in 0..n as u32 {
+        rank[id as usize] = by_layer[level(id)].len() as i32;
+        by_layer[level(id)].push(id);
+    }
+    let row = |id: u32| &data[id as usize * dim..(id as usize + 1) * dim];
+    let record = |w: &mut BufWriter<std::fs::File>, id: u32| -> std::io::Result<()> {
+        w.write_all(&(id as usize).to_ne_bytes())?;
+        w.write_all(&[level(id) as u8])?;
+        w.write_all(&rank[id as usize].to_ne_bytes())
+    };
+    let name = |w: &mut BufWriter<std::fs::File>, s: &str| -> std::io::Result<()> {
+        w.write_all(&s.len().to_ne_bytes())?;
+        w.write_all(s.as_bytes())
+    };
+    let [graph_name, data_name] = dump_files(basename);
+    let mut g = BufWriter::new(std::fs::File::create(dir.join(graph_name))?);
+    let mut d = BufWriter::new(std::fs::File::create(dir.join(data_name))?);
+    g.write_all(&MAGIC_DESCR_4.to_ne_bytes())?;
+    g.write_all(&[1, m])?;
+    g.write_all(&(1.0 / f64::from(m).ln()).to_ne_bytes())?;
+    g.write_all(&[MAX_LAYERS as u8])?;
+    for v in [ef_construction, n, dim] {
+        g.write_all(&v.to_ne_bytes())?;
+    }
+    name(&mut g, distance)?;
+    name(&mut g, std::any::type_name::<f32>())?;
+    d.write_all(&MAGIC_DATA.to_ne_bytes())?;
+    d.write_all(&dim.to_ne_bytes())?;
+    g.write_all(&[MAX_LAYERS as u8])?;
+    let mut list: Vec<(f32, u32)> = Vec::new();
+    for layer in &by_layer {
+        g.write_all(&MAGIC_LAYER.to_ne_bytes())?;
+        g.write_all(&layer.len().to_ne_bytes())?;
+        for &id in layer {
+            g.write_all(&MAGIC_POINT.to_ne_bytes())?;
+            record(&mut g, id)?;
+            for l in 0..MAX_LAYERS {
+                list.clear();
+                let layer_links = lists[id as usize].get(l).map_or(&[][..], Vec::as_slice);
+                list.extend(layer_links.iter().map(|&nb| {
+                    let d = 1.0 - vitrine_kernels::dot::dot(row(id), row(nb));
+                    (d.clamp(0.0, 2.0), nb)
+                }));
+                list.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                g.write_all(&list.len().to_ne_bytes())?;
+                for &(dist, nb) in &list {
+                    record(&mut g, nb)?;
+                    g.write_all(&dist.to_ne_bytes())?;
+                }
+            }
+            d.write_all(&MAGIC_DATA.to_ne_bytes())?;
+            d.write_all(&u64::from(id).to_ne_bytes())?;
+            d.write_all(&((dim * 4) as u64).to_ne_bytes())?;
+            for v in row(id) {
+                d.write_all(&v.to_ne_bytes())?;
+            }
+        }
+    }
+    if links.entry as usize >= n || level(links.entry) != links.top_level {
+        return Err(invalid(format!(
+            "entry point {} is not a node of the top layer {}",
+            links.entry, links.top_level
+        )));
+    }
+    record(&mut g, links.entry)?;
+    g.into_inner()
+        .map_err(std::io::IntoInnerError::into_error)?
+        .sync_all()?;
+    d.into_inner()
+        .map_err(std::io::IntoInnerError::into_error)?
+        .sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

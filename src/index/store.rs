@@ -24,9 +24,11 @@ use serde::{Deserialize, Serialize};
 
 use super::hnsw::{self, Graph, GraphError, GraphParams, HnswIndex};
 use super::hnsw_dump;
+use super::hnsw_insert;
 use super::npy::{self, Matrix, NpyError};
 use super::rerank::VectorIndex;
 use super::tune::EfChoice;
+use crate::config::IndexBuilder;
 
 pub const FORMAT: u32 = 1;
 pub const HEADER_FILE: &str = "header.json";
@@ -261,15 +263,34 @@ pub fn lock(dir: &Path) -> Result<IndexLock, IndexError> {
     Ok(IndexLock { file })
 }
 
+/// The graph [`write`] files: an hnsw_rs index (dumped by hnsw_rs) or a graph built
+/// by [`hnsw_insert`] over the index's vectors (dumped by [`hnsw_dump::write`] in
+/// the same format).
+#[derive(Clone, Copy)]
+pub enum GraphSource<'a, 'b: 'a> {
+    HnswRs(&'a HnswIndex<'b>),
+    Vitrine {
+        graph: &'a Graph,
+        ef_construction: usize,
+    },
+}
+
+impl<'a, 'b> From<&'a HnswIndex<'b>> for GraphSource<'a, 'b> {
+    fn from(index: &'a HnswIndex<'b>) -> Self {
+        Self::HnswRs(index)
+    }
+}
+
 /// Writes a complete index into `dir` (replacing any previous one atomically).
 /// `header.files`, `graph.basename`, `count` and `dim` are filled in here.
-pub fn write(
+pub fn write<'a, 'b: 'a>(
     dir: &Path,
     mut header: IndexHeader,
     entries: &[Entry],
     vectors: &Matrix,
-    graph: &HnswIndex<'_>,
+    graph: impl Into<GraphSource<'a, 'b>>,
 ) -> Result<IndexHeader, IndexError> {
+    let graph = graph.into();
     let parent = dir
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -297,7 +318,27 @@ pub fn write(
             let path = tmp.join(name);
             crate::fsutil::fault_write(&path).map_err(io_err(&path))?;
         }
-        let basename = hnsw::dump(graph, &tmp, GRAPH_BASENAME)?;
+        let basename = match graph {
+            GraphSource::HnswRs(index) => hnsw::dump(index, &tmp, GRAPH_BASENAME)?,
+            GraphSource::Vitrine {
+                graph,
+                ef_construction,
+            } => {
+                hnsw::write_dump(
+                    &tmp,
+                    GRAPH_BASENAME,
+                    graph,
+                    &vectors.data,
+                    vectors.cols,
+                    ef_construction,
+                )
+                .map_err(|e| GraphError::Dump {
+                    dir: tmp.clone(),
+                    message: e.to_string(),
+                })?;
+                GRAPH_BASENAME.to_string()
+            }
+        };
         let mut files = BTreeMap::new();
         let mut names = vec![EMBEDDINGS_FILE.to_string(), ENTRIES_FILE.to_string()];
         names.extend(hnsw_dump::dump_files(&basename));
@@ -478,4 +519,72 @@ pub fn build_graph<'b>(
     );
     let second = build(false)?;
     Ok(if second.2 >= first.2 { second } else { first })
+}
+
+/// A new graph over `vectors` from [`build_graph_with`]: the hnsw_rs index when
+/// hnsw_rs built it, the searchable graph, and its self-recall.
+pub struct BuiltGraph<'b> {
+    pub builder: IndexBuilder,
+    pub hnsw: Option<HnswIndex<'b>>,
+    pub graph: Graph,
+    pub self_recall: f64,
+}
+
+impl<'b> BuiltGraph<'b> {
+    /// What [`write`] files.
+    pub fn source(&self, params: GraphParams) -> GraphSource<'_, 'b> {
+        match &self.hnsw {
+            Some(index) => GraphSource::HnswRs(index),
+            None => GraphSource::Vitrine {
+                graph: &self.graph,
+                ef_construction: params.ef_construction,
+            },
+        }
+    }
+}
+
+/// Builds the graph over `vectors` with `builder` (parallel insertion) and measures
+/// its self-recall; when that falls below 0.99 the graph is rebuilt once serially
+/// (deterministic) and the better one kept.
+pub fn build_graph_with<'b>(
+    vectors: &Matrix,
+    params: GraphParams,
+    ef_check: usize,
+    builder: IndexBuilder,
+) -> Result<BuiltGraph<'b>, IndexError> {
+    match builder {
+        IndexBuilder::HnswRs => {
+            let (index, graph, self_recall) = build_graph(vectors, params, ef_check)?;
+            Ok(BuiltGraph {
+                builder,
+                hnsw: Some(index),
+                graph,
+                self_recall,
+            })
+        }
+        IndexBuilder::Vitrine => {
+            let build = |parallel: bool| -> Result<(Graph, f64), IndexError> {
+                let graph = hnsw_insert::build(&vectors.data, vectors.cols, params, parallel)?;
+                let recall = hnsw::self_recall(&graph, &vectors.data, vectors.cols, 1000, ef_check);
+                Ok((graph, recall))
+            };
+            let mut best = build(true)?;
+            if best.1 < 0.99 {
+                tracing::warn!(
+                    "HNSW self-recall after a parallel build is {:.4}; rebuilding serially",
+                    best.1
+                );
+                let second = build(false)?;
+                if second.1 >= best.1 {
+                    best = second;
+                }
+            }
+            Ok(BuiltGraph {
+                builder,
+                hnsw: None,
+                graph: best.0,
+                self_recall: best.1,
+            })
+        }
+    }
 }
