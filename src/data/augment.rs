@@ -43,6 +43,10 @@ pub struct AugmentConfig {
     pub morph: f32,
     /// Probability of inverting the colours (light ink on a dark ground).
     pub invert: f32,
+    /// Probability of redrawing the picture as its outlines: each plane becomes
+    /// `1 − (max − min)` over 3×3 (a morphological gradient), so a filled glyph turns
+    /// into its contour and a stroke into a double line, dark on light.
+    pub outline: f32,
 }
 
 impl Default for AugmentConfig {
@@ -59,6 +63,7 @@ impl Default for AugmentConfig {
             shrink: 0.3,
             morph: 0.0,
             invert: 0.3,
+            outline: 0.0,
         }
     }
 }
@@ -88,6 +93,7 @@ impl AugmentConfig {
         unit("blur", self.blur, 0.0)?;
         unit("morph", self.morph, 0.0)?;
         unit("invert", self.invert, 0.0)?;
+        unit("outline", self.outline, 0.0)?;
         if !(0.0..=0.9).contains(&self.shrink) {
             return Err(("augment.shrink".into(), "must be between 0 and 0.9".into()));
         }
@@ -154,6 +160,17 @@ pub fn photometric(chw: &mut [f32], size: usize, cfg: &AugmentConfig, rng: &mut 
         let mut tmp = vec![0f32; plane];
         for p in chw.chunks_exact_mut(plane) {
             extremum_3x3(p, &mut tmp, size, thicker_dark);
+        }
+    }
+    if cfg.outline > 0.0 && rng.chance(cfg.outline) {
+        let (mut lo, mut tmp) = (vec![0f32; plane], vec![0f32; plane]);
+        for p in chw.chunks_exact_mut(plane) {
+            lo.copy_from_slice(p);
+            extremum_3x3(&mut lo, &mut tmp, size, true);
+            extremum_3x3(p, &mut tmp, size, false);
+            for (v, l) in p.iter_mut().zip(&lo) {
+                *v = 1.0 - (*v - l);
+            }
         }
     }
     if rng.chance(cfg.flip) {
@@ -393,6 +410,39 @@ mod tests {
         let mut thin = dot.clone();
         extremum_3x3(&mut thin, &mut tmp, size, false);
         assert!(thin.iter().all(|v| *v == 1.0));
+    }
+
+    #[test]
+    fn outline_alone_turns_a_filled_square_into_its_contour() {
+        let size = 12;
+        let mut plane = vec![1f32; size * size];
+        for y in 3..9 {
+            for x in 3..9 {
+                plane[y * size + x] = 0.0;
+            }
+        }
+        let base: Vec<f32> = plane.iter().chain(&plane).chain(&plane).copied().collect();
+        let cfg = AugmentConfig {
+            outline: 1.0,
+            invert: 0.0,
+            rotate: 0.0,
+            shrink: 0.0,
+            jitter: 0.0,
+            hue: 0.0,
+            grayscale: 0.0,
+            blur: 0.0,
+            ..AugmentConfig::default()
+        };
+        let mut out = base.clone();
+        photometric(&mut out, size, &cfg, &mut Rng::new(3));
+        let at = |x: usize, y: usize| out[y * size + x];
+        // Far from the square and deep inside it: flat, so light.
+        assert_eq!(at(0, 0), 1.0);
+        assert_eq!(at(5, 5), 1.0);
+        // Both sides of its edge: dark.
+        assert_eq!(at(2, 5), 0.0);
+        assert_eq!(at(3, 5), 0.0);
+        assert_eq!(out[..size * size], out[2 * size * size..]);
     }
 
     #[test]
