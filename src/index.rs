@@ -8,6 +8,7 @@ pub mod benchmark;
 pub mod build;
 pub mod clustered;
 pub mod evaluate;
+pub mod exact;
 pub mod hnsw;
 pub mod hnsw_dump;
 pub mod hnsw_insert;
