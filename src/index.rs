@@ -4,6 +4,7 @@
 //! also live in PostgreSQL with pgvector ([`postgres`]); [`backend`] picks where.
 
 pub mod backend;
+pub mod bandwidth;
 pub mod benchmark;
 pub mod build;
 pub mod clustered;
