@@ -4,10 +4,12 @@
 //! also live in PostgreSQL with pgvector ([`postgres`]); [`backend`] picks where.
 
 pub mod backend;
+pub mod bandwidth;
 pub mod benchmark;
 pub mod build;
 pub mod clustered;
 pub mod evaluate;
+pub mod exact;
 pub mod hnsw;
 pub mod hnsw_dump;
 pub mod hnsw_insert;

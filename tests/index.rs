@@ -394,6 +394,10 @@ fn bench_search_finds_the_first_beam_reaching_each_target() {
         "build_s",
         "self_recall",
         "exact_qps",
+        "exact_qps_all_threads",
+        "exact_gb_per_s",
+        "read_bandwidth",
+        "exact_batch_qps",
         "runs",
     ] {
         assert!(json.get(key).is_some(), "{key} in {json}");

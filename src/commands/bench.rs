@@ -95,7 +95,7 @@ fn search(config: &Config, args: &crate::cli::BenchSearchArgs) -> anyhow::Result
         crate::output::line(&crate::printable::json(&value)?)?;
     } else {
         crate::output::line(&format!(
-            "n {} dim {} queries {} k {} (m {}, ef_construction {}, {} threads): build {:.2} s ({}), exact scan {:.0} q/s",
+            "n {} dim {} queries {} k {} (m {}, ef_construction {}, {} threads): build {:.2} s ({}), exact scan {:.0} q/s ({:.0} q/s on all threads{})",
             report.n,
             report.dim,
             report.queries,
@@ -105,7 +105,13 @@ fn search(config: &Config, args: &crate::cli::BenchSearchArgs) -> anyhow::Result
             report.threads,
             report.build_s,
             report.builder,
-            report.exact_qps
+            report.exact_qps,
+            report.exact_qps_all_threads,
+            report.read_bandwidth.map_or(String::new(), |b| format!(
+                ", {:.0}% of the read bandwidth {:.1} GB/s",
+                100.0 * report.exact_gb_per_s_all_threads / b.all_threads_gb_per_s.max(1e-9),
+                b.all_threads_gb_per_s
+            ))
         ))?;
         if let Some(p) = &pg_report {
             crate::output::line(&format!(

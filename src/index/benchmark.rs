@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use hnsw_rs::hnswio::HnswIo;
 
+use super::bandwidth::{self, ReadBandwidth};
 use super::hnsw::{GraphError, GraphParams, HnswIndex, UnitCosine};
 use super::npy::Matrix;
 use super::rerank::{SearchParams, VectorIndex, recall_at_k};
@@ -108,6 +109,20 @@ pub struct SearchBenchReport {
     pub self_recall: f64,
     /// Single-thread exact scan.
     pub exact_qps: f64,
+    /// The same scan on every thread of the pool (each query's rows split among them:
+    /// what `vitrine search --exact` runs).
+    pub exact_qps_all_threads: f64,
+    /// Gallery bytes the exact scan reads per second, on one thread and on all.
+    pub exact_gb_per_s: f64,
+    pub exact_gb_per_s_all_threads: f64,
+    /// This machine's read bandwidth measured in the same run (a read-only pass over
+    /// `read_bandwidth.bytes`; the fastest of a few passes): the exact scan's floor.
+    /// `None` for galleries under [`bandwidth::MIN_GALLERY_BYTES`], which stay in
+    /// the caches.
+    pub read_bandwidth: Option<ReadBandwidth>,
+    /// The exact ranking of all queries at once (`vitrine eval`'s path: GEMM blocks,
+    /// then each score row's top-k on the pool), queries per second.
+    pub exact_batch_qps: f64,
     pub runs: Vec<SearchRun>,
     /// The first beam (vitrine engine) reaching each of the targets.
     pub first_ef: Vec<FirstEf>,
@@ -248,21 +263,58 @@ pub fn run(
     let index = VectorIndex::new(base.clone(), built.graph.clone());
     let dev = Device::Cpu;
     let to_tensor = |m: &Matrix| Tensor::from_slice(&m.data, (m.rows, m.cols), &dev);
-    let truth: Vec<Vec<usize>> = exact_top_k(&to_tensor(&queries)?, &to_tensor(&base)?, k)?
+    let (truth, batch_s) = timed(|| exact_top_k(&to_tensor(&queries)?, &to_tensor(&base)?, k));
+    let truth: Vec<Vec<usize>> = truth?
         .into_iter()
         .map(|hits| hits.into_iter().map(|h| h.index).collect())
         .collect();
+    let exact_batch_qps = queries.rows as f64 / batch_s.max(1e-9);
+    progress(&format!(
+        "exact ranking of all {} queries at once: {exact_batch_qps:.0} queries/s",
+        queries.rows
+    ));
     let ne = opts
         .exact_queries
         .clamp(1, queries.rows.max(1))
         .min(queries.rows);
-    let ((), exact_s) = timed(|| {
-        for q in queries.iter_rows().take(ne) {
-            std::hint::black_box(index.exact(q, k));
-        }
-    });
-    let exact_qps = ne as f64 / exact_s.max(1e-9);
-    progress(&format!("exact scan: {exact_qps:.0} queries/s"));
+    let exact_run = || {
+        let ((), s) = timed(|| {
+            for q in queries.iter_rows().take(ne) {
+                std::hint::black_box(index.exact(q, k));
+            }
+        });
+        ne as f64 / s.max(1e-9)
+    };
+    let exact_qps = match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
+        Ok(one) => one.install(exact_run),
+        Err(_) => exact_run(),
+    };
+    let exact_qps_all_threads = exact_run();
+    let gallery_bytes = base.data.len() * 4;
+    let read_bandwidth =
+        (gallery_bytes >= bandwidth::MIN_GALLERY_BYTES).then(|| bandwidth::measure(gallery_bytes));
+    let gallery_gb = gallery_bytes as f64 / 1e9;
+    let share = |gb: f64, of: Option<f64>| match of {
+        Some(of) => format!(
+            ", {:.0}% of the read bandwidth, {of:.1} GB/s",
+            100.0 * gb / of.max(1e-9)
+        ),
+        None => String::new(),
+    };
+    progress(&format!(
+        "exact scan: {exact_qps:.0} queries/s on one thread ({:.1} GB/s{}), {exact_qps_all_threads:.0} on {} ({:.1} GB/s{})",
+        exact_qps * gallery_gb,
+        share(
+            exact_qps * gallery_gb,
+            read_bandwidth.map(|b| b.one_thread_gb_per_s)
+        ),
+        rayon::current_num_threads(),
+        exact_qps_all_threads * gallery_gb,
+        share(
+            exact_qps_all_threads * gallery_gb,
+            read_bandwidth.map(|b| b.all_threads_gb_per_s)
+        ),
+    ));
     let efs = if opts.efs.is_empty() {
         fine_efs(k)
     } else {
@@ -389,6 +441,11 @@ pub fn run(
         build_s,
         self_recall,
         exact_qps,
+        exact_qps_all_threads,
+        exact_gb_per_s: exact_qps * gallery_gb,
+        exact_gb_per_s_all_threads: exact_qps_all_threads * gallery_gb,
+        read_bandwidth,
+        exact_batch_qps,
         runs,
         first_ef,
         index_ef,

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use super::hnsw::{Graph, Visited, dot, dot_i8};
 use super::npy::Matrix;
-use crate::eval::{Hit, top_k_of_row};
+use crate::eval::Hit;
 
 /// How wide a search looks before re-ranking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,14 +216,13 @@ impl VectorIndex {
         hits
     }
 
-    /// Top `k` by exact cosine over every row.
+    /// Top `k` by exact cosine over every row ([`super::exact`]: a blocked scan on
+    /// the rayon pool, the same ranking as scoring every row and sorting).
     pub fn exact(&self, q: &[f32], k: usize) -> Vec<Hit> {
         if k == 0 || self.is_empty() || q.len() != self.dim() {
             return Vec::new();
         }
-        let q_inv = inv_norm(q);
-        let scores: Vec<f32> = (0..self.len()).map(|i| self.cosine(q, q_inv, i)).collect();
-        top_k_of_row(&scores, k)
+        super::exact::top_k(q, inv_norm(q), &self.vectors.data, &self.inv_norms, k)
     }
 }
 

@@ -74,9 +74,8 @@ fn exact_truth(
 ) -> candle_core::Result<Vec<Vec<usize>>> {
     let vectors = index.vectors();
     let (n, dim) = (vectors.rows, vectors.cols);
-    let gallery_t = Tensor::from_slice(&vectors.data, (n, dim), &Device::Cpu)?
-        .t()?
-        .contiguous()?;
+    // A transposed view (no copy of the gallery), as in `eval`.
+    let gallery_t = Tensor::from_slice(&vectors.data, (n, dim), &Device::Cpu)?.t()?;
     let mut truth = Vec::with_capacity(ids.len());
     for block in ids.chunks(TRUTH_BLOCK) {
         let rows: Vec<f32> = block

@@ -1,13 +1,13 @@
 //! vitrine's CPU kernels: plain math on `&[f32]` slices, no tensor library.
 //!
 //! The Candle model in the `vitrine` crate wraps these in custom ops
-//! (`vitrine::model::ops`); the index uses [`dot`]'s products. Everything runs on the
+//! (`vitrine::model::ops`); the index uses [`dot`]'s products and [`scan`]'s. Everything runs on the
 //! caller's rayon pool, and every loop body that should use wide vector instructions
 //! goes through the one runtime dispatch of [`simd`]. Layouts are channels-last
 //! (`(N, H, W, C)`) activations and torch's `(K, C, KH, KW)` kernels; see the README
 //! for the whole contract.
 //!
-//! Module order (each uses only those before it): [`simd`] → [`dot`],
+//! Module order (each uses only those before it): [`simd`] → [`dot`], [`scan`],
 //! [`elementwise`] → [`pool`], [`norm`], [`conv`]; [`alloc`] stands apart.
 //!
 //! All of the project's `unsafe` code lives in this crate: the target-feature
@@ -22,6 +22,7 @@ pub mod dot;
 pub mod elementwise;
 pub mod norm;
 pub mod pool;
+pub mod scan;
 pub mod simd;
 
 /// A kernel refused its operands (shapes that do not fit together, too little data).
