@@ -405,10 +405,19 @@ impl Graph {
     }
 
     #[inline]
-    fn links0(&self, id: u32) -> &[u32] {
+    pub(crate) fn links0(&self, id: u32) -> &[u32] {
         let s = id as usize * self.stride;
         let count = self.level0[s] as usize;
         &self.level0[s + 1..s + 1 + count]
+    }
+
+    /// Asks the CPU to start loading `id`'s layer-0 link list (a hint).
+    #[inline]
+    pub(crate) fn prefetch_links0(&self, id: u32) {
+        let s = id as usize * self.stride;
+        if let Some(slot) = self.level0.get(s..s + self.stride) {
+            vitrine_kernels::dot::prefetch(slot);
+        }
     }
 
     /// The adjacency as a dump holds it (every node's links on its layers).

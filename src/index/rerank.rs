@@ -3,8 +3,12 @@
 
 use std::sync::Mutex;
 
-use super::hnsw::{Graph, Visited, dot, dot_i8};
+use vitrine_kernels::codes::CodeQuery;
+use vitrine_kernels::dot::dot_rows;
+
+use super::hnsw::{Graph, dot};
 use super::npy::Matrix;
+use super::walk::{Codes, WalkScratch, quantize, search_codes};
 use crate::eval::{Hit, top_k_of_row};
 
 /// How wide a search looks before re-ranking.
@@ -48,11 +52,12 @@ pub struct VectorIndex {
     vectors: Matrix,
     /// 1 / ‖row‖ (0 for a zero row), for exact cosine.
     inv_norms: Vec<f32>,
-    /// `round(x · code_scale)` of every value, in `[-127, 127]`.
-    codes: Vec<i8>,
+    /// `round(x · code_scale)` of every value, in `[-127, 127]` ([`Codes`]).
+    codes: Codes,
     code_scale: f32,
     graph: Graph,
-    visited: Mutex<Vec<Visited>>,
+    /// Buffers of finished walks, reused by the next ones.
+    scratch: Mutex<Vec<WalkScratch>>,
 }
 
 fn inv_norm(v: &[f32]) -> f32 {
@@ -69,14 +74,14 @@ impl VectorIndex {
             .iter()
             .fold(0f32, |m, x| if x.is_finite() { m.max(x.abs()) } else { m });
         let code_scale = if max_abs > 0.0 { 127.0 / max_abs } else { 1.0 };
-        let codes = quantize(&vectors.data, code_scale);
+        let codes = Codes::new(&vectors.data, vectors.cols, code_scale);
         Self {
             vectors,
             inv_norms,
             codes,
             code_scale,
             graph,
-            visited: Mutex::new(Vec::new()),
+            scratch: Mutex::new(Vec::new()),
         }
     }
 
@@ -123,50 +128,47 @@ impl VectorIndex {
         int8: bool,
         hidden: Option<u32>,
     ) -> Vec<u32> {
-        let mut visited = self
-            .visited
+        let mut scratch = self
+            .scratch
             .lock()
             .ok()
             .and_then(|mut pool| pool.pop())
             .unwrap_or_default();
         let dim = self.vectors.cols;
         let ef = ef.max(shortlist);
-        let mut found = if int8 {
-            let qc = quantize(q, self.code_scale);
-            let codes = &self.codes;
-            self.graph.search(
-                |id| {
-                    if Some(id) == hidden {
-                        f32::NEG_INFINITY
-                    } else {
-                        dot_i8(&qc, &codes[id as usize * dim..(id as usize + 1) * dim]) as f32
-                    }
-                },
-                ef,
-                &mut visited,
-            )
+        let mut found: Vec<u32> = if int8 {
+            let qc: Vec<i8> = q.iter().map(|&x| quantize(x, self.code_scale)).collect();
+            let qc = CodeQuery::new(&qc);
+            search_codes(&self.graph, &self.codes, &qc, ef, hidden, &mut scratch)
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect()
         } else {
             let data = &self.vectors.data;
-            self.graph.search(
-                |id| {
-                    if Some(id) == hidden {
-                        f32::NEG_INFINITY
-                    } else {
-                        dot(q, &data[id as usize * dim..(id as usize + 1) * dim])
-                    }
-                },
-                ef,
-                &mut visited,
-            )
+            self.graph
+                .search(
+                    |id| {
+                        if Some(id) == hidden {
+                            f32::NEG_INFINITY
+                        } else {
+                            dot(q, &data[id as usize * dim..(id as usize + 1) * dim])
+                        }
+                    },
+                    ef,
+                    &mut scratch.visited,
+                )
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect()
         };
-        if let Ok(mut pool) = self.visited.lock() {
-            pool.push(visited);
+        if let Ok(mut pool) = self.scratch.lock() {
+            pool.push(scratch);
         }
         if let Some(h) = hidden {
-            found.retain(|&(id, _)| id != h);
+            found.retain(|&id| id != h);
         }
         found.truncate(shortlist);
-        found.into_iter().map(|(id, _)| id).collect()
+        found
     }
 
     /// Top `k` by exact cosine among the HNSW shortlist. `q` must be `dim()` long.
@@ -204,11 +206,16 @@ impl VectorIndex {
         let (shortlist, ef) = params.resolve(k);
         let q_inv = inv_norm(q);
         let ids = self.shortlist_without(q, shortlist, ef, params.int8, hidden);
+        // The shortlist's rows are scattered: scored four at a time, the next ones
+        // prefetched meanwhile.
+        let mut dots = vec![0f32; ids.len()];
+        dot_rows(q, &self.vectors.data, self.dim(), &ids, &mut dots);
         let mut hits: Vec<Hit> = ids
-            .into_iter()
-            .map(|id| Hit {
+            .iter()
+            .zip(dots)
+            .map(|(&id, d)| Hit {
                 index: id as usize,
-                score: self.cosine(q, q_inv, id as usize),
+                score: d * q_inv * self.inv_norms[id as usize],
             })
             .collect();
         hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
@@ -225,13 +232,6 @@ impl VectorIndex {
         let scores: Vec<f32> = (0..self.len()).map(|i| self.cosine(q, q_inv, i)).collect();
         top_k_of_row(&scores, k)
     }
-}
-
-/// 8-bit codes `round(x · scale)`, clamped to `[-127, 127]`.
-fn quantize(x: &[f32], scale: f32) -> Vec<i8> {
-    x.iter()
-        .map(|v| (v * scale).round().clamp(-127.0, 127.0) as i8)
-        .collect()
 }
 
 /// Mean share of each exact top-k list found in the matching approximate list.

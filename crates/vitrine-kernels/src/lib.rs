@@ -7,7 +7,7 @@
 //! (`(N, H, W, C)`) activations and torch's `(K, C, KH, KW)` kernels; see the README
 //! for the whole contract.
 //!
-//! Module order (each uses only those before it): [`simd`] → [`dot`],
+//! Module order (each uses only those before it): [`simd`] → [`dot`] → [`codes`],
 //! [`elementwise`] → [`pool`], [`norm`], [`conv`]; [`alloc`] stands apart.
 //!
 //! All of the project's `unsafe` code lives in this crate: the target-feature
@@ -17,6 +17,7 @@
 #![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
 
 pub mod alloc;
+pub mod codes;
 pub mod conv;
 pub mod dot;
 pub mod elementwise;
