@@ -14,7 +14,8 @@
 //!   locks, hash sets and reference counts; [`Graph`] copies the adjacency out once
 //!   (layer 0 in one strided `u32` array, upper layers per node) and searches it over the
 //!   caller's contiguous vectors with a generation-tagged visited list, several times
-//!   faster. Both walk the same graph.
+//!   faster. Both walk the same graph. Searches on 8-bit codes take
+//!   [`super::walk::search_codes`], the same steps laid out for memory latency.
 //!
 //! hnsw_rs logs through the `log` crate (never installed here: silent) and prints to
 //! stdout only on paths this module avoids (unopenable dump files, which are checked

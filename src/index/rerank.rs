@@ -1,15 +1,20 @@
 //! Vectors plus their graph: an HNSW shortlist re-ranked by exact cosine, and the
-//! exact scan it is measured against.
+//! exact scan it is measured against. The walk on 8-bit codes is
+//! [`super::walk`]'s; the shortlist's float rows are scattered, so the re-rank
+//! prefetches them a few rows ahead.
 
 use std::sync::Mutex;
 
 use vitrine_kernels::codes::CodeQuery;
-use vitrine_kernels::dot::dot_rows;
+use vitrine_kernels::dot::prefetch;
 
 use super::hnsw::{Graph, dot};
 use super::npy::Matrix;
 use super::walk::{Codes, WalkScratch, quantize, search_codes};
 use crate::eval::{Hit, top_k_of_row};
+
+/// Shortlist rows prefetched ahead of the one the re-rank scores.
+const RERANK_AHEAD: usize = 4;
 
 /// How wide a search looks before re-ranking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,16 +211,22 @@ impl VectorIndex {
         let (shortlist, ef) = params.resolve(k);
         let q_inv = inv_norm(q);
         let ids = self.shortlist_without(q, shortlist, ef, params.int8, hidden);
-        // The shortlist's rows are scattered: scored four at a time, the next ones
-        // prefetched meanwhile.
-        let mut dots = vec![0f32; ids.len()];
-        dot_rows(q, &self.vectors.data, self.dim(), &ids, &mut dots);
+        // The shortlist's rows are scattered: each is prefetched four rows ahead of
+        // its score, which is `exact`'s own (same `dot`, so the same bits).
+        for &id in ids.iter().take(RERANK_AHEAD) {
+            prefetch(self.vectors.row(id as usize));
+        }
         let mut hits: Vec<Hit> = ids
             .iter()
-            .zip(dots)
-            .map(|(&id, d)| Hit {
-                index: id as usize,
-                score: d * q_inv * self.inv_norms[id as usize],
+            .enumerate()
+            .map(|(i, &id)| {
+                if let Some(&next) = ids.get(i + RERANK_AHEAD) {
+                    prefetch(self.vectors.row(next as usize));
+                }
+                Hit {
+                    index: id as usize,
+                    score: self.cosine(q, q_inv, id as usize),
+                }
             })
             .collect();
         hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));

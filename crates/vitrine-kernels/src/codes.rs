@@ -251,10 +251,12 @@ mod tests {
     use super::*;
 
     fn codes(len: usize, seed: u32) -> Vec<i8> {
-        // Every value of -127..=127 shows up, extremes included.
+        // Scattered over -127..=127, the extremes included.
         (0..len)
-            .map(|i| ((i as u32 * 2_654_435_761 ^ seed.wrapping_mul(40_503)) % 255) as i8)
-            .map(|c| c.max(-127))
+            .map(|i| {
+                let h = (i as u32).wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503);
+                (i64::from(h % 255) - 127) as i8
+            })
             .collect()
     }
 

@@ -11,8 +11,9 @@
 //! [`elementwise`] → [`pool`], [`norm`], [`conv`]; [`alloc`] stands apart.
 //!
 //! All of the project's `unsafe` code lives in this crate: the target-feature
-//! trampolines of [`simd`], the `gemm` call and uninitialised output buffers of
-//! [`conv`], and the global allocator and `mallopt` tuning of [`alloc`].
+//! trampolines of [`simd`], the intrinsics of [`dot`] and [`codes`], the `gemm` call
+//! and uninitialised output buffers of [`conv`], and the global allocator and
+//! `mallopt` tuning of [`alloc`].
 
 #![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
 
