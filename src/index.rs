@@ -20,6 +20,7 @@ pub mod rerank;
 pub mod search;
 pub mod store;
 pub mod tune;
+pub mod walk;
 
 pub use build::{BuildError, Gallery, IndexJob, IndexReport};
 pub use model::{CheckpointChoice, ModelError};

@@ -81,6 +81,21 @@ pub struct SearchRun {
     /// Median and 99th-percentile latency of one query, milliseconds.
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// Queries per second from the median time of 10 consecutive queries: on a
+    /// shared machine, robust to the time slices other processes take (`qps` is
+    /// not); `benches/peers/hnswlib_bench.py` reports the same.
+    pub qps_median10: f64,
+}
+
+/// Queries per second from the median total of `CHUNK` consecutive latencies (ms).
+pub(crate) fn qps_median_chunk(ms: &[f64]) -> f64 {
+    const CHUNK: usize = 10;
+    let mut sums: Vec<f64> = ms.chunks_exact(CHUNK).map(|c| c.iter().sum()).collect();
+    if sums.is_empty() {
+        return 0.0;
+    }
+    let median = quantile(&mut sums, 0.5);
+    CHUNK as f64 * 1e3 / median.max(1e-9)
 }
 
 /// The `q`-quantile (0..=1) of `values` (sorted here), nearest rank.
@@ -337,12 +352,14 @@ pub fn run(
                     })
                     .collect::<Vec<_>>()
             });
+            let qps_median10 = qps_median_chunk(&ms);
             SearchRun {
                 engine: engine.into(),
                 ef,
                 shortlist,
                 recall_at_k: recall_at_k(&found, &truth, k),
                 qps: queries.rows as f64 / secs.max(1e-9),
+                qps_median10,
                 p50_ms: quantile(&mut ms, 0.5),
                 p99_ms: quantile(&mut ms, 0.99),
             }

@@ -14,7 +14,8 @@
 //!   locks, hash sets and reference counts; [`Graph`] copies the adjacency out once
 //!   (layer 0 in one strided `u32` array, upper layers per node) and searches it over the
 //!   caller's contiguous vectors with a generation-tagged visited list, several times
-//!   faster. Both walk the same graph.
+//!   faster. Both walk the same graph. Searches on 8-bit codes take
+//!   [`super::walk::search_codes`], the same steps laid out for memory latency.
 //!
 //! hnsw_rs logs through the `log` crate (never installed here: silent) and prints to
 //! stdout only on paths this module avoids (unopenable dump files, which are checked
@@ -405,10 +406,19 @@ impl Graph {
     }
 
     #[inline]
-    fn links0(&self, id: u32) -> &[u32] {
+    pub(crate) fn links0(&self, id: u32) -> &[u32] {
         let s = id as usize * self.stride;
         let count = self.level0[s] as usize;
         &self.level0[s + 1..s + 1 + count]
+    }
+
+    /// Asks the CPU to start loading `id`'s layer-0 link list (a hint).
+    #[inline]
+    pub(crate) fn prefetch_links0(&self, id: u32) {
+        let s = id as usize * self.stride;
+        if let Some(slot) = self.level0.get(s..s + self.stride) {
+            vitrine_kernels::dot::prefetch(slot);
+        }
     }
 
     /// The adjacency as a dump holds it (every node's links on its layers).

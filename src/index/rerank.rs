@@ -1,11 +1,20 @@
 //! Vectors plus their graph: an HNSW shortlist re-ranked by exact cosine, and the
-//! exact scan it is measured against.
+//! exact scan it is measured against. The walk on 8-bit codes is
+//! [`super::walk`]'s; the shortlist's float rows are scattered, so the re-rank
+//! prefetches them a few rows ahead.
 
 use std::sync::Mutex;
 
-use super::hnsw::{Graph, Visited, dot, dot_i8};
+use vitrine_kernels::codes::CodeQuery;
+use vitrine_kernels::dot::prefetch;
+
+use super::hnsw::{Graph, dot};
 use super::npy::Matrix;
+use super::walk::{Codes, WalkScratch, quantize, search_codes};
 use crate::eval::Hit;
+
+/// Shortlist rows prefetched ahead of the one the re-rank scores.
+const RERANK_AHEAD: usize = 4;
 
 /// How wide a search looks before re-ranking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,11 +57,12 @@ pub struct VectorIndex {
     vectors: Matrix,
     /// 1 / ‖row‖ (0 for a zero row), for exact cosine.
     inv_norms: Vec<f32>,
-    /// `round(x · code_scale)` of every value, in `[-127, 127]`.
-    codes: Vec<i8>,
+    /// `round(x · code_scale)` of every value, in `[-127, 127]` ([`Codes`]).
+    codes: Codes,
     code_scale: f32,
     graph: Graph,
-    visited: Mutex<Vec<Visited>>,
+    /// Buffers of finished walks, reused by the next ones.
+    scratch: Mutex<Vec<WalkScratch>>,
 }
 
 fn inv_norm(v: &[f32]) -> f32 {
@@ -69,14 +79,14 @@ impl VectorIndex {
             .iter()
             .fold(0f32, |m, x| if x.is_finite() { m.max(x.abs()) } else { m });
         let code_scale = if max_abs > 0.0 { 127.0 / max_abs } else { 1.0 };
-        let codes = quantize(&vectors.data, code_scale);
+        let codes = Codes::new(&vectors.data, vectors.cols, code_scale);
         Self {
             vectors,
             inv_norms,
             codes,
             code_scale,
             graph,
-            visited: Mutex::new(Vec::new()),
+            scratch: Mutex::new(Vec::new()),
         }
     }
 
@@ -123,50 +133,47 @@ impl VectorIndex {
         int8: bool,
         hidden: Option<u32>,
     ) -> Vec<u32> {
-        let mut visited = self
-            .visited
+        let mut scratch = self
+            .scratch
             .lock()
             .ok()
             .and_then(|mut pool| pool.pop())
             .unwrap_or_default();
         let dim = self.vectors.cols;
         let ef = ef.max(shortlist);
-        let mut found = if int8 {
-            let qc = quantize(q, self.code_scale);
-            let codes = &self.codes;
-            self.graph.search(
-                |id| {
-                    if Some(id) == hidden {
-                        f32::NEG_INFINITY
-                    } else {
-                        dot_i8(&qc, &codes[id as usize * dim..(id as usize + 1) * dim]) as f32
-                    }
-                },
-                ef,
-                &mut visited,
-            )
+        let mut found: Vec<u32> = if int8 {
+            let qc: Vec<i8> = q.iter().map(|&x| quantize(x, self.code_scale)).collect();
+            let qc = CodeQuery::new(&qc);
+            search_codes(&self.graph, &self.codes, &qc, ef, hidden, &mut scratch)
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect()
         } else {
             let data = &self.vectors.data;
-            self.graph.search(
-                |id| {
-                    if Some(id) == hidden {
-                        f32::NEG_INFINITY
-                    } else {
-                        dot(q, &data[id as usize * dim..(id as usize + 1) * dim])
-                    }
-                },
-                ef,
-                &mut visited,
-            )
+            self.graph
+                .search(
+                    |id| {
+                        if Some(id) == hidden {
+                            f32::NEG_INFINITY
+                        } else {
+                            dot(q, &data[id as usize * dim..(id as usize + 1) * dim])
+                        }
+                    },
+                    ef,
+                    &mut scratch.visited,
+                )
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect()
         };
-        if let Ok(mut pool) = self.visited.lock() {
-            pool.push(visited);
+        if let Ok(mut pool) = self.scratch.lock() {
+            pool.push(scratch);
         }
         if let Some(h) = hidden {
-            found.retain(|&(id, _)| id != h);
+            found.retain(|&id| id != h);
         }
         found.truncate(shortlist);
-        found.into_iter().map(|(id, _)| id).collect()
+        found
     }
 
     /// Top `k` by exact cosine among the HNSW shortlist. `q` must be `dim()` long.
@@ -204,11 +211,22 @@ impl VectorIndex {
         let (shortlist, ef) = params.resolve(k);
         let q_inv = inv_norm(q);
         let ids = self.shortlist_without(q, shortlist, ef, params.int8, hidden);
+        // The shortlist's rows are scattered: each is prefetched four rows ahead of
+        // its score, which is `exact`'s own (same `dot`, so the same bits).
+        for &id in ids.iter().take(RERANK_AHEAD) {
+            prefetch(self.vectors.row(id as usize));
+        }
         let mut hits: Vec<Hit> = ids
-            .into_iter()
-            .map(|id| Hit {
-                index: id as usize,
-                score: self.cosine(q, q_inv, id as usize),
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| {
+                if let Some(&next) = ids.get(i + RERANK_AHEAD) {
+                    prefetch(self.vectors.row(next as usize));
+                }
+                Hit {
+                    index: id as usize,
+                    score: self.cosine(q, q_inv, id as usize),
+                }
             })
             .collect();
         hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
@@ -224,13 +242,6 @@ impl VectorIndex {
         }
         super::exact::top_k(q, inv_norm(q), &self.vectors.data, &self.inv_norms, k)
     }
-}
-
-/// 8-bit codes `round(x · scale)`, clamped to `[-127, 127]`.
-fn quantize(x: &[f32], scale: f32) -> Vec<i8> {
-    x.iter()
-        .map(|v| (v * scale).round().clamp(-127.0, 127.0) as i8)
-        .collect()
 }
 
 /// Mean share of each exact top-k list found in the matching approximate list.

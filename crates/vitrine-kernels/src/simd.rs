@@ -49,6 +49,22 @@ pub fn level() -> Level {
     Level::Baseline
 }
 
+/// Whether this CPU has AVX-512 VNNI (with AVX-512F/BW/VL): the 8-bit dot products
+/// of [`crate::codes`] (detected once; not a [`Level`], since only they use it).
+pub fn vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *VNNI.get_or_init(|| {
+            level() == Level::Avx512
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Runs `f`, with its body compiled for the widest vector extension this CPU has.
 /// `f` is inlined into a `#[target_feature]` function, so keep the loop itself
 /// inside `f` (not behind a call that might stay out of line) and mark the closure

@@ -18,7 +18,7 @@ use super::load::{
 use super::record::{FORMAT, PgRecord};
 use super::schema::{self, Names};
 use super::{PgError, PgUrl};
-use crate::index::benchmark::{SearchRun, quantile};
+use crate::index::benchmark::{SearchRun, qps_median_chunk, quantile};
 use crate::index::npy::Matrix;
 use crate::index::rerank::{SearchParams, recall_at_k};
 
@@ -125,12 +125,14 @@ pub fn run(
                 found.push(hits.iter().map(|h| h.id).collect::<Vec<_>>());
             }
             let secs = started.elapsed().as_secs_f64();
+            let qps_median10 = qps_median_chunk(&ms);
             let run = SearchRun {
                 engine: "postgres".into(),
                 ef,
                 shortlist: ef,
                 recall_at_k: recall_at_k(&found, truth, k),
                 qps: queries.rows as f64 / secs.max(1e-9),
+                qps_median10,
                 p50_ms: quantile(&mut ms, 0.5),
                 p99_ms: quantile(&mut ms, 0.99),
             };
