@@ -412,6 +412,22 @@ mod tests {
         assert!(thin.iter().all(|v| *v == 1.0));
     }
 
+    /// The defaults with every random change that alters pixel values turned off.
+    fn every_change_off() -> AugmentConfig {
+        AugmentConfig {
+            invert: 0.0,
+            rotate: 0.0,
+            shrink: 0.0,
+            jitter: 0.0,
+            hue: 0.0,
+            grayscale: 0.0,
+            blur: 0.0,
+            morph: 0.0,
+            outline: 0.0,
+            ..AugmentConfig::default()
+        }
+    }
+
     #[test]
     fn outline_alone_turns_a_filled_square_into_its_contour() {
         let size = 12;
@@ -424,14 +440,7 @@ mod tests {
         let base: Vec<f32> = plane.iter().chain(&plane).chain(&plane).copied().collect();
         let cfg = AugmentConfig {
             outline: 1.0,
-            invert: 0.0,
-            rotate: 0.0,
-            shrink: 0.0,
-            jitter: 0.0,
-            hue: 0.0,
-            grayscale: 0.0,
-            blur: 0.0,
-            ..AugmentConfig::default()
+            ..every_change_off()
         };
         let mut out = base.clone();
         photometric(&mut out, size, &cfg, &mut Rng::new(3));
@@ -450,13 +459,7 @@ mod tests {
         let base: Vec<f32> = (0..3 * 64).map(|i| (i % 13) as f32 / 12.0).collect();
         let cfg = AugmentConfig {
             invert: 1.0,
-            rotate: 0.0,
-            shrink: 0.0,
-            jitter: 0.0,
-            hue: 0.0,
-            grayscale: 0.0,
-            blur: 0.0,
-            ..AugmentConfig::default()
+            ..every_change_off()
         };
         let mut out = base.clone();
         photometric(&mut out, 8, &cfg, &mut Rng::new(9));

@@ -28,6 +28,14 @@ fn dot_impl<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
         tail += x * y;
     }
+    reduce16(&acc, tail)
+}
+
+/// The final sum of [`dot`]'s 16 lanes and its scalar tail, in its fixed order
+/// (shared with [`crate::scan`], whose scores must equal [`dot`]'s bit for bit).
+#[allow(clippy::inline_always)] // inlined into the dispatch's target-feature function
+#[inline(always)]
+pub(crate) fn reduce16(acc: &[f32; 16], tail: f32) -> f32 {
     let mut s8 = [0f32; 8];
     for i in 0..8 {
         s8[i] = acc[i] + acc[i + 8];

@@ -8,6 +8,7 @@
 //! hardware prefetcher follows sequential streams; software prefetch measured no
 //! gain here).
 
+use crate::dot::reduce16 as reduce;
 use crate::simd::{self, Level};
 
 /// Rows scored per pass over the query: its loads are shared by four rows, four
@@ -17,18 +18,6 @@ const ROWS: usize = 4;
 /// Lanes per accumulator: the same 16 as [`crate::dot::dot`], so that the products
 /// and the summation order (and so the result, bit for bit) are the same.
 const LANES: usize = 16;
-
-/// The final sum of [`crate::dot::dot`]'s 16 lanes and scalar tail, in its order.
-#[allow(clippy::inline_always)] // inlined into the dispatch's target-feature function
-#[inline(always)]
-fn reduce(acc: &[f32; LANES], tail: f32) -> f32 {
-    let mut s8 = [0f32; 8];
-    for i in 0..8 {
-        s8[i] = acc[i] + acc[i + 8];
-    }
-    let s4 = [s8[0] + s8[4], s8[1] + s8[5], s8[2] + s8[6], s8[3] + s8[7]];
-    (s4[0] + s4[2]) + (s4[1] + s4[3]) + tail
-}
 
 /// `q · r` for [`ROWS`] rows of `q.len()` values each (`rows` holds them back to
 /// back), every lane computed as [`crate::dot::dot`] computes it.
