@@ -465,24 +465,24 @@ impl Graph {
             .map_or(&[], Vec::as_slice)
     }
 
-    /// The `ef` best nodes found for the query whose score of node `id` (higher is
-    /// closer, e.g. a dot product) is `score(id)`; best first.
-    pub fn search(
+    /// Greedy descent through the upper layers from the entry point: the layer-1 node
+    /// (and its score) where the layer-0 search starts. `score(ids, out)` puts the
+    /// scores of `ids` (higher is closer) into `out`, so a caller can score a node's
+    /// links as one batch.
+    pub(crate) fn descend<S: PartialOrd + Copy>(
         &self,
-        score: impl Fn(u32) -> f32,
-        ef: usize,
-        visited: &mut Visited,
-    ) -> Vec<(u32, f32)> {
-        if self.n == 0 || ef == 0 {
-            return Vec::new();
-        }
+        mut score: impl FnMut(&[u32], &mut Vec<S>),
+        out: &mut Vec<S>,
+    ) -> (u32, S) {
         let mut cur = self.entry;
-        let mut cur_s = score(cur);
+        score(&[cur], out);
+        let mut cur_s = out[0];
         for layer in (1..=self.top_level).rev() {
             loop {
+                let links = self.links(cur, layer);
+                score(links, out);
                 let mut changed = false;
-                for &nb in self.links(cur, layer) {
-                    let s = score(nb);
+                for (&nb, &s) in links.iter().zip(out.iter()) {
                     if s > cur_s {
                         cur_s = s;
                         cur = nb;
@@ -494,6 +494,28 @@ impl Graph {
                 }
             }
         }
+        (cur, cur_s)
+    }
+
+    /// The `ef` best nodes found for the query whose score of node `id` (higher is
+    /// closer, e.g. a dot product) is `score(id)`; best first.
+    pub fn search(
+        &self,
+        score: impl Fn(u32) -> f32,
+        ef: usize,
+        visited: &mut Visited,
+    ) -> Vec<(u32, f32)> {
+        if self.n == 0 || ef == 0 {
+            return Vec::new();
+        }
+        let mut buf = Vec::new();
+        let (cur, cur_s) = self.descend(
+            |ids, out: &mut Vec<f32>| {
+                out.clear();
+                out.extend(ids.iter().map(|&id| score(id)));
+            },
+            &mut buf,
+        );
         visited.start(self.n);
         visited.insert(cur);
         let mut candidates = BinaryHeap::with_capacity(ef * 2);

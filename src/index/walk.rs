@@ -148,28 +148,7 @@ pub fn search_codes(
             }
         }
     };
-    let (mut cur, top_level) = graph.entry();
-    ids.clear();
-    ids.push(cur);
-    score(ids, scores);
-    let mut cur_s = scores[0];
-    for layer in (1..=top_level).rev() {
-        loop {
-            let links = graph.links(cur, layer);
-            score(links, scores);
-            let mut changed = false;
-            for (&nb, &s) in links.iter().zip(scores.iter()) {
-                if s > cur_s {
-                    cur_s = s;
-                    cur = nb;
-                    changed = true;
-                }
-            }
-            if !changed {
-                break;
-            }
-        }
-    }
+    let (cur, cur_s) = graph.descend(&score, scores);
     visited.start(graph.len());
     visited.insert(cur);
     candidates.clear();
