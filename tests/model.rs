@@ -842,6 +842,9 @@ enum Path {
     PerOp(Channels),
     /// `forward_pooled`: on the CPU the whole backbone as one op.
     Pooled,
+    /// `forward_pooled_deferred`: the same op, its parameter gradients added to the
+    /// store after `backward`.
+    Deferred,
 }
 
 /// `(pooled features, gradient of every variable, running statistics after)` of
@@ -856,19 +859,24 @@ fn features_and_grads(
     let (model, varmap) =
         Embedder::seeded(cfg(backbone, train_from_stage), &CPU, 7).expect("embedder");
     let net = model.backbone();
-    let pooled = match path {
+    let (pooled, deferred) = match path {
         Path::PerOp(layout) => net
             .forward_in(x, true, layout)
             .and_then(|f| f.mean(3))
-            .and_then(|f| f.mean(2)),
-        Path::Pooled => net.forward_pooled(x, true),
+            .and_then(|f| f.mean(2))
+            .map(|f| (f, None)),
+        Path::Pooled => net.forward_pooled(x, true).map(|f| (f, None)),
+        Path::Deferred => net.forward_pooled_deferred(x).map(|(f, d)| (f, Some(d))),
     }
     .expect("forward");
     let r = randn(pooled.dims(), 99);
-    let grads = (&pooled * &r)
+    let mut grads = (&pooled * &r)
         .and_then(|t| t.sum_all())
         .and_then(|t| t.backward())
         .expect("backward");
+    if let Some(deferred) = deferred {
+        deferred.add_to(&mut grads).expect("deferred gradients");
+    }
     let data = varmap.data().lock().expect("lock");
     let mut named: Vec<(String, Vec<f32>)> = data
         .iter()
@@ -945,6 +953,42 @@ fn channels_last_and_channels_first_compute_the_same_network() {
 #[test]
 fn whole_backbone_op_computes_the_same_network_and_gradients() {
     assert_same_network(Path::Pooled);
+}
+
+#[test]
+fn deferred_backbone_gradients_are_the_graph_ones_bit_for_bit() {
+    for (backbone, stage) in [
+        (Backbone::Resnet18, 0),
+        (Backbone::Resnet50, 0),
+        (Backbone::Resnet50, 5),
+        (Backbone::Resnet18, 6),
+    ] {
+        let x = randn(&[3, 3, 40, 36], 8);
+        let graph = features_and_grads(backbone, stage, &x, Path::Pooled);
+        let deferred = features_and_grads(backbone, stage, &x, Path::Deferred);
+        assert_eq!(graph.0, deferred.0, "{backbone}/{stage}: features");
+        assert_eq!(graph.1, deferred.1, "{backbone}/{stage}: gradients");
+        assert_eq!(
+            graph.2, deferred.2,
+            "{backbone}/{stage}: running statistics"
+        );
+        assert_eq!(graph.1.is_empty(), stage == 6, "{backbone}/{stage}");
+    }
+    // Until they are added, the backbone's gradients are not in the store; the
+    // embedder's training forward gives the same embeddings as `forward_t`.
+    let (model, varmap) = Embedder::seeded(cfg(Backbone::Resnet18, 0), &CPU, 3).expect("embedder");
+    let x = randn(&[4, 3, 32, 32], 9);
+    model.set_dropout_stream(1, 0);
+    let (emb, deferred) = model.forward_step(&x).expect("forward step");
+    model.set_dropout_stream(1, 0);
+    let reference = model.forward_t(&x, true).expect("forward_t");
+    assert_eq!(values(&emb), values(&reference));
+    let mut grads = emb.sum_all().and_then(|t| t.backward()).expect("backward");
+    let w = var(&varmap, "conv1.weight");
+    assert!(grads.get(w.as_tensor()).is_none());
+    assert!(grads.get(var(&varmap, "head.weight").as_tensor()).is_some());
+    deferred.add_to(&mut grads).expect("add");
+    assert!(grads.get(w.as_tensor()).is_some());
 }
 
 #[test]

@@ -16,6 +16,7 @@ use candle_nn::{BatchNorm, BatchNormConfig, Linear, VarBuilder, VarMap};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::ops::backbone::DeferredGrads;
 pub use super::resnet::Backbone;
 use super::resnet::{ResNet, ResNetConfig, is_trainable};
 use crate::fsutil::fnv1a64;
@@ -240,9 +241,18 @@ impl Embedder {
     }
 }
 
-impl ModuleT for Embedder {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let pooled = self.backbone.forward_pooled(xs, train)?;
+impl Embedder {
+    /// The training forward of one step: the embeddings of [`ModuleT::forward_t`] in
+    /// train mode, and the backbone's parameter gradients, which `loss.backward()`
+    /// leaves outside its store: add them with [`DeferredGrads::add_to`] before
+    /// using the store (see [`ResNet::forward_pooled_deferred`]).
+    pub fn forward_step(&self, xs: &Tensor) -> Result<(Tensor, DeferredGrads)> {
+        let (pooled, deferred) = self.backbone.forward_pooled_deferred(xs)?;
+        Ok((self.head_forward(pooled, true)?, deferred))
+    }
+
+    /// Dropout, the embedding layer, the BNNeck and the L2 normalisation.
+    fn head_forward(&self, pooled: Tensor, train: bool) -> Result<Tensor> {
         let pooled = if train && self.cfg.dropout > 0.0 {
             self.dropout(&pooled)?
         } else {
@@ -255,6 +265,13 @@ impl ModuleT for Embedder {
             None => ys,
         };
         l2_normalize(&ys)
+    }
+}
+
+impl ModuleT for Embedder {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let pooled = self.backbone.forward_pooled(xs, train)?;
+        self.head_forward(pooled, train)
     }
 }
 

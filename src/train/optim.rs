@@ -4,10 +4,10 @@
 
 pub use crate::config::Schedule;
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Result, Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var};
 use rayon::prelude::*;
 
-use crate::model::ops::tensor::with_f32_data;
+use crate::model::ops::tensor::{contiguous_f32, contiguous_f32_mut};
 
 struct Param {
     name: String,
@@ -165,44 +165,116 @@ fn fused_cpu_step(
     let (one_b1, one_b2) = ((1.0 - opt.beta1) as f32, (1.0 - opt.beta2) as f32);
     let (bc1, bc2, eps, lr32) = (bc1 as f32, bc2 as f32, opt.eps as f32, lr as f32);
     let decay = (p.decay && opt.weight_decay > 0.0).then_some((1.0 - lr * opt.weight_decay) as f32);
-    let n = theta.elem_count();
-    let mut m_new = vec![0f32; n];
-    let mut v_new = vec![0f32; n];
-    let mut t_new = vec![0f32; n];
-    with_f32_data(theta, |th| {
-        with_f32_data(g, |gs| {
-            with_f32_data(&p.m, |ms| {
-                with_f32_data(&p.v, |vs| {
-                    const CHUNK: usize = 1 << 14;
-                    m_new
-                        .par_chunks_mut(CHUNK)
-                        .zip(v_new.par_chunks_mut(CHUNK))
-                        .zip(t_new.par_chunks_mut(CHUNK))
-                        .enumerate()
-                        .for_each(|(i, ((mo, vo), to))| {
-                            let r = i * CHUNK..(i * CHUNK + mo.len());
-                            let it = mo.iter_mut().zip(vo.iter_mut()).zip(to.iter_mut());
-                            let src = th[r.clone()].iter().zip(&gs[r.clone()]);
-                            let moments = ms[r.clone()].iter().zip(&vs[r]);
-                            for (((mo, vo), to), ((&t, &g), (&m, &v))) in it.zip(src.zip(moments)) {
-                                *mo = m * b1 + g * one_b1;
-                                *vo = v * b2 + (g * g) * one_b2;
-                                let update = (*mo / bc1) / ((*vo / bc2).sqrt() + eps);
-                                let t = decay.map_or(t, |d| t * d);
-                                *to = t - update * lr32;
-                            }
-                        });
-                    Ok(())
-                })
-            })
-        })
-    })?;
-    let device = theta.device();
-    p.m = Tensor::from_vec(m_new, theta.shape(), device)?;
-    p.v = Tensor::from_vec(v_new, theta.shape(), device)?;
-    p.var
-        .set(&Tensor::from_vec(t_new, theta.shape(), device)?)?;
+    // Three passes in place (moments, then the parameter): no fresh buffers to fill
+    // and no copy into the variable, which were serial passes on the calling thread.
+    p.m.inplace_op2(
+        g,
+        &Moment {
+            keep: b1,
+            take: one_b1,
+            square: false,
+        },
+    )?;
+    p.v.inplace_op2(
+        g,
+        &Moment {
+            keep: b2,
+            take: one_b2,
+            square: true,
+        },
+    )?;
+    let update = Update {
+        bc1,
+        bc2,
+        eps,
+        lr: lr32,
+        decay,
+    };
+    theta.inplace_op3(&p.m, &p.v, &update)?;
     Ok(true)
+}
+
+/// Elements per parallel task of the in-place updates.
+const CHUNK: usize = 1 << 14;
+
+/// A moment's update in place: `m ← m·keep + g·take` (`g²` when `square`).
+struct Moment {
+    keep: f32,
+    take: f32,
+    square: bool,
+}
+
+impl InplaceOp2 for Moment {
+    fn name(&self) -> &'static str {
+        "adamw-moment"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        g: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<()> {
+        let (m, g) = (contiguous_f32_mut(dst, dst_l)?, contiguous_f32(g, gl)?);
+        let &Self { keep, take, square } = self;
+        m.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .for_each(|(m, g)| {
+                for (m, &g) in m.iter_mut().zip(g) {
+                    let g = if square { g * g } else { g };
+                    *m = *m * keep + g * take;
+                }
+            });
+        Ok(())
+    }
+}
+
+/// The parameter's update in place from its updated moments:
+/// `θ ← θ·decay − lr·(m/bc1)/(√(v/bc2) + ε)`.
+struct Update {
+    bc1: f32,
+    bc2: f32,
+    eps: f32,
+    lr: f32,
+    decay: Option<f32>,
+}
+
+impl InplaceOp3 for Update {
+    fn name(&self) -> &'static str {
+        "adamw-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        m: &CpuStorage,
+        ml: &Layout,
+        v: &CpuStorage,
+        vl: &Layout,
+    ) -> Result<()> {
+        let theta = contiguous_f32_mut(dst, dst_l)?;
+        let (m, v) = (contiguous_f32(m, ml)?, contiguous_f32(v, vl)?);
+        let &Self {
+            bc1,
+            bc2,
+            eps,
+            lr,
+            decay,
+        } = self;
+        theta
+            .par_chunks_mut(CHUNK)
+            .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
+            .for_each(|(t, (m, v))| {
+                for ((t, &m), &v) in t.iter_mut().zip(m).zip(v) {
+                    let update = (m / bc1) / ((v / bc2).sqrt() + eps);
+                    let decayed = decay.map_or(*t, |d| *t * d);
+                    *t = decayed - update * lr;
+                }
+            });
+        Ok(())
+    }
 }
 
 /// Scales gradients of `vars` so their global L2 norm is at most `max_norm`

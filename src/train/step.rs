@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
-use candle_nn::{ModuleT, VarMap};
+use candle_nn::VarMap;
 
 use super::optim::{AdamW, clip_grad_norm};
 use crate::model::embedder::sorted_vars;
@@ -102,7 +102,7 @@ pub fn train_step(
 ) -> Result<StepReport, StepError> {
     let wait = |d: Option<&Device>| d.map_or(Ok(()), Device::synchronize);
     let t0 = Instant::now();
-    let embeddings = embedder.forward_t(images, true)?;
+    let (embeddings, backbone_grads) = embedder.forward_step(images)?;
     let stats = criterion.compute(&embeddings, labels, classes)?;
     let loss = stats.loss.to_scalar::<f32>()?;
     if !loss.is_finite() {
@@ -115,6 +115,7 @@ pub fn train_step(
     let t1 = Instant::now();
     crate::fsutil::crash_point("train-step");
     let mut grads = stats.loss.backward()?;
+    backbone_grads.add_to(&mut grads)?;
     let grad_norm = clip_grad_norm(&mut grads, &optimisers.trainable, settings.grad_clip)?;
     if !grad_norm.is_finite() {
         return Err(StepError::NonFinite {

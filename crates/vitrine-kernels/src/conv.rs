@@ -97,6 +97,15 @@ impl Geom {
         (self.oh, self.ow, self.k)
     }
 
+    /// A 3×3, stride-1, padding-1 conv with work to do: Winograd's case.
+    fn is_winograd(&self) -> bool {
+        self.kh == 3
+            && self.kw == 3
+            && self.stride == 1
+            && self.pad == 1
+            && self.c * self.k * self.m() > 0
+    }
+
     /// Output pixels per image.
     fn p(&self) -> usize {
         self.oh * self.ow
@@ -192,7 +201,7 @@ pub fn forward(x: &[f32], wt: &[f32], g: &Geom, how: Forward<'_>) -> Vec<f32> {
         threads,
     } = how;
     let (m, ckk) = (g.m(), g.ckk());
-    if g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pad == 1 && g.c * g.k * g.m() > 0 {
+    if g.is_winograd() {
         let tiling = Tiling::choose(g.n, g.h, g.w, pass == Pass::Inference);
         return forward_winograd(x, wt, g, tiling, then, threads);
     }
@@ -386,6 +395,9 @@ pub fn backward(
             }
         });
         let dx = wanted.dx.then(|| {
+            if g.is_winograd() {
+                return input_grad_winograd(wt, dy, g, threads);
+            }
             let taps;
             let w_taps = if taps_layout {
                 taps = kernel_to_taps(wt, g);
@@ -408,13 +420,31 @@ pub fn backward(
                     &rhs,
                     threads,
                 );
-                let mut dx = vec![0f32; g.n * g.h * g.w * g.c];
-                col2im(dcols, g, &mut dx);
-                dx
+                col2im(dcols, g)
             }
         });
         Grads { dx, dw }
     })
+}
+
+/// `dx` of a 3×3, stride-1, padding-1 conv is itself such a conv: of `dy` by the
+/// kernel with `K` and `C` swapped and each 3×3 rotated by 180°. Run by Winograd
+/// `F(2×2, 3×3)` (rounding like the direct method's, as in training's forward), it
+/// needs neither the 9×-larger `dcols` nor col2im's scatter.
+fn input_grad_winograd(wt: &[f32], dy: &[f32], g: &Geom, threads: usize) -> Vec<f32> {
+    let (k, c) = (g.k, g.c);
+    let mut flipped = vec![0f32; wt.len()];
+    for ki in 0..k {
+        for ci in 0..c {
+            let src = &wt[(ki * c + ci) * 9..][..9];
+            let dst = &mut flipped[(ci * k + ki) * 9..][..9];
+            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                *d = *s;
+            }
+        }
+    }
+    let back = Geom { c: k, k: c, ..*g };
+    forward_winograd(dy, &flipped, &back, Tiling::F2, None, threads)
 }
 
 #[cfg(test)]
@@ -587,10 +617,12 @@ mod tests {
     #[test]
     fn forward_and_both_gradients_match_direct_loops_on_any_thread_count() {
         // (x dims, [k, kh, kw], (stride, pad)): im2col with strides and padding, 1×1
-        // (no im2col), Winograd, a kernel larger than the map; the last has enough
-        // GEMM rows (2·64·64) for the split reduction of the kernel gradient.
+        // (no im2col), Winograd (forward and input gradient; channels on and off the
+        // 16-lane blocks), a kernel larger than the map; the last has enough GEMM rows
+        // (2·64·64) for the split reduction of the kernel gradient.
         type Case = ([usize; 4], [usize; 3], (usize, usize));
-        let cases: [Case; 6] = [
+        let cases: [Case; 7] = [
+            ([3, 6, 5, 19], [32, 3, 3], (1, 1)),
             ([2, 7, 9, 3], [5, 3, 3], (1, 1)),
             ([3, 11, 8, 4], [6, 3, 3], (2, 1)),
             ([1, 13, 13, 3], [8, 7, 7], (2, 3)),

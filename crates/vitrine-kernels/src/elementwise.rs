@@ -6,6 +6,7 @@
 
 use rayon::prelude::*;
 
+use crate::buffer::par_vec;
 use crate::simd::vectorized;
 
 /// A per-channel `y = x·scale + shift`, then `max(0, ·)` when `relu`: a BatchNorm
@@ -20,32 +21,32 @@ pub struct Affine<'a> {
 /// Rows handled per parallel task in the elementwise passes.
 pub(crate) const TASK_ROWS: usize = 256;
 
-/// `out = x·scale + shift` per channel (then `max(0, ·)` when `relu`), channels-last;
-/// `C = scale.len()`.
-pub fn apply(xs: &[f32], f: &Affine, out: &mut [f32]) {
+/// `x·scale + shift` per channel (then `max(0, ·)` when `relu`), channels-last, as a
+/// new vector; `C = scale.len()`.
+pub fn apply(xs: &[f32], f: &Affine) -> Vec<f32> {
     let Affine { scale, shift, relu } = *f;
     let c = scale.len();
-    out.par_chunks_mut(c * TASK_ROWS)
-        .zip(xs.par_chunks(c * TASK_ROWS))
-        .for_each(|(yc, xc)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
-                        let it = yr.iter_mut().zip(xr).zip(scale).zip(shift);
-                        if relu {
-                            for (((o, &v), &a), &b) in it {
-                                *o = (v * a + b).max(0.0);
-                            }
-                        } else {
-                            for (((o, &v), &a), &b) in it {
-                                *o = v * a + b;
-                            }
+    let task = c * TASK_ROWS;
+    par_vec(xs.len(), task, |t, yc| {
+        let xc = &xs[t * task..][..yc.len()];
+        vectorized(
+            #[inline(always)]
+            || {
+                for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
+                    let it = yr.iter_mut().zip(xr).zip(scale).zip(shift);
+                    if relu {
+                        for (((o, &v), &a), &b) in it {
+                            *o = (v * a + b).max(0.0);
+                        }
+                    } else {
+                        for (((o, &v), &a), &b) in it {
+                            *o = v * a + b;
                         }
                     }
-                },
-            );
-        });
+                }
+            },
+        );
+    })
 }
 
 /// [`apply`] in place.
@@ -80,37 +81,48 @@ pub enum Shortcut<'a> {
 /// residual block, its shortcut (normalised too when it is a projection) and the
 /// ReLU of their sum, in one pass.
 pub fn residual_relu(a: &mut [f32], scale: &[f32], shift: &[f32], s: &Shortcut) {
+    let rows = TASK_ROWS * scale.len();
+    a.par_chunks_mut(rows)
+        .enumerate()
+        .for_each(|(t, ac)| residual_relu_chunk(t * rows, ac, scale, shift, s));
+}
+
+/// [`residual_relu`] into a new vector, `a` left as it is.
+pub fn residual_relu_to(a: &[f32], scale: &[f32], shift: &[f32], s: &Shortcut) -> Vec<f32> {
+    let rows = TASK_ROWS * scale.len();
+    par_vec(a.len(), rows, |t, out| {
+        out.copy_from_slice(&a[t * rows..][..out.len()]);
+        residual_relu_chunk(t * rows, out, scale, shift, s);
+    })
+}
+
+/// [`residual_relu`] on the rows `ac` of `a`, which start at element `off`.
+fn residual_relu_chunk(off: usize, ac: &mut [f32], scale: &[f32], shift: &[f32], s: &Shortcut) {
     let c = scale.len();
-    let rows = TASK_ROWS * c;
-    a.par_chunks_mut(rows).enumerate().for_each(|(t, ac)| {
-        vectorized(
-            #[inline(always)]
-            || {
-                let off = t * rows;
-                for (r, arow) in ac.chunks_exact_mut(c).enumerate() {
-                    let at = off + r * c;
-                    match s {
-                        Shortcut::Identity(x) => {
-                            let x = &x[at..at + c];
-                            for (((v, &sc), &sh), &xv) in
-                                arow.iter_mut().zip(scale).zip(shift).zip(x)
-                            {
-                                *v = (*v * sc + sh + xv).max(0.0);
-                            }
+    vectorized(
+        #[inline(always)]
+        || {
+            for (r, arow) in ac.chunks_exact_mut(c).enumerate() {
+                let at = off + r * c;
+                match s {
+                    Shortcut::Identity(x) => {
+                        let x = &x[at..at + c];
+                        for (((v, &sc), &sh), &xv) in arow.iter_mut().zip(scale).zip(shift).zip(x) {
+                            *v = (*v * sc + sh + xv).max(0.0);
                         }
-                        Shortcut::Normalised(d, dsc, dsh) => {
-                            let d = &d[at..at + c];
-                            let main = arow.iter_mut().zip(scale).zip(shift);
-                            let side = d.iter().zip(*dsc).zip(*dsh);
-                            for (((v, &sc), &sh), ((&dv, &a2), &b2)) in main.zip(side) {
-                                *v = (*v * sc + sh + (dv * a2 + b2)).max(0.0);
-                            }
+                    }
+                    Shortcut::Normalised(d, dsc, dsh) => {
+                        let d = &d[at..at + c];
+                        let main = arow.iter_mut().zip(scale).zip(shift);
+                        let side = d.iter().zip(*dsc).zip(*dsh);
+                        for (((v, &sc), &sh), ((&dv, &a2), &b2)) in main.zip(side) {
+                            *v = (*v * sc + sh + (dv * a2 + b2)).max(0.0);
                         }
                     }
                 }
-            },
-        );
-    });
+            }
+        },
+    );
 }
 
 /// Zeroes `g` where the ReLU's output `out` was 0: the ReLU's backward.
@@ -144,17 +156,14 @@ fn zip_apply(a: &mut [f32], b: &[f32], f: impl Fn(&mut f32, f32) + Sync) {
 /// `cols × rows`: `(N, C, H·W)` → `(N, H·W, C)` with `rows = C`, `cols = H·W`.
 pub fn transpose_blocks(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let block = (rows * cols).max(1);
-    let mut out = vec![0f32; src.len()];
-    out.par_chunks_mut(block)
-        .zip(src.par_chunks(block))
-        .for_each(|(dst, src)| {
-            for r in 0..rows {
-                for c in 0..cols {
-                    dst[c * rows + r] = src[r * cols + c];
-                }
+    par_vec(src.len(), block, |b, dst| {
+        let src = &src[b * block..][..dst.len()];
+        for r in 0..rows {
+            for c in 0..cols {
+                dst[c * rows + r] = src[r * cols + c];
             }
-        });
-    out
+        }
+    })
 }
 
 #[cfg(test)]
@@ -181,9 +190,7 @@ mod tests {
                     if relu { y.max(0.0) } else { y }
                 })
                 .collect();
-            let mut out = vec![0f32; x.len()];
-            apply(&x, &f, &mut out);
-            assert_eq!(out, expected);
+            assert_eq!(apply(&x, &f), expected);
             let mut inplace = x.clone();
             apply_in_place(&mut inplace, &f);
             assert_eq!(inplace, expected);
@@ -200,6 +207,11 @@ mod tests {
         residual_relu(&mut id, &sc, &sh, &Shortcut::Identity(&x));
         let mut proj = a.clone();
         residual_relu(&mut proj, &sc, &sh, &Shortcut::Normalised(&x, &sc2, &sh2));
+        let kept = a.clone();
+        assert_eq!(residual_relu_to(&a, &sc, &sh, &Shortcut::Identity(&x)), id);
+        let side = Shortcut::Normalised(&x, &sc2, &sh2);
+        assert_eq!(residual_relu_to(&a, &sc, &sh, &side), proj);
+        assert_eq!(a, kept);
         for i in 0..a.len() {
             let main = a[i] * sc[i % c] + sh[i % c];
             assert_eq!(id[i], (main + x[i]).max(0.0));

@@ -7,17 +7,19 @@
 //! (`(N, H, W, C)`) activations and torch's `(K, C, KH, KW)` kernels; see the README
 //! for the whole contract.
 //!
-//! Module order (each uses only those before it): [`simd`] → [`dot`] → [`codes`], [`scan`],
-//! [`elementwise`] → [`pool`], [`norm`], [`conv`]; [`alloc`] stands apart.
+//! Module order (each uses only those before it): [`buffer`], [`simd`] → [`dot`] →
+//! [`codes`], [`scan`], [`elementwise`] → [`pool`], [`norm`], [`conv`]; [`alloc`]
+//! stands apart.
 //!
 //! All of the project's `unsafe` code lives in this crate: the target-feature
 //! trampolines of [`simd`], the intrinsics of [`dot`], [`codes`] and [`scan`], the `gemm` call
-//! and uninitialised output buffers of [`conv`], and the global allocator and
-//! `mallopt` tuning of [`alloc`].
+//! and uninitialised output buffers of [`conv`] and [`buffer`], and the global
+//! allocator and `mallopt` tuning of [`alloc`].
 
 #![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
 
 pub mod alloc;
+pub mod buffer;
 pub mod codes;
 pub mod conv;
 pub mod dot;

@@ -14,6 +14,7 @@
 use rayon::prelude::*;
 
 use crate::Error;
+use crate::buffer::par_vec;
 use crate::elementwise::TASK_ROWS;
 use crate::simd::vectorized;
 
@@ -237,30 +238,26 @@ pub fn backward(
         c1: &c1,
         c2: &c2,
     };
-    let mut dx = vec![0f32; xs.len()];
-    dx.par_chunks_mut(c * TASK_ROWS)
-        .zip(
-            xs.par_chunks(c * TASK_ROWS)
-                .zip(gs.par_chunks(c * TASK_ROWS)),
-        )
-        .for_each(|(dc, (xc, gc))| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for ((dr, xr), gr) in dc
-                        .chunks_exact_mut(c)
-                        .zip(xc.chunks_exact(c))
-                        .zip(gc.chunks_exact(c))
-                    {
-                        if relu {
-                            dx_row::<true>(dr, xr, gr, &ch, &coef);
-                        } else {
-                            dx_row::<false>(dr, xr, gr, &ch, &coef);
-                        }
+    let task = c * TASK_ROWS;
+    let dx = par_vec(xs.len(), task, |t, dc| {
+        let (xc, gc) = (&xs[t * task..][..dc.len()], &gs[t * task..][..dc.len()]);
+        vectorized(
+            #[inline(always)]
+            || {
+                for ((dr, xr), gr) in dc
+                    .chunks_exact_mut(c)
+                    .zip(xc.chunks_exact(c))
+                    .zip(gc.chunks_exact(c))
+                {
+                    if relu {
+                        dx_row::<true>(dr, xr, gr, &ch, &coef);
+                    } else {
+                        dx_row::<false>(dr, xr, gr, &ch, &coef);
                     }
-                },
-            );
-        });
+                }
+            },
+        );
+    });
     Grads { dx, dgamma, dbeta }
 }
 
@@ -448,13 +445,12 @@ mod tests {
             assert!((grads.dx[i] - g[i] * scale[i % c]).abs() < 1e-6);
         }
         // The forward these statistics give.
-        let mut y = vec![0f32; x.len()];
         let f = Affine {
             scale: &scale,
             shift: &shift,
             relu: false,
         };
-        apply(&x, &f, &mut y);
+        let y = apply(&x, &f);
         let xhat = (x[0] - stats.mean[0]) as f64 * stats.invstd[0];
         assert!((f64::from(y[0]) - (xhat * f64::from(gamma[0]) + f64::from(beta[0]))).abs() < 1e-5);
     }

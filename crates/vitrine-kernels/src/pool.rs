@@ -4,6 +4,7 @@
 
 use rayon::prelude::*;
 
+use crate::buffer::par_vec;
 use crate::simd::vectorized;
 
 /// The forward result of [`max_pool_3x3_s2`].
@@ -67,29 +68,25 @@ pub fn max_pool_3x3_s2(x: &[f32], [n, h, w, c]: [usize; 4]) -> MaxPool {
 pub fn max_pool_3x3_s2_backward(g: &[f32], pool: &MaxPool, (h, w): (usize, usize)) -> Vec<f32> {
     let [n, oh, ow, c] = pool.dims;
     let arg = &pool.arg;
-    let mut dx = vec![0f32; n * h * w * c];
     // One image per task: windows overlap between neighbouring outputs.
-    dx.par_chunks_mut(h * w * c)
-        .enumerate()
-        .for_each(|(ni, img)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for r in 0..oh {
-                        for q in 0..ow {
-                            let base = ((ni * oh + r) * ow + q) * c;
-                            for ci in 0..c {
-                                let t = arg[base + ci];
-                                let ih = 2 * r + usize::from(t / 3) - 1;
-                                let iw = 2 * q + usize::from(t % 3) - 1;
-                                img[(ih * w + iw) * c + ci] += g[base + ci];
-                            }
+    par_vec(n * h * w * c, h * w * c, |ni, img| {
+        vectorized(
+            #[inline(always)]
+            || {
+                for r in 0..oh {
+                    for q in 0..ow {
+                        let base = ((ni * oh + r) * ow + q) * c;
+                        for ci in 0..c {
+                            let t = arg[base + ci];
+                            let ih = 2 * r + usize::from(t / 3) - 1;
+                            let iw = 2 * q + usize::from(t % 3) - 1;
+                            img[(ih * w + iw) * c + ci] += g[base + ci];
                         }
                     }
-                },
-            );
-        });
-    dx
+                }
+            },
+        );
+    })
 }
 
 /// Mean over the pixels of `x (N, H, W, C)` (summed in f64): `(N, C)`.
@@ -119,8 +116,7 @@ pub fn global_average(x: &[f32], [n, h, w, c]: [usize; 4]) -> Vec<f32> {
 /// `(N, H, W, C)`.
 pub fn global_average_backward(g: &[f32], [n, h, w, c]: [usize; 4]) -> Vec<f32> {
     let p = h * w;
-    let mut out = vec![0f32; n * p * c];
-    out.par_chunks_mut(p * c).enumerate().for_each(|(ni, img)| {
+    par_vec(n * p * c, p * c, |ni, img| {
         vectorized(
             #[inline(always)]
             || {
@@ -132,8 +128,7 @@ pub fn global_average_backward(g: &[f32], [n, h, w, c]: [usize; 4]) -> Vec<f32> 
                 }
             },
         );
-    });
-    out
+    })
 }
 
 #[cfg(test)]

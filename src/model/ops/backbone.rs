@@ -9,7 +9,9 @@
 //! residual sums, the stem's max-pool and the global average pool — as one
 //! `CustomOp2` whose second operand is the concatenation of the trainable parameters:
 //! Candle's `cat` backward hands each parameter its slice of the op's gradient, so
-//! `loss.backward()` and the optimizer work unchanged. Activations are channels-last;
+//! `loss.backward()` and the optimizer work unchanged. A training step uses
+//! [`ResNet::forward_pooled_deferred`] instead, which skips that concatenation and
+//! hands the same gradients over after the backward pass ([`DeferredGrads`]). Activations are channels-last;
 //! the math is `vitrine_kernels`' (conv, norm, pool, elementwise); the last BatchNorm
 //! of a block, the shortcut's BatchNorm, the residual sum and its ReLU are a single
 //! pass.
@@ -23,11 +25,16 @@
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use candle_core::{CpuStorage, CustomOp2, Layout, ModuleT, Result, Shape, Storage, Tensor};
+use candle_core::backprop::GradStore;
+use candle_core::{
+    CpuStorage, CustomOp2, DType, Layout, ModuleT, Result, Shape, Storage, Tensor, Var,
+};
 use candle_nn::{BatchNorm, Conv2d};
+use vitrine_kernels::buffer;
 use vitrine_kernels::conv::{self, Forward, Geom, Pass, Wanted};
 use vitrine_kernels::elementwise::{
-    Affine, Shortcut, add_assign, apply, apply_in_place, relu_mask, residual_relu, transpose_blocks,
+    Affine, Shortcut, add_assign, apply, apply_in_place, relu_mask, residual_relu,
+    residual_relu_to, transpose_blocks,
 };
 use vitrine_kernels::norm::{self, BackwardFlags, Stats};
 use vitrine_kernels::pool::{self, MaxPool};
@@ -100,15 +107,64 @@ impl ResNet {
     /// frozen stages and eval mode use the running statistics.
     pub fn forward_pooled(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         if Channels::fastest_for(xs) == Channels::Last && xs.rank() == 4 {
-            pooled_features(self, xs, train)
+            pooled_features(self, xs, train, None)
         } else {
             self.forward_t(xs, train)?.mean(3)?.mean(2)
         }
     }
+
+    /// [`Self::forward_pooled`] in train mode for one training step, with the
+    /// backbone's parameter gradients kept out of Candle's graph: after
+    /// `loss.backward()`, [`DeferredGrads::add_to`] puts them into the gradient store.
+    /// The same numbers as `forward_pooled`'s path, without its cost: that path
+    /// concatenates every trainable parameter into the op's second operand (a copy
+    /// of all of them), and Candle's backward of the concatenation then zero-fills
+    /// and adds two gradient buffers per parameter — serial passes over ~100 MB for
+    /// ResNet50, 4–10% of a step.
+    pub fn forward_pooled_deferred(&self, xs: &Tensor) -> Result<(Tensor, DeferredGrads)> {
+        let deferred = DeferredGrads::default();
+        let pooled = if Channels::fastest_for(xs) == Channels::Last && xs.rank() == 4 {
+            pooled_features(self, xs, true, Some(&deferred))?
+        } else {
+            self.forward_t(xs, true)?.mean(3)?.mean(2)?
+        };
+        Ok((pooled, deferred))
+    }
+}
+
+/// The backbone's parameter gradients of one [`ResNet::forward_pooled_deferred`],
+/// filled by the backward pass (empty when the pass ran through Candle's graph).
+#[derive(Debug, Clone, Default)]
+pub struct DeferredGrads {
+    slot: Arc<Mutex<Vec<ParamGrad>>>,
+}
+
+/// A parameter and its gradient's values.
+type ParamGrad = (Tensor, Vec<f32>);
+
+impl DeferredGrads {
+    /// Adds the gradients the backward pass left here to `grads` (to what a
+    /// parameter already has there, if anything), leaving this empty.
+    pub fn add_to(&self, grads: &mut GradStore) -> Result<()> {
+        for (param, g) in std::mem::take(&mut *lock(&self.slot)) {
+            let g = Tensor::from_vec(g, param.shape(), param.device())?;
+            let g = match grads.remove(&param) {
+                Some(before) => (before + g)?,
+                None => g,
+            };
+            grads.insert(&param, g);
+        }
+        Ok(())
+    }
 }
 
 /// [`ResNet::forward_pooled`] on the CPU (f32).
-fn pooled_features(net: &ResNet, xs: &Tensor, train: bool) -> Result<Tensor> {
+fn pooled_features(
+    net: &ResNet,
+    xs: &Tensor,
+    train: bool,
+    deferred: Option<&DeferredGrads>,
+) -> Result<Tensor> {
     let (units, blocks) = walk(net);
     let plan: Vec<UnitPlan> = units
         .iter()
@@ -144,6 +200,7 @@ fn pooled_features(net: &ResNet, xs: &Tensor, train: bool) -> Result<Tensor> {
         threads: threads(),
         tape: Arc::new(Mutex::new(None)),
         batch_stats: Arc::new(Mutex::new(Vec::new())),
+        deferred: deferred.cloned(),
     };
     let batch_stats = Arc::clone(&op.batch_stats);
     let xs = xs.contiguous()?;
@@ -156,6 +213,9 @@ fn pooled_features(net: &ResNet, xs: &Tensor, train: bool) -> Result<Tensor> {
             op.forward(contiguous_f32(s, l)?, xs.dims(), false)?
         };
         Tensor::from_vec(data, shape, xs.device())?
+    } else if deferred.is_some() {
+        // Only for Candle to call the op's backward: a fresh variable of one element.
+        xs.apply_op2(Var::zeros(1, DType::F32, xs.device())?.as_tensor(), op)?
     } else {
         xs.apply_op2(&Tensor::cat(&trainable, 0)?, op)?
     };
@@ -245,6 +305,9 @@ struct BackboneOp {
     tape: Arc<Mutex<Option<Tape>>>,
     /// Batch statistics of the units that used them (train mode), in plan order.
     batch_stats: Arc<Mutex<Vec<Option<Stats>>>>,
+    /// Where the backward pass leaves the parameter gradients instead of returning
+    /// them as the second operand's (whose value is then a placeholder).
+    deferred: Option<DeferredGrads>,
 }
 
 /// Read access to the parameters' data for the length of one pass.
@@ -371,8 +434,7 @@ impl BackboneOp {
             let (_, gamma, beta) = params.unit(0)?;
             let (scale, shift) = stats.affine(gamma, beta);
             let (oh, ow, k) = geom.out_dims();
-            let mut y = vec![0f32; pre_bn.len()];
-            apply(&pre_bn, &bn_relu(&scale, &shift), &mut y);
+            let y = apply(&pre_bn, &bn_relu(&scale, &shift));
             let tape = record.then_some(UnitTape {
                 input: x,
                 pre_bn,
@@ -435,8 +497,7 @@ impl BackboneOp {
             let (oh, ow, k) = geom.out_dims();
             let dims = [cur.dims[0], oh, ow, k];
             let next = if keep {
-                let mut y = vec![0f32; pre_bn.len()];
-                apply(&pre_bn, &bn_relu(&scale, &shift), &mut y);
+                let y = apply(&pre_bn, &bn_relu(&scale, &shift));
                 tapes.push(UnitTape {
                     input: cur,
                     pre_bn,
@@ -472,8 +533,7 @@ impl BackboneOp {
         };
         // In place on the conv output unless the tape keeps it.
         let (pre_bn, out) = if keep {
-            let mut out = pre_bn.clone();
-            residual_relu(&mut out, &main.0, &main.1, &shortcut);
+            let out = residual_relu_to(&pre_bn, &main.0, &main.1, &shortcut);
             (pre_bn, out)
         } else {
             let mut out = pre_bn;
@@ -505,29 +565,47 @@ impl BackboneOp {
     /// The backward pass from the pooled features' gradient: the gradient of the
     /// trainable parameters, concatenated in the order of the op's second operand.
     fn backward(&self, tape: &Tape, grad: &[f32], flat_len: usize) -> Result<Vec<f32>> {
+        let grads = self.param_grads(tape, grad)?;
+        let pieces: Vec<&[f32]> = grads.iter().map(|(_, g)| g.as_slice()).collect();
+        let len: usize = pieces.iter().map(|p| p.len()).sum();
+        if len != flat_len {
+            candle_core::bail!("backbone: {flat_len} parameter gradients expected, plan has {len}")
+        }
+        Ok(buffer::concat(&pieces))
+    }
+
+    /// Each trainable parameter with its gradient, in the order of the op's second
+    /// operand (plan order; weight, gamma, beta of each unit).
+    fn param_grads(&self, tape: &Tape, grad: &[f32]) -> Result<Vec<ParamGrad>> {
+        let mut grads: Vec<Option<[Vec<f32>; 3]>> = vec![None; self.plan.len()];
+        self.unit_grads(tape, grad, &mut |i, dw, dgamma, dbeta| {
+            grads[i] = Some([dw, dgamma, dbeta]);
+        })?;
+        let mut out = Vec::new();
+        for (p, g) in self.plan.iter().zip(grads) {
+            if p.fixed.is_some() {
+                continue;
+            }
+            let params = [&p.weight, &p.gamma, &p.beta];
+            match g {
+                Some(g) if g.iter().map(Vec::len).eq(params.map(Tensor::elem_count)) => {
+                    out.extend(params.into_iter().cloned().zip(g));
+                }
+                _ => candle_core::bail!("backbone: a trainable unit got no gradient of its size"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The backward pass from the pooled features' gradient: `put(unit, dw, dgamma,
+    /// dbeta)` for each trainable unit, from the last.
+    fn unit_grads(
+        &self,
+        tape: &Tape,
+        grad: &[f32],
+        put: &mut impl FnMut(usize, Vec<f32>, Vec<f32>, Vec<f32>),
+    ) -> Result<()> {
         let params = ParamData::new(&self.plan);
-        // Offset of each trainable unit's (weight, gamma, beta) in the flat gradient.
-        let mut offsets = vec![None; self.plan.len()];
-        let mut next = 0;
-        for (i, p) in self.plan.iter().enumerate() {
-            if p.fixed.is_none() {
-                offsets[i] = Some(next);
-                next += p.weight.elem_count() + p.gamma.elem_count() + p.beta.elem_count();
-            }
-        }
-        if next != flat_len {
-            candle_core::bail!("backbone: {flat_len} parameter gradients expected, plan has {next}")
-        }
-        let mut flat = vec![0f32; flat_len];
-        let mut put = |i: usize, dw: &[f32], dgamma: &[f32], dbeta: &[f32]| {
-            if let Some(o) = offsets[i] {
-                flat[o..o + dw.len()].copy_from_slice(dw);
-                let o = o + dw.len();
-                flat[o..o + dgamma.len()].copy_from_slice(dgamma);
-                let o = o + dgamma.len();
-                flat[o..o + dbeta.len()].copy_from_slice(dbeta);
-            }
-        };
         let starts = self.block_starts();
         let first_trainable = self.blocks.iter().position(|b| b.trains);
         let mut g = pool::global_average_backward(grad, tape.features);
@@ -536,15 +614,15 @@ impl BackboneOp {
             // The gradient is needed below this block only if something there trains.
             let need_dx = b > 0 && first_trainable.is_some_and(|f| f < b)
                 || b == 0 && self.plan[0].fixed.is_none();
-            let dx = self.block_backward(&params, block, starts[b], g, need_dx, &mut put)?;
+            let dx = self.block_backward(&params, block, starts[b], g, need_dx, put)?;
             match dx {
                 Some(dx) => g = dx,
-                None => return Ok(flat),
+                None => return Ok(()),
             }
         }
         // The stem (it trains, or the loop above returned).
         let Some(stem) = &tape.stem else {
-            return Ok(flat);
+            return Ok(());
         };
         let (stem_h, stem_w, _) = stem.geom.out_dims();
         let dy = pool::max_pool_3x3_s2_backward(&g, &tape.pool, (stem_h, stem_w));
@@ -558,8 +636,8 @@ impl BackboneOp {
             ONLY_DW,
             self.threads,
         );
-        put(0, &weight_grad(grads.dw)?, &bg.dgamma, &bg.dbeta);
-        Ok(flat)
+        put(0, weight_grad(grads.dw)?, bg.dgamma, bg.dbeta);
+        Ok(())
     }
 
     /// One block's backward from its output gradient `g`: `Some(dx)` when `need_dx`.
@@ -570,11 +648,12 @@ impl BackboneOp {
         start: usize,
         mut g: Vec<f32>,
         need_dx: bool,
-        put: &mut impl FnMut(usize, &[f32], &[f32], &[f32]),
+        put: &mut impl FnMut(usize, Vec<f32>, Vec<f32>, Vec<f32>),
     ) -> Result<Option<Vec<f32>>> {
         // Through the final ReLU: g is then the gradient of both summands.
         relu_mask(&mut g, &block.output.data);
-        let mut dy = g.clone();
+        // The gradient into each unit's BatchNorm, from the last unit (`g` itself) down.
+        let mut dy_below: Option<Vec<f32>> = None;
         let last = block.units.len() - 1;
         let mut dx_main = None;
         for (j, t) in block.units.iter().enumerate().rev() {
@@ -584,15 +663,16 @@ impl BackboneOp {
                 relu: j != last,
                 ..TRAINED_RELU
             };
-            let bg = norm::backward(&t.pre_bn, &dy, &t.stats, (gamma, beta), flags);
+            let dy = dy_below.as_deref().unwrap_or(&g);
+            let bg = norm::backward(&t.pre_bn, dy, &t.stats, (gamma, beta), flags);
             let wanted = Wanted {
                 dx: j > 0 || need_dx,
                 dw: true,
             };
             let grads = conv::backward(&t.input.data, w, &bg.dx, &t.geom, wanted, self.threads);
-            put(i, &weight_grad(grads.dw)?, &bg.dgamma, &bg.dbeta);
+            put(i, weight_grad(grads.dw)?, bg.dgamma, bg.dbeta);
             match grads.dx {
-                Some(dx) if j > 0 => dy = dx,
+                Some(dx) if j > 0 => dy_below = Some(dx),
                 dx => dx_main = dx,
             }
         }
@@ -604,7 +684,7 @@ impl BackboneOp {
                 let bg = norm::backward(&t.pre_bn, &g, &t.stats, (gamma, beta), TRAINED);
                 let grads =
                     conv::backward(&t.input.data, w, &bg.dx, &t.geom, ONLY_DW, self.threads);
-                put(i, &weight_grad(grads.dw)?, &bg.dgamma, &bg.dbeta);
+                put(i, weight_grad(grads.dw)?, bg.dgamma, bg.dbeta);
             }
             return Ok(None);
         };
@@ -615,7 +695,7 @@ impl BackboneOp {
                 let bg = norm::backward(&t.pre_bn, &g, &t.stats, (gamma, beta), TRAINED);
                 let both = Wanted { dx: true, dw: true };
                 let grads = conv::backward(&t.input.data, w, &bg.dx, &t.geom, both, self.threads);
-                put(i, &weight_grad(grads.dw)?, &bg.dgamma, &bg.dbeta);
+                put(i, weight_grad(grads.dw)?, bg.dgamma, bg.dbeta);
                 if let Some(dxs) = grads.dx {
                     add_assign(&mut dx, &dxs);
                 }
@@ -656,6 +736,12 @@ impl CustomOp2 for BackboneOp {
             candle_core::bail!("backbone: backward without a training forward")
         };
         let grad = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(deferred) = &self.deferred {
+            let grads = self.param_grads(tape, &grad)?;
+            drop(guard);
+            *lock(&deferred.slot) = grads;
+            return Ok((None, None));
+        }
         let dflat = self.backward(tape, &grad, flat.elem_count())?;
         drop(guard);
         Ok((

@@ -123,13 +123,12 @@ impl CustomOp3 for BnOp {
             contiguous_f32(s3, l3)?,
         );
         let (scale, shift) = self.stats.affine(gamma, beta);
-        let mut y = vec![0f32; x.len()];
         let f = Affine {
             scale: &scale,
             shift: &shift,
             relu: self.relu,
         };
-        elementwise::apply(x, &f, &mut y);
+        let y = elementwise::apply(x, &f);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 

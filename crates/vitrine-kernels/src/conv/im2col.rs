@@ -4,6 +4,7 @@
 use rayon::prelude::*;
 
 use super::Geom;
+use crate::buffer::par_vec;
 use crate::elementwise::transpose_blocks;
 use crate::simd::vectorized;
 
@@ -65,45 +66,42 @@ pub(super) fn im2col(x: &[f32], g: &Geom, cols: &mut [f32]) {
         });
 }
 
-/// col2im for channels-last data: accumulates `dcols (M, KH·KW·C)` into
-/// `dx (N, H, W, C)` (which must be zero), one input row per task, so no two tasks
-/// write the same element.
-pub(super) fn col2im(dcols: &[f32], g: &Geom, dx: &mut [f32]) {
+/// col2im for channels-last data: `dx (N, H, W, C)` as the sum of `dcols (M, KH·KW·C)`
+/// over the taps, one input row per task, so no two tasks write the same element.
+pub(super) fn col2im(dcols: &[f32], g: &Geom) -> Vec<f32> {
     let (c, ckk) = (g.c, g.ckk());
-    dx.par_chunks_mut(g.w * c)
-        .enumerate()
-        .for_each(|(row, dst_row)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    let (ni, ih) = (row / g.h, row % g.h);
-                    for ki in 0..g.kh {
-                        // Output rows `oh` with `oh·stride + ki − pad = ih`.
-                        let Some(t) = (ih + g.pad).checked_sub(ki) else {
-                            continue;
-                        };
-                        if t % g.stride != 0 || t / g.stride >= g.oh {
+    par_vec(g.n * g.h * g.w * c, g.w * c, |row, dst_row| {
+        vectorized(
+            #[inline(always)]
+            || {
+                let (ni, ih) = (row / g.h, row % g.h);
+                for ki in 0..g.kh {
+                    // Output rows `oh` with `oh·stride + ki − pad = ih`.
+                    let Some(t) = (ih + g.pad).checked_sub(ki) else {
+                        continue;
+                    };
+                    if t % g.stride != 0 || t / g.stride >= g.oh {
+                        continue;
+                    }
+                    let oh = t / g.stride;
+                    for ow in 0..g.ow {
+                        let (lo, hi) = g.taps_inside(ow);
+                        if lo >= hi {
                             continue;
                         }
-                        let oh = t / g.stride;
-                        for ow in 0..g.ow {
-                            let (lo, hi) = g.taps_inside(ow);
-                            if lo >= hi {
-                                continue;
-                            }
-                            let iw0 = ow * g.stride + lo - g.pad;
-                            let src = &dcols
-                                [((ni * g.oh + oh) * g.ow + ow) * ckk + (ki * g.kw + lo) * c..]
-                                [..(hi - lo) * c];
-                            let dst = &mut dst_row[iw0 * c..][..(hi - lo) * c];
-                            for (d, s) in dst.iter_mut().zip(src) {
-                                *d += s;
-                            }
+                        let iw0 = ow * g.stride + lo - g.pad;
+                        let src = &dcols
+                            [((ni * g.oh + oh) * g.ow + ow) * ckk + (ki * g.kw + lo) * c..]
+                            [..(hi - lo) * c];
+                        let dst = &mut dst_row[iw0 * c..][..(hi - lo) * c];
+                        for (d, s) in dst.iter_mut().zip(src) {
+                            *d += s;
                         }
                     }
-                },
-            );
-        });
+                }
+            },
+        );
+    })
 }
 
 /// `(K, C, KH, KW)` (torch's kernel layout) → `(K, KH, KW, C)` (im2col's column order).
