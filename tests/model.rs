@@ -995,8 +995,8 @@ fn deferred_backbone_gradients_are_the_graph_ones_bit_for_bit() {
 fn eval_mode_backbone_op_matches_the_per_op_path_with_its_inference_kernels() {
     // 32 images of 40×36: layer1's 10×9 maps make 288 tiles of 4×4 outputs, so its
     // 3×3 convs run Winograd F(4×4, 3×3) with BatchNorm + ReLU applied on the way out
-    // (the per-op path: F(2×2) and separate BatchNorm ops), and the stem's BatchNorm
-    // and ReLU run in place.
+    // (the per-op path: separate BatchNorm ops), and the stem's BatchNorm and ReLU run
+    // in place.
     let x = randn(&[32, 3, 40, 36], 11);
     for backbone in [Backbone::Resnet18, Backbone::Resnet50] {
         let (model, _) = Embedder::seeded(cfg(backbone, 0), &CPU, 7).expect("embedder");

@@ -16,8 +16,8 @@
 //! 2–4× faster than the channel-major ones a `(N, C, H, W)` layout gives for the kernel
 //! gradients and the large 3×3 layers, about as fast elsewhere and a little slower only
 //! on 4×4 maps (measured per ResNet50 layer at batch 48); and no reorder of activations
-//! is needed between layers. 3×3, stride-1, padding-1 forwards run by Winograd
-//! ([`winograd`]).
+//! is needed between layers. 3×3, stride-1, padding-1 forwards and their input
+//! gradients run by Winograd ([`winograd`]).
 //!
 //! Inputs are `x (N, H, W, C)` and torch's kernel layout `w (K, C, KH, KW)`, outputs
 //! `(N, OH, OW, K)`; gradients come back in the layouts of `x` and `w`.
@@ -35,6 +35,7 @@ use self::gemm::{Mat, as_uninit, filled, matmul};
 use self::im2col::{col2im, im2col, kernel_to_taps, taps_to_kernel};
 use self::winograd::Tiling;
 use crate::Error;
+use crate::buffer::par_vec;
 use crate::elementwise::{Affine, apply_in_place};
 
 /// Sizes of one convolution.
@@ -159,21 +160,9 @@ fn with_scratch<R>(lens: [usize; 2], f: impl FnOnce(&mut [f32], &mut [f32]) -> R
     })
 }
 
-/// What a forward conv's output is for; the algorithms differ in rounding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pass {
-    /// A backward pass follows: at most Winograd `F(2×2, 3×3)`, whose rounding is
-    /// that of the direct method.
-    Training,
-    /// Forward only: Winograd `F(4×4, 3×3)` where it needs fewer multiplications.
-    Inference,
-}
-
 /// How a forward conv runs.
 #[derive(Debug, Clone, Copy)]
 pub struct Forward<'a> {
-    /// What the output is for.
-    pub pass: Pass,
     /// Applied to the output (fused into the Winograd output transform; a separate
     /// pass otherwise): a BatchNorm with fixed statistics, ReLU optional.
     pub then: Option<&'a Affine<'a>>,
@@ -183,10 +172,9 @@ pub struct Forward<'a> {
 }
 
 impl Forward<'_> {
-    /// A plain forward for training, nothing applied to the output.
-    pub fn training(threads: usize) -> Self {
+    /// A plain forward, nothing applied to the output.
+    pub fn plain(threads: usize) -> Self {
         Self {
-            pass: Pass::Training,
             then: None,
             threads,
         }
@@ -195,14 +183,10 @@ impl Forward<'_> {
 
 /// `y (N, OH, OW, K)` of `x (N, H, W, C)` ⋆ `wt (K, C, KH, KW)`.
 pub fn forward(x: &[f32], wt: &[f32], g: &Geom, how: Forward<'_>) -> Vec<f32> {
-    let Forward {
-        pass,
-        then,
-        threads,
-    } = how;
+    let Forward { then, threads } = how;
     let (m, ckk) = (g.m(), g.ckk());
     if g.is_winograd() {
-        let tiling = Tiling::choose(g.n, g.h, g.w, pass == Pass::Inference);
+        let tiling = Tiling::choose(g.n, g.h, g.w);
         return forward_winograd(x, wt, g, tiling, then, threads);
     }
     let taps;
@@ -429,22 +413,26 @@ pub fn backward(
 
 /// `dx` of a 3×3, stride-1, padding-1 conv is itself such a conv: of `dy` by the
 /// kernel with `K` and `C` swapped and each 3×3 rotated by 180°. Run by Winograd
-/// `F(2×2, 3×3)` (rounding like the direct method's, as in training's forward), it
-/// needs neither the 9×-larger `dcols` nor col2im's scatter.
+/// like the forward, it needs neither the 9×-larger `dcols` nor col2im's scatter.
 fn input_grad_winograd(wt: &[f32], dy: &[f32], g: &Geom, threads: usize) -> Vec<f32> {
     let (k, c) = (g.k, g.c);
-    let mut flipped = vec![0f32; wt.len()];
-    for ki in 0..k {
-        for ci in 0..c {
+    let flipped = par_vec(wt.len(), k * 9, |ci, out| {
+        for (ki, dst) in out.chunks_exact_mut(9).enumerate() {
             let src = &wt[(ki * c + ci) * 9..][..9];
-            let dst = &mut flipped[(ci * k + ki) * 9..][..9];
             for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
                 *d = *s;
             }
         }
-    }
+    });
     let back = Geom { c: k, k: c, ..*g };
-    forward_winograd(dy, &flipped, &back, Tiling::F2, None, threads)
+    forward_winograd(
+        dy,
+        &flipped,
+        &back,
+        Tiling::choose(g.n, g.h, g.w),
+        None,
+        threads,
+    )
 }
 
 #[cfg(test)]
@@ -523,19 +511,13 @@ mod tests {
                 shift: &shift,
                 relu,
             };
-            for pass in [Pass::Training, Pass::Inference] {
-                let how = Forward {
-                    pass,
-                    then: None,
-                    threads: 2,
-                };
-                let mut separate = forward(&x, &wt, &g, how);
-                apply_in_place(&mut separate, &then);
-                let then = Some(&then);
-                let fused = forward(&x, &wt, &g, Forward { then, ..how });
-                assert_eq!(fused, separate, "{pass:?}, relu {relu}");
-                assert_eq!(relu, fused.iter().all(|&v| v >= 0.0));
-            }
+            let how = Forward::plain(2);
+            let mut separate = forward(&x, &wt, &g, how);
+            apply_in_place(&mut separate, &then);
+            let then = Some(&then);
+            let fused = forward(&x, &wt, &g, Forward { then, ..how });
+            assert_eq!(fused, separate, "relu {relu}");
+            assert_eq!(relu, fused.iter().all(|&v| v >= 0.0));
         }
         // The GEMM path (here a 1×1 conv) applies it as a separate pass.
         let g = Geom::new(&dims, &[k, c, 1, 1], 1, 0).expect("geom");
@@ -545,10 +527,9 @@ mod tests {
             shift: &shift,
             relu: true,
         };
-        let mut separate = forward(&x, &wt, &g, Forward::training(2));
+        let mut separate = forward(&x, &wt, &g, Forward::plain(2));
         apply_in_place(&mut separate, &then);
         let how = Forward {
-            pass: Pass::Inference,
             then: Some(&then),
             threads: 2,
         };
@@ -556,18 +537,17 @@ mod tests {
     }
 
     #[test]
-    fn large_tiles_are_chosen_only_for_inference_on_enough_tiles() {
+    fn large_tiles_are_chosen_on_enough_tiles() {
         // ResNet50 at 128 px, batch 64: maps of 32, 16 and 8 use F(4×4), 4×4 does not
         // (64 tiles).
         for side in [32, 16, 8] {
-            assert_eq!(Tiling::choose(64, side, side, true), Tiling::F4, "{side}");
-            assert_eq!(Tiling::choose(64, side, side, false), Tiling::F2, "{side}");
+            assert_eq!(Tiling::choose(64, side, side), Tiling::F4, "{side}");
         }
-        assert_eq!(Tiling::choose(64, 4, 4, true), Tiling::F2);
+        assert_eq!(Tiling::choose(64, 4, 4), Tiling::F2);
         // A 2×2 map is mostly padding in a 4×4 tile (36 products against 16); a 3×3
         // one is not (36 against 4 × 16).
-        assert_eq!(Tiling::choose(4096, 2, 2, true), Tiling::F2);
-        assert_eq!(Tiling::choose(4096, 3, 3, true), Tiling::F4);
+        assert_eq!(Tiling::choose(4096, 2, 2), Tiling::F2);
+        assert_eq!(Tiling::choose(4096, 3, 3), Tiling::F4);
     }
 
     /// `(y, dx, dw)` of `Σ r·conv(x, w)` by direct loops in f64, channels-last `x`,
@@ -638,7 +618,7 @@ mod tests {
             let r = values(n * oh * ow * k, 60 + i as u64);
             let (y0, dx0, dw0) = direct_general(&x, &wt, &r, dims, kdims, sp);
             for threads in [1, 2, 3] {
-                let y = forward(&x, &wt, &g, Forward::training(threads));
+                let y = forward(&x, &wt, &g, Forward::plain(threads));
                 let wanted = Wanted { dx: true, dw: true };
                 let grads = backward(&x, &wt, &r, &g, wanted, threads);
                 let case = format!("case {i} threads {threads}");

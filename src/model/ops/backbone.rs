@@ -31,7 +31,7 @@ use candle_core::{
 };
 use candle_nn::{BatchNorm, Conv2d};
 use vitrine_kernels::buffer;
-use vitrine_kernels::conv::{self, Forward, Geom, Pass, Wanted};
+use vitrine_kernels::conv::{self, Forward, Geom, Wanted};
 use vitrine_kernels::elementwise::{
     Affine, Shortcut, add_assign, apply, apply_in_place, relu_mask, residual_relu,
     residual_relu_to, transpose_blocks,
@@ -367,17 +367,7 @@ impl BackboneOp {
         let p = &self.plan[i];
         let (w, _, _) = params.unit(i)?;
         let geom = Geom::new(&x.dims, p.weight.dims(), p.stride, p.pad).map_err(kernel_error)?;
-        let pass = if p.fixed.is_some() {
-            Pass::Inference
-        } else {
-            Pass::Training
-        };
-        let how = Forward {
-            pass,
-            then: None,
-            threads: self.threads,
-        };
-        let pre_bn = conv::forward(&x.data, w, &geom, how);
+        let pre_bn = conv::forward(&x.data, w, &geom, Forward::plain(self.threads));
         let stats = if let Some(s) = &p.fixed {
             s.clone()
         } else {
@@ -390,7 +380,7 @@ impl BackboneOp {
 
     /// Conv → BatchNorm → ReLU of unit `i` on `x` in one go when the unit normalises
     /// with fixed statistics (frozen or eval mode) — no gradient follows, so the
-    /// inference algorithms apply and the BatchNorm rides on the conv's output pass;
+    /// BatchNorm rides on the conv's output pass;
     /// `None` for a unit that uses batch statistics.
     fn fixed_unit_relu(&self, params: &ParamData, i: usize, x: &Act) -> Result<Option<Act>> {
         let p = &self.plan[i];
@@ -406,7 +396,6 @@ impl BackboneOp {
             relu: true,
         };
         let how = Forward {
-            pass: Pass::Inference,
             then: Some(&then),
             threads: self.threads,
         };
