@@ -31,12 +31,12 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use self::gemm::{Mat, as_uninit, filled, matmul};
-use self::im2col::{col2im, im2col, kernel_to_taps, taps_to_kernel};
+use self::gemm::{Mat, as_uninit, filled, matmul, matmul_rows};
+use self::im2col::{col2im, im2col, im2col_rows, kernel_to_taps, taps_to_kernel};
 use self::winograd::Tiling;
 use crate::Error;
 use crate::buffer::par_vec;
-use crate::elementwise::{Affine, apply_in_place};
+use crate::elementwise::{Affine, apply_in_place, apply_rows};
 
 /// Sizes of one convolution.
 #[derive(Debug, Clone, Copy)]
@@ -105,6 +105,20 @@ impl Geom {
             && self.stride == 1
             && self.pad == 1
             && self.c * self.k * self.m() > 0
+    }
+
+    /// Whether the gradients of this conv run by Winograd too: a 3×3/s1/p1 conv with
+    /// at least [`MIN_BACKWARD_TILES`] tiles. With fewer, the kernel gradient's `α²`
+    /// GEMMs reduce over too few tiles to pay for writing their `α²·C·K` products:
+    /// per step at batch 48 (2 threads), 512 channels on 2×2 maps took 9.9 ms for
+    /// the kernel gradient against 5.2 by im2col GEMM, on 4×4 maps (192 tiles) 14.9
+    /// against 15.7, on 8×8 maps (256 channels, 768 tiles) 12.4 against 18.6.
+    fn is_winograd_backward(&self) -> bool {
+        self.is_winograd()
+            && self
+                .winograd(Tiling::choose(self.n, self.h, self.w))
+                .tiles()
+                >= MIN_BACKWARD_TILES
     }
 
     /// Output pixels per image.
@@ -198,23 +212,73 @@ pub fn forward(x: &[f32], wt: &[f32], g: &Geom, how: Forward<'_>) -> Vec<f32> {
     };
     // Y (M×K, row-major) = cols (M×CKK) · W'ᵀ (W' is (K, CKK) row-major).
     let rhs = Mat::rows_t(w_taps, ckk);
-    let mut y = filled(m * g.k, |y| {
-        if g.pointwise() {
-            let lhs = Mat::rows(x, ckk);
-            matmul((m, g.k, ckk), y, (g.k, 1), &lhs, &rhs, threads);
-        } else {
-            with_scratch([m * ckk, 0], |cols, _| {
-                im2col(x, g, cols);
-                let lhs = Mat::rows(cols, ckk);
-                matmul((m, g.k, ckk), y, (g.k, 1), &lhs, &rhs, threads);
-            });
+    let k = g.k;
+    let Some(block) = forward_block(g, threads) else {
+        // Too few rows to give each thread blocks worth repacking the kernel for: one
+        // GEMM (split inside `matmul`), then `then` as a pass of its own.
+        let mut y = filled(m * k, |y| {
+            if g.pointwise() {
+                matmul((m, k, ckk), y, (k, 1), &Mat::rows(x, ckk), &rhs, threads);
+            } else {
+                with_scratch([m * ckk, 0], |cols, _| {
+                    im2col(x, g, cols);
+                    matmul((m, k, ckk), y, (k, 1), &Mat::rows(cols, ckk), &rhs, threads);
+                });
+            }
+        });
+        if let Some(f) = then {
+            apply_in_place(&mut y, f);
         }
-    });
-    if let Some(f) = then {
-        apply_in_place(&mut y, f);
-    }
-    y
+        return y;
+    };
+    // By blocks of whole output rows: each block's im2col, GEMM and `then` run back
+    // to back on one thread while the block is in cache, instead of three passes over
+    // memory.
+    let run = |b: usize, yb: &mut [MaybeUninit<f32>]| {
+        let (first, px) = (b * block, yb.len() / k);
+        let yb = if g.pointwise() {
+            let lhs = Mat::rows(&x[first * ckk..], ckk);
+            matmul_rows((px, k, ckk), yb, &lhs, &rhs)
+        } else {
+            with_scratch([px * ckk, 0], |cols, _| {
+                im2col_rows(x, g, first / g.ow, cols);
+                matmul_rows((px, k, ckk), yb, &Mat::rows(cols, ckk), &rhs)
+            })
+        };
+        if let Some(f) = then {
+            apply_rows(yb, f);
+        }
+    };
+    filled(m * k, |y| {
+        let chunks = (block * k).max(1);
+        if threads > 1 {
+            y.par_chunks_mut(chunks)
+                .enumerate()
+                .for_each(|(b, yb)| run(b, yb));
+        } else {
+            y.chunks_mut(chunks)
+                .enumerate()
+                .for_each(|(b, yb)| run(b, yb));
+        }
+    })
 }
+
+/// Pixels per block of [`forward`]'s GEMM path, whole output rows: at least
+/// [`BLOCK_PIXELS`], more where the kernel is large (each block repacks it: keep that
+/// under ~1/64 of the block's multiply-adds); `None` where the output has fewer than
+/// two such blocks per thread (small maps under large kernels), which then run as one
+/// GEMM split inside [`matmul`].
+fn forward_block(g: &Geom, threads: usize) -> Option<usize> {
+    let pixels = BLOCK_PIXELS.max(g.ckk() * g.k / 64);
+    let rows = pixels.div_ceil(g.ow.max(1));
+    (g.m() >= 2 * threads.max(1) * pixels).then_some(rows * g.ow)
+}
+
+/// Fewest tiles for the gradients by Winograd ([`Geom::is_winograd_backward`]).
+const MIN_BACKWARD_TILES: usize = 256;
+
+/// Fewest pixels per block of [`forward`]'s GEMM path.
+const BLOCK_PIXELS: usize = 512;
 
 /// [`forward`] of a 3×3, stride-1, padding-1 conv by Winograd's `F(m×m, 3×3)`.
 fn forward_winograd(
@@ -358,57 +422,92 @@ pub fn backward(
     wanted: Wanted,
     threads: usize,
 ) -> Grads {
+    // Each gradient takes the thread's scratch buffers in turn.
+    let dw = wanted.dw.then(|| weight_grad(x, dy, g, threads));
+    let dx = wanted.dx.then(|| input_grad(wt, dy, g, threads));
+    Grads { dx, dw }
+}
+
+/// The kernel gradient `(K, C, KH, KW)` of the conv of `x` from `dy`.
+fn weight_grad(x: &[f32], dy: &[f32], g: &Geom, threads: usize) -> Vec<f32> {
+    if g.is_winograd_backward() {
+        let tiling = Tiling::choose(g.n, g.h, g.w);
+        return kernel_grad_winograd(x, dy, g, tiling, threads);
+    }
+    if g.pointwise() {
+        return kernel_grad(x, dy, g, threads);
+    }
+    let dw = with_scratch([g.m() * g.ckk(), 0], |cols, _| {
+        im2col(x, g, cols);
+        kernel_grad(cols, dy, g, threads)
+    });
+    taps_to_kernel(&dw, g)
+}
+
+/// The input gradient `(N, H, W, C)` of the conv by `wt` from `dy`.
+fn input_grad(wt: &[f32], dy: &[f32], g: &Geom, threads: usize) -> Vec<f32> {
     let (m, ckk) = (g.m(), g.ckk());
-    let pointwise = g.pointwise();
-    let cols_len = if wanted.dw && !pointwise { m * ckk } else { 0 };
-    let dcols_len = if wanted.dx && !pointwise { m * ckk } else { 0 };
-    let taps_layout = g.kh * g.kw > 1;
-    with_scratch([cols_len, dcols_len], |cols, dcols| {
-        let dw = wanted.dw.then(|| {
-            let cols: &[f32] = if pointwise {
-                x
-            } else {
-                im2col(x, g, cols);
-                cols
-            };
-            let dw = kernel_grad(cols, dy, g, threads);
-            if taps_layout {
-                taps_to_kernel(&dw, g)
-            } else {
-                dw
-            }
+    if g.is_winograd_backward() {
+        return input_grad_winograd(wt, dy, g, threads);
+    }
+    // dcols (M×CKK, row-major) = dY (M×K) · W' (K×CKK).
+    if g.pointwise() {
+        let (lhs, rhs) = (Mat::rows(dy, g.k), Mat::rows(wt, ckk));
+        return filled(m * ckk, |dx| {
+            matmul((m, ckk, g.k), dx, (ckk, 1), &lhs, &rhs, threads);
         });
-        let dx = wanted.dx.then(|| {
-            if g.is_winograd() {
-                return input_grad_winograd(wt, dy, g, threads);
-            }
-            let taps;
-            let w_taps = if taps_layout {
-                taps = kernel_to_taps(wt, g);
-                &taps
-            } else {
-                wt
-            };
-            // dcols (M×CKK, row-major) = dY (M×K) · W' (K×CKK).
-            let (lhs, rhs) = (Mat::rows(dy, g.k), Mat::rows(w_taps, ckk));
-            if pointwise {
-                filled(m * ckk, |dx| {
-                    matmul((m, ckk, g.k), dx, (ckk, 1), &lhs, &rhs, threads);
-                })
-            } else {
-                matmul(
-                    (m, ckk, g.k),
-                    as_uninit(dcols),
-                    (ckk, 1),
-                    &lhs,
-                    &rhs,
-                    threads,
-                );
-                col2im(dcols, g)
-            }
-        });
-        Grads { dx, dw }
+    }
+    let taps = kernel_to_taps(wt, g);
+    let (lhs, rhs) = (Mat::rows(dy, g.k), Mat::rows(&taps, ckk));
+    with_scratch([0, m * ckk], |_, dcols| {
+        matmul(
+            (m, ckk, g.k),
+            as_uninit(dcols),
+            (ckk, 1),
+            &lhs,
+            &rhs,
+            threads,
+        );
+        col2im(dcols, g)
     })
+}
+
+/// The kernel gradient of a 3×3, stride-1, padding-1 conv by Winograd: `dW` is a
+/// correlation of `x` with `dy`, i.e. `F(3×3, m×m)` on the forward's tiles. With the
+/// forward's `Bᵀ` on the input tiles, `A` (the output transform's transpose) on the
+/// `m×m` tiles of `dy` and `Gᵀ` (the kernel transform's transpose) on the way out,
+/// `α²` GEMMs `M_ξ (C×K) = V_ξᵀ · D_ξ` reduce over the tiles: 2.25× (`F(2×2)`) or 4×
+/// (`F(4×4)`) fewer multiplications than the im2col GEMM, and no im2col.
+fn kernel_grad_winograd(
+    x: &[f32],
+    dy: &[f32],
+    g: &Geom,
+    tiling: Tiling,
+    threads: usize,
+) -> Vec<f32> {
+    let s = g.winograd(tiling);
+    let (c, k, tiles, taps) = (g.c, g.k, s.tiles(), s.tiling.taps());
+    let (v_len, d_len) = s.scratch();
+    let parallel = threads > 1;
+    let m = with_scratch([v_len, d_len], |v, d| {
+        winograd::input_transform(x, &s, v, parallel);
+        winograd::grad_transform(dy, &s, d, parallel);
+        let (v, d) = (&*v, &*d);
+        filled(taps * c * k, |m| {
+            let gemm = |(xi, m_xi): (usize, &mut [MaybeUninit<f32>])| {
+                let lhs = Mat::rows_t(&v[xi * tiles * c..(xi + 1) * tiles * c], c);
+                let rhs = Mat::rows(&d[xi * tiles * k..(xi + 1) * tiles * k], k);
+                matmul((c, k, tiles), m_xi, (k, 1), &lhs, &rhs, 1);
+            };
+            if parallel {
+                // Independent GEMMs, one thread each, as in the forward.
+                m.par_chunks_exact_mut(c * k).enumerate().for_each(gemm);
+            } else {
+                m.chunks_exact_mut(c * k).enumerate().for_each(gemm);
+            }
+        })
+    });
+    winograd::kernel_grad_output(&m, &s)
 }
 
 /// `dx` of a 3×3, stride-1, padding-1 conv is itself such a conv: of `dy` by the
@@ -491,6 +590,27 @@ mod tests {
                     assert!(
                         err < tolerance,
                         "{dims:?}→{k} {tiling:?} chunk {chunk:?}: error {err}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn winograd_kernel_gradients_match_direct_loops_in_both_tilings() {
+        for (i, &(dims @ [n, h, w, c], k)) in SHAPES.iter().enumerate() {
+            let x = values(n * h * w * c, 200 + i as u64);
+            let wt = values(k * c * 9, 300 + i as u64);
+            let r = values(n * h * w * k, 400 + i as u64);
+            let g = Geom::new(&dims, &[k, c, 3, 3], 1, 1).expect("geom");
+            let (_, _, dw0) = direct_general(&x, &wt, &r, dims, [k, 3, 3], (1, 1));
+            for (tiling, tolerance) in [(Tiling::F2, 1e-6), (Tiling::F4, 2e-5)] {
+                for threads in [1, 3] {
+                    let dw = kernel_grad_winograd(&x, &r, &g, tiling, threads);
+                    let err = rel_err(&dw, &dw0);
+                    assert!(
+                        err < tolerance,
+                        "{dims:?}→{k} {tiling:?} threads {threads}: error {err}"
                     );
                 }
             }
@@ -597,12 +717,17 @@ mod tests {
     #[test]
     fn forward_and_both_gradients_match_direct_loops_on_any_thread_count() {
         // (x dims, [k, kh, kw], (stride, pad)): im2col with strides and padding, 1×1
-        // (no im2col), Winograd (forward and input gradient; channels on and off the
-        // 16-lane blocks), a kernel larger than the map; the last has enough GEMM rows
-        // (2·64·64) for the split reduction of the kernel gradient.
+        // (no im2col), Winograd (forward; gradients too from 256 tiles on; channels
+        // on and off the 16-lane blocks), a kernel larger than the map, the forward's
+        // blocks (4,500 and 3,600 pixels: several blocks, the last one short); the
+        // last has enough GEMM rows (2·64·64) for the split reduction of the kernel
+        // gradient.
         type Case = ([usize; 4], [usize; 3], (usize, usize));
-        let cases: [Case; 7] = [
+        let cases: [Case; 10] = [
             ([3, 6, 5, 19], [32, 3, 3], (1, 1)),
+            ([4, 33, 31, 19], [21, 3, 3], (1, 1)),
+            ([5, 60, 59, 3], [6, 3, 3], (2, 1)),
+            ([4, 30, 30, 5], [3, 1, 1], (1, 0)),
             ([2, 7, 9, 3], [5, 3, 3], (1, 1)),
             ([3, 11, 8, 4], [6, 3, 3], (2, 1)),
             ([1, 13, 13, 3], [8, 7, 7], (2, 3)),

@@ -51,21 +51,25 @@ pub fn apply(xs: &[f32], f: &Affine) -> Vec<f32> {
 
 /// [`apply`] in place.
 pub fn apply_in_place(xs: &mut [f32], f: &Affine) {
+    xs.par_chunks_mut(f.scale.len() * TASK_ROWS)
+        .for_each(|xc| apply_rows(xc, f));
+}
+
+/// [`apply_in_place`] on this thread (for a block already in cache).
+pub(crate) fn apply_rows(xs: &mut [f32], f: &Affine) {
     let Affine { scale, shift, relu } = *f;
     let c = scale.len();
-    xs.par_chunks_mut(c * TASK_ROWS).for_each(|xc| {
-        vectorized(
-            #[inline(always)]
-            || {
-                for xr in xc.chunks_exact_mut(c) {
-                    for ((v, &a), &b) in xr.iter_mut().zip(scale).zip(shift) {
-                        let y = *v * a + b;
-                        *v = if relu { y.max(0.0) } else { y };
-                    }
+    vectorized(
+        #[inline(always)]
+        || {
+            for xr in xs.chunks_exact_mut(c) {
+                for ((v, &a), &b) in xr.iter_mut().zip(scale).zip(shift) {
+                    let y = *v * a + b;
+                    *v = if relu { y.max(0.0) } else { y };
                 }
-            },
-        );
-    });
+            }
+        },
+    );
 }
 
 /// The shortcut of a residual sum.

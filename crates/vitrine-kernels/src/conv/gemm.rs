@@ -125,6 +125,24 @@ pub(crate) fn matmul(
     }
 }
 
+/// `dst (m×n, row-major, exactly m·n long) = lhs · rhs` on this thread, then `dst` as
+/// the floats written.
+pub(crate) fn matmul_rows<'a>(
+    (m, n, k): (usize, usize, usize),
+    dst: &'a mut [MaybeUninit<f32>],
+    lhs: &Mat,
+    rhs: &Mat,
+) -> &'a mut [f32] {
+    assert_eq!(dst.len(), m * n, "matmul_rows: dst is not m×n");
+    matmul((m, n, k), dst, (n, 1), lhs, rhs, 1);
+    // SAFETY: `matmul` wrote every one of the m×n elements of `dst` (row-major with row
+    // stride n, and `dst` is exactly m·n long); `MaybeUninit<f32>` has `f32`'s layout.
+    #[allow(unsafe_code)]
+    unsafe {
+        &mut *(std::ptr::from_mut::<[MaybeUninit<f32>]>(dst) as *mut [f32])
+    }
+}
+
 /// A vector of `len` floats filled by `fill`, which must write every element (as
 /// [`matmul`] does): no zeroing pass first.
 pub(crate) fn filled(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {

@@ -38,32 +38,39 @@ impl Geom {
 /// column `(ki·KW + kj)·C + c`; zeros where a tap falls in the padding. Consecutive
 /// taps of one kernel row copy one contiguous run of the input.
 pub(super) fn im2col(x: &[f32], g: &Geom, cols: &mut [f32]) {
+    cols.par_chunks_mut(g.ow * g.ckk())
+        .enumerate()
+        .for_each(|(row, out)| im2col_rows(x, g, row, out));
+}
+
+/// [`im2col`] of whole output rows from row `first` on (row = image · OH + oh), as many
+/// as `cols` holds, on this thread.
+pub(super) fn im2col_rows(x: &[f32], g: &Geom, first: usize, cols: &mut [f32]) {
     let (c, ckk) = (g.c, g.ckk());
     let row_len = g.kw * c;
-    cols.par_chunks_mut(g.ow * ckk)
-        .enumerate()
-        .for_each(|(row, out)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    let (ni, oh) = (row / g.oh, row % g.oh);
-                    for (ow, px) in out.chunks_exact_mut(ckk).enumerate() {
-                        let (lo, hi) = g.taps_inside(ow);
-                        for (ki, dst) in px.chunks_exact_mut(row_len).enumerate() {
-                            let Some(ih) = g.input_row(oh, ki).filter(|_| lo < hi) else {
-                                dst.fill(0.0);
-                                continue;
-                            };
-                            let iw0 = ow * g.stride + lo - g.pad;
-                            let src = &x[((ni * g.h + ih) * g.w + iw0) * c..][..(hi - lo) * c];
-                            dst[..lo * c].fill(0.0);
-                            dst[lo * c..hi * c].copy_from_slice(src);
-                            dst[hi * c..].fill(0.0);
-                        }
+    vectorized(
+        #[inline(always)]
+        || {
+            for (i, out) in cols.chunks_exact_mut(g.ow * ckk).enumerate() {
+                let row = first + i;
+                let (ni, oh) = (row / g.oh, row % g.oh);
+                for (ow, px) in out.chunks_exact_mut(ckk).enumerate() {
+                    let (lo, hi) = g.taps_inside(ow);
+                    for (ki, dst) in px.chunks_exact_mut(row_len).enumerate() {
+                        let Some(ih) = g.input_row(oh, ki).filter(|_| lo < hi) else {
+                            dst.fill(0.0);
+                            continue;
+                        };
+                        let iw0 = ow * g.stride + lo - g.pad;
+                        let src = &x[((ni * g.h + ih) * g.w + iw0) * c..][..(hi - lo) * c];
+                        dst[..lo * c].fill(0.0);
+                        dst[lo * c..hi * c].copy_from_slice(src);
+                        dst[hi * c..].fill(0.0);
                     }
-                },
-            );
-        });
+                }
+            }
+        },
+    );
 }
 
 /// col2im for channels-last data: `dx (N, H, W, C)` as the sum of `dcols (M, KH·KW·C)`

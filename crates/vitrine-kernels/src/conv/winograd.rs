@@ -25,6 +25,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use crate::buffer::par_vec;
 use crate::elementwise::Affine;
 use crate::simd::vectorized;
 
@@ -122,6 +123,12 @@ trait Variant {
     fn input_1d(src: &[Lanes], step: usize, out: &mut [Lanes], out_step: usize);
     /// `Aᵀ m`: `m + 2` → `m`.
     fn output_1d(src: &[Lanes], step: usize, out: &mut [Lanes], out_step: usize);
+    /// `A dy` (the output transform's transpose): `m` → `m + 2`; the kernel
+    /// gradient's transform of an output-gradient tile.
+    fn grad_1d(src: &[Lanes], step: usize, out: &mut [Lanes], out_step: usize);
+    /// `Gᵀ M` (the kernel transform's transpose): `m + 2` → 3; the kernel gradient's
+    /// way out.
+    fn kernel_grad_1d(src: &[Lanes], step: usize, out: &mut [Lanes], out_step: usize);
 }
 
 /// `F(2×2, 3×3)`.
@@ -164,6 +171,32 @@ impl Variant for Small {
             let (m0, m1, m2, m3) = (m[0][l], m[s][l], m[2 * s][l], m[3 * s][l]);
             out[0][l] = m0 + m1 + m2;
             out[o][l] = m1 - m2 - m3;
+        }
+    }
+
+    #[inline(always)]
+    #[allow(clippy::inline_always)]
+    fn grad_1d(d: &[Lanes], s: usize, out: &mut [Lanes], o: usize) {
+        // A rows: (1, 0), (1, 1), (1, −1), (0, −1).
+        for l in 0..LANES {
+            let (d0, d1) = (d[0][l], d[s][l]);
+            out[0][l] = d0;
+            out[o][l] = d0 + d1;
+            out[2 * o][l] = d0 - d1;
+            out[3 * o][l] = -d1;
+        }
+    }
+
+    #[inline(always)]
+    #[allow(clippy::inline_always)]
+    fn kernel_grad_1d(m: &[Lanes], s: usize, out: &mut [Lanes], o: usize) {
+        // Gᵀ rows: (1, ½, ½, 0), (0, ½, −½, 0), (0, ½, ½, 1).
+        for l in 0..LANES {
+            let (m0, m1, m2, m3) = (m[0][l], m[s][l], m[2 * s][l], m[3 * s][l]);
+            let (sum, diff) = (0.5 * (m1 + m2), 0.5 * (m1 - m2));
+            out[0][l] = m0 + sum;
+            out[o][l] = diff;
+            out[2 * o][l] = sum + m3;
         }
     }
 }
@@ -221,6 +254,38 @@ impl Variant for Large {
             out[o][l] = b + 2.0 * d;
             out[2 * o][l] = a + 4.0 * c;
             out[3 * o][l] = b + 8.0 * d + m[5 * s][l];
+        }
+    }
+
+    #[inline(always)]
+    #[allow(clippy::inline_always)]
+    fn grad_1d(d: &[Lanes], s: usize, out: &mut [Lanes], o: usize) {
+        // A rows: (1, 0, 0, 0), (1, 1, 1, 1), (1, −1, 1, −1), (1, 2, 4, 8),
+        // (1, −2, 4, −8), (0, 0, 0, 1).
+        for l in 0..LANES {
+            let (d0, d1, d2, d3) = (d[0][l], d[s][l], d[2 * s][l], d[3 * s][l]);
+            let (even, odd) = (d0 + d2, d1 + d3);
+            let (even2, odd2) = (d0 + 4.0 * d2, 2.0 * d1 + 8.0 * d3);
+            out[0][l] = d0;
+            out[o][l] = even + odd;
+            out[2 * o][l] = even - odd;
+            out[3 * o][l] = even2 + odd2;
+            out[4 * o][l] = even2 - odd2;
+            out[5 * o][l] = d3;
+        }
+    }
+
+    #[inline(always)]
+    #[allow(clippy::inline_always)]
+    fn kernel_grad_1d(m: &[Lanes], s: usize, out: &mut [Lanes], o: usize) {
+        // Gᵀ rows: (¼, −⅙, −⅙, 1/24, 1/24, 0), (0, −⅙, ⅙, 1/12, −1/12, 0),
+        // (0, −⅙, −⅙, ⅙, ⅙, 1).
+        for l in 0..LANES {
+            let (s12, d12) = (m[s][l] + m[2 * s][l], m[s][l] - m[2 * s][l]);
+            let (s34, d34) = (m[3 * s][l] + m[4 * s][l], m[3 * s][l] - m[4 * s][l]);
+            out[0][l] = m[0][l] / 4.0 - s12 / 6.0 + s34 / 24.0;
+            out[o][l] = -d12 / 6.0 + d34 / 12.0;
+            out[2 * o][l] = (s34 - s12) / 6.0 + m[5 * s][l];
         }
     }
 }
@@ -481,6 +546,122 @@ fn output_with<V: Variant, const T: usize, const O: usize>(
             },
         );
     });
+}
+
+/// `A g Aᵀ` of one `m×m` output-gradient tile block `g` (row-major in its first `m²`
+/// entries): `α×α` (`T = α²`).
+#[inline(always)]
+#[allow(clippy::inline_always)]
+fn grad_tile<V: Variant, const T: usize>(g: &[Lanes; 16]) -> [Lanes; T] {
+    let (a, o) = (V::OUT + 2, V::OUT);
+    // A g: α×m, row-major.
+    let mut t = [[0f32; LANES]; T];
+    for j in 0..o {
+        V::grad_1d(&g[j..], o, &mut t[j..], o);
+    }
+    let mut u = [[0f32; LANES]; T];
+    for i in 0..a {
+        V::grad_1d(&t[i * o..], 1, &mut u[i * a..], 1);
+    }
+    u
+}
+
+/// `Gᵀ M G` of one `α×α` block `m` (`T = α²`): the 3×3 taps, row-major.
+#[inline(always)]
+#[allow(clippy::inline_always)]
+fn kernel_grad_tile<V: Variant, const T: usize>(m: &[Lanes; T]) -> [Lanes; 9] {
+    let a = V::OUT + 2;
+    // Gᵀ M: 3×α, row-major.
+    let mut t = [[0f32; LANES]; T];
+    for j in 0..a {
+        V::kernel_grad_1d(&m[j..], a, &mut t[j..], a);
+    }
+    let mut w = [[0f32; LANES]; 9];
+    for i in 0..3 {
+        V::kernel_grad_1d(&t[i * a..], 1, &mut w[i * 3..], 1);
+    }
+    w
+}
+
+/// Transform of the output gradient for the kernel gradient: `D (α², T, K)`, `α²`
+/// row-major `T×K` matrices `(A dy Aᵀ)_ξ` of the `m×m` tiles of `dy (N, H, W, K)`
+/// (zero beyond the map); on all threads when `parallel`.
+pub(crate) fn grad_transform(dy: &[f32], s: &Shape, d: &mut [f32], parallel: bool) {
+    match s.tiling {
+        Tiling::F2 => grad_with::<Small, 16>(dy, s, d, parallel),
+        Tiling::F4 => grad_with::<Large, 36>(dy, s, d, parallel),
+    }
+}
+
+fn grad_with<V: Variant, const T: usize>(dy: &[f32], s: &Shape, d: &mut [f32], parallel: bool) {
+    let o = V::OUT;
+    let (k, tw, th, tiles) = (s.k, s.tiles_w(), s.tiles_h(), s.tiles());
+    let tasks = plane_tasks(d, T, tiles * k, k, TASK_TILES);
+    each(tasks, parallel, |(task, mut rows)| {
+        vectorized(
+            #[inline(always)]
+            || {
+                let first = task * TASK_TILES;
+                let count = rows[0].len() / k;
+                for local in 0..count {
+                    let t = first + local;
+                    let (ni, ty, tx) = (t / (th * tw), t / tw % th, t % tw);
+                    for k0 in (0..k).step_by(LANES) {
+                        let width = LANES.min(k - k0);
+                        let mut g = [[0f32; LANES]; 16];
+                        for (i, gi) in g[..o * o].iter_mut().enumerate() {
+                            let (oh, ow) = (o * ty + i / o, o * tx + i % o);
+                            if oh < s.h && ow < s.w {
+                                let at = ((ni * s.h + oh) * s.w + ow) * k + k0;
+                                load(gi, &dy[at..at + width]);
+                            }
+                        }
+                        let out = grad_tile::<V, T>(&g);
+                        for (plane, o) in rows.iter_mut().zip(&out) {
+                            plane[local * k + k0..][..width].copy_from_slice(&o[..width]);
+                        }
+                    }
+                }
+            },
+        );
+    });
+}
+
+/// The kernel gradient `(K, C, 3, 3)` from the GEMM products `M (α², C, K)`.
+pub(crate) fn kernel_grad_output(m: &[f32], s: &Shape) -> Vec<f32> {
+    match s.tiling {
+        Tiling::F2 => kernel_grad_with::<Small, 16>(m, s),
+        Tiling::F4 => kernel_grad_with::<Large, 36>(m, s),
+    }
+}
+
+fn kernel_grad_with<V: Variant, const T: usize>(m: &[f32], s: &Shape) -> Vec<f32> {
+    let (c, k) = (s.c, s.k);
+    let plane = c * k;
+    // One task per block of `LANES` output channels: its kernels are contiguous.
+    par_vec(k * c * 9, LANES * c * 9, |block, out| {
+        let k0 = block * LANES;
+        let width = LANES.min(k - k0);
+        vectorized(
+            #[inline(always)]
+            || {
+                for ci in 0..c {
+                    let mut mb = [[0f32; LANES]; T];
+                    for (xi, mx) in mb.iter_mut().enumerate() {
+                        let at = xi * plane + ci * k + k0;
+                        load(mx, &m[at..at + width]);
+                    }
+                    let w = kernel_grad_tile::<V, T>(&mb);
+                    for l in 0..width {
+                        let dst = &mut out[(l * c + ci) * 9..][..9];
+                        for (d, tap) in dst.iter_mut().zip(&w) {
+                            *d = tap[l];
+                        }
+                    }
+                }
+            },
+        );
+    })
 }
 
 /// `then` on channels `k0..k0 + width` of each output pixel.
