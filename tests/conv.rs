@@ -90,6 +90,10 @@ const CASES: &[Case] = &[
     (2, 37, 11, 6, 20, 3, 3, 1, 1),
     (1, 16, 1, 1, 3, 3, 3, 1, 1),
     (3, 17, 5, 3, 33, 3, 3, 1, 1),
+    // Enough tiles (≥ 256) for both gradients by Winograd too: F(4×4) on 33×31 maps,
+    // F(2×2) on 4×4 maps.
+    (4, 19, 33, 31, 21, 3, 3, 1, 1),
+    (64, 5, 4, 4, 7, 3, 3, 1, 1),
 ];
 
 /// Direct-loop f64 reference: `(y, dx, dw)` of `sum(conv(x, w) · r)`.

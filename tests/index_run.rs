@@ -32,9 +32,9 @@ fn trained() -> &'static Trained {
         let data = common::synth_dataset(150, 64);
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut config = common::tiny_train_config();
-        config.train.epochs = 4;
+        config.train.epochs = 8;
         config.data.workers = 2;
-        // About 45 steps at 32 px: too short for the default rotation, shrink and
+        // About 90 steps at 32 px: too short for the default rotation, shrink and
         // inversion to pay off on garments (README: "Across artists"); this test is
         // about evaluating a checkpoint, so it trains without them.
         config.augment.rotate = 0.0;
@@ -87,8 +87,10 @@ fn dataset(t: &Trained) -> Dataset {
 #[test]
 fn eval_of_the_trained_checkpoint_beats_the_untrained_network() {
     let t = trained();
+    // The last checkpoint: on this tiny validation set (val top-20 flat at ~0.8 from
+    // the second epoch on) `best` can be an epoch-2 one that has hardly trained.
     let trained = evaluate(
-        &eval_job(t, Some(CheckpointChoice::Best)),
+        &eval_job(t, Some(CheckpointChoice::Last)),
         &mut |_, _, _| {},
     )
     .expect("eval trained");

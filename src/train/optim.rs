@@ -25,7 +25,7 @@ pub struct AdamW {
     pub weight_decay: f64,
     /// Updates applied so far (bias correction).
     pub t: u64,
-    /// Whether CPU f32 parameters take the single-pass update (off only in tests, to
+    /// Whether CPU f32 parameters take the in-place update (off only in tests, to
     /// compare it with the tensor-op one).
     fused_cpu: bool,
 }
@@ -133,10 +133,6 @@ impl AdamW {
     }
 }
 
-/// The update of [`AdamW::step`] for one parameter in a single pass over its values,
-/// moments and gradient, for contiguous f32 CPU tensors (the same arithmetic, in the
-/// same order, as the tensor-op version, which runs ≈ 14 passes). Returns `false`
-/// (nothing done) for anything else.
 /// AdamW's constants for one step.
 #[derive(Debug, Clone, Copy)]
 struct Hyper {
@@ -146,6 +142,10 @@ struct Hyper {
     weight_decay: f64,
 }
 
+/// The update of [`AdamW::step`] for one parameter in place, in three parallel passes
+/// (each moment, then the values), for contiguous f32 CPU tensors (the same
+/// arithmetic, in the same order, as the tensor-op version, which runs ≈ 14 passes
+/// and allocates a tensor for each). Returns `false` (nothing done) for anything else.
 fn fused_cpu_step(
     p: &mut Param,
     g: &Tensor,

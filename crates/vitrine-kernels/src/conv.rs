@@ -16,8 +16,8 @@
 //! 2–4× faster than the channel-major ones a `(N, C, H, W)` layout gives for the kernel
 //! gradients and the large 3×3 layers, about as fast elsewhere and a little slower only
 //! on 4×4 maps (measured per ResNet50 layer at batch 48); and no reorder of activations
-//! is needed between layers. 3×3, stride-1, padding-1 forwards and their input
-//! gradients run by Winograd ([`winograd`]).
+//! is needed between layers. 3×3, stride-1, padding-1 forwards run by Winograd
+//! ([`winograd`]), and so do both their gradients where there are enough tiles.
 //!
 //! Inputs are `x (N, H, W, C)` and torch's kernel layout `w (K, C, KH, KW)`, outputs
 //! `(N, OH, OW, K)`; gradients come back in the layouts of `x` and `w`.
@@ -423,13 +423,13 @@ pub fn backward(
     threads: usize,
 ) -> Grads {
     // Each gradient takes the thread's scratch buffers in turn.
-    let dw = wanted.dw.then(|| weight_grad(x, dy, g, threads));
-    let dx = wanted.dx.then(|| input_grad(wt, dy, g, threads));
+    let dw = wanted.dw.then(|| kernel_gradient(x, dy, g, threads));
+    let dx = wanted.dx.then(|| input_gradient(wt, dy, g, threads));
     Grads { dx, dw }
 }
 
 /// The kernel gradient `(K, C, KH, KW)` of the conv of `x` from `dy`.
-fn weight_grad(x: &[f32], dy: &[f32], g: &Geom, threads: usize) -> Vec<f32> {
+fn kernel_gradient(x: &[f32], dy: &[f32], g: &Geom, threads: usize) -> Vec<f32> {
     if g.is_winograd_backward() {
         let tiling = Tiling::choose(g.n, g.h, g.w);
         return kernel_grad_winograd(x, dy, g, tiling, threads);
@@ -445,7 +445,7 @@ fn weight_grad(x: &[f32], dy: &[f32], g: &Geom, threads: usize) -> Vec<f32> {
 }
 
 /// The input gradient `(N, H, W, C)` of the conv by `wt` from `dy`.
-fn input_grad(wt: &[f32], dy: &[f32], g: &Geom, threads: usize) -> Vec<f32> {
+fn input_gradient(wt: &[f32], dy: &[f32], g: &Geom, threads: usize) -> Vec<f32> {
     let (m, ckk) = (g.m(), g.ckk());
     if g.is_winograd_backward() {
         return input_grad_winograd(wt, dy, g, threads);

@@ -11,10 +11,10 @@
 //! Candle's `cat` backward hands each parameter its slice of the op's gradient, so
 //! `loss.backward()` and the optimizer work unchanged. A training step uses
 //! [`ResNet::forward_pooled_deferred`] instead, which skips that concatenation and
-//! hands the same gradients over after the backward pass ([`DeferredGrads`]). Activations are channels-last;
-//! the math is `vitrine_kernels`' (conv, norm, pool, elementwise); the last BatchNorm
-//! of a block, the shortcut's BatchNorm, the residual sum and its ReLU are a single
-//! pass.
+//! hands the same gradients over after the backward pass ([`DeferredGrads`]).
+//! Activations are channels-last; the math is `vitrine_kernels`' (conv, norm, pool,
+//! elementwise); the last BatchNorm of a block, the shortcut's BatchNorm, the residual
+//! sum and its ReLU are a single pass.
 //!
 //! The op walks the network's own layers ([`ResNet`] is the one description of the
 //! network): the stem, then each block's convs and its projection shortcut, in that
@@ -185,15 +185,7 @@ fn pooled_features(
             })
         })
         .collect::<Result<_>>()?;
-    let trainable: Vec<Tensor> = if train && units.iter().any(|u| u.trains) {
-        plan.iter()
-            .filter(|p| p.fixed.is_none())
-            .flat_map(|p| [&p.weight, &p.gamma, &p.beta])
-            .map(Tensor::flatten_all)
-            .collect::<Result<_>>()?
-    } else {
-        Vec::new()
-    };
+    let trains = train && units.iter().any(|u| u.trains);
     let op = BackboneOp {
         blocks,
         plan,
@@ -204,7 +196,7 @@ fn pooled_features(
     };
     let batch_stats = Arc::clone(&op.batch_stats);
     let xs = xs.contiguous()?;
-    let out = if trainable.is_empty() {
+    let out = if !trains {
         let (data, shape) = {
             let (s, l) = xs.storage_and_layout();
             let Storage::Cpu(s) = &*s else {
@@ -217,6 +209,13 @@ fn pooled_features(
         // Only for Candle to call the op's backward: a fresh variable of one element.
         xs.apply_op2(Var::zeros(1, DType::F32, xs.device())?.as_tensor(), op)?
     } else {
+        let trainable: Vec<Tensor> = op
+            .plan
+            .iter()
+            .filter(|p| p.fixed.is_none())
+            .flat_map(|p| [&p.weight, &p.gamma, &p.beta])
+            .map(Tensor::flatten_all)
+            .collect::<Result<_>>()?;
         xs.apply_op2(&Tensor::cat(&trainable, 0)?, op)?
     };
     let stats = std::mem::take(&mut *lock(&batch_stats));
@@ -380,8 +379,8 @@ impl BackboneOp {
 
     /// Conv → BatchNorm → ReLU of unit `i` on `x` in one go when the unit normalises
     /// with fixed statistics (frozen or eval mode) — no gradient follows, so the
-    /// BatchNorm rides on the conv's output pass;
-    /// `None` for a unit that uses batch statistics.
+    /// BatchNorm rides on the conv's output pass; `None` for a unit that uses batch
+    /// statistics.
     fn fixed_unit_relu(&self, params: &ParamData, i: usize, x: &Act) -> Result<Option<Act>> {
         let p = &self.plan[i];
         let Some(stats) = &p.fixed else {

@@ -290,20 +290,35 @@ impl Variant for Large {
     }
 }
 
+/// The 2-D transform `F x Fᵀ` of a 1-D `f` (`n_in` → `n_out` values) on the
+/// `n_in×n_in` block `x` (row-major): `f` down the columns, then along the rows;
+/// `n_out×n_out` values, row-major (`T ≥ n_in·n_out` is the scratch's size). `f` is
+/// one of the [`Variant`] methods, passed as its own type so that it is inlined.
+#[inline(always)]
+#[allow(clippy::inline_always)]
+fn separable<const T: usize, const OUT: usize>(
+    x: &[Lanes],
+    (n_in, n_out): (usize, usize),
+    f: impl Fn(&[Lanes], usize, &mut [Lanes], usize),
+) -> [Lanes; OUT] {
+    // F x: n_out×n_in.
+    let mut t = [[0f32; LANES]; T];
+    for j in 0..n_in {
+        f(&x[j..], n_in, &mut t[j..], n_in);
+    }
+    let mut y = [[0f32; LANES]; OUT];
+    for i in 0..n_out {
+        f(&t[i * n_in..], 1, &mut y[i * n_out..], 1);
+    }
+    y
+}
+
 /// `Bᵀ d B` of one tile block `d` (`α×α` positions, row-major; `T = α²`).
 #[inline(always)]
 #[allow(clippy::inline_always)]
 fn input_tile<V: Variant, const T: usize>(d: &[Lanes; T]) -> [Lanes; T] {
     let a = V::OUT + 2;
-    let mut t = [[0f32; LANES]; T];
-    for j in 0..a {
-        V::input_1d(&d[j..], a, &mut t[j..], a);
-    }
-    let mut v = [[0f32; LANES]; T];
-    for i in 0..a {
-        V::input_1d(&t[i * a..], 1, &mut v[i * a..], 1);
-    }
-    v
+    separable::<T, T>(d, (a, a), V::input_1d)
 }
 
 /// `Aᵀ m A` of one tile block `m` (`α×α`, `T = α²`): `m×m` outputs (`O = m²`),
@@ -311,34 +326,29 @@ fn input_tile<V: Variant, const T: usize>(d: &[Lanes; T]) -> [Lanes; T] {
 #[inline(always)]
 #[allow(clippy::inline_always)]
 fn output_tile<V: Variant, const T: usize, const O: usize>(m: &[Lanes; T]) -> [Lanes; O] {
-    let (a, o) = (V::OUT + 2, V::OUT);
-    // Aᵀ m: o×α.
-    let mut t = [[0f32; LANES]; T];
-    for j in 0..a {
-        V::output_1d(&m[j..], a, &mut t[j..], a);
-    }
-    let mut y = [[0f32; LANES]; O];
-    for i in 0..o {
-        V::output_1d(&t[i * a..], 1, &mut y[i * o..], 1);
-    }
-    y
+    separable::<T, O>(m, (V::OUT + 2, V::OUT), V::output_1d)
 }
 
 /// `G g Gᵀ` of one block of kernels `g` (3×3 taps, row-major): `α×α` (`T = α²`).
 #[inline(always)]
 #[allow(clippy::inline_always)]
 fn kernel_tile<V: Variant, const T: usize>(g: &[Lanes; 9]) -> [Lanes; T] {
-    let a = V::OUT + 2;
-    // G g: α×3.
-    let mut gg = [[0f32; LANES]; T];
-    for j in 0..3 {
-        V::kernel_1d(&g[j..], 3, &mut gg[j..], 3);
-    }
-    let mut u = [[0f32; LANES]; T];
-    for i in 0..a {
-        V::kernel_1d(&gg[i * 3..], 1, &mut u[i * a..], 1);
-    }
-    u
+    separable::<T, T>(g, (3, V::OUT + 2), V::kernel_1d)
+}
+
+/// `A g Aᵀ` of one `m×m` output-gradient tile block `g` (row-major in its first `m²`
+/// entries): `α×α` (`T = α²`).
+#[inline(always)]
+#[allow(clippy::inline_always)]
+fn grad_tile<V: Variant, const T: usize>(g: &[Lanes; 16]) -> [Lanes; T] {
+    separable::<T, T>(g, (V::OUT, V::OUT + 2), V::grad_1d)
+}
+
+/// `Gᵀ M G` of one `α×α` block `m` (`T = α²`): the 3×3 taps, row-major.
+#[inline(always)]
+#[allow(clippy::inline_always)]
+fn kernel_grad_tile<V: Variant, const T: usize>(m: &[Lanes; T]) -> [Lanes; 9] {
+    separable::<T, 9>(m, (V::OUT + 2, 3), V::kernel_grad_1d)
 }
 
 /// Splits `count` equal planes of `buf` (each `plane` long) into tasks of
@@ -546,41 +556,6 @@ fn output_with<V: Variant, const T: usize, const O: usize>(
             },
         );
     });
-}
-
-/// `A g Aᵀ` of one `m×m` output-gradient tile block `g` (row-major in its first `m²`
-/// entries): `α×α` (`T = α²`).
-#[inline(always)]
-#[allow(clippy::inline_always)]
-fn grad_tile<V: Variant, const T: usize>(g: &[Lanes; 16]) -> [Lanes; T] {
-    let (a, o) = (V::OUT + 2, V::OUT);
-    // A g: α×m, row-major.
-    let mut t = [[0f32; LANES]; T];
-    for j in 0..o {
-        V::grad_1d(&g[j..], o, &mut t[j..], o);
-    }
-    let mut u = [[0f32; LANES]; T];
-    for i in 0..a {
-        V::grad_1d(&t[i * o..], 1, &mut u[i * a..], 1);
-    }
-    u
-}
-
-/// `Gᵀ M G` of one `α×α` block `m` (`T = α²`): the 3×3 taps, row-major.
-#[inline(always)]
-#[allow(clippy::inline_always)]
-fn kernel_grad_tile<V: Variant, const T: usize>(m: &[Lanes; T]) -> [Lanes; 9] {
-    let a = V::OUT + 2;
-    // Gᵀ M: 3×α, row-major.
-    let mut t = [[0f32; LANES]; T];
-    for j in 0..a {
-        V::kernel_grad_1d(&m[j..], a, &mut t[j..], a);
-    }
-    let mut w = [[0f32; LANES]; 9];
-    for i in 0..3 {
-        V::kernel_grad_1d(&t[i * a..], 1, &mut w[i * 3..], 1);
-    }
-    w
 }
 
 /// Transform of the output gradient for the kernel gradient: `D (α², T, K)`, `α²`
