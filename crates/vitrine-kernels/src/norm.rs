@@ -11,6 +11,8 @@
 //! statistics (eval mode, frozen layers) `dx` is the plain per-channel scale.
 //! Running statistics are the caller's business (they live with the model).
 
+use std::borrow::Cow;
+
 use rayon::prelude::*;
 
 use crate::Error;
@@ -174,10 +176,10 @@ pub struct BackwardFlags {
 
 /// Backward of `y = [max(0,] x·scale + shift [)]` with `stats`: `gs` is masked where
 /// the ReLU (recomputed from `xs`, bit for bit the forward's value) was zero; see
-/// [`BackwardFlags`].
+/// [`BackwardFlags`]. An owned `gs` becomes `dx` in place (no fresh buffer).
 pub fn backward(
     xs: &[f32],
-    gs: &[f32],
+    gs: Cow<'_, [f32]>,
     stats: &Stats,
     (gamma, beta): (&[f32], &[f32]),
     flags: BackwardFlags,
@@ -239,16 +241,13 @@ pub fn backward(
         c2: &c2,
     };
     let task = c * TASK_ROWS;
-    let dx = par_vec(xs.len(), task, |t, dc| {
-        let (xc, gc) = (&xs[t * task..][..dc.len()], &gs[t * task..][..dc.len()]);
+    let rows_of = |dc: &mut [f32], t: usize, gc: Option<&[f32]>| {
+        let xc = &xs[t * task..][..dc.len()];
         vectorized(
             #[inline(always)]
             || {
-                for ((dr, xr), gr) in dc
-                    .chunks_exact_mut(c)
-                    .zip(xc.chunks_exact(c))
-                    .zip(gc.chunks_exact(c))
-                {
+                for (r, (dr, xr)) in dc.chunks_exact_mut(c).zip(xc.chunks_exact(c)).enumerate() {
+                    let gr = gc.map(|gc| &gc[r * c..][..c]);
                     if relu {
                         dx_row::<true>(dr, xr, gr, &ch, &coef);
                     } else {
@@ -257,7 +256,19 @@ pub fn backward(
                 }
             },
         );
-    });
+    };
+    let dx = match gs {
+        Cow::Owned(mut dx) => {
+            dx.par_chunks_mut(task)
+                .enumerate()
+                .for_each(|(t, dc)| rows_of(dc, t, None));
+            dx
+        }
+        Cow::Borrowed(gs) => par_vec(xs.len(), task, |t, dc| {
+            let gc = &gs[t * task..][..dc.len()];
+            rows_of(dc, t, Some(gc));
+        }),
+    };
     Grads { dx, dgamma, dbeta }
 }
 
@@ -308,13 +319,22 @@ fn grad_sums_row<const RELU: bool>(
 // Inlined into `vectorized`'s target-feature function, so compiled for its ISA.
 #[allow(clippy::inline_always)]
 #[inline(always)]
-fn dx_row<const RELU: bool>(d: &mut [f32], x: &[f32], g: &[f32], ch: &Channel, k: &DxCoef) {
+fn dx_row<const RELU: bool>(d: &mut [f32], x: &[f32], g: Option<&[f32]>, ch: &Channel, k: &DxCoef) {
     let consts = ch.mean.iter().zip(ch.scale.iter().zip(ch.shift));
     let coef = k.k.iter().zip(k.c1.iter().zip(k.c2));
-    for ((o, (&x, &g)), ((&m, (&a, &b)), (&kk, (&c1, &c2)))) in
-        d.iter_mut().zip(x.iter().zip(g)).zip(consts.zip(coef))
-    {
-        *o = masked::<RELU>(g, x, a, b) * kk + (x - m) * c1 + c2;
+    let each = d.iter_mut().zip(x).zip(consts.zip(coef));
+    // `None`: `d` holds the incoming gradient and takes `dx` in its place.
+    match g {
+        Some(g) => {
+            for (((o, &x), ((&m, (&a, &b)), (&kk, (&c1, &c2)))), &g) in each.zip(g) {
+                *o = masked::<RELU>(g, x, a, b) * kk + (x - m) * c1 + c2;
+            }
+        }
+        None => {
+            for ((o, &x), ((&m, (&a, &b)), (&kk, (&c1, &c2)))) in each {
+                *o = masked::<RELU>(*o, x, a, b) * kk + (x - m) * c1 + c2;
+            }
+        }
     }
 }
 
@@ -382,7 +402,14 @@ mod tests {
                 batch_stats: true,
                 need_dx: true,
             };
-            let grads = backward(&x, &r, &stats, (&gamma, &beta), flags);
+            let grads = backward(&x, Cow::Borrowed(&r), &stats, (&gamma, &beta), flags);
+            // The incoming gradient's buffer taking dx in place: the same numbers.
+            let owned = backward(&x, Cow::Owned(r.clone()), &stats, (&gamma, &beta), flags);
+            assert_eq!(owned.dx, grads.dx);
+            assert_eq!(
+                (owned.dgamma, owned.dbeta),
+                (grads.dgamma.clone(), grads.dbeta.clone())
+            );
             let h = 1e-4;
             let numeric = |f: &dyn Fn(f64) -> f64| (f(h) - f(-h)) / (2.0 * h);
             for i in 0..x.len() {
@@ -421,7 +448,7 @@ mod tests {
                 need_dx: false,
                 ..flags
             };
-            let only = backward(&x, &r, &stats, (&gamma, &beta), flags);
+            let only = backward(&x, Cow::Borrowed(&r), &stats, (&gamma, &beta), flags);
             assert!(only.dx.is_empty());
             assert_eq!((only.dgamma, only.dbeta), (grads.dgamma, grads.dbeta));
         }
@@ -439,7 +466,7 @@ mod tests {
             batch_stats: false,
             need_dx: true,
         };
-        let grads = backward(&x, &g, &stats, (&gamma, &beta), flags);
+        let grads = backward(&x, Cow::Borrowed(&g), &stats, (&gamma, &beta), flags);
         let (scale, shift) = stats.affine(&gamma, &beta);
         for i in 0..x.len() {
             assert!((grads.dx[i] - g[i] * scale[i % c]).abs() < 1e-6);

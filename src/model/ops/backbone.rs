@@ -22,6 +22,7 @@
 //! checked by the tests, gradients included), with torch's max-pool tie rule (the
 //! first maximum gets the gradient).
 
+use std::borrow::Cow;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -615,7 +616,13 @@ impl BackboneOp {
         let (stem_h, stem_w, _) = stem.geom.out_dims();
         let dy = pool::max_pool_3x3_s2_backward(&g, &tape.pool, (stem_h, stem_w));
         let (w, gamma, beta) = params.unit(0)?;
-        let bg = norm::backward(&stem.pre_bn, &dy, &stem.stats, (gamma, beta), TRAINED_RELU);
+        let bg = norm::backward(
+            &stem.pre_bn,
+            Cow::Owned(dy),
+            &stem.stats,
+            (gamma, beta),
+            TRAINED_RELU,
+        );
         let grads = conv::backward(
             &stem.input.data,
             w,
@@ -651,7 +658,8 @@ impl BackboneOp {
                 relu: j != last,
                 ..TRAINED_RELU
             };
-            let dy = dy_below.as_deref().unwrap_or(&g);
+            // `g` is needed again for the shortcut; a gradient from below is not.
+            let dy = dy_below.take().map_or(Cow::Borrowed(&g[..]), Cow::Owned);
             let bg = norm::backward(&t.pre_bn, dy, &t.stats, (gamma, beta), flags);
             let wanted = Wanted {
                 dx: j > 0 || need_dx,
@@ -669,7 +677,13 @@ impl BackboneOp {
                 // The projection's parameters still need their gradient.
                 let i = start + block.units.len();
                 let (w, gamma, beta) = params.unit(i)?;
-                let bg = norm::backward(&t.pre_bn, &g, &t.stats, (gamma, beta), TRAINED);
+                let bg = norm::backward(
+                    &t.pre_bn,
+                    Cow::Borrowed(&g),
+                    &t.stats,
+                    (gamma, beta),
+                    TRAINED,
+                );
                 let grads =
                     conv::backward(&t.input.data, w, &bg.dx, &t.geom, ONLY_DW, self.threads);
                 put(i, weight_grad(grads.dw)?, bg.dgamma, bg.dbeta);
@@ -680,7 +694,13 @@ impl BackboneOp {
             Some(t) => {
                 let i = start + block.units.len();
                 let (w, gamma, beta) = params.unit(i)?;
-                let bg = norm::backward(&t.pre_bn, &g, &t.stats, (gamma, beta), TRAINED);
+                let bg = norm::backward(
+                    &t.pre_bn,
+                    Cow::Borrowed(&g),
+                    &t.stats,
+                    (gamma, beta),
+                    TRAINED,
+                );
                 let both = Wanted { dx: true, dw: true };
                 let grads = conv::backward(&t.input.data, w, &bg.dx, &t.geom, both, self.threads);
                 put(i, weight_grad(grads.dw)?, bg.dgamma, bg.dbeta);

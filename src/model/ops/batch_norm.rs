@@ -13,6 +13,8 @@
 //! Other devices, dtypes or a `BatchNorm` without affine parameters fall back to
 //! Candle's `BatchNorm` (+ `relu`).
 
+use std::borrow::Cow;
+
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, ModuleT, Result, Shape, Tensor, Var};
 use candle_nn::BatchNorm;
 use vitrine_kernels::elementwise::{self, Affine};
@@ -153,7 +155,7 @@ impl CustomOp3 for BnOp {
             with_f32_data(&grad, |gs| {
                 Ok(norm::backward(
                     xs,
-                    gs,
+                    Cow::Borrowed(gs),
                     &self.stats,
                     (&gamma_v, &beta_v),
                     flags,
