@@ -51,7 +51,7 @@ pub fn apply(xs: &[f32], f: &Affine) -> Vec<f32> {
 
 /// [`apply`] in place.
 pub fn apply_in_place(xs: &mut [f32], f: &Affine) {
-    xs.par_chunks_mut(f.scale.len() * TASK_ROWS)
+    xs.par_chunks_mut((f.scale.len() * TASK_ROWS).max(1))
         .for_each(|xc| apply_rows(xc, f));
 }
 
@@ -85,7 +85,7 @@ pub enum Shortcut<'a> {
 /// residual block, its shortcut (normalised too when it is a projection) and the
 /// ReLU of their sum, in one pass.
 pub fn residual_relu(a: &mut [f32], scale: &[f32], shift: &[f32], s: &Shortcut) {
-    let rows = TASK_ROWS * scale.len();
+    let rows = (TASK_ROWS * scale.len()).max(1);
     a.par_chunks_mut(rows)
         .enumerate()
         .for_each(|(t, ac)| residual_relu_chunk(t * rows, ac, scale, shift, s));
