@@ -672,44 +672,28 @@ impl BackboneOp {
                 dx => dx_main = dx,
             }
         }
-        let Some(mut dx) = dx_main.filter(|_| need_dx) else {
-            if let Some(t) = &block.downsample {
-                // The projection's parameters still need their gradient.
-                let i = start + block.units.len();
-                let (w, gamma, beta) = params.unit(i)?;
-                let bg = norm::backward(
-                    &t.pre_bn,
-                    Cow::Borrowed(&g),
-                    &t.stats,
-                    (gamma, beta),
-                    TRAINED,
-                );
-                let grads =
-                    conv::backward(&t.input.data, w, &bg.dx, &t.geom, ONLY_DW, self.threads);
-                put(i, weight_grad(grads.dw)?, bg.dgamma, bg.dbeta);
-            }
-            return Ok(None);
-        };
-        match &block.downsample {
+        // A projection shortcut: its parameters' gradients, and its input's if wanted.
+        let shortcut_dx = match &block.downsample {
             Some(t) => {
                 let i = start + block.units.len();
                 let (w, gamma, beta) = params.unit(i)?;
-                let bg = norm::backward(
-                    &t.pre_bn,
-                    Cow::Borrowed(&g),
-                    &t.stats,
-                    (gamma, beta),
-                    TRAINED,
-                );
-                let both = Wanted { dx: true, dw: true };
-                let grads = conv::backward(&t.input.data, w, &bg.dx, &t.geom, both, self.threads);
+                let g = Cow::Borrowed(&g[..]);
+                let bg = norm::backward(&t.pre_bn, g, &t.stats, (gamma, beta), TRAINED);
+                let wanted = Wanted {
+                    dx: need_dx,
+                    dw: true,
+                };
+                let grads = conv::backward(&t.input.data, w, &bg.dx, &t.geom, wanted, self.threads);
                 put(i, weight_grad(grads.dw)?, bg.dgamma, bg.dbeta);
-                if let Some(dxs) = grads.dx {
-                    add_assign(&mut dx, &dxs);
-                }
+                grads.dx
             }
-            None => add_assign(&mut dx, &g),
-        }
+            None => None,
+        };
+        let Some(mut dx) = dx_main.filter(|_| need_dx) else {
+            return Ok(None);
+        };
+        // The identity shortcut passes `g` through unchanged.
+        add_assign(&mut dx, shortcut_dx.as_deref().unwrap_or(&g));
         Ok(Some(dx))
     }
 }
