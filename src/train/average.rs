@@ -6,10 +6,9 @@
 
 use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Tensor, Var};
 use candle_nn::VarMap;
-use rayon::prelude::*;
 
 use crate::model::embedder::sorted_vars;
-use crate::model::ops::tensor::{contiguous_f32, contiguous_f32_mut};
+use crate::model::ops::tensor::{contiguous_f32, contiguous_f32_mut, zip_in_place};
 
 /// Prefix of the live weights in `last.optim.safetensors` while the checkpoint's
 /// weights file holds the average.
@@ -117,9 +116,6 @@ fn fold_in_place(avg: &Tensor, live: &Tensor, take: f64) -> Result<bool> {
     Ok(true)
 }
 
-/// Elements per parallel task of the fold.
-const CHUNK: usize = 1 << 14;
-
 /// `avg ← avg + (w − avg)·take`, as `affine(take, 0)` rounds it.
 struct Fold {
     take: f32,
@@ -139,13 +135,7 @@ impl InplaceOp2 for Fold {
     ) -> Result<()> {
         let (avg, w) = (contiguous_f32_mut(dst, dl)?, contiguous_f32(w, wl)?);
         let take = self.take;
-        avg.par_chunks_mut(CHUNK)
-            .zip(w.par_chunks(CHUNK))
-            .for_each(|(a, w)| {
-                for (a, &w) in a.iter_mut().zip(w) {
-                    *a += (w - *a) * take + 0.0;
-                }
-            });
+        zip_in_place(avg, w, |a, w| *a += (w - *a) * take + 0.0);
         Ok(())
     }
 }

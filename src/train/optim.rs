@@ -7,7 +7,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var};
 use rayon::prelude::*;
 
-use crate::model::ops::tensor::{contiguous_f32, contiguous_f32_mut};
+use crate::model::ops::tensor::{contiguous_f32, contiguous_f32_mut, zip_in_place};
 
 struct Param {
     name: String,
@@ -218,14 +218,10 @@ impl InplaceOp2 for Moment {
     ) -> Result<()> {
         let (m, g) = (contiguous_f32_mut(dst, dst_l)?, contiguous_f32(g, gl)?);
         let &Self { keep, take, square } = self;
-        m.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
-            .for_each(|(m, g)| {
-                for (m, &g) in m.iter_mut().zip(g) {
-                    let g = if square { g * g } else { g };
-                    *m = *m * keep + g * take;
-                }
-            });
+        zip_in_place(m, g, |m, g| {
+            let g = if square { g * g } else { g };
+            *m = *m * keep + g * take;
+        });
         Ok(())
     }
 }
