@@ -96,10 +96,6 @@ fn temp_owner(name: &str) -> Option<u32> {
     tail.split_once('-')?.0.parse().ok()
 }
 
-fn alive(pid: u32) -> bool {
-    pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
-}
-
 /// Removes vitrine temporary files in `dir` whose writer is dead (a crash or a kill
 /// mid-write); returns how many. Files of live writers are left alone.
 pub fn remove_stale_temps(dir: &Path) -> usize {
@@ -112,7 +108,7 @@ pub fn remove_stale_temps(dir: &Path) -> usize {
         let Some(pid) = name.to_str().and_then(temp_owner) else {
             continue;
         };
-        if pid != std::process::id() && !alive(pid) {
+        if pid != std::process::id() && !crate::pid::alive(pid) {
             let path = e.path();
             let gone = if path.is_dir() {
                 fs::remove_dir_all(&path)

@@ -16,6 +16,7 @@ pub mod index;
 pub mod logging;
 pub mod model;
 pub mod output;
+pub mod pid;
 pub mod printable;
 pub mod progress;
 pub mod rng;

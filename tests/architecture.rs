@@ -12,6 +12,7 @@ use std::path::Path;
 
 /// Lowest first. Modules of one layer may not reference each other.
 const LAYERS: &[&[&str]] = &[
+    &["pid"],
     &["fsutil", "rng", "printable", "output", "logging", "eval"],
     &["progress"],
     &["data", "weights"],

@@ -47,8 +47,8 @@ pub enum IndexError {
     Format { path: PathBuf, found: u32 },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
-    #[error("{}: the index is being written by process {pid}; try again when it has finished", dir.display())]
-    Busy { dir: PathBuf, pid: u32 },
+    #[error("{}: the index is being written by {}; try again when it has finished", dir.display(), pid.map_or_else(|| "another process".to_string(), |p| format!("process {p}")))]
+    Busy { dir: PathBuf, pid: Option<u32> },
     #[error(transparent)]
     Npy(#[from] NpyError),
     #[error(transparent)]
@@ -208,7 +208,7 @@ fn remove_stale_temps(parent: &Path, dir: &Path) {
         let dead = name
             .strip_prefix(&prefix)
             .and_then(|pid| pid.parse::<u32>().ok())
-            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+            .is_some_and(|pid| !crate::pid::alive(pid));
         if dead {
             let _ = fs::remove_dir_all(e.path());
         }
@@ -232,7 +232,7 @@ impl Drop for IndexLock {
 
 /// Takes the write lock of the index in `dir`, or says who holds it.
 pub fn lock(dir: &Path) -> Result<IndexLock, IndexError> {
-    use std::io::{Read, Seek, Write};
+    use std::io::{Seek, Write};
     let path = sibling(dir, "lock");
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).map_err(io_err(parent))?;
@@ -247,11 +247,11 @@ pub fn lock(dir: &Path) -> Result<IndexLock, IndexError> {
     match file.try_lock() {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => {
-            let mut text = String::new();
-            let _ = file.read_to_string(&mut text);
+            // The holder writes its PID right after taking the lock.
+            let holder = crate::pid::holder(&file, std::time::Duration::from_secs(1), || true);
             return Err(IndexError::Busy {
                 dir: dir.to_path_buf(),
-                pid: text.trim().parse().unwrap_or(0),
+                pid: holder.pid(),
             });
         }
         Err(fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),

@@ -4,13 +4,12 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil;
+use crate::{fsutil, pid};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -140,32 +139,33 @@ impl RunDir {
                 return None;
             }
         };
-        let deadline = Instant::now() + PID_WAIT;
-        loop {
-            match file.try_lock_shared() {
-                // Nobody holds it (the shared lock is released as `file` closes).
-                Ok(()) => return None,
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    // Held: the trainer writes its PID right after taking the lock, and
-                    // empties the file right before letting it go; probe again until
-                    // either shows.
-                    if let Some(pid) = written_pid(&file) {
-                        return Some(pid);
-                    }
-                }
-                Err(std::fs::TryLockError::Error(e)) => {
-                    tracing::warn!("cannot query the lock of run {}: {e}", self.root.display());
-                    return None;
-                }
+        let mut query_error = None;
+        let held = || match file.try_lock_shared() {
+            // Nobody holds it (the shared lock is released as `file` closes).
+            Ok(()) => false,
+            Err(std::fs::TryLockError::WouldBlock) => true,
+            Err(std::fs::TryLockError::Error(e)) => {
+                query_error = Some(e);
+                false
             }
-            if Instant::now() >= deadline {
+        };
+        // Held: the trainer writes its PID right after taking the lock, and empties
+        // the file right before letting it go; `pid::holder` waits for either.
+        match pid::holder(&file, PID_WAIT, held) {
+            pid::Holder::Released => {
+                if let Some(e) = query_error {
+                    tracing::warn!("cannot query the lock of run {}: {e}", self.root.display());
+                }
+                None
+            }
+            pid::Holder::Named(pid) | pid::Holder::Unnamed(Some(pid)) => Some(pid),
+            pid::Holder::Unnamed(None) => {
                 tracing::warn!(
                     "{} is locked by a process that wrote no PID in {PID_WAIT:?} (not a vitrine trainer)",
                     self.lock_path().display()
                 );
-                return None;
+                None
             }
-            std::thread::sleep(Duration::from_millis(2));
         }
     }
 
@@ -229,7 +229,7 @@ impl RunDir {
                 Err(std::fs::TryLockError::WouldBlock) => {
                     return Err(RunError::Locked {
                         run: self.root.clone(),
-                        pid: holder_pid(file),
+                        pid: pid::holder(file, PID_WAIT, || true).pid(),
                     });
                 }
                 Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
@@ -242,34 +242,6 @@ impl RunDir {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-    }
-}
-
-/// The PID in a lock file (read from the open handle: no second open, at most a
-/// few bytes); `None` when empty, not a number, or 0.
-fn written_pid(file: &File) -> Option<u32> {
-    let mut buf = [0u8; 24];
-    let n = file.read_at(&mut buf, 0).ok()?;
-    std::str::from_utf8(&buf[..n])
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-        .filter(|&pid| pid != 0)
-}
-
-/// The PID of a trainer that holds the lock: it writes it right after taking the
-/// lock, so a reader arriving in between waits a moment (`None` if it never shows).
-fn holder_pid(file: &File) -> Option<u32> {
-    let deadline = Instant::now() + PID_WAIT;
-    loop {
-        if let Some(pid) = written_pid(file) {
-            return Some(pid);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
