@@ -30,6 +30,31 @@ pub fn par_vec(len: usize, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Sync
     v
 }
 
+/// A copy of `src` built in chunks of `chunk` elements, each then handed to
+/// `fill(i, out)` to rewrite in place, in parallel: for kernels whose output is a
+/// function of `src` element by element (no zeroing pass, the copy is the first
+/// write of each line).
+pub fn par_vec_from(
+    src: &[f32],
+    chunk: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let chunk = chunk.max(1);
+    let mut v = Vec::with_capacity(src.len());
+    v.spare_capacity_mut()[..src.len()]
+        .par_chunks_mut(chunk)
+        .zip(src.par_chunks(chunk))
+        .enumerate()
+        .for_each(|(i, (out, from))| fill(i, copied(out, from)));
+    // SAFETY: every one of the `src.len()` elements was initialised by `copied` (the
+    // chunks cover `..src.len()`), within the capacity reserved above.
+    #[allow(unsafe_code)]
+    unsafe {
+        v.set_len(src.len());
+    }
+    v
+}
+
 /// `pieces` one after another in a new vector, copied in parallel (one task per piece).
 pub fn concat(pieces: &[&[f32]]) -> Vec<f32> {
     let len = pieces.iter().map(|p| p.len()).sum();
@@ -53,6 +78,11 @@ pub fn concat(pieces: &[&[f32]]) -> Vec<f32> {
         v.set_len(len);
     }
     v
+}
+
+/// `out` holding `from` (of the same length), as initialised floats.
+fn copied<'a>(out: &'a mut [MaybeUninit<f32>], from: &[f32]) -> &'a mut [f32] {
+    out.write_copy_of_slice(from)
 }
 
 /// `out` with every element set to 0, as initialised floats.
@@ -88,6 +118,28 @@ mod tests {
                 let want = if j % 2 == 0 { k as f32 } else { 0.0 };
                 assert_eq!(x, want, "len {len} chunk {chunk} at {k}");
             }
+        }
+    }
+
+    #[test]
+    fn par_vec_from_hands_out_copies_of_the_source_chunks_in_order() {
+        for (len, chunk) in [(0, 4), (1, 4), (10, 3), (12, 3), (1000, 64), (5, 0)] {
+            let src: Vec<f32> = (0..len).map(|i| i as f32 * 0.5).collect();
+            let v = par_vec_from(&src, chunk, |i, out| {
+                let c = chunk.max(1);
+                for (j, o) in out.iter_mut().enumerate() {
+                    assert_eq!(*o, src[i * c + j], "chunk {i} is not the source's");
+                    if j % 2 == 0 {
+                        *o = -*o;
+                    }
+                }
+            });
+            let want: Vec<f32> = src
+                .iter()
+                .enumerate()
+                .map(|(k, &x)| if k % chunk.max(1) % 2 == 0 { -x } else { x })
+                .collect();
+            assert_eq!(v, want, "len {len} chunk {chunk}");
         }
     }
 

@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use crate::buffer::par_vec;
+use crate::buffer::{par_vec, par_vec_from};
 use crate::simd::vectorized;
 
 /// A per-channel `y = x·scale + shift`, then `max(0, ·)` when `relu`: a BatchNorm
@@ -24,29 +24,7 @@ pub(crate) const TASK_ROWS: usize = 256;
 /// `x·scale + shift` per channel (then `max(0, ·)` when `relu`), channels-last, as a
 /// new vector; `C = scale.len()`.
 pub fn apply(xs: &[f32], f: &Affine) -> Vec<f32> {
-    let Affine { scale, shift, relu } = *f;
-    let c = scale.len();
-    let task = c * TASK_ROWS;
-    par_vec(xs.len(), task, |t, yc| {
-        let xc = &xs[t * task..][..yc.len()];
-        vectorized(
-            #[inline(always)]
-            || {
-                for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
-                    let it = yr.iter_mut().zip(xr).zip(scale).zip(shift);
-                    if relu {
-                        for (((o, &v), &a), &b) in it {
-                            *o = (v * a + b).max(0.0);
-                        }
-                    } else {
-                        for (((o, &v), &a), &b) in it {
-                            *o = v * a + b;
-                        }
-                    }
-                }
-            },
-        );
-    })
+    par_vec_from(xs, f.scale.len() * TASK_ROWS, |_, yc| apply_rows(yc, f))
 }
 
 /// [`apply`] in place.
@@ -94,8 +72,7 @@ pub fn residual_relu(a: &mut [f32], scale: &[f32], shift: &[f32], s: &Shortcut) 
 /// [`residual_relu`] into a new vector, `a` left as it is.
 pub fn residual_relu_to(a: &[f32], scale: &[f32], shift: &[f32], s: &Shortcut) -> Vec<f32> {
     let rows = TASK_ROWS * scale.len();
-    par_vec(a.len(), rows, |t, out| {
-        out.copy_from_slice(&a[t * rows..][..out.len()]);
+    par_vec_from(a, rows, |t, out| {
         residual_relu_chunk(t * rows, out, scale, shift, s);
     })
 }

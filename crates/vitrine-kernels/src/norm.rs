@@ -16,7 +16,7 @@ use std::borrow::Cow;
 use rayon::prelude::*;
 
 use crate::Error;
-use crate::buffer::par_vec;
+use crate::buffer::par_vec_from;
 use crate::elementwise::TASK_ROWS;
 use crate::simd::vectorized;
 
@@ -241,17 +241,17 @@ pub fn backward(
         c2: &c2,
     };
     let task = c * TASK_ROWS;
-    let rows_of = |dc: &mut [f32], t: usize, gc: Option<&[f32]>| {
+    // `dc` holds the incoming gradient and takes `dx` in its place.
+    let rows_of = |dc: &mut [f32], t: usize| {
         let xc = &xs[t * task..][..dc.len()];
         vectorized(
             #[inline(always)]
             || {
-                for (r, (dr, xr)) in dc.chunks_exact_mut(c).zip(xc.chunks_exact(c)).enumerate() {
-                    let gr = gc.map(|gc| &gc[r * c..][..c]);
+                for (dr, xr) in dc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
                     if relu {
-                        dx_row::<true>(dr, xr, gr, &ch, &coef);
+                        dx_row::<true>(dr, xr, &ch, &coef);
                     } else {
-                        dx_row::<false>(dr, xr, gr, &ch, &coef);
+                        dx_row::<false>(dr, xr, &ch, &coef);
                     }
                 }
             },
@@ -261,13 +261,11 @@ pub fn backward(
         Cow::Owned(mut dx) => {
             dx.par_chunks_mut(task)
                 .enumerate()
-                .for_each(|(t, dc)| rows_of(dc, t, None));
+                .for_each(|(t, dc)| rows_of(dc, t));
             dx
         }
-        Cow::Borrowed(gs) => par_vec(xs.len(), task, |t, dc| {
-            let gc = &gs[t * task..][..dc.len()];
-            rows_of(dc, t, Some(gc));
-        }),
+        // A copy of the gradient, rewritten in place (no zeroing pass).
+        Cow::Borrowed(gs) => par_vec_from(gs, task, |t, dc| rows_of(dc, t)),
     };
     Grads { dx, dgamma, dbeta }
 }
@@ -315,26 +313,16 @@ fn grad_sums_row<const RELU: bool>(
     }
 }
 
-/// One row of the input gradient.
+/// One row of the input gradient, in place of the incoming gradient `d`.
 // Inlined into `vectorized`'s target-feature function, so compiled for its ISA.
 #[allow(clippy::inline_always)]
 #[inline(always)]
-fn dx_row<const RELU: bool>(d: &mut [f32], x: &[f32], g: Option<&[f32]>, ch: &Channel, k: &DxCoef) {
+fn dx_row<const RELU: bool>(d: &mut [f32], x: &[f32], ch: &Channel, k: &DxCoef) {
     let consts = ch.mean.iter().zip(ch.scale.iter().zip(ch.shift));
     let coef = k.k.iter().zip(k.c1.iter().zip(k.c2));
-    let each = d.iter_mut().zip(x).zip(consts.zip(coef));
-    // `None`: `d` holds the incoming gradient and takes `dx` in its place.
-    match g {
-        Some(g) => {
-            for (((o, &x), ((&m, (&a, &b)), (&kk, (&c1, &c2)))), &g) in each.zip(g) {
-                *o = masked::<RELU>(g, x, a, b) * kk + (x - m) * c1 + c2;
-            }
-        }
-        None => {
-            for ((o, &x), ((&m, (&a, &b)), (&kk, (&c1, &c2)))) in each {
-                *o = masked::<RELU>(*o, x, a, b) * kk + (x - m) * c1 + c2;
-            }
-        }
+    for ((o, &x), ((&m, (&a, &b)), (&kk, (&c1, &c2)))) in d.iter_mut().zip(x).zip(consts.zip(coef))
+    {
+        *o = masked::<RELU>(*o, x, a, b) * kk + (x - m) * c1 + c2;
     }
 }
 

@@ -439,6 +439,18 @@ fn load(dst: &mut Lanes, src: &[f32]) {
     }
 }
 
+/// `dst` (`width ≤ LANES` values) from the first lanes of `src`; a whole block is one
+/// fixed-size copy (a slice copy of run-time length is a `memmove` call).
+#[inline(always)]
+#[allow(clippy::inline_always)]
+fn store(dst: &mut [f32], src: &Lanes) {
+    if let Ok(full) = <&mut Lanes>::try_from(&mut *dst) {
+        *full = *src;
+    } else {
+        dst.copy_from_slice(&src[..dst.len()]);
+    }
+}
+
 /// Runs `f` on every task, on all threads when `parallel`.
 fn each<T: Send>(tasks: Vec<T>, parallel: bool, f: impl Fn((usize, T)) + Sync + Send) {
     if parallel {
@@ -468,23 +480,27 @@ fn input_with<V: Variant, const T: usize>(x: &[f32], s: &Shape, v: &mut [f32], p
             || {
                 let first = task * TASK_TILES;
                 let count = rows[0].len() / c;
+                // One scratch for all tiles: every position is loaded or zeroed below
+                // (a fresh zeroed array per tile was a memset call per tile).
+                let mut d = [[0f32; LANES]; T];
                 for local in 0..count {
                     let t = first + local;
                     let (ni, ty, tx) = (t / (th * tw), t / tw % th, t % tw);
                     for c0 in (0..c).step_by(LANES) {
                         let width = LANES.min(c - c0);
-                        let mut d = [[0f32; LANES]; T];
                         for (i, di) in d.iter_mut().enumerate() {
                             let ih = (o * ty + i / a).wrapping_sub(1);
                             let iw = (o * tx + i % a).wrapping_sub(1);
                             if ih < s.h && iw < s.w {
                                 let at = ((ni * s.h + ih) * s.w + iw) * c + c0;
                                 load(di, &x[at..at + width]);
+                            } else {
+                                *di = [0.0; LANES];
                             }
                         }
                         let out = input_tile::<V, T>(&d);
                         for (plane, o) in rows.iter_mut().zip(&out) {
-                            plane[local * c + c0..][..width].copy_from_slice(&o[..width]);
+                            store(&mut plane[local * c + c0..][..width], o);
                         }
                     }
                 }
@@ -578,22 +594,25 @@ fn grad_with<V: Variant, const T: usize>(dy: &[f32], s: &Shape, d: &mut [f32], p
             || {
                 let first = task * TASK_TILES;
                 let count = rows[0].len() / k;
+                // One scratch for all tiles, as in `input_with`.
+                let mut g = [[0f32; LANES]; 16];
                 for local in 0..count {
                     let t = first + local;
                     let (ni, ty, tx) = (t / (th * tw), t / tw % th, t % tw);
                     for k0 in (0..k).step_by(LANES) {
                         let width = LANES.min(k - k0);
-                        let mut g = [[0f32; LANES]; 16];
                         for (i, gi) in g[..o * o].iter_mut().enumerate() {
                             let (oh, ow) = (o * ty + i / o, o * tx + i % o);
                             if oh < s.h && ow < s.w {
                                 let at = ((ni * s.h + oh) * s.w + ow) * k + k0;
                                 load(gi, &dy[at..at + width]);
+                            } else {
+                                *gi = [0.0; LANES];
                             }
                         }
                         let out = grad_tile::<V, T>(&g);
                         for (plane, o) in rows.iter_mut().zip(&out) {
-                            plane[local * k + k0..][..width].copy_from_slice(&o[..width]);
+                            store(&mut plane[local * k + k0..][..width], o);
                         }
                     }
                 }
