@@ -36,7 +36,9 @@ use self::im2col::{col2im, im2col, im2col_rows, kernel_to_taps, taps_to_kernel};
 use self::winograd::Tiling;
 use crate::Error;
 use crate::buffer::par_vec;
-use crate::elementwise::{Affine, apply_in_place, apply_rows};
+use crate::elementwise::{
+    Affine, Shortcut, apply_in_place, apply_rows, residual_relu, residual_relu_rows,
+};
 
 /// Sizes of one convolution.
 #[derive(Debug, Clone, Copy)]
@@ -180,6 +182,10 @@ pub struct Forward<'a> {
     /// Applied to the output (fused into the Winograd output transform; a separate
     /// pass otherwise): a BatchNorm with fixed statistics, ReLU optional.
     pub then: Option<&'a Affine<'a>>,
+    /// The end of a residual block, with `then` (required with it; its ReLU then
+    /// always applies): `max(0, y·scale + shift + shortcut)` per element, on the GEMM
+    /// path in the same pass as `then` while the block is in cache.
+    pub shortcut: Option<&'a Shortcut<'a>>,
     /// Threads the GEMMs are split over (1: single-threaded GEMMs); also picks how
     /// Winograd chunks the batch. The work runs on the caller's rayon pool.
     pub threads: usize,
@@ -190,6 +196,7 @@ impl Forward<'_> {
     pub fn plain(threads: usize) -> Self {
         Self {
             then: None,
+            shortcut: None,
             threads,
         }
     }
@@ -197,12 +204,31 @@ impl Forward<'_> {
 
 /// `y (N, OH, OW, K)` of `x (N, H, W, C)` ⋆ `wt (K, C, KH, KW)`.
 pub fn forward(x: &[f32], wt: &[f32], g: &Geom, how: Forward<'_>) -> Vec<f32> {
-    let Forward { then, threads } = how;
+    let Forward {
+        then,
+        shortcut,
+        threads,
+    } = how;
+    assert!(
+        shortcut.is_none() || then.is_some(),
+        "conv::forward: a shortcut without its BatchNorm"
+    );
     let (m, ckk) = (g.m(), g.ckk());
     if g.is_winograd() {
         let tiling = Tiling::choose(g.n, g.h, g.w);
+        if let (Some(f), Some(s)) = (then, shortcut) {
+            let mut y = forward_winograd(x, wt, g, tiling, None, threads);
+            residual_relu(&mut y, f.scale, f.shift, s);
+            return y;
+        }
         return forward_winograd(x, wt, g, tiling, then, threads);
     }
+    // `then`, with the shortcut if any, on the rows of `yb` starting at element `off`.
+    let epilogue = |off: usize, yb: &mut [f32]| match (then, shortcut) {
+        (Some(f), Some(s)) => residual_relu_rows(off, yb, f.scale, f.shift, s),
+        (Some(f), None) => apply_rows(yb, f),
+        (None, _) => {}
+    };
     let taps;
     let w_taps = if g.kh * g.kw == 1 {
         wt
@@ -226,8 +252,10 @@ pub fn forward(x: &[f32], wt: &[f32], g: &Geom, how: Forward<'_>) -> Vec<f32> {
                 });
             }
         });
-        if let Some(f) = then {
-            apply_in_place(&mut y, f);
+        match (then, shortcut) {
+            (Some(f), Some(s)) => residual_relu(&mut y, f.scale, f.shift, s),
+            (Some(f), None) => apply_in_place(&mut y, f),
+            (None, _) => {}
         }
         return y;
     };
@@ -245,9 +273,7 @@ pub fn forward(x: &[f32], wt: &[f32], g: &Geom, how: Forward<'_>) -> Vec<f32> {
                 matmul_rows((px, k, ckk), yb, &Mat::rows(cols, ckk), &rhs)
             })
         };
-        if let Some(f) = then {
-            apply_rows(yb, f);
-        }
+        epilogue(first * k, yb);
     };
     filled(m * k, |y| {
         let chunks = (block * k).max(1);
@@ -651,9 +677,50 @@ mod tests {
         apply_in_place(&mut separate, &then);
         let how = Forward {
             then: Some(&then),
+            shortcut: None,
             threads: 2,
         };
         assert_eq!(forward(&x, &wt, &g, how), separate);
+    }
+
+    #[test]
+    fn a_residual_end_fused_into_the_conv_equals_the_separate_pass() {
+        let ([n, h, w, c], k) = SHAPES[0];
+        let x = values(n * h * w * c, 21);
+        let (scale, shift) = (values(k, 22), values(k, 23));
+        let identity = values(n * h * w * k, 24);
+        let (proj, psc, psh) = (values(n * h * w * k, 25), values(k, 26), values(k, 27));
+        let shortcuts = [
+            Shortcut::Identity(&identity),
+            Shortcut::Normalised(&proj, &psc, &psh),
+        ];
+        let then = Affine {
+            scale: &scale,
+            shift: &shift,
+            relu: true,
+        };
+        // 1×1 (GEMM by row blocks, and one split GEMM on a single image) and 3×3
+        // (Winograd).
+        for (kernel, pad, batch) in [(1, 0, n), (1, 0, 1), (3, 1, n)] {
+            let dims = [batch, h, w, c];
+            let x = &x[..batch * h * w * c];
+            let wt = values(k * c * kernel * kernel, 28);
+            let g = Geom::new(&dims, &[k, c, kernel, kernel], 1, pad).expect("geom");
+            for s in &shortcuts {
+                let mut separate = forward(x, &wt, &g, Forward::plain(2));
+                residual_relu(&mut separate, &scale, &shift, s);
+                let how = Forward {
+                    then: Some(&then),
+                    shortcut: Some(s),
+                    threads: 2,
+                };
+                assert_eq!(
+                    forward(x, &wt, &g, how),
+                    separate,
+                    "{kernel}×{kernel}, {batch}"
+                );
+            }
+        }
     }
 
     #[test]

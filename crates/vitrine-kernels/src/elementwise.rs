@@ -66,19 +66,26 @@ pub fn residual_relu(a: &mut [f32], scale: &[f32], shift: &[f32], s: &Shortcut) 
     let rows = (TASK_ROWS * scale.len()).max(1);
     a.par_chunks_mut(rows)
         .enumerate()
-        .for_each(|(t, ac)| residual_relu_chunk(t * rows, ac, scale, shift, s));
+        .for_each(|(t, ac)| residual_relu_rows(t * rows, ac, scale, shift, s));
 }
 
 /// [`residual_relu`] into a new vector, `a` left as it is.
 pub fn residual_relu_to(a: &[f32], scale: &[f32], shift: &[f32], s: &Shortcut) -> Vec<f32> {
     let rows = TASK_ROWS * scale.len();
     par_vec_from(a, rows, |t, out| {
-        residual_relu_chunk(t * rows, out, scale, shift, s);
+        residual_relu_rows(t * rows, out, scale, shift, s);
     })
 }
 
-/// [`residual_relu`] on the rows `ac` of `a`, which start at element `off`.
-fn residual_relu_chunk(off: usize, ac: &mut [f32], scale: &[f32], shift: &[f32], s: &Shortcut) {
+/// [`residual_relu`] on the rows `ac` of `a`, which start at element `off`, on this
+/// thread (for a block already in cache).
+pub(crate) fn residual_relu_rows(
+    off: usize,
+    ac: &mut [f32],
+    scale: &[f32],
+    shift: &[f32],
+    s: &Shortcut,
+) {
     let c = scale.len();
     vectorized(
         #[inline(always)]

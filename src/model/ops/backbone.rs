@@ -383,25 +383,74 @@ impl BackboneOp {
     /// BatchNorm rides on the conv's output pass; `None` for a unit that uses batch
     /// statistics.
     fn fixed_unit_relu(&self, params: &ParamData, i: usize, x: &Act) -> Result<Option<Act>> {
-        let p = &self.plan[i];
-        let Some(stats) = &p.fixed else {
+        let Some((w, geom, (scale, shift))) = self.fixed_conv(params, i, x)? else {
             return Ok(None);
         };
-        let (w, gamma, beta) = params.unit(i)?;
-        let geom = Geom::new(&x.dims, p.weight.dims(), p.stride, p.pad).map_err(kernel_error)?;
-        let (scale, shift) = stats.affine(gamma, beta);
-        let then = Affine {
-            scale: &scale,
-            shift: &shift,
-            relu: true,
-        };
+        let then = bn_relu(&scale, &shift);
         let how = Forward {
             then: Some(&then),
+            shortcut: None,
             threads: self.threads,
         };
         let y = conv::forward(&x.data, w, &geom, how);
         let (oh, ow, k) = geom.out_dims();
         Ok(Some(Act::new(y, [x.dims[0], oh, ow, k])))
+    }
+
+    /// `(weight, geom, (scale, shift))` of unit `i` on `input` when it normalises with
+    /// fixed statistics (frozen or eval mode); `None` when it uses batch statistics.
+    fn fixed_conv<'p>(
+        &self,
+        params: &'p ParamData,
+        i: usize,
+        input: &Act,
+    ) -> Result<Option<FixedConv<'p>>> {
+        let p = &self.plan[i];
+        let Some(stats) = &p.fixed else {
+            return Ok(None);
+        };
+        let (w, gamma, beta) = params.unit(i)?;
+        let geom =
+            Geom::new(&input.dims, p.weight.dims(), p.stride, p.pad).map_err(kernel_error)?;
+        Ok(Some((w, geom, stats.affine(gamma, beta))))
+    }
+
+    /// The end of block `b` — its last conv (unit `last`, on `cur`), BatchNorm, the
+    /// shortcut from the block's input `x` and the ReLU — in the conv's own output
+    /// pass, when those units normalise with fixed statistics; `None` otherwise.
+    fn fixed_residual_end(
+        &self,
+        params: &ParamData,
+        b: usize,
+        last: usize,
+        x: &Act,
+        cur: &Act,
+    ) -> Result<Option<Act>> {
+        let Some((w, geom, (scale, shift))) = self.fixed_conv(params, last, cur)? else {
+            return Ok(None);
+        };
+        let ds = if self.blocks[b].projection {
+            let Some((dw, dgeom, affine)) = self.fixed_conv(params, last + 1, x)? else {
+                return Ok(None);
+            };
+            let pre = conv::forward(&x.data, dw, &dgeom, Forward::plain(self.threads));
+            Some((pre, affine))
+        } else {
+            None
+        };
+        let shortcut = match &ds {
+            Some((pre, (sc, sh))) => Shortcut::Normalised(pre, sc, sh),
+            None => Shortcut::Identity(&x.data),
+        };
+        let then = bn_relu(&scale, &shift);
+        let how = Forward {
+            then: Some(&then),
+            shortcut: Some(&shortcut),
+            threads: self.threads,
+        };
+        let y = conv::forward(&cur.data, w, &geom, how);
+        let (oh, ow, k) = geom.out_dims();
+        Ok(Some(Act::new(y, [cur.dims[0], oh, ow, k])))
     }
 
     /// The forward pass on NCHW image data: `(pooled (N·C), dims)`; with `record`,
@@ -502,6 +551,9 @@ impl BackboneOp {
         }
         // Last conv + BatchNorm, the shortcut and the ReLU of their sum: one pass.
         let last = start + count - 1;
+        if !keep && let Some(out) = self.fixed_residual_end(params, b, last, x, &cur)? {
+            return Ok((out, None));
+        }
         let (pre_bn, geom, stats) = self.conv_stats(params, last, &cur, stats_out)?;
         let (_, gamma, beta) = params.unit(last)?;
         let main = stats.affine(gamma, beta);
@@ -770,6 +822,9 @@ const ONLY_DW: Wanted = Wanted {
 };
 
 /// A BatchNorm with `(scale, shift)` followed by a ReLU.
+/// A unit's weight, geometry and fixed BatchNorm as `(scale, shift)`.
+type FixedConv<'p> = (&'p [f32], Geom, (Vec<f32>, Vec<f32>));
+
 fn bn_relu<'a>(scale: &'a [f32], shift: &'a [f32]) -> Affine<'a> {
     Affine {
         scale,
