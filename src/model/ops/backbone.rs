@@ -821,10 +821,10 @@ const ONLY_DW: Wanted = Wanted {
     dw: true,
 };
 
-/// A BatchNorm with `(scale, shift)` followed by a ReLU.
 /// A unit's weight, geometry and fixed BatchNorm as `(scale, shift)`.
 type FixedConv<'p> = (&'p [f32], Geom, (Vec<f32>, Vec<f32>));
 
+/// A BatchNorm with `(scale, shift)` followed by a ReLU.
 fn bn_relu<'a>(scale: &'a [f32], shift: &'a [f32]) -> Affine<'a> {
     Affine {
         scale,
