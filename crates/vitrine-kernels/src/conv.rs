@@ -790,8 +790,10 @@ mod tests {
         // last has enough GEMM rows (2·64·64) for the split reduction of the kernel
         // gradient.
         type Case = ([usize; 4], [usize; 3], (usize, usize));
-        let cases: [Case; 10] = [
+        let cases: [Case; 11] = [
             ([3, 6, 5, 19], [32, 3, 3], (1, 1)),
+            // im2col's kernel rows as whole 16-float blocks (3 taps × 16 channels).
+            ([2, 9, 9, 16], [5, 3, 3], (2, 1)),
             ([4, 33, 31, 19], [21, 3, 3], (1, 1)),
             ([5, 60, 59, 3], [6, 3, 3], (2, 1)),
             ([4, 30, 30, 5], [3, 1, 1], (1, 0)),
