@@ -35,8 +35,9 @@ pub enum Holder {
     Released,
     /// The live process the file names.
     Named(u32),
-    /// Held, but no live PID showed within the wait: the holder never wrote one, or
-    /// wrote one this process cannot see (another PID namespace; then it is given).
+    /// Held, but no live PID showed: the file names a PID this process cannot see
+    /// (another PID namespace; given after [`DEAD_PID_GRACE`]), or none at all in the
+    /// whole wait (not a vitrine process).
     Unnamed(Option<u32>),
 }
 
@@ -50,24 +51,30 @@ impl Holder {
     }
 }
 
+/// How long a PID of no live process is given to be replaced by the holder's own
+/// before it is taken as the holder's (one in another PID namespace, e.g. a trainer
+/// in a container): the holder writes within microseconds of taking the lock.
+const DEAD_PID_GRACE: Duration = Duration::from_millis(250);
+
 /// The PID of the process holding a locked file. A holder writes its PID right after
-/// taking the lock, so until then the file is empty or names a dead earlier holder:
-/// both are waited out (up to `wait`). `held` is asked before each look and ends the
-/// wait with [`Holder::Released`] once it says no.
+/// taking the lock, so until then the file is empty (waited out up to `wait`) or names
+/// a dead earlier holder (waited out up to [`DEAD_PID_GRACE`] within `wait`). `held`
+/// is asked before each look and ends the wait with [`Holder::Released`] once it says
+/// no.
 pub fn holder(file: &File, wait: Duration, mut held: impl FnMut() -> bool) -> Holder {
-    let deadline = Instant::now() + wait;
-    let mut dead = None;
+    let start = Instant::now();
     loop {
         if !held() {
             return Holder::Released;
         }
+        let waited = start.elapsed();
         match written(file) {
             Some(pid) if alive(pid) => return Holder::Named(pid),
-            Some(pid) => dead = Some(pid),
-            None => {}
-        }
-        if Instant::now() >= deadline {
-            return Holder::Unnamed(dead);
+            Some(pid) if waited >= DEAD_PID_GRACE.min(wait) => {
+                return Holder::Unnamed(Some(pid));
+            }
+            _ if waited >= wait => return Holder::Unnamed(None),
+            _ => {}
         }
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -101,14 +108,23 @@ mod tests {
         let found = holder(&file, Duration::from_secs(5), || true);
         writer.join().expect("writer");
         assert_eq!(found, Holder::Named(std::process::id()));
-        // Nobody writes: the dead PID is reported as what the file says, after the wait.
+        // Nobody writes: the dead PID is what the file says (a holder this process
+        // cannot see), after a short grace, not the whole wait.
         std::fs::write(&path, "4194304").expect("write");
         if Path::new("/proc/self").exists() {
+            let t = Instant::now();
             assert_eq!(
-                holder(&file, Duration::from_millis(20), || true),
+                holder(&file, Duration::from_secs(30), || true),
                 Holder::Unnamed(Some(4_194_304))
             );
+            assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
         }
+        // An empty file is waited on for the whole wait.
+        std::fs::write(&path, "").expect("write");
+        assert_eq!(
+            holder(&file, Duration::from_millis(20), || true),
+            Holder::Unnamed(None)
+        );
         assert_eq!(
             holder(&file, Duration::from_secs(5), || false),
             Holder::Released
