@@ -17,7 +17,7 @@ pub fn alive(pid: u32) -> bool {
 
 /// The PID in a lock file (read from the open handle: no second open, at most a
 /// few bytes); `None` when empty, not a number, or 0.
-pub fn written(file: &File) -> Option<u32> {
+fn written(file: &File) -> Option<u32> {
     let mut buf = [0u8; 24];
     let n = file.read_at(&mut buf, 0).ok()?;
     std::str::from_utf8(&buf[..n])

@@ -8,7 +8,8 @@ use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Tensor, Var};
 use candle_nn::VarMap;
 
 use crate::model::embedder::sorted_vars;
-use crate::model::ops::tensor::{contiguous_f32, contiguous_f32_mut, zip_in_place};
+use crate::model::ops::tensor::{contiguous_f32, contiguous_f32_mut};
+use vitrine_kernels::elementwise::zip_apply;
 
 /// Prefix of the live weights in `last.optim.safetensors` while the checkpoint's
 /// weights file holds the average.
@@ -135,7 +136,7 @@ impl InplaceOp2 for Fold {
     ) -> Result<()> {
         let (avg, w) = (contiguous_f32_mut(dst, dl)?, contiguous_f32(w, wl)?);
         let take = self.take;
-        zip_in_place(avg, w, |a, w| *a += (w - *a) * take + 0.0);
+        zip_apply(avg, w, |a, w| *a += (w - *a) * take + 0.0);
         Ok(())
     }
 }

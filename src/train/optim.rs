@@ -7,7 +7,8 @@ use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var};
 use rayon::prelude::*;
 
-use crate::model::ops::tensor::{contiguous_f32, contiguous_f32_mut, zip_in_place};
+use crate::model::ops::tensor::{contiguous_f32, contiguous_f32_mut};
+use vitrine_kernels::elementwise::zip_apply;
 
 struct Param {
     name: String,
@@ -218,7 +219,7 @@ impl InplaceOp2 for Moment {
     ) -> Result<()> {
         let (m, g) = (contiguous_f32_mut(dst, dst_l)?, contiguous_f32(g, gl)?);
         let &Self { keep, take, square } = self;
-        zip_in_place(m, g, |m, g| {
+        zip_apply(m, g, |m, g| {
             let g = if square { g * g } else { g };
             *m = *m * keep + g * take;
         });

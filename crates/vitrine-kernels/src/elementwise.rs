@@ -124,8 +124,10 @@ pub fn add_assign(a: &mut [f32], b: &[f32]) {
     zip_apply(a, b, |x, y| *x += y);
 }
 
-/// `f(a[i], b[i])` for every element, in parallel and vectorised.
-fn zip_apply(a: &mut [f32], b: &[f32], f: impl Fn(&mut f32, f32) + Sync) {
+/// `f(a[i], b[i])` for every element (equal lengths), in parallel and vectorised:
+/// also the optimizer's and the weight average's in-place updates.
+pub fn zip_apply(a: &mut [f32], b: &[f32], f: impl Fn(&mut f32, f32) + Sync) {
+    assert_eq!(a.len(), b.len(), "zip_apply: lengths differ");
     a.par_chunks_mut(1 << 14)
         .zip(b.par_chunks(1 << 14))
         .for_each(|(ac, bc)| {

@@ -1,9 +1,7 @@
 //! Borrowing the f32 data of CPU tensors inside the custom ops (and the optimizer's
-//! fused update, the weight average), without copies, and their element-wise
-//! in-place passes.
+//! fused update, the weight average), without copies.
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
-use rayon::prelude::*;
 
 /// The contiguous f32 data of a CPU storage's layout.
 pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
@@ -31,20 +29,4 @@ pub(crate) fn with_f32_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) 
         Storage::Cpu(s) => f(contiguous_f32(s, layout)?),
         _ => candle_core::bail!("custom CPU op: CPU tensors only"),
     }
-}
-
-/// Elements per parallel task of [`zip_in_place`].
-const IN_PLACE_CHUNK: usize = 1 << 14;
-
-/// `f(d, s)` for every pair of `dst` and `src` (equal lengths), in parallel chunks: the
-/// element-wise in-place updates of the optimizer and the weight average.
-pub(crate) fn zip_in_place(dst: &mut [f32], src: &[f32], f: impl Fn(&mut f32, f32) + Sync) {
-    assert_eq!(dst.len(), src.len(), "zip_in_place: lengths differ");
-    dst.par_chunks_mut(IN_PLACE_CHUNK)
-        .zip(src.par_chunks(IN_PLACE_CHUNK))
-        .for_each(|(d, s)| {
-            for (d, &s) in d.iter_mut().zip(s) {
-                f(d, s);
-            }
-        });
 }
