@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::augment::AugmentConfig;
 use crate::data::deepfashion::GalleryProtocol;
 use crate::data::sampler::SamplerKind;
+use crate::model::embedder::MAX_GEM_P;
 use crate::model::{Backbone, EmbedderConfig, LossConfig, LossKind};
 
 /// The shipped, documented defaults.
@@ -81,6 +82,8 @@ pub struct ModelConfig {
     /// Embed each image and its mirror image and average them (index, search,
     /// evaluation and validation; never training).
     pub flip_average: bool,
+    /// Exponent of the generalised-mean pool over the last feature map (1 = average).
+    pub gem_p: f32,
     /// Empty: random initialisation; a safetensors file, or `hf:OWNER/NAME[@REV]`
     /// (resolved from the Hugging Face cache, never downloaded here).
     pub pretrained: PathBuf,
@@ -96,6 +99,7 @@ impl Default for ModelConfig {
             train_from_stage: 0,
             bnneck: true,
             flip_average: false,
+            gem_p: 1.0,
             pretrained: PathBuf::new(),
         }
     }
@@ -110,6 +114,7 @@ impl ModelConfig {
             train_from_stage: self.train_from_stage,
             bnneck: self.bnneck,
             flip_average: self.flip_average,
+            gem_p: self.gem_p,
         }
     }
 }
@@ -349,6 +354,9 @@ impl Config {
         if !has_model_key("bnneck") {
             config.model.bnneck = false;
         }
+        if !has_model_key("gem_p") {
+            config.model.gem_p = 1.0;
+        }
         Ok(config)
     }
 
@@ -425,6 +433,12 @@ impl Config {
         )?;
         if !(0.0..1.0).contains(&m.dropout) {
             return fail("model.dropout", "must be in [0, 1)");
+        }
+        if !(1.0..=MAX_GEM_P).contains(&m.gem_p) {
+            return fail(
+                "model.gem_p",
+                &format!("must be in [1, {MAX_GEM_P}] (1 = average pool)"),
+            );
         }
         if let Err(e) = crate::weights::Pretrained::parse(&m.pretrained) {
             return fail("model.pretrained", &e);

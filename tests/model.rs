@@ -8,7 +8,7 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, SGD, VarBuilder, VarMap};
 use vitrine::model::checkpoint::{self, CheckpointError};
 use vitrine::model::embedder::l2_normalize;
 use vitrine::model::loss::{Mining, TripletLoss, offline_triplet_loss, online_triplet_loss};
-use vitrine::model::resnet::{Channels, ResNet, ResNetConfig, max_pool_3x3_s2};
+use vitrine::model::resnet::{Channels, ResNet, ResNetConfig, generalized_mean, max_pool_3x3_s2};
 use vitrine::model::{Backbone, Embedder, EmbedderConfig};
 use vitrine::rng::Rng;
 
@@ -22,6 +22,7 @@ fn cfg(backbone: Backbone, train_from_stage: usize) -> EmbedderConfig {
         train_from_stage,
         bnneck: false,
         flip_average: false,
+        gem_p: 1.0,
     }
 }
 
@@ -62,7 +63,7 @@ fn backbone_shapes(backbone: Backbone) -> HashMap<String, Vec<usize>> {
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
     let cfg = ResNetConfig {
         backbone,
-        train_from_stage: 0,
+        ..ResNetConfig::default()
     };
     ResNet::new(cfg, vb).expect("resnet");
     let data = varmap.data().lock().expect("lock");
@@ -848,22 +849,26 @@ enum Path {
 }
 
 /// `(pooled features, gradient of every variable, running statistics after)` of
-/// `sum(pooled · r)` for a fresh seeded model run along `path` in train mode.
+/// `sum(pooled · r)` for a fresh seeded model (global pool exponent `gem_p`) run
+/// along `path` in train mode.
 #[allow(clippy::type_complexity)]
 fn features_and_grads(
     backbone: Backbone,
     train_from_stage: usize,
+    gem_p: f32,
     x: &Tensor,
     path: Path,
 ) -> (Vec<f32>, Vec<(String, Vec<f32>)>, Vec<(String, Vec<f32>)>) {
-    let (model, varmap) =
-        Embedder::seeded(cfg(backbone, train_from_stage), &CPU, 7).expect("embedder");
+    let cfg = EmbedderConfig {
+        gem_p,
+        ..cfg(backbone, train_from_stage)
+    };
+    let (model, varmap) = Embedder::seeded(cfg, &CPU, 7).expect("embedder");
     let net = model.backbone();
     let (pooled, deferred) = match path {
         Path::PerOp(layout) => net
             .forward_in(x, true, layout)
-            .and_then(|f| f.mean(3))
-            .and_then(|f| f.mean(2))
+            .and_then(|f| generalized_mean(&f, gem_p))
             .map(|f| (f, None)),
         Path::Pooled => net.forward_pooled(x, true).map(|f| (f, None)),
         Path::Deferred => net.forward_pooled_deferred(x).map(|(f, d)| (f, Some(d))),
@@ -901,28 +906,30 @@ fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
 /// Runs `path` against the reference (channels-first, op by op) and compares the
 /// pooled features, every gradient and the running statistics.
 fn assert_same_network(path: Path) {
-    // The last case has enough tiles (16 images of 16×16 and 8×8 maps) for the 3×3
-    // convs' gradients to run by Winograd.
-    for (backbone, stage, dims) in [
-        (Backbone::Resnet18, 0, [2, 3, 40, 36]),
-        (Backbone::Resnet50, 0, [2, 3, 40, 36]),
-        (Backbone::Resnet18, 4, [2, 3, 40, 36]),
-        (Backbone::Resnet50, 5, [2, 3, 40, 36]),
-        (Backbone::Resnet18, 0, [16, 3, 64, 64]),
+    // The 16-image case has enough tiles (16×16 and 8×8 maps) for the 3×3 convs'
+    // gradients to run by Winograd; the last ones pool by generalised mean.
+    for (backbone, stage, dims, gem_p) in [
+        (Backbone::Resnet18, 0, [2, 3, 40, 36], 1.0),
+        (Backbone::Resnet50, 0, [2, 3, 40, 36], 1.0),
+        (Backbone::Resnet18, 4, [2, 3, 40, 36], 1.0),
+        (Backbone::Resnet50, 5, [2, 3, 40, 36], 1.0),
+        (Backbone::Resnet18, 0, [16, 3, 64, 64], 1.0),
+        (Backbone::Resnet18, 0, [2, 3, 64, 72], 3.0),
+        (Backbone::Resnet50, 4, [2, 3, 40, 36], 2.5),
     ] {
         let x = randn(&dims, 3);
         let (f_ref, g_ref, r_ref) =
-            features_and_grads(backbone, stage, &x, Path::PerOp(Channels::First));
-        let (f, g, r) = features_and_grads(backbone, stage, &x, path);
+            features_and_grads(backbone, stage, gem_p, &x, Path::PerOp(Channels::First));
+        let (f, g, r) = features_and_grads(backbone, stage, gem_p, &x, path);
         let d = max_rel_diff(&f, &f_ref);
         assert!(
             d < 1e-4,
-            "{backbone}/{stage} {path:?}: features differ by {d}"
+            "{backbone}/{stage}/p{gem_p} {path:?}: features differ by {d}"
         );
         assert_eq!(
             g_ref.iter().map(|g| &g.0).collect::<Vec<_>>(),
             g.iter().map(|g| &g.0).collect::<Vec<_>>(),
-            "{backbone}/{stage} {path:?}: same variables get gradients"
+            "{backbone}/{stage}/p{gem_p} {path:?}: same variables get gradients"
         );
         // Frozen stages get none; every trainable one does.
         assert!(!g_ref.is_empty());
@@ -935,14 +942,14 @@ fn assert_same_network(path: Path) {
             let d = max_rel_diff(a, b);
             assert!(
                 d < 1e-3,
-                "{backbone}/{stage} {path:?}: gradient of {name} differs by {d}"
+                "{backbone}/{stage}/p{gem_p} {path:?}: gradient of {name} differs by {d}"
             );
         }
         for ((name, a), (_, b)) in r.iter().zip(&r_ref) {
             let d = max_rel_diff(a, b);
             assert!(
                 d < 1e-4,
-                "{backbone}/{stage} {path:?}: {name} differs by {d}"
+                "{backbone}/{stage}/p{gem_p} {path:?}: {name} differs by {d}"
             );
         }
     }
@@ -960,20 +967,24 @@ fn whole_backbone_op_computes_the_same_network_and_gradients() {
 
 #[test]
 fn deferred_backbone_gradients_are_the_graph_ones_bit_for_bit() {
-    for (backbone, stage) in [
-        (Backbone::Resnet18, 0),
-        (Backbone::Resnet50, 0),
-        (Backbone::Resnet50, 5),
-        (Backbone::Resnet18, 6),
+    for (backbone, stage, gem_p) in [
+        (Backbone::Resnet18, 0, 1.0),
+        (Backbone::Resnet50, 0, 1.0),
+        (Backbone::Resnet50, 5, 1.0),
+        (Backbone::Resnet18, 6, 1.0),
+        (Backbone::Resnet18, 0, 3.0),
     ] {
         let x = randn(&[3, 3, 40, 36], 8);
-        let graph = features_and_grads(backbone, stage, &x, Path::Pooled);
-        let deferred = features_and_grads(backbone, stage, &x, Path::Deferred);
-        assert_eq!(graph.0, deferred.0, "{backbone}/{stage}: features");
-        assert_eq!(graph.1, deferred.1, "{backbone}/{stage}: gradients");
+        let graph = features_and_grads(backbone, stage, gem_p, &x, Path::Pooled);
+        let deferred = features_and_grads(backbone, stage, gem_p, &x, Path::Deferred);
+        assert_eq!(graph.0, deferred.0, "{backbone}/{stage}/p{gem_p}: features");
+        assert_eq!(
+            graph.1, deferred.1,
+            "{backbone}/{stage}/p{gem_p}: gradients"
+        );
         assert_eq!(
             graph.2, deferred.2,
-            "{backbone}/{stage}: running statistics"
+            "{backbone}/{stage}/p{gem_p}: running statistics"
         );
         assert_eq!(graph.1.is_empty(), stage == 6, "{backbone}/{stage}");
     }

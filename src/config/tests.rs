@@ -73,3 +73,28 @@ fn key_line_finds_keys_in_sections() {
     assert_eq!(key_line(text, "data.root"), Some(2));
     assert_eq!(key_line(text, "data.items"), None);
 }
+
+#[test]
+fn a_run_folder_without_newer_model_keys_keeps_its_old_model() {
+    let dir = std::env::temp_dir().join(format!("vitrine-config-old-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("config.toml");
+    // Written before BNNeck and GeM pooling existed.
+    std::fs::write(&path, "[model]\nimage_size = 48\n").expect("write");
+    let old = Config::load_run(&path).expect("old run");
+    assert!(!old.model.bnneck);
+    assert_eq!(old.model.gem_p, 1.0);
+    std::fs::write(&path, "[model]\nbnneck = true\ngem_p = 3.0\n").expect("write");
+    let new = Config::load_run(&path).expect("new run");
+    assert!(new.model.bnneck);
+    assert_eq!(new.model.embedder().gem_p, 3.0);
+    std::fs::remove_dir_all(&dir).expect("clean up");
+    for bad in ["0.5", "17.0", "nan"] {
+        let text = format!("[model]\ngem_p = {bad}\n");
+        let e = Config::from_toml_str(&text, "x.toml").expect_err(bad);
+        assert!(
+            e.to_string().contains("model.gem_p") && e.to_string().contains("line 2"),
+            "{e}"
+        );
+    }
+}

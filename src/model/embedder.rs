@@ -1,6 +1,6 @@
-//! The image embedder: ResNet backbone → global average pool → dropout (training
-//! only) → `Linear(feature_dim, embedding_dim)` named `head.*` → optional BatchNorm
-//! `neck.*` (BNNeck) → L2 normalisation.
+//! The image embedder: ResNet backbone → global pool (average, or generalised mean
+//! with `gem_p`) → dropout (training only) → `Linear(feature_dim, embedding_dim)`
+//! named `head.*` → optional BatchNorm `neck.*` (BNNeck) → L2 normalisation.
 //!
 //! BNNeck (Luo et al. 2019, "Bag of Tricks … for Person Re-identification") centres
 //! and scales every embedding dimension over the batch before the normalisation, so
@@ -26,6 +26,10 @@ use crate::rng::Rng;
 /// torch's `F.normalize`).
 const NORM_SQ_FLOOR: f64 = 1e-24;
 
+/// Largest generalised-mean exponent: beyond it the pool is a max-pool in all but
+/// name, and `x^p` of large features leaves f32's range.
+pub const MAX_GEM_P: f32 = 16.0;
+
 /// What the embedder is made of.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -47,6 +51,16 @@ pub struct EmbedderConfig {
     /// [`EmbedderConfig::weights_shape`]).
     #[serde(skip_serializing_if = "is_false")]
     pub flip_average: bool,
+    /// Exponent of the generalised-mean pool over the backbone's last feature map;
+    /// 1 is the global average pool, and is left out of the serialised form (runs made
+    /// before it existed keep their configuration hash).
+    #[serde(skip_serializing_if = "is_one")]
+    pub gem_p: f32,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_one(p: &f32) -> bool {
+    *p == 1.0
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)]
@@ -65,6 +79,7 @@ impl Default for EmbedderConfig {
             train_from_stage: 5,
             bnneck: false,
             flip_average: false,
+            gem_p: 1.0,
         }
     }
 }
@@ -84,6 +99,7 @@ impl EmbedderConfig {
         ResNetConfig {
             backbone: self.backbone,
             train_from_stage: self.train_from_stage,
+            gem_p: self.gem_p,
         }
     }
 }
@@ -118,6 +134,9 @@ impl Embedder {
         }
         if !(0.0..1.0).contains(&cfg.dropout) {
             candle_core::bail!("dropout must be in [0, 1), got {}", cfg.dropout)
+        }
+        if !(1.0..=MAX_GEM_P).contains(&cfg.gem_p) {
+            candle_core::bail!("gem_p must be in [1, {MAX_GEM_P}], got {}", cfg.gem_p)
         }
         let backbone = ResNet::new(cfg.resnet(), vb.clone())?;
         let head = candle_nn::linear(backbone.feature_dim(), cfg.embedding_dim, vb.pp("head"))?;

@@ -81,11 +81,39 @@ impl std::fmt::Display for Backbone {
 }
 
 /// Configuration of a [`ResNet`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ResNetConfig {
     pub backbone: Backbone,
     /// First trainable stage (module docs); `0..=6`, larger values are an error.
     pub train_from_stage: usize,
+    /// Exponent of the generalised-mean pool over the last feature map
+    /// ([`generalized_mean`]): 1 is the global average pool.
+    pub gem_p: f32,
+}
+
+impl Default for ResNetConfig {
+    fn default() -> Self {
+        Self {
+            backbone: Backbone::default(),
+            train_from_stage: 0,
+            gem_p: 1.0,
+        }
+    }
+}
+
+/// The generalised-mean pool (GeM) of `(N, C, H, W)` features over their pixels, by
+/// Candle's ops: `(mean(max(x, ε)^p))^(1/p)`, `(N, C)`; `p = 1` is the plain mean.
+/// The CPU's backbone op computes the same with `vitrine_kernels::pool`.
+pub fn generalized_mean(xs: &Tensor, p: f32) -> Result<Tensor> {
+    if p == 1.0 {
+        return xs.mean(3)?.mean(2);
+    }
+    let floor = f64::from(vitrine_kernels::pool::GEM_FLOOR);
+    xs.maximum(floor)?
+        .powf(f64::from(p))?
+        .mean(3)?
+        .mean(2)?
+        .powf(1.0 / f64::from(p))
 }
 
 /// The stage (module docs) a parameter name belongs to: `conv1.*`/`bn1.*` → 1,

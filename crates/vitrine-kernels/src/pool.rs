@@ -1,6 +1,6 @@
 //! Pooling on channels-last activations `(N, H, W, C)`: the ResNet stem's 3×3,
-//! stride-2, padding-1 max-pool (with torch's tie rule) and the global average pool,
-//! forward and backward.
+//! stride-2, padding-1 max-pool (with torch's tie rule), the global average pool and
+//! its generalisation, the generalised-mean pool, forward and backward.
 
 use rayon::prelude::*;
 
@@ -131,6 +131,81 @@ pub fn global_average_backward(g: &[f32], [n, h, w, c]: [usize; 4]) -> Vec<f32> 
     })
 }
 
+/// Values below this are raised to it before the power of [`generalized_mean`]
+/// (the GeM paper's ε): after a ReLU most features are exactly 0, and `0^(p-1)`
+/// would make the backward's `y^(1-p)` infinite where a whole channel is 0.
+pub const GEM_FLOOR: f32 = 1e-6;
+
+/// Generalised-mean pool (GeM, Radenović et al. 2018) of `x (N, H, W, C)`:
+/// `(mean over pixels of max(x, ε)^p)^(1/p)` per image and channel, `(N, C)`. `p = 1`
+/// is [`global_average`] exactly (no floor); a larger `p` leans towards the maximum,
+/// so a feature strong in one place of the image counts more than one spread thinly.
+pub fn generalized_mean(x: &[f32], dims @ [n, h, w, c]: [usize; 4], p: f32) -> Vec<f32> {
+    if p == 1.0 {
+        return global_average(x, dims);
+    }
+    let px = h * w;
+    let mut out = vec![0f32; n * c];
+    out.par_chunks_mut(c).enumerate().for_each(|(ni, o)| {
+        let mut acc = vec![0f64; c];
+        for row in x[ni * px * c..(ni + 1) * px * c].chunks_exact(c) {
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += f64::from(power(v.max(GEM_FLOOR), p));
+            }
+        }
+        for (ov, a) in o.iter_mut().zip(acc) {
+            *ov = (a / px as f64).powf(1.0 / f64::from(p)) as f32;
+        }
+    });
+    out
+}
+
+/// Backward of [`generalized_mean`] from its output `y` and gradient `g` (both
+/// `(N, C)`): `g · y^(1-p) · x^(p-1) / (H·W)` where `x` is above the floor, 0 below
+/// it. Returns `(N, H, W, C)`.
+pub fn generalized_mean_backward(
+    g: &[f32],
+    x: &[f32],
+    y: &[f32],
+    dims @ [n, h, w, c]: [usize; 4],
+    p: f32,
+) -> Vec<f32> {
+    if p == 1.0 {
+        return global_average_backward(g, dims);
+    }
+    let px = h * w;
+    par_vec(n * px * c, px * c, |ni, img| {
+        let coef: Vec<f32> = (0..c)
+            .map(|ci| {
+                let yv = f64::from(y[ni * c + ci]);
+                (f64::from(g[ni * c + ci]) * yv.powf(f64::from(1.0 - p)) / px as f64) as f32
+            })
+            .collect();
+        let src = &x[ni * px * c..(ni + 1) * px * c];
+        for (orow, xrow) in img.chunks_exact_mut(c).zip(src.chunks_exact(c)) {
+            for ((o, &xv), &k) in orow.iter_mut().zip(xrow).zip(&coef) {
+                *o = if xv > GEM_FLOOR {
+                    k * power(xv, p - 1.0)
+                } else {
+                    0.0
+                };
+            }
+        }
+    })
+}
+
+/// `v^p` for `v > 0`, by multiplications for small whole powers (the common p = 3).
+#[inline]
+fn power(v: f32, p: f32) -> f32 {
+    match p {
+        1.0 => v,
+        2.0 => v * v,
+        3.0 => v * v * v,
+        4.0 => (v * v) * (v * v),
+        _ => v.powf(p),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,5 +273,63 @@ mod tests {
             let (ni, ci) = (i / (h * w * c), i % c);
             v == g[ni * c + ci] / 15.0
         }));
+    }
+    #[test]
+    fn generalized_mean_is_the_average_at_p_1_and_its_gradient_matches_differences() {
+        let dims @ [n, h, w, c] = [2, 3, 2, 5];
+        let mut x: Vec<f32> = values(n * h * w * c, 5).iter().map(|v| v.abs()).collect();
+        // A channel of zeros (after a ReLU): finite output and gradient 0.
+        for px in 0..n * h * w {
+            x[px * c + 1] = 0.0;
+        }
+        assert_eq!(generalized_mean(&x, dims, 1.0), global_average(&x, dims));
+        let g = values(n * c, 6);
+        assert_eq!(
+            generalized_mean_backward(&g, &x, &[], dims, 1.0),
+            global_average_backward(&g, dims)
+        );
+        for p in [3.0f32, 2.5] {
+            let y = generalized_mean(&x, dims, p);
+            for ni in 0..n {
+                for ci in 0..c {
+                    let m: f64 = (0..h * w)
+                        .map(|q| {
+                            f64::from(x[(ni * h * w + q) * c + ci].max(GEM_FLOOR))
+                                .powf(f64::from(p))
+                        })
+                        .sum::<f64>()
+                        / 6.0;
+                    let want = m.powf(1.0 / f64::from(p));
+                    assert!((f64::from(y[ni * c + ci]) - want).abs() < 1e-6 * want.max(1e-3));
+                }
+            }
+            // Between the mean and the maximum, at or above the mean.
+            let avg = global_average(&x, dims);
+            assert!(y.iter().zip(&avg).all(|(a, b)| *a >= *b - 1e-6));
+            let dx = generalized_mean_backward(&g, &x, &y, dims, p);
+            let loss = |x: &[f32]| -> f64 {
+                generalized_mean(x, dims, p)
+                    .iter()
+                    .zip(&g)
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum()
+            };
+            for i in (0..x.len()).step_by(3) {
+                if x[i] == 0.0 {
+                    assert_eq!(dx[i], 0.0, "p {p}: floored input {i}");
+                    continue;
+                }
+                let e = 1e-3f32;
+                let (mut up, mut down) = (x.clone(), x.clone());
+                up[i] += e;
+                down[i] -= e;
+                let fd = (loss(&up) - loss(&down)) / (2.0 * f64::from(e));
+                assert!(
+                    (fd - f64::from(dx[i])).abs() < 2e-3 * fd.abs().max(0.05),
+                    "p {p}: input {i}: difference {fd}, gradient {}",
+                    dx[i]
+                );
+            }
+        }
     }
 }

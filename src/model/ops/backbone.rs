@@ -6,7 +6,8 @@
 //! residual sum as two accumulations, and allocates every intermediate afresh; for
 //! ResNet50 at 128 px that was about a third of a training step.
 //! [`ResNet::forward_pooled`] runs the whole backbone — conv, BatchNorm, ReLU,
-//! residual sums, the stem's max-pool and the global average pool — as one
+//! residual sums, the stem's max-pool and the global (average or generalised-mean)
+//! pool — as one
 //! `CustomOp2` whose second operand is the concatenation of the trainable parameters:
 //! Candle's `cat` backward hands each parameter its slice of the op's gradient, so
 //! `loss.backward()` and the optimizer work unchanged. A training step uses
@@ -43,7 +44,7 @@ use vitrine_kernels::pool::{self, MaxPool};
 use super::batch_norm::{running_stats, update_running_stats};
 use super::tensor::contiguous_f32;
 use super::{kernel_error, threads};
-use crate::model::resnet::{Channels, ResNet, STEM_STAGE};
+use crate::model::resnet::{Channels, ResNet, STEM_STAGE, generalized_mean};
 
 /// A conv and the BatchNorm after it, borrowed from the network, and whether they
 /// train in this pass.
@@ -99,9 +100,10 @@ fn walk(net: &ResNet) -> (Vec<Unit<'_>>, Vec<BlockShape>) {
 }
 
 impl ResNet {
-    /// Globally average-pooled features `(N, feature_dim)` of images `xs (N, 3, H, W)`:
-    /// on the CPU in f32 the whole backbone as one op (module docs), elsewhere
-    /// [`ModuleT::forward_t`] + mean.
+    /// Globally pooled features `(N, feature_dim)` of images `xs (N, 3, H, W)` (the
+    /// average, or the generalised mean with `gem_p`): on the CPU in f32 the whole
+    /// backbone as one op (module docs), elsewhere [`ModuleT::forward_t`] +
+    /// [`generalized_mean`].
     ///
     /// In train mode, trainable stages use batch statistics (their running statistics
     /// are updated) and the result carries the gradient of every trainable parameter;
@@ -110,7 +112,7 @@ impl ResNet {
         if Channels::fastest_for(xs) == Channels::Last && xs.rank() == 4 {
             pooled_features(self, xs, train, None)
         } else {
-            self.forward_t(xs, train)?.mean(3)?.mean(2)
+            generalized_mean(&self.forward_t(xs, train)?, self.config().gem_p)
         }
     }
 
@@ -127,7 +129,7 @@ impl ResNet {
         let pooled = if Channels::fastest_for(xs) == Channels::Last && xs.rank() == 4 {
             pooled_features(self, xs, true, Some(&deferred))?
         } else {
-            self.forward_t(xs, true)?.mean(3)?.mean(2)?
+            generalized_mean(&self.forward_t(xs, true)?, self.config().gem_p)?
         };
         Ok((pooled, deferred))
     }
@@ -190,6 +192,7 @@ fn pooled_features(
     let op = BackboneOp {
         blocks,
         plan,
+        gem_p: net.config().gem_p,
         threads: threads(),
         tape: Arc::new(Mutex::new(None)),
         batch_stats: Arc::new(Mutex::new(Vec::new())),
@@ -290,8 +293,10 @@ struct Tape {
     /// (its output, already consumed, is left empty).
     pool: MaxPool,
     blocks: Vec<Option<BlockTape>>,
-    /// Dims of the last feature map (before global pooling).
+    /// The last feature map (before global pooling): its dims, and with a
+    /// generalised-mean pool its values and the pooled output.
     features: [usize; 4],
+    gem: Option<(Act, Vec<f32>)>,
 }
 
 /// The op: `(images (N, 3, H, W), trainable parameters concatenated)` → `(N, C)`.
@@ -300,6 +305,8 @@ struct BackboneOp {
     blocks: Vec<BlockShape>,
     /// Units in forward order: stem, then each block's convs and its downsample.
     plan: Vec<UnitPlan>,
+    /// Exponent of the global generalised-mean pool (1: the average).
+    gem_p: f32,
     /// Threads the conv GEMMs are split over.
     threads: usize,
     tape: Arc<Mutex<Option<Tape>>>,
@@ -498,13 +505,14 @@ impl BackboneOp {
             cur = out;
         }
         let [n, fh, fw, fc] = cur.dims;
-        let pooled = pool::global_average(&cur.data, cur.dims);
+        let pooled = pool::generalized_mean(&cur.data, cur.dims, self.gem_p);
         if record {
             *lock(&self.tape) = Some(Tape {
                 stem: stem_tape,
                 pool,
                 blocks: block_tapes,
                 features: [n, fh, fw, fc],
+                gem: (self.gem_p != 1.0).then(|| (cur, pooled.clone())),
             });
         }
         *lock(&self.batch_stats) = stats_out;
@@ -649,7 +657,12 @@ impl BackboneOp {
         let params = ParamData::new(&self.plan);
         let starts = self.block_starts();
         let first_trainable = self.blocks.iter().position(|b| b.trains);
-        let mut g = pool::global_average_backward(grad, tape.features);
+        let mut g = match &tape.gem {
+            Some((x, y)) => {
+                pool::generalized_mean_backward(grad, &x.data, y, tape.features, self.gem_p)
+            }
+            None => pool::global_average_backward(grad, tape.features),
+        };
         for (b, block) in tape.blocks.iter().enumerate().rev() {
             let Some(block) = block else { break };
             // The gradient is needed below this block only if something there trains.
