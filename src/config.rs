@@ -82,6 +82,8 @@ pub struct ModelConfig {
     /// Embed each image and its mirror image and average them (index, search,
     /// evaluation and validation; never training).
     pub flip_average: bool,
+    /// Embed each image and its colour negative and average them (as `flip_average`).
+    pub invert_average: bool,
     /// Exponent of the generalised-mean pool over the last feature map (1 = average).
     pub gem_p: f32,
     /// Empty: random initialisation; a safetensors file, or `hf:OWNER/NAME[@REV]`
@@ -99,6 +101,7 @@ impl Default for ModelConfig {
             train_from_stage: 0,
             bnneck: true,
             flip_average: false,
+            invert_average: false,
             gem_p: 1.0,
             pretrained: PathBuf::new(),
         }
@@ -114,6 +117,7 @@ impl ModelConfig {
             train_from_stage: self.train_from_stage,
             bnneck: self.bnneck,
             flip_average: self.flip_average,
+            invert_average: self.invert_average,
             gem_p: self.gem_p,
         }
     }

@@ -65,6 +65,7 @@ fn cfg(backbone: Backbone, train_from_stage: usize) -> EmbedderConfig {
         train_from_stage,
         bnneck: false,
         flip_average: false,
+        invert_average: false,
         gem_p: 1.0,
     }
 }

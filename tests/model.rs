@@ -22,6 +22,7 @@ fn cfg(backbone: Backbone, train_from_stage: usize) -> EmbedderConfig {
         train_from_stage,
         bnneck: false,
         flip_average: false,
+        invert_average: false,
         gem_p: 1.0,
     }
 }
@@ -1049,4 +1050,72 @@ fn whole_backbone_op_supports_a_second_backward_on_the_same_graph() {
     );
     assert_eq!(first, second);
     assert!(first.iter().any(|g| *g != 0.0));
+}
+
+/// Normalised images (as the loader makes them) of pixels `p` in `[0, 1]`, `(N, 3, S, S)`.
+fn normalised(pixels: &[f32], n: usize, size: usize) -> Tensor {
+    use vitrine::data::loader::{IMAGENET_MEAN, IMAGENET_STD};
+    let plane = size * size;
+    let v: Vec<f32> = pixels
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| {
+            let c = (i / plane) % 3;
+            (p - IMAGENET_MEAN[c]) / IMAGENET_STD[c]
+        })
+        .collect();
+    Tensor::from_vec(v, (n, 3, size, size), &CPU).expect("images")
+}
+
+#[test]
+fn test_time_views_average_the_mirror_and_the_colour_negative() {
+    let (n, size) = (3, 32);
+    let mut rng = Rng::new(21);
+    let pixels: Vec<f32> = (0..n * 3 * size * size).map(|_| rng.f32()).collect();
+    let negative: Vec<f32> = pixels.iter().map(|p| 1.0 - p).collect();
+    let mirror = |px: &[f32]| -> Vec<f32> {
+        let mut out = px.to_vec();
+        for row in out.chunks_exact_mut(size) {
+            row.reverse();
+        }
+        out
+    };
+    let views = [
+        normalised(&pixels, n, size),
+        normalised(&mirror(&pixels), n, size),
+        normalised(&negative, n, size),
+        normalised(&mirror(&negative), n, size),
+    ];
+    let base = cfg(Backbone::Resnet18, 0);
+    let (plain, varmap) = Embedder::seeded(base, &CPU, 4).expect("embedder");
+    let one = |i: usize| plain.embed(&views[i]).expect("embed");
+    let expected = |ids: &[usize]| -> Vec<f32> {
+        let sum = ids
+            .iter()
+            .map(|&i| one(i))
+            .reduce(|a, b| (a + b).expect("sum"))
+            .expect("views");
+        values(&l2_normalize(&sum).expect("norm"))
+    };
+    for (flip, invert, ids) in [
+        (true, false, &[0, 1][..]),
+        (false, true, &[0, 2][..]),
+        (true, true, &[0, 1, 2, 3][..]),
+    ] {
+        let cfg = EmbedderConfig {
+            flip_average: flip,
+            invert_average: invert,
+            ..base
+        };
+        // Same weights: inference-only settings leave the weights' shape alone.
+        assert_eq!(cfg.weights_shape(), base.weights_shape());
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+        let model = Embedder::new(cfg, vb).expect("same variables");
+        let got = values(&model.embed(&views[0]).expect("embed"));
+        let want = expected(ids);
+        let d = max_rel_diff(&got, &want);
+        assert!(d < 1e-5, "flip {flip} invert {invert}: differs by {d}");
+        // And it is not the plain embedding.
+        assert!(max_rel_diff(&got, &values(&one(0))) > 1e-3);
+    }
 }

@@ -30,6 +30,7 @@ fn resnet18_safetensors() -> (Vec<u8>, HashMap<String, Tensor>) {
         train_from_stage: 0,
         bnneck: false,
         flip_average: false,
+        invert_average: false,
         gem_p: 1.0,
     };
     let (_, varmap) = Embedder::seeded(cfg, &Device::Cpu, 5).expect("model");

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::ops::backbone::DeferredGrads;
 pub use super::resnet::Backbone;
 use super::resnet::{ResNet, ResNetConfig, is_trainable};
+use crate::data::loader::{IMAGENET_MEAN, IMAGENET_STD};
 use crate::fsutil::fnv1a64;
 use crate::rng::Rng;
 
@@ -51,6 +52,10 @@ pub struct EmbedderConfig {
     /// [`EmbedderConfig::weights_shape`]).
     #[serde(skip_serializing_if = "is_false")]
     pub flip_average: bool,
+    /// At inference, the embedding of the image and of its colour negative
+    /// (`1 − pixel`), averaged; inference-only like `flip_average`.
+    #[serde(skip_serializing_if = "is_false")]
+    pub invert_average: bool,
     /// Exponent of the generalised-mean pool over the backbone's last feature map;
     /// 1 is the global average pool, and is left out of the serialised form (runs made
     /// before it existed keep their configuration hash).
@@ -79,6 +84,7 @@ impl Default for EmbedderConfig {
             train_from_stage: 5,
             bnneck: false,
             flip_average: false,
+            invert_average: false,
             gem_p: 1.0,
         }
     }
@@ -91,6 +97,7 @@ impl EmbedderConfig {
     pub fn weights_shape(&self) -> Self {
         Self {
             flip_average: false,
+            invert_average: false,
             ..*self
         }
     }
@@ -222,18 +229,29 @@ impl Embedder {
     }
 
     /// Eval-mode embedding (running BatchNorm statistics, no dropout); with
-    /// `flip_average` the mean of the image's and its mirror image's embeddings, made
-    /// unit again.
+    /// `flip_average` and/or `invert_average` the mean of the embeddings of the image
+    /// and of its mirror image and/or colour negative (all combinations), made unit
+    /// again.
     pub fn embed(&self, xs: &Tensor) -> Result<Tensor> {
-        let ys = self.forward_t(xs, false)?;
-        if !self.cfg.flip_average {
-            return Ok(ys);
+        let mut views = vec![xs.clone()];
+        if self.cfg.flip_average {
+            let width = xs.dim(3)?;
+            let reversed: Vec<u32> = (0..width as u32).rev().collect();
+            let reversed = Tensor::from_vec(reversed, width, xs.device())?;
+            views.push(xs.index_select(&reversed, 3)?);
         }
-        let width = xs.dim(3)?;
-        let reversed: Vec<u32> = (0..width as u32).rev().collect();
-        let reversed = Tensor::from_vec(reversed, width, xs.device())?;
-        let mirrored = self.forward_t(&xs.index_select(&reversed, 3)?, false)?;
-        l2_normalize(&(ys + mirrored)?)
+        if self.cfg.invert_average {
+            let negatives = views.iter().map(negative).collect::<Result<Vec<_>>>()?;
+            views.extend(negatives);
+        }
+        let mut sum = self.forward_t(&views[0], false)?;
+        if views.len() == 1 {
+            return Ok(sum);
+        }
+        for v in &views[1..] {
+            sum = (sum + self.forward_t(v, false)?)?;
+        }
+        l2_normalize(&sum)
     }
 }
 
@@ -292,6 +310,19 @@ impl ModuleT for Embedder {
         let pooled = self.backbone.forward_pooled(xs, train)?;
         self.head_forward(pooled, train)
     }
+}
+
+/// The colour negative of normalised images `(N, 3, H, W)`: the pixels `p` behind
+/// `x = (p − mean) / std` become `1 − p`, so `x' = (1 − 2·mean) / std − x` per channel
+/// (what `augment.invert` does to a training image before normalisation).
+fn negative(xs: &Tensor) -> Result<Tensor> {
+    let offset: Vec<f32> = IMAGENET_MEAN
+        .iter()
+        .zip(IMAGENET_STD)
+        .map(|(m, s)| (1.0 - 2.0 * m) / s)
+        .collect();
+    let offset = Tensor::from_vec(offset, (1, 3, 1, 1), xs.device())?.to_dtype(xs.dtype())?;
+    xs.neg()?.broadcast_add(&offset)
 }
 
 /// Rows divided by their L2 norm, the norm floored at 1e-12 so zero rows stay finite.
