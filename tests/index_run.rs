@@ -193,6 +193,18 @@ fn index_then_search_and_the_errors_users_meet() {
     let err = Searcher::open(&run, &CheckpointChoice::Path(other)).expect_err("stale");
     assert!(matches!(err, SearchError::Stale(_)), "{err}");
     assert!(err.to_string().contains("re-index"), "{err}");
+    // The same weights embedding differently (a test-time view switched on in the
+    // run's settings after indexing): also stale, not silently mixed.
+    let settings = run.join("config.toml");
+    let text = std::fs::read_to_string(&settings).expect("settings");
+    assert!(text.contains("invert_average = false"), "{text}");
+    let views = text.replace("invert_average = false", "invert_average = true");
+    std::fs::write(&settings, views).expect("write");
+    let err = Searcher::open(&run, &CheckpointChoice::Best).expect_err("other views");
+    assert!(matches!(err, SearchError::Stale(_)), "{err}");
+    assert!(err.to_string().contains("+negative"), "{err}");
+    std::fs::write(&settings, text).expect("restore");
+    Searcher::open(&run, &CheckpointChoice::Best).expect("the index's own settings again");
     // Unreadable query, wrong vector width, missing checkpoint.
     let text = tmp.path().join("not-an-image.jpg");
     std::fs::write(&text, "hello").expect("write");

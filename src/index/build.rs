@@ -45,7 +45,7 @@ pub enum BuildError {
         "the embedding of {0} is not finite (NaN or infinite values): the checkpoint's weights are damaged"
     )]
     NotFinite(String),
-    #[error("{} was built with other weights (fingerprint {index}) than {checkpoint} ({model}); rebuild it with `vitrine index --run {}` instead of --add", dir.display(), run.display())]
+    #[error("{} was built with other weights or embedding settings (fingerprint {index}) than {checkpoint} ({model}); rebuild it with `vitrine index --run {}` instead of --add", dir.display(), run.display())]
     Stale {
         dir: PathBuf,
         run: PathBuf,

@@ -1,6 +1,7 @@
 //! The embedder an index is built with: the run's model settings (its
 //! `config.toml`), weights from a checkpoint (or a seeded, untrained network), and
-//! the weights' fingerprint that ties an index to them.
+//! the fingerprint that ties an index to them: the weights', and the settings that
+//! embed the same weights differently.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -10,8 +11,8 @@ use candle_core::Device;
 use candle_nn::VarMap;
 
 use crate::config::{Config, ConfigError};
-use crate::model::Embedder;
 use crate::model::checkpoint::{self, CheckpointError};
+use crate::model::{Embedder, EmbedderConfig};
 use crate::run::device;
 use crate::run::folder::CheckpointKind;
 use crate::run::folder::RunDir;
@@ -98,8 +99,27 @@ pub struct LoadedModel {
     pub device: Device,
     /// `None` for the untrained network.
     pub checkpoint: Option<PathBuf>,
-    /// [`checkpoint::fingerprint`] of the weights.
+    /// [`embedding_fingerprint`] of the weights and settings.
     pub fingerprint: String,
+}
+
+/// What an index records of the embedder that filled it: the weights'
+/// [`checkpoint::fingerprint`], followed by the settings that change the embedding of
+/// the same weights — the generalised-mean pool and the test-time views — when they
+/// are not the defaults (so the fingerprints of indexes made before those settings
+/// existed still match). A gallery embedded one way is then never searched with
+/// queries embedded another: changing `model.invert_average` in a run's
+/// `config.toml` asks for a re-index instead of silently mixing the two.
+pub fn embedding_fingerprint(weights: String, cfg: &EmbedderConfig) -> String {
+    let gem = (cfg.gem_p != 1.0).then(|| format!("+gem{}", cfg.gem_p));
+    let mirror = cfg.flip_average.then_some("+mirror");
+    let negative = cfg.invert_average.then_some("+negative");
+    format!(
+        "{weights}{}{}{}",
+        gem.unwrap_or_default(),
+        mirror.unwrap_or_default(),
+        negative.unwrap_or_default()
+    )
 }
 
 impl fmt::Debug for LoadedModel {
@@ -179,7 +199,7 @@ pub fn load_model(
         }
         None => None,
     };
-    let fingerprint = checkpoint::fingerprint(&varmap)?;
+    let fingerprint = embedding_fingerprint(checkpoint::fingerprint(&varmap)?, &embedder.config());
     Ok(LoadedModel {
         embedder,
         varmap,

@@ -79,7 +79,7 @@ pub enum PgError {
         model: usize,
     },
     #[error(
-        "version {version} of {table} in {url} was made by other weights (fingerprint {index}) than this model's ({model}): re-index it with `vitrine index --backend postgres`"
+        "version {version} of {table} in {url} was made by other weights or embedding settings (fingerprint {index}) than this model's ({model}): re-index it with `vitrine index --backend postgres`"
     )]
     Stale {
         url: String,

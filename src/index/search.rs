@@ -51,9 +51,9 @@ pub enum SearchError {
     Postgres(#[from] PgError),
 }
 
-/// An index built with other weights than the checkpoint asked for.
+/// An index built with other weights (or embedding settings) than the checkpoint asked for.
 #[derive(Debug, thiserror::Error)]
-#[error("{} was built with other weights (fingerprint {index}, from {}) than {checkpoint} (fingerprint {model}): re-index with `vitrine index --run {}`", dir.display(), if index_checkpoint.is_empty() { "an untrained model" } else { index_checkpoint.as_str() }, run.display())]
+#[error("{} was built with other weights or embedding settings (fingerprint {index}, from {}) than {checkpoint} (fingerprint {model}): re-index with `vitrine index --run {}`", dir.display(), if index_checkpoint.is_empty() { "an untrained model" } else { index_checkpoint.as_str() }, run.display())]
 pub struct StaleIndex {
     pub dir: PathBuf,
     pub run: PathBuf,
