@@ -47,6 +47,11 @@ pub struct AugmentConfig {
     /// `1 − (max − min)` over 3×3 (a morphological gradient), so a filled glyph turns
     /// into its contour and a stroke into a double line, dark on light.
     pub outline: f32,
+    /// Probability of redrawing an outline drawing filled: on a picture with a plain
+    /// border, the ground the border's colour does not reach from the edge takes the
+    /// ink's colour and the ink inside it the ground's (cut-outs), as a filled icon
+    /// style draws it. Pictures on clutter are left alone.
+    pub fill: f32,
 }
 
 impl Default for AugmentConfig {
@@ -64,6 +69,7 @@ impl Default for AugmentConfig {
             morph: 0.0,
             invert: 0.3,
             outline: 0.0,
+            fill: 0.0,
         }
     }
 }
@@ -94,6 +100,7 @@ impl AugmentConfig {
         unit("morph", self.morph, 0.0)?;
         unit("invert", self.invert, 0.0)?;
         unit("outline", self.outline, 0.0)?;
+        unit("fill", self.fill, 0.0)?;
         if !(0.0..=0.9).contains(&self.shrink) {
             return Err(("augment.shrink".into(), "must be between 0 and 0.9".into()));
         }
@@ -173,6 +180,9 @@ pub fn photometric(chw: &mut [f32], size: usize, cfg: &AugmentConfig, rng: &mut 
             }
         }
     }
+    if cfg.fill > 0.0 && rng.chance(cfg.fill) {
+        fill_enclosed(chw, size);
+    }
     if rng.chance(cfg.flip) {
         for row in chw.chunks_exact_mut(size) {
             row.reverse();
@@ -205,6 +215,99 @@ pub fn photometric(chw: &mut [f32], size: usize, cfg: &AugmentConfig, rng: &mut 
             gaussian_blur(p, size, sigma);
         }
     }
+}
+
+/// Largest per-channel difference from the ground colour of a pixel that counts as
+/// ground.
+const GROUND_TOLERANCE: f32 = 0.2;
+
+/// Smallest share of border pixels of the ground colour for a picture to count as a
+/// drawing on a plain ground.
+const PLAIN_BORDER: f32 = 0.9;
+
+/// [`AugmentConfig::fill`] on a CHW picture in `[0, 1]`. The ground colour is the
+/// border's per-channel median, and the outside is the ground a walk from the border
+/// reaches; the rim is the ink that touches the outside. Ground the walk cannot reach
+/// (the inside of an outline) takes the ink's mean colour, and ink inside that is not
+/// part of the rim (a die's pips, a coin's `$`) takes the ground's: the cut-outs a
+/// filled icon style draws. Nothing happens where the border is not plain (clutter)
+/// or there is no ink.
+fn fill_enclosed(chw: &mut [f32], size: usize) {
+    let plane = size * size;
+    if size < 3 {
+        return;
+    }
+    let border: Vec<usize> = (0..size)
+        .flat_map(|i| [i, (size - 1) * size + i, i * size, i * size + size - 1])
+        .collect();
+    let ground: Vec<f32> = (0..3)
+        .map(|c| {
+            let mut v: Vec<f32> = border.iter().map(|&i| chw[c * plane + i]).collect();
+            v.sort_by(f32::total_cmp);
+            v[v.len() / 2]
+        })
+        .collect();
+    let is_ground: Vec<bool> = (0..plane)
+        .map(|i| (0..3).all(|c| (chw[c * plane + i] - ground[c]).abs() < GROUND_TOLERANCE))
+        .collect();
+    let plain = border.iter().filter(|&&i| is_ground[i]).count();
+    if (plain as f32) < PLAIN_BORDER * border.len() as f32 || is_ground.iter().all(|&g| g) {
+        return;
+    }
+    let outside = reach(size, border.iter().copied(), |i| is_ground[i]);
+    let touches_outside = |i: usize| {
+        neighbours(i, size)
+            .into_iter()
+            .flatten()
+            .any(|j| outside[j])
+    };
+    let rim = reach(
+        size,
+        (0..plane).filter(|&i| !is_ground[i] && touches_outside(i)),
+        |i| !is_ground[i],
+    );
+    let ink_pixels = is_ground.iter().filter(|&&g| !g).count() as f32;
+    let ink: Vec<f32> = (0..3)
+        .map(|c| {
+            let values = chw[c * plane..(c + 1) * plane].iter().zip(&is_ground);
+            values.filter(|(_, g)| !**g).map(|(v, _)| v).sum::<f32>() / ink_pixels
+        })
+        .collect();
+    for i in (0..plane).filter(|&i| !outside[i] && !rim[i]) {
+        let colour = if is_ground[i] { &ink } else { &ground };
+        for (c, &v) in colour.iter().enumerate() {
+            chw[c * plane + i] = v;
+        }
+    }
+}
+
+/// The pixels a 4-connected walk over pixels where `open` holds reaches from `seeds`.
+fn reach(
+    size: usize,
+    seeds: impl Iterator<Item = usize>,
+    open: impl Fn(usize) -> bool,
+) -> Vec<bool> {
+    let mut seen = vec![false; size * size];
+    let mut stack: Vec<usize> = seeds.collect();
+    while let Some(i) = stack.pop() {
+        if seen[i] || !open(i) {
+            continue;
+        }
+        seen[i] = true;
+        stack.extend(neighbours(i, size).into_iter().flatten());
+    }
+    seen
+}
+
+/// The 4-connected neighbours of pixel `i` in a `size`² picture.
+fn neighbours(i: usize, size: usize) -> [Option<usize>; 4] {
+    let (y, x) = (i / size, i % size);
+    [
+        (x > 0).then(|| i - 1),
+        (x + 1 < size).then(|| i + 1),
+        (y > 0).then(|| i - size),
+        (y + 1 < size).then(|| i + size),
+    ]
 }
 
 fn luma(r: f32, g: f32, b: f32) -> f32 {
@@ -424,6 +527,7 @@ mod tests {
             blur: 0.0,
             morph: 0.0,
             outline: 0.0,
+            fill: 0.0,
             ..AugmentConfig::default()
         }
     }
@@ -466,5 +570,50 @@ mod tests {
         for (x, y) in base.iter().zip(&out) {
             assert!((x + y - 1.0).abs() < 1e-6);
         }
+    }
+
+    #[test]
+    fn fill_turns_an_outlined_square_into_a_filled_one_with_cut_outs_and_leaves_clutter_alone() {
+        let size = 16;
+        // A dark square outline (rows/columns 4 and 11) on a light ground.
+        let mut plane = vec![0.9f32; size * size];
+        for k in 4..12 {
+            for (y, x) in [(4, k), (11, k), (k, 4), (k, 11)] {
+                plane[y * size + x] = 0.1;
+            }
+        }
+        // A dot inside it: a cut-out once the square is filled.
+        plane[7 * size + 7] = 0.1;
+        let base: Vec<f32> = plane.iter().chain(&plane).chain(&plane).copied().collect();
+        let cfg = AugmentConfig {
+            fill: 1.0,
+            ..every_change_off()
+        };
+        let mut out = base.clone();
+        photometric(&mut out, size, &cfg, &mut Rng::new(5));
+        let at = |o: &[f32], x: usize, y: usize| o[y * size + x];
+        // Inside the outline: now ink, but for the dot, now ground; the outline stays
+        // ink and the outside ground.
+        assert!((at(&out, 6, 6) - 0.1).abs() < 1e-6);
+        assert!((at(&out, 9, 8) - 0.1).abs() < 1e-6);
+        assert_eq!(at(&out, 7, 7), 0.9);
+        assert_eq!(at(&out, 4, 7), 0.1);
+        assert_eq!(at(&out, 1, 1), 0.9);
+        assert_eq!(at(&out, 13, 7), 0.9);
+        // A border of clutter: untouched.
+        let mut cluttered = base.clone();
+        for (i, v) in cluttered.iter_mut().enumerate() {
+            let (y, x) = ((i / size) % size, i % size);
+            if y == 0 || x == 0 || y == size - 1 || x == size - 1 {
+                *v = (i % 7) as f32 / 6.0;
+            }
+        }
+        let mut out = cluttered.clone();
+        photometric(&mut out, size, &cfg, &mut Rng::new(5));
+        assert_eq!(out, cluttered);
+        // Off (the default): the stream of draws and the picture are unchanged.
+        let mut out = base.clone();
+        photometric(&mut out, size, &every_change_off(), &mut Rng::new(5));
+        assert_eq!(out, base);
     }
 }
