@@ -7,10 +7,9 @@
 //! ResNet50 at 128 px that was about a third of a training step.
 //! [`ResNet::forward_pooled`] runs the whole backbone — conv, BatchNorm, ReLU,
 //! residual sums, the stem's max-pool and the global (average or generalised-mean)
-//! pool — as one
-//! `CustomOp2` whose second operand is the concatenation of the trainable parameters:
-//! Candle's `cat` backward hands each parameter its slice of the op's gradient, so
-//! `loss.backward()` and the optimizer work unchanged. A training step uses
+//! pool — as one `CustomOp2` whose second operand is the concatenation of the
+//! trainable parameters: Candle's `cat` backward hands each parameter its slice of
+//! the op's gradient, so `loss.backward()` and the optimizer work unchanged. A training step uses
 //! [`ResNet::forward_pooled_deferred`] instead, which skips that concatenation and
 //! hands the same gradients over after the backward pass ([`DeferredGrads`]).
 //! Activations are channels-last; the math is `vitrine_kernels`' (conv, norm, pool,
@@ -293,9 +292,10 @@ struct Tape {
     /// (its output, already consumed, is left empty).
     pool: MaxPool,
     blocks: Vec<Option<BlockTape>>,
-    /// The last feature map (before global pooling): its dims, and with a
-    /// generalised-mean pool its values and the pooled output.
+    /// Dims of the last feature map (before global pooling).
     features: [usize; 4],
+    /// With a generalised-mean pool, what its backward needs: the last feature map
+    /// and the pooled output.
     gem: Option<(Act, Vec<f32>)>,
 }
 
