@@ -17,7 +17,7 @@ use crate::data::augment::AugmentConfig;
 use crate::data::deepfashion::GalleryProtocol;
 use crate::data::sampler::SamplerKind;
 use crate::model::embedder::MAX_GEM_P;
-use crate::model::{Backbone, EmbedderConfig, LossConfig, LossKind};
+use crate::model::{Backbone, EmbedderConfig, LossConfig, LossKind, Precision};
 
 /// The shipped, documented defaults.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config.toml");
@@ -86,6 +86,8 @@ pub struct ModelConfig {
     pub invert_average: bool,
     /// Exponent of the generalised-mean pool over the last feature map (1 = average).
     pub gem_p: f32,
+    /// The numbers the backbone's convs multiply when embedding (training is f32).
+    pub precision: Precision,
     /// Empty: random initialisation; a safetensors file, or `hf:OWNER/NAME[@REV]`
     /// (resolved from the Hugging Face cache, never downloaded here).
     pub pretrained: PathBuf,
@@ -103,6 +105,7 @@ impl Default for ModelConfig {
             flip_average: false,
             invert_average: false,
             gem_p: 1.0,
+            precision: Precision::Fp32,
             pretrained: PathBuf::new(),
         }
     }
@@ -119,6 +122,7 @@ impl ModelConfig {
             flip_average: self.flip_average,
             invert_average: self.invert_average,
             gem_p: self.gem_p,
+            precision: self.precision,
         }
     }
 }

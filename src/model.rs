@@ -10,5 +10,5 @@ pub mod ops;
 pub mod resnet;
 
 pub use checkpoint::CheckpointError;
-pub use embedder::{Backbone, Embedder, EmbedderConfig, ParamGroups};
+pub use embedder::{Backbone, Embedder, EmbedderConfig, ParamGroups, Precision};
 pub use loss::{Criterion, LossConfig, LossKind, LossStats, Mining, TripletLoss};

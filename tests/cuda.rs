@@ -27,7 +27,9 @@ use std::io::Write;
 use candle_core::{Device, ModuleT, Tensor};
 use vitrine::config::DeviceChoice;
 use vitrine::model::checkpoint;
-use vitrine::model::{Backbone, Criterion, Embedder, EmbedderConfig, LossConfig, LossKind, Mining};
+use vitrine::model::{
+    Backbone, Criterion, Embedder, EmbedderConfig, LossConfig, LossKind, Mining, Precision,
+};
 use vitrine::rng::Rng;
 use vitrine::run::device;
 use vitrine::train::events::{RunStarted, TrainEvent};
@@ -67,6 +69,7 @@ fn cfg(backbone: Backbone, train_from_stage: usize) -> EmbedderConfig {
         flip_average: false,
         invert_average: false,
         gem_p: 1.0,
+        precision: Precision::Fp32,
     }
 }
 

@@ -203,6 +203,11 @@ fn index_then_search_and_the_errors_users_meet() {
     let err = Searcher::open(&run, &CheckpointChoice::Best).expect_err("other views");
     assert!(matches!(err, SearchError::Stale(_)), "{err}");
     assert!(err.to_string().contains("+negative"), "{err}");
+    assert!(text.contains("precision = \"fp32\""), "{text}");
+    let bf16 = text.replace("precision = \"fp32\"", "precision = \"bf16\"");
+    std::fs::write(&settings, bf16).expect("write");
+    let err = Searcher::open(&run, &CheckpointChoice::Best).expect_err("bf16");
+    assert!(err.to_string().contains("+bf16"), "{err}");
     std::fs::write(&settings, text).expect("restore");
     Searcher::open(&run, &CheckpointChoice::Best).expect("the index's own settings again");
     // Unreadable query, wrong vector width, missing checkpoint.

@@ -9,7 +9,7 @@ use vitrine::model::checkpoint::{self, CheckpointError};
 use vitrine::model::embedder::l2_normalize;
 use vitrine::model::loss::{Mining, TripletLoss, offline_triplet_loss, online_triplet_loss};
 use vitrine::model::resnet::{Channels, ResNet, ResNetConfig, generalized_mean, max_pool_3x3_s2};
-use vitrine::model::{Backbone, Embedder, EmbedderConfig};
+use vitrine::model::{Backbone, Embedder, EmbedderConfig, Precision};
 use vitrine::rng::Rng;
 
 const CPU: Device = Device::Cpu;
@@ -24,6 +24,7 @@ fn cfg(backbone: Backbone, train_from_stage: usize) -> EmbedderConfig {
         flip_average: false,
         invert_average: false,
         gem_p: 1.0,
+        precision: Precision::Fp32,
     }
 }
 
@@ -1118,4 +1119,37 @@ fn test_time_views_average_the_mirror_and_the_colour_negative() {
         // And it is not the plain embedding.
         assert!(max_rel_diff(&got, &values(&one(0))) > 1e-3);
     }
+}
+
+#[test]
+fn bf16_embeddings_stay_close_to_the_f32_ones() {
+    let (n, size) = (4, 64);
+    let mut rng = Rng::new(33);
+    let pixels: Vec<f32> = (0..n * 3 * size * size).map(|_| rng.f32()).collect();
+    let images = normalised(&pixels, n, size);
+    let base = cfg(Backbone::Resnet18, 0);
+    let (fp32, varmap) = Embedder::seeded(base, &CPU, 8).expect("embedder");
+    let cfg = EmbedderConfig {
+        precision: Precision::Bf16,
+        ..base
+    };
+    assert_eq!(cfg.weights_shape(), base.weights_shape());
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
+    let bf16 = Embedder::new(cfg, vb).expect("same variables");
+    let (a, b) = (
+        values(&fp32.embed(&images).expect("f32")),
+        values(&bf16.embed(&images).expect("bf16")),
+    );
+    for (i, (x, y)) in a.chunks_exact(512).zip(b.chunks_exact(512)).enumerate() {
+        let cos: f32 = x.iter().zip(y).map(|(p, q)| p * q).sum();
+        assert!(cos > 0.995, "image {i}: cosine {cos}");
+    }
+    // And the rounding happened: not the f32 embedding itself.
+    assert!(max_rel_diff(&a, &b) > 1e-4);
+    // Training stays f32: the same batch statistics either way.
+    let (ta, tb) = (
+        fp32.forward_t(&images, true).expect("train f32"),
+        bf16.forward_t(&images, true).expect("train bf16"),
+    );
+    assert_eq!(values(&ta), values(&tb));
 }

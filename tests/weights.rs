@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use candle_core::{DType, Device, Tensor};
-use vitrine::model::{Backbone, Embedder, EmbedderConfig};
+use vitrine::model::{Backbone, Embedder, EmbedderConfig, Precision};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vitrine");
 const COMMIT: &str = "8f7c3b2a1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a";
@@ -32,6 +32,7 @@ fn resnet18_safetensors() -> (Vec<u8>, HashMap<String, Tensor>) {
         flip_average: false,
         invert_average: false,
         gem_p: 1.0,
+        precision: Precision::Fp32,
     };
     let (_, varmap) = Embedder::seeded(cfg, &Device::Cpu, 5).expect("model");
     let mut tensors: HashMap<String, Tensor> = varmap

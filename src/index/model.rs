@@ -12,7 +12,7 @@ use candle_nn::VarMap;
 
 use crate::config::{Config, ConfigError};
 use crate::model::checkpoint::{self, CheckpointError};
-use crate::model::{Embedder, EmbedderConfig};
+use crate::model::{Embedder, EmbedderConfig, Precision};
 use crate::run::device;
 use crate::run::folder::CheckpointKind;
 use crate::run::folder::RunDir;
@@ -114,11 +114,13 @@ pub fn embedding_fingerprint(weights: String, cfg: &EmbedderConfig) -> String {
     let gem = (cfg.gem_p != 1.0).then(|| format!("+gem{}", cfg.gem_p));
     let mirror = cfg.flip_average.then_some("+mirror");
     let negative = cfg.invert_average.then_some("+negative");
+    let bf16 = (cfg.precision == Precision::Bf16).then_some("+bf16");
     format!(
-        "{weights}{}{}{}",
+        "{weights}{}{}{}{}",
         gem.unwrap_or_default(),
         mirror.unwrap_or_default(),
-        negative.unwrap_or_default()
+        negative.unwrap_or_default(),
+        bf16.unwrap_or_default()
     )
 }
 

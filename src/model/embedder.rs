@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::ops::backbone::DeferredGrads;
-pub use super::resnet::Backbone;
+pub use super::resnet::{Backbone, Precision};
 use super::resnet::{ResNet, ResNetConfig, is_trainable};
 use crate::data::loader::{IMAGENET_MEAN, IMAGENET_STD};
 use crate::fsutil::fnv1a64;
@@ -61,6 +61,15 @@ pub struct EmbedderConfig {
     /// before it existed keep their configuration hash).
     #[serde(skip_serializing_if = "is_one")]
     pub gem_p: f32,
+    /// At inference, the numbers the backbone's convs multiply; inference-only like
+    /// `flip_average` (training is f32).
+    #[serde(skip_serializing_if = "is_fp32")]
+    pub precision: Precision,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_fp32(p: &Precision) -> bool {
+    *p == Precision::Fp32
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)]
@@ -86,6 +95,7 @@ impl Default for EmbedderConfig {
             flip_average: false,
             invert_average: false,
             gem_p: 1.0,
+            precision: Precision::Fp32,
         }
     }
 }
@@ -98,6 +108,7 @@ impl EmbedderConfig {
         Self {
             flip_average: false,
             invert_average: false,
+            precision: Precision::Fp32,
             ..*self
         }
     }
@@ -107,6 +118,7 @@ impl EmbedderConfig {
             backbone: self.backbone,
             train_from_stage: self.train_from_stage,
             gem_p: self.gem_p,
+            precision: self.precision,
         }
     }
 }

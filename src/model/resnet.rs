@@ -45,6 +45,28 @@ pub enum Backbone {
     Resnet50,
 }
 
+/// `model.precision`: the numbers the backbone's convs multiply when embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 throughout.
+    #[default]
+    Fp32,
+    /// Conv inputs and kernels rounded to bfloat16, sums in f32 (CPU only): on AMX
+    /// tiles where the CPU has them, emulated (slower than f32) elsewhere.
+    Bf16,
+}
+
+impl Precision {
+    /// The kernels' setting for a forward pass.
+    pub fn kernel(self) -> vitrine_kernels::conv::Precision {
+        match self {
+            Self::Fp32 => vitrine_kernels::conv::Precision::F32,
+            Self::Bf16 => vitrine_kernels::conv::Precision::Bf16,
+        }
+    }
+}
+
 impl Backbone {
     /// The lowercase name used in configs and file metadata (`"resnet18"`, …).
     pub fn as_str(self) -> &'static str {
@@ -89,6 +111,9 @@ pub struct ResNetConfig {
     /// Exponent of the generalised-mean pool over the last feature map
     /// ([`generalized_mean`]): 1 is the global average pool.
     pub gem_p: f32,
+    /// The numbers the convs multiply at inference (eval mode; training is f32):
+    /// bf16 runs on the CPU only.
+    pub precision: Precision,
 }
 
 impl Default for ResNetConfig {
@@ -97,6 +122,7 @@ impl Default for ResNetConfig {
             backbone: Backbone::default(),
             train_from_stage: 0,
             gem_p: 1.0,
+            precision: Precision::Fp32,
         }
     }
 }

@@ -22,6 +22,7 @@
 //! Inputs are `x (N, H, W, C)` and torch's kernel layout `w (K, C, KH, KW)`, outputs
 //! `(N, OH, OW, K)`; gradients come back in the layouts of `x` and `w`.
 
+mod bf16;
 mod gemm;
 mod im2col;
 mod winograd;
@@ -31,7 +32,9 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use self::gemm::{Mat, as_uninit, filled, matmul, matmul_rows};
+use self::bf16::{Packed, matmul_bf16};
+pub use self::bf16::{amx_available, round_bf16};
+use self::gemm::{Mat, as_uninit, filled, matmul, written};
 use self::im2col::{col2im, im2col, im2col_rows, kernel_to_taps, taps_to_kernel};
 use self::winograd::Tiling;
 use crate::Error;
@@ -189,17 +192,32 @@ pub struct Forward<'a> {
     /// Threads the GEMMs are split over (1: single-threaded GEMMs); also picks how
     /// Winograd chunks the batch. The work runs on the caller's rayon pool.
     pub threads: usize,
+    /// The GEMMs' operands: f32, or rounded to bf16 (inference only).
+    pub precision: Precision,
 }
 
 impl Forward<'_> {
-    /// A plain forward, nothing applied to the output.
+    /// A plain f32 forward, nothing applied to the output.
     pub fn plain(threads: usize) -> Self {
         Self {
             then: None,
             shortcut: None,
             threads,
+            precision: Precision::F32,
         }
     }
+}
+
+/// The numbers a forward conv's GEMMs multiply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 operands and sums.
+    #[default]
+    F32,
+    /// Input and kernel rounded to bfloat16 (8 bits of mantissa), sums in f32: on
+    /// AMX tiles where the CPU has them ([`amx_available`]), emulated elsewhere with
+    /// the same rounding. For inference: no gradient is defined through it.
+    Bf16,
 }
 
 /// `y (N, OH, OW, K)` of `x (N, H, W, C)` ⋆ `wt (K, C, KH, KW)`.
@@ -208,13 +226,16 @@ pub fn forward(x: &[f32], wt: &[f32], g: &Geom, how: Forward<'_>) -> Vec<f32> {
         then,
         shortcut,
         threads,
+        precision,
     } = how;
     assert!(
         shortcut.is_none() || then.is_some(),
         "conv::forward: a shortcut without its BatchNorm"
     );
     let (m, ckk) = (g.m(), g.ckk());
-    if g.is_winograd() {
+    // bf16 rounds what its GEMMs multiply; Winograd's transformed operands lose ~6%
+    // of the output's scale that way (F(4×4)), so bf16 convs take the GEMM path.
+    if g.is_winograd() && precision == Precision::F32 {
         let tiling = Tiling::choose(g.n, g.h, g.w);
         if let (Some(f), Some(s)) = (then, shortcut) {
             let mut y = forward_winograd(x, wt, g, tiling, None, threads);
@@ -239,16 +260,22 @@ pub fn forward(x: &[f32], wt: &[f32], g: &Geom, how: Forward<'_>) -> Vec<f32> {
     // Y (M×K, row-major) = cols (M×CKK) · W'ᵀ (W' is (K, CKK) row-major).
     let rhs = Mat::rows_t(w_taps, ckk);
     let k = g.k;
+    // Packed once for all row blocks.
+    let packed = (precision == Precision::Bf16).then(|| Packed::new(ckk, k, &rhs));
+    let gemm = |px: usize, y: &mut [MaybeUninit<f32>], lhs: &Mat, threads: usize| match &packed {
+        Some(p) => matmul_bf16(px, y, lhs, p, threads),
+        None => matmul((px, k, ckk), y, (k, 1), lhs, &rhs, threads),
+    };
     let Some(block) = forward_block(g, threads) else {
         // Too few rows to give each thread blocks worth repacking the kernel for: one
         // GEMM (split inside `matmul`), then `then` as a pass of its own.
         let mut y = filled(m * k, |y| {
             if g.pointwise() {
-                matmul((m, k, ckk), y, (k, 1), &Mat::rows(x, ckk), &rhs, threads);
+                gemm(m, y, &Mat::rows(x, ckk), threads);
             } else {
                 with_scratch([m * ckk, 0], |cols, _| {
                     im2col(x, g, cols);
-                    matmul((m, k, ckk), y, (k, 1), &Mat::rows(cols, ckk), &rhs, threads);
+                    gemm(m, y, &Mat::rows(cols, ckk), threads);
                 });
             }
         });
@@ -266,11 +293,11 @@ pub fn forward(x: &[f32], wt: &[f32], g: &Geom, how: Forward<'_>) -> Vec<f32> {
         let (first, px) = (b * block, yb.len() / k);
         let yb = if g.pointwise() {
             let lhs = Mat::rows(&x[first * ckk..], ckk);
-            matmul_rows((px, k, ckk), yb, &lhs, &rhs)
+            written(yb, |yb| gemm(px, yb, &lhs, 1))
         } else {
             with_scratch([px * ckk, 0], |cols, _| {
                 im2col_rows(x, g, first / g.ow, cols);
-                matmul_rows((px, k, ckk), yb, &Mat::rows(cols, ckk), &rhs)
+                written(yb, |yb| gemm(px, yb, &Mat::rows(cols, ckk), 1))
             })
         };
         epilogue(first * k, yb);
@@ -677,8 +704,7 @@ mod tests {
         apply_in_place(&mut separate, &then);
         let how = Forward {
             then: Some(&then),
-            shortcut: None,
-            threads: 2,
+            ..Forward::plain(2)
         };
         assert_eq!(forward(&x, &wt, &g, how), separate);
     }
@@ -712,7 +738,7 @@ mod tests {
                 let how = Forward {
                     then: Some(&then),
                     shortcut: Some(s),
-                    threads: 2,
+                    ..Forward::plain(2)
                 };
                 assert_eq!(
                     forward(x, &wt, &g, how),
@@ -779,6 +805,43 @@ mod tests {
             }
         }
         (y, dx, dw)
+    }
+
+    #[test]
+    fn bf16_forwards_multiply_the_rounded_operands() {
+        // im2col (strided), 1×1 by row blocks and as one split GEMM, the 7×7 stem, and
+        // a 3×3 that f32 runs by Winograd: each the f64 conv of the rounded operands
+        // to the f32 summation order.
+        type Case = ([usize; 4], [usize; 3], (usize, usize), bool);
+        let cases: [Case; 5] = [
+            ([2, 9, 9, 16], [5, 3, 3], (2, 1), false),
+            ([4, 30, 30, 5], [3, 1, 1], (1, 0), false),
+            ([1, 6, 7, 40], [33, 1, 1], (1, 0), false),
+            ([1, 13, 13, 3], [8, 7, 7], (2, 3), false),
+            ([4, 33, 31, 19], [21, 3, 3], (1, 1), true),
+        ];
+        let round = |v: &[f32]| v.iter().map(|&x| round_bf16(x)).collect::<Vec<_>>();
+        for (i, &(dims @ [n, h, w, c], kdims @ [k, kh, kw], sp, winograd)) in
+            cases.iter().enumerate()
+        {
+            let x = values(n * h * w * c, 80 + i as u64);
+            let wt = values(k * c * kh * kw, 90 + i as u64);
+            let g = Geom::new(&dims, &[k, c, kh, kw], sp.0, sp.1).expect("geom");
+            assert_eq!(g.is_winograd(), winograd, "case {i}");
+            let none = vec![0f32; n * g.oh * g.ow * k];
+            let (exact, _, _) = direct_general(&x, &wt, &none, dims, kdims, sp);
+            let (rounded, _, _) = direct_general(&round(&x), &round(&wt), &none, dims, kdims, sp);
+            for threads in [1, 2] {
+                let how = Forward {
+                    precision: Precision::Bf16,
+                    ..Forward::plain(threads)
+                };
+                let y = forward(&x, &wt, &g, how);
+                let (to_exact, to_rounded) = (rel_err(&y, &exact), rel_err(&y, &rounded));
+                let case = format!("case {i} threads {threads}: {to_exact} {to_rounded}");
+                assert!(to_rounded < 1e-5 && to_exact > 1e-4, "{case}");
+            }
+        }
     }
 
     #[test]

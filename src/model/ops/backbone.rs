@@ -32,7 +32,7 @@ use candle_core::{
 };
 use candle_nn::{BatchNorm, Conv2d};
 use vitrine_kernels::buffer;
-use vitrine_kernels::conv::{self, Forward, Geom, Wanted};
+use vitrine_kernels::conv::{self, Forward, Geom, Precision, Wanted};
 use vitrine_kernels::elementwise::{
     Affine, Shortcut, add_assign, apply, apply_in_place, relu_mask, residual_relu,
     residual_relu_to, transpose_blocks,
@@ -110,6 +110,11 @@ impl ResNet {
     pub fn forward_pooled(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         if Channels::fastest_for(xs) == Channels::Last && xs.rank() == 4 {
             pooled_features(self, xs, train, None)
+        } else if !train && self.config().precision == super::super::resnet::Precision::Bf16 {
+            candle_core::bail!(
+                "model.precision = \"bf16\" embeds on the CPU only (device {:?}); use \"fp32\"",
+                xs.device()
+            )
         } else {
             generalized_mean(&self.forward_t(xs, train)?, self.config().gem_p)
         }
@@ -193,6 +198,12 @@ fn pooled_features(
         plan,
         gem_p: net.config().gem_p,
         threads: threads(),
+        // Training is f32 throughout; bf16 is for embedding.
+        precision: if train {
+            Precision::F32
+        } else {
+            net.config().precision.kernel()
+        },
         tape: Arc::new(Mutex::new(None)),
         batch_stats: Arc::new(Mutex::new(Vec::new())),
         deferred: deferred.cloned(),
@@ -309,6 +320,8 @@ struct BackboneOp {
     gem_p: f32,
     /// Threads the conv GEMMs are split over.
     threads: usize,
+    /// What the convs with fixed BatchNorm statistics multiply (f32 when training).
+    precision: Precision,
     tape: Arc<Mutex<Option<Tape>>>,
     /// Batch statistics of the units that used them (train mode), in plan order.
     batch_stats: Arc<Mutex<Vec<Option<Stats>>>>,
@@ -398,6 +411,7 @@ impl BackboneOp {
             then: Some(&then),
             shortcut: None,
             threads: self.threads,
+            precision: self.precision,
         };
         let y = conv::forward(&x.data, w, &geom, how);
         let (oh, ow, k) = geom.out_dims();
@@ -440,7 +454,11 @@ impl BackboneOp {
             let Some((dw, dgeom, affine)) = self.fixed_conv(params, last + 1, x)? else {
                 return Ok(None);
             };
-            let pre = conv::forward(&x.data, dw, &dgeom, Forward::plain(self.threads));
+            let how = Forward {
+                precision: self.precision,
+                ..Forward::plain(self.threads)
+            };
+            let pre = conv::forward(&x.data, dw, &dgeom, how);
             Some((pre, affine))
         } else {
             None
@@ -454,6 +472,7 @@ impl BackboneOp {
             then: Some(&then),
             shortcut: Some(&shortcut),
             threads: self.threads,
+            precision: self.precision,
         };
         let y = conv::forward(&cur.data, w, &geom, how);
         let (oh, ow, k) = geom.out_dims();

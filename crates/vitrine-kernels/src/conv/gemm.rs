@@ -30,6 +30,35 @@ impl<'a> Mat<'a> {
             cs: cols,
         }
     }
+
+    /// Element `(i, j)`.
+    pub(crate) fn get(&self, i: usize, j: usize) -> f32 {
+        self.data[i * self.rs + j * self.cs]
+    }
+
+    /// Row `i` as a slice of `cols` elements, when the columns are adjacent.
+    pub(crate) fn row(&self, i: usize, cols: usize) -> Option<&'a [f32]> {
+        (self.cs == 1).then(|| &self.data[i * self.rs..i * self.rs + cols])
+    }
+
+    /// Column `j` as a slice of `rows` elements, when the rows are adjacent.
+    pub(crate) fn column(&self, j: usize, rows: usize) -> Option<&'a [f32]> {
+        (self.rs == 1).then(|| &self.data[j * self.cs..j * self.cs + rows])
+    }
+
+    /// Whether this is `rows×cols` with adjacent columns, inside its slice.
+    pub(crate) fn unit_columns(&self, rows: usize, cols: usize) -> bool {
+        self.cs == 1 && fits(rows, cols, self.rs, self.cs, self.data.len())
+    }
+
+    /// The rows from `first` on.
+    pub(crate) fn rows_from(&self, first: usize) -> Mat<'a> {
+        Mat {
+            data: &self.data[first * self.rs..],
+            rs: self.rs,
+            cs: self.cs,
+        }
+    }
 }
 
 /// Largest index `(rows-1)·rs + (cols-1)·cs` must fall inside a slice of length `len`.
@@ -125,18 +154,17 @@ pub(crate) fn matmul(
     }
 }
 
-/// `dst (m×n, row-major, exactly m·n long) = lhs · rhs` on this thread, then `dst` as
+/// `dst` filled by `fill`, which must write every element (as [`matmul`] does for an
+/// m×n row-major `dst` exactly m·n long, and `bf16::matmul_bf16` likewise), then as
 /// the floats written.
-pub(crate) fn matmul_rows<'a>(
-    (m, n, k): (usize, usize, usize),
-    dst: &'a mut [MaybeUninit<f32>],
-    lhs: &Mat,
-    rhs: &Mat,
-) -> &'a mut [f32] {
-    assert_eq!(dst.len(), m * n, "matmul_rows: dst is not m×n");
-    matmul((m, n, k), dst, (n, 1), lhs, rhs, 1);
-    // SAFETY: `matmul` wrote every one of the m×n elements of `dst` (row-major with row
-    // stride n, and `dst` is exactly m·n long); `MaybeUninit<f32>` has `f32`'s layout.
+pub(crate) fn written(
+    dst: &mut [MaybeUninit<f32>],
+    fill: impl FnOnce(&mut [MaybeUninit<f32>]),
+) -> &mut [f32] {
+    fill(dst);
+    // SAFETY: `fill` initialised every element (the contract above: each caller passes
+    // the whole slice as a GEMM destination of exactly its length); `MaybeUninit<f32>`
+    // has `f32`'s layout.
     #[allow(unsafe_code)]
     unsafe {
         &mut *(std::ptr::from_mut::<[MaybeUninit<f32>]>(dst) as *mut [f32])

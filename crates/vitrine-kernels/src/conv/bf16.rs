@@ -1,0 +1,524 @@
+//! The bfloat16 GEMM of inference convs ([`super::Precision::Bf16`]): both operands
+//! rounded to bf16 (round to nearest even), products summed in f32.
+//!
+//! On CPUs with AMX (Intel Sapphire Rapids and later) the tiles multiply bf16 pairs
+//! at ~5× the f32 FMA peak of the same core (1.0 TFLOP/s against ~0.2 measured on
+//! one 2-core Xeon); elsewhere the same rounding is emulated — the operands rounded,
+//! then the f32 GEMM — so an index embedded on one machine and queries embedded on
+//! another agree to the f32 summation order. AMX needs the kernel's permission
+//! (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), asked once per process; refused, the
+//! emulation runs.
+
+use std::mem::MaybeUninit;
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use super::gemm::{Mat, matmul};
+
+/// `x` rounded to the nearest bf16 (ties to even), as its upper 16 bits. NaN stays
+/// NaN (its quiet bit is kept); infinities and overflow give infinities.
+#[must_use]
+pub fn to_bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+    // A select, not a branch, so that loops over slices vectorise.
+    if x.is_nan() {
+        ((b >> 16) | 0x40) as u16
+    } else {
+        rounded
+    }
+}
+
+/// `x` rounded to the nearest bf16, back in an f32 (exact).
+#[must_use]
+pub fn round_bf16(x: f32) -> f32 {
+    f32::from_bits(u32::from(to_bf16_bits(x)) << 16)
+}
+
+/// Whether this process multiplies bf16 on AMX tiles (CPU support and the kernel's
+/// permission; asked once).
+pub fn amx_available() -> bool {
+    static READY: OnceLock<bool> = OnceLock::new();
+    *READY.get_or_init(amx::enable)
+}
+
+/// The right-hand operand of a bf16 GEMM, packed once per conv for every row block.
+pub(crate) struct Packed {
+    k: usize,
+    n: usize,
+    data: PackedData,
+}
+
+enum PackedData {
+    /// VNNI pairs for AMX: 16-column panels, each `kp/2` rows of 16 `(even, odd)` k
+    /// pairs; `k` padded to 32, `n` to 16 with zeros.
+    Tiles { bits: Vec<u16>, kp: usize },
+    /// The operand rounded, row-major `k×n` (the emulation).
+    Rounded(Vec<f32>),
+}
+
+impl Packed {
+    /// `rhs (k×n)` packed for [`matmul_bf16`]: for AMX tiles where they run.
+    pub(crate) fn new(k: usize, n: usize, rhs: &Mat) -> Self {
+        Self::with(k, n, rhs, amx_available())
+    }
+
+    /// `rhs` packed for AMX tiles (`tiles`, only where [`amx_available`]) or for the
+    /// emulation.
+    fn with(k: usize, n: usize, rhs: &Mat, tiles: bool) -> Self {
+        let at = |p: usize, j: usize| rhs.get(p, j);
+        let data = if tiles {
+            let (kp, np) = (k.div_ceil(32) * 32, n.div_ceil(16) * 16);
+            let mut bits = vec![0u16; kp * np];
+            bits.par_chunks_exact_mut(kp * 16)
+                .enumerate()
+                .for_each(|(panel, out)| {
+                    // Column by column: a kernel stored (K, C·KH·KW) reads each column
+                    // in order.
+                    for col in 0..16.min(n - panel * 16) {
+                        let j = panel * 16 + col;
+                        match rhs.column(j, k) {
+                            Some(column) => {
+                                let mut pairs = column.chunks_exact(2);
+                                for (pair, v) in (&mut pairs).enumerate() {
+                                    let o = pair * 32 + col * 2;
+                                    out[o] = to_bf16_bits(v[0]);
+                                    out[o + 1] = to_bf16_bits(v[1]);
+                                }
+                                if let [last] = pairs.remainder() {
+                                    out[(k / 2) * 32 + col * 2] = to_bf16_bits(*last);
+                                }
+                            }
+                            None => {
+                                for p in 0..k {
+                                    out[(p / 2) * 32 + col * 2 + p % 2] = to_bf16_bits(at(p, j));
+                                }
+                            }
+                        }
+                    }
+                });
+            PackedData::Tiles { bits, kp }
+        } else {
+            let mut rounded = Vec::with_capacity(k * n);
+            for p in 0..k {
+                rounded.extend((0..n).map(|j| round_bf16(at(p, j))));
+            }
+            PackedData::Rounded(rounded)
+        };
+        Self { k, n, data }
+    }
+}
+
+/// `dst (m×n, row-major, exactly m·n long) = lhs (m×k) · rhs` in bf16 with f32 sums,
+/// `lhs` row-major (column stride 1); `threads` > 1 splits the rows.
+pub(crate) fn matmul_bf16(
+    m: usize,
+    dst: &mut [MaybeUninit<f32>],
+    lhs: &Mat,
+    rhs: &Packed,
+    threads: usize,
+) {
+    let (n, k) = (rhs.n, rhs.k);
+    assert_eq!(dst.len(), m * n, "matmul_bf16: dst is not m×n");
+    assert!(
+        lhs.unit_columns(m, k),
+        "matmul_bf16: lhs is not row-major m×k"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if threads > 1 && m >= 2 * BLOCK_ROWS {
+        let share = m.div_ceil(threads).div_ceil(32) * 32;
+        dst.par_chunks_mut(share * n)
+            .enumerate()
+            .for_each(|(i, d)| {
+                let part = lhs.rows_from(i * share);
+                matmul_bf16(d.len() / n, d, &part, rhs, 1);
+            });
+        return;
+    }
+    match &rhs.data {
+        PackedData::Tiles { bits, kp } => amx::matmul(m, n, k, dst, lhs, bits, *kp),
+        PackedData::Rounded(b) => {
+            let mut rounded = Vec::with_capacity(m * k);
+            for i in 0..m {
+                rounded.extend(lhs.row(i, k).unwrap_or(&[]).iter().map(|&v| round_bf16(v)));
+            }
+            matmul(
+                (m, n, k),
+                dst,
+                (n, 1),
+                &Mat::rows(&rounded, k),
+                &Mat::rows(b, n),
+                1,
+            );
+        }
+    }
+}
+
+/// Fewest rows a thread gets when [`matmul_bf16`] splits them.
+const BLOCK_ROWS: usize = 256;
+
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    //! The AMX tile kernel: 32×32 blocks of the product as 2×2 tiles of 16×16 f32
+    //! sums, each step multiplying 16×32 bf16 rows of the left operand by 32×16 of the
+    //! right (`tdpbf16ps`).
+
+    use std::arch::asm;
+    use std::mem::MaybeUninit;
+
+    use super::to_bf16_bits;
+    use crate::conv::gemm::Mat;
+
+    /// `arch_prctl` and its request for the AMX tile data state (Linux, x86-64).
+    const SYS_ARCH_PRCTL: i64 = 158;
+    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+    const XFEATURE_XTILEDATA: i64 = 18;
+
+    /// CPUID says AMX-TILE, AMX-BF16 and AVX512-BF16, and Linux grants the tile
+    /// state.
+    pub(super) fn enable() -> bool {
+        if !cfg!(target_os = "linux") || !is_x86_feature_detected!("avx512bf16") {
+            return false;
+        }
+        // CPUID leaf 7, sub-leaf 0: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
+        let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+        if leaf7.edx & (1 << 22) == 0 || leaf7.edx & (1 << 24) == 0 {
+            return false;
+        }
+        let ret: i64;
+        // SAFETY: the `arch_prctl` syscall with ARCH_REQ_XCOMP_PERM only asks the
+        // kernel to allow the tile state for this process; it reads and writes no
+        // memory of ours. The syscall instruction clobbers rcx and r11, declared.
+        #[allow(unsafe_code)]
+        unsafe {
+            asm!(
+                "syscall",
+                inlateout("rax") SYS_ARCH_PRCTL => ret,
+                in("rdi") ARCH_REQ_XCOMP_PERM,
+                in("rsi") XFEATURE_XTILEDATA,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        ret == 0
+    }
+
+    /// `dst = bf16(src)`, 32 at a time (`vcvtne2ps2bf16`: ties to even as
+    /// [`to_bf16_bits`], denormals to zero as the tiles take them anyway).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn convert(src: &[f32], dst: &mut [u16]) {
+        use std::arch::x86_64::{
+            __m512bh, __m512i, _mm512_cvtne2ps_pbh, _mm512_loadu_ps, _mm512_storeu_si512,
+        };
+        let mut s = src.chunks_exact(32);
+        let mut d = dst.chunks_exact_mut(32);
+        for (s, d) in (&mut s).zip(&mut d) {
+            // SAFETY: `s` holds 32 floats and `d` 32 u16 (64 bytes); unaligned
+            // loads and stores.
+            #[allow(unsafe_code)]
+            unsafe {
+                let lo = _mm512_loadu_ps(s.as_ptr());
+                let hi = _mm512_loadu_ps(s.as_ptr().add(16));
+                let v = _mm512_cvtne2ps_pbh(hi, lo);
+                _mm512_storeu_si512(
+                    d.as_mut_ptr().cast(),
+                    std::mem::transmute::<__m512bh, __m512i>(v),
+                );
+            }
+        }
+        for (x, y) in s.remainder().iter().zip(d.into_remainder()) {
+            *y = to_bf16_bits(*x);
+        }
+    }
+
+    /// The tile palette: tiles 0–7 each 16 rows of 64 bytes.
+    #[repr(C, align(64))]
+    struct TileConfig([u8; 64]);
+
+    const CONFIG: TileConfig = {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        let mut t = 0;
+        while t < 8 {
+            c[16 + 2 * t] = 64;
+            c[48 + t] = 16;
+            t += 1;
+        }
+        TileConfig(c)
+    };
+
+    thread_local! {
+        /// The left operand in bf16, reused between calls on a thread.
+        static LHS: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn matmul(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: &mut [MaybeUninit<f32>],
+        lhs: &Mat,
+        rhs: &[u16],
+        kp: usize,
+    ) {
+        let mp = m.div_ceil(32) * 32;
+        let np = n.div_ceil(16) * 16;
+        assert!(rhs.len() >= kp * np && kp >= k && kp.is_multiple_of(32));
+        LHS.with(|cell| {
+            let mut a = cell.borrow_mut();
+            if a.len() < mp * kp {
+                a.resize(mp * kp, 0);
+            }
+            let a = &mut a[..mp * kp];
+            for (i, row) in a.chunks_exact_mut(kp).enumerate() {
+                let (row, pad) = row.split_at_mut(k);
+                pad.fill(0);
+                match (i < m).then(|| lhs.row(i, k)).flatten() {
+                    // SAFETY: AMX CPUs have AVX512-BF16 (checked with it in `enable`).
+                    #[allow(unsafe_code)]
+                    Some(src) => unsafe { convert(src, row) },
+                    None => row.fill(0),
+                }
+            }
+            // SAFETY: AMX was enabled for this process (`Packed::new` chose tiles only
+            // when `amx_available()`); every tile load reads 16 rows of 64 bytes inside
+            // `a` (mp×kp, rows i0..i0+32, columns kk..kk+32 with kk < kp) or `rhs`
+            // (panel j0/16 or the next one, pairs kk/2..kk/2+16, all < kp·np); every
+            // store writes the 32×32 f32 `block`.
+            #[allow(unsafe_code)]
+            unsafe {
+                run(m, n, a, rhs, kp, np, dst);
+            }
+        });
+    }
+
+    /// # Safety
+    /// AMX is enabled for this process; `a` is `mp×kp` bf16 (`mp` a multiple of 32,
+    /// at least `m`), `b` packed as [`super::PackedData::Tiles`] for `kp` and `np`,
+    /// `dst` is `m×n`.
+    #[allow(unsafe_code)]
+    unsafe fn run(
+        m: usize,
+        n: usize,
+        a: &[u16],
+        b: &[u16],
+        kp: usize,
+        np: usize,
+        dst: &mut [MaybeUninit<f32>],
+    ) {
+        let mut block = [0f32; 32 * 32];
+        let a_stride = kp * 2;
+        let b_stride = 64usize;
+        let c_stride = 32 * 4usize;
+        let mp = a.len() / kp;
+        // SAFETY: the caller's contract (AMX enabled; `a` is mp×kp and `b` holds
+        // np/16 panels of kp/2 pair rows, so every tile load stays inside them; a
+        // whole-block store writes rows i0..i0+32, columns j0..j0+32 of the m×n
+        // `dst`, others the local `block`); the tiles are this thread's, configured
+        // here and released at the end.
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly));
+            let mut j0 = 0;
+            while j0 < np {
+                let pair = j0 + 16 < np;
+                let b0 = b.as_ptr().add(j0 * kp);
+                let b1 = if pair { b0.add(16 * kp) } else { b0 };
+                let mut i0 = 0;
+                while i0 < mp {
+                    let a0 = a.as_ptr().add(i0 * kp);
+                    let a1 = a0.add(16 * kp);
+                    asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tilezero tmm2",
+                        "tilezero tmm3",
+                        options(nostack, nomem)
+                    );
+                    let mut kk = 0;
+                    while kk < kp {
+                        asm!(
+                            "tileloadd tmm4, [{a0} + {sa}*1]",
+                            "tileloadd tmm5, [{a1} + {sa}*1]",
+                            "tileloadd tmm6, [{b0} + {sb}*1]",
+                            "tileloadd tmm7, [{b1} + {sb}*1]",
+                            "tdpbf16ps tmm0, tmm4, tmm6",
+                            "tdpbf16ps tmm1, tmm4, tmm7",
+                            "tdpbf16ps tmm2, tmm5, tmm6",
+                            "tdpbf16ps tmm3, tmm5, tmm7",
+                            a0 = in(reg) a0.add(kk),
+                            a1 = in(reg) a1.add(kk),
+                            b0 = in(reg) b0.add(kk * 16),
+                            b1 = in(reg) b1.add(kk * 16),
+                            sa = in(reg) a_stride,
+                            sb = in(reg) b_stride,
+                            options(nostack, readonly),
+                        );
+                        kk += 32;
+                    }
+                    let rows = m.saturating_sub(i0).min(32);
+                    let cols = n.saturating_sub(j0).min(32);
+                    if rows == 32 && cols == 32 {
+                        // A whole block: straight into `dst`.
+                        let c = dst.as_mut_ptr().add(i0 * n + j0).cast::<f32>();
+                        asm!(
+                            "tilestored [{c0} + {sc}*1], tmm0",
+                            "tilestored [{c1} + {sc}*1], tmm1",
+                            "tilestored [{c2} + {sc}*1], tmm2",
+                            "tilestored [{c3} + {sc}*1], tmm3",
+                            c0 = in(reg) c,
+                            c1 = in(reg) c.add(16),
+                            c2 = in(reg) c.add(16 * n),
+                            c3 = in(reg) c.add(16 * n + 16),
+                            sc = in(reg) n * 4,
+                            options(nostack),
+                        );
+                        i0 += 32;
+                        continue;
+                    }
+                    let c = block.as_mut_ptr();
+                    asm!(
+                        "tilestored [{c0} + {sc}*1], tmm0",
+                        "tilestored [{c1} + {sc}*1], tmm1",
+                        "tilestored [{c2} + {sc}*1], tmm2",
+                        "tilestored [{c3} + {sc}*1], tmm3",
+                        c0 = in(reg) c,
+                        c1 = in(reg) c.add(16),
+                        c2 = in(reg) c.add(16 * 32),
+                        c3 = in(reg) c.add(16 * 32 + 16),
+                        sc = in(reg) c_stride,
+                        options(nostack),
+                    );
+                    for r in 0..rows {
+                        let out = &mut dst[(i0 + r) * n + j0..][..cols];
+                        for (o, v) in out.iter_mut().zip(&block[r * 32..r * 32 + cols]) {
+                            o.write(*v);
+                        }
+                    }
+                    i0 += 32;
+                }
+                j0 += 32;
+            }
+            asm!("tilerelease", options(nostack, nomem));
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod amx {
+    use std::mem::MaybeUninit;
+
+    use crate::conv::gemm::Mat;
+
+    pub(super) fn enable() -> bool {
+        false
+    }
+
+    pub(super) fn matmul(
+        _: usize,
+        _: usize,
+        _: usize,
+        _: &mut [MaybeUninit<f32>],
+        _: &Mat,
+        _: &[u16],
+        _: usize,
+    ) {
+        unreachable!("AMX tiles are packed only where AMX is available")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conv::gemm::filled;
+    use crate::testing::{rel_err, values};
+
+    #[test]
+    fn rounding_is_to_the_nearest_bf16_with_ties_to_even() {
+        assert_eq!(to_bf16_bits(1.0), 0x3f80);
+        // Halfway between 1 and the next bf16 (1 + 2⁻⁷): down to the even 1.
+        assert_eq!(to_bf16_bits(1.0 + 2f32.powi(-8)), 0x3f80);
+        // Halfway between 1 + 2⁻⁷ (odd) and 1 + 2⁻⁶: up to the even one.
+        assert_eq!(to_bf16_bits(1.0 + 3.0 * 2f32.powi(-8)), 0x3f82);
+        assert_eq!(to_bf16_bits(1.0 + 2f32.powi(-8) + 2f32.powi(-20)), 0x3f81);
+        assert_eq!(to_bf16_bits(-2.5), 0xc020);
+        assert_eq!(to_bf16_bits(f32::MAX), 0x7f80, "overflow gives infinity");
+        assert!(round_bf16(f32::NAN).is_nan());
+        assert_eq!(round_bf16(f32::NEG_INFINITY), f32::NEG_INFINITY);
+    }
+
+    /// `lhs (m×k) · rhs (k×n)` of the bf16-rounded operands in f64.
+    fn reference(lhs: &[f32], rhs: &Mat, (m, n, k): (usize, usize, usize)) -> Vec<f64> {
+        let mut out = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k)
+                    .map(|p| {
+                        f64::from(round_bf16(lhs[i * k + p])) * f64::from(round_bf16(rhs.get(p, j)))
+                    })
+                    .sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn tiles_and_emulation_multiply_the_rounded_operands() {
+        // Edges of every kind: rows and columns off the 32×32 blocks and 16-wide
+        // panels, odd reductions off the 32-deep tile steps, one row, a split over
+        // threads; the right operand stored both ways (a kernel is stored transposed).
+        let shapes = [
+            (1, 16, 3),
+            (33, 48, 37),
+            (70, 16, 64),
+            (64, 96, 288),
+            (600, 32, 19),
+        ];
+        for (case, &(m, n, k)) in shapes.iter().enumerate() {
+            let lhs = values(m * k, 3 + case as u64);
+            let stored = values(k * n, 30 + case as u64);
+            for transposed in [false, true] {
+                let rhs = if transposed {
+                    Mat::rows_t(&stored, k)
+                } else {
+                    Mat::rows(&stored, n)
+                };
+                let want = reference(&lhs, &rhs, (m, n, k));
+                let mut ways = vec![false];
+                if amx_available() {
+                    ways.push(true);
+                }
+                for tiles in ways {
+                    let packed = Packed::with(k, n, &rhs, tiles);
+                    for threads in [1, 2] {
+                        let got = filled(m * n, |d| {
+                            matmul_bf16(m, d, &Mat::rows(&lhs, k), &packed, threads);
+                        });
+                        let err = rel_err(&got, &want);
+                        let what = format!(
+                            "{m}×{k}·{k}×{n} t{transposed} tiles {tiles} threads {threads}"
+                        );
+                        assert!(err < 1e-5, "{what}: {err}");
+                    }
+                }
+                // And the rounding matters: the f32 product is another one.
+                let exact: Vec<f64> = (0..m * n)
+                    .map(|e| {
+                        let (i, j) = (e / n, e % n);
+                        (0..k)
+                            .map(|p| f64::from(lhs[i * k + p]) * f64::from(rhs.get(p, j)))
+                            .sum()
+                    })
+                    .collect();
+                let want32: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+                assert!(
+                    rel_err(&want32, &exact) > 1e-4,
+                    "case {case}: bf16 rounding not visible"
+                );
+            }
+        }
+    }
+}
