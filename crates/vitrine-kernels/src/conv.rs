@@ -32,7 +32,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use self::bf16::{Packed, matmul_bf16};
+use self::bf16::{Packed, matmul_bf16, matmul_bf16_bits, to_bf16_padded, with_bits};
 pub use self::bf16::{amx_available, round_bf16};
 use self::gemm::{Mat, as_uninit, filled, matmul, written};
 use self::im2col::{col2im, im2col, im2col_rows, kernel_to_taps, taps_to_kernel};
@@ -266,11 +266,33 @@ pub fn forward(x: &[f32], wt: &[f32], g: &Geom, how: Forward<'_>) -> Vec<f32> {
         Some(p) => matmul_bf16(px, y, lhs, p, threads),
         None => matmul((px, k, ckk), y, (k, 1), lhs, &rhs, threads),
     };
+    // On AMX tiles, where im2col's rows fill whole tile steps: the input in bf16 once,
+    // and im2col of those bits straight into the tiles' rows (no f32 cols, converted
+    // once instead of once per tap). A 1×1 converts its rows block by block instead,
+    // in cache.
+    let bits = match &packed {
+        Some(p) if !g.pointwise() && p.tile_depth() == Some(ckk) => to_bf16_padded(x, 0),
+        _ => None,
+    };
+    // The GEMM into `y`, whole output rows from row `first` on, from those bits.
+    let gemm_bits = |(xb, p): (&[u16], &Packed), first: usize, y: &mut [MaybeUninit<f32>]| {
+        let rows = y.len() / k;
+        with_bits(rows.div_ceil(32) * 32 * ckk, |a| {
+            im2col_rows(xb, g, first / g.ow, &mut a[..rows * ckk]);
+            matmul_bf16_bits(rows, y, a, p);
+        });
+    };
+    let tiles = bits.as_deref().zip(packed.as_ref());
     let Some(block) = forward_block(g, threads) else {
         // Too few rows to give each thread blocks worth repacking the kernel for: one
         // GEMM (split inside `matmul`), then `then` as a pass of its own.
         let mut y = filled(m * k, |y| {
-            if g.pointwise() {
+            if let Some(tiles) = tiles {
+                let share = m.div_ceil(threads.max(1)).div_ceil(g.ow) * g.ow;
+                y.par_chunks_mut(share * k)
+                    .enumerate()
+                    .for_each(|(i, y)| gemm_bits(tiles, i * share, y));
+            } else if g.pointwise() {
                 gemm(m, y, &Mat::rows(x, ckk), threads);
             } else {
                 with_scratch([m * ckk, 0], |cols, _| {
@@ -291,7 +313,9 @@ pub fn forward(x: &[f32], wt: &[f32], g: &Geom, how: Forward<'_>) -> Vec<f32> {
     // memory.
     let run = |b: usize, yb: &mut [MaybeUninit<f32>]| {
         let (first, px) = (b * block, yb.len() / k);
-        let yb = if g.pointwise() {
+        let yb = if let Some(tiles) = tiles {
+            written(yb, |yb| gemm_bits(tiles, first, yb))
+        } else if g.pointwise() {
             let lhs = Mat::rows(&x[first * ckk..], ckk);
             written(yb, |yb| gemm(px, yb, &lhs, 1))
         } else {
@@ -810,15 +834,20 @@ mod tests {
     #[test]
     fn bf16_forwards_multiply_the_rounded_operands() {
         // im2col (strided), 1×1 by row blocks and as one split GEMM, the 7×7 stem, and
-        // a 3×3 that f32 runs by Winograd: each the f64 conv of the rounded operands
-        // to the f32 summation order.
+        // 3×3s that f32 runs by Winograd; with 32 channels (im2col rows of whole
+        // 32-deep tile steps: on AMX, im2col of bf16 bits), strided, by row blocks and
+        // as one split GEMM. Each the f64 conv of the rounded operands to the f32
+        // summation order.
         type Case = ([usize; 4], [usize; 3], (usize, usize), bool);
-        let cases: [Case; 5] = [
+        let cases: [Case; 8] = [
             ([2, 9, 9, 16], [5, 3, 3], (2, 1), false),
             ([4, 30, 30, 5], [3, 1, 1], (1, 0), false),
             ([1, 6, 7, 40], [33, 1, 1], (1, 0), false),
             ([1, 13, 13, 3], [8, 7, 7], (2, 3), false),
             ([4, 33, 31, 19], [21, 3, 3], (1, 1), true),
+            ([2, 10, 10, 32], [40, 3, 3], (1, 1), true),
+            ([2, 9, 9, 32], [16, 3, 3], (2, 1), false),
+            ([4, 24, 24, 32], [40, 3, 3], (1, 1), true),
         ];
         let round = |v: &[f32]| v.iter().map(|&x| round_bf16(x)).collect::<Vec<_>>();
         for (i, &(dims @ [n, h, w, c], kdims @ [k, kh, kw], sp, winograd)) in

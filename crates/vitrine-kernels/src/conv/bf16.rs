@@ -157,6 +157,64 @@ pub(crate) fn matmul_bf16(
     }
 }
 
+/// `x` in bf16 bits, followed by `pad` zeros (rows a tile may read past the end),
+/// when AMX runs here ([`amx_available`]); `None` otherwise.
+pub(crate) fn to_bf16_padded(x: &[f32], pad: usize) -> Option<Vec<u16>> {
+    if !amx_available() {
+        return None;
+    }
+    let mut out = vec![0u16; x.len() + pad];
+    out[..x.len()]
+        .par_chunks_mut(1 << 16)
+        .zip(x.par_chunks(1 << 16))
+        .for_each(|(d, s)| amx::convert_slice(s, d));
+    Some(out)
+}
+
+/// `dst (m×n, row-major, exactly m·n long) = a · rhs` on this thread, `a` being bf16
+/// bits with rows `kp` apart (the packing's depth: `rhs` packed for AMX tiles), at
+/// least `m` rounded up to 32 rows of them.
+pub(crate) fn matmul_bf16_bits(m: usize, dst: &mut [MaybeUninit<f32>], a: &[u16], rhs: &Packed) {
+    let PackedData::Tiles { bits, kp } = &rhs.data else {
+        panic!("matmul_bf16_bits: the right operand is not packed for AMX tiles")
+    };
+    assert_eq!(dst.len(), m * rhs.n, "matmul_bf16_bits: dst is not m×n");
+    assert!(
+        a.len() >= m.div_ceil(32) * 32 * kp,
+        "matmul_bf16_bits: a is short"
+    );
+    amx::matmul_bits(m, rhs.n, dst, a, bits, *kp);
+}
+
+impl Packed {
+    /// Depth of a row of the left operand the AMX tiles read (`k` rounded up to 32);
+    /// `None` for the emulation.
+    pub(crate) fn tile_depth(&self) -> Option<usize> {
+        match self.data {
+            PackedData::Tiles { kp, .. } => Some(kp),
+            PackedData::Rounded(_) => None,
+        }
+    }
+}
+
+thread_local! {
+    /// Scratch bf16 bits of [`with_bits`].
+    static BITS: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with `len` scratch bf16 bits of this thread (contents unspecified).
+pub(crate) fn with_bits<R>(len: usize, f: impl FnOnce(&mut [u16]) -> R) -> R {
+    BITS.with(|cell| {
+        let Ok(mut bits) = cell.try_borrow_mut() else {
+            return f(&mut vec![0; len]);
+        };
+        if bits.len() < len {
+            bits.resize(len, 0);
+        }
+        f(&mut bits[..len])
+    })
+}
+
 /// Fewest rows a thread gets when [`matmul_bf16`] splits them.
 const BLOCK_ROWS: usize = 256;
 
@@ -285,15 +343,43 @@ mod amx {
                 }
             }
             // SAFETY: AMX was enabled for this process (`Packed::new` chose tiles only
-            // when `amx_available()`); every tile load reads 16 rows of 64 bytes inside
-            // `a` (mp×kp, rows i0..i0+32, columns kk..kk+32 with kk < kp) or `rhs`
-            // (panel j0/16 or the next one, pairs kk/2..kk/2+16, all < kp·np); every
-            // store writes the 32×32 f32 `block`.
+            // when `amx_available()`); `a` is mp×kp, `rhs` holds np/16 panels of kp/2
+            // pair rows (asserted above), `dst` is m×n (asserted by the caller).
             #[allow(unsafe_code)]
             unsafe {
                 run(m, n, a, rhs, kp, np, dst);
             }
         });
+    }
+
+    /// [`matmul`] of a left operand already in bf16 (rows `kp` apart, at least `m`
+    /// rounded up to 32 of them).
+    pub(super) fn matmul_bits(
+        m: usize,
+        n: usize,
+        dst: &mut [MaybeUninit<f32>],
+        a: &[u16],
+        rhs: &[u16],
+        kp: usize,
+    ) {
+        let (mp, np) = (m.div_ceil(32) * 32, n.div_ceil(16) * 16);
+        assert!(rhs.len() >= kp * np && kp.is_multiple_of(32) && a.len() >= mp * kp);
+        // SAFETY: as in `matmul` (tiles packed only where AMX is enabled; sizes
+        // asserted here and by the caller).
+        #[allow(unsafe_code)]
+        unsafe {
+            run(m, n, &a[..mp * kp], rhs, kp, np, dst);
+        }
+    }
+
+    /// `dst = bf16(src)` (equal lengths; AVX512-BF16, present wherever AMX is).
+    pub(super) fn convert_slice(src: &[f32], dst: &mut [u16]) {
+        assert_eq!(src.len(), dst.len());
+        // SAFETY: only called once `amx_available()`, which checked AVX512-BF16.
+        #[allow(unsafe_code)]
+        unsafe {
+            convert(src, dst);
+        }
     }
 
     /// # Safety
@@ -415,6 +501,21 @@ mod amx {
 
     pub(super) fn enable() -> bool {
         false
+    }
+
+    pub(super) fn convert_slice(_: &[f32], _: &mut [u16]) {
+        unreachable!("bf16 bits are made only where AMX is available")
+    }
+
+    pub(super) fn matmul_bits(
+        _: usize,
+        _: usize,
+        _: &mut [MaybeUninit<f32>],
+        _: &[u16],
+        _: &[u16],
+        _: usize,
+    ) {
+        unreachable!("AMX tiles are packed only where AMX is available")
     }
 
     pub(super) fn matmul(

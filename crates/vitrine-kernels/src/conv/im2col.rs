@@ -44,8 +44,8 @@ pub(super) fn im2col(x: &[f32], g: &Geom, cols: &mut [f32]) {
 }
 
 /// [`im2col`] of whole output rows from row `first` on (row = image · OH + oh), as many
-/// as `cols` holds, on this thread.
-pub(super) fn im2col_rows(x: &[f32], g: &Geom, first: usize, cols: &mut [f32]) {
+/// as `cols` holds, on this thread; of f32 data, or of bf16 bits for the bf16 GEMM.
+pub(super) fn im2col_rows<T: Copy + Default>(x: &[T], g: &Geom, first: usize, cols: &mut [T]) {
     let (c, ckk) = (g.c, g.ckk());
     let row_len = g.kw * c;
     vectorized(
@@ -58,14 +58,14 @@ pub(super) fn im2col_rows(x: &[f32], g: &Geom, first: usize, cols: &mut [f32]) {
                     let (lo, hi) = g.taps_inside(ow);
                     for (ki, dst) in px.chunks_exact_mut(row_len).enumerate() {
                         let Some(ih) = g.input_row(oh, ki).filter(|_| lo < hi) else {
-                            dst.fill(0.0);
+                            dst.fill(T::default());
                             continue;
                         };
                         let iw0 = ow * g.stride + lo - g.pad;
                         let src = &x[((ni * g.h + ih) * g.w + iw0) * c..][..(hi - lo) * c];
-                        dst[..lo * c].fill(0.0);
+                        dst[..lo * c].fill(T::default());
                         dst[lo * c..hi * c].copy_from_slice(src);
-                        dst[hi * c..].fill(0.0);
+                        dst[hi * c..].fill(T::default());
                     }
                 }
             }
