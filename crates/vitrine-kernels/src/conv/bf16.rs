@@ -79,17 +79,17 @@ impl Packed {
                     for col in 0..16.min(n - panel * 16) {
                         let j = panel * 16 + col;
                         match rhs.column(j, k) {
-                            Some(column) => {
-                                let mut pairs = column.chunks_exact(2);
-                                for (pair, v) in (&mut pairs).enumerate() {
+                            // Converted 32 at a time; each (even, odd) pair of bits then
+                            // goes to its row of the panel.
+                            Some(column) => with_bits(kp, |bf| {
+                                let (head, tail) = bf.split_at_mut(k);
+                                amx::convert_slice(column, head);
+                                tail.fill(0);
+                                for (pair, v) in bf.chunks_exact(2).enumerate() {
                                     let o = pair * 32 + col * 2;
-                                    out[o] = to_bf16_bits(v[0]);
-                                    out[o + 1] = to_bf16_bits(v[1]);
+                                    out[o..o + 2].copy_from_slice(v);
                                 }
-                                if let [last] = pairs.remainder() {
-                                    out[(k / 2) * 32 + col * 2] = to_bf16_bits(*last);
-                                }
-                            }
+                            }),
                             None => {
                                 for p in 0..k {
                                     out[(p / 2) * 32 + col * 2 + p % 2] = to_bf16_bits(at(p, j));
