@@ -32,7 +32,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use self::bf16::{Packed, matmul_bf16, matmul_bf16_bits, to_bf16_padded, with_bits};
+use self::bf16::{Packed, matmul_bf16, matmul_bf16_bits, to_bf16, with_bits};
 pub use self::bf16::{amx_available, round_bf16};
 use self::gemm::{Mat, as_uninit, filled, matmul, written};
 use self::im2col::{col2im, im2col, im2col_rows, kernel_to_taps, taps_to_kernel};
@@ -266,19 +266,19 @@ pub fn forward(x: &[f32], wt: &[f32], g: &Geom, how: Forward<'_>) -> Vec<f32> {
         Some(p) => matmul_bf16(px, y, lhs, p, threads),
         None => matmul((px, k, ckk), y, (k, 1), lhs, &rhs, threads),
     };
-    // On AMX tiles, where im2col's rows fill whole tile steps: the input in bf16 once,
-    // and im2col of those bits straight into the tiles' rows (no f32 cols, converted
-    // once instead of once per tap). A 1×1 converts its rows block by block instead,
-    // in cache.
-    let bits = match &packed {
-        Some(p) if !g.pointwise() && p.tile_depth() == Some(ckk) => to_bf16_padded(x, 0),
-        _ => None,
-    };
+    // On AMX tiles: the input in bf16 once, and im2col of those bits straight into
+    // the tiles' rows (no f32 cols, converted once instead of once per tap). A 1×1
+    // converts its rows block by block instead, in cache.
+    let depth = packed.as_ref().and_then(Packed::tile_depth);
+    let bits = depth
+        .filter(|_| !g.pointwise())
+        .and_then(|_| to_bf16(x));
     // The GEMM into `y`, whole output rows from row `first` on, from those bits.
     let gemm_bits = |(xb, p): (&[u16], &Packed), first: usize, y: &mut [MaybeUninit<f32>]| {
         let rows = y.len() / k;
-        with_bits(rows.div_ceil(32) * 32 * ckk, |a| {
-            im2col_rows(xb, g, first / g.ow, &mut a[..rows * ckk]);
+        let kp = depth.unwrap_or(ckk);
+        with_bits(rows.div_ceil(32) * 32 * kp, |a| {
+            im2col_rows(xb, g, first / g.ow, &mut a[..rows * kp], kp);
             matmul_bf16_bits(rows, y, a, p);
         });
     };
@@ -320,7 +320,7 @@ pub fn forward(x: &[f32], wt: &[f32], g: &Geom, how: Forward<'_>) -> Vec<f32> {
             written(yb, |yb| gemm(px, yb, &lhs, 1))
         } else {
             with_scratch([px * ckk, 0], |cols, _| {
-                im2col_rows(x, g, first / g.ow, cols);
+                im2col_rows(x, g, first / g.ow, cols, ckk);
                 written(yb, |yb| gemm(px, yb, &Mat::rows(cols, ckk), 1))
             })
         };
@@ -835,9 +835,9 @@ mod tests {
     fn bf16_forwards_multiply_the_rounded_operands() {
         // im2col (strided), 1×1 by row blocks and as one split GEMM, the 7×7 stem, and
         // 3×3s that f32 runs by Winograd; with 32 channels (im2col rows of whole
-        // 32-deep tile steps: on AMX, im2col of bf16 bits), strided, by row blocks and
-        // as one split GEMM. Each the f64 conv of the rounded operands to the f32
-        // summation order.
+        // 32-deep tile steps), strided, by row blocks and as one split GEMM. Each the
+        // f64 conv of the rounded operands to the f32 summation order (on AMX every
+        // one but the 1×1s im2cols bf16 bits).
         type Case = ([usize; 4], [usize; 3], (usize, usize), bool);
         let cases: [Case; 8] = [
             ([2, 9, 9, 16], [5, 3, 3], (2, 1), false),

@@ -157,15 +157,13 @@ pub(crate) fn matmul_bf16(
     }
 }
 
-/// `x` in bf16 bits, followed by `pad` zeros (rows a tile may read past the end),
-/// when AMX runs here ([`amx_available`]); `None` otherwise.
-pub(crate) fn to_bf16_padded(x: &[f32], pad: usize) -> Option<Vec<u16>> {
+/// `x` in bf16 bits when AMX runs here ([`amx_available`]); `None` otherwise.
+pub(crate) fn to_bf16(x: &[f32]) -> Option<Vec<u16>> {
     if !amx_available() {
         return None;
     }
-    let mut out = vec![0u16; x.len() + pad];
-    out[..x.len()]
-        .par_chunks_mut(1 << 16)
+    let mut out = vec![0u16; x.len()];
+    out.par_chunks_mut(1 << 16)
         .zip(x.par_chunks(1 << 16))
         .for_each(|(d, s)| amx::convert_slice(s, d));
     Some(out)

@@ -40,21 +40,31 @@ impl Geom {
 pub(super) fn im2col(x: &[f32], g: &Geom, cols: &mut [f32]) {
     cols.par_chunks_mut(g.ow * g.ckk())
         .enumerate()
-        .for_each(|(row, out)| im2col_rows(x, g, row, out));
+        .for_each(|(row, out)| im2col_rows(x, g, row, out, g.ckk()));
 }
 
 /// [`im2col`] of whole output rows from row `first` on (row = image · OH + oh), as many
-/// as `cols` holds, on this thread; of f32 data, or of bf16 bits for the bf16 GEMM.
-pub(super) fn im2col_rows<T: Copy + Default>(x: &[T], g: &Geom, first: usize, cols: &mut [T]) {
-    let (c, ckk) = (g.c, g.ckk());
+/// as `cols` holds, on this thread, each pixel's `KH·KW·C` values `stride` apart
+/// (`≥ KH·KW·C`; zeros in between); of f32 data, or of bf16 bits for the bf16 GEMM.
+pub(super) fn im2col_rows<T: Copy + Default>(
+    x: &[T],
+    g: &Geom,
+    first: usize,
+    cols: &mut [T],
+    stride: usize,
+) {
+    let c = g.c;
+    let ckk = g.ckk();
     let row_len = g.kw * c;
     vectorized(
         #[inline(always)]
         || {
-            for (i, out) in cols.chunks_exact_mut(g.ow * ckk).enumerate() {
+            for (i, out) in cols.chunks_exact_mut(g.ow * stride).enumerate() {
                 let row = first + i;
                 let (ni, oh) = (row / g.oh, row % g.oh);
-                for (ow, px) in out.chunks_exact_mut(ckk).enumerate() {
+                for (ow, px) in out.chunks_exact_mut(stride).enumerate() {
+                    let (px, gap) = px.split_at_mut(ckk);
+                    gap.fill(T::default());
                     let (lo, hi) = g.taps_inside(ow);
                     for (ki, dst) in px.chunks_exact_mut(row_len).enumerate() {
                         let Some(ih) = g.input_row(oh, ki).filter(|_| lo < hi) else {
