@@ -11,7 +11,7 @@ Inputs are synthetic random tensors held in memory (no decode / augmentation cos
 
 Usage (versions pinned in requirements-tf.txt beside this file; see README.md there):
   tf_triplet_bench.py train --size 224 --batch 8 [--all] [--windows 3 --steps 4]
-  tf_triplet_bench.py infer --size 224 --batch 64 [--windows 3 --steps 3]
+  tf_triplet_bench.py infer --size 224 --batch 64 [--windows 3 --steps 3] [--bf16]
 Prints one JSON line with the result; for training both triplets/s and images/s
 (3 per triplet), the units of `vitrine bench train`.
 """
@@ -166,7 +166,15 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--windows", type=int, default=3)
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument(
+        "--bf16",
+        action="store_true",
+        help="Keras mixed_bfloat16 policy (bf16 compute, f32 variables): the peer of "
+        "vitrine's model.precision = \"bf16\"",
+    )
     args = ap.parse_args()
+    if args.bf16:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
     t0 = time.perf_counter()
     res = bench_train(args) if args.mode == "train" else bench_infer(args)
     res["total_s"] = round(time.perf_counter() - t0, 1)
@@ -174,6 +182,7 @@ def main():
     res["keras"] = keras.__version__
     res["intra_op_threads"] = tf.config.threading.get_intra_op_parallelism_threads()
     res["onednn"] = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default(on)")
+    res["policy"] = keras.mixed_precision.global_policy().name
     res["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(res), flush=True)
 
