@@ -123,6 +123,18 @@ impl EmbedderConfig {
     }
 }
 
+/// Says once per process, in the log, that bf16 is emulated on this CPU.
+fn warn_if_emulated() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    if !vitrine_kernels::conv::amx_available() {
+        ONCE.call_once(|| {
+            tracing::warn!(
+                "model.precision = \"bf16\": this CPU has no AMX tiles (or the kernel refused them), so bf16 is emulated: the same embeddings, slower than \"fp32\""
+            );
+        });
+    }
+}
+
 /// The variables an optimizer should receive, split for weight decay.
 #[derive(Debug, Clone, Default)]
 pub struct ParamGroups {
@@ -156,6 +168,15 @@ impl Embedder {
         }
         if !(1.0..=MAX_GEM_P).contains(&cfg.gem_p) {
             candle_core::bail!("gem_p must be in [1, {MAX_GEM_P}], got {}", cfg.gem_p)
+        }
+        if cfg.precision == Precision::Bf16 {
+            if !vb.device().is_cpu() {
+                candle_core::bail!(
+                    "model.precision = \"bf16\" embeds on the CPU only, not on {:?}: set it to \"fp32\" (or use --device cpu)",
+                    vb.device()
+                )
+            }
+            warn_if_emulated();
         }
         let backbone = ResNet::new(cfg.resnet(), vb.clone())?;
         let head = candle_nn::linear(backbone.feature_dim(), cfg.embedding_dim, vb.pp("head"))?;

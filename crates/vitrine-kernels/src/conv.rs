@@ -270,9 +270,7 @@ pub fn forward(x: &[f32], wt: &[f32], g: &Geom, how: Forward<'_>) -> Vec<f32> {
     // the tiles' rows (no f32 cols, converted once instead of once per tap). A 1×1
     // converts its rows block by block instead, in cache.
     let depth = packed.as_ref().and_then(Packed::tile_depth);
-    let bits = depth
-        .filter(|_| !g.pointwise())
-        .and_then(|_| to_bf16(x));
+    let bits = depth.filter(|_| !g.pointwise()).and_then(|_| to_bf16(x));
     // The GEMM into `y`, whole output rows from row `first` on, from those bits.
     let gemm_bits = |(xb, p): (&[u16], &Packed), first: usize, y: &mut [MaybeUninit<f32>]| {
         let rows = y.len() / k;
