@@ -281,7 +281,7 @@ pub fn forward(x: &[f32], wt: &[f32], g: &Geom, how: Forward<'_>) -> Vec<f32> {
         });
     };
     let tiles = bits.as_deref().zip(packed.as_ref());
-    let Some(block) = forward_block(g, threads) else {
+    let Some(block) = forward_block(g, threads, packed.is_some()) else {
         // Too few rows to give each thread blocks worth repacking the kernel for: one
         // GEMM (split inside `matmul`), then `then` as a pass of its own.
         let mut y = filled(m * k, |y| {
@@ -339,12 +339,13 @@ pub fn forward(x: &[f32], wt: &[f32], g: &Geom, how: Forward<'_>) -> Vec<f32> {
 }
 
 /// Pixels per block of [`forward`]'s GEMM path, whole output rows: at least
-/// [`BLOCK_PIXELS`], more where the kernel is large (each block repacks it: keep that
-/// under ~1/64 of the block's multiply-adds); `None` where the output has fewer than
-/// two such blocks per thread (small maps under large kernels), which then run as one
-/// GEMM split inside [`matmul`].
-fn forward_block(g: &Geom, threads: usize) -> Option<usize> {
-    let pixels = BLOCK_PIXELS.max(g.ckk() * g.k / 64);
+/// [`BLOCK_PIXELS`], more where the kernel is large and each block repacks it (f32:
+/// keep that under ~1/64 of the block's multiply-adds; bf16 packs once per conv);
+/// `None` where the output has fewer than two such blocks per thread (small maps under
+/// large kernels), which then run as one GEMM split inside [`matmul`].
+fn forward_block(g: &Geom, threads: usize, packed_once: bool) -> Option<usize> {
+    let repack = if packed_once { 0 } else { g.ckk() * g.k / 64 };
+    let pixels = BLOCK_PIXELS.max(repack);
     let rows = pixels.div_ceil(g.ow.max(1));
     (g.m() >= 2 * threads.max(1) * pixels).then_some(rows * g.ow)
 }
