@@ -380,6 +380,30 @@ mod amx {
         }
     }
 
+    /// Tiles 0–3, the 2×2 tiles of a 32×32 f32 block, to `c` with rows `ld` floats
+    /// apart.
+    ///
+    /// # Safety
+    /// Tiles configured by `run`; `c` valid for 32 rows of 32 floats `ld` apart.
+    #[allow(unsafe_code)]
+    unsafe fn store_block(c: *mut f32, ld: usize) {
+        // SAFETY: the caller's contract; each store writes 16 rows of 64 bytes.
+        unsafe {
+            asm!(
+                "tilestored [{c0} + {sc}*1], tmm0",
+                "tilestored [{c1} + {sc}*1], tmm1",
+                "tilestored [{c2} + {sc}*1], tmm2",
+                "tilestored [{c3} + {sc}*1], tmm3",
+                c0 = in(reg) c,
+                c1 = in(reg) c.add(16),
+                c2 = in(reg) c.add(16 * ld),
+                c3 = in(reg) c.add(16 * ld + 16),
+                sc = in(reg) ld * 4,
+                options(nostack),
+            );
+        }
+    }
+
     /// # Safety
     /// AMX is enabled for this process; `a` is `mp×kp` bf16 (`mp` a multiple of 32,
     /// at least `m`), `b` packed as [`super::PackedData::Tiles`] for `kp` and `np`,
@@ -397,7 +421,6 @@ mod amx {
         let mut block = [0f32; 32 * 32];
         let a_stride = kp * 2;
         let b_stride = 64usize;
-        let c_stride = 32 * 4usize;
         let mp = a.len() / kp;
         // SAFETY: the caller's contract (AMX enabled; `a` is mp×kp and `b` holds
         // np/16 panels of kp/2 pair rows, so every tile load stays inside them; a
@@ -447,35 +470,11 @@ mod amx {
                     let cols = n.saturating_sub(j0).min(32);
                     if rows == 32 && cols == 32 {
                         // A whole block: straight into `dst`.
-                        let c = dst.as_mut_ptr().add(i0 * n + j0).cast::<f32>();
-                        asm!(
-                            "tilestored [{c0} + {sc}*1], tmm0",
-                            "tilestored [{c1} + {sc}*1], tmm1",
-                            "tilestored [{c2} + {sc}*1], tmm2",
-                            "tilestored [{c3} + {sc}*1], tmm3",
-                            c0 = in(reg) c,
-                            c1 = in(reg) c.add(16),
-                            c2 = in(reg) c.add(16 * n),
-                            c3 = in(reg) c.add(16 * n + 16),
-                            sc = in(reg) n * 4,
-                            options(nostack),
-                        );
+                        store_block(dst.as_mut_ptr().add(i0 * n + j0).cast::<f32>(), n);
                         i0 += 32;
                         continue;
                     }
-                    let c = block.as_mut_ptr();
-                    asm!(
-                        "tilestored [{c0} + {sc}*1], tmm0",
-                        "tilestored [{c1} + {sc}*1], tmm1",
-                        "tilestored [{c2} + {sc}*1], tmm2",
-                        "tilestored [{c3} + {sc}*1], tmm3",
-                        c0 = in(reg) c,
-                        c1 = in(reg) c.add(16),
-                        c2 = in(reg) c.add(16 * 32),
-                        c3 = in(reg) c.add(16 * 32 + 16),
-                        sc = in(reg) c_stride,
-                        options(nostack),
-                    );
+                    store_block(block.as_mut_ptr(), 32);
                     for r in 0..rows {
                         let out = &mut dst[(i0 + r) * n + j0..][..cols];
                         for (o, v) in out.iter_mut().zip(&block[r * 32..r * 32 + cols]) {
