@@ -12,9 +12,9 @@
 //! stands apart.
 //!
 //! All of the project's `unsafe` code lives in this crate: the target-feature
-//! trampolines of [`simd`], the intrinsics of [`dot`], [`codes`] and [`scan`], the `gemm` call
-//! and uninitialised output buffers of [`conv`] and [`buffer`], and the global
-//! allocator and `mallopt` tuning of [`alloc`].
+//! trampolines of [`simd`], the intrinsics of [`dot`], [`codes`] and [`scan`], the `gemm` call,
+//! the AMX tiles' inline assembly and uninitialised output buffers of [`conv`] and
+//! [`buffer`], and the global allocator and `mallopt` tuning of [`alloc`].
 
 #![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
 
