@@ -162,10 +162,27 @@ pub(crate) fn to_bf16(x: &[f32]) -> Option<Vec<u16>> {
     if !amx_available() {
         return None;
     }
-    let mut out = vec![0u16; x.len()];
-    out.par_chunks_mut(1 << 16)
+    // Each chunk zeroed by the task that converts it: no serial memset first.
+    let mut out = Vec::with_capacity(x.len());
+    out.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(1 << 16)
         .zip(x.par_chunks(1 << 16))
-        .for_each(|(d, s)| amx::convert_slice(s, d));
+        .for_each(|(d, s)| {
+            for v in d.iter_mut() {
+                v.write(0);
+            }
+            // SAFETY: every element of `d` was just initialised; `MaybeUninit<u16>`
+            // has `u16`'s layout.
+            #[allow(unsafe_code)]
+            let d = unsafe { &mut *(std::ptr::from_mut::<[MaybeUninit<u16>]>(d) as *mut [u16]) };
+            amx::convert_slice(s, d);
+        });
+    // SAFETY: the chunks cover all `x.len()` elements, each initialised above, within
+    // the capacity reserved.
+    #[allow(unsafe_code)]
+    unsafe {
+        out.set_len(x.len());
+    }
     Some(out)
 }
 
@@ -373,7 +390,11 @@ mod amx {
     /// `dst = bf16(src)` (equal lengths; AVX512-BF16, present wherever AMX is).
     pub(super) fn convert_slice(src: &[f32], dst: &mut [u16]) {
         assert_eq!(src.len(), dst.len());
-        // SAFETY: only called once `amx_available()`, which checked AVX512-BF16.
+        assert!(
+            super::amx_available(),
+            "bf16 conversion without AVX512-BF16"
+        );
+        // SAFETY: `amx_available()` checked AVX512-BF16 on this CPU.
         #[allow(unsafe_code)]
         unsafe {
             convert(src, dst);
