@@ -111,9 +111,15 @@ impl ResNet {
         if Channels::fastest_for(xs) == Channels::Last && xs.rank() == 4 {
             pooled_features(self, xs, train, None)
         } else if !train && self.config().precision == super::super::resnet::Precision::Bf16 {
+            // Candle's kernels (another device, or VITRINE_CANDLE_CONV=1) have no bf16 path here.
             candle_core::bail!(
-                "model.precision = \"bf16\" embeds on the CPU only (device {:?}); use \"fp32\"",
-                xs.device()
+                "model.precision = \"bf16\" runs on vitrine's CPU kernels only (device {:?}{}); use \"fp32\"",
+                xs.device(),
+                if xs.device().is_cpu() {
+                    ", VITRINE_CANDLE_CONV=1"
+                } else {
+                    ""
+                }
             )
         } else {
             generalized_mean(&self.forward_t(xs, train)?, self.config().gem_p)
