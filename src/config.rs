@@ -86,7 +86,7 @@ pub struct ModelConfig {
     pub invert_average: bool,
     /// Exponent of the generalised-mean pool over the last feature map (1 = average).
     pub gem_p: f32,
-    /// The numbers the backbone's convs multiply when embedding (training is f32).
+    /// The numbers the backbone's forward convs multiply (embedding and training).
     pub precision: Precision,
     /// Empty: random initialisation; a safetensors file, or `hf:OWNER/NAME[@REV]`
     /// (resolved from the Hugging Face cache, never downloaded here).

@@ -61,8 +61,9 @@ pub struct EmbedderConfig {
     /// before it existed keep their configuration hash).
     #[serde(skip_serializing_if = "is_one")]
     pub gem_p: f32,
-    /// At inference, the numbers the backbone's convs multiply; inference-only like
-    /// `flip_average` (training is f32).
+    /// The numbers the backbone's forward convs multiply, embedding and training
+    /// (gradients are f32). Shapes no weight, so it stays out of the configuration
+    /// hash like `flip_average`: a run may resume with the other precision.
     #[serde(skip_serializing_if = "is_fp32")]
     pub precision: Precision,
 }

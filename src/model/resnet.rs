@@ -45,7 +45,8 @@ pub enum Backbone {
     Resnet50,
 }
 
-/// `model.precision`: the numbers the backbone's convs multiply when embedding.
+/// `model.precision`: the numbers the backbone's forward convs multiply (embedding and
+/// training; gradients are f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
@@ -111,8 +112,8 @@ pub struct ResNetConfig {
     /// Exponent of the generalised-mean pool over the last feature map
     /// ([`generalized_mean`]): 1 is the global average pool.
     pub gem_p: f32,
-    /// The numbers the convs multiply at inference (eval mode; training is f32):
-    /// bf16 runs on the CPU only.
+    /// The numbers the forward convs multiply (gradients are f32): bf16 runs on the
+    /// CPU only.
     pub precision: Precision,
 }
 

@@ -110,8 +110,16 @@ impl ResNet {
     pub fn forward_pooled(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         if Channels::fastest_for(xs) == Channels::Last && xs.rank() == 4 {
             pooled_features(self, xs, train, None)
-        } else if !train && self.config().precision == super::super::resnet::Precision::Bf16 {
-            // Candle's kernels (another device, or VITRINE_CANDLE_CONV=1) have no bf16 path here.
+        } else {
+            self.refuse_bf16(xs)?;
+            generalized_mean(&self.forward_t(xs, train)?, self.config().gem_p)
+        }
+    }
+
+    /// Candle's kernels (another device, or `VITRINE_CANDLE_CONV=1`) have no bf16
+    /// path: an error rather than silently f32.
+    fn refuse_bf16(&self, xs: &Tensor) -> Result<()> {
+        if self.config().precision == super::super::resnet::Precision::Bf16 {
             candle_core::bail!(
                 "model.precision = \"bf16\" runs on vitrine's CPU kernels only (device {:?}{}); use \"fp32\"",
                 xs.device(),
@@ -121,9 +129,8 @@ impl ResNet {
                     ""
                 }
             )
-        } else {
-            generalized_mean(&self.forward_t(xs, train)?, self.config().gem_p)
         }
+        Ok(())
     }
 
     /// [`Self::forward_pooled`] in train mode for one training step, with the
@@ -139,6 +146,7 @@ impl ResNet {
         let pooled = if Channels::fastest_for(xs) == Channels::Last && xs.rank() == 4 {
             pooled_features(self, xs, true, Some(&deferred))?
         } else {
+            self.refuse_bf16(xs)?;
             generalized_mean(&self.forward_t(xs, true)?, self.config().gem_p)?
         };
         Ok((pooled, deferred))
@@ -204,12 +212,7 @@ fn pooled_features(
         plan,
         gem_p: net.config().gem_p,
         threads: threads(),
-        // Training is f32 throughout; bf16 is for embedding.
-        precision: if train {
-            Precision::F32
-        } else {
-            net.config().precision.kernel()
-        },
+        precision: net.config().precision.kernel(),
         tape: Arc::new(Mutex::new(None)),
         batch_stats: Arc::new(Mutex::new(Vec::new())),
         deferred: deferred.cloned(),
@@ -326,7 +329,7 @@ struct BackboneOp {
     gem_p: f32,
     /// Threads the conv GEMMs are split over.
     threads: usize,
-    /// What the convs with fixed BatchNorm statistics multiply (f32 when training).
+    /// What the forward convs multiply (the gradients are f32).
     precision: Precision,
     tape: Arc<Mutex<Option<Tape>>>,
     /// Batch statistics of the units that used them (train mode), in plan order.
@@ -393,7 +396,11 @@ impl BackboneOp {
         let p = &self.plan[i];
         let (w, _, _) = params.unit(i)?;
         let geom = Geom::new(&x.dims, p.weight.dims(), p.stride, p.pad).map_err(kernel_error)?;
-        let pre_bn = conv::forward(&x.data, w, &geom, Forward::plain(self.threads));
+        let how = Forward {
+            precision: self.precision,
+            ..Forward::plain(self.threads)
+        };
+        let pre_bn = conv::forward(&x.data, w, &geom, how);
         let stats = if let Some(s) = &p.fixed {
             s.clone()
         } else {

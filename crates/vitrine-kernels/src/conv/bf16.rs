@@ -308,6 +308,9 @@ mod amx {
         }
     }
 
+    /// Rows of the left operand converted at a time by [`matmul`].
+    const ROWS_PER_CONVERSION: usize = 512;
+
     /// The tile palette: tiles 0–7 each 16 rows of 64 bytes.
     #[repr(C, align(64))]
     struct TileConfig([u8; 64]);
@@ -341,28 +344,35 @@ mod amx {
         let mp = m.div_ceil(32) * 32;
         let np = n.div_ceil(16) * 16;
         assert!(rhs.len() >= kp * np && kp >= k && kp.is_multiple_of(32));
+        // By blocks of rows, so that each block's bf16 copy stays in cache while every
+        // column panel passes over it.
+        let block = ROWS_PER_CONVERSION.min(mp);
         LHS.with(|cell| {
             let mut a = cell.borrow_mut();
-            if a.len() < mp * kp {
-                a.resize(mp * kp, 0);
+            if a.len() < block * kp {
+                a.resize(block * kp, 0);
             }
-            let a = &mut a[..mp * kp];
-            for (i, row) in a.chunks_exact_mut(kp).enumerate() {
-                let (row, pad) = row.split_at_mut(k);
-                pad.fill(0);
-                match (i < m).then(|| lhs.row(i, k)).flatten() {
-                    // SAFETY: AMX CPUs have AVX512-BF16 (checked with it in `enable`).
-                    #[allow(unsafe_code)]
-                    Some(src) => unsafe { convert(src, row) },
-                    None => row.fill(0),
+            for (b, dst) in dst.chunks_mut(block * n).enumerate() {
+                let (first, rows) = (b * block, dst.len() / n);
+                let a = &mut a[..rows.div_ceil(32) * 32 * kp];
+                for (i, row) in a.chunks_exact_mut(kp).enumerate() {
+                    let (row, pad) = row.split_at_mut(k);
+                    pad.fill(0);
+                    match (i < rows).then(|| lhs.row(first + i, k)).flatten() {
+                        // SAFETY: AMX CPUs have AVX512-BF16 (checked with it in `enable`).
+                        #[allow(unsafe_code)]
+                        Some(src) => unsafe { convert(src, row) },
+                        None => row.fill(0),
+                    }
                 }
-            }
-            // SAFETY: AMX was enabled for this process (`Packed::new` chose tiles only
-            // when `amx_available()`); `a` is mp×kp, `rhs` holds np/16 panels of kp/2
-            // pair rows (asserted above), `dst` is m×n (asserted by the caller).
-            #[allow(unsafe_code)]
-            unsafe {
-                run(m, n, a, rhs, kp, np, dst);
+                // SAFETY: AMX was enabled for this process (`Packed::new` chose tiles
+                // only when `amx_available()`); `a` holds `rows` rounded up to 32 rows
+                // of kp, `rhs` np/16 panels of kp/2 pair rows (asserted above), and
+                // `dst` is rows×n.
+                #[allow(unsafe_code)]
+                unsafe {
+                    run(rows, n, a, rhs, kp, np, dst);
+                }
             }
         });
     }
