@@ -4,8 +4,8 @@ use std::path::Path;
 
 use vitrine::data::deepfashion::{Dataset, LoadOptions, Source, Split};
 use vitrine::data::loader::LoaderConfig;
-use vitrine::model::{Embedder, Precision};
 use vitrine::model::checkpoint;
+use vitrine::model::{Embedder, Precision};
 use vitrine::run::folder::CheckpointKind;
 use vitrine::run::folder::{ControlRequest, RunDir};
 use vitrine::train::error::TrainError;
