@@ -143,6 +143,39 @@ fn bench_train_reports_images_per_second_beside_triplets() {
 }
 
 #[test]
+fn bench_embed_names_the_precision_and_where_bf16_ran() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bf16 = tmp.path().join("bf16.toml");
+    std::fs::write(&bf16, "[model]\nprecision = \"bf16\"\n").expect("write");
+    let args = [
+        "bench",
+        "embed",
+        "--image-size",
+        "32",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+    ];
+    let plain = vitrine(&[&args[..], &["--device", "cpu", "--json"]].concat());
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    let v: serde_json::Value = serde_json::from_slice(&plain.stdout).expect("json");
+    assert_eq!(v["precision"], "fp32", "{v}");
+    assert!(v["bf16_on"].is_null(), "{v}");
+    let out = vitrine(&[&["--config", text(&bf16)], &args[..], &["--json"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["precision"], "bf16", "{v}");
+    let on = if vitrine_kernels::conv::amx_available() {
+        "amx"
+    } else {
+        "emulated"
+    };
+    assert_eq!(v["bf16_on"], on, "{v}");
+    assert!(v["images_per_s"].as_f64().expect("images_per_s") > 0.0);
+}
+
+#[test]
 fn a_gallery_smaller_than_20_gets_a_note_and_raw_pixels_no_search_check() {
     let data = common::synth_dataset(12, 32);
     let ds = Dataset::open(&data, LoadOptions::default()).expect("ds");

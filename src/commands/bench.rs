@@ -7,7 +7,7 @@ use candle_core::{DType, Tensor};
 use crate::cli::{BenchCommand, BenchLoadArgs, BenchModelArgs};
 use crate::config::Config;
 use crate::data::loader::{LoaderConfig, Prefetcher};
-use crate::model::{Criterion, Embedder, LossConfig, LossKind, Mining};
+use crate::model::{Criterion, Embedder, LossConfig, LossKind, Mining, Precision};
 use crate::run::device::{self, parse_device};
 use crate::train::step::{Optimisers, Phases, StepSettings, train_step};
 
@@ -323,16 +323,24 @@ fn random_batch(n: usize, size: u32, device: &candle_core::Device) -> anyhow::Re
 
 /// One JSON line or a sentence, with the figure under `key` and, for training, the
 /// images per second (3 per triplet: the unit the trainer and `embed` report) and the
-/// mean seconds per step of each phase.
+/// mean seconds per step of each phase; and the conv precision (`model.precision`),
+/// with where bf16 ran.
 fn report(
     args: &BenchModelArgs,
     what: &str,
     (key, value): (&str, f64),
     phases: Option<&Phases>,
-    device: &candle_core::Device,
+    (device, precision): (&candle_core::Device, Precision),
 ) -> anyhow::Result<()> {
     let images_per_s = (key == "triplets_per_s").then_some(3.0 * value);
     let info = device::info(device);
+    let bf16_on = (precision == Precision::Bf16).then(|| {
+        if vitrine_kernels::conv::amx_available() {
+            "amx"
+        } else {
+            "emulated"
+        }
+    });
     if args.json {
         let mut obj = serde_json::json!({
             "backbone": args.backbone.to_string(),
@@ -342,7 +350,11 @@ fn report(
             "device": device::describe(device),
             "device_name": info.name,
             "device_memory_bytes": info.memory_bytes,
+            "precision": if bf16_on.is_some() { "bf16" } else { "fp32" },
         });
+        if let Some(on) = bf16_on {
+            obj["bf16_on"] = serde_json::json!(on);
+        }
         obj[key] = serde_json::json!(value);
         if let Some(images) = images_per_s {
             obj["images_per_s"] = serde_json::json!(images);
@@ -352,8 +364,13 @@ fn report(
         }
         crate::output::line(&obj.to_string())?;
     } else {
+        let bf16 = match bf16_on {
+            Some("amx") => ", bf16 on AMX tiles",
+            Some(_) => ", bf16 emulated (no AMX)",
+            None => "",
+        };
         crate::output::line(&format!(
-            "{what}: {} at {} px, batch {}, {} on {} ({}): {value:.2} {}{}",
+            "{what}: {} at {} px, batch {}, {} on {} ({}{bf16}): {value:.2} {}{}",
             args.backbone,
             args.image_size,
             args.batch,
@@ -442,7 +459,8 @@ fn train(config: &Config, args: &BenchModelArgs) -> anyhow::Result<()> {
     };
     let per_s = timed_rate(args, step)?;
     let per_s = ("triplets_per_s", per_s);
-    report(args, "bench train", per_s, Some(&phases), &device)?;
+    let how = (&device, config.model.precision);
+    report(args, "bench train", per_s, Some(&phases), how)?;
     Ok(())
 }
 
@@ -459,6 +477,7 @@ fn embed(config: &Config, args: &BenchModelArgs) -> anyhow::Result<()> {
         Ok(())
     };
     let per_s = timed_rate(args, step)?;
-    report(args, "bench embed", ("images_per_s", per_s), None, &device)?;
+    let how = (&device, config.model.precision);
+    report(args, "bench embed", ("images_per_s", per_s), None, how)?;
     Ok(())
 }
