@@ -119,23 +119,28 @@ fn synth_size_has_one_range_in_a_config_file_and_on_the_command_line() {
     );
 }
 
-#[test]
-fn bench_train_reports_images_per_second_beside_triplets() {
-    let out = vitrine(&[
+/// `vitrine [before…] bench WHAT` on a tiny model and one step, its JSON.
+fn tiny_bench(before: &[&str], what: &str) -> serde_json::Value {
+    let mut args = before.to_vec();
+    args.extend([
         "bench",
-        "train",
+        what,
         "--image-size",
         "32",
         "--batch",
         "2",
         "--steps",
         "1",
-        "--device",
-        "cpu",
-        "--json",
     ]);
+    args.extend(["--device", "cpu", "--json"]);
+    let out = vitrine(&args);
     assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[test]
+fn bench_train_reports_images_per_second_beside_triplets() {
+    let v = tiny_bench(&[], "train");
     let triplets = v["triplets_per_s"].as_f64().expect("triplets_per_s kept");
     let images = v["images_per_s"].as_f64().expect("images_per_s");
     assert!(triplets > 0.0);
@@ -144,27 +149,13 @@ fn bench_train_reports_images_per_second_beside_triplets() {
 
 #[test]
 fn bench_embed_names_the_precision_and_where_bf16_ran() {
+    let v = tiny_bench(&[], "embed");
+    assert_eq!(v["precision"], "fp32", "{v}");
+    assert!(v["bf16_on"].is_null(), "{v}");
     let tmp = tempfile::tempdir().expect("tempdir");
     let bf16 = tmp.path().join("bf16.toml");
     std::fs::write(&bf16, "[model]\nprecision = \"bf16\"\n").expect("write");
-    let args = [
-        "bench",
-        "embed",
-        "--image-size",
-        "32",
-        "--batch",
-        "2",
-        "--steps",
-        "1",
-    ];
-    let plain = vitrine(&[&args[..], &["--device", "cpu", "--json"]].concat());
-    assert!(plain.status.success(), "{}", stderr(&plain));
-    let v: serde_json::Value = serde_json::from_slice(&plain.stdout).expect("json");
-    assert_eq!(v["precision"], "fp32", "{v}");
-    assert!(v["bf16_on"].is_null(), "{v}");
-    let out = vitrine(&[&["--config", text(&bf16)], &args[..], &["--json"]].concat());
-    assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let v = tiny_bench(&["--config", text(&bf16)], "embed");
     assert_eq!(v["precision"], "bf16", "{v}");
     let on = if vitrine_kernels::conv::amx_available() {
         "amx"
