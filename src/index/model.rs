@@ -105,7 +105,8 @@ pub struct LoadedModel {
 
 /// What an index records of the embedder that filled it: the weights'
 /// [`checkpoint::fingerprint`], followed by the settings that change the embedding of
-/// the same weights — the generalised-mean pool and the test-time views — when they
+/// the same weights — the generalised-mean pool, the test-time views and the bf16
+/// precision — when they
 /// are not the defaults (so the fingerprints of indexes made before those settings
 /// existed still match). A gallery embedded one way is then never searched with
 /// queries embedded another: changing `model.invert_average` in a run's

@@ -192,7 +192,7 @@ pub struct Forward<'a> {
     /// Threads the GEMMs are split over (1: single-threaded GEMMs); also picks how
     /// Winograd chunks the batch. The work runs on the caller's rayon pool.
     pub threads: usize,
-    /// The GEMMs' operands: f32, or rounded to bf16 (inference only).
+    /// The GEMMs' operands: f32, or rounded to bf16.
     pub precision: Precision,
 }
 
@@ -216,7 +216,8 @@ pub enum Precision {
     F32,
     /// Input and kernel rounded to bfloat16 (8 bits of mantissa), sums in f32: on
     /// AMX tiles where the CPU has them ([`amx_available`]), emulated elsewhere with
-    /// the same rounding. For inference: no gradient is defined through it.
+    /// the same rounding. Forward only: [`backward`] is f32, and a caller training
+    /// through a bf16 forward takes the f32 gradients of the unrounded operands.
     Bf16,
 }
 

@@ -1,4 +1,4 @@
-//! The bfloat16 GEMM of inference convs ([`super::Precision::Bf16`]): both operands
+//! The bfloat16 GEMM of forward convs ([`super::Precision::Bf16`]): both operands
 //! rounded to bf16 (round to nearest even), products summed in f32.
 //!
 //! On CPUs with AMX (Intel Sapphire Rapids and later) the tiles multiply bf16 pairs
@@ -327,11 +327,6 @@ mod amx {
         TileConfig(c)
     };
 
-    thread_local! {
-        /// The left operand in bf16, reused between calls on a thread.
-        static LHS: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-
     pub(super) fn matmul(
         m: usize,
         n: usize,
@@ -347,11 +342,7 @@ mod amx {
         // By blocks of rows, so that each block's bf16 copy stays in cache while every
         // column panel passes over it.
         let block = ROWS_PER_CONVERSION.min(mp);
-        LHS.with(|cell| {
-            let mut a = cell.borrow_mut();
-            if a.len() < block * kp {
-                a.resize(block * kp, 0);
-            }
+        super::with_bits(block * kp, |a| {
             for (b, dst) in dst.chunks_mut(block * n).enumerate() {
                 let (first, rows) = (b * block, dst.len() / n);
                 let a = &mut a[..rows.div_ceil(32) * 32 * kp];
@@ -359,9 +350,7 @@ mod amx {
                     let (row, pad) = row.split_at_mut(k);
                     pad.fill(0);
                     match (i < rows).then(|| lhs.row(first + i, k)).flatten() {
-                        // SAFETY: AMX CPUs have AVX512-BF16 (checked with it in `enable`).
-                        #[allow(unsafe_code)]
-                        Some(src) => unsafe { convert(src, row) },
+                        Some(src) => convert_slice(src, row),
                         None => row.fill(0),
                     }
                 }
