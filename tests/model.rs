@@ -1121,13 +1121,8 @@ fn test_time_views_average_the_mirror_and_the_colour_negative() {
     }
 }
 
-#[test]
-fn bf16_embeddings_and_training_forwards_stay_close_to_the_f32_ones() {
-    let (n, size) = (4, 64);
-    let mut rng = Rng::new(33);
-    let pixels: Vec<f32> = (0..n * 3 * size * size).map(|_| rng.f32()).collect();
-    let images = normalised(&pixels, n, size);
-    let base = cfg(Backbone::Resnet18, 0);
+/// An embedder with `base`'s seeded weights, and the same weights in bf16.
+fn f32_and_bf16(base: EmbedderConfig) -> (Embedder, Embedder) {
     let (fp32, varmap) = Embedder::seeded(base, &CPU, 8).expect("embedder");
     let cfg = EmbedderConfig {
         precision: Precision::Bf16,
@@ -1135,25 +1130,36 @@ fn bf16_embeddings_and_training_forwards_stay_close_to_the_f32_ones() {
     };
     assert_eq!(cfg.weights_shape(), base.weights_shape());
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &CPU);
-    let bf16 = Embedder::new(cfg, vb).expect("same variables");
-    let (a, b) = (
-        values(&fp32.embed(&images).expect("f32")),
-        values(&bf16.embed(&images).expect("bf16")),
-    );
+    (fp32, Embedder::new(cfg, vb).expect("same variables"))
+}
+
+/// Each pair of embeddings within cosine 0.995, and not equal (the rounding ran).
+fn assert_close_not_equal(a: &[f32], b: &[f32], what: &str) {
     for (i, (x, y)) in a.chunks_exact(512).zip(b.chunks_exact(512)).enumerate() {
         let cos: f32 = x.iter().zip(y).map(|(p, q)| p * q).sum();
-        assert!(cos > 0.995, "image {i}: cosine {cos}");
+        assert!(cos > 0.995, "{what}, image {i}: cosine {cos}");
     }
-    // And the rounding happened: not the f32 embedding itself.
-    assert!(max_rel_diff(&a, &b) > 1e-4);
+    assert!(max_rel_diff(a, b) > 1e-4, "{what}: no rounding");
+}
+
+#[test]
+fn bf16_embeddings_and_training_forwards_stay_close_to_the_f32_ones() {
+    let (n, size) = (4, 64);
+    let mut rng = Rng::new(33);
+    let pixels: Vec<f32> = (0..n * 3 * size * size).map(|_| rng.f32()).collect();
+    let images = normalised(&pixels, n, size);
+    let (fp32, bf16) = f32_and_bf16(cfg(Backbone::Resnet18, 0));
+    let a = values(&fp32.embed(&images).expect("f32"));
+    let b = values(&bf16.embed(&images).expect("bf16"));
+    assert_close_not_equal(&a, &b, "ResNet18");
     // Training's forward (batch statistics) rounds the same way.
-    let (ta, tb) = (
-        values(&fp32.forward_t(&images, true).expect("train f32")),
-        values(&bf16.forward_t(&images, true).expect("train bf16")),
-    );
-    for (i, (x, y)) in ta.chunks_exact(512).zip(tb.chunks_exact(512)).enumerate() {
-        let cos: f32 = x.iter().zip(y).map(|(p, q)| p * q).sum();
-        assert!(cos > 0.995, "training forward, image {i}: cosine {cos}");
-    }
-    assert!(max_rel_diff(&ta, &tb) > 1e-4);
+    let ta = values(&fp32.forward_t(&images, true).expect("train f32"));
+    let tb = values(&bf16.forward_t(&images, true).expect("train bf16"));
+    assert_close_not_equal(&ta, &tb, "training forward");
+    // Bottleneck blocks and their strided projections too (inference keeps the
+    // activations bf16 from layer to layer, shortcuts included).
+    let (fp32, bf16) = f32_and_bf16(cfg(Backbone::Resnet50, 0));
+    let a = values(&fp32.embed(&images).expect("f32"));
+    let b = values(&bf16.embed(&images).expect("bf16"));
+    assert_close_not_equal(&a, &b, "ResNet50");
 }

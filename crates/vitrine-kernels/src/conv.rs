@@ -23,6 +23,7 @@
 //! `(N, OH, OW, K)`; gradients come back in the layouts of `x` and `w`.
 
 mod bf16;
+mod bf16_activations;
 mod gemm;
 mod im2col;
 mod winograd;
@@ -32,8 +33,9 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+pub use self::bf16::{Epilogue, amx_available, from_bf16_bits, round_bf16, to_bf16_bits};
 use self::bf16::{Packed, matmul_bf16, matmul_bf16_bits, to_bf16, with_bits};
-pub use self::bf16::{amx_available, round_bf16};
+pub use self::bf16_activations::{bf16_from_f32, f32_from_bf16, forward_bf16};
 use self::gemm::{Mat, as_uninit, filled, matmul, written};
 use self::im2col::{col2im, im2col, im2col_rows, kernel_to_taps, taps_to_kernel};
 use self::winograd::Tiling;

@@ -18,6 +18,39 @@ pub struct MaxPool {
     pub dims: [usize; 4],
 }
 
+/// [`max_pool_3x3_s2`] of bf16 activations (bits), forward only: `(out, dims)`. The
+/// maximum of bf16 values is one of them, so this is the f32 pool of the same values.
+pub fn max_pool_3x3_s2_bf16(x: &[u16], [n, h, w, c]: [usize; 4]) -> (Vec<u16>, [usize; 4]) {
+    let (oh, ow) = (h.div_ceil(2), w.div_ceil(2));
+    let mut out = vec![0u16; n * oh * ow * c];
+    out.par_chunks_mut((ow * c).max(1))
+        .enumerate()
+        .for_each_init(Vec::new, |best: &mut Vec<f32>, (row, orow)| {
+            best.resize(c, 0.0);
+            let (ni, r) = (row / oh, row % oh);
+            for (q, o) in orow.chunks_exact_mut(c).enumerate() {
+                best.fill(f32::NEG_INFINITY);
+                for t in 0..9 {
+                    let (ih, iw) = (
+                        (2 * r + t / 3).wrapping_sub(1),
+                        (2 * q + t % 3).wrapping_sub(1),
+                    );
+                    if ih >= h || iw >= w {
+                        continue;
+                    }
+                    let src = &x[((ni * h + ih) * w + iw) * c..][..c];
+                    for (b, &v) in best.iter_mut().zip(src) {
+                        *b = b.max(f32::from_bits(u32::from(v) << 16));
+                    }
+                }
+                for (o, b) in o.iter_mut().zip(best.iter()) {
+                    *o = (b.to_bits() >> 16) as u16;
+                }
+            }
+        });
+    (out, [n, oh, ow, c])
+}
+
 /// 3×3, stride-2, padding-1 max-pool of `x (N, H, W, C)`; the first maximum in window
 /// order wins (torch's rule), and padding never does.
 pub fn max_pool_3x3_s2(x: &[f32], [n, h, w, c]: [usize; 4]) -> MaxPool {
@@ -210,6 +243,18 @@ fn power(v: f32, p: f32) -> f32 {
 mod tests {
     use super::*;
     use crate::testing::values;
+
+    #[test]
+    fn bf16_max_pool_is_the_f32_pool_of_the_same_values() {
+        use crate::conv::{bf16_from_f32, f32_from_bf16};
+        for dims @ [n, h, w, c] in [[2, 7, 6, 3], [1, 1, 1, 2], [3, 8, 5, 17]] {
+            let bits = bf16_from_f32(&values(n * h * w * c, 4));
+            let want = max_pool_3x3_s2(&f32_from_bf16(&bits), dims);
+            let (got, got_dims) = max_pool_3x3_s2_bf16(&bits, dims);
+            assert_eq!(got_dims, want.dims);
+            assert_eq!(f32_from_bf16(&got), want.out, "{dims:?}");
+        }
+    }
 
     #[test]
     fn max_pool_matches_a_direct_loop_and_routes_gradients_to_the_first_maximum() {

@@ -32,7 +32,7 @@ use candle_core::{
 };
 use candle_nn::{BatchNorm, Conv2d};
 use vitrine_kernels::buffer;
-use vitrine_kernels::conv::{self, Forward, Geom, Precision, Wanted};
+use vitrine_kernels::conv::{self, Epilogue, Forward, Geom, Precision, Wanted};
 use vitrine_kernels::elementwise::{
     Affine, Shortcut, add_assign, apply, apply_in_place, relu_mask, residual_relu,
     residual_relu_to, transpose_blocks,
@@ -284,6 +284,13 @@ impl Act {
     }
 }
 
+/// A channels-last activation `(N, H, W, C)` in bf16 bits (inference in bf16).
+#[derive(Debug, Clone)]
+struct Bits {
+    data: Vec<u16>,
+    dims: [usize; 4],
+}
+
 /// What one unit's backward needs: its input, its conv output (the BatchNorm's
 /// input) and the statistics it was normalised with.
 #[derive(Debug)]
@@ -501,7 +508,15 @@ impl BackboneOp {
         let params = ParamData::new(&self.plan);
         let mut stats_out: Vec<Option<Stats>> = vec![None; self.plan.len()];
         // (N, C, H·W) → (N, H·W, C): one transpose per image.
-        let x = Act::new(transpose_blocks(images, c, h * w), [n, h, w, c]);
+        let x = transpose_blocks(images, c, h * w);
+        if !record
+            && self.precision == Precision::Bf16
+            && self.plan.iter().all(|p| p.fixed.is_some())
+        {
+            *lock(&self.batch_stats) = stats_out;
+            return self.forward_bf16(&params, &x, [n, h, w, c]);
+        }
+        let x = Act::new(x, [n, h, w, c]);
 
         // Stem: conv → BatchNorm → ReLU → 3×3/2 max-pool.
         let (y, stem_tape) = if let Some(y) = self.fixed_unit_relu(&params, 0, &x)? {
@@ -549,6 +564,77 @@ impl BackboneOp {
         }
         *lock(&self.batch_stats) = stats_out;
         Ok((pooled, Shape::from((n, fc))))
+    }
+
+    /// [`Self::forward`] without a tape, every unit normalising with fixed statistics,
+    /// in bf16: the activations stay bf16 from layer to layer, each conv's BatchNorm,
+    /// shortcut and ReLU applied to its f32 sums before they are rounded
+    /// ([`conv::forward_bf16`]).
+    fn forward_bf16(
+        &self,
+        params: &ParamData,
+        images: &[f32],
+        dims: [usize; 4],
+    ) -> Result<(Vec<f32>, Shape)> {
+        let x = Bits {
+            data: conv::bf16_from_f32(images),
+            dims,
+        };
+        let stem = self.unit_bf16(params, 0, &x, None, true)?;
+        drop(x);
+        let (data, dims) = pool::max_pool_3x3_s2_bf16(&stem.data, stem.dims);
+        drop(stem);
+        let mut cur = Bits { data, dims };
+        for (b, start) in self.block_starts().into_iter().enumerate() {
+            let last = start + self.blocks[b].convs - 1;
+            let mut main: Option<Bits> = None;
+            for i in start..last {
+                main =
+                    Some(self.unit_bf16(params, i, main.as_ref().unwrap_or(&cur), None, true)?);
+            }
+            let main = main.unwrap_or_else(|| cur.clone());
+            let shortcut = if self.blocks[b].projection {
+                self.unit_bf16(params, last + 1, &cur, None, false)?.data
+            } else {
+                cur.data
+            };
+            cur = self.unit_bf16(params, last, &main, Some(&shortcut), true)?;
+        }
+        let [n, _, _, fc] = cur.dims;
+        let features = conv::f32_from_bf16(&cur.data);
+        let pooled = pool::generalized_mean(&features, cur.dims, self.gem_p);
+        Ok((pooled, Shape::from((n, fc))))
+    }
+
+    /// Conv → BatchNorm (fixed statistics) → `+ shortcut` → ReLU (when `relu`) of unit
+    /// `i` on bf16 activations.
+    fn unit_bf16(
+        &self,
+        params: &ParamData,
+        i: usize,
+        x: &Bits,
+        shortcut: Option<&[u16]>,
+        relu: bool,
+    ) -> Result<Bits> {
+        let p = &self.plan[i];
+        let Some(stats) = &p.fixed else {
+            candle_core::bail!("backbone: a bf16 inference unit without fixed statistics")
+        };
+        let (w, gamma, beta) = params.unit(i)?;
+        let geom = Geom::new(&x.dims, p.weight.dims(), p.stride, p.pad).map_err(kernel_error)?;
+        let (scale, shift) = stats.affine(gamma, beta);
+        let e = Epilogue {
+            scale: &scale,
+            shift: &shift,
+            shortcut,
+            relu,
+        };
+        let data = conv::forward_bf16(&x.data, w, &geom, &e, self.threads);
+        let (oh, ow, k) = geom.out_dims();
+        Ok(Bits {
+            data,
+            dims: [x.dims[0], oh, ow, k],
+        })
     }
 
     /// One residual block; `keep` records its tape.

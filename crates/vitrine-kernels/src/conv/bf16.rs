@@ -190,15 +190,93 @@ pub(crate) fn to_bf16(x: &[f32]) -> Option<Vec<u16>> {
 /// bits with rows `kp` apart (the packing's depth: `rhs` packed for AMX tiles), at
 /// least `m` rounded up to 32 rows of them.
 pub(crate) fn matmul_bf16_bits(m: usize, dst: &mut [MaybeUninit<f32>], a: &[u16], rhs: &Packed) {
+    matmul_bf16_bits_to(m, Sink::F32(dst), a, rhs);
+}
+
+/// [`matmul_bf16_bits`] into `dst`: f32 sums, or bf16 after an epilogue.
+pub(crate) fn matmul_bf16_bits_to(m: usize, mut dst: Sink, a: &[u16], rhs: &Packed) {
     let PackedData::Tiles { bits, kp } = &rhs.data else {
         panic!("matmul_bf16_bits: the right operand is not packed for AMX tiles")
     };
     assert_eq!(dst.len(), m * rhs.n, "matmul_bf16_bits: dst is not m×n");
+    if let Sink::Bits { e, .. } = &dst {
+        e.check(m, rhs.n);
+    }
     assert!(
         a.len() >= m.div_ceil(32) * 32 * kp,
         "matmul_bf16_bits: a is short"
     );
-    amx::matmul_bits(m, rhs.n, dst, a, bits, *kp);
+    amx::matmul_bits(m, rhs.n, &mut dst, a, bits, *kp);
+}
+
+/// Where the tile kernel puts an `m×n` product (row-major, exactly `m·n` long).
+pub(crate) enum Sink<'a, 'e> {
+    /// The f32 sums as they are.
+    F32(&'a mut [MaybeUninit<f32>]),
+    /// `e` applied to the sums, rounded to bf16.
+    Bits {
+        dst: &'a mut [MaybeUninit<u16>],
+        e: &'a Epilogue<'e>,
+    },
+}
+
+impl Sink<'_, '_> {
+    fn len(&self) -> usize {
+        match self {
+            Sink::F32(d) => d.len(),
+            Sink::Bits { dst, .. } => dst.len(),
+        }
+    }
+}
+
+/// What a conv with bf16 activations does to its f32 sums `y` before rounding them:
+/// `y·scale + shift` per output channel, `+ shortcut` (a bf16 activation of the
+/// output's shape, read in the same rows), then `max(0, ·)` when `relu`.
+#[derive(Debug, Clone, Copy)]
+pub struct Epilogue<'a> {
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+    pub shortcut: Option<&'a [u16]>,
+    pub relu: bool,
+}
+
+impl Epilogue<'_> {
+    /// Panics unless this fits an `m×n` output.
+    pub(crate) fn check(&self, m: usize, n: usize) {
+        assert!(
+            self.scale.len() == n && self.shift.len() == n,
+            "bf16 epilogue: {} scales and {} shifts for {n} channels",
+            self.scale.len(),
+            self.shift.len()
+        );
+        if let Some(s) = self.shortcut {
+            assert_eq!(s.len(), m * n, "bf16 epilogue: shortcut is not m×n");
+        }
+    }
+
+    /// This epilogue for `rows` rows of `n` channels from row `first` on.
+    pub(crate) fn rows(&self, first: usize, rows: usize, n: usize) -> Self {
+        Self {
+            shortcut: self.shortcut.map(|s| &s[first * n..(first + rows) * n]),
+            ..*self
+        }
+    }
+
+    /// Element `at` (channel `j`) of the output from its sum `y`, as f32.
+    #[inline]
+    fn value(&self, y: f32, at: usize, j: usize) -> f32 {
+        let mut v = y * self.scale[j] + self.shift[j];
+        if let Some(s) = self.shortcut {
+            v += from_bf16_bits(s[at]);
+        }
+        if self.relu { v.max(0.0) } else { v }
+    }
+}
+
+/// The f32 value of bf16 bits (exact).
+#[must_use]
+pub fn from_bf16_bits(b: u16) -> f32 {
+    f32::from_bits(u32::from(b) << 16)
 }
 
 impl Packed {
@@ -242,7 +320,7 @@ mod amx {
     use std::arch::asm;
     use std::mem::MaybeUninit;
 
-    use super::to_bf16_bits;
+    use super::{Epilogue, Sink, to_bf16_bits};
     use crate::conv::gemm::Mat;
 
     /// `arch_prctl` and its request for the AMX tile data state (Linux, x86-64).
@@ -360,7 +438,7 @@ mod amx {
                 // `dst` is rows×n.
                 #[allow(unsafe_code)]
                 unsafe {
-                    run(rows, n, a, rhs, kp, np, dst);
+                    run(rows, n, a, rhs, kp, np, &mut Sink::F32(dst));
                 }
             }
         });
@@ -371,7 +449,7 @@ mod amx {
     pub(super) fn matmul_bits(
         m: usize,
         n: usize,
-        dst: &mut [MaybeUninit<f32>],
+        dst: &mut Sink,
         a: &[u16],
         rhs: &[u16],
         kp: usize,
@@ -424,20 +502,116 @@ mod amx {
         }
     }
 
+    /// Asks for the 64 bytes from `at` of each of `rows` rows `n` apart of `s`.
+    fn prefetch_rows(s: &[u16], at: usize, n: usize, rows: usize) {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        for r in 0..rows {
+            if let Some(v) = s.get(at + r * n) {
+                // SAFETY: a prefetch reads nothing architecturally; the address is an
+                // element of `s`.
+                #[allow(unsafe_code)]
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(v).cast());
+                }
+            }
+        }
+    }
+
+    /// Rows `i0..i0+rows`, columns `j0..j0+cols` of the `·×n` bf16 output from the
+    /// 32×32 block of sums `block` (row stride 32), through the epilogue `e`.
+    fn finish_bits(
+        block: &[f32; 1024],
+        (i0, j0): (usize, usize),
+        (rows, cols): (usize, usize),
+        n: usize,
+        dst: &mut [MaybeUninit<u16>],
+        e: &Epilogue,
+    ) {
+        if cols == 32 {
+            // SAFETY: AVX512-BF16 is there (AMX tiles run only where
+            // `amx_available()` checked it).
+            #[allow(unsafe_code)]
+            unsafe {
+                finish_bits_avx512(block, (i0, j0), rows, n, dst, e);
+            }
+            return;
+        }
+        for r in 0..rows {
+            let at = (i0 + r) * n + j0;
+            for c in 0..cols {
+                let v = e.value(block[r * 32 + c], at + c, j0 + c);
+                dst[at + c].write(to_bf16_bits(v));
+            }
+        }
+    }
+
+    /// [`finish_bits`] of 32 whole columns, 32 values a row at a time: the same
+    /// arithmetic as [`Epilogue::value`] (multiply, then add, no FMA) and the same
+    /// rounding as [`to_bf16_bits`] (bar denormals, flushed to zero).
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    fn finish_bits_avx512(
+        block: &[f32; 1024],
+        (i0, j0): (usize, usize),
+        rows: usize,
+        n: usize,
+        dst: &mut [MaybeUninit<u16>],
+        e: &Epilogue,
+    ) {
+        use std::arch::x86_64::{
+            __m512bh, __m512i, _mm256_loadu_si256, _mm512_add_ps, _mm512_castsi512_ps,
+            _mm512_cvtepu16_epi32, _mm512_cvtne2ps_pbh, _mm512_loadu_ps, _mm512_max_ps,
+            _mm512_mul_ps, _mm512_setzero_ps, _mm512_slli_epi32, _mm512_storeu_si512,
+        };
+        let (scale, shift) = (&e.scale[j0..j0 + 32], &e.shift[j0..j0 + 32]);
+        assert!(dst.len() >= (i0 + rows - 1) * n + j0 + 32 && rows <= 32);
+        if let Some(s) = e.shortcut {
+            assert!(s.len() >= (i0 + rows - 1) * n + j0 + 32);
+        }
+        // SAFETY: every load reads 16 floats or 16 u16 inside `block`, `scale`,
+        // `shift` or the shortcut row, and every store writes 32 u16 inside `dst`
+        // (lengths asserted above); unaligned loads and stores.
+        #[allow(unsafe_code)]
+        unsafe {
+            let sc = [
+                _mm512_loadu_ps(scale.as_ptr()),
+                _mm512_loadu_ps(scale.as_ptr().add(16)),
+            ];
+            let sh = [
+                _mm512_loadu_ps(shift.as_ptr()),
+                _mm512_loadu_ps(shift.as_ptr().add(16)),
+            ];
+            let zero = _mm512_setzero_ps();
+            for r in 0..rows {
+                let at = (i0 + r) * n + j0;
+                let mut v = [0, 1].map(|h| {
+                    let y = _mm512_loadu_ps(block.as_ptr().add(r * 32 + h * 16));
+                    _mm512_add_ps(_mm512_mul_ps(y, sc[h]), sh[h])
+                });
+                if let Some(s) = e.shortcut {
+                    for (h, v) in v.iter_mut().enumerate() {
+                        let raw = _mm256_loadu_si256(s.as_ptr().add(at + h * 16).cast());
+                        let wide = _mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16);
+                        *v = _mm512_add_ps(*v, _mm512_castsi512_ps(wide));
+                    }
+                }
+                if e.relu {
+                    v = v.map(|v| _mm512_max_ps(v, zero));
+                }
+                let out = _mm512_cvtne2ps_pbh(v[1], v[0]);
+                _mm512_storeu_si512(
+                    dst.as_mut_ptr().add(at).cast(),
+                    std::mem::transmute::<__m512bh, __m512i>(out),
+                );
+            }
+        }
+    }
+
     /// # Safety
     /// AMX is enabled for this process; `a` is `mp×kp` bf16 (`mp` a multiple of 32,
     /// at least `m`), `b` packed as [`super::PackedData::Tiles`] for `kp` and `np`,
     /// `dst` is `m×n`.
     #[allow(unsafe_code)]
-    unsafe fn run(
-        m: usize,
-        n: usize,
-        a: &[u16],
-        b: &[u16],
-        kp: usize,
-        np: usize,
-        dst: &mut [MaybeUninit<f32>],
-    ) {
+    unsafe fn run(m: usize, n: usize, a: &[u16], b: &[u16], kp: usize, np: usize, dst: &mut Sink) {
         let mut block = [0f32; 32 * 32];
         let a_stride = kp * 2;
         let b_stride = 64usize;
@@ -458,6 +632,18 @@ mod amx {
                 while i0 < mp {
                     let a0 = a.as_ptr().add(i0 * kp);
                     let a1 = a0.add(16 * kp);
+                    if let Sink::Bits {
+                        e:
+                            Epilogue {
+                                shortcut: Some(s), ..
+                            },
+                        ..
+                    } = dst
+                    {
+                        // The shortcut comes from memory (the block's input, layers
+                        // ago): asked for now, it is in cache once the sums are.
+                        prefetch_rows(s, i0 * n + j0, n, m.saturating_sub(i0).min(32));
+                    }
                     asm!(
                         "tilezero tmm0",
                         "tilezero tmm1",
@@ -488,17 +674,25 @@ mod amx {
                     }
                     let rows = m.saturating_sub(i0).min(32);
                     let cols = n.saturating_sub(j0).min(32);
-                    if rows == 32 && cols == 32 {
-                        // A whole block: straight into `dst`.
-                        store_block(dst.as_mut_ptr().add(i0 * n + j0).cast::<f32>(), n);
-                        i0 += 32;
-                        continue;
-                    }
-                    store_block(block.as_mut_ptr(), 32);
-                    for r in 0..rows {
-                        let out = &mut dst[(i0 + r) * n + j0..][..cols];
-                        for (o, v) in out.iter_mut().zip(&block[r * 32..r * 32 + cols]) {
-                            o.write(*v);
+                    match dst {
+                        Sink::F32(dst) if rows == 32 && cols == 32 => {
+                            // A whole block: straight into `dst`.
+                            store_block(dst.as_mut_ptr().add(i0 * n + j0).cast::<f32>(), n);
+                        }
+                        Sink::F32(dst) => {
+                            store_block(block.as_mut_ptr(), 32);
+                            for r in 0..rows {
+                                let out = &mut dst[(i0 + r) * n + j0..][..cols];
+                                for (o, v) in out.iter_mut().zip(&block[r * 32..r * 32 + cols]) {
+                                    o.write(*v);
+                                }
+                            }
+                        }
+                        Sink::Bits { dst, e } => {
+                            // Through the block in L1: the epilogue, then bf16 stores
+                            // (half the bytes of f32 ones).
+                            store_block(block.as_mut_ptr(), 32);
+                            finish_bits(&block, (i0, j0), (rows, cols), n, dst, e);
                         }
                     }
                     i0 += 32;
@@ -527,7 +721,7 @@ mod amx {
     pub(super) fn matmul_bits(
         _: usize,
         _: usize,
-        _: &mut [MaybeUninit<f32>],
+        _: &mut super::Sink,
         _: &[u16],
         _: &[u16],
         _: usize,
