@@ -162,23 +162,13 @@ pub(crate) fn to_bf16(x: &[f32]) -> Option<Vec<u16>> {
     if !amx_available() {
         return None;
     }
-    // Each chunk zeroed by the task that converts it: no serial memset first.
     let mut out = Vec::with_capacity(x.len());
     out.spare_capacity_mut()[..x.len()]
         .par_chunks_mut(1 << 16)
         .zip(x.par_chunks(1 << 16))
-        .for_each(|(d, s)| {
-            for v in d.iter_mut() {
-                v.write(0);
-            }
-            // SAFETY: every element of `d` was just initialised; `MaybeUninit<u16>`
-            // has `u16`'s layout.
-            #[allow(unsafe_code)]
-            let d = unsafe { &mut *(std::ptr::from_mut::<[MaybeUninit<u16>]>(d) as *mut [u16]) };
-            amx::convert_slice(s, d);
-        });
-    // SAFETY: the chunks cover all `x.len()` elements, each initialised above, within
-    // the capacity reserved.
+        .for_each(|(d, s)| amx::convert_into(s, d));
+    // SAFETY: the chunks cover all `x.len()` elements, each written by
+    // `convert_into`, within the capacity reserved.
     #[allow(unsafe_code)]
     unsafe {
         out.set_len(x.len());
@@ -361,7 +351,7 @@ mod amx {
     /// `dst = bf16(src)`, 32 at a time (`vcvtne2ps2bf16`: ties to even as
     /// [`to_bf16_bits`], denormals to zero as the tiles take them anyway).
     #[target_feature(enable = "avx512f,avx512bf16")]
-    fn convert(src: &[f32], dst: &mut [u16]) {
+    fn convert(src: &[f32], dst: &mut [MaybeUninit<u16>]) {
         use std::arch::x86_64::{
             __m512bh, __m512i, _mm512_cvtne2ps_pbh, _mm512_loadu_ps, _mm512_storeu_si512,
         };
@@ -382,7 +372,7 @@ mod amx {
             }
         }
         for (x, y) in s.remainder().iter().zip(d.into_remainder()) {
-            *y = to_bf16_bits(*x);
+            y.write(to_bf16_bits(*x));
         }
     }
 
@@ -466,6 +456,15 @@ mod amx {
 
     /// `dst = bf16(src)` (equal lengths; AVX512-BF16, present wherever AMX is).
     pub(super) fn convert_slice(src: &[f32], dst: &mut [u16]) {
+        // SAFETY: `MaybeUninit<u16>` has `u16`'s layout, and `convert_into` writes
+        // only initialised values, so `dst` stays initialised.
+        #[allow(unsafe_code)]
+        let dst = unsafe { &mut *(std::ptr::from_mut::<[u16]>(dst) as *mut [MaybeUninit<u16>]) };
+        convert_into(src, dst);
+    }
+
+    /// [`convert_slice`] into a possibly uninitialised `dst`, every element written.
+    pub(super) fn convert_into(src: &[f32], dst: &mut [MaybeUninit<u16>]) {
         assert_eq!(src.len(), dst.len());
         assert!(
             super::amx_available(),
@@ -715,6 +714,10 @@ mod amx {
     }
 
     pub(super) fn convert_slice(_: &[f32], _: &mut [u16]) {
+        unreachable!("bf16 bits are made only where AMX is available")
+    }
+
+    pub(super) fn convert_into(_: &[f32], _: &mut [MaybeUninit<u16>]) {
         unreachable!("bf16 bits are made only where AMX is available")
     }
 
