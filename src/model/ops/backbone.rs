@@ -14,7 +14,9 @@
 //! hands the same gradients over after the backward pass ([`DeferredGrads`]).
 //! Activations are channels-last; the math is `vitrine_kernels`' (conv, norm, pool,
 //! elementwise); the last BatchNorm of a block, the shortcut's BatchNorm, the residual
-//! sum and its ReLU are a single pass.
+//! sum and its ReLU are a single pass. Inference in bf16 (`model.precision`) keeps the
+//! activations bf16 between layers, each conv applying its BatchNorm, shortcut and
+//! ReLU before rounding (`vitrine_kernels::conv::forward_bf16`).
 //!
 //! The op walks the network's own layers ([`ResNet`] is the one description of the
 //! network): the stem, then each block's convs and its projection shortcut, in that
