@@ -24,6 +24,7 @@
 
 mod bf16;
 mod bf16_activations;
+mod bf16_gradients;
 mod gemm;
 mod im2col;
 mod winograd;
@@ -36,6 +37,7 @@ use rayon::prelude::*;
 pub use self::bf16::{Epilogue, amx_available, from_bf16_bits, round_bf16, to_bf16_bits};
 use self::bf16::{Packed, matmul_bf16, matmul_bf16_bits, to_bf16, with_bits};
 pub use self::bf16_activations::{bf16_from_f32, f32_from_bf16, forward_bf16};
+use self::bf16_gradients::kernel_grad_bf16;
 use self::gemm::{Mat, as_uninit, filled, matmul, written};
 use self::im2col::{col2im, im2col, im2col_rows, kernel_to_taps, taps_to_kernel};
 use self::winograd::Tiling;
@@ -501,52 +503,90 @@ pub fn backward(
     wanted: Wanted,
     threads: usize,
 ) -> Grads {
+    backward_in(x, wt, dy, g, wanted, threads, Precision::F32)
+}
+
+/// [`backward`] with the GEMMs' operands in `precision`. In bf16 the GEMMs round
+/// what they multiply (`dy` and the kernel, or `dy` and the input) and sum in f32,
+/// on AMX tiles where they run; the 3×3 convs whose gradients run by Winograd stay
+/// f32 there (rounding Winograd's transformed operands costs too much accuracy).
+pub fn backward_in(
+    x: &[f32],
+    wt: &[f32],
+    dy: &[f32],
+    g: &Geom,
+    wanted: Wanted,
+    threads: usize,
+    precision: Precision,
+) -> Grads {
     // Each gradient takes the thread's scratch buffers in turn.
-    let dw = wanted.dw.then(|| kernel_gradient(x, dy, g, threads));
-    let dx = wanted.dx.then(|| input_gradient(wt, dy, g, threads));
+    let dw = wanted
+        .dw
+        .then(|| kernel_gradient(x, dy, g, threads, precision));
+    let dx = wanted
+        .dx
+        .then(|| input_gradient(wt, dy, g, threads, precision));
     Grads { dx, dw }
 }
 
 /// The kernel gradient `(K, C, KH, KW)` of the conv of `x` from `dy`.
-fn kernel_gradient(x: &[f32], dy: &[f32], g: &Geom, threads: usize) -> Vec<f32> {
+fn kernel_gradient(
+    x: &[f32],
+    dy: &[f32],
+    g: &Geom,
+    threads: usize,
+    precision: Precision,
+) -> Vec<f32> {
     if g.is_winograd_backward() {
         let tiling = Tiling::choose(g.n, g.h, g.w);
         return kernel_grad_winograd(x, dy, g, tiling, threads);
     }
+    let sizes = (g.m(), g.ckk(), g.k);
+    let grad = |cols: &[f32]| match precision {
+        Precision::F32 => kernel_grad(cols, dy, g, threads),
+        Precision::Bf16 => kernel_grad_bf16(cols, dy, sizes, threads),
+    };
     if g.pointwise() {
-        return kernel_grad(x, dy, g, threads);
+        return grad(x);
     }
     let dw = with_scratch([g.m() * g.ckk(), 0], |cols, _| {
         im2col(x, g, cols);
-        kernel_grad(cols, dy, g, threads)
+        grad(cols)
     });
     taps_to_kernel(&dw, g)
 }
 
 /// The input gradient `(N, H, W, C)` of the conv by `wt` from `dy`.
-fn input_gradient(wt: &[f32], dy: &[f32], g: &Geom, threads: usize) -> Vec<f32> {
+fn input_gradient(
+    wt: &[f32],
+    dy: &[f32],
+    g: &Geom,
+    threads: usize,
+    precision: Precision,
+) -> Vec<f32> {
     let (m, ckk) = (g.m(), g.ckk());
     if g.is_winograd_backward() {
         return input_grad_winograd(wt, dy, g, threads);
     }
     // dcols (M×CKK, row-major) = dY (M×K) · W' (K×CKK).
+    let taps;
+    let w_taps = if g.pointwise() {
+        wt
+    } else {
+        taps = kernel_to_taps(wt, g);
+        &taps
+    };
+    let (lhs, rhs) = (Mat::rows(dy, g.k), Mat::rows(w_taps, ckk));
+    let packed = (precision == Precision::Bf16).then(|| Packed::new(g.k, ckk, &rhs));
+    let gemm = |dcols: &mut [MaybeUninit<f32>]| match &packed {
+        Some(p) => matmul_bf16(m, dcols, &lhs, p, threads),
+        None => matmul((m, ckk, g.k), dcols, (ckk, 1), &lhs, &rhs, threads),
+    };
     if g.pointwise() {
-        let (lhs, rhs) = (Mat::rows(dy, g.k), Mat::rows(wt, ckk));
-        return filled(m * ckk, |dx| {
-            matmul((m, ckk, g.k), dx, (ckk, 1), &lhs, &rhs, threads);
-        });
+        return filled(m * ckk, gemm);
     }
-    let taps = kernel_to_taps(wt, g);
-    let (lhs, rhs) = (Mat::rows(dy, g.k), Mat::rows(&taps, ckk));
     with_scratch([0, m * ckk], |_, dcols| {
-        matmul(
-            (m, ckk, g.k),
-            as_uninit(dcols),
-            (ckk, 1),
-            &lhs,
-            &rhs,
-            threads,
-        );
+        gemm(as_uninit(dcols));
         col2im(dcols, g)
     })
 }
@@ -871,6 +911,55 @@ mod tests {
                 let (to_exact, to_rounded) = (rel_err(&y, &exact), rel_err(&y, &rounded));
                 let case = format!("case {i} threads {threads}: {to_exact} {to_rounded}");
                 assert!(to_rounded < 1e-5 && to_exact > 1e-4, "{case}");
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_gradients_multiply_the_rounded_operands() {
+        // 1×1 (stride 1 and 2: a projection), a strided 3×3, the 7×7 stem, a 3×3 on
+        // too few tiles for Winograd's gradients, and one with enough (f32 there, the
+        // same bits as `backward`). Each gradient: the f64 one of the rounded `dy` and
+        // kernel (`dx`) or `dy` and input (`dw`), to the f32 summation order.
+        type Case = ([usize; 4], [usize; 3], (usize, usize));
+        let cases: [Case; 6] = [
+            ([4, 12, 12, 40], [33, 1, 1], (1, 0)),
+            ([2, 9, 9, 24], [48, 1, 1], (2, 0)),
+            ([2, 9, 9, 16], [5, 3, 3], (2, 1)),
+            ([1, 13, 13, 3], [8, 7, 7], (2, 3)),
+            ([2, 4, 4, 32], [24, 3, 3], (1, 1)),
+            ([2, 64, 64, 3], [4, 3, 3], (1, 1)),
+        ];
+        let round = |v: &[f32]| v.iter().map(|&x| round_bf16(x)).collect::<Vec<_>>();
+        let wanted = Wanted { dx: true, dw: true };
+        for (i, &(dims @ [n, h, w, c], kdims @ [k, kh, kw], sp)) in cases.iter().enumerate() {
+            let x = values(n * h * w * c, 120 + i as u64);
+            let wt = values(k * c * kh * kw, 130 + i as u64);
+            let g = Geom::new(&dims, &[k, c, kh, kw], sp.0, sp.1).expect("geom");
+            assert_eq!(g.is_winograd_backward(), i == 5, "case {i}");
+            let r = values(n * g.oh * g.ow * k, 140 + i as u64);
+            let (_, dx_exact, dw_exact) = direct_general(&x, &wt, &r, dims, kdims, sp);
+            let (_, dx0, dw0) =
+                direct_general(&round(&x), &round(&wt), &round(&r), dims, kdims, sp);
+            for threads in [1, 2] {
+                let got = backward_in(&x, &wt, &r, &g, wanted, threads, Precision::Bf16);
+                let (dx, dw) = (got.dx.expect("dx"), got.dw.expect("dw"));
+                let case = format!("case {i} threads {threads}");
+                if g.is_winograd_backward() {
+                    let f32s = backward(&x, &wt, &r, &g, wanted, threads);
+                    assert_eq!(Some(dx), f32s.dx, "{case}: Winograd dx");
+                    assert_eq!(Some(dw), f32s.dw, "{case}: Winograd dw");
+                    continue;
+                }
+                for (what, got, want, exact) in
+                    [("dx", &dx, &dx0, &dx_exact), ("dw", &dw, &dw0, &dw_exact)]
+                {
+                    let (to_rounded, to_exact) = (rel_err(got, want), rel_err(got, exact));
+                    assert!(
+                        to_rounded < 1e-5 && to_exact > 1e-4,
+                        "{case}: {what} {to_rounded} {to_exact}"
+                    );
+                }
             }
         }
     }

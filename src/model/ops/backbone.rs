@@ -34,7 +34,7 @@ use candle_core::{
 };
 use candle_nn::{BatchNorm, Conv2d};
 use vitrine_kernels::buffer;
-use vitrine_kernels::conv::{self, Epilogue, Forward, Geom, Precision, Wanted};
+use vitrine_kernels::conv::{self, Epilogue, Forward, Geom, Grads, Precision, Wanted};
 use vitrine_kernels::elementwise::{
     Affine, Shortcut, add_assign, apply, apply_in_place, relu_mask, residual_relu,
     residual_relu_to, transpose_blocks,
@@ -639,6 +639,11 @@ impl BackboneOp {
         })
     }
 
+    /// A conv's gradients, their GEMMs in this pass's precision.
+    fn conv_backward(&self, x: &[f32], w: &[f32], dy: &[f32], g: &Geom, wanted: Wanted) -> Grads {
+        conv::backward_in(x, w, dy, g, wanted, self.threads, self.precision)
+    }
+
     /// One residual block; `keep` records its tape.
     fn block_forward(
         &self,
@@ -808,14 +813,7 @@ impl BackboneOp {
             (gamma, beta),
             TRAINED_RELU,
         );
-        let grads = conv::backward(
-            &stem.input.data,
-            w,
-            &bg.dx,
-            &stem.geom,
-            ONLY_DW,
-            self.threads,
-        );
+        let grads = self.conv_backward(&stem.input.data, w, &bg.dx, &stem.geom, ONLY_DW);
         put(0, weight_grad(grads.dw)?, bg.dgamma, bg.dbeta);
         Ok(())
     }
@@ -850,7 +848,7 @@ impl BackboneOp {
                 dx: j > 0 || need_dx,
                 dw: true,
             };
-            let grads = conv::backward(&t.input.data, w, &bg.dx, &t.geom, wanted, self.threads);
+            let grads = self.conv_backward(&t.input.data, w, &bg.dx, &t.geom, wanted);
             put(i, weight_grad(grads.dw)?, bg.dgamma, bg.dbeta);
             match grads.dx {
                 Some(dx) if j > 0 => dy_below = Some(dx),
@@ -868,7 +866,7 @@ impl BackboneOp {
                     dx: need_dx,
                     dw: true,
                 };
-                let grads = conv::backward(&t.input.data, w, &bg.dx, &t.geom, wanted, self.threads);
+                let grads = self.conv_backward(&t.input.data, w, &bg.dx, &t.geom, wanted);
                 put(i, weight_grad(grads.dw)?, bg.dgamma, bg.dbeta);
                 grads.dx
             }
@@ -928,7 +926,7 @@ impl CustomOp2 for BackboneOp {
     }
 }
 
-/// The kernel gradient `conv::backward` was asked for.
+/// The kernel gradient a conv's backward was asked for.
 fn weight_grad(dw: Option<Vec<f32>>) -> Result<Vec<f32>> {
     dw.ok_or_else(|| {
         candle_core::Error::Msg("backbone: conv backward gave no kernel gradient".into())

@@ -199,6 +199,29 @@ pub(crate) fn matmul_bf16_bits_to(m: usize, mut dst: Sink, a: &[u16], rhs: &Pack
     amx::matmul_bits(m, rhs.n, &mut dst, a, bits, *kp);
 }
 
+/// `acc (mp×ld, row-major) += a · b` on AMX tiles: `a` is `mp` rows (a multiple of 32)
+/// of `kp` bf16 (a multiple of 32), `b` the `n` columns of a `kp`-deep operand packed
+/// as VNNI panels like [`Packed`]'s (`n.div_ceil(16)` panels of `kp/2` pair rows of
+/// 32), `ld` ≥ `n` rounded up to 32.
+///
+/// # Panics
+/// Where AMX does not run here, or on sizes that do not fit.
+pub(crate) fn accumulate_bf16(
+    acc: &mut [f32],
+    ld: usize,
+    a: &[u16],
+    b: &[u16],
+    n: usize,
+    kp: usize,
+) {
+    assert!(amx_available(), "accumulate_bf16 without AMX tiles");
+    let np = n.div_ceil(16) * 16;
+    assert!(kp.is_multiple_of(32) && a.len().is_multiple_of(32 * kp.max(1)));
+    let mp = a.len() / kp.max(1);
+    assert!(ld >= n.div_ceil(32) * 32 && acc.len() >= mp * ld && b.len() >= np * kp);
+    amx::matmul_bits(mp, n, &mut Sink::Acc { acc, ld }, a, b, kp);
+}
+
 /// Where the tile kernel puts an `m×n` product (row-major, exactly `m·n` long).
 pub(crate) enum Sink<'a, 'e> {
     /// The f32 sums as they are.
@@ -208,6 +231,9 @@ pub(crate) enum Sink<'a, 'e> {
         dst: &'a mut [MaybeUninit<u16>],
         e: &'a Epilogue<'e>,
     },
+    /// Added to f32 sums already there: whole 32×32 blocks, rows `ld` apart (the
+    /// product's rows rounded up to 32, columns to 32 ≤ `ld`).
+    Acc { acc: &'a mut [f32], ld: usize },
 }
 
 impl Sink<'_, '_> {
@@ -215,6 +241,7 @@ impl Sink<'_, '_> {
         match self {
             Sink::F32(d) => d.len(),
             Sink::Bits { dst, .. } => dst.len(),
+            Sink::Acc { acc, .. } => acc.len(),
         }
     }
 }
@@ -321,7 +348,10 @@ mod amx {
     /// CPUID says AMX-TILE, AMX-BF16 and AVX512-BF16, and Linux grants the tile
     /// state.
     pub(super) fn enable() -> bool {
-        if !cfg!(target_os = "linux") || !is_x86_feature_detected!("avx512bf16") {
+        if !cfg!(target_os = "linux")
+            || !is_x86_feature_detected!("avx512bf16")
+            || !is_x86_feature_detected!("avx512bw")
+        {
             return false;
         }
         // CPUID leaf 7, sub-leaf 0: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
@@ -605,6 +635,29 @@ mod amx {
         }
     }
 
+    /// Tiles 0–3 from a 32×32 f32 block at `c`, rows `ld` floats apart.
+    ///
+    /// # Safety
+    /// Tiles configured by `run`; `c` valid for 32 rows of 32 floats `ld` apart.
+    #[allow(unsafe_code)]
+    unsafe fn load_block(c: *const f32, ld: usize) {
+        // SAFETY: the caller's contract; each load reads 16 rows of 64 bytes.
+        unsafe {
+            asm!(
+                "tileloadd tmm0, [{c0} + {sc}*1]",
+                "tileloadd tmm1, [{c1} + {sc}*1]",
+                "tileloadd tmm2, [{c2} + {sc}*1]",
+                "tileloadd tmm3, [{c3} + {sc}*1]",
+                c0 = in(reg) c,
+                c1 = in(reg) c.add(16),
+                c2 = in(reg) c.add(16 * ld),
+                c3 = in(reg) c.add(16 * ld + 16),
+                sc = in(reg) ld * 4,
+                options(nostack, readonly),
+            );
+        }
+    }
+
     /// # Safety
     /// AMX is enabled for this process; `a` is `mp×kp` bf16 (`mp` a multiple of 32,
     /// at least `m`), `b` packed as [`super::PackedData::Tiles`] for `kp` and `np`,
@@ -618,8 +671,9 @@ mod amx {
         // SAFETY: the caller's contract (AMX enabled; `a` is mp×kp and `b` holds
         // np/16 panels of kp/2 pair rows, so every tile load stays inside them; a
         // whole-block store writes rows i0..i0+32, columns j0..j0+32 of the m×n
-        // `dst`, others the local `block`); the tiles are this thread's, configured
-        // here and released at the end.
+        // `dst`, others the local `block`; an accumulating sink's blocks, loaded and
+        // stored whole, lie inside its mp×ld buffer, as `accumulate_bf16` asserts);
+        // the tiles are this thread's, configured here and released at the end.
         unsafe {
             asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly));
             let mut j0 = 0;
@@ -643,13 +697,17 @@ mod amx {
                         // ago): asked for now, it is in cache once the sums are.
                         prefetch_rows(s, i0 * n + j0, n, m.saturating_sub(i0).min(32));
                     }
-                    asm!(
-                        "tilezero tmm0",
-                        "tilezero tmm1",
-                        "tilezero tmm2",
-                        "tilezero tmm3",
-                        options(nostack, nomem)
-                    );
+                    if let Sink::Acc { acc, ld } = dst {
+                        load_block(acc.as_ptr().add(i0 * *ld + j0), *ld);
+                    } else {
+                        asm!(
+                            "tilezero tmm0",
+                            "tilezero tmm1",
+                            "tilezero tmm2",
+                            "tilezero tmm3",
+                            options(nostack, nomem)
+                        );
+                    }
                     let mut kk = 0;
                     while kk < kp {
                         asm!(
@@ -686,6 +744,9 @@ mod amx {
                                     o.write(*v);
                                 }
                             }
+                        }
+                        Sink::Acc { acc, ld } => {
+                            store_block(acc.as_mut_ptr().add(i0 * *ld + j0), *ld);
                         }
                         Sink::Bits { dst, e } => {
                             // Through the block in L1: the epilogue, then bf16 stores

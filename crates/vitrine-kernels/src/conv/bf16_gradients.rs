@@ -1,0 +1,303 @@
+//! The kernel gradient of a conv in bf16 (training with
+//! [`Precision::Bf16`](super::Precision::Bf16)): `dW' (K×CKK) = dYᵀ · cols`, both
+//! operands rounded to bf16, sums in f32.
+//!
+//! The reduction runs over the batch's pixels (`M`), the row index of both stored
+//! operands, so on AMX tiles one of them is transposed into rows of `M` (the narrower
+//! one: fewer values to move) and the other packed into the VNNI pairs of two
+//! consecutive rows, chunk by chunk of [`CHUNK`] rows while both stay in cache; each
+//! thread sums a share of the rows into its own f32 blocks, added at the end.
+//! Without AMX the same rounded products go through the f32 GEMM.
+
+use rayon::prelude::*;
+
+use super::bf16::{accumulate_bf16, amx_available, round_bf16, with_bits};
+use super::gemm::{Mat, filled, matmul};
+
+/// Rows of `M` packed at a time (a multiple of 32): the transposed operand
+/// (`width × CHUNK` bf16) and the paired one stay in L2 between the tile passes.
+const CHUNK: usize = 512;
+
+/// `dW' (k × ckk, row-major) = dyᵀ · cols` for `cols (m × ckk)` and `dy (m × k)`,
+/// both row-major f32, the products of their bf16 roundings summed in f32.
+pub(super) fn kernel_grad_bf16(
+    cols: &[f32],
+    dy: &[f32],
+    (m, ckk, k): (usize, usize, usize),
+    threads: usize,
+) -> Vec<f32> {
+    assert_eq!(cols.len(), m * ckk, "kernel_grad_bf16: cols is not m×ckk");
+    assert_eq!(dy.len(), m * k, "kernel_grad_bf16: dy is not m×k");
+    if !amx_available() {
+        return emulated(cols, dy, (m, ckk, k), threads);
+    }
+    if ckk <= k {
+        // colsᵀ · dy = dW'ᵀ (ckk × k), transposed back.
+        let t = reduce(cols, ckk, dy, k, m, threads);
+        transpose(&t, ckk, k)
+    } else {
+        reduce(dy, k, cols, ckk, m, threads)
+    }
+}
+
+/// `aᵀ · b` (`wa × wb`, row-major) for `a (m × wa)` and `b (m × wb)` on AMX tiles.
+fn reduce(a: &[f32], wa: usize, b: &[f32], wb: usize, m: usize, threads: usize) -> Vec<f32> {
+    let (rows, ld) = (wa.div_ceil(32) * 32, wb.div_ceil(32) * 32);
+    let shares = threads.clamp(1, m.div_ceil(CHUNK).max(1));
+    let share = m.div_ceil(shares).div_ceil(32) * 32;
+    let partial = |lo: usize| {
+        let hi = (lo + share).min(m);
+        let mut acc = vec![0f32; rows * ld];
+        let panels = wb.div_ceil(16);
+        with_bits(rows * CHUNK + panels * 16 * CHUNK, |bits| {
+            let (at, bt) = bits.split_at_mut(rows * CHUNK);
+            let mut p0 = lo;
+            while p0 < hi {
+                let len = CHUNK.min(hi - p0);
+                transposed(&a[p0 * wa..(p0 + len) * wa], wa, at);
+                paired(&b[p0 * wb..(p0 + len) * wb], wb, bt);
+                accumulate_bf16(&mut acc, ld, at, bt, wb, CHUNK);
+                p0 += len;
+            }
+        });
+        acc
+    };
+    let mut parts: Vec<Vec<f32>> = if shares > 1 {
+        (0..shares)
+            .into_par_iter()
+            .map(|i| partial(i * share))
+            .collect()
+    } else {
+        vec![partial(0)]
+    };
+    let mut total = parts.swap_remove(0);
+    for p in &parts {
+        total.par_iter_mut().zip(p).for_each(|(t, v)| *t += v);
+    }
+    let mut out = Vec::with_capacity(wa * wb);
+    for r in 0..wa {
+        out.extend_from_slice(&total[r * ld..r * ld + wb]);
+    }
+    out
+}
+
+/// `src (len × w, row-major, len ≤ CHUNK)` transposed into `dst`: `w` rows (then zero
+/// rows up to a multiple of 32) of [`CHUNK`] bf16, zeros past `len`.
+fn transposed(src: &[f32], w: usize, dst: &mut [u16]) {
+    let len = src.len() / w.max(1);
+    assert!(len <= CHUNK && dst.len() >= w.div_ceil(32) * 32 * CHUNK);
+    dst[w * CHUNK..].fill(0);
+    // SAFETY: AMX runs here (the caller, `reduce`, runs only where
+    // `amx_available()`), and with it AVX-512F/BW and AVX512-BF16.
+    #[allow(unsafe_code)]
+    unsafe {
+        x86::transposed(src, w, len, dst);
+    }
+}
+
+/// `src (len × w, row-major, len ≤ CHUNK)` as VNNI panels of 16 columns: for each pair
+/// of rows `(2q, 2q + 1)`, 16 `(even, odd)` pairs; zeros past `len` and `w`.
+fn paired(src: &[f32], w: usize, dst: &mut [u16]) {
+    let len = src.len() / w.max(1);
+    assert!(len <= CHUNK && dst.len() >= w.div_ceil(16) * 16 * CHUNK);
+    // SAFETY: as in `transposed`.
+    #[allow(unsafe_code)]
+    unsafe {
+        x86::paired(src, w, len, dst);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::{
+        __m512, __m512bh, __m512i, _mm512_cvtne2ps_pbh, _mm512_i32gather_ps, _mm512_loadu_si512,
+        _mm512_mask_i32gather_ps, _mm512_maskz_loadu_ps, _mm512_mullo_epi32,
+        _mm512_permutexvar_epi16, _mm512_set1_epi32, _mm512_setr_epi32, _mm512_setzero_ps,
+        _mm512_storeu_si512,
+    };
+
+    use super::CHUNK;
+
+    /// Lanes `0..n` of 16 set (all for `n ≥ 16`).
+    fn first_lanes(n: usize) -> u16 {
+        if n >= 16 { u16::MAX } else { (1u16 << n) - 1 }
+    }
+
+    /// [`super::transposed`] after its padding rows: each channel's 32 pixels at a
+    /// time, gathered from 32 rows of `src` (16 per gather, none past `len`) and
+    /// rounded to bf16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) fn transposed(src: &[f32], w: usize, len: usize, dst: &mut [u16]) {
+        let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let stride = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(w as i32));
+        let half = |first: usize, c: usize| -> __m512 {
+            let mask = first_lanes(len.saturating_sub(first));
+            if mask == 0 {
+                return _mm512_setzero_ps();
+            }
+            // SAFETY: lane r reads src[(first + r)·w + c] only where the mask keeps
+            // it (first + r < len, c < w): inside `src`.
+            #[allow(unsafe_code)]
+            unsafe {
+                let base = src.as_ptr().add(first * w + c).cast();
+                if mask == u16::MAX {
+                    _mm512_i32gather_ps::<4>(stride, base)
+                } else {
+                    _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, stride, base)
+                }
+            }
+        };
+        for p0 in (0..CHUNK).step_by(32) {
+            for c in 0..w {
+                let v = _mm512_cvtne2ps_pbh(half(p0 + 16, c), half(p0, c));
+                // SAFETY: 32 u16 of row c, columns p0..p0+32 of `dst`, which holds w
+                // rows of CHUNK (asserted by the caller).
+                #[allow(unsafe_code)]
+                unsafe {
+                    _mm512_storeu_si512(
+                        dst.as_mut_ptr().add(c * CHUNK + p0).cast(),
+                        std::mem::transmute::<__m512bh, __m512i>(v),
+                    );
+                }
+            }
+        }
+    }
+
+    /// [`super::paired`]: two rows' 16 columns rounded at once, then interleaved.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) fn paired(src: &[f32], w: usize, len: usize, dst: &mut [u16]) {
+        // `cvtne2ps` gives (row 2q: lanes 0–15, row 2q+1: lanes 16–31); the pairs want
+        // lane 2c ← c and lane 2c+1 ← 16 + c.
+        let order: [u16; 32] = std::array::from_fn(|l| (l / 2 + 16 * (l % 2)) as u16);
+        // SAFETY: a 64-byte load from a 64-byte array.
+        #[allow(unsafe_code)]
+        let order = unsafe { _mm512_loadu_si512(order.as_ptr().cast()) };
+        for panel in 0..w.div_ceil(16) {
+            let c0 = panel * 16;
+            let mask = first_lanes(w - c0);
+            let row = |p: usize| -> __m512 {
+                if p >= len {
+                    return _mm512_setzero_ps();
+                }
+                // SAFETY: the kept lanes read src[p·w + c0 + c] for c0 + c < w and
+                // p < len: inside `src`.
+                #[allow(unsafe_code)]
+                unsafe {
+                    _mm512_maskz_loadu_ps(mask, src.as_ptr().add(p * w + c0))
+                }
+            };
+            let out = &mut dst[panel * 16 * CHUNK..(panel + 1) * 16 * CHUNK];
+            for (q, pair) in out.chunks_exact_mut(32).enumerate() {
+                let v = _mm512_cvtne2ps_pbh(row(2 * q + 1), row(2 * q));
+                // SAFETY: a bit-cast between two 64-byte vector types; then 32 u16 to
+                // `pair`, which holds 32.
+                #[allow(unsafe_code)]
+                unsafe {
+                    let v = std::mem::transmute::<__m512bh, __m512i>(v);
+                    _mm512_storeu_si512(
+                        pair.as_mut_ptr().cast(),
+                        _mm512_permutexvar_epi16(order, v),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod x86 {
+    pub(super) unsafe fn transposed(_: &[f32], _: usize, _: usize, _: &mut [u16]) {
+        unreachable!("bf16 kernel gradients run on AMX tiles only where AMX is available")
+    }
+
+    pub(super) unsafe fn paired(_: &[f32], _: usize, _: usize, _: &mut [u16]) {
+        unreachable!("bf16 kernel gradients run on AMX tiles only where AMX is available")
+    }
+}
+
+/// `t (r × c)` transposed, row-major.
+fn transpose(t: &[f32], r: usize, c: usize) -> Vec<f32> {
+    let mut out = vec![0f32; r * c];
+    for i in 0..r {
+        for j in 0..c {
+            out[j * r + i] = t[i * c + j];
+        }
+    }
+    out
+}
+
+/// [`kernel_grad_bf16`] without AMX: the rounded operands through the f32 GEMM.
+fn emulated(
+    cols: &[f32],
+    dy: &[f32],
+    (m, ckk, k): (usize, usize, usize),
+    threads: usize,
+) -> Vec<f32> {
+    let rc: Vec<f32> = cols.par_iter().map(|&v| round_bf16(v)).collect();
+    let rd: Vec<f32> = dy.par_iter().map(|&v| round_bf16(v)).collect();
+    filled(k * ckk, |dw| {
+        matmul(
+            (ckk, k, m),
+            dw,
+            (1, ckk),
+            &Mat::rows_t(&rc, ckk),
+            &Mat::rows(&rd, k),
+            threads,
+        );
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{rel_err, values};
+
+    #[test]
+    fn the_bf16_kernel_gradient_sums_the_rounded_products() {
+        // Narrow and wide sides either way, widths off the 16/32 blocks, rows off the
+        // chunks and the 32-row steps, one row, several shares.
+        let shapes = [
+            (1, 3, 5),
+            (37, 19, 64),
+            (700, 64, 16),
+            (1100, 147, 64),
+            (2000, 96, 33),
+            (513, 40, 40),
+        ];
+        for (case, &(m, ckk, k)) in shapes.iter().enumerate() {
+            let cols = values(m * ckk, 5 + case as u64);
+            let dy = values(m * k, 50 + case as u64);
+            let want: Vec<f64> = (0..k * ckk)
+                .map(|e| {
+                    let (j, i) = (e / ckk, e % ckk);
+                    (0..m)
+                        .map(|p| {
+                            f64::from(round_bf16(dy[p * k + j]))
+                                * f64::from(round_bf16(cols[p * ckk + i]))
+                        })
+                        .sum()
+                })
+                .collect();
+            for threads in [1, 2, 3] {
+                let got = kernel_grad_bf16(&cols, &dy, (m, ckk, k), threads);
+                let err = rel_err(&got, &want);
+                assert!(err < 1e-5, "case {case} threads {threads}: {err}");
+                if amx_available() {
+                    let e = emulated(&cols, &dy, (m, ckk, k), threads);
+                    assert!(rel_err(&e, &want) < 1e-5, "case {case}: emulation");
+                }
+            }
+            // The rounding shows: the f32 product is another one.
+            let exact: Vec<f64> = (0..k * ckk)
+                .map(|e| {
+                    let (j, i) = (e / ckk, e % ckk);
+                    (0..m)
+                        .map(|p| f64::from(dy[p * k + j]) * f64::from(cols[p * ckk + i]))
+                        .sum()
+                })
+                .collect();
+            let want32: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+            assert!(rel_err(&want32, &exact) > 1e-4, "case {case}: rounding");
+        }
+    }
+}
