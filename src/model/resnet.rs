@@ -45,21 +45,21 @@ pub enum Backbone {
     Resnet50,
 }
 
-/// `model.precision`: the numbers the backbone's forward convs multiply (embedding and
-/// training; gradients are f32).
+/// `model.precision`: the numbers the backbone's convs multiply (embedding, and
+/// training's forward and gradient GEMMs; weights, sums and the optimizer are f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// f32 throughout.
     #[default]
     Fp32,
-    /// Conv inputs and kernels rounded to bfloat16, sums in f32 (CPU only): on AMX
-    /// tiles where the CPU has them, emulated (slower than f32) elsewhere.
+    /// Conv operands rounded to bfloat16, sums in f32 (CPU only): on AMX tiles where
+    /// the CPU has them, emulated (slower than f32) elsewhere.
     Bf16,
 }
 
 impl Precision {
-    /// The kernels' setting for a forward pass.
+    /// The kernels' setting.
     pub fn kernel(self) -> vitrine_kernels::conv::Precision {
         match self {
             Self::Fp32 => vitrine_kernels::conv::Precision::F32,

@@ -42,68 +42,103 @@ pub(super) fn kernel_grad_bf16(
 
 /// `aᵀ · b` (`wa × wb`, row-major) for `a (m × wa)` and `b (m × wb)` on AMX tiles.
 fn reduce(a: &[f32], wa: usize, b: &[f32], wb: usize, m: usize, threads: usize) -> Vec<f32> {
-    let (rows, ld) = (wa.div_ceil(32) * 32, wb.div_ceil(32) * 32);
-    let shares = threads.clamp(1, m.div_ceil(CHUNK).max(1));
-    let share = m.div_ceil(shares).div_ceil(32) * 32;
-    let partial = |lo: usize| {
-        let hi = (lo + share).min(m);
-        let mut acc = vec![0f32; rows * ld];
-        let panels = wb.div_ceil(16);
-        with_bits(rows * CHUNK + panels * 16 * CHUNK, |bits| {
-            let (at, bt) = bits.split_at_mut(rows * CHUNK);
-            let mut p0 = lo;
-            while p0 < hi {
-                let len = CHUNK.min(hi - p0);
-                transposed(&a[p0 * wa..(p0 + len) * wa], wa, at);
-                paired(&b[p0 * wb..(p0 + len) * wb], wb, bt);
-                accumulate_bf16(&mut acc, ld, at, bt, wb, CHUNK);
-                p0 += len;
-            }
-        });
-        acc
-    };
-    let mut parts: Vec<Vec<f32>> = if shares > 1 {
-        (0..shares)
+    let t = threads.max(1);
+    let mut out = vec![0f32; wa * wb];
+    if t > 1 && m.div_ceil(CHUNK) < 2 * t && wb >= 32 * t {
+        // A short reduction (a small map): split by rows, each thread would pad its
+        // last chunk and the partial outputs would be added; each thread takes a share
+        // of the output's columns over all rows instead.
+        let share = wb.div_ceil(32 * t) * 32;
+        let parts: Vec<(usize, Vec<f32>)> = (0..t)
             .into_par_iter()
-            .map(|i| partial(i * share))
-            .collect()
-    } else {
-        vec![partial(0)]
-    };
-    let mut total = parts.swap_remove(0);
-    for p in &parts {
-        total.par_iter_mut().zip(p).for_each(|(t, v)| *t += v);
+            .filter(|i| i * share < wb)
+            .map(|i| {
+                let c0 = i * share;
+                (c0, block(a, wa, b, wb, (c0, share.min(wb - c0)), 0..m))
+            })
+            .collect();
+        for (c0, part) in parts {
+            let cw = share.min(wb - c0);
+            let ld = cw.div_ceil(32) * 32;
+            for (r, row) in out.chunks_exact_mut(wb).enumerate() {
+                row[c0..c0 + cw].copy_from_slice(&part[r * ld..r * ld + cw]);
+            }
+        }
+        return out;
     }
-    let mut out = Vec::with_capacity(wa * wb);
-    for r in 0..wa {
-        out.extend_from_slice(&total[r * ld..r * ld + wb]);
+    // Otherwise each thread sums a share of the rows; the partial sums are added.
+    let share = m.div_ceil(t).div_ceil(32) * 32;
+    let parts: Vec<Vec<f32>> = (0..t)
+        .into_par_iter()
+        .filter(|i| i * share < m || *i == 0)
+        .map(|i| block(a, wa, b, wb, (0, wb), i * share..((i + 1) * share).min(m)))
+        .collect();
+    let ld = wb.div_ceil(32) * 32;
+    for part in &parts {
+        out.par_chunks_exact_mut(wb.max(1))
+            .enumerate()
+            .for_each(|(r, row)| {
+                for (o, v) in row.iter_mut().zip(&part[r * ld..]) {
+                    *o += v;
+                }
+            });
     }
     out
 }
 
-/// `src (len × w, row-major, len ≤ CHUNK)` transposed into `dst`: `w` rows (then zero
-/// rows up to a multiple of 32) of [`CHUNK`] bf16, zeros past `len`.
-fn transposed(src: &[f32], w: usize, dst: &mut [u16]) {
+/// `a[rows]ᵀ · b[rows, c0..c0 + cw]` on this thread: `wa` rounded up to 32 rows of
+/// `cw` rounded up to 32 sums.
+fn block(
+    a: &[f32],
+    wa: usize,
+    b: &[f32],
+    wb: usize,
+    (c0, cw): (usize, usize),
+    rows: std::ops::Range<usize>,
+) -> Vec<f32> {
+    let (ra, ld, panels) = (wa.div_ceil(32) * 32, cw.div_ceil(32) * 32, cw.div_ceil(16));
+    let mut acc = vec![0f32; ra * ld];
+    with_bits((ra + panels * 16) * CHUNK, |bits| {
+        let (at, bt) = bits.split_at_mut(ra * CHUNK);
+        for p0 in rows.clone().step_by(CHUNK) {
+            let len = CHUNK.min(rows.end - p0);
+            // The tiles' depth: the chunk's rows rounded up to 32, not the whole chunk.
+            let depth = len.div_ceil(32) * 32;
+            let (at, bt) = (&mut at[..ra * depth], &mut bt[..panels * 16 * depth]);
+            transposed(&a[p0 * wa..(p0 + len) * wa], wa, depth, at);
+            paired(&b[p0 * wb..(p0 + len) * wb], wb, (c0, cw), depth, bt);
+            accumulate_bf16(&mut acc, ld, at, bt, cw, depth);
+        }
+    });
+    acc
+}
+
+/// `src (len × w, row-major, len ≤ depth)` transposed into `dst`: `w` rows (then zero
+/// rows up to a multiple of 32) of `depth` bf16, zeros past `len`.
+fn transposed(src: &[f32], w: usize, depth: usize, dst: &mut [u16]) {
     let len = src.len() / w.max(1);
-    assert!(len <= CHUNK && dst.len() >= w.div_ceil(32) * 32 * CHUNK);
-    dst[w * CHUNK..].fill(0);
+    assert!(len <= depth && depth.is_multiple_of(32));
+    assert_eq!(dst.len(), w.div_ceil(32) * 32 * depth);
+    dst[w * depth..].fill(0);
     // SAFETY: AMX runs here (the caller, `reduce`, runs only where
     // `amx_available()`), and with it AVX-512F/BW and AVX512-BF16.
     #[allow(unsafe_code)]
     unsafe {
-        x86::transposed(src, w, len, dst);
+        x86::transposed(src, w, len, depth, dst);
     }
 }
 
-/// `src (len × w, row-major, len ≤ CHUNK)` as VNNI panels of 16 columns: for each pair
-/// of rows `(2q, 2q + 1)`, 16 `(even, odd)` pairs; zeros past `len` and `w`.
-fn paired(src: &[f32], w: usize, dst: &mut [u16]) {
+/// Columns `c0..c0 + cw` of `src (len × w, row-major, len ≤ depth)` as VNNI panels of
+/// 16 columns, each `depth / 2` rows of 16 `(even, odd)` pairs of consecutive rows;
+/// zeros past `len` and `cw`.
+fn paired(src: &[f32], w: usize, (c0, cw): (usize, usize), depth: usize, dst: &mut [u16]) {
     let len = src.len() / w.max(1);
-    assert!(len <= CHUNK && dst.len() >= w.div_ceil(16) * 16 * CHUNK);
+    assert!(len <= depth && depth.is_multiple_of(32) && c0 + cw <= w);
+    assert_eq!(dst.len(), cw.div_ceil(16) * 16 * depth);
     // SAFETY: as in `transposed`.
     #[allow(unsafe_code)]
     unsafe {
-        x86::paired(src, w, len, dst);
+        x86::paired(src, w, (c0, cw), len, dst);
     }
 }
 
@@ -116,8 +151,6 @@ mod x86 {
         _mm512_storeu_si512,
     };
 
-    use super::CHUNK;
-
     /// Lanes `0..n` of 16 set (all for `n ≥ 16`).
     fn first_lanes(n: usize) -> u16 {
         if n >= 16 { u16::MAX } else { (1u16 << n) - 1 }
@@ -127,7 +160,7 @@ mod x86 {
     /// time, gathered from 32 rows of `src` (16 per gather, none past `len`) and
     /// rounded to bf16.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) fn transposed(src: &[f32], w: usize, len: usize, dst: &mut [u16]) {
+    pub(super) fn transposed(src: &[f32], w: usize, len: usize, depth: usize, dst: &mut [u16]) {
         let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         let stride = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(w as i32));
         let half = |first: usize, c: usize| -> __m512 {
@@ -147,15 +180,15 @@ mod x86 {
                 }
             }
         };
-        for p0 in (0..CHUNK).step_by(32) {
+        for p0 in (0..depth).step_by(32) {
             for c in 0..w {
                 let v = _mm512_cvtne2ps_pbh(half(p0 + 16, c), half(p0, c));
                 // SAFETY: 32 u16 of row c, columns p0..p0+32 of `dst`, which holds w
-                // rows of CHUNK (asserted by the caller).
+                // rows of `depth` (asserted by the caller).
                 #[allow(unsafe_code)]
                 unsafe {
                     _mm512_storeu_si512(
-                        dst.as_mut_ptr().add(c * CHUNK + p0).cast(),
+                        dst.as_mut_ptr().add(c * depth + p0).cast(),
                         std::mem::transmute::<__m512bh, __m512i>(v),
                     );
                 }
@@ -165,28 +198,36 @@ mod x86 {
 
     /// [`super::paired`]: two rows' 16 columns rounded at once, then interleaved.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) fn paired(src: &[f32], w: usize, len: usize, dst: &mut [u16]) {
+    pub(super) fn paired(
+        src: &[f32],
+        w: usize,
+        (c0, cw): (usize, usize),
+        len: usize,
+        dst: &mut [u16],
+    ) {
         // `cvtne2ps` gives (row 2q: lanes 0–15, row 2q+1: lanes 16–31); the pairs want
         // lane 2c ← c and lane 2c+1 ← 16 + c.
         let order: [u16; 32] = std::array::from_fn(|l| (l / 2 + 16 * (l % 2)) as u16);
         // SAFETY: a 64-byte load from a 64-byte array.
         #[allow(unsafe_code)]
         let order = unsafe { _mm512_loadu_si512(order.as_ptr().cast()) };
-        for panel in 0..w.div_ceil(16) {
-            let c0 = panel * 16;
-            let mask = first_lanes(w - c0);
+        let depth = dst.len() / (cw.div_ceil(16) * 16).max(1);
+        for panel in 0..cw.div_ceil(16) {
+            let mask = first_lanes(cw - panel * 16);
+            let c0 = c0 + panel * 16;
             let row = |p: usize| -> __m512 {
                 if p >= len {
                     return _mm512_setzero_ps();
                 }
-                // SAFETY: the kept lanes read src[p·w + c0 + c] for c0 + c < w and
-                // p < len: inside `src`.
+                // SAFETY: the kept lanes read src[p·w + c0 + c] for c0 + c < w (the
+                // mask keeps c < cw − panel·16, and the caller asserted c0 + cw ≤ w)
+                // and p < len: inside `src`.
                 #[allow(unsafe_code)]
                 unsafe {
                     _mm512_maskz_loadu_ps(mask, src.as_ptr().add(p * w + c0))
                 }
             };
-            let out = &mut dst[panel * 16 * CHUNK..(panel + 1) * 16 * CHUNK];
+            let out = &mut dst[panel * 16 * depth..(panel + 1) * 16 * depth];
             for (q, pair) in out.chunks_exact_mut(32).enumerate() {
                 let v = _mm512_cvtne2ps_pbh(row(2 * q + 1), row(2 * q));
                 // SAFETY: a bit-cast between two 64-byte vector types; then 32 u16 to
@@ -206,21 +247,25 @@ mod x86 {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod x86 {
-    pub(super) unsafe fn transposed(_: &[f32], _: usize, _: usize, _: &mut [u16]) {
+    pub(super) unsafe fn transposed(_: &[f32], _: usize, _: usize, _: usize, _: &mut [u16]) {
         unreachable!("bf16 kernel gradients run on AMX tiles only where AMX is available")
     }
 
-    pub(super) unsafe fn paired(_: &[f32], _: usize, _: usize, _: &mut [u16]) {
+    pub(super) unsafe fn paired(_: &[f32], _: usize, _: (usize, usize), _: usize, _: &mut [u16]) {
         unreachable!("bf16 kernel gradients run on AMX tiles only where AMX is available")
     }
 }
 
-/// `t (r × c)` transposed, row-major.
+/// `t (r × c)` transposed, row-major, by 32×32 blocks (both sides in cache).
 fn transpose(t: &[f32], r: usize, c: usize) -> Vec<f32> {
     let mut out = vec![0f32; r * c];
-    for i in 0..r {
-        for j in 0..c {
-            out[j * r + i] = t[i * c + j];
+    for i0 in (0..r).step_by(32) {
+        for j0 in (0..c).step_by(32) {
+            for i in i0..(i0 + 32).min(r) {
+                for j in j0..(j0 + 32).min(c) {
+                    out[j * r + i] = t[i * c + j];
+                }
+            }
         }
     }
     out
