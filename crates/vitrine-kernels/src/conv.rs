@@ -538,6 +538,23 @@ pub fn backward_in(
     Grads { dx, dw }
 }
 
+/// `(K, C, KH, KW)` → `(C, K, KH, KW)` turned 180° in space: the kernel whose
+/// stride-1 conv of `dy` is the input gradient.
+fn flipped_kernel(wt: &[f32], g: &Geom) -> Vec<f32> {
+    let (kh, kw) = (g.kh, g.kw);
+    let mut out = vec![0f32; wt.len()];
+    for k in 0..g.k {
+        for c in 0..g.c {
+            let src = &wt[(k * g.c + c) * kh * kw..][..kh * kw];
+            let dst = &mut out[(c * g.k + k) * kh * kw..][..kh * kw];
+            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                *d = *s;
+            }
+        }
+    }
+    out
+}
+
 /// The kernel gradient `(K, C, KH, KW)` of the conv of `x` from `dy`.
 fn kernel_gradient(
     x: &[f32],
@@ -576,6 +593,25 @@ fn input_gradient(
     let (m, ckk) = (g.m(), g.ckk());
     if g.is_winograd_backward_in(precision) {
         return input_grad_winograd(wt, dy, g, threads);
+    }
+    if precision == Precision::Bf16 && g.stride == 1 && !g.pointwise() && g.pad < g.kh.min(g.kw) {
+        // A stride-1 conv's input gradient is the conv of `dy` by the kernel flipped
+        // and transposed: the tiles read `dy` by im2col of its bf16 bits, where the
+        // GEMM + col2im path would write and re-read KH·KW values per input pixel.
+        let flipped = flipped_kernel(wt, g);
+        let gt = Geom::new(
+            &[g.n, g.oh, g.ow, g.k],
+            &[g.c, g.k, g.kh, g.kw],
+            1,
+            g.kh - 1 - g.pad,
+        );
+        if let Some(gt) = gt.ok().filter(|gt| gt.out_dims() == (g.h, g.w, g.c)) {
+            let how = Forward {
+                precision,
+                ..Forward::plain(threads)
+            };
+            return forward(dy, &flipped, &gt, how);
+        }
     }
     // dcols (M×CKK, row-major) = dY (M×K) · W' (K×CKK).
     let taps;
