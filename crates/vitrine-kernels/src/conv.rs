@@ -918,6 +918,22 @@ mod tests {
         (y, dx, dw)
     }
 
+    /// A conv to test: input dims, `[k, kh, kw]`, `(stride, pad)`.
+    type ConvCase = ([usize; 4], [usize; 3], (usize, usize));
+
+    /// A test case's input, kernel and geometry (`seed` and `seed + 1` for the data).
+    fn operands(
+        dims @ [n, h, w, c]: [usize; 4],
+        [k, kh, kw]: [usize; 3],
+        (stride, pad): (usize, usize),
+        seed: u64,
+    ) -> (Vec<f32>, Vec<f32>, Geom) {
+        let x = values(n * h * w * c, seed);
+        let wt = values(k * c * kh * kw, seed + 1);
+        let g = Geom::new(&dims, &[k, c, kh, kw], stride, pad).expect("geom");
+        (x, wt, g)
+    }
+
     #[test]
     fn bf16_forwards_multiply_the_rounded_operands() {
         // im2col (strided), 1×1 by row blocks and as one split GEMM, the 7×7 stem, and
@@ -937,12 +953,8 @@ mod tests {
             ([4, 24, 24, 32], [40, 3, 3], (1, 1), true),
         ];
         let round = |v: &[f32]| v.iter().map(|&x| round_bf16(x)).collect::<Vec<_>>();
-        for (i, &(dims @ [n, h, w, c], kdims @ [k, kh, kw], sp, winograd)) in
-            cases.iter().enumerate()
-        {
-            let x = values(n * h * w * c, 80 + i as u64);
-            let wt = values(k * c * kh * kw, 90 + i as u64);
-            let g = Geom::new(&dims, &[k, c, kh, kw], sp.0, sp.1).expect("geom");
+        for (i, &(dims @ [n, ..], kdims @ [k, ..], sp, winograd)) in cases.iter().enumerate() {
+            let (x, wt, g) = operands(dims, kdims, sp, 80 + 2 * i as u64);
             assert_eq!(g.is_winograd(), winograd, "case {i}");
             let none = vec![0f32; n * g.oh * g.ow * k];
             let (exact, _, _) = direct_general(&x, &wt, &none, dims, kdims, sp);
@@ -964,10 +976,10 @@ mod tests {
     fn bf16_gradients_multiply_the_rounded_operands() {
         // 1×1 (stride 1 and 2: a projection), a strided 3×3, the 7×7 stem, a 3×3 on
         // too few tiles for Winograd's gradients, one whose f32 gradients run by
-        // `F(2×2)`, and one by `F(4×4)` (f32 there, the same bits as `backward`). Each gradient: the f64 one of the rounded `dy` and
-        // kernel (`dx`) or `dy` and input (`dw`), to the f32 summation order.
-        type Case = ([usize; 4], [usize; 3], (usize, usize));
-        let cases: [Case; 7] = [
+        // `F(2×2)`, and one by `F(4×4)` (f32 there, the same bits as `backward`).
+        // Each gradient: the f64 one of the rounded `dy` and kernel (`dx`) or `dy` and
+        // input (`dw`), to the f32 summation order.
+        let cases: [ConvCase; 7] = [
             ([4, 12, 12, 40], [33, 1, 1], (1, 0)),
             ([2, 9, 9, 24], [48, 1, 1], (2, 0)),
             ([2, 9, 9, 16], [5, 3, 3], (2, 1)),
@@ -978,10 +990,8 @@ mod tests {
         ];
         let round = |v: &[f32]| v.iter().map(|&x| round_bf16(x)).collect::<Vec<_>>();
         let wanted = Wanted { dx: true, dw: true };
-        for (i, &(dims @ [n, h, w, c], kdims @ [k, kh, kw], sp)) in cases.iter().enumerate() {
-            let x = values(n * h * w * c, 120 + i as u64);
-            let wt = values(k * c * kh * kw, 130 + i as u64);
-            let g = Geom::new(&dims, &[k, c, kh, kw], sp.0, sp.1).expect("geom");
+        for (i, &(dims @ [n, ..], kdims @ [k, ..], sp)) in cases.iter().enumerate() {
+            let (x, wt, g) = operands(dims, kdims, sp, 120 + 2 * i as u64);
             // F(2×2) gradients (case 5) in f32 only; F(4×4) ones (case 6) in both.
             assert_eq!(g.is_winograd_backward(), i >= 5, "case {i}");
             assert_eq!(
@@ -1024,8 +1034,7 @@ mod tests {
         // blocks (4,500 and 3,600 pixels: several blocks, the last one short); the
         // last has enough GEMM rows (2·64·64) for the split reduction of the kernel
         // gradient.
-        type Case = ([usize; 4], [usize; 3], (usize, usize));
-        let cases: [Case; 11] = [
+        let cases: [ConvCase; 11] = [
             ([3, 6, 5, 19], [32, 3, 3], (1, 1)),
             // im2col's kernel rows as whole 16-float blocks (3 taps × 16 channels).
             ([2, 9, 9, 16], [5, 3, 3], (2, 1)),
@@ -1039,10 +1048,8 @@ mod tests {
             ([1, 4, 4, 1], [2, 6, 6], (1, 1)),
             ([2, 64, 64, 3], [4, 3, 3], (1, 1)),
         ];
-        for (i, &(dims @ [n, h, w, c], kdims @ [k, kh, kw], sp)) in cases.iter().enumerate() {
-            let x = values(n * h * w * c, 20 + i as u64);
-            let wt = values(k * c * kh * kw, 40 + i as u64);
-            let g = Geom::new(&dims, &[k, c, kh, kw], sp.0, sp.1).expect("geom");
+        for (i, &(dims @ [n, ..], kdims @ [k, ..], sp)) in cases.iter().enumerate() {
+            let (x, wt, g) = operands(dims, kdims, sp, 20 + 2 * i as u64);
             let (oh, ow, _) = g.out_dims();
             let r = values(n * oh * ow * k, 60 + i as u64);
             let (y0, dx0, dw0) = direct_general(&x, &wt, &r, dims, kdims, sp);
