@@ -221,16 +221,17 @@ impl Forward<'_> {
     }
 }
 
-/// The numbers a forward conv's GEMMs multiply.
+/// The numbers a conv's GEMMs multiply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
     /// f32 operands and sums.
     #[default]
     F32,
-    /// Input and kernel rounded to bfloat16 (8 bits of mantissa), sums in f32: on
-    /// AMX tiles where the CPU has them ([`amx_available`]), emulated elsewhere with
-    /// the same rounding. Forward only: [`backward`] is f32, and a caller training
-    /// through a bf16 forward takes the f32 gradients of the unrounded operands.
+    /// Operands rounded to bfloat16 (8 bits of mantissa), sums in f32: on AMX tiles
+    /// where the CPU has them ([`amx_available`]), emulated elsewhere with the same
+    /// rounding. The forward rounds input and kernel, [`backward_in`] `dy` with the
+    /// kernel or the input; the gradients of 3×3 convs by Winograd `F(4×4)` stay f32
+    /// (rounding its transformed operands costs too much accuracy).
     Bf16,
 }
 
@@ -289,8 +290,7 @@ pub fn forward(x: &[f32], wt: &[f32], g: &Geom, how: Forward<'_>) -> Vec<f32> {
     let gemm_bits = |(xb, p): (&[u16], &Packed), first: usize, y: &mut [MaybeUninit<f32>]| {
         let rows = y.len() / k;
         let kp = depth.unwrap_or(ckk);
-        with_bits(rows.div_ceil(32) * 32 * kp, |a| {
-            im2col_rows(xb, g, first / g.ow, &mut a[..rows * kp], kp);
+        with_im2col_bits(xb, g, (first, rows), kp, |a| {
             matmul_bf16_bits(rows, y, a, p);
         });
     };
@@ -362,6 +362,22 @@ fn forward_block(g: &Geom, threads: usize, packed_once: bool) -> Option<usize> {
     let pixels = BLOCK_PIXELS.max(repack);
     let rows = pixels.div_ceil(g.ow.max(1));
     (g.m() >= 2 * threads.max(1) * pixels).then_some(rows * g.ow)
+}
+
+/// `f` on the im2col of the bf16 bits `x` for output pixels `first..first + rows`
+/// (whole output rows), each pixel's values `kp` apart, in this thread's scratch
+/// (padded to whole 32-row tiles, the padding unspecified).
+fn with_im2col_bits<R>(
+    x: &[u16],
+    g: &Geom,
+    (first, rows): (usize, usize),
+    kp: usize,
+    f: impl FnOnce(&[u16]) -> R,
+) -> R {
+    with_bits(rows.div_ceil(32) * 32 * kp, |a| {
+        im2col_rows(x, g, first / g.ow, &mut a[..rows * kp], kp);
+        f(a)
+    })
 }
 
 /// Fewest tiles for the gradients by Winograd ([`Geom::is_winograd_backward`]).
@@ -594,23 +610,20 @@ fn input_gradient(
     if g.is_winograd_backward_in(precision) {
         return input_grad_winograd(wt, dy, g, threads);
     }
-    if precision == Precision::Bf16 && g.stride == 1 && !g.pointwise() && g.pad < g.kh.min(g.kw) {
+    let square = g.kh == g.kw && g.pad < g.kh;
+    if precision == Precision::Bf16 && g.stride == 1 && !g.pointwise() && square {
         // A stride-1 conv's input gradient is the conv of `dy` by the kernel flipped
-        // and transposed: the tiles read `dy` by im2col of its bf16 bits, where the
-        // GEMM + col2im path would write and re-read KH·KW values per input pixel.
-        let flipped = flipped_kernel(wt, g);
-        let gt = Geom::new(
-            &[g.n, g.oh, g.ow, g.k],
-            &[g.c, g.k, g.kh, g.kw],
-            1,
-            g.kh - 1 - g.pad,
-        );
-        if let Some(gt) = gt.ok().filter(|gt| gt.out_dims() == (g.h, g.w, g.c)) {
+        // and transposed, padded by `KH − 1 − pad` (its output is `H×W` again): the
+        // tiles read `dy` by im2col of its bf16 bits, where the GEMM + col2im path
+        // would write and re-read KH·KW values per input pixel.
+        let dims = [g.n, g.oh, g.ow, g.k];
+        let gt = Geom::new(&dims, &[g.c, g.k, g.kh, g.kw], 1, g.kh - 1 - g.pad);
+        if let Ok(gt) = gt {
             let how = Forward {
                 precision,
                 ..Forward::plain(threads)
             };
-            return forward(dy, &flipped, &gt, how);
+            return forward(dy, &flipped_kernel(wt, g), &gt, how);
         }
     }
     // dcols (M×CKK, row-major) = dY (M×K) · W' (K×CKK).

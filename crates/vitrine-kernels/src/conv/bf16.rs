@@ -1,5 +1,5 @@
-//! The bfloat16 GEMM of forward convs ([`super::Precision::Bf16`]): both operands
-//! rounded to bf16 (round to nearest even), products summed in f32.
+//! The bfloat16 GEMMs of convs ([`super::Precision::Bf16`]): both operands rounded
+//! to bf16 (round to nearest even), products summed in f32.
 //!
 //! On CPUs with AMX (Intel Sapphire Rapids and later) the tiles multiply bf16 pairs
 //! at ~5× the f32 FMA peak of the same core (1.0 TFLOP/s against ~0.2 measured on
@@ -222,11 +222,11 @@ pub(crate) fn accumulate_bf16(
     amx::matmul_bits(mp, n, &mut Sink::Acc { acc, ld }, a, b, kp);
 }
 
-/// Where the tile kernel puts an `m×n` product (row-major, exactly `m·n` long).
+/// Where the tile kernel puts an `m×n` product.
 pub(crate) enum Sink<'a, 'e> {
-    /// The f32 sums as they are.
+    /// The f32 sums as they are (row-major, exactly `m·n` long).
     F32(&'a mut [MaybeUninit<f32>]),
-    /// `e` applied to the sums, rounded to bf16.
+    /// `e` applied to the sums, rounded to bf16 (row-major, exactly `m·n` long).
     Bits {
         dst: &'a mut [MaybeUninit<u16>],
         e: &'a Epilogue<'e>,
@@ -557,8 +557,8 @@ mod amx {
         e: &Epilogue,
     ) {
         if cols == 32 {
-            // SAFETY: AVX512-BF16 is there (AMX tiles run only where
-            // `amx_available()` checked it).
+            // SAFETY: AVX-512F/BW and AVX512-BF16 are there (AMX tiles run only
+            // where `amx_available()` checked them).
             #[allow(unsafe_code)]
             unsafe {
                 finish_bits_avx512(block, (i0, j0), rows, n, dst, e);

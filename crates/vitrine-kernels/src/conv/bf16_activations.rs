@@ -15,11 +15,11 @@ use rayon::prelude::*;
 
 use super::bf16::{
     Epilogue, Packed, Sink, amx_available, from_bf16_bits, matmul_bf16_bits_to, to_bf16,
-    to_bf16_bits, with_bits,
+    to_bf16_bits,
 };
 use super::gemm::Mat;
-use super::im2col::{im2col_rows, kernel_to_taps};
-use super::{Forward, Geom, Precision, forward, forward_block};
+use super::im2col::kernel_to_taps;
+use super::{Forward, Geom, Precision, forward, forward_block, with_im2col_bits};
 use crate::elementwise::{Affine, Shortcut};
 
 /// `x` rounded to bf16 bits (ties to even), in parallel.
@@ -78,19 +78,19 @@ pub fn forward_bf16(x: &[u16], wt: &[f32], g: &Geom, e: &Epilogue, threads: usiz
             matmul_bf16_bits_to(rows, sink, &x[first * kp..], &packed);
             return;
         }
-        with_bits(padded * kp, |a| {
-            im2col_rows(x, g, first / g.ow, &mut a[..rows * kp], kp);
+        with_im2col_bits(x, g, (first, rows), kp, |a| {
             matmul_bf16_bits_to(rows, sink, a, &packed);
         });
     };
     let mut y = Vec::with_capacity(m * k);
     let out = &mut y.spare_capacity_mut()[..m * k];
+    let chunk = (block * k).max(1);
     if threads > 1 {
-        out.par_chunks_mut(block * k)
+        out.par_chunks_mut(chunk)
             .enumerate()
             .for_each(|(b, yb)| run(b, yb));
     } else {
-        out.chunks_mut(block * k)
+        out.chunks_mut(chunk)
             .enumerate()
             .for_each(|(b, yb)| run(b, yb));
     }

@@ -119,9 +119,9 @@ fn transposed(src: &[f32], w: usize, depth: usize, dst: &mut [u16]) {
     let len = src.len() / w.max(1);
     assert!(len <= depth && depth.is_multiple_of(32));
     assert_eq!(dst.len(), w.div_ceil(32) * 32 * depth);
+    assert!(amx_available(), "bf16 packing without AVX512-BF16");
     dst[w * depth..].fill(0);
-    // SAFETY: AMX runs here (the caller, `reduce`, runs only where
-    // `amx_available()`), and with it AVX-512F/BW and AVX512-BF16.
+    // SAFETY: `amx_available()` checked AVX-512F/BW and AVX512-BF16 on this CPU.
     #[allow(unsafe_code)]
     unsafe {
         x86::transposed(src, w, len, depth, dst);
@@ -135,6 +135,7 @@ fn paired(src: &[f32], w: usize, (c0, cw): (usize, usize), depth: usize, dst: &m
     let len = src.len() / w.max(1);
     assert!(len <= depth && depth.is_multiple_of(32) && c0 + cw <= w);
     assert_eq!(dst.len(), cw.div_ceil(16) * 16 * depth);
+    assert!(amx_available(), "bf16 packing without AVX512-BF16");
     // SAFETY: as in `transposed`.
     #[allow(unsafe_code)]
     unsafe {
