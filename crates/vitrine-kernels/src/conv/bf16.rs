@@ -71,9 +71,17 @@ impl Packed {
         let data = if tiles {
             let (kp, np) = (k.div_ceil(32) * 32, n.div_ceil(16) * 16);
             let mut bits = vec![0u16; kp * np];
+            let dense = rhs.dense_rows(k, n);
             bits.par_chunks_exact_mut(kp * 16)
                 .enumerate()
                 .for_each(|(panel, out)| {
+                    if let Some(src) = dense {
+                        // Row-major (a kernel as the input gradient's right operand):
+                        // two rows at a time into their pairs, 16 columns per store.
+                        let c0 = panel * 16;
+                        paired(src, n, (c0, 16.min(n - c0)), kp, out);
+                        return;
+                    }
                     // Column by column: a kernel stored (K, C·KH·KW) reads each column
                     // in order.
                     for col in 0..16.min(n - panel * 16) {
@@ -155,6 +163,32 @@ pub(crate) fn matmul_bf16(
             );
         }
     }
+}
+
+/// Columns `c0..c0 + cw` of `src (len × w, row-major, len ≤ depth)` as VNNI panels of
+/// 16 columns, each `depth / 2` rows of 16 `(even, odd)` pairs of consecutive rows;
+/// zeros past `len` and `cw`.
+pub(crate) fn paired(
+    src: &[f32],
+    w: usize,
+    (c0, cw): (usize, usize),
+    depth: usize,
+    dst: &mut [u16],
+) {
+    let len = src.len() / w.max(1);
+    assert!(len <= depth && depth.is_multiple_of(32) && c0 + cw <= w);
+    assert_eq!(dst.len(), cw.div_ceil(16) * 16 * depth);
+    assert!(amx_available(), "bf16 packing without AVX512-BF16");
+    // SAFETY: `amx_available()` checked AVX-512F/BW and AVX512-BF16 on this CPU.
+    #[allow(unsafe_code)]
+    unsafe {
+        amx::paired(src, w, (c0, cw), len, dst);
+    }
+}
+
+/// A mask of the first `n` of 16 lanes (all for `n ≥ 16`).
+pub(crate) fn first_lanes(n: usize) -> u16 {
+    if n >= 16 { u16::MAX } else { (1u16 << n) - 1 }
 }
 
 /// `x` in bf16 bits when AMX runs here ([`amx_available`]); `None` otherwise.
@@ -403,6 +437,59 @@ mod amx {
         }
         for (x, y) in s.remainder().iter().zip(d.into_remainder()) {
             y.write(to_bf16_bits(*x));
+        }
+    }
+
+    /// [`super::paired`]: two rows' 16 columns rounded at once, then interleaved.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) fn paired(
+        src: &[f32],
+        w: usize,
+        (c0, cw): (usize, usize),
+        len: usize,
+        dst: &mut [u16],
+    ) {
+        use std::arch::x86_64::{
+            __m512, __m512bh, __m512i, _mm512_cvtne2ps_pbh, _mm512_loadu_si512,
+            _mm512_maskz_loadu_ps, _mm512_permutexvar_epi16, _mm512_setzero_ps,
+            _mm512_storeu_si512,
+        };
+        // `cvtne2ps` gives (row 2q: lanes 0–15, row 2q+1: lanes 16–31); the pairs want
+        // lane 2c ← c and lane 2c+1 ← 16 + c.
+        let order: [u16; 32] = std::array::from_fn(|l| (l / 2 + 16 * (l % 2)) as u16);
+        // SAFETY: a 64-byte load from a 64-byte array.
+        #[allow(unsafe_code)]
+        let order = unsafe { _mm512_loadu_si512(order.as_ptr().cast()) };
+        let depth = dst.len() / (cw.div_ceil(16) * 16).max(1);
+        for panel in 0..cw.div_ceil(16) {
+            let mask = super::first_lanes(cw - panel * 16);
+            let c0 = c0 + panel * 16;
+            let row = |p: usize| -> __m512 {
+                if p >= len {
+                    return _mm512_setzero_ps();
+                }
+                // SAFETY: the kept lanes read src[p·w + c0 + c] for c0 + c < w (the
+                // mask keeps c < cw − panel·16, and the caller asserted c0 + cw ≤ w)
+                // and p < len: inside `src`.
+                #[allow(unsafe_code)]
+                unsafe {
+                    _mm512_maskz_loadu_ps(mask, src.as_ptr().add(p * w + c0))
+                }
+            };
+            let out = &mut dst[panel * 16 * depth..(panel + 1) * 16 * depth];
+            for (q, pair) in out.chunks_exact_mut(32).enumerate() {
+                let v = _mm512_cvtne2ps_pbh(row(2 * q + 1), row(2 * q));
+                // SAFETY: a bit-cast between two 64-byte vector types; then 32 u16 to
+                // `pair`, which holds 32.
+                #[allow(unsafe_code)]
+                unsafe {
+                    let v = std::mem::transmute::<__m512bh, __m512i>(v);
+                    _mm512_storeu_si512(
+                        pair.as_mut_ptr().cast(),
+                        _mm512_permutexvar_epi16(order, v),
+                    );
+                }
+            }
         }
     }
 
@@ -778,6 +865,10 @@ mod amx {
         unreachable!("bf16 bits are made only where AMX is available")
     }
 
+    pub(super) unsafe fn paired(_: &[f32], _: usize, _: (usize, usize), _: usize, _: &mut [u16]) {
+        unreachable!("bf16 bits are made only where AMX is available")
+    }
+
     pub(super) fn convert_into(_: &[f32], _: &mut [MaybeUninit<u16>]) {
         unreachable!("bf16 bits are made only where AMX is available")
     }
@@ -845,13 +936,15 @@ mod tests {
     fn tiles_and_emulation_multiply_the_rounded_operands() {
         // Edges of every kind: rows and columns off the 32×32 blocks and 16-wide
         // panels, odd reductions off the 32-deep tile steps, one row, a split over
-        // threads; the right operand stored both ways (a kernel is stored transposed).
+        // threads; the right operand stored both ways (a kernel is stored transposed;
+        // row-major, as the input gradient takes it, packs by pairs of rows).
         let shapes = [
             (1, 16, 3),
             (33, 48, 37),
             (70, 16, 64),
             (64, 96, 288),
             (600, 32, 19),
+            (5, 21, 45),
         ];
         for (case, &(m, n, k)) in shapes.iter().enumerate() {
             let lhs = values(m * k, 3 + case as u64);

@@ -11,8 +11,10 @@
 
 use rayon::prelude::*;
 
-use super::bf16::{accumulate_bf16, amx_available, round_bf16, with_bits};
+use super::bf16::{accumulate_bf16, amx_available, paired, round_bf16, with_bits};
 use super::gemm::{Mat, filled, matmul};
+use crate::buffer::par_vec;
+use crate::simd::vectorized;
 
 /// Rows of `M` packed at a time (a multiple of 32): the transposed operand
 /// (`width × CHUNK` bf16) and the paired one stay in L2 between the tile passes.
@@ -128,34 +130,15 @@ fn transposed(src: &[f32], w: usize, depth: usize, dst: &mut [u16]) {
     }
 }
 
-/// Columns `c0..c0 + cw` of `src (len × w, row-major, len ≤ depth)` as VNNI panels of
-/// 16 columns, each `depth / 2` rows of 16 `(even, odd)` pairs of consecutive rows;
-/// zeros past `len` and `cw`.
-fn paired(src: &[f32], w: usize, (c0, cw): (usize, usize), depth: usize, dst: &mut [u16]) {
-    let len = src.len() / w.max(1);
-    assert!(len <= depth && depth.is_multiple_of(32) && c0 + cw <= w);
-    assert_eq!(dst.len(), cw.div_ceil(16) * 16 * depth);
-    assert!(amx_available(), "bf16 packing without AVX512-BF16");
-    // SAFETY: as in `transposed`.
-    #[allow(unsafe_code)]
-    unsafe {
-        x86::paired(src, w, (c0, cw), len, dst);
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{
-        __m512, __m512bh, __m512i, _mm512_cvtne2ps_pbh, _mm512_i32gather_ps, _mm512_loadu_si512,
-        _mm512_mask_i32gather_ps, _mm512_maskz_loadu_ps, _mm512_mullo_epi32,
-        _mm512_permutexvar_epi16, _mm512_set1_epi32, _mm512_setr_epi32, _mm512_setzero_ps,
-        _mm512_storeu_si512,
+        __m512, __m512bh, __m512i, _mm512_cvtne2ps_pbh, _mm512_i32gather_ps,
+        _mm512_mask_i32gather_ps, _mm512_mullo_epi32, _mm512_set1_epi32, _mm512_setr_epi32,
+        _mm512_setzero_ps, _mm512_storeu_si512,
     };
 
-    /// Lanes `0..n` of 16 set (all for `n ≥ 16`).
-    fn first_lanes(n: usize) -> u16 {
-        if n >= 16 { u16::MAX } else { (1u16 << n) - 1 }
-    }
+    use crate::conv::bf16::first_lanes;
 
     /// [`super::transposed`] after its padding rows: each channel's 32 pixels at a
     /// time, gathered from 32 rows of `src` (16 per gather, none past `len`) and
@@ -196,54 +179,6 @@ mod x86 {
             }
         }
     }
-
-    /// [`super::paired`]: two rows' 16 columns rounded at once, then interleaved.
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) fn paired(
-        src: &[f32],
-        w: usize,
-        (c0, cw): (usize, usize),
-        len: usize,
-        dst: &mut [u16],
-    ) {
-        // `cvtne2ps` gives (row 2q: lanes 0–15, row 2q+1: lanes 16–31); the pairs want
-        // lane 2c ← c and lane 2c+1 ← 16 + c.
-        let order: [u16; 32] = std::array::from_fn(|l| (l / 2 + 16 * (l % 2)) as u16);
-        // SAFETY: a 64-byte load from a 64-byte array.
-        #[allow(unsafe_code)]
-        let order = unsafe { _mm512_loadu_si512(order.as_ptr().cast()) };
-        let depth = dst.len() / (cw.div_ceil(16) * 16).max(1);
-        for panel in 0..cw.div_ceil(16) {
-            let mask = first_lanes(cw - panel * 16);
-            let c0 = c0 + panel * 16;
-            let row = |p: usize| -> __m512 {
-                if p >= len {
-                    return _mm512_setzero_ps();
-                }
-                // SAFETY: the kept lanes read src[p·w + c0 + c] for c0 + c < w (the
-                // mask keeps c < cw − panel·16, and the caller asserted c0 + cw ≤ w)
-                // and p < len: inside `src`.
-                #[allow(unsafe_code)]
-                unsafe {
-                    _mm512_maskz_loadu_ps(mask, src.as_ptr().add(p * w + c0))
-                }
-            };
-            let out = &mut dst[panel * 16 * depth..(panel + 1) * 16 * depth];
-            for (q, pair) in out.chunks_exact_mut(32).enumerate() {
-                let v = _mm512_cvtne2ps_pbh(row(2 * q + 1), row(2 * q));
-                // SAFETY: a bit-cast between two 64-byte vector types; then 32 u16 to
-                // `pair`, which holds 32.
-                #[allow(unsafe_code)]
-                unsafe {
-                    let v = std::mem::transmute::<__m512bh, __m512i>(v);
-                    _mm512_storeu_si512(
-                        pair.as_mut_ptr().cast(),
-                        _mm512_permutexvar_epi16(order, v),
-                    );
-                }
-            }
-        }
-    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -251,25 +186,29 @@ mod x86 {
     pub(super) unsafe fn transposed(_: &[f32], _: usize, _: usize, _: usize, _: &mut [u16]) {
         unreachable!("bf16 kernel gradients run on AMX tiles only where AMX is available")
     }
-
-    pub(super) unsafe fn paired(_: &[f32], _: usize, _: (usize, usize), _: usize, _: &mut [u16]) {
-        unreachable!("bf16 kernel gradients run on AMX tiles only where AMX is available")
-    }
 }
 
-/// `t (r × c)` transposed, row-major, by 32×32 blocks (both sides in cache).
+/// `t (r × c)` transposed, row-major, by 32×32 blocks (both sides in cache), rows of
+/// the output in parallel.
 fn transpose(t: &[f32], r: usize, c: usize) -> Vec<f32> {
-    let mut out = vec![0f32; r * c];
-    for i0 in (0..r).step_by(32) {
-        for j0 in (0..c).step_by(32) {
-            for i in i0..(i0 + 32).min(r) {
-                for j in j0..(j0 + 32).min(c) {
-                    out[j * r + i] = t[i * c + j];
+    assert_eq!(t.len(), r * c, "transpose: not r×c");
+    par_vec(r * c, (32 * r).max(1), |b, out| {
+        let j0 = b * 32;
+        vectorized(
+            #[inline(always)]
+            || {
+                for i0 in (0..r).step_by(32) {
+                    let i1 = (i0 + 32).min(r);
+                    for (jj, row) in out.chunks_exact_mut(r.max(1)).enumerate() {
+                        let j = j0 + jj;
+                        for (i, o) in (i0..i1).zip(&mut row[i0..i1]) {
+                            *o = t[i * c + j];
+                        }
+                    }
                 }
-            }
-        }
-    }
-    out
+            },
+        );
+    })
 }
 
 /// [`kernel_grad_bf16`] without AMX: the rounded operands through the f32 GEMM.

@@ -46,6 +46,11 @@ impl<'a> Mat<'a> {
         (self.rs == 1).then(|| &self.data[j * self.cs..j * self.cs + rows])
     }
 
+    /// The data, when this is exactly a dense row-major `rows×cols` matrix.
+    pub(crate) fn dense_rows(&self, rows: usize, cols: usize) -> Option<&'a [f32]> {
+        (self.cs == 1 && self.rs == cols && self.data.len() == rows * cols).then_some(self.data)
+    }
+
     /// Whether this is `rows×cols` with adjacent columns, inside its slice.
     pub(crate) fn unit_columns(&self, rows: usize, cols: usize) -> bool {
         self.cs == 1 && fits(rows, cols, self.rs, self.cs, self.data.len())
