@@ -37,7 +37,7 @@ use rayon::prelude::*;
 pub use self::bf16::{Epilogue, amx_available, from_bf16_bits, round_bf16, to_bf16_bits};
 use self::bf16::{Packed, matmul_bf16, matmul_bf16_bits, to_bf16, with_bits};
 pub use self::bf16_activations::{bf16_from_f32, f32_from_bf16, forward_bf16};
-use self::bf16_gradients::kernel_grad_bf16;
+use self::bf16_gradients::{Operand, kernel_grad_bf16};
 use self::gemm::{Mat, as_uninit, filled, matmul, written};
 use self::im2col::{col2im, im2col, im2col_rows, kernel_to_taps, taps_to_kernel};
 use self::winograd::Tiling;
@@ -584,18 +584,21 @@ fn kernel_gradient(
         return kernel_grad_winograd(x, dy, g, tiling, threads);
     }
     let sizes = (g.m(), g.ckk(), g.k);
-    let grad = |cols: &[f32]| match precision {
-        Precision::F32 => kernel_grad(cols, dy, g, threads),
-        Precision::Bf16 => kernel_grad_bf16(cols, dy, sizes, threads),
+    let dw = match precision {
+        Precision::Bf16 if g.pointwise() => kernel_grad_bf16(Operand::Rows(x), dy, sizes, threads),
+        // im2col made chunk by chunk as the tiles reach it.
+        Precision::Bf16 => kernel_grad_bf16(Operand::Im2col(x, g), dy, sizes, threads),
+        Precision::F32 if g.pointwise() => kernel_grad(x, dy, g, threads),
+        Precision::F32 => with_scratch([g.m() * g.ckk(), 0], |cols, _| {
+            im2col(x, g, cols);
+            kernel_grad(cols, dy, g, threads)
+        }),
     };
     if g.pointwise() {
-        return grad(x);
+        dw
+    } else {
+        taps_to_kernel(&dw, g)
     }
-    let dw = with_scratch([g.m() * g.ckk(), 0], |cols, _| {
-        im2col(x, g, cols);
-        grad(cols)
-    });
-    taps_to_kernel(&dw, g)
 }
 
 /// The input gradient `(N, H, W, C)` of the conv by `wt` from `dy`.
