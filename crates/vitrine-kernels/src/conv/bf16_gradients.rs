@@ -364,13 +364,18 @@ mod tests {
             let step = op.row_step();
             for p0 in (0..m).step_by(step * 3) {
                 let len = (2 * step).min(m - p0);
-                op.rows(ckk, (p0, len), |r| assert_eq!(r, &full[p0 * ckk..(p0 + len) * ckk]));
+                op.rows(ckk, (p0, len), |r| {
+                    assert_eq!(r, &full[p0 * ckk..(p0 + len) * ckk])
+                });
             }
             for threads in [1, 2] {
                 let by_chunks = kernel_grad_bf16(op, &dy, (m, ckk, k), threads);
                 let stored = kernel_grad_bf16(Operand::Rows(&full), &dy, (m, ckk, k), threads);
                 let want: Vec<f64> = stored.iter().map(|&v| f64::from(v)).collect();
-                assert!(rel_err(&by_chunks, &want) < 1e-6, "{dims:?} threads {threads}");
+                assert!(
+                    rel_err(&by_chunks, &want) < 1e-6,
+                    "{dims:?} threads {threads}"
+                );
             }
         }
     }
