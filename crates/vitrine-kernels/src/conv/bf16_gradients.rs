@@ -365,7 +365,7 @@ mod tests {
             for p0 in (0..m).step_by(step * 3) {
                 let len = (2 * step).min(m - p0);
                 op.rows(ckk, (p0, len), |r| {
-                    assert_eq!(r, &full[p0 * ckk..(p0 + len) * ckk])
+                    assert_eq!(r, &full[p0 * ckk..(p0 + len) * ckk]);
                 });
             }
             for threads in [1, 2] {
