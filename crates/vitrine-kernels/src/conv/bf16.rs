@@ -187,6 +187,7 @@ pub(crate) fn paired(
 }
 
 /// A mask of the first `n` of 16 lanes (all for `n ≥ 16`).
+#[cfg(target_arch = "x86_64")]
 pub(crate) fn first_lanes(n: usize) -> u16 {
     if n >= 16 { u16::MAX } else { (1u16 << n) - 1 }
 }

@@ -9,6 +9,8 @@
 //! thread sums a share of the rows into its own f32 blocks, added at the end.
 //! Without AMX the same rounded products go through the f32 GEMM.
 
+use std::borrow::Cow;
+
 use rayon::prelude::*;
 
 use super::bf16::{accumulate_bf16, amx_available, paired, round_bf16, with_bits};
@@ -54,10 +56,10 @@ impl Operand<'_> {
     }
 
     /// All `m` rows at once (the emulation's GEMM).
-    fn whole(&self, m: usize, w: usize) -> Vec<f32> {
+    fn whole(&self, m: usize, w: usize) -> Cow<'_, [f32]> {
         match *self {
-            Self::Rows(data) => data.to_vec(),
-            Self::Im2col(..) => self.rows(w, (0, m), <[f32]>::to_vec),
+            Self::Rows(data) => Cow::Borrowed(data),
+            Self::Im2col(..) => Cow::Owned(self.rows(w, (0, m), <[f32]>::to_vec)),
         }
     }
 }
@@ -360,7 +362,7 @@ mod tests {
             let mut full = vec![0f32; m * ckk];
             super::super::im2col::im2col(&x, &g, &mut full);
             let op = Operand::Im2col(&x, &g);
-            assert_eq!(op.whole(m, ckk), full);
+            assert_eq!(op.whole(m, ckk).as_ref(), full.as_slice());
             let step = op.row_step();
             for p0 in (0..m).step_by(step * 3) {
                 let len = (2 * step).min(m - p0);
