@@ -231,8 +231,8 @@ pub enum Precision {
     /// Operands rounded to bfloat16 (8 bits of mantissa), sums in f32: on AMX tiles
     /// where the CPU has them ([`amx_available`]), emulated elsewhere with the same
     /// rounding. The forward rounds input and kernel, [`backward_in`] `dy` with the
-    /// kernel or the input; the gradients of 3×3 convs by Winograd `F(4×4)` stay f32
-    /// (rounding its transformed operands costs too much accuracy).
+    /// kernel or the input (no Winograd in bf16: the tiles multiply the convs
+    /// directly).
     Bf16,
 }
 
@@ -585,21 +585,29 @@ fn kernel_gradient(
         return kernel_grad_winograd(x, dy, g, tiling, threads);
     }
     let sizes = (g.m(), g.ckk(), g.k);
-    let dw = match precision {
-        Precision::Bf16 if g.pointwise() => kernel_grad_bf16(Operand::Rows(x), dy, sizes, threads),
-        // im2col made chunk by chunk as the tiles reach it.
-        Precision::Bf16 => kernel_grad_bf16(Operand::Im2col(x, g), dy, sizes, threads),
-        Precision::F32 if g.pointwise() => kernel_grad(x, dy, g, threads),
-        Precision::F32 => with_scratch([g.m() * g.ckk(), 0], |cols, _| {
-            im2col(x, g, cols);
-            kernel_grad(cols, dy, g, threads)
-        }),
-    };
-    if g.pointwise() {
-        dw
-    } else {
-        taps_to_kernel(&dw, g)
+    if precision == Precision::Bf16 {
+        // A 1×1's input is its own im2col; otherwise made chunk by chunk as the
+        // tiles reach it.
+        let cols = if g.pointwise() {
+            Operand::Rows(x)
+        } else {
+            Operand::Im2col(x, g)
+        };
+        let dw = kernel_grad_bf16(cols, dy, sizes, threads);
+        return if g.pointwise() {
+            dw
+        } else {
+            taps_to_kernel(&dw, g)
+        };
     }
+    if g.pointwise() {
+        return kernel_grad(x, dy, g, threads);
+    }
+    let dw = with_scratch([g.m() * g.ckk(), 0], |cols, _| {
+        im2col(x, g, cols);
+        kernel_grad(cols, dy, g, threads)
+    });
+    taps_to_kernel(&dw, g)
 }
 
 /// The input gradient `(N, H, W, C)` of the conv by `wt` from `dy`.
