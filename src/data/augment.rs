@@ -1,5 +1,6 @@
 //! Training-time augmentation, drawn per image from a seeded stream so a resumed run
-//! sees the same images: random resized crop, rotation and shrink, thicker or thinner
+//! sees the same images: random resized crop, rotation, shrink and a smooth local warp,
+//! thicker or thinner
 //! strokes, horizontal flip, colour jitter (brightness, contrast, saturation, hue),
 //! inversion, random greyscale and Gaussian blur.
 //! Validation, indexing and search never augment.
@@ -38,6 +39,11 @@ pub struct AugmentConfig {
     /// Largest shrink of the picture about its centre, as a share of its side (0 = none);
     /// the border is filled from the picture's edge.
     pub shrink: f32,
+    /// Largest displacement of a smooth random warp, as a share of the side (0 = none):
+    /// a 4×4 lattice of control points each moved by up to this much either way, the
+    /// moves interpolated bilinearly in between, so parts of a drawing grow, shrink and
+    /// bend against each other as another hand draws the same thing.
+    pub warp: f32,
     /// Probability of a 3×3 minimum or maximum filter (either, equally likely): dark
     /// strokes on a light ground get thicker or thinner, as another hand draws them.
     pub morph: f32,
@@ -52,6 +58,10 @@ pub struct AugmentConfig {
     /// ink's colour and the ink inside it the ground's (cut-outs), as a filled icon
     /// style draws it. Pictures on clutter are left alone.
     pub fill: f32,
+    /// Probability of erasing a random rectangle (2–12% of the picture, aspect
+    /// 1:3..3:1) to the border's median colour: a detail another artist left out, or
+    /// something in front of the item.
+    pub erase: f32,
 }
 
 impl Default for AugmentConfig {
@@ -66,10 +76,12 @@ impl Default for AugmentConfig {
             blur: 0.2,
             rotate: 25.0,
             shrink: 0.3,
+            warp: 0.0,
             morph: 0.0,
             invert: 0.3,
             outline: 0.0,
             fill: 0.0,
+            erase: 0.0,
         }
     }
 }
@@ -101,8 +113,12 @@ impl AugmentConfig {
         unit("invert", self.invert, 0.0)?;
         unit("outline", self.outline, 0.0)?;
         unit("fill", self.fill, 0.0)?;
+        unit("erase", self.erase, 0.0)?;
         if !(0.0..=0.9).contains(&self.shrink) {
             return Err(("augment.shrink".into(), "must be between 0 and 0.9".into()));
+        }
+        if !(0.0..=0.25).contains(&self.warp) {
+            return Err(("augment.warp".into(), "must be between 0 and 0.25".into()));
         }
         if !(0.0..=180.0).contains(&self.rotate) {
             return Err((
@@ -145,7 +161,7 @@ pub fn resized_crop(img: &RgbImage, size: u32, cfg: &AugmentConfig, rng: &mut Rn
 pub fn photometric(chw: &mut [f32], size: usize, cfg: &AugmentConfig, rng: &mut Rng) {
     let plane = size * size;
     debug_assert_eq!(chw.len(), 3 * plane);
-    if cfg.rotate > 0.0 || cfg.shrink > 0.0 {
+    if cfg.rotate > 0.0 || cfg.shrink > 0.0 || cfg.warp > 0.0 {
         let degrees = if cfg.rotate > 0.0 {
             rng.range_f32(-cfg.rotate, cfg.rotate)
         } else {
@@ -156,9 +172,11 @@ pub fn photometric(chw: &mut [f32], size: usize, cfg: &AugmentConfig, rng: &mut 
         } else {
             1.0
         };
+        // Drawn last, so a run without a warp keeps the draws it had before.
+        let field = (cfg.warp > 0.0).then(|| Warp::random(cfg.warp * size as f32, rng));
         let mut tmp = vec![0f32; plane];
         for p in chw.chunks_exact_mut(plane) {
-            rotate_scale(p, &mut tmp, size, degrees, scale);
+            resample(p, &mut tmp, size, degrees, scale, field.as_ref());
             p.copy_from_slice(&tmp);
         }
     }
@@ -182,6 +200,9 @@ pub fn photometric(chw: &mut [f32], size: usize, cfg: &AugmentConfig, rng: &mut 
     }
     if cfg.fill > 0.0 && rng.chance(cfg.fill) {
         fill_enclosed(chw, size);
+    }
+    if cfg.erase > 0.0 && rng.chance(cfg.erase) {
+        erase_rectangle(chw, size, rng);
     }
     if rng.chance(cfg.flip) {
         for row in chw.chunks_exact_mut(size) {
@@ -237,15 +258,10 @@ fn fill_enclosed(chw: &mut [f32], size: usize) {
     if size < 3 {
         return;
     }
-    let border: Vec<usize> = (0..size)
-        .flat_map(|i| [i, (size - 1) * size + i, i * size, i * size + size - 1])
-        .collect();
-    let ground: Vec<f32> = (0..3)
-        .map(|c| {
-            let mut v: Vec<f32> = border.iter().map(|&i| chw[c * plane + i]).collect();
-            v.sort_by(f32::total_cmp);
-            v[v.len() / 2]
-        })
+    let border = border_pixels(size);
+    let ground: Vec<f32> = chw
+        .chunks_exact(plane)
+        .map(|p| border_median(p, size))
         .collect();
     let is_ground: Vec<bool> = (0..plane)
         .map(|i| (0..3).all(|c| (chw[c * plane + i] - ground[c]).abs() < GROUND_TOLERANCE))
@@ -355,9 +371,89 @@ fn jitter(chw: &mut [f32], plane: usize, brightness: f32, contrast: f32, sat: f3
     }
 }
 
-/// `dst` = `src` rotated by `degrees` and scaled by `scale` about the centre, sampled
+/// Indices of a `size`² plane's border pixels (corners repeated).
+fn border_pixels(size: usize) -> Vec<usize> {
+    (0..size)
+        .flat_map(|i| [i, (size - 1) * size + i, i * size, i * size + size - 1])
+        .collect()
+}
+
+/// The median of one plane's border pixels: its ground colour on a plain ground.
+fn border_median(plane: &[f32], size: usize) -> f32 {
+    let mut v: Vec<f32> = border_pixels(size).iter().map(|&i| plane[i]).collect();
+    v.sort_by(f32::total_cmp);
+    v[v.len() / 2]
+}
+
+/// [`AugmentConfig::erase`]: one rectangle of 2–12% of the picture's area, aspect
+/// 1:3..3:1, anywhere inside it, set to the border's per-channel median colour.
+fn erase_rectangle(chw: &mut [f32], size: usize, rng: &mut Rng) {
+    let area = rng.range_f32(0.02, 0.12) * (size * size) as f32;
+    let ratio = rng.range_f32(3f32.recip().ln(), 3f32.ln()).exp();
+    let w = ((area * ratio).sqrt().round() as usize).clamp(1, size);
+    let h = ((area / ratio).sqrt().round() as usize).clamp(1, size);
+    let (x0, y0) = (rng.below(size - w + 1), rng.below(size - h + 1));
+    for p in chw.chunks_exact_mut(size * size) {
+        let ground = border_median(p, size);
+        for row in p.chunks_exact_mut(size).skip(y0).take(h) {
+            row[x0..x0 + w].fill(ground);
+        }
+    }
+}
+
+/// Control points per side of [`AugmentConfig::warp`]'s lattice (3×3 cells).
+const WARP_POINTS: usize = 4;
+
+/// A smooth displacement field: each lattice point's move in pixels, `(dx, dy)`.
+struct Warp {
+    moves: [[(f32, f32); WARP_POINTS]; WARP_POINTS],
+}
+
+impl Warp {
+    /// Every point moved by up to `most` pixels along each axis.
+    fn random(most: f32, rng: &mut Rng) -> Self {
+        let mut moves = [[(0.0, 0.0); WARP_POINTS]; WARP_POINTS];
+        for m in moves.iter_mut().flatten() {
+            *m = (rng.range_f32(-most, most), rng.range_f32(-most, most));
+        }
+        Self { moves }
+    }
+
+    /// The move at `(x, y)` of a `size`² picture, bilinear between the lattice points
+    /// (which span the picture corner to corner).
+    fn at(&self, x: f32, y: f32, size: usize) -> (f32, f32) {
+        let cell = size as f32 / (WARP_POINTS - 1) as f32;
+        let (gx, gy) = (
+            (x / cell).clamp(0.0, (WARP_POINTS - 1) as f32),
+            (y / cell).clamp(0.0, (WARP_POINTS - 1) as f32),
+        );
+        let (i, j) = (
+            (gx as usize).min(WARP_POINTS - 2),
+            (gy as usize).min(WARP_POINTS - 2),
+        );
+        let (fx, fy) = (gx - i as f32, gy - j as f32);
+        let m = &self.moves;
+        let mix = |a: f32, b: f32, t: f32| a + (b - a) * t;
+        let along =
+            |row: usize, k: fn(&(f32, f32)) -> f32| mix(k(&m[row][i]), k(&m[row][i + 1]), fx);
+        (
+            mix(along(j, |p| p.0), along(j + 1, |p| p.0), fy),
+            mix(along(j, |p| p.1), along(j + 1, |p| p.1), fy),
+        )
+    }
+}
+
+/// `dst` = `src` rotated by `degrees` and scaled by `scale` about the centre, then
+/// moved by `warp` (each output pixel reads from where the field points), sampled
 /// bilinearly with the edges replicated outside the picture.
-fn rotate_scale(src: &[f32], dst: &mut [f32], size: usize, degrees: f32, scale: f32) {
+fn resample(
+    src: &[f32],
+    dst: &mut [f32],
+    size: usize,
+    degrees: f32,
+    scale: f32,
+    warp: Option<&Warp>,
+) {
     let (sin, cos) = degrees.to_radians().sin_cos();
     let c = size as f32 / 2.0;
     let last = size as f32 - 1.0;
@@ -365,7 +461,9 @@ fn rotate_scale(src: &[f32], dst: &mut [f32], size: usize, degrees: f32, scale: 
     for y in 0..size {
         for x in 0..size {
             // Inverse map: which source point lands on this output pixel's centre.
-            let (u, v) = (x as f32 + 0.5 - c, y as f32 + 0.5 - c);
+            let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
+            let (dx, dy) = warp.map_or((0.0, 0.0), |w| w.at(px, py, size));
+            let (u, v) = (px + dx - c, py + dy - c);
             let sx = ((cos * u + sin * v) / scale + c - 0.5).clamp(0.0, last);
             let sy = ((-sin * u + cos * v) / scale + c - 0.5).clamp(0.0, last);
             let (x0, y0) = (sx.floor() as usize, sy.floor() as usize);
@@ -448,6 +546,13 @@ mod tests {
         })
     }
 
+    /// `[0, 1]` CHW planes of `img`.
+    fn to_chw(img: &RgbImage) -> Vec<f32> {
+        (0..3)
+            .flat_map(|c| img.pixels().map(move |p| f32::from(p.0[c]) / 255.0))
+            .collect()
+    }
+
     #[test]
     fn crop_is_seeded_and_sized() {
         let img = gradient_image(40, 30);
@@ -484,10 +589,10 @@ mod tests {
         let size = 6;
         let src: Vec<f32> = (0..size * size).map(|i| i as f32).collect();
         let mut same = vec![0f32; size * size];
-        rotate_scale(&src, &mut same, size, 0.0, 1.0);
+        resample(&src, &mut same, size, 0.0, 1.0, None);
         assert_eq!(same, src);
         let mut turned = vec![0f32; size * size];
-        rotate_scale(&src, &mut turned, size, 90.0, 1.0);
+        resample(&src, &mut turned, size, 90.0, 1.0, None);
         for y in 0..size {
             for x in 0..size {
                 let want = src[(size - 1 - x) * size + y];
@@ -496,8 +601,117 @@ mod tests {
         }
         // Shrunk by half: the centre keeps its value, the corner takes the edge's.
         let mut small = vec![0f32; size * size];
-        rotate_scale(&src, &mut small, size, 0.0, 0.5);
+        resample(&src, &mut small, size, 0.0, 0.5, None);
         assert!(small[0] >= src[0] && small[0] <= src[size + 1]);
+    }
+
+    #[test]
+    fn a_uniform_warp_translates_and_a_random_one_moves_each_pixel_smoothly_and_boundedly() {
+        let size = 32;
+        // A ramp: a pixel's value is the source column it was read from.
+        let ramp: Vec<f32> = (0..size * size).map(|i| (i % size) as f32).collect();
+        let mut out = vec![0f32; size * size];
+        let shift = Warp {
+            moves: [[(3.0, 0.0); WARP_POINTS]; WARP_POINTS],
+        };
+        resample(&ramp, &mut out, size, 0.0, 1.0, Some(&shift));
+        for y in 0..size {
+            for x in 0..size {
+                let want = (x + 3).min(size - 1) as f32;
+                assert!((out[y * size + x] - want).abs() < 1e-4, "({x},{y})");
+            }
+        }
+        let most = 0.08 * size as f32;
+        for seed in 0..20 {
+            let warp = Warp::random(most, &mut Rng::new(seed));
+            assert!(warp.moves.iter().flatten().any(|m| m.0.abs() > 0.1));
+            resample(&ramp, &mut out, size, 0.0, 1.0, Some(&warp));
+            // A lattice cell is size/3 wide, so neighbours' moves differ by at most
+            // 2·most over a cell: 3·2·most/size per pixel.
+            let slope = 3.0 * 2.0 * most / size as f32;
+            for y in 0..size {
+                for x in 1..size - 1 {
+                    let moved = out[y * size + x] - x as f32;
+                    let inside = (most..size as f32 - 1.0 - most).contains(&(x as f32));
+                    assert!(
+                        !inside || moved.abs() <= most + 1e-3,
+                        "{seed}: ({x},{y}) {moved}"
+                    );
+                    let step = out[y * size + x + 1] - out[y * size + x];
+                    assert!(
+                        (step - 1.0).abs() <= slope + 1e-3 || !inside,
+                        "{seed}: {step}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_warp_is_seeded_and_off_it_draws_nothing() {
+        let size = 24;
+        let img = gradient_image(size as u32, size as u32);
+        let planes = |cfg: &AugmentConfig, seed: u64| {
+            let mut chw = to_chw(&img);
+            let mut rng = Rng::new(seed);
+            photometric(&mut chw, size, cfg, &mut rng);
+            (chw, rng.next_u64())
+        };
+        let warped = AugmentConfig {
+            warp: 0.1,
+            ..every_change_off()
+        };
+        let rotated = AugmentConfig {
+            rotate: 10.0,
+            ..every_change_off()
+        };
+        assert_eq!(planes(&warped, 5), planes(&warped, 5));
+        assert_ne!(planes(&warped, 5).0, planes(&warped, 6).0);
+        assert_ne!(planes(&warped, 5).0, to_chw(&img));
+        // Off, the stream is the one a build without warps drew: the rotation's angle,
+        // then the flip, greyscale and blur coins.
+        let mut rng = Rng::new(5);
+        rng.range_f32(-10.0, 10.0);
+        (0..3).for_each(|_| _ = rng.chance(0.0));
+        assert_eq!(planes(&rotated, 5).1, rng.next_u64());
+    }
+
+    #[test]
+    fn erasing_paints_one_rectangle_of_the_ground_colour_over_the_ink() {
+        let size = 32;
+        // Dark ink everywhere but a light one-pixel frame: the ground.
+        let mut plane = vec![0.1f32; size * size];
+        for i in border_pixels(size) {
+            plane[i] = 0.9;
+        }
+        let cfg = AugmentConfig {
+            erase: 1.0,
+            ..every_change_off()
+        };
+        let mut sizes = Vec::new();
+        for seed in 0..30 {
+            let mut chw = plane.repeat(3);
+            photometric(&mut chw, size, &cfg, &mut Rng::new(seed));
+            let painted: Vec<usize> = (0..size * size).filter(|&i| chw[i] != plane[i]).collect();
+            assert!(painted.iter().all(|&i| chw[i] == 0.9), "{seed}");
+            assert_eq!(chw[..size * size], chw[2 * size * size..], "{seed}");
+            // One rectangle: as many pixels as its bounding box, 2–12% of the area
+            // (the frame it may cover is already ground).
+            let (xs, ys): (Vec<_>, Vec<_>) = painted.iter().map(|i| (i % size, i / size)).unzip();
+            let extent = |v: &[usize]| match (v.iter().min(), v.iter().max()) {
+                (Some(lo), Some(hi)) => hi - lo + 1,
+                _ => panic!("{seed}: nothing erased"),
+            };
+            let (w, h) = (extent(&xs), extent(&ys));
+            assert_eq!(painted.len(), w * h, "{seed}");
+            assert!(painted.len() <= size * size * 13 / 100, "{seed}");
+            sizes.push(painted.len());
+        }
+        assert!(sizes.iter().any(|&n| n != sizes[0]));
+        let off = every_change_off();
+        let mut chw = plane.repeat(3);
+        photometric(&mut chw, size, &off, &mut Rng::new(1));
+        assert_eq!(chw, plane.repeat(3));
     }
 
     #[test]
@@ -528,6 +742,8 @@ mod tests {
             morph: 0.0,
             outline: 0.0,
             fill: 0.0,
+            warp: 0.0,
+            erase: 0.0,
             ..AugmentConfig::default()
         }
     }
