@@ -1,8 +1,8 @@
 //! Training-time augmentation, drawn per image from a seeded stream so a resumed run
 //! sees the same images: random resized crop, rotation, shrink and a smooth local warp,
-//! thicker or thinner
-//! strokes, horizontal flip, colour jitter (brightness, contrast, saturation, hue),
-//! inversion, random greyscale and Gaussian blur.
+//! thicker or thinner strokes, outlines and fills, an erased rectangle, horizontal
+//! flip, colour jitter (brightness, contrast, saturation, hue), inversion, random
+//! greyscale and Gaussian blur.
 //! Validation, indexing and search never augment.
 //!
 //! The crop is taken before the resize (no extra pixels are decoded); everything else
