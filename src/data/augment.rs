@@ -155,6 +155,18 @@ pub fn resized_crop(img: &RgbImage, size: u32, cfg: &AugmentConfig, rng: &mut Rn
     image::imageops::resize(img, size, size, FilterType::Triangle)
 }
 
+/// `img` as the `[0, 1]` CHW planes [`photometric`] works on.
+pub fn planes(img: &RgbImage) -> Vec<f32> {
+    let plane = (img.width() * img.height()) as usize;
+    let mut chw = vec![0f32; 3 * plane];
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            chw[c * plane + i] = f32::from(px[c]) / 255.0;
+        }
+    }
+    chw
+}
+
 /// Rotation and shrink, stroke filters, flip, colour jitter, inversion, greyscale and
 /// blur on `[0, 1]` CHW planes of `size`². Each kind draws from `rng` only when it is
 /// on, so turning one on leaves the others' draws of a run as they were.
@@ -404,42 +416,48 @@ fn erase_rectangle(chw: &mut [f32], size: usize, rng: &mut Rng) {
 /// Control points per side of [`AugmentConfig::warp`]'s lattice (3×3 cells).
 const WARP_POINTS: usize = 4;
 
-/// A smooth displacement field: each lattice point's move in pixels, `(dx, dy)`.
+/// Values at the points of [`AugmentConfig::warp`]'s lattice, `[row][column]`.
+type Lattice = [[f32; WARP_POINTS]; WARP_POINTS];
+
+/// A smooth displacement field: each lattice point's move in pixels.
 struct Warp {
-    moves: [[(f32, f32); WARP_POINTS]; WARP_POINTS],
+    dx: Lattice,
+    dy: Lattice,
 }
 
 impl Warp {
     /// Every point moved by up to `most` pixels along each axis.
     fn random(most: f32, rng: &mut Rng) -> Self {
-        let mut moves = [[(0.0, 0.0); WARP_POINTS]; WARP_POINTS];
-        for m in moves.iter_mut().flatten() {
-            *m = (rng.range_f32(-most, most), rng.range_f32(-most, most));
+        let mut warp = Self {
+            dx: [[0.0; WARP_POINTS]; WARP_POINTS],
+            dy: [[0.0; WARP_POINTS]; WARP_POINTS],
+        };
+        for j in 0..WARP_POINTS {
+            for i in 0..WARP_POINTS {
+                warp.dx[j][i] = rng.range_f32(-most, most);
+                warp.dy[j][i] = rng.range_f32(-most, most);
+            }
         }
-        Self { moves }
+        warp
     }
 
     /// The move at `(x, y)` of a `size`² picture, bilinear between the lattice points
     /// (which span the picture corner to corner).
     fn at(&self, x: f32, y: f32, size: usize) -> (f32, f32) {
-        let cell = size as f32 / (WARP_POINTS - 1) as f32;
-        let (gx, gy) = (
-            (x / cell).clamp(0.0, (WARP_POINTS - 1) as f32),
-            (y / cell).clamp(0.0, (WARP_POINTS - 1) as f32),
-        );
+        let last = (WARP_POINTS - 1) as f32;
+        let cell = size as f32 / last;
+        let (gx, gy) = ((x / cell).clamp(0.0, last), (y / cell).clamp(0.0, last));
         let (i, j) = (
             (gx as usize).min(WARP_POINTS - 2),
             (gy as usize).min(WARP_POINTS - 2),
         );
         let (fx, fy) = (gx - i as f32, gy - j as f32);
-        let m = &self.moves;
-        let mix = |a: f32, b: f32, t: f32| a + (b - a) * t;
-        let along =
-            |row: usize, k: fn(&(f32, f32)) -> f32| mix(k(&m[row][i]), k(&m[row][i + 1]), fx);
-        (
-            mix(along(j, |p| p.0), along(j + 1, |p| p.0), fy),
-            mix(along(j, |p| p.1), along(j + 1, |p| p.1), fy),
-        )
+        let bilinear = |v: &Lattice| {
+            let top = v[j][i] + (v[j][i + 1] - v[j][i]) * fx;
+            let bottom = v[j + 1][i] + (v[j + 1][i + 1] - v[j + 1][i]) * fx;
+            top + (bottom - top) * fy
+        };
+        (bilinear(&self.dx), bilinear(&self.dy))
     }
 }
 
@@ -546,13 +564,6 @@ mod tests {
         })
     }
 
-    /// `[0, 1]` CHW planes of `img`.
-    fn to_chw(img: &RgbImage) -> Vec<f32> {
-        (0..3)
-            .flat_map(|c| img.pixels().map(move |p| f32::from(p.0[c]) / 255.0))
-            .collect()
-    }
-
     #[test]
     fn crop_is_seeded_and_sized() {
         let img = gradient_image(40, 30);
@@ -612,7 +623,8 @@ mod tests {
         let ramp: Vec<f32> = (0..size * size).map(|i| (i % size) as f32).collect();
         let mut out = vec![0f32; size * size];
         let shift = Warp {
-            moves: [[(3.0, 0.0); WARP_POINTS]; WARP_POINTS],
+            dx: [[3.0; WARP_POINTS]; WARP_POINTS],
+            dy: [[0.0; WARP_POINTS]; WARP_POINTS],
         };
         resample(&ramp, &mut out, size, 0.0, 1.0, Some(&shift));
         for y in 0..size {
@@ -624,7 +636,7 @@ mod tests {
         let most = 0.08 * size as f32;
         for seed in 0..20 {
             let warp = Warp::random(most, &mut Rng::new(seed));
-            assert!(warp.moves.iter().flatten().any(|m| m.0.abs() > 0.1));
+            assert!(warp.dx.iter().flatten().any(|m| m.abs() > 0.1));
             resample(&ramp, &mut out, size, 0.0, 1.0, Some(&warp));
             // A lattice cell is size/3 wide, so neighbours' moves differ by at most
             // 2·most over a cell: 3·2·most/size per pixel.
@@ -651,8 +663,8 @@ mod tests {
     fn a_warp_is_seeded_and_off_it_draws_nothing() {
         let size = 24;
         let img = gradient_image(size as u32, size as u32);
-        let planes = |cfg: &AugmentConfig, seed: u64| {
-            let mut chw = to_chw(&img);
+        let augmented = |cfg: &AugmentConfig, seed: u64| {
+            let mut chw = planes(&img);
             let mut rng = Rng::new(seed);
             photometric(&mut chw, size, cfg, &mut rng);
             (chw, rng.next_u64())
@@ -665,15 +677,15 @@ mod tests {
             rotate: 10.0,
             ..every_change_off()
         };
-        assert_eq!(planes(&warped, 5), planes(&warped, 5));
-        assert_ne!(planes(&warped, 5).0, planes(&warped, 6).0);
-        assert_ne!(planes(&warped, 5).0, to_chw(&img));
+        assert_eq!(augmented(&warped, 5), augmented(&warped, 5));
+        assert_ne!(augmented(&warped, 5).0, augmented(&warped, 6).0);
+        assert_ne!(augmented(&warped, 5).0, planes(&img));
         // Off, the stream is the one a build without warps drew: the rotation's angle,
         // then the flip, greyscale and blur coins.
         let mut rng = Rng::new(5);
         rng.range_f32(-10.0, 10.0);
         (0..3).for_each(|_| _ = rng.chance(0.0));
-        assert_eq!(planes(&rotated, 5).1, rng.next_u64());
+        assert_eq!(augmented(&rotated, 5).1, rng.next_u64());
     }
 
     #[test]

@@ -145,12 +145,7 @@ pub fn load_image_with(
     };
     let img = augment::resized_crop(&img, cfg.size, aug, rng);
     let plane = (cfg.size as usize).pow(2);
-    let mut chw = vec![0f32; 3 * plane];
-    for (i, px) in img.pixels().enumerate() {
-        for c in 0..3 {
-            chw[c * plane + i] = f32::from(px[c]) / 255.0;
-        }
-    }
+    let mut chw = augment::planes(&img);
     augment::photometric(&mut chw, cfg.size as usize, aug, rng);
     for (c, p) in chw.chunks_exact_mut(plane).enumerate() {
         for v in p {

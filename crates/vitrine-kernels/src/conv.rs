@@ -586,18 +586,15 @@ fn kernel_gradient(
     }
     let sizes = (g.m(), g.ckk(), g.k);
     if precision == Precision::Bf16 {
-        // A 1×1's input is its own im2col; otherwise made chunk by chunk as the
+        // A 1×1's input is its own im2col; otherwise it is made chunk by chunk as the
         // tiles reach it.
-        let cols = if g.pointwise() {
-            Operand::Rows(x)
-        } else {
-            Operand::Im2col(x, g)
-        };
-        let dw = kernel_grad_bf16(cols, dy, sizes, threads);
         return if g.pointwise() {
-            dw
+            kernel_grad_bf16(Operand::Rows(x), dy, sizes, threads)
         } else {
-            taps_to_kernel(&dw, g)
+            taps_to_kernel(
+                &kernel_grad_bf16(Operand::Im2col(x, g), dy, sizes, threads),
+                g,
+            )
         };
     }
     if g.pointwise() {
