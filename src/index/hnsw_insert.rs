@@ -421,13 +421,12 @@ impl<'a> Shared<'a> {
     /// least similar link of a full list: a node whose neighbours all filled up with
     /// nearer ones, or a group whose only links in were dropped, is left out. Parallel
     /// inserts make it likelier (a search that ran while its neighbours were being
-    /// inserted is stale by the time it links back): on 1,200 clustered rows, m 8, 3 nodes
-    /// of a parallel build on average, at most 9 in 300 builds, 33 with the cores busy
-    /// elsewhere (a serial build: none). Each gets
-    /// a link from the nearest node that a search does reach, replacing that node's
-    /// least similar link when its list is full (a link whose target has another one
-    /// in, where there is one); the walk from the entry is then redone until it
-    /// reaches every node.
+    /// inserted is stale by the time it links back): on 1,200 clustered rows, m 8, 3
+    /// nodes of a parallel build on average, at most 9 in 300 builds, 33 with the
+    /// cores busy elsewhere (a serial build: none). Each gets a link from the nearest
+    /// node that a search does reach, replacing that node's least similar link when
+    /// its list is full (a link whose target has another one in, where there is one);
+    /// the walk from the entry is then redone until it reaches every node.
     fn reconnect(&self) -> usize {
         let Some(start) = self.entry.lock().ok().and_then(|e| *e) else {
             return 0;
