@@ -9,6 +9,7 @@ use candle_core::Device;
 
 use super::hnsw::{self, Graph, GraphParams};
 use super::hnsw_dump;
+use super::hnsw_insert;
 use super::model::{CheckpointChoice, LoadedModel, ModelError, load_model};
 use super::npy::Matrix;
 use super::rerank::VectorIndex;
@@ -496,7 +497,27 @@ pub fn add_reporting(
     let mut tune_seconds = 0.0;
     let written = hnsw::with_loaded(&read_dir, &old.header.graph.basename, expected, |index| {
         hnsw::insert_rows(index, &new_vectors.data, new_vectors.cols, base, true);
-        let graph = Graph::from_hnsw(index).ok();
+        // hnsw_rs's inserts leave rows that no search reaches, as the build's do:
+        // the graph is filed with them linked back.
+        let ef_construction = index.get_ef_construction();
+        let inserted = Graph::from_hnsw(index).ok();
+        let repaired = inserted.as_ref().and_then(|g| {
+            match hnsw_insert::reconnect(g, &all.data, all.cols, ef_construction) {
+                Ok((g, linked)) => {
+                    if linked > 0 {
+                        tracing::info!(
+                            "index --add: linked back {linked} node(s) that no search reached"
+                        );
+                    }
+                    Some(g)
+                }
+                Err(e) => {
+                    tracing::warn!("index --add: {e}; the graph is filed as hnsw_rs left it");
+                    None
+                }
+            }
+        });
+        let graph = repaired.as_ref().or(inserted.as_ref());
         header.graph.self_recall = graph.as_ref().map_or(0.0, |g| {
             hnsw::self_recall(g, &all.data, all.cols, 1000, ef_check(settings))
         });
@@ -504,15 +525,22 @@ pub fn add_reporting(
         // fall back to the shortlist, if the graph cannot be read back).
         let t2 = Instant::now();
         header.graph.search_ef = graph
-            .map(|g| measure_ef(&all, g, settings, measure))
+            .map(|g| measure_ef(&all, g.clone(), settings, measure))
             .transpose()?;
         tune_seconds = t2.elapsed().as_secs_f64();
+        let source = match &repaired {
+            Some(graph) => store::GraphSource::Vitrine {
+                graph,
+                ef_construction,
+            },
+            None => index.into(),
+        };
         Ok::<_, BuildError>(store::write(
             &dir,
             header.clone(),
             &all_entries,
             &all,
-            index,
+            source,
         )?)
     })??;
     let graph_seconds = t1.elapsed().as_secs_f64() - tune_seconds;

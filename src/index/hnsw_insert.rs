@@ -550,6 +550,60 @@ pub fn build(
     shared.into_graph().map_err(GraphError::Params)
 }
 
+/// `graph` over `data` (`dim` wide; node `i` is row `i`) with every node that no walk
+/// from its entry point reaches linked back ([`Shared::reconnect`]), for a graph built
+/// elsewhere: hnsw_rs's inserts of `index --add`. Returns the graph and how many
+/// nodes took a link; a list longer than `graph.m()` allows keeps its nearest links.
+pub fn reconnect(
+    graph: &Graph,
+    data: &[f32],
+    dim: usize,
+    ef_construction: usize,
+) -> Result<(Graph, usize), GraphError> {
+    let n = graph.len();
+    let dim = dim.max(1);
+    if n == 0 {
+        return Ok((graph.clone(), 0));
+    }
+    if data.len() < n * dim {
+        return Err(GraphError::Params(format!(
+            "{n} nodes over {} rows of data",
+            data.len() / dim
+        )));
+    }
+    let params = GraphParams {
+        m: graph.m(),
+        ef_construction,
+    };
+    params.validate()?;
+    let levels = (0..n as u32)
+        .map(|id| graph.level(id).min(MAX_LAYERS - 1) as u8)
+        .collect();
+    let shared = Shared::new(&data[..n * dim], dim, levels, params);
+    let mut pairs = Vec::new();
+    for id in 0..n as u32 {
+        for layer in 0..=usize::from(shared.levels[id as usize]) {
+            let links = graph.links(id, layer);
+            pairs.clear();
+            pairs.extend(
+                links
+                    .iter()
+                    .filter(|&&nb| nb != id)
+                    .map(|&nb| (dot(shared.row(id), shared.row(nb)), nb)),
+            );
+            if pairs.len() > shared.cap(layer) {
+                pairs.sort_unstable_by_key(|&(s, nb)| Reverse(Scored(s, nb)));
+            }
+            shared.write(id, layer, &pairs);
+        }
+    }
+    if let Ok(mut e) = shared.entry.lock() {
+        *e = Some(graph.entry());
+    }
+    let linked = shared.reconnect();
+    Ok((shared.into_graph().map_err(GraphError::Params)?, linked))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -674,25 +728,55 @@ mod tests {
                 shared.write(id, layer, &kept);
             }
         }
-        let mut scratch = Scratch::default();
-        let seen = shared.reached(entry, &mut scratch);
-        assert!(
-            island.iter().all(|&j| !seen[j as usize]),
-            "the cut did not cut"
-        );
+        let cut = shared.into_graph().expect("graph");
+        assert_eq!(unreached(&cut), 12, "the cut did not cut");
 
-        let linked = shared.reconnect();
-        assert!((1..=12).contains(&linked), "{linked} links");
-        let g = shared.into_graph().expect("graph");
+        // Through the public entry: a graph in, the graph mended out.
+        let (g, linked) = reconnect(&cut, &d, dim, PARAMS.ef_construction).expect("reconnect");
+        assert_eq!(linked, 12);
         assert_eq!(unreached(&g), 0);
-        for id in 0..700u32 {
-            let l = g.links(id, 0);
-            assert!(l.len() <= 2 * PARAMS.m && !l.contains(&id));
-            let mut u = l.to_vec();
-            u.sort_unstable();
-            u.dedup();
-            assert_eq!(u.len(), l.len(), "{id}: a link twice");
-        }
+        assert_lists_valid(&g);
         assert_eq!(self_recall(&g, &d, dim, 700, 32), 1.0);
+        // Nothing to mend: the same lists.
+        let (again, none) = reconnect(&g, &d, dim, PARAMS.ef_construction).expect("again");
+        assert_eq!((none, lists(&again)), (0, lists(&g)));
+    }
+
+    /// Every list within its cap, without self-links or repeats.
+    fn assert_lists_valid(g: &Graph) {
+        for id in 0..g.len() as u32 {
+            for layer in 0..=g.level(id) {
+                let l = g.links(id, layer);
+                let cap = if layer == 0 { 2 * g.m() } else { g.m() };
+                assert!(l.len() <= cap && !l.contains(&id), "{id}/{layer}: {l:?}");
+                let mut u = l.to_vec();
+                u.sort_unstable();
+                u.dedup();
+                assert_eq!(u.len(), l.len(), "{id}/{layer}: a link twice");
+            }
+        }
+    }
+
+    #[test]
+    fn hnsw_rs_graphs_are_mended_too() {
+        use crate::index::hnsw::{insert_rows, new_index};
+        // 20,000 rows in 60 clusters: dense enough that hnsw_rs leaves some out
+        // (about 50 a build).
+        let n = 20_000;
+        let (d, dim) = data(n);
+        let index = new_index(PARAMS, n).expect("index");
+        insert_rows(&index, &d, dim, 0, true);
+        let built = Graph::from_hnsw(&index).expect("graph");
+        let before = unreached(&built);
+        assert!(before > 0, "hnsw_rs reached every row: nothing to mend");
+        let (g, linked) = reconnect(&built, &d, dim, PARAMS.ef_construction).expect("mend");
+        assert_eq!(
+            unreached(&g),
+            0,
+            "{before} unreached before, {linked} linked"
+        );
+        assert!(linked >= before, "{before} unreached, {linked} linked");
+        assert_lists_valid(&g);
+        assert!(self_recall(&g, &d, dim, n, 32) >= self_recall(&built, &d, dim, n, 32));
     }
 }
