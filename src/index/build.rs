@@ -518,7 +518,7 @@ pub fn add_reporting(
             }
         });
         let graph = repaired.as_ref().or(inserted.as_ref());
-        header.graph.self_recall = graph.as_ref().map_or(0.0, |g| {
+        header.graph.self_recall = graph.map_or(0.0, |g| {
             hnsw::self_recall(g, &all.data, all.cols, 1000, ef_check(settings))
         });
         // The graph grew: the beam is measured again (none recorded, so searches

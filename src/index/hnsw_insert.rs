@@ -553,7 +553,8 @@ pub fn build(
 /// `graph` over `data` (`dim` wide; node `i` is row `i`) with every node that no walk
 /// from its entry point reaches linked back ([`Shared::reconnect`]), for a graph built
 /// elsewhere: hnsw_rs's inserts of `index --add`. Returns the graph and how many
-/// nodes took a link; a list longer than `graph.m()` allows keeps its nearest links.
+/// nodes took a link. A list longer than `graph.m()` allows keeps its nearest links,
+/// and an upper-layer link to a node below that layer is dropped.
 pub fn reconnect(
     graph: &Graph,
     data: &[f32],
@@ -585,10 +586,12 @@ pub fn reconnect(
         for layer in 0..=usize::from(shared.levels[id as usize]) {
             let links = graph.links(id, layer);
             pairs.clear();
+            // hnsw_rs links some upper-layer nodes to nodes below that layer; the
+            // flat lists hold a layer only for the nodes on it.
             pairs.extend(
                 links
                     .iter()
-                    .filter(|&&nb| nb != id)
+                    .filter(|&&nb| nb != id && usize::from(shared.levels[nb as usize]) >= layer)
                     .map(|&nb| (dot(shared.row(id), shared.row(nb)), nb)),
             );
             if pairs.len() > shared.cap(layer) {
@@ -643,21 +646,7 @@ mod tests {
         assert_eq!(g.entry().1, top);
         assert_eq!(g.level(g.entry().0), top);
         assert_eq!(g.m(), PARAMS.m);
-        for id in 0..700u32 {
-            for layer in 0..=g.level(id) {
-                let links = g.links(id, layer);
-                let cap = if layer == 0 { 2 * PARAMS.m } else { PARAMS.m };
-                assert!(links.len() <= cap, "{id}/{layer}: {} links", links.len());
-                assert!(!links.contains(&id), "{id} links to itself");
-                let mut seen = links.to_vec();
-                seen.sort_unstable();
-                seen.dedup();
-                assert_eq!(seen.len(), links.len(), "{id}/{layer}: a link twice");
-                // Links stay on their layer.
-                assert!(links.iter().all(|&nb| g.level(nb) >= layer));
-            }
-            assert!(!g.links(id, 0).is_empty(), "{id} has no links");
-        }
+        assert_lists_valid(&g);
         assert!(self_recall(&g, &d, dim, 700, 32) >= 0.99);
     }
 
@@ -696,7 +685,7 @@ mod tests {
         let shared = Shared::new(
             &d,
             dim,
-            (0..700).map(|i| draw_level(i, 8)).collect(),
+            (0..700).map(|i| draw_level(i, PARAMS.m)).collect(),
             PARAMS,
         );
         shared.insert_all(700);
@@ -742,18 +731,22 @@ mod tests {
         assert_eq!((none, lists(&again)), (0, lists(&g)));
     }
 
-    /// Every list within its cap, without self-links or repeats.
+    /// Every list within its cap and on its layer, without self-links or repeats; no
+    /// node without links.
     fn assert_lists_valid(g: &Graph) {
         for id in 0..g.len() as u32 {
             for layer in 0..=g.level(id) {
                 let l = g.links(id, layer);
                 let cap = if layer == 0 { 2 * g.m() } else { g.m() };
-                assert!(l.len() <= cap && !l.contains(&id), "{id}/{layer}: {l:?}");
+                assert!(l.len() <= cap, "{id}/{layer}: {} links", l.len());
+                assert!(!l.contains(&id), "{id} links to itself");
                 let mut u = l.to_vec();
                 u.sort_unstable();
                 u.dedup();
                 assert_eq!(u.len(), l.len(), "{id}/{layer}: a link twice");
+                assert!(l.iter().all(|&nb| g.level(nb) >= layer), "{id}/{layer}");
             }
+            assert!(!g.links(id, 0).is_empty(), "{id} has no links");
         }
     }
 
