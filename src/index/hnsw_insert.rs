@@ -768,7 +768,7 @@ mod tests {
 
     #[test]
     fn hnsw_rs_graphs_are_mended_too() {
-        use crate::index::hnsw::{insert_rows, new_index};
+        use crate::index::hnsw::{insert_rows, new_index, read_graph, with_loaded, write_dump};
         // 20,000 rows in 60 clusters: dense enough that hnsw_rs leaves some out
         // (about 50 a build).
         let n = 20_000;
@@ -795,5 +795,20 @@ mod tests {
         }
         assert_eq!(g.entry(), built.entry());
         assert!(self_recall(&g, &d, dim, n, 32) >= self_recall(&built, &d, dim, n, 32));
+        // Filed as `index --add` files it, links across layers included: our reader
+        // and hnsw_rs's loader both take it back.
+        let dir = tempfile::tempdir().expect("tmp");
+        write_dump(dir.path(), "g", &g, &d, dim, PARAMS.ef_construction).expect("dump");
+        let expected = crate::index::hnsw_dump::Expected { count: n, dim };
+        let back = read_graph(dir.path(), "g", expected).expect("read back");
+        // The dump files each list nearest first (hnsw_rs's order).
+        let sorted = |g: &Graph| {
+            let mut l = lists(g);
+            l.iter_mut().flatten().for_each(|x| x.sort_unstable());
+            l
+        };
+        assert_eq!(sorted(&back), sorted(&g));
+        let loaded = with_loaded(dir.path(), "g", expected, hnsw_rs::hnsw::Hnsw::get_nb_point);
+        assert_eq!(loaded.expect("hnsw_rs loads it"), n);
     }
 }
