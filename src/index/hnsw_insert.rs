@@ -808,7 +808,12 @@ mod tests {
             l
         };
         assert_eq!(sorted(&back), sorted(&g));
-        let loaded = with_loaded(dir.path(), "g", expected, hnsw_rs::hnsw::Hnsw::get_nb_point);
-        assert_eq!(loaded.expect("hnsw_rs loads it"), n);
+        let loaded = with_loaded(dir.path(), "g", expected, |index| {
+            (index.get_nb_point(), index.get_ef_construction())
+        });
+        assert_eq!(
+            loaded.expect("hnsw_rs loads it"),
+            (n, PARAMS.ef_construction)
+        );
     }
 }
